@@ -1,0 +1,316 @@
+//! Interoperability: vipd against BIRD, FRR, GoBGP and ExaBGP, each in its
+//! own network namespaces. Every test checks what the peer itself reports:
+//! the routes it holds, their attributes, and that a reload withdraws
+//! exactly what was removed.
+
+#[path = "lab/mod.rs"]
+mod lab;
+
+use std::time::Duration;
+
+use lab::*;
+
+const N: u32 = 1000;
+
+fn vipd_conf(peers: &str, announce: &str) -> String {
+    format!(
+        "[bgp]\nasn = 65010\nrouter_id = \"192.0.2.1\"\nlisten = \"[::]:179\"\n{peers}\n{announce}"
+    )
+}
+
+const TWO_PEERS: &str = "[[bgp.peers]]\naddress = \"192.0.2.2\"\nasn = 65002\nhold_time = 30\n[[bgp.peers]]\naddress = \"2001:db8::2\"\nasn = 65002\nhold_time = 30\n";
+
+#[test]
+fn bird_receives_both_families_with_attributes_and_reload_withdraws_half() {
+    let lab = Lab::new("bi");
+    let bird = Bird::start(
+        &lab.router,
+        &lab.dir,
+        &bird_conf(
+            &lab.dir,
+            &[
+                ("v4", ROUTER4, NODE4, "ipv4", ""),
+                ("v6", ROUTER6, NODE6, "ipv6", ""),
+            ],
+        ),
+    );
+    let vipd = Vipd::start(
+        &lab.node,
+        &lab.dir,
+        &vipd_conf(TWO_PEERS, &announcements(N, true)),
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || bird.count("master4")
+            == N as usize
+            && bird.count("master6") == N as usize),
+        "BIRD did not receive {N} + {N} routes"
+    );
+    let r4 = bird.route(&v4_at(7));
+    for want in [
+        "BGP.origin: IGP",
+        "BGP.as_path: 65010\n",
+        "BGP.next_hop: 192.0.2.1",
+        "BGP.med: 50",
+        "BGP.community: (65010,100) (65010,200)",
+        "BGP.large_community: (65010, 1, 2)",
+    ] {
+        assert!(r4.contains(want), "{want:?} missing from\n{r4}");
+    }
+    let r6 = bird.route(&v6_at(700));
+    for want in [
+        "BGP.as_path: 65010\n",
+        "BGP.next_hop: 2001:db8::1",
+        "BGP.med: 50",
+        "BGP.large_community: (65010, 1, 2)",
+    ] {
+        assert!(r6.contains(want), "{want:?} missing from\n{r6}");
+    }
+
+    vipd.reload(&vipd_conf(TWO_PEERS, &announcements(N, false)));
+    assert!(
+        wait_until(Duration::from_secs(30), || bird.count("master4")
+            == (N / 2) as usize
+            && bird.count("master6") == (N / 2) as usize),
+        "the removed half was not withdrawn"
+    );
+    for i in [0, 1, N / 2 - 1] {
+        assert!(
+            bird.has(&v4_at(i)),
+            "{} was withdrawn but is still configured",
+            v4_at(i)
+        );
+        assert!(
+            bird.has(&v6_at(i)),
+            "{} was withdrawn but is still configured",
+            v6_at(i)
+        );
+    }
+    for i in [N / 2, N - 1] {
+        assert!(!bird.has(&v4_at(i)), "{} is still at BIRD", v4_at(i));
+        assert!(!bird.has(&v6_at(i)), "{} is still at BIRD", v6_at(i));
+    }
+    // The sessions stayed up through the reload.
+    assert!(bird.established("v4") && bird.established("v6"));
+    assert_eq!(
+        vipd.log().matches("session established").count(),
+        2,
+        "a session restarted on reload"
+    );
+}
+
+#[test]
+fn bird_gets_ipv6_over_an_ipv4_session_with_configured_next_hop() {
+    let lab = Lab::new("mx");
+    let bird = Bird::start(
+        &lab.router,
+        &lab.dir,
+        &bird_conf(&lab.dir, &[("v4", ROUTER4, NODE4, "ipv4,ipv6", "")]),
+    );
+    let peers =
+        "[[bgp.peers]]\naddress = \"192.0.2.2\"\nasn = 65002\nnext_hop_ipv6 = \"2001:db8::1\"\n";
+    let _vipd = Vipd::start(
+        &lab.node,
+        &lab.dir,
+        &vipd_conf(
+            peers,
+            "[[announce]]\nprefixes = [\"203.0.113.10/32\", \"2001:db8:ff::10/128\"]\n",
+        ),
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || bird.has("2001:db8:ff::10/128")
+            && bird.has("203.0.113.10/32")),
+        "routes did not arrive"
+    );
+    let r6 = bird.route("2001:db8:ff::10/128");
+    assert!(r6.contains("BGP.next_hop: 2001:db8::1"), "{r6}");
+    assert!(r6.contains("[v4 "), "learned over the IPv4 session: {r6}");
+}
+
+fn v4_in(t: &std::collections::BTreeMap<String, (String, serde_json::Value)>) -> usize {
+    t.keys().filter(|k| k.starts_with("100.64.")).count()
+}
+fn v6_in(t: &std::collections::BTreeMap<String, (String, serde_json::Value)>) -> usize {
+    t.keys().filter(|k| k.starts_with("2001:db8:64:")).count()
+}
+
+#[test]
+fn gobgp_receives_both_families_with_attributes_and_reload_withdraws_half() {
+    let lab = Lab::new("go");
+    let gobgp = Gobgp::start(
+        &lab.router,
+        &lab.dir,
+        &[(NODE4, &["ipv4-unicast"]), (NODE6, &["ipv6-unicast"])],
+    );
+    let vipd = Vipd::start(
+        &lab.node,
+        &lab.dir,
+        &vipd_conf(TWO_PEERS, &announcements(N, true)),
+    );
+    assert!(
+        wait_until(Duration::from_secs(40), || gobgp.count("ipv4")
+            == N as usize
+            && gobgp.count("ipv6") == N as usize),
+        "GoBGP did not receive {N} + {N} routes"
+    );
+    let rib4 = gobgp.rib("ipv4");
+    let path = &rib4[&v4_at(3)][0];
+    let attrs = path["attrs"].as_array().unwrap();
+    let find = |t: u64| {
+        attrs
+            .iter()
+            .find(|a| a["type"] == t)
+            .cloned()
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        find(2)["as_paths"][0]["segment_type"],
+        2,
+        "AS_SEQUENCE: {path}"
+    );
+    assert_eq!(find(2)["as_paths"][0]["asns"], serde_json::json!([65010]));
+    assert_eq!(find(3)["nexthop"], "192.0.2.1");
+    assert_eq!(find(4)["metric"], 50);
+    assert_eq!(
+        find(8)["communities"],
+        serde_json::json!([(65010u64 << 16) | 100, (65010u64 << 16) | 200])
+    );
+    assert_eq!(
+        find(32)["value"][0],
+        serde_json::json!({"ASN": 65010, "LocalData1": 1, "LocalData2": 2})
+    );
+    assert!(find(5).is_null(), "no LOCAL_PREF to an eBGP peer: {path}");
+    let rib6 = gobgp.rib("ipv6");
+    let attrs6 = rib6[&v6_at(901)][0]["attrs"].as_array().unwrap().clone();
+    let mp = attrs6.iter().find(|a| a["type"] == 14).unwrap();
+    assert_eq!(mp["nexthop"], "2001:db8::1");
+    assert!(attrs6.iter().any(|a| a["type"] == 32));
+
+    vipd.reload(&vipd_conf(TWO_PEERS, &announcements(N, false)));
+    assert!(
+        wait_until(Duration::from_secs(30), || gobgp.count("ipv4")
+            == (N / 2) as usize
+            && gobgp.count("ipv6") == (N / 2) as usize),
+        "the removed half was not withdrawn"
+    );
+    let rib4 = gobgp.rib("ipv4");
+    assert!(rib4.contains_key(&v4_at(0)) && rib4.contains_key(&v4_at(N / 2 - 1)));
+    assert!(!rib4.contains_key(&v4_at(N / 2)) && !rib4.contains_key(&v4_at(N - 1)));
+}
+
+fn frr_conf(dir: &Dir) -> String {
+    format!(
+        "hostname frr\nlog file {}\nrouter bgp 65002\n bgp router-id 192.0.2.2\n no bgp ebgp-requires-policy\n no bgp default ipv4-unicast\n neighbor 192.0.2.1 remote-as 65010\n neighbor 192.0.2.1 timers connect 2\n neighbor 2001:db8::1 remote-as 65010\n neighbor 2001:db8::1 timers connect 2\n address-family ipv4 unicast\n  neighbor 192.0.2.1 activate\n exit-address-family\n address-family ipv6 unicast\n  neighbor 2001:db8::1 activate\n exit-address-family\n",
+        dir.path("frr/bgpd.log").display()
+    )
+}
+
+#[test]
+fn frr_receives_both_families_with_attributes_and_reload_withdraws_half() {
+    let lab = Lab::new("fr");
+    let frr = Frr::start(&lab.router, &lab.dir, &frr_conf(&lab.dir));
+    let vipd = Vipd::start(
+        &lab.node,
+        &lab.dir,
+        &vipd_conf(TWO_PEERS, &announcements(N, true)),
+    );
+    assert!(
+        wait_until(Duration::from_secs(40), || frr.count("ipv4") == N as usize
+            && frr.count("ipv6") == N as usize),
+        "FRR did not receive {N} + {N} routes"
+    );
+    for (p, nh) in [(v4_at(11), "192.0.2.1"), (v6_at(811), "2001:db8::1")] {
+        let afi = if p.contains(':') { "ipv6" } else { "ipv4" };
+        let r = frr.json(&format!("show bgp {afi} unicast {p} json"));
+        let path = &r["paths"][0];
+        assert_eq!(path["aspath"]["segments"][0]["type"], "as-sequence", "{r}");
+        assert_eq!(
+            path["aspath"]["segments"][0]["list"],
+            serde_json::json!([65010])
+        );
+        assert_eq!(path["nexthops"][0]["ip"], nh, "{r}");
+        assert_eq!(path["metric"], 50);
+        assert_eq!(
+            path["community"]["list"],
+            serde_json::json!(["65010:100", "65010:200"])
+        );
+        assert_eq!(
+            path["largeCommunity"]["list"],
+            serde_json::json!(["65010:1:2"])
+        );
+        assert_eq!(path["origin"], "IGP");
+    }
+    vipd.reload(&vipd_conf(TWO_PEERS, &announcements(N, false)));
+    assert!(
+        wait_until(Duration::from_secs(30), || frr.count("ipv4")
+            == (N / 2) as usize
+            && frr.count("ipv6") == (N / 2) as usize),
+        "the removed half was not withdrawn"
+    );
+    let routes = frr.json("show bgp ipv6 unicast json");
+    let routes = routes["routes"].as_object().unwrap();
+    assert!(routes.contains_key(&v6_at(0)) && !routes.contains_key(&v6_at(N - 1)));
+}
+
+#[test]
+fn exabgp_receives_both_families_with_attributes_and_reload_withdraws_half() {
+    let lab = Lab::new("ex");
+    let exa = Exabgp::start(&lab.router, &lab.dir);
+    let vipd = Vipd::start(
+        &lab.node,
+        &lab.dir,
+        &vipd_conf(TWO_PEERS, &announcements(N, true)),
+    );
+    assert!(
+        wait_until(Duration::from_secs(40), || {
+            let t = exa.table();
+            v4_in(&t) == N as usize && v6_in(&t) == N as usize
+        }),
+        "ExaBGP did not receive {N} + {N} routes"
+    );
+    let t = exa.table();
+    let (nh, a) = &t[&v4_at(5)];
+    assert_eq!(nh, "192.0.2.1");
+    assert_eq!(
+        a["as-path"],
+        serde_json::json!([65010]),
+        "a sequence, not a set: {a}"
+    );
+    assert_eq!(a["med"], 50);
+    assert_eq!(a["origin"], "igp");
+    assert_eq!(
+        a["community"],
+        serde_json::json!([[65010, 100], [65010, 200]])
+    );
+    assert_eq!(a["large-community"], serde_json::json!([[65010, 1, 2]]));
+    assert!(
+        a.get("local-preference").is_none(),
+        "no LOCAL_PREF to an eBGP peer: {a}"
+    );
+    let (nh6, _) = &t[&v6_at(999)];
+    assert_eq!(nh6, "2001:db8::1");
+    // End-of-RIB after the initial table of each family.
+    let eors: Vec<String> = exa
+        .messages()
+        .iter()
+        .filter_map(|m| {
+            m["neighbor"]["message"]["eor"]["afi"]
+                .as_str()
+                .map(String::from)
+        })
+        .collect();
+    assert!(
+        eors.contains(&"ipv4".to_string()) && eors.contains(&"ipv6".to_string()),
+        "{eors:?}"
+    );
+
+    vipd.reload(&vipd_conf(TWO_PEERS, &announcements(N, false)));
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            let t = exa.table();
+            v4_in(&t) == (N / 2) as usize && v6_in(&t) == (N / 2) as usize
+        }),
+        "the removed half was not withdrawn"
+    );
+    let t = exa.table();
+    assert!(t.contains_key(&v4_at(0)) && !t.contains_key(&v4_at(N / 2)));
+}

@@ -1,0 +1,267 @@
+//! The BGP speaker: one listener, one task per peer, one table.
+//!
+//! The daemon hands the speaker a whole [`rib::Table`]; the speaker publishes
+//! it on a `watch` channel and every established session brings its peer up
+//! to date by diffing against its own Adj-RIB-Out. Peers are keyed by
+//! address; the listener passes a connection to the task of the peer it
+//! comes from and closes any other.
+
+pub mod fsm;
+pub mod net;
+pub mod rib;
+pub mod session;
+pub mod wire;
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use crate::config::BgpConfig;
+use rib::Table;
+use session::{Command, PeerStatus, Settings};
+
+type Registry = Arc<Mutex<HashMap<IpAddr, mpsc::Sender<Command>>>>;
+
+struct Peer {
+    settings: Settings,
+    tx: mpsc::Sender<Command>,
+    task: JoinHandle<()>,
+    status: Arc<Mutex<PeerStatus>>,
+}
+
+struct Listener {
+    addr: SocketAddr,
+    sock: Arc<TcpListener>,
+    task: JoinHandle<()>,
+}
+
+pub struct Speaker {
+    table: watch::Sender<Arc<Table>>,
+    peers: HashMap<IpAddr, Peer>,
+    registry: Registry,
+    listener: Option<Listener>,
+    asn: u32,
+    router_id: std::net::Ipv4Addr,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpeakerError {
+    #[error("bgp.listen: cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: io::Error },
+}
+
+fn settings(bgp: &BgpConfig) -> Vec<Settings> {
+    bgp.peers
+        .iter()
+        .map(|p| Settings {
+            peer: p.clone(),
+            local_asn: bgp.asn,
+            router_id: bgp.router_id,
+            graceful_restart: bgp.graceful_restart.then_some(bgp.restart_time),
+        })
+        .collect()
+}
+
+impl Speaker {
+    pub fn start(bgp: &BgpConfig, table: Table) -> Result<Speaker, SpeakerError> {
+        let (tx, _) = watch::channel(Arc::new(table));
+        let registry: Registry = Arc::default();
+        let listener = match bgp.listen {
+            Some(addr) => {
+                let sock =
+                    net::listen(addr).map_err(|source| SpeakerError::Listen { addr, source })?;
+                let sock = Arc::new(sock);
+                info!(%addr, "listening for BGP connections");
+                let task = tokio::spawn(accept_loop(sock.clone(), registry.clone()));
+                Some(Listener { addr, sock, task })
+            }
+            None => None,
+        };
+        let mut s = Speaker {
+            table: tx,
+            peers: HashMap::new(),
+            registry,
+            listener,
+            asn: bgp.asn,
+            router_id: bgp.router_id,
+        };
+        for st in settings(bgp) {
+            s.add_peer(st);
+        }
+        Ok(s)
+    }
+
+    fn add_peer(&mut self, settings: Settings) {
+        let addr = settings.peer.address;
+        if let Some(l) = &self.listener {
+            if settings.peer.password.is_some() {
+                if let Err(e) = net::set_md5(
+                    &l.sock.as_raw_fd_ref(),
+                    l.addr.is_ipv6(),
+                    addr,
+                    settings.peer.password.as_deref(),
+                ) {
+                    warn!(peer = %addr, "cannot set the TCP MD5 key on the listener: {e}");
+                }
+            }
+            if settings.peer.ttl_security {
+                let _ = net::set_ttl(&l.sock.as_raw_fd_ref(), l.addr.is_ipv6(), 255);
+            }
+        }
+        let (tx, rx) = mpsc::channel(8);
+        let status = Arc::new(Mutex::new(PeerStatus::default()));
+        let task = tokio::spawn(session::run(
+            settings.clone(),
+            self.table.subscribe(),
+            rx,
+            status.clone(),
+        ));
+        self.registry.lock().unwrap().insert(addr, tx.clone());
+        info!(peer = %addr, asn = settings.peer.asn, passive = settings.peer.passive, "peer configured");
+        self.peers.insert(
+            addr,
+            Peer {
+                settings,
+                tx,
+                task,
+                status,
+            },
+        );
+    }
+
+    async fn remove_peer(&mut self, addr: IpAddr) {
+        let Some(p) = self.peers.remove(&addr) else {
+            return;
+        };
+        self.registry.lock().unwrap().remove(&addr);
+        let _ = p.tx.send(Command::Deconfigure).await;
+        let _ = tokio::time::timeout(Duration::from_secs(3), p.task).await;
+        if let Some(l) = &self.listener {
+            if p.settings.peer.password.is_some() {
+                let _ = net::set_md5(&l.sock.as_raw_fd_ref(), l.addr.is_ipv6(), addr, None);
+            }
+        }
+        info!(peer = %addr, "peer removed");
+    }
+
+    /// Replaces the table every session converges to.
+    pub fn set_table(&self, table: Table) {
+        self.table.send_replace(Arc::new(table));
+    }
+
+    pub fn table(&self) -> Arc<Table> {
+        self.table.borrow().clone()
+    }
+
+    /// Applies a reloaded configuration: peers added, removed or changed are
+    /// started, stopped or restarted; the others keep their sessions.
+    pub async fn reconfigure(&mut self, bgp: &BgpConfig) {
+        if bgp.asn != self.asn || bgp.router_id != self.router_id {
+            warn!("bgp.asn and bgp.router_id take effect only when vipd restarts");
+        }
+        if bgp.listen != self.listener.as_ref().map(|l| l.addr) {
+            warn!("bgp.listen takes effect only when vipd restarts");
+        }
+        let mut wanted: HashMap<IpAddr, Settings> = settings(bgp)
+            .into_iter()
+            .map(|mut s| {
+                s.local_asn = self.asn;
+                s.router_id = self.router_id;
+                (s.peer.address, s)
+            })
+            .collect();
+        let current: Vec<IpAddr> = self.peers.keys().copied().collect();
+        for addr in current {
+            match wanted.remove(&addr) {
+                Some(s) if s == self.peers[&addr].settings => {}
+                Some(s) => {
+                    info!(peer = %addr, "peer settings changed: restarting its session");
+                    self.remove_peer(addr).await;
+                    self.add_peer(s);
+                }
+                None => self.remove_peer(addr).await,
+            }
+        }
+        for (_, s) in wanted {
+            self.add_peer(s);
+        }
+    }
+
+    pub fn status(&self) -> Vec<(IpAddr, PeerStatus)> {
+        let mut v: Vec<_> = self
+            .peers
+            .iter()
+            .map(|(a, p)| (*a, p.status.lock().unwrap().clone()))
+            .collect();
+        v.sort_by_key(|(a, _)| *a);
+        v
+    }
+
+    /// Stops every session: withdrawing first, or (graceful restart) leaving
+    /// the routes to the peers until vipd is back.
+    pub async fn shutdown(mut self, withdraw: bool) {
+        if let Some(l) = self.listener.take() {
+            l.task.abort();
+        }
+        for p in self.peers.values() {
+            let _ = p.tx.send(Command::Shutdown { withdraw }).await;
+        }
+        for (addr, p) in self.peers.drain() {
+            if tokio::time::timeout(Duration::from_secs(5), p.task)
+                .await
+                .is_err()
+            {
+                warn!(peer = %addr, "session did not stop within 5 s");
+            }
+        }
+    }
+}
+
+/// `AsRawFd` for an `Arc<TcpListener>` without taking it apart.
+trait RawFdRef {
+    fn as_raw_fd_ref(&self) -> RawFd;
+}
+struct RawFd(std::os::fd::RawFd);
+impl AsRawFd for RawFd {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0
+    }
+}
+impl RawFdRef for Arc<TcpListener> {
+    fn as_raw_fd_ref(&self) -> RawFd {
+        RawFd(self.as_raw_fd())
+    }
+}
+
+async fn accept_loop(sock: Arc<TcpListener>, registry: Registry) {
+    loop {
+        let (stream, from) = match sock.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                warn!("accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let ip = from.ip().to_canonical();
+        let tx = registry.lock().unwrap().get(&ip).cloned();
+        match tx {
+            Some(tx) => {
+                if tx.try_send(Command::Incoming(stream)).is_err() {
+                    debug!(peer = %ip, "session busy; connection dropped");
+                }
+            }
+            None => {
+                debug!(%from, "connection from an address that is not a configured peer; closed")
+            }
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! Socket options the speaker needs that tokio does not expose: TCP MD5
+//! signatures (RFC 2385), outgoing TTL / hop limit, and the minimum incoming
+//! TTL of GTSM (RFC 5082).
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
+
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+
+const TCP_MD5SIG: libc::c_int = 14;
+const TCP_MD5SIG_MAXKEYLEN: usize = 80;
+const IP_MINTTL: libc::c_int = 21;
+const IPV6_MINHOPCOUNT: libc::c_int = 73;
+
+/// `struct tcp_md5sig` from linux/tcp.h.
+#[repr(C)]
+struct TcpMd5Sig {
+    addr: libc::sockaddr_storage,
+    flags: u8,
+    prefixlen: u8,
+    keylen: u16,
+    ifindex: i32,
+    key: [u8; TCP_MD5SIG_MAXKEYLEN],
+}
+
+fn setsockopt<T>(
+    fd: &impl AsRawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    v: &T,
+) -> io::Result<()> {
+    // SAFETY: `v` points to a live value of the size passed.
+    let r = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            v as *const T as *const libc::c_void,
+            std::mem::size_of::<T>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Installs (or with `key = None`, removes) the MD5 key for `peer` on a
+/// socket. On an IPv6 socket an IPv4 peer is given in its v4-mapped form,
+/// which is how the kernel matches dual-stack connections.
+pub fn set_md5(
+    fd: &impl AsRawFd,
+    socket_v6: bool,
+    peer: IpAddr,
+    key: Option<&str>,
+) -> io::Result<()> {
+    let key = key.unwrap_or("").as_bytes();
+    if key.len() > TCP_MD5SIG_MAXKEYLEN {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "MD5 key longer than 80 bytes",
+        ));
+    }
+    // SAFETY: all-zero is a valid sockaddr_storage and tcp_md5sig.
+    let mut sig: TcpMd5Sig = unsafe { std::mem::zeroed() };
+    let peer = match (socket_v6, peer) {
+        (true, IpAddr::V4(v4)) => IpAddr::V6(v4.to_ipv6_mapped()),
+        (_, p) => p,
+    };
+    match peer {
+        IpAddr::V4(v4) => {
+            // SAFETY: sockaddr_storage is large enough for sockaddr_in.
+            let sin = unsafe { &mut *(&mut sig.addr as *mut _ as *mut libc::sockaddr_in) };
+            sin.sin_family = libc::AF_INET as libc::sa_family_t;
+            sin.sin_addr.s_addr = u32::from_ne_bytes(v4.octets());
+        }
+        IpAddr::V6(v6) => {
+            // SAFETY: sockaddr_storage is large enough for sockaddr_in6.
+            let sin6 = unsafe { &mut *(&mut sig.addr as *mut _ as *mut libc::sockaddr_in6) };
+            sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            sin6.sin6_addr.s6_addr = v6.octets();
+        }
+    }
+    sig.keylen = key.len() as u16;
+    sig.key[..key.len()].copy_from_slice(key);
+    setsockopt(fd, libc::IPPROTO_TCP, TCP_MD5SIG, &sig)
+}
+
+/// Sets the TTL (IPv4) or hop limit (IPv6) of outgoing packets.
+pub fn set_ttl(fd: &impl AsRawFd, v6: bool, ttl: u8) -> io::Result<()> {
+    let v = ttl as libc::c_int;
+    if v6 {
+        setsockopt(fd, libc::IPPROTO_IPV6, libc::IPV6_UNICAST_HOPS, &v)
+    } else {
+        setsockopt(fd, libc::IPPROTO_IP, libc::IP_TTL, &v)
+    }
+}
+
+/// GTSM: drop segments that arrive with a TTL below `min`.
+pub fn set_min_ttl(fd: &impl AsRawFd, v6: bool, min: u8) -> io::Result<()> {
+    let v = min as libc::c_int;
+    if v6 {
+        setsockopt(fd, libc::IPPROTO_IPV6, IPV6_MINHOPCOUNT, &v)
+    } else {
+        setsockopt(fd, libc::IPPROTO_IP, IP_MINTTL, &v)
+    }
+}
+
+/// How a session's sockets are set up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SocketOpts {
+    pub password: Option<String>,
+    pub ttl: Option<u8>,
+    pub ttl_security: bool,
+    pub source: Option<IpAddr>,
+}
+
+impl SocketOpts {
+    /// TTL to send with: GTSM always sends 255.
+    fn out_ttl(&self) -> Option<u8> {
+        if self.ttl_security {
+            Some(255)
+        } else {
+            self.ttl
+        }
+    }
+    /// GTSM accepts a peer `ttl` hops away (1 when directly connected).
+    fn min_ttl(&self) -> Option<u8> {
+        self.ttl_security
+            .then(|| 255u8.saturating_sub(self.ttl.unwrap_or(1).saturating_sub(1)))
+    }
+
+    pub fn apply_ttl(&self, fd: &impl AsRawFd, v6: bool) -> io::Result<()> {
+        if let Some(t) = self.out_ttl() {
+            set_ttl(fd, v6, t)?;
+        }
+        if let Some(m) = self.min_ttl() {
+            set_min_ttl(fd, v6, m)?;
+        }
+        Ok(())
+    }
+}
+
+/// Opens a connection to the peer with the session's socket options.
+pub async fn connect(peer: SocketAddr, o: &SocketOpts) -> io::Result<TcpStream> {
+    let v6 = peer.is_ipv6();
+    let sock = if v6 {
+        TcpSocket::new_v6()?
+    } else {
+        TcpSocket::new_v4()?
+    };
+    if let Some(src) = o.source {
+        sock.bind(SocketAddr::new(src, 0))?;
+    }
+    if o.password.is_some() {
+        set_md5(&sock, v6, peer.ip(), o.password.as_deref())?;
+    }
+    o.apply_ttl(&sock, v6)?;
+    let s = sock.connect(peer).await?;
+    s.set_nodelay(true)?;
+    Ok(s)
+}
+
+/// Binds the listening socket.
+pub fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    let sock = if addr.is_ipv6() {
+        TcpSocket::new_v6()?
+    } else {
+        TcpSocket::new_v4()?
+    };
+    sock.set_reuseaddr(true)?;
+    sock.bind(addr)?;
+    sock.listen(128)
+}

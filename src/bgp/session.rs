@@ -1,0 +1,907 @@
+//! One task per configured peer: the socket I/O and timers around the pure
+//! [`Fsm`], the OPEN negotiation, connection collisions (RFC 4271 6.8) and
+//! sending the Adj-RIB-Out.
+//!
+//! ```text
+//!   speaker ──Command──► session task ◄──watch<Arc<Table>>── speaker
+//!                          │   ▲
+//!              write_all   │   │ mpsc (bounded): framed, header-checked
+//!                          ▼   │ messages, or why the connection ended
+//!                        socket ──► reader task
+//! ```
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::{sleep_until, timeout_at, Instant};
+use tracing::{debug, info, warn};
+
+use super::fsm::{Action, Event, Fsm, State};
+use super::net::{self, SocketOpts};
+use super::rib::{AdjRibOut, Changes, Table};
+use super::wire::encode::{self, SendCtx};
+use super::wire::open::{self, LocalOpen, Open};
+use super::wire::update;
+use super::wire::{check_header, code, keepalive, Afi, MsgType, Notification, HEADER_LEN};
+use crate::config::PeerConfig;
+
+/// What a session needs to know, fixed for its lifetime.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    pub peer: PeerConfig,
+    pub local_asn: u32,
+    pub router_id: Ipv4Addr,
+    /// Restart time to advertise, where graceful restart is on.
+    pub graceful_restart: Option<u16>,
+}
+
+#[derive(Debug)]
+pub enum Command {
+    /// A connection from the peer's address, accepted by the listener.
+    Incoming(TcpStream),
+    /// vipd is stopping: withdraw everything first, or leave the routes to
+    /// the peer's graceful-restart helper.
+    Shutdown { withdraw: bool },
+    /// The peer was removed from the configuration.
+    Deconfigure,
+}
+
+/// What `vipd` reports about a session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerStatus {
+    pub state: &'static str,
+    pub established_at: Option<SystemTime>,
+    pub families: Vec<Afi>,
+    pub prefixes_sent: usize,
+    pub updates_sent: u64,
+    pub last_error: Option<String>,
+}
+
+impl Default for PeerStatus {
+    fn default() -> Self {
+        PeerStatus {
+            state: State::Idle.name(),
+            established_at: None,
+            families: vec![],
+            prefixes_sent: 0,
+            updates_sent: 0,
+            last_error: None,
+        }
+    }
+}
+
+/// At most this many received messages wait for the session task; the
+/// reader stops reading the socket until there is room.
+const READ_QUEUE: usize = 16;
+/// The longest backoff between connection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// How long a second connection from the peer may take to send its OPEN.
+const CANDIDATE_OPEN_WAIT: Duration = Duration::from_secs(30);
+
+enum ReadEnd {
+    Header(Notification),
+    Closed(String),
+}
+
+type Received = Result<(MsgType, Vec<u8>), ReadEnd>;
+
+struct Conn {
+    writer: OwnedWriteHalf,
+    rx: mpsc::Receiver<Received>,
+    reader: JoinHandle<()>,
+    local: SocketAddr,
+    outbound: bool,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+impl Conn {
+    fn new(stream: TcpStream, outbound: bool) -> io::Result<Conn> {
+        let local = stream.local_addr()?;
+        stream.set_nodelay(true)?;
+        let (r, w) = stream.into_split();
+        let (tx, rx) = mpsc::channel(READ_QUEUE);
+        let reader = tokio::spawn(read_loop(r, tx));
+        Ok(Conn {
+            writer: w,
+            rx,
+            reader,
+            local,
+            outbound,
+        })
+    }
+}
+
+/// Frames messages and checks each header before anything else looks at
+/// the bytes; stops at the first bad header.
+async fn read_loop(mut r: OwnedReadHalf, tx: mpsc::Sender<Received>) {
+    let end = loop {
+        let mut h = [0u8; HEADER_LEN];
+        if let Err(e) = r.read_exact(&mut h).await {
+            break ReadEnd::Closed(closed_reason(&e));
+        }
+        let (t, len) = match check_header(&h) {
+            Ok(x) => x,
+            Err(n) => break ReadEnd::Header(n),
+        };
+        let mut body = vec![0u8; len - HEADER_LEN];
+        if let Err(e) = r.read_exact(&mut body).await {
+            break ReadEnd::Closed(closed_reason(&e));
+        }
+        if tx.send(Ok((t, body))).await.is_err() {
+            return;
+        }
+    };
+    let _ = tx.send(Err(end)).await;
+}
+
+fn closed_reason(e: &io::Error) -> String {
+    if e.kind() == io::ErrorKind::UnexpectedEof {
+        "connection closed by the peer".into()
+    } else {
+        e.to_string()
+    }
+}
+
+struct Candidate {
+    conn: Conn,
+    deadline: Instant,
+}
+
+/// What the two OPENs agreed on.
+#[derive(Debug, Clone)]
+struct Negotiated {
+    families: Vec<Afi>,
+    ctx: SendCtx,
+    graceful_restart: bool,
+}
+
+type Connecting = Pin<Box<dyn Future<Output = io::Result<TcpStream>> + Send>>;
+
+struct Session {
+    s: Settings,
+    fsm: Fsm,
+    opts: SocketOpts,
+    local_open: LocalOpen,
+    conn: Option<Conn>,
+    cand: Option<Candidate>,
+    connecting: Option<Connecting>,
+    connect_retry: Option<Instant>,
+    hold: Option<Instant>,
+    keepalive: Option<Instant>,
+    auto_start: Option<Instant>,
+    queue: VecDeque<Event>,
+    peer_open: Option<Open>,
+    negotiated: Option<Negotiated>,
+    adj: AdjRibOut,
+    table: watch::Receiver<Arc<Table>>,
+    status: Arc<Mutex<PeerStatus>>,
+    stopping: bool,
+    warned_no_next_hop: bool,
+    seed: u64,
+}
+
+/// Runs one peer until it is shut down or deconfigured.
+pub async fn run(
+    s: Settings,
+    table: watch::Receiver<Arc<Table>>,
+    mut cmds: mpsc::Receiver<Command>,
+    status: Arc<Mutex<PeerStatus>>,
+) {
+    let p = &s.peer;
+    let mut families = vec![];
+    if p.families.ipv4 {
+        families.push(Afi::Ipv4);
+    }
+    if p.families.ipv6 {
+        families.push(Afi::Ipv6);
+    }
+    let local_open = LocalOpen {
+        asn: s.local_asn,
+        hold_time: p.hold_time,
+        router_id: s.router_id,
+        families,
+        capabilities: true,
+        refused: vec![],
+        graceful_restart: s.graceful_restart,
+    };
+    let opts = SocketOpts {
+        password: p.password.clone(),
+        ttl: p.ttl,
+        ttl_security: p.ttl_security,
+        source: p.source_address,
+    };
+    let seed = u32::from(s.router_id) as u64 ^ hash_ip(p.address) ^ now_nanos();
+    let mut me = Session {
+        fsm: Fsm::new(p.passive, p.hold_time, p.keepalive),
+        s,
+        opts,
+        local_open,
+        conn: None,
+        cand: None,
+        connecting: None,
+        connect_retry: None,
+        hold: None,
+        keepalive: None,
+        auto_start: None,
+        queue: VecDeque::from([Event::Start]),
+        peer_open: None,
+        negotiated: None,
+        adj: AdjRibOut::default(),
+        table,
+        status,
+        stopping: false,
+        warned_no_next_hop: false,
+        seed,
+    };
+    let peer = me.s.peer.address;
+    loop {
+        while let Some(ev) = me.queue.pop_front() {
+            me.step(ev).await;
+        }
+        if me.stopping {
+            break;
+        }
+        if me.fsm.state == State::Idle && me.auto_start.is_none() {
+            let d = me.backoff();
+            debug!(%peer, "next attempt in {:.1}s", d.as_secs_f64());
+            me.auto_start = Some(Instant::now() + d);
+        }
+        let established = me.fsm.state == State::Established;
+        let cand_deadline = me.cand.as_ref().map(|c| c.deadline);
+        tokio::select! {
+            cmd = cmds.recv() => match cmd {
+                Some(Command::Incoming(stream)) => me.incoming(stream).await,
+                Some(Command::Shutdown { withdraw }) => me.shutdown(withdraw).await,
+                Some(Command::Deconfigure) | None => {
+                    me.stopping = true;
+                    me.queue.push_back(Event::Stop {
+                        notification: Some(Notification::shutdown(
+                            code::PEER_DECONFIGURED,
+                            "peer removed from vipd's configuration",
+                        )),
+                    });
+                }
+            },
+            r = recv(me.conn.as_mut()) => me.on_message(r).await,
+            r = recv(me.cand.as_mut().map(|c| &mut c.conn)) => me.on_candidate(r).await,
+            r = poll_connect(me.connecting.as_mut()) => {
+                me.connecting = None;
+                match r.and_then(|st| Conn::new(st, true)) {
+                    Ok(c) => {
+                        debug!(%peer, local = %c.local, "connected");
+                        me.conn = Some(c);
+                        me.queue.push_back(Event::TcpConnected);
+                    }
+                    Err(e) => {
+                        debug!(%peer, "connect failed: {e}");
+                        me.set_error(format!("connect: {e}"));
+                        me.queue.push_back(Event::TcpFails);
+                    }
+                }
+            }
+            _ = at(me.hold) => { me.hold = None; me.queue.push_back(Event::HoldTimerExpires) }
+            _ = at(me.keepalive) => { me.keepalive = None; me.queue.push_back(Event::KeepaliveTimerExpires) }
+            _ = at(me.connect_retry) => { me.connect_retry = None; me.queue.push_back(Event::ConnectRetryTimerExpires) }
+            _ = at(me.auto_start) => { me.auto_start = None; me.queue.push_back(Event::Start) }
+            _ = at(cand_deadline) => {
+                debug!(%peer, "second connection sent no OPEN in time");
+                me.cand = None;
+            }
+            r = me.table.changed(), if established => {
+                if r.is_ok() { me.sync(false).await }
+            }
+        }
+    }
+    me.status.lock().unwrap().state = "Stopped";
+    info!(%peer, "session stopped");
+}
+
+async fn recv(c: Option<&mut Conn>) -> Received {
+    match c {
+        Some(c) => {
+            c.rx.recv()
+                .await
+                .unwrap_or(Err(ReadEnd::Closed("reader ended".into())))
+        }
+        None => std::future::pending().await,
+    }
+}
+
+async fn poll_connect(c: Option<&mut Connecting>) -> io::Result<TcpStream> {
+    match c {
+        Some(f) => f.await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn at(t: Option<Instant>) {
+    match t {
+        Some(t) => sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn hash_ip(ip: IpAddr) -> u64 {
+    match ip {
+        IpAddr::V4(v) => u32::from(v) as u64,
+        IpAddr::V6(v) => {
+            let x = u128::from(v);
+            (x as u64) ^ ((x >> 64) as u64)
+        }
+    }
+}
+
+fn now_nanos() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// Connect-retry backoff: the configured interval doubled per consecutive
+/// failure, capped, with RFC 4271 10's jitter (a factor from 0.75 to 1).
+pub fn backoff(base_secs: u16, failures: u32, rand: u64) -> Duration {
+    let base = Duration::from_secs(base_secs.max(1) as u64);
+    let d = base
+        .saturating_mul(1u32 << failures.min(6))
+        .min(MAX_BACKOFF.max(base));
+    let jitter = 0.75 + 0.25 * ((rand % 1000) as f64 / 1000.0);
+    d.mul_f64(jitter)
+}
+
+impl Session {
+    fn rand(&mut self) -> u64 {
+        // xorshift64: enough to spread reconnects, no dependency needed.
+        let mut x = self.seed.max(1);
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.seed = x;
+        x
+    }
+
+    fn backoff(&mut self) -> Duration {
+        let r = self.rand();
+        // The first attempt after a session ends goes out at once-ish.
+        if self.fsm.connect_retry_counter == 0 {
+            return Duration::from_millis(100 + r % 400);
+        }
+        backoff(
+            self.s.peer.connect_retry,
+            self.fsm.connect_retry_counter - 1,
+            r,
+        )
+    }
+
+    fn set_error(&self, e: String) {
+        self.status.lock().unwrap().last_error = Some(e);
+    }
+
+    fn peer(&self) -> IpAddr {
+        self.s.peer.address
+    }
+
+    async fn step(&mut self, ev: Event) {
+        let before = self.fsm.state;
+        let acts = self.fsm.handle(ev.clone());
+        if before != self.fsm.state {
+            debug!(peer = %self.peer(), "{} -> {} on {:?}", before.name(), self.fsm.state.name(), ev);
+            self.status.lock().unwrap().state = self.fsm.state.name();
+        }
+        for a in acts {
+            self.act(a).await;
+        }
+    }
+
+    async fn act(&mut self, a: Action) {
+        match a {
+            Action::Connect => {
+                if self.s.peer.passive {
+                    return;
+                }
+                let addr = SocketAddr::new(self.peer(), self.s.peer.port);
+                let opts = self.opts.clone();
+                self.connecting = Some(Box::pin(async move { net::connect(addr, &opts).await }));
+            }
+            Action::Drop => {
+                self.connecting = None;
+                if let Some(mut c) = self.conn.take() {
+                    let _ = c.writer.shutdown().await;
+                }
+                self.peer_open = None;
+            }
+            Action::SendOpen => {
+                let m = self.local_open.encode();
+                self.send(&m).await;
+            }
+            Action::SendKeepalive => {
+                self.send(&keepalive()).await;
+            }
+            Action::SendNotification(n) => {
+                warn!(peer = %self.peer(), "sending NOTIFICATION {n}");
+                self.set_error(format!("sent {n}"));
+                if let Some(c) = self.conn.as_mut() {
+                    let dl = Instant::now() + Duration::from_secs(1);
+                    let _ = timeout_at(dl, c.writer.write_all(&n.encode())).await;
+                }
+            }
+            Action::StartConnectRetryTimer => {
+                let d = if self.fsm.connect_retry_counter == 0 {
+                    Duration::from_secs(self.s.peer.connect_retry as u64)
+                } else {
+                    self.backoff()
+                };
+                self.connect_retry = Some(Instant::now() + d);
+            }
+            Action::StopConnectRetryTimer => self.connect_retry = None,
+            Action::StartHoldTimer(s) => {
+                self.hold = Some(Instant::now() + Duration::from_secs(s as u64))
+            }
+            Action::StopHoldTimer => self.hold = None,
+            Action::StartKeepaliveTimer(s) => {
+                self.keepalive = (s > 0).then(|| Instant::now() + Duration::from_secs(s as u64))
+            }
+            Action::StopKeepaliveTimer => self.keepalive = None,
+            Action::SessionUp => self.session_up().await,
+            Action::SessionDown => {
+                info!(peer = %self.peer(), "session down");
+                self.adj.clear();
+                self.negotiated = None;
+                let mut st = self.status.lock().unwrap();
+                st.established_at = None;
+                st.families.clear();
+                st.prefixes_sent = 0;
+            }
+        }
+    }
+
+    /// Writes to the current connection. A write that cannot finish before
+    /// the hold timer would expire counts as that expiry: a peer that stops
+    /// reading is as dead as one that stops talking.
+    async fn send(&mut self, bytes: &[u8]) -> bool {
+        let Some(c) = self.conn.as_mut() else {
+            return false;
+        };
+        let dl = self
+            .hold
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(240));
+        match timeout_at(dl, c.writer.write_all(bytes)).await {
+            Ok(Ok(())) => {
+                if let Some(k) = self.fsm_keepalive_secs() {
+                    self.keepalive = Some(Instant::now() + Duration::from_secs(k as u64));
+                }
+                true
+            }
+            Ok(Err(e)) => {
+                debug!(peer = %self.peer(), "write failed: {e}");
+                self.set_error(format!("write: {e}"));
+                self.queue.push_back(Event::TcpFails);
+                false
+            }
+            Err(_) => {
+                self.hold = None;
+                self.queue.push_back(Event::HoldTimerExpires);
+                false
+            }
+        }
+    }
+
+    fn fsm_keepalive_secs(&self) -> Option<u16> {
+        match self.fsm.state {
+            State::OpenConfirm | State::Established if self.fsm.negotiated_hold > 0 => {
+                Some(self.fsm.keepalive_interval())
+            }
+            _ => None,
+        }
+    }
+
+    async fn incoming(&mut self, stream: TcpStream) {
+        let peer = self.peer();
+        if let Err(e) = self.opts.apply_ttl(&stream, peer.is_ipv6()) {
+            warn!(%peer, "setting TTL on accepted connection: {e}");
+        }
+        let conn = match Conn::new(stream, false) {
+            Ok(c) => c,
+            Err(e) => {
+                debug!(%peer, "accepted connection unusable: {e}");
+                return;
+            }
+        };
+        match self.fsm.state {
+            State::Idle | State::Connect | State::Active => {
+                debug!(%peer, "accepted connection");
+                self.adopt(conn).await;
+            }
+            _ => {
+                if self.cand.is_some() {
+                    debug!(%peer, "third connection refused");
+                    reject(conn, code::CONNECTION_REJECTED).await;
+                } else {
+                    debug!(%peer, "second connection: collision detection (RFC 4271 6.8)");
+                    self.cand = Some(Candidate {
+                        conn,
+                        deadline: Instant::now() + CANDIDATE_OPEN_WAIT,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Makes `conn` the session's connection, as if it had just connected.
+    async fn adopt(&mut self, conn: Conn) {
+        match self.fsm.state {
+            State::Idle => {
+                self.auto_start = None;
+                self.fsm.state = State::Active;
+            }
+            State::Connect | State::Active => {}
+            _ => {
+                self.step(Event::Stop { notification: None }).await;
+                self.fsm.state = State::Active;
+            }
+        }
+        self.connecting = None;
+        self.conn = Some(conn);
+        self.step(Event::TcpConnected).await;
+    }
+
+    async fn on_candidate(&mut self, r: Received) {
+        let peer = self.peer();
+        let Some(cand) = self.cand.take() else { return };
+        let body = match r {
+            Ok((MsgType::Open, body)) => body,
+            Ok((t, _)) => {
+                debug!(%peer, "second connection sent {t:?} before OPEN; closed");
+                return reject(cand.conn, 0).await;
+            }
+            Err(_) => return,
+        };
+        let open = match self.check_open(&body) {
+            Ok(o) => o,
+            Err(n) => {
+                let mut c = cand.conn;
+                let _ = c.writer.write_all(&n.encode()).await;
+                return;
+            }
+        };
+        let current_outbound = self.conn.as_ref().map(|c| c.outbound).unwrap_or(false);
+        let keep_new = self.fsm.state == State::Established
+            || !current_outbound
+            || u32::from(self.s.router_id) < u32::from(open.bgp_id);
+        if !keep_new {
+            info!(%peer, "connection collision: keeping our connection");
+            return reject(cand.conn, code::COLLISION_RESOLUTION).await;
+        }
+        if self.fsm.state == State::Established {
+            info!(%peer, "peer opened a new session while established: it restarted; replacing the old one");
+        } else {
+            info!(%peer, "connection collision: keeping the peer's connection");
+            self.step(Event::CollisionDump).await;
+        }
+        self.adopt(cand.conn).await;
+        self.open_received(open).await;
+    }
+
+    fn check_open(&self, body: &[u8]) -> Result<Open, Notification> {
+        let o = open::parse(body)?;
+        open::check(
+            &o,
+            &open::Expect {
+                local_asn: self.s.local_asn,
+                local_id: self.s.router_id,
+                peer_asn: self.s.peer.asn,
+            },
+        )?;
+        Ok(o)
+    }
+
+    async fn on_message(&mut self, r: Received) {
+        let peer = self.peer();
+        let (t, body) = match r {
+            Ok(x) => x,
+            Err(ReadEnd::Header(n)) => {
+                warn!(%peer, "bad message header: {n}");
+                self.queue.push_back(Event::HeaderError(n));
+                return;
+            }
+            Err(ReadEnd::Closed(why)) => {
+                info!(%peer, "connection lost: {why}");
+                self.set_error(why);
+                self.queue.push_back(Event::TcpFails);
+                return;
+            }
+        };
+        match t {
+            MsgType::Open => match self.check_open(&body) {
+                Ok(o) => {
+                    if let Some(c) = self.cand.take() {
+                        // Their OPEN arrived here first; the second
+                        // connection is the redundant one.
+                        reject(c.conn, code::COLLISION_RESOLUTION).await;
+                    }
+                    self.open_received(o).await
+                }
+                Err(n) => {
+                    warn!(%peer, "bad OPEN: {n}");
+                    self.queue.push_back(Event::OpenError(n));
+                }
+            },
+            MsgType::Keepalive => self.queue.push_back(Event::KeepaliveReceived),
+            MsgType::Update => self.on_update(&body),
+            MsgType::Notification => {
+                let n = Notification::parse(&body);
+                warn!(%peer, "peer sent NOTIFICATION {n}");
+                self.set_error(format!("received {n}"));
+                if self.fsm.state == State::OpenSent && n.code == code::OPEN {
+                    self.learn_refusal(&n);
+                }
+                self.queue.push_back(
+                    if n.code == code::OPEN && n.subcode == code::UNSUPPORTED_VERSION {
+                        Event::NotificationVersionError
+                    } else {
+                        Event::NotificationReceived
+                    },
+                );
+            }
+            MsgType::RouteRefresh => {
+                if self.fsm.state == State::Established {
+                    if let Some(afi) = update::route_refresh_afi(&body) {
+                        let fams = self.negotiated.as_ref().map(|n| n.families.clone());
+                        if fams.is_some_and(|f| f.contains(&afi)) {
+                            info!(%peer, "route refresh for {afi}: re-sending {} routes", self.adj.len());
+                            let c = self.adj.resend(afi);
+                            self.send_changes(c, &[]).await;
+                        }
+                    }
+                }
+                self.queue.push_back(Event::UpdateReceived);
+            }
+        }
+    }
+
+    /// RFC 5492: a peer that refuses our capabilities gets an OPEN without
+    /// them on the next attempt.
+    fn learn_refusal(&mut self, n: &Notification) {
+        match n.subcode {
+            code::UNSUPPORTED_OPT_PARAM => {
+                info!(peer = %self.peer(), "peer refuses optional parameters: next OPEN carries no capabilities");
+                self.local_open.capabilities = false;
+            }
+            code::UNSUPPORTED_CAPABILITY => {
+                let mut d = &n.data[..];
+                while d.len() >= 2 {
+                    let (c, l) = (d[0], d[1] as usize);
+                    if !self.local_open.refused.contains(&c) {
+                        info!(peer = %self.peer(), "peer refuses capability {c}: leaving it out");
+                        self.local_open.refused.push(c);
+                    }
+                    d = d.get(2 + l..).unwrap_or(&[]);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    async fn open_received(&mut self, o: Open) {
+        let ours = &self.local_open;
+        let our_families: Vec<Afi> = if ours.capabilities && !ours.refused.contains(&open::CAP_MP) {
+            ours.families.clone()
+        } else {
+            vec![Afi::Ipv4]
+        };
+        let theirs: Vec<Afi> = if o.caps.any_mp {
+            o.caps.families.clone()
+        } else {
+            vec![Afi::Ipv4]
+        };
+        let families: Vec<Afi> = our_families
+            .into_iter()
+            .filter(|f| theirs.contains(f))
+            .collect();
+        let sent_asn4 = ours.capabilities && !ours.refused.contains(&open::CAP_ASN4);
+        let sent_gr = ours.capabilities
+            && ours.graceful_restart.is_some()
+            && !ours.refused.contains(&open::CAP_GRACEFUL_RESTART);
+        let local = self.conn.as_ref().map(|c| c.local.ip().to_canonical());
+        let p = &self.s.peer;
+        let ctx = SendCtx {
+            local_asn: self.s.local_asn,
+            ebgp: p.asn != self.s.local_asn,
+            four_octet_as: sent_asn4 && o.caps.asn4.is_some(),
+            next_hop_v4: p.next_hop_ipv4.or(match local {
+                Some(IpAddr::V4(v)) => Some(v),
+                _ => None,
+            }),
+            next_hop_v6: p.next_hop_ipv6.or(match local {
+                Some(IpAddr::V6(v)) => Some(v),
+                _ => None,
+            }),
+        };
+        self.negotiated = Some(Negotiated {
+            families,
+            ctx,
+            graceful_restart: sent_gr && o.caps.graceful_restart.is_some(),
+        });
+        let hold = o.hold_time;
+        self.peer_open = Some(o);
+        self.queue
+            .push_back(Event::OpenReceived { hold_time: hold });
+    }
+
+    fn on_update(&mut self, body: &[u8]) {
+        let peer = self.peer();
+        let ctx = update::Ctx {
+            four_octet_as: self
+                .negotiated
+                .as_ref()
+                .is_some_and(|n| n.ctx.four_octet_as),
+            ebgp: self.s.peer.asn != self.s.local_asn,
+        };
+        match update::check(body, ctx) {
+            Err(n) => {
+                warn!(%peer, "malformed UPDATE: {n}");
+                self.queue.push_back(Event::UpdateError(n));
+            }
+            Ok(c) => {
+                if let Some(why) = &c.treat_as_withdraw {
+                    info!(%peer, "UPDATE treated as withdraw (RFC 7606): {why}");
+                }
+                for d in &c.discarded {
+                    debug!(%peer, "attribute discarded (RFC 7606): {d}");
+                }
+                if let Some(afi) = c.end_of_rib {
+                    debug!(%peer, "End-of-RIB for {afi}");
+                } else if tracing::enabled!(tracing::Level::DEBUG) && !c.sanitized.is_empty() {
+                    let decoded = update::decode(&c.sanitized, ctx).is_some();
+                    debug!(%peer, announced = c.announced, withdrawn = c.withdrawn, decoded,
+                        "UPDATE received and dropped: vipd does not learn routes");
+                }
+                self.queue.push_back(Event::UpdateReceived);
+            }
+        }
+    }
+
+    async fn session_up(&mut self) {
+        let n = self
+            .negotiated
+            .clone()
+            .expect("OPEN negotiated before Established");
+        let o = self.peer_open.as_ref();
+        info!(
+            peer = %self.peer(),
+            families = ?n.families,
+            hold = self.fsm.negotiated_hold,
+            four_octet_as = n.ctx.four_octet_as,
+            graceful_restart = n.graceful_restart,
+            peer_id = %o.map(|o| o.bgp_id).unwrap_or(Ipv4Addr::UNSPECIFIED),
+            "session established"
+        );
+        {
+            let mut st = self.status.lock().unwrap();
+            st.established_at = Some(SystemTime::now());
+            st.families = n.families.clone();
+            st.last_error = None;
+        }
+        self.warned_no_next_hop = false;
+        self.sync(true).await;
+    }
+
+    /// Brings the peer to the current table; the first time, each family's
+    /// table is followed by End-of-RIB.
+    async fn sync(&mut self, initial: bool) {
+        let Some(n) = self.negotiated.clone() else {
+            return;
+        };
+        let table = self.table.borrow_and_update().clone();
+        let changes = self.adj.diff(&table, &n.families);
+        let eor: Vec<Afi> = if initial { n.families.clone() } else { vec![] };
+        if changes.is_empty() && eor.is_empty() {
+            return;
+        }
+        self.send_changes(changes, &eor).await;
+    }
+
+    async fn send_changes(&mut self, mut changes: Changes, eor: &[Afi]) {
+        let Some(n) = self.negotiated.clone() else {
+            return;
+        };
+        let mut buf = Vec::new();
+        let mut msgs = 0u64;
+        let mut unsent = vec![];
+        for (i, g) in changes.announce.iter().enumerate() {
+            match encode::announce(&mut buf, &g.prefixes, &g.attrs, g.afi, &n.ctx) {
+                Some(m) => msgs += m as u64,
+                None => unsent.push(i),
+            }
+        }
+        if !unsent.is_empty() && !self.warned_no_next_hop {
+            self.warned_no_next_hop = true;
+            warn!(peer = %self.peer(), "no next hop for some families on this session: set next_hop_ipv4 / next_hop_ipv6 for the peer; those routes are not sent");
+        }
+        for i in unsent.into_iter().rev() {
+            changes.announce.remove(i);
+        }
+        msgs += encode::withdraw(&mut buf, &changes.withdraw_v4, Afi::Ipv4) as u64;
+        msgs += encode::withdraw(&mut buf, &changes.withdraw_v6, Afi::Ipv6) as u64;
+        for afi in eor {
+            encode::end_of_rib(&mut buf, *afi);
+            msgs += 1;
+        }
+        if buf.is_empty() {
+            return;
+        }
+        let (a, w) = (changes.announced(), changes.withdrawn());
+        if self.send(&buf).await {
+            self.adj.apply(&changes);
+            info!(peer = %self.peer(), announced = a, withdrawn = w, updates = msgs, bytes = buf.len(), "sent");
+            let mut st = self.status.lock().unwrap();
+            st.prefixes_sent = self.adj.len();
+            st.updates_sent += msgs;
+        }
+    }
+
+    async fn shutdown(&mut self, withdraw: bool) {
+        self.stopping = true;
+        let gr = self.negotiated.as_ref().is_some_and(|n| n.graceful_restart);
+        if self.fsm.state == State::Established && withdraw {
+            let c = self.adj.diff(&Table::new(), &[Afi::Ipv4, Afi::Ipv6]);
+            info!(peer = %self.peer(), "withdrawing {} routes before stopping", c.withdrawn());
+            self.send_changes(c, &[]).await;
+        }
+        // With graceful restart negotiated, a silent close lets the peer keep
+        // the routes as stale until we are back and send End-of-RIB; a Cease
+        // would make a peer without RFC 8538 flush them at once.
+        let notification = if gr && !withdraw {
+            info!(peer = %self.peer(), "closing without NOTIFICATION: the peer keeps the routes through the restart");
+            None
+        } else {
+            Some(Notification::shutdown(
+                code::ADMIN_SHUTDOWN,
+                "vipd is shutting down",
+            ))
+        };
+        self.queue.push_back(Event::Stop { notification });
+    }
+}
+
+/// Closes a connection that lost to another, with a Cease.
+async fn reject(mut c: Conn, subcode: u8) {
+    if subcode != 0 {
+        let n = Notification::new(code::CEASE, subcode).encode();
+        let dl = Instant::now() + Duration::from_secs(1);
+        let _ = timeout_at(dl, c.writer.write_all(&n)).await;
+    }
+    let _ = c.writer.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_caps_and_jitters() {
+        assert_eq!(backoff(5, 0, 999), Duration::from_secs(5).mul_f64(0.99975));
+        let d = backoff(5, 0, 0);
+        assert_eq!(d, Duration::from_millis(3750));
+        assert_eq!(backoff(5, 1, 0), Duration::from_millis(7500));
+        assert_eq!(backoff(5, 10, 0), Duration::from_secs(45));
+        assert!(backoff(5, 10, 999) <= MAX_BACKOFF);
+        // A configured interval above the cap is honoured.
+        assert_eq!(backoff(120, 3, 0), Duration::from_secs(90));
+    }
+}

@@ -1,0 +1,246 @@
+//! UPDATE encoding: path attributes and NLRI packed to the 4096-byte limit.
+//!
+//! Written by hand rather than through zettabgp: its AS_PATH encoder writes
+//! AS_SEQUENCE as AS_SET and its encoders panic when a buffer is too small,
+//! so sizing has to happen here anyway. zettabgp decodes these messages in
+//! the tests as an independent check.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use ipnet::IpNet;
+
+use super::update::{
+    AS4_PATH, AS_PATH, COMMUNITIES, FLAG_EXTENDED, FLAG_OPTIONAL, FLAG_TRANSITIVE,
+    LARGE_COMMUNITIES, LOCAL_PREF, MED, MP_REACH, MP_UNREACH, NEXT_HOP, ORIGIN,
+};
+use super::{push_header, Afi, MsgType, HEADER_LEN, MAX_MESSAGE_LEN, SAFI_UNICAST};
+use crate::config::{RouteAttrs, AS_TRANS};
+
+/// What the encoding depends on, per session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SendCtx {
+    pub local_asn: u32,
+    pub ebgp: bool,
+    pub four_octet_as: bool,
+    pub next_hop_v4: Option<Ipv4Addr>,
+    pub next_hop_v6: Option<Ipv6Addr>,
+}
+
+fn push_attr(out: &mut Vec<u8>, flags: u8, t: u8, v: &[u8]) {
+    if v.len() > 255 {
+        out.extend_from_slice(&[flags | FLAG_EXTENDED, t]);
+        out.extend_from_slice(&(v.len() as u16).to_be_bytes());
+    } else {
+        out.extend_from_slice(&[flags, t, v.len() as u8]);
+    }
+    out.extend_from_slice(v);
+}
+
+/// Path attributes shared by a group, except MP_REACH_NLRI; NEXT_HOP is
+/// included for IPv4.
+pub fn path_attrs(a: &RouteAttrs, afi: Afi, ctx: &SendCtx) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(64);
+    push_attr(&mut out, FLAG_TRANSITIVE, ORIGIN, &[0]);
+    if ctx.ebgp {
+        // An AS_SEQUENCE of one: segment type 2, count 1.
+        if ctx.four_octet_as {
+            let mut v = vec![2, 1];
+            v.extend_from_slice(&ctx.local_asn.to_be_bytes());
+            push_attr(&mut out, FLAG_TRANSITIVE, AS_PATH, &v);
+        } else {
+            let two = if ctx.local_asn > 0xffff {
+                AS_TRANS as u16
+            } else {
+                ctx.local_asn as u16
+            };
+            let mut v = vec![2, 1];
+            v.extend_from_slice(&two.to_be_bytes());
+            push_attr(&mut out, FLAG_TRANSITIVE, AS_PATH, &v);
+        }
+    } else {
+        push_attr(&mut out, FLAG_TRANSITIVE, AS_PATH, &[]);
+    }
+    if afi == Afi::Ipv4 {
+        push_attr(
+            &mut out,
+            FLAG_TRANSITIVE,
+            NEXT_HOP,
+            &ctx.next_hop_v4?.octets(),
+        );
+    }
+    if let Some(m) = a.med {
+        push_attr(&mut out, FLAG_OPTIONAL, MED, &m.to_be_bytes());
+    }
+    if !ctx.ebgp {
+        push_attr(
+            &mut out,
+            FLAG_TRANSITIVE,
+            LOCAL_PREF,
+            &a.local_pref.unwrap_or(100).to_be_bytes(),
+        );
+    }
+    if !a.communities.is_empty() {
+        let v: Vec<u8> = a.communities.iter().flat_map(|c| c.to_be_bytes()).collect();
+        push_attr(&mut out, FLAG_OPTIONAL | FLAG_TRANSITIVE, COMMUNITIES, &v);
+    }
+    if ctx.ebgp && !ctx.four_octet_as && ctx.local_asn > 0xffff {
+        let mut v = vec![2, 1];
+        v.extend_from_slice(&ctx.local_asn.to_be_bytes());
+        push_attr(&mut out, FLAG_OPTIONAL | FLAG_TRANSITIVE, AS4_PATH, &v);
+    }
+    if !a.large_communities.is_empty() {
+        let v: Vec<u8> = a
+            .large_communities
+            .iter()
+            .flat_map(|c| c.iter().flat_map(|x| x.to_be_bytes()))
+            .collect();
+        push_attr(
+            &mut out,
+            FLAG_OPTIONAL | FLAG_TRANSITIVE,
+            LARGE_COMMUNITIES,
+            &v,
+        );
+    }
+    Some(out)
+}
+
+fn nlri_len(p: &IpNet) -> usize {
+    1 + (p.prefix_len() as usize).div_ceil(8)
+}
+
+fn push_nlri(out: &mut Vec<u8>, p: &IpNet) {
+    let n = (p.prefix_len() as usize).div_ceil(8);
+    out.push(p.prefix_len());
+    match p {
+        IpNet::V4(v) => out.extend_from_slice(&v.network().octets()[..n]),
+        IpNet::V6(v) => out.extend_from_slice(&v.network().octets()[..n]),
+    }
+}
+
+/// Space left for NLRI in one message after fixed parts of `fixed` bytes.
+const fn room(fixed: usize) -> usize {
+    MAX_MESSAGE_LEN - HEADER_LEN - 4 - fixed
+}
+
+/// Appends UPDATEs announcing `prefixes` (all of family `afi`) with one set
+/// of attributes, as few messages as fit. Returns the number of messages, or
+/// `None` where the session has no next hop for the family.
+pub fn announce(
+    out: &mut Vec<u8>,
+    prefixes: &[IpNet],
+    a: &RouteAttrs,
+    afi: Afi,
+    ctx: &SendCtx,
+) -> Option<usize> {
+    let attrs = path_attrs(a, afi, ctx)?;
+    let mut msgs = 0;
+    match afi {
+        Afi::Ipv4 => {
+            let cap = room(attrs.len());
+            for chunk in chunks(prefixes, cap) {
+                let nl: usize = chunk.iter().map(nlri_len).sum();
+                push_header(out, 4 + attrs.len() + nl, MsgType::Update);
+                out.extend_from_slice(&[0, 0]);
+                out.extend_from_slice(&(attrs.len() as u16).to_be_bytes());
+                out.extend_from_slice(&attrs);
+                chunk.iter().for_each(|p| push_nlri(out, p));
+                msgs += 1;
+            }
+        }
+        Afi::Ipv6 => {
+            let nh = ctx.next_hop_v6?;
+            // MP_REACH goes first (RFC 7606 5.1): 4-byte attribute header,
+            // AFI, SAFI, next-hop length, next hop, reserved byte.
+            let mp_fixed = 4 + 3 + 1 + 16 + 1;
+            let cap = room(attrs.len() + mp_fixed);
+            for chunk in chunks(prefixes, cap) {
+                let nl: usize = chunk.iter().map(nlri_len).sum();
+                let mp_len = mp_fixed - 4 + nl;
+                push_header(out, 4 + 4 + mp_len + attrs.len(), MsgType::Update);
+                out.extend_from_slice(&[0, 0]);
+                out.extend_from_slice(&((4 + mp_len + attrs.len()) as u16).to_be_bytes());
+                out.extend_from_slice(&[FLAG_OPTIONAL | FLAG_EXTENDED, MP_REACH]);
+                out.extend_from_slice(&(mp_len as u16).to_be_bytes());
+                out.extend_from_slice(&afi.code().to_be_bytes());
+                out.extend_from_slice(&[SAFI_UNICAST, 16]);
+                out.extend_from_slice(&nh.octets());
+                out.push(0);
+                chunk.iter().for_each(|p| push_nlri(out, p));
+                out.extend_from_slice(&attrs);
+                msgs += 1;
+            }
+        }
+    }
+    Some(msgs)
+}
+
+/// Appends UPDATEs withdrawing `prefixes` (all of family `afi`).
+pub fn withdraw(out: &mut Vec<u8>, prefixes: &[IpNet], afi: Afi) -> usize {
+    let mut msgs = 0;
+    match afi {
+        Afi::Ipv4 => {
+            for chunk in chunks(prefixes, room(0)) {
+                let nl: usize = chunk.iter().map(nlri_len).sum();
+                push_header(out, 4 + nl, MsgType::Update);
+                out.extend_from_slice(&(nl as u16).to_be_bytes());
+                chunk.iter().for_each(|p| push_nlri(out, p));
+                out.extend_from_slice(&[0, 0]);
+                msgs += 1;
+            }
+        }
+        Afi::Ipv6 => {
+            for chunk in chunks(prefixes, room(4 + 3)) {
+                let nl: usize = chunk.iter().map(nlri_len).sum();
+                push_unreach(out, afi, nl);
+                chunk.iter().for_each(|p| push_nlri(out, p));
+                msgs += 1;
+            }
+        }
+    }
+    msgs
+}
+
+fn push_unreach(out: &mut Vec<u8>, afi: Afi, nl: usize) {
+    push_header(out, 4 + 4 + 3 + nl, MsgType::Update);
+    out.extend_from_slice(&[0, 0]);
+    out.extend_from_slice(&((4 + 3 + nl) as u16).to_be_bytes());
+    out.extend_from_slice(&[FLAG_OPTIONAL | FLAG_EXTENDED, MP_UNREACH]);
+    out.extend_from_slice(&((3 + nl) as u16).to_be_bytes());
+    out.extend_from_slice(&afi.code().to_be_bytes());
+    out.push(SAFI_UNICAST);
+}
+
+/// The End-of-RIB marker (RFC 4724 2): an empty UPDATE for IPv4 unicast, an
+/// empty MP_UNREACH_NLRI for other families.
+pub fn end_of_rib(out: &mut Vec<u8>, afi: Afi) {
+    match afi {
+        Afi::Ipv4 => {
+            push_header(out, 4, MsgType::Update);
+            out.extend_from_slice(&[0, 0, 0, 0]);
+        }
+        Afi::Ipv6 => push_unreach(out, afi, 0),
+    }
+}
+
+/// Splits prefixes into runs whose NLRI encoding fits `cap` bytes.
+fn chunks(prefixes: &[IpNet], cap: usize) -> impl Iterator<Item = &[IpNet]> {
+    let mut rest = prefixes;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut used = 0;
+        let mut n = 0;
+        for p in rest {
+            let l = nlri_len(p);
+            if used + l > cap {
+                break;
+            }
+            used += l;
+            n += 1;
+        }
+        let (a, b) = rest.split_at(n.max(1));
+        rest = b;
+        Some(a)
+    })
+}

@@ -1,0 +1,546 @@
+//! Our encoder against our checker and against zettabgp's decoder, and the
+//! checker against hand-made malformed UPDATEs.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use ipnet::IpNet;
+use zettabgp::prelude::{BgpAddrs, BgpAttrItem};
+
+use super::encode::{self, SendCtx};
+use super::update::{self, Ctx};
+use super::{check_header, Afi, MsgType, Notification, HEADER_LEN, MAX_MESSAGE_LEN};
+use crate::config::RouteAttrs;
+
+fn ctx(ebgp: bool, four: bool, asn: u32) -> SendCtx {
+    SendCtx {
+        local_asn: asn,
+        ebgp,
+        four_octet_as: four,
+        next_hop_v4: Some(Ipv4Addr::new(192, 0, 2, 1)),
+        next_hop_v6: Some("2001:db8::1".parse().unwrap()),
+    }
+}
+
+fn attrs() -> RouteAttrs {
+    RouteAttrs {
+        communities: vec![(65010 << 16) | 100],
+        large_communities: vec![[65010, 1, 2]],
+        med: Some(10),
+        local_pref: Some(200),
+    }
+}
+
+fn v4(n: u32) -> Vec<IpNet> {
+    (0..n)
+        .map(|i| IpNet::from(std::net::IpAddr::V4(Ipv4Addr::from(0x6440_0000 + i))))
+        .collect()
+}
+
+fn v6(n: u32) -> Vec<IpNet> {
+    (0..n)
+        .map(|i| {
+            IpNet::from(std::net::IpAddr::V6(Ipv6Addr::from(
+                (0x2001_0db8u128 << 96) + i as u128,
+            )))
+        })
+        .collect()
+}
+
+/// Splits a byte stream into messages, checking every header.
+fn split(mut b: &[u8]) -> Vec<&[u8]> {
+    let mut out = vec![];
+    while !b.is_empty() {
+        let (t, len) = check_header(b[..HEADER_LEN].try_into().unwrap()).unwrap();
+        assert_eq!(t, MsgType::Update);
+        assert!(len <= MAX_MESSAGE_LEN);
+        out.push(&b[HEADER_LEN..len]);
+        b = &b[len..];
+    }
+    out
+}
+
+/// Finds one attribute's value in an UPDATE body.
+fn attr(body: &[u8], t: u8) -> Option<Vec<u8>> {
+    let wlen = u16::from_be_bytes([body[0], body[1]]) as usize;
+    let alen = u16::from_be_bytes([body[2 + wlen], body[3 + wlen]]) as usize;
+    let mut p = &body[4 + wlen..4 + wlen + alen];
+    while !p.is_empty() {
+        let ext = p[0] & 0x10 != 0;
+        let (hl, len) = if ext {
+            (4, u16::from_be_bytes([p[2], p[3]]) as usize)
+        } else {
+            (3, p[2] as usize)
+        };
+        if p[1] == t {
+            return Some(p[hl..hl + len].to_vec());
+        }
+        p = &p[hl + len..];
+    }
+    None
+}
+
+#[test]
+fn thousand_ipv4_host_routes_pack_and_decode() {
+    let c = ctx(true, true, 65010);
+    let mut out = vec![];
+    let msgs = encode::announce(&mut out, &v4(1000), &attrs(), Afi::Ipv4, &c).unwrap();
+    let bodies = split(&out);
+    assert_eq!(bodies.len(), msgs);
+    // 5 bytes per /32 and about 60 bytes of attributes: 2 messages.
+    assert_eq!(msgs, 2);
+    let mut total = 0;
+    for b in &bodies {
+        let chk = update::check(
+            b,
+            Ctx {
+                four_octet_as: true,
+                ebgp: true,
+            },
+        )
+        .unwrap();
+        assert_eq!(chk.treat_as_withdraw, None);
+        assert!(chk.discarded.is_empty());
+        total += chk.announced;
+        // AS_PATH is one AS_SEQUENCE (type 2) holding 65010.
+        assert_eq!(attr(b, 2).unwrap(), vec![2, 1, 0, 0, 0xfd, 0xf2]);
+        assert_eq!(attr(b, 5), None, "no LOCAL_PREF to an eBGP peer");
+        let u = update::decode(
+            &chk.sanitized,
+            Ctx {
+                four_octet_as: true,
+                ebgp: true,
+            },
+        )
+        .unwrap();
+        match &u.updates {
+            BgpAddrs::IPV4U(v) => assert_eq!(v.len(), chk.announced),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            u.get_attr_nexthop().unwrap().value,
+            std::net::IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1))
+        );
+        let comm = u.get_attr_communitylist().unwrap();
+        assert_eq!(
+            comm.value.iter().map(|c| c.value).collect::<Vec<_>>(),
+            vec![(65010 << 16) | 100]
+        );
+        let large = u.get_attr_largecommunitylist().unwrap();
+        let l = large.value.iter().next().unwrap();
+        assert_eq!((l.ga, l.ldp1, l.ldp2), (65010, 1, 2));
+        assert!(u
+            .attrs
+            .iter()
+            .any(|a| matches!(a, BgpAttrItem::MED(m) if m.value == 10)));
+    }
+    assert_eq!(total, 1000);
+}
+
+#[test]
+fn thousand_ipv6_host_routes_pack_and_decode() {
+    let c = ctx(true, true, 65010);
+    let mut out = vec![];
+    let msgs = encode::announce(&mut out, &v6(1000), &attrs(), Afi::Ipv6, &c).unwrap();
+    let bodies = split(&out);
+    assert_eq!(bodies.len(), msgs);
+    assert_eq!(msgs, 5, "17 bytes per /128: about 237 per message");
+    let mut total = 0;
+    for b in &bodies {
+        let chk = update::check(
+            b,
+            Ctx {
+                four_octet_as: true,
+                ebgp: true,
+            },
+        )
+        .unwrap();
+        assert_eq!(chk.treat_as_withdraw, None);
+        total += chk.announced;
+        let u = update::decode(
+            &chk.sanitized,
+            Ctx {
+                four_octet_as: true,
+                ebgp: true,
+            },
+        )
+        .unwrap();
+        let mp = u.get_mpupdates().unwrap();
+        match &mp.addrs {
+            BgpAddrs::IPV6U(v) => assert_eq!(v.len(), chk.announced),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            format!("{:?}", mp.nexthop),
+            format!(
+                "{:?}",
+                zettabgp::prelude::BgpAddr::V6("2001:db8::1".parse().unwrap())
+            )
+        );
+    }
+    assert_eq!(total, 1000);
+}
+
+#[test]
+fn withdrawals_and_end_of_rib() {
+    let mut out = vec![];
+    encode::withdraw(&mut out, &v4(2000), Afi::Ipv4);
+    encode::withdraw(&mut out, &v6(300), Afi::Ipv6);
+    encode::end_of_rib(&mut out, Afi::Ipv4);
+    encode::end_of_rib(&mut out, Afi::Ipv6);
+    let ctx = Ctx {
+        four_octet_as: true,
+        ebgp: true,
+    };
+    let checked: Vec<_> = split(&out)
+        .iter()
+        .map(|b| update::check(b, ctx).unwrap())
+        .collect();
+    let v4w: usize = checked.iter().take(3).map(|c| c.withdrawn).sum();
+    assert_eq!(v4w, 2000);
+    let all: usize = checked.iter().map(|c| c.withdrawn).sum();
+    assert_eq!(all, 2300);
+    let n = checked.len();
+    assert_eq!(checked[n - 2].end_of_rib, Some(Afi::Ipv4));
+    assert_eq!(checked[n - 1].end_of_rib, Some(Afi::Ipv6));
+    assert!(checked[..n - 2].iter().all(|c| c.end_of_rib.is_none()));
+}
+
+#[test]
+fn ibgp_has_empty_as_path_and_local_pref() {
+    let mut out = vec![];
+    encode::announce(
+        &mut out,
+        &v4(1),
+        &attrs(),
+        Afi::Ipv4,
+        &ctx(false, true, 65010),
+    )
+    .unwrap();
+    let b = split(&out)[0];
+    assert_eq!(attr(b, 2).unwrap(), Vec::<u8>::new());
+    assert_eq!(attr(b, 5).unwrap(), 200u32.to_be_bytes().to_vec());
+}
+
+#[test]
+fn two_octet_peer_gets_as_trans_and_as4_path() {
+    let mut out = vec![];
+    encode::announce(
+        &mut out,
+        &v4(1),
+        &attrs(),
+        Afi::Ipv4,
+        &ctx(true, false, 4_200_000_001),
+    )
+    .unwrap();
+    let b = split(&out)[0];
+    assert_eq!(attr(b, 2).unwrap(), vec![2, 1, 0x5b, 0xa0]);
+    let mut as4 = vec![2, 1];
+    as4.extend_from_slice(&4_200_000_001u32.to_be_bytes());
+    assert_eq!(attr(b, 17).unwrap(), as4);
+    let chk = update::check(
+        b,
+        Ctx {
+            four_octet_as: false,
+            ebgp: true,
+        },
+    )
+    .unwrap();
+    assert_eq!(chk.treat_as_withdraw, None);
+}
+
+#[test]
+fn no_next_hop_means_nothing_encoded() {
+    let mut c = ctx(true, true, 65010);
+    c.next_hop_v6 = None;
+    let mut out = vec![];
+    assert_eq!(
+        encode::announce(&mut out, &v6(3), &attrs(), Afi::Ipv6, &c),
+        None
+    );
+    assert!(out.is_empty());
+}
+
+/// Builds an UPDATE body from withdrawn bytes, attribute bytes and NLRI.
+pub fn body(withdrawn: &[u8], attrs: &[u8], nlri: &[u8]) -> Vec<u8> {
+    let mut b = (withdrawn.len() as u16).to_be_bytes().to_vec();
+    b.extend_from_slice(withdrawn);
+    b.extend_from_slice(&(attrs.len() as u16).to_be_bytes());
+    b.extend_from_slice(attrs);
+    b.extend_from_slice(nlri);
+    b
+}
+
+const ORIGIN: [u8; 4] = [0x40, 1, 1, 0];
+const ASPATH: [u8; 9] = [0x40, 2, 6, 2, 1, 0, 0, 0xfd, 0xea];
+const NH: [u8; 7] = [0x40, 3, 4, 192, 0, 2, 2];
+const NLRI: [u8; 5] = [32, 203, 0, 113, 7];
+
+fn good_attrs() -> Vec<u8> {
+    [&ORIGIN[..], &ASPATH, &NH].concat()
+}
+
+enum Want {
+    Ok,
+    Withdraw,
+    Notify(u8, u8),
+}
+
+#[test]
+fn malformed_updates_get_the_rfc_answer() {
+    let ga = good_attrs();
+    let cases: Vec<(&str, Vec<u8>, Want)> = vec![
+        ("good", body(&[], &ga, &NLRI), Want::Ok),
+        (
+            "withdrawn length overruns",
+            {
+                let mut b = body(&[], &ga, &NLRI);
+                b[1] = 200;
+                b
+            },
+            Want::Notify(3, 1),
+        ),
+        (
+            "attribute length overruns",
+            {
+                let mut b = body(&[], &ga, &NLRI);
+                b[3] = 200;
+                b
+            },
+            Want::Notify(3, 1),
+        ),
+        (
+            "attribute value runs past the list",
+            body(&[], &[0x40, 1, 9, 0], &[]),
+            Want::Notify(3, 1),
+        ),
+        (
+            "stray attribute byte",
+            body(&[], &[&ga[..], &[0x40]].concat(), &NLRI),
+            Want::Notify(3, 1),
+        ),
+        (
+            "bad ORIGIN value",
+            body(&[], &[&[0x40u8, 1, 1, 7][..], &ASPATH, &NH].concat(), &NLRI),
+            Want::Withdraw,
+        ),
+        (
+            "bad ORIGIN length",
+            body(
+                &[],
+                &[&[0x40u8, 1, 2, 0, 0][..], &ASPATH, &NH].concat(),
+                &NLRI,
+            ),
+            Want::Withdraw,
+        ),
+        (
+            "NEXT_HOP length 5",
+            body(
+                &[],
+                &[&ORIGIN[..], &ASPATH, &[0x40, 3, 5, 1, 2, 3, 4, 5]].concat(),
+                &NLRI,
+            ),
+            Want::Withdraw,
+        ),
+        (
+            "NEXT_HOP 0.0.0.0",
+            body(
+                &[],
+                &[&ORIGIN[..], &ASPATH, &[0x40, 3, 4, 0, 0, 0, 0]].concat(),
+                &NLRI,
+            ),
+            Want::Withdraw,
+        ),
+        (
+            "ORIGIN flagged optional",
+            body(&[], &[&[0xc0u8, 1, 1, 0][..], &ASPATH, &NH].concat(), &NLRI),
+            Want::Withdraw,
+        ),
+        (
+            "MED flagged transitive",
+            body(&[], &[&ga[..], &[0x40, 4, 4, 0, 0, 0, 1]].concat(), &NLRI),
+            Want::Withdraw,
+        ),
+        (
+            "AS_PATH one byte too long",
+            body(
+                &[],
+                &[&ORIGIN[..], &[0x40, 2, 7, 2, 1, 0, 0, 0xfd, 0xea, 0], &NH].concat(),
+                &NLRI,
+            ),
+            Want::Withdraw,
+        ),
+        (
+            "AS_PATH shorter than a segment header",
+            body(&[], &[&ORIGIN[..], &[0x40, 2, 1, 2], &NH].concat(), &NLRI),
+            Want::Withdraw,
+        ),
+        (
+            "AS_PATH bad segment type",
+            body(
+                &[],
+                &[&ORIGIN[..], &[0x40, 2, 6, 9, 1, 0, 0, 0xfd, 0xea], &NH].concat(),
+                &NLRI,
+            ),
+            Want::Withdraw,
+        ),
+        (
+            "COMMUNITIES length 3",
+            body(&[], &[&ga[..], &[0xc0, 8, 3, 1, 2, 3]].concat(), &NLRI),
+            Want::Withdraw,
+        ),
+        (
+            "LARGE_COMMUNITIES length 8",
+            body(
+                &[],
+                &[&ga[..], &[0xc0, 32, 8, 0, 0, 0, 1, 0, 0, 0, 2]].concat(),
+                &NLRI,
+            ),
+            Want::Withdraw,
+        ),
+        (
+            "missing NEXT_HOP",
+            body(&[], &[&ORIGIN[..], &ASPATH].concat(), &NLRI),
+            Want::Withdraw,
+        ),
+        ("missing everything", body(&[], &[], &NLRI), Want::Withdraw),
+        (
+            "unrecognized well-known",
+            body(&[], &[&ga[..], &[0x40, 99, 1, 0]].concat(), &NLRI),
+            Want::Notify(3, 2),
+        ),
+        (
+            "unknown optional is fine",
+            body(&[], &[&ga[..], &[0xc0, 99, 1, 0]].concat(), &NLRI),
+            Want::Ok,
+        ),
+        (
+            "NLRI prefix length 33",
+            body(&[], &ga, &[33, 1, 2, 3, 4, 5]),
+            Want::Notify(3, 10),
+        ),
+        (
+            "NLRI prefix length 255",
+            body(&[], &ga, &[255]),
+            Want::Notify(3, 10),
+        ),
+        (
+            "NLRI truncated",
+            body(&[], &ga, &[32, 1, 2]),
+            Want::Notify(3, 10),
+        ),
+        (
+            "withdrawn truncated",
+            body(&[24, 1], &[], &[]),
+            Want::Notify(3, 10),
+        ),
+        (
+            "MP_REACH truncated",
+            body(
+                &[],
+                &[&ORIGIN[..], &ASPATH, &[0x80, 14, 3, 0, 2, 1]].concat(),
+                &[],
+            ),
+            Want::Notify(3, 9),
+        ),
+        (
+            "MP_REACH next hop length 7",
+            body(
+                &[],
+                &[
+                    &ORIGIN[..],
+                    &ASPATH,
+                    &[0x80, 14, 12, 0, 2, 1, 7, 1, 2, 3, 4, 5, 6, 7, 0],
+                ]
+                .concat(),
+                &[],
+            ),
+            Want::Notify(3, 9),
+        ),
+        (
+            "MP_REACH next hop past end",
+            body(
+                &[],
+                &[&ORIGIN[..], &ASPATH, &[0x80, 14, 6, 0, 2, 1, 16, 1, 2]].concat(),
+                &[],
+            ),
+            Want::Notify(3, 9),
+        ),
+        (
+            "MP_REACH prefix length 129",
+            {
+                let mut mp = vec![0x80, 14, 0, 0, 2, 1, 16];
+                mp.extend_from_slice(&[0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+                mp.extend_from_slice(&[0, 129]);
+                mp[2] = (mp.len() - 3) as u8;
+                body(&[], &[&ORIGIN[..], &ASPATH, &mp].concat(), &[])
+            },
+            Want::Notify(3, 9),
+        ),
+        (
+            "MP_UNREACH truncated",
+            body(&[], &[0x80, 15, 2, 0, 2], &[]),
+            Want::Notify(3, 9),
+        ),
+        (
+            "duplicate MP_REACH",
+            {
+                let mp = [0x80u8, 15, 3, 0, 2, 1];
+                body(&[], &[&mp[..], &mp].concat(), &[])
+            },
+            Want::Notify(3, 1),
+        ),
+        (
+            "duplicate ORIGIN is discarded",
+            body(&[], &[&ga[..], &ORIGIN].concat(), &NLRI),
+            Want::Ok,
+        ),
+        (
+            "MP_REACH for an unknown family is ignored",
+            body(
+                &[],
+                &[
+                    &ORIGIN[..],
+                    &ASPATH,
+                    &[0x80, 14, 9, 0, 25, 70, 4, 1, 2, 3, 4, 0],
+                ]
+                .concat(),
+                &[],
+            ),
+            Want::Ok,
+        ),
+    ];
+    let ctx = Ctx {
+        four_octet_as: true,
+        ebgp: true,
+    };
+    for (name, b, want) in cases {
+        let got = update::check(&b, ctx);
+        match (want, got) {
+            (Want::Ok, Ok(c)) => {
+                assert!(c.treat_as_withdraw.is_none(), "{name}: {c:?}");
+                assert!(!c.sanitized.is_empty(), "{name}");
+                // What passed the checks is safe for zettabgp.
+                update::decode(&c.sanitized, ctx);
+            }
+            (Want::Withdraw, Ok(c)) => assert!(c.treat_as_withdraw.is_some(), "{name}: {c:?}"),
+            (Want::Notify(code, sub), Err(n)) => {
+                assert_eq!((n.code, n.subcode), (code, sub), "{name}: {n}")
+            }
+            (_, got) => panic!("{name}: unexpected {got:?}"),
+        }
+    }
+}
+
+#[test]
+fn unrecognized_well_known_notification_carries_the_attribute() {
+    let b = body(&[], &[&good_attrs()[..], &[0x40, 99, 1, 7]].concat(), &NLRI);
+    let n = update::check(
+        &b,
+        Ctx {
+            four_octet_as: true,
+            ebgp: true,
+        },
+    )
+    .unwrap_err();
+    assert_eq!(n, Notification::with_data(3, 2, [0x40, 99, 1, 7]));
+}

@@ -1,0 +1,892 @@
+//! The TOML schema, its defaults and its validation.
+//!
+//! Parsing goes through the `config` crate (file, then `VIPD_*` environment
+//! overrides) into its untyped value tree, and is then read by hand rather
+//! than with `#[derive(Deserialize)]`: serde stops at the first problem, and
+//! `vipd check-config` must report every problem at once, each naming its key.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::Path;
+
+use config::{Map, Value, ValueKind};
+use ipnet::IpNet;
+
+/// The 2-octet AS number reserved by RFC 6793 to stand in for a 4-octet one.
+pub const AS_TRANS: u32 = 23456;
+/// RFC 2385 keys are limited by the kernel's `TCP_MD5SIG_MAXKEYLEN`.
+pub const MD5_MAX_KEY: usize = 80;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub bgp: BgpConfig,
+    pub announce: Vec<Announce>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BgpConfig {
+    pub asn: u32,
+    pub router_id: Ipv4Addr,
+    pub listen: Option<SocketAddr>,
+    pub graceful_restart: bool,
+    pub restart_time: u16,
+    pub withdraw_on_stop: bool,
+    pub peers: Vec<PeerConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PeerConfig {
+    pub address: IpAddr,
+    pub asn: u32,
+    pub port: u16,
+    pub passive: bool,
+    pub hold_time: u16,
+    pub keepalive: u16,
+    pub connect_retry: u16,
+    pub password: Option<String>,
+    pub ttl: Option<u8>,
+    pub ttl_security: bool,
+    pub source_address: Option<IpAddr>,
+    pub families: Families,
+    pub next_hop_ipv4: Option<Ipv4Addr>,
+    pub next_hop_ipv6: Option<Ipv6Addr>,
+    pub description: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Families {
+    pub ipv4: bool,
+    pub ipv6: bool,
+}
+
+/// Attributes a group of announced prefixes shares.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RouteAttrs {
+    pub communities: Vec<u32>,
+    pub large_communities: Vec<[u32; 3]>,
+    pub med: Option<u32>,
+    pub local_pref: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Announce {
+    pub prefixes: Vec<IpNet>,
+    pub attrs: RouteAttrs,
+}
+
+/// One problem in the configuration: the key it concerns and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub key: String,
+    pub reason: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.reason)
+    }
+}
+
+/// Every problem found in one configuration.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct Problems(pub Vec<Problem>);
+
+impl fmt::Display for Problems {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// Reads FILE, applies `VIPD_*` environment overrides
+    /// (`VIPD_BGP__ASN=65011` sets `bgp.asn`) and validates the result.
+    pub fn load(path: &Path) -> Result<Config, Problems> {
+        Self::load_with_env(path, None)
+    }
+
+    /// As [`Config::load`], with the environment given explicitly (tests).
+    pub fn load_with_env(
+        path: &Path,
+        env: Option<HashMap<String, String>>,
+    ) -> Result<Config, Problems> {
+        let file = config::File::from(path).format(config::FileFormat::Toml);
+        let env = config::Environment::with_prefix("VIPD")
+            .prefix_separator("_")
+            .separator("__")
+            .try_parsing(true)
+            .source(env);
+        let built = config::Config::builder()
+            .add_source(file)
+            .add_source(env)
+            .build()
+            .map_err(|e| {
+                Problems(vec![Problem {
+                    key: path.display().to_string(),
+                    reason: e.to_string(),
+                }])
+            })?;
+        let root: Map<String, Value> = built.try_deserialize().map_err(|e| {
+            Problems(vec![Problem {
+                key: path.display().to_string(),
+                reason: e.to_string(),
+            }])
+        })?;
+        Self::from_table(root)
+    }
+
+    /// Parses a TOML document given as a string (tests and tools).
+    pub fn from_toml_str(text: &str) -> Result<Config, Problems> {
+        let built = config::Config::builder()
+            .add_source(config::File::from_str(text, config::FileFormat::Toml))
+            .build()
+            .map_err(|e| {
+                Problems(vec![Problem {
+                    key: "<input>".into(),
+                    reason: e.to_string(),
+                }])
+            })?;
+        let root: Map<String, Value> = built.try_deserialize().map_err(|e| {
+            Problems(vec![Problem {
+                key: "<input>".into(),
+                reason: e.to_string(),
+            }])
+        })?;
+        Self::from_table(root)
+    }
+
+    fn from_table(root: Map<String, Value>) -> Result<Config, Problems> {
+        let mut errs = Errs::default();
+        let mut root = Tbl::new("", root);
+        let bgp = match root.table("bgp", &mut errs) {
+            Some(t) => read_bgp(t, &mut errs),
+            None => {
+                errs.push("bgp", "missing: the [bgp] table is required");
+                None
+            }
+        };
+        let mut announce = Vec::new();
+        for (i, v) in root.array("announce", &mut errs).into_iter().enumerate() {
+            let key = format!("announce[{i}]");
+            if let Some(t) = as_table(&key, v, &mut errs) {
+                if let Some(a) = read_announce(Tbl::new(&key, t), &mut errs) {
+                    announce.push(a);
+                }
+            }
+        }
+        root.finish(&mut errs);
+        check_duplicate_prefixes(&announce, &mut errs);
+        match (bgp, errs.0.is_empty()) {
+            (Some(bgp), true) => Ok(Config { bgp, announce }),
+            _ => Err(Problems(errs.0)),
+        }
+    }
+
+    /// All announced prefixes with their attributes, in configuration order.
+    pub fn announcements(&self) -> impl Iterator<Item = (&IpNet, &RouteAttrs)> {
+        self.announce
+            .iter()
+            .flat_map(|a| a.prefixes.iter().map(move |p| (p, &a.attrs)))
+    }
+}
+
+fn read_bgp(mut t: Tbl, errs: &mut Errs) -> Option<BgpConfig> {
+    let asn = t.req("asn", errs, parse_asn);
+    let router_id = t.req("router_id", errs, |v| {
+        let ip: Ipv4Addr = parse_str(v)?
+            .parse()
+            .map_err(|_| "not an IPv4 address".to_string())?;
+        if ip.is_unspecified() {
+            return Err("0.0.0.0 is not a valid BGP identifier (RFC 4271 6.2)".into());
+        }
+        Ok(ip)
+    });
+    let listen = t.opt("listen", errs, |v| {
+        parse_str(v)?
+            .parse::<SocketAddr>()
+            .map_err(|_| "expected ADDRESS:PORT, e.g. \"[::]:179\" or \"192.0.2.1:179\"".into())
+    });
+    let graceful_restart = t.opt("graceful_restart", errs, parse_bool).unwrap_or(true);
+    let restart_time = t
+        .opt("restart_time", errs, |v| {
+            let n = parse_int(v, 1, 4095)?;
+            Ok(n as u16)
+        })
+        .unwrap_or(120);
+    let withdraw_on_stop = t.opt("withdraw_on_stop", errs, parse_bool).unwrap_or(false);
+    let local_asn = asn;
+    let mut peers = Vec::new();
+    for (i, v) in t.array("peers", errs).into_iter().enumerate() {
+        let key = format!("bgp.peers[{i}]");
+        if let Some(pt) = as_table(&key, v, errs) {
+            if let Some(p) = read_peer(Tbl::new(&key, pt), local_asn, errs) {
+                peers.push((key, p));
+            }
+        }
+    }
+    t.finish(errs);
+    let mut seen: HashMap<IpAddr, String> = HashMap::new();
+    for (key, p) in &peers {
+        if let Some(first) = seen.get(&p.address) {
+            errs.push(
+                format!("{key}.address"),
+                format!("duplicate peer {} (also {first})", p.address),
+            );
+        } else {
+            seen.insert(p.address, key.clone());
+        }
+        if p.passive && listen.is_none() {
+            errs.push(
+                format!("{key}.passive"),
+                "a passive peer needs bgp.listen, or vipd never accepts its connection",
+            );
+        }
+    }
+    Some(BgpConfig {
+        asn: asn?,
+        router_id: router_id?,
+        listen,
+        graceful_restart,
+        restart_time,
+        withdraw_on_stop,
+        peers: peers.into_iter().map(|(_, p)| p).collect(),
+    })
+}
+
+fn read_peer(mut t: Tbl, local_asn: Option<u32>, errs: &mut Errs) -> Option<PeerConfig> {
+    let key = t.path.clone();
+    let address = t.req("address", errs, parse_ip);
+    let asn = t.req("asn", errs, parse_asn);
+    let port = t
+        .opt("port", errs, |v| parse_int(v, 1, 65535).map(|n| n as u16))
+        .unwrap_or(179);
+    let passive = t.opt("passive", errs, parse_bool).unwrap_or(false);
+    let hold_time = t.opt("hold_time", errs, |v| {
+        let n = parse_int(v, 0, 65535)?;
+        if n == 1 || n == 2 {
+            return Err(format!(
+                "{n} is not allowed: 0 or at least 3 (RFC 4271 4.2)"
+            ));
+        }
+        Ok(n as u16)
+    });
+    let keepalive = t.opt("keepalive", errs, |v| {
+        parse_int(v, 0, 21845).map(|n| n as u16)
+    });
+    let connect_retry = t
+        .opt("connect_retry", errs, |v| {
+            parse_int(v, 1, 3600).map(|n| n as u16)
+        })
+        .unwrap_or(5);
+    let password = t.opt("password", errs, |v| {
+        let s = parse_str(v)?;
+        if s.is_empty() || s.len() > MD5_MAX_KEY {
+            return Err(format!("must be 1 to {MD5_MAX_KEY} bytes (TCP MD5 key)"));
+        }
+        Ok(s)
+    });
+    let ttl = t.opt("ttl", errs, |v| parse_int(v, 1, 255).map(|n| n as u8));
+    let multihop = t.opt("multihop", errs, |v| parse_int(v, 1, 255).map(|n| n as u8));
+    if ttl.is_some() && multihop.is_some() {
+        errs.push(
+            format!("{key}.multihop"),
+            "set either ttl or multihop (they are the same setting), not both",
+        );
+    }
+    let ttl_security = t.opt("ttl_security", errs, parse_bool).unwrap_or(false);
+    let source_address = t.opt("source_address", errs, parse_ip);
+    let families = t
+        .opt("families", errs, |v| {
+            let arr = match v.kind {
+                ValueKind::Array(a) => a,
+                _ => return Err("expected an array such as [\"ipv4\", \"ipv6\"]".into()),
+            };
+            let mut f = Families {
+                ipv4: false,
+                ipv6: false,
+            };
+            for item in arr {
+                match parse_str(item)?.as_str() {
+                    "ipv4" => f.ipv4 = true,
+                    "ipv6" => f.ipv6 = true,
+                    other => {
+                        return Err(format!(
+                            "unknown family {other:?}: expected \"ipv4\" or \"ipv6\""
+                        ))
+                    }
+                }
+            }
+            if !f.ipv4 && !f.ipv6 {
+                return Err("at least one family is needed".into());
+            }
+            Ok(f)
+        })
+        .unwrap_or(Families {
+            ipv4: true,
+            ipv6: true,
+        });
+    let next_hop_ipv4 = t.opt("next_hop_ipv4", errs, |v| {
+        parse_str(v)?
+            .parse::<Ipv4Addr>()
+            .map_err(|_| "not an IPv4 address".into())
+    });
+    let next_hop_ipv6 = t.opt("next_hop_ipv6", errs, |v| {
+        parse_str(v)?
+            .parse::<Ipv6Addr>()
+            .map_err(|_| "not an IPv6 address".into())
+    });
+    let description = t.opt("description", errs, parse_str);
+    t.finish(errs);
+
+    let hold = hold_time.unwrap_or(90);
+    let keepalive = match keepalive {
+        Some(k) => {
+            if hold == 0 && k != 0 {
+                errs.push(
+                    format!("{key}.keepalive"),
+                    "hold_time 0 disables keepalives: set keepalive to 0 or remove it",
+                );
+            } else if hold != 0 && (k == 0 || k >= hold) {
+                errs.push(
+                    format!("{key}.keepalive"),
+                    format!("must be at least 1 and less than hold_time ({hold}); got {k}"),
+                );
+            }
+            k
+        }
+        None => {
+            if hold == 0 {
+                0
+            } else {
+                (hold / 3).clamp(1, 30)
+            }
+        }
+    };
+    if let (Some(src), Some(addr)) = (source_address, address) {
+        if src.is_ipv4() != addr.is_ipv4() {
+            errs.push(
+                format!("{key}.source_address"),
+                format!("{src} is not of the same family as the peer address {addr}"),
+            );
+        }
+    }
+    let ibgp = matches!((local_asn, asn), (Some(a), Some(b)) if a == b);
+    if ttl_security && ibgp && ttl.or(multihop).is_none() {
+        // GTSM is usually meant for directly connected eBGP; for iBGP a hop count is needed.
+        errs.push(
+            format!("{key}.ttl_security"),
+            "for an iBGP peer, also set ttl to the number of hops",
+        );
+    }
+    Some(PeerConfig {
+        address: address?,
+        asn: asn?,
+        port,
+        passive,
+        hold_time: hold,
+        keepalive,
+        connect_retry,
+        password,
+        ttl: ttl.or(multihop),
+        ttl_security,
+        source_address,
+        families,
+        next_hop_ipv4,
+        next_hop_ipv6,
+        description,
+    })
+}
+
+fn read_announce(mut t: Tbl, errs: &mut Errs) -> Option<Announce> {
+    let key = t.path.clone();
+    let given = t.map.contains_key("prefix") || t.map.contains_key("prefixes");
+    let one = t.opt("prefix", errs, parse_prefix);
+    let many = t.opt("prefixes", errs, |v| match v.kind {
+        ValueKind::Array(a) => {
+            let mut out = Vec::with_capacity(a.len());
+            for (i, item) in a.into_iter().enumerate() {
+                out.push(parse_prefix(item).map_err(|e| format!("[{i}]: {e}"))?);
+            }
+            Ok(out)
+        }
+        _ => Err("expected an array of prefixes".into()),
+    });
+    let communities = t
+        .opt("communities", errs, |v| {
+            parse_list(v, |s| {
+                let (a, b) = s
+                    .split_once(':')
+                    .ok_or_else(|| format!("{s:?} is not ASN:VALUE"))?;
+                let a: u16 = a
+                    .parse()
+                    .map_err(|_| format!("{s:?}: {a:?} is not a number from 0 to 65535"))?;
+                let b: u16 = b
+                    .parse()
+                    .map_err(|_| format!("{s:?}: {b:?} is not a number from 0 to 65535"))?;
+                Ok(((a as u32) << 16) | b as u32)
+            })
+        })
+        .unwrap_or_default();
+    let large_communities = t
+        .opt("large_communities", errs, |v| {
+            parse_list(v, |s| {
+                let parts: Vec<&str> = s.split(':').collect();
+                if parts.len() != 3 {
+                    return Err(format!("{s:?} is not GLOBAL:LOCAL1:LOCAL2"));
+                }
+                let mut out = [0u32; 3];
+                for (o, p) in out.iter_mut().zip(&parts) {
+                    *o = p
+                        .parse()
+                        .map_err(|_| format!("{s:?}: {p:?} is not a 32-bit number"))?;
+                }
+                Ok(out)
+            })
+        })
+        .unwrap_or_default();
+    let med = t.opt("med", errs, |v| {
+        parse_int(v, 0, u32::MAX as i64).map(|n| n as u32)
+    });
+    let local_pref = t.opt("local_pref", errs, |v| {
+        parse_int(v, 0, u32::MAX as i64).map(|n| n as u32)
+    });
+    t.finish(errs);
+    let prefixes = match (one, many) {
+        (Some(p), None) => vec![p],
+        (None, Some(ps)) => {
+            if ps.is_empty() {
+                errs.push(format!("{key}.prefixes"), "is empty");
+            }
+            ps
+        }
+        (Some(_), Some(_)) => {
+            errs.push(&key, "set either prefix or prefixes, not both");
+            return None;
+        }
+        (None, None) => {
+            // Where one was given but did not parse, that error says enough.
+            if !given {
+                errs.push(&key, "needs prefix = \"...\" or prefixes = [...]");
+            }
+            return None;
+        }
+    };
+    let mut communities = communities;
+    communities.sort_unstable();
+    communities.dedup();
+    let mut large_communities = large_communities;
+    large_communities.sort_unstable();
+    large_communities.dedup();
+    Some(Announce {
+        prefixes,
+        attrs: RouteAttrs {
+            communities,
+            large_communities,
+            med,
+            local_pref,
+        },
+    })
+}
+
+fn check_duplicate_prefixes(announce: &[Announce], errs: &mut Errs) {
+    let total: usize = announce.iter().map(|a| a.prefixes.len()).sum();
+    let mut seen: HashMap<IpNet, usize> = HashMap::with_capacity(total);
+    for (i, a) in announce.iter().enumerate() {
+        for p in &a.prefixes {
+            if let Some(&j) = seen.get(p) {
+                if j != i {
+                    errs.push(
+                        format!("announce[{i}]"),
+                        format!("{p} is also announced by announce[{j}]: one prefix, one set of attributes"),
+                    );
+                }
+            } else {
+                seen.insert(*p, i);
+            }
+        }
+    }
+}
+
+fn parse_asn(v: Value) -> Result<u32, String> {
+    let n = parse_int(v, 0, u32::MAX as i64)?;
+    if n == 0 {
+        return Err("ASN 0 is reserved (RFC 7607)".into());
+    }
+    if n == AS_TRANS as i64 {
+        return Err("ASN 23456 is AS_TRANS, reserved (RFC 6793)".into());
+    }
+    Ok(n as u32)
+}
+
+fn parse_ip(v: Value) -> Result<IpAddr, String> {
+    let s = parse_str(v)?;
+    s.parse().map_err(|_| format!("{s:?} is not an IP address"))
+}
+
+fn parse_prefix(v: Value) -> Result<IpNet, String> {
+    let s = parse_str(v)?;
+    let net: IpNet = match s.parse() {
+        Ok(n) => n,
+        // A bare address is the common case for a VIP: a host route.
+        Err(_) => match s.parse::<IpAddr>() {
+            Ok(ip) => IpNet::from(ip),
+            Err(_) => return Err(format!("{s:?} is not a prefix such as 203.0.113.10/32")),
+        },
+    };
+    if net.trunc() != net {
+        return Err(format!(
+            "{s} has host bits set; did you mean {}?",
+            net.trunc()
+        ));
+    }
+    Ok(net)
+}
+
+fn parse_list<T>(v: Value, item: impl Fn(&str) -> Result<T, String>) -> Result<Vec<T>, String> {
+    match v.kind {
+        ValueKind::Array(a) => a
+            .into_iter()
+            .map(|x| parse_str(x).and_then(|s| item(&s)))
+            .collect(),
+        _ => Err("expected an array of strings".into()),
+    }
+}
+
+fn parse_str(v: Value) -> Result<String, String> {
+    match v.kind {
+        ValueKind::String(s) => Ok(s),
+        // Environment overrides parse "65010" as a number even where a string is meant.
+        ValueKind::I64(n) => Ok(n.to_string()),
+        ValueKind::U64(n) => Ok(n.to_string()),
+        other => Err(format!("expected a string, got {}", kind_name(&other))),
+    }
+}
+
+fn parse_bool(v: Value) -> Result<bool, String> {
+    match v.kind {
+        ValueKind::Boolean(b) => Ok(b),
+        ValueKind::String(s) if s == "true" || s == "false" => Ok(s == "true"),
+        other => Err(format!("expected true or false, got {}", kind_name(&other))),
+    }
+}
+
+fn parse_int(v: Value, min: i64, max: i64) -> Result<i64, String> {
+    let n: i128 = match v.kind {
+        ValueKind::I64(n) => n as i128,
+        ValueKind::U64(n) => n as i128,
+        ValueKind::I128(n) => n,
+        ValueKind::U128(n) => n.min(i128::MAX as u128) as i128,
+        ValueKind::String(s) => s
+            .trim()
+            .parse()
+            .map_err(|_| format!("expected a whole number, got {s:?}"))?,
+        other => {
+            return Err(format!(
+                "expected a whole number, got {}",
+                kind_name(&other)
+            ))
+        }
+    };
+    if n < min as i128 || n > max as i128 {
+        return Err(format!("{n} is out of range {min} to {max}"));
+    }
+    Ok(n as i64)
+}
+
+fn kind_name(k: &ValueKind) -> &'static str {
+    match k {
+        ValueKind::Nil => "nothing",
+        ValueKind::Boolean(_) => "a boolean",
+        ValueKind::I64(_) | ValueKind::U64(_) | ValueKind::I128(_) | ValueKind::U128(_) => {
+            "a number"
+        }
+        ValueKind::Float(_) => "a float",
+        ValueKind::String(_) => "a string",
+        ValueKind::Table(_) => "a table",
+        ValueKind::Array(_) => "an array",
+    }
+}
+
+fn as_table(key: &str, v: Value, errs: &mut Errs) -> Option<Map<String, Value>> {
+    match v.kind {
+        ValueKind::Table(t) => Some(t),
+        other => {
+            errs.push(key, format!("expected a table, got {}", kind_name(&other)));
+            None
+        }
+    }
+}
+
+#[derive(Default)]
+struct Errs(Vec<Problem>);
+
+impl Errs {
+    fn push(&mut self, key: impl Into<String>, reason: impl Into<String>) {
+        self.0.push(Problem {
+            key: key.into(),
+            reason: reason.into(),
+        });
+    }
+}
+
+/// A table being read: each key taken is removed, so what is left at the
+/// end is exactly the set of unknown keys.
+struct Tbl {
+    path: String,
+    map: Map<String, Value>,
+}
+
+impl Tbl {
+    fn new(path: &str, map: Map<String, Value>) -> Self {
+        Tbl {
+            path: path.to_string(),
+            map,
+        }
+    }
+
+    fn key(&self, k: &str) -> String {
+        if self.path.is_empty() {
+            k.to_string()
+        } else {
+            format!("{}.{k}", self.path)
+        }
+    }
+
+    fn opt<T>(
+        &mut self,
+        k: &str,
+        errs: &mut Errs,
+        parse: impl FnOnce(Value) -> Result<T, String>,
+    ) -> Option<T> {
+        let v = self.map.remove(k)?;
+        match parse(v) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                errs.push(self.key(k), e);
+                None
+            }
+        }
+    }
+
+    fn req<T>(
+        &mut self,
+        k: &str,
+        errs: &mut Errs,
+        parse: impl FnOnce(Value) -> Result<T, String>,
+    ) -> Option<T> {
+        if !self.map.contains_key(k) {
+            errs.push(self.key(k), "missing: this key is required");
+            return None;
+        }
+        self.opt(k, errs, parse)
+    }
+
+    fn table(&mut self, k: &str, errs: &mut Errs) -> Option<Tbl> {
+        let v = self.map.remove(k)?;
+        let key = self.key(k);
+        as_table(&key, v, errs).map(|m| Tbl::new(&key, m))
+    }
+
+    fn array(&mut self, k: &str, errs: &mut Errs) -> Vec<Value> {
+        match self.map.remove(k).map(|v| v.kind) {
+            None => Vec::new(),
+            Some(ValueKind::Array(a)) => a,
+            Some(other) => {
+                errs.push(
+                    self.key(k),
+                    format!(
+                        "expected an array of tables ([[{k}]]), got {}",
+                        kind_name(&other)
+                    ),
+                );
+                Vec::new()
+            }
+        }
+    }
+
+    fn finish(self, errs: &mut Errs) {
+        let mut left: Vec<_> = self.map.into_keys().collect();
+        left.sort();
+        for k in left {
+            let key = if self.path.is_empty() {
+                k
+            } else {
+                format!("{}.{k}", self.path)
+            };
+            errs.push(key, "unknown key");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[bgp]
+asn = 65010
+router_id = "192.0.2.1"
+listen = "[::]:179"
+
+[[bgp.peers]]
+address = "192.0.2.2"
+asn = 65002
+
+[[bgp.peers]]
+address = "2001:db8::2"
+asn = 65010
+hold_time = 9
+password = "s3cret"
+families = ["ipv6"]
+
+[[announce]]
+prefix = "203.0.113.10/32"
+communities = ["65010:100"]
+large_communities = ["65010:1:2"]
+med = 10
+
+[[announce]]
+prefixes = ["198.51.100.1/32", "2001:db8:ff::1/128"]
+"#;
+
+    #[test]
+    fn good_file_parses_with_defaults() {
+        let c = Config::from_toml_str(GOOD).unwrap();
+        assert_eq!(c.bgp.asn, 65010);
+        assert!(c.bgp.graceful_restart);
+        assert_eq!(c.bgp.peers.len(), 2);
+        let p0 = &c.bgp.peers[0];
+        assert_eq!((p0.hold_time, p0.keepalive, p0.port), (90, 30, 179));
+        assert!(p0.families.ipv4 && p0.families.ipv6);
+        let p1 = &c.bgp.peers[1];
+        assert_eq!((p1.hold_time, p1.keepalive), (9, 3));
+        assert!(!p1.families.ipv4 && p1.families.ipv6);
+        assert_eq!(c.announcements().count(), 3);
+        assert_eq!(c.announce[0].attrs.communities, vec![(65010 << 16) | 100]);
+        assert_eq!(c.announce[0].attrs.large_communities, vec![[65010, 1, 2]]);
+    }
+
+    fn problems(text: &str) -> Vec<String> {
+        Config::from_toml_str(text)
+            .unwrap_err()
+            .0
+            .into_iter()
+            .map(|p| p.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once_with_its_key() {
+        let p = problems(
+            r#"
+[bgp]
+asn = 0
+router_id = "0.0.0.0"
+colour = "blue"
+
+[[bgp.peers]]
+address = "192.0.2.300"
+asn = 65002
+hold_time = 10
+keepalive = 10
+
+[[bgp.peers]]
+address = "192.0.2.2"
+asn = 65002
+passive = true
+
+[[bgp.peers]]
+address = "192.0.2.2"
+asn = 65003
+hold_time = 2
+
+[[announce]]
+prefix = "203.0.113.10/24"
+communities = ["65010:x"]
+"#,
+        );
+        let want = [
+            "bgp.asn: ASN 0 is reserved",
+            "bgp.router_id: 0.0.0.0 is not a valid BGP identifier",
+            "bgp.colour: unknown key",
+            "bgp.peers[0].address: \"192.0.2.300\" is not an IP address",
+            "bgp.peers[0].keepalive: must be at least 1 and less than hold_time (10)",
+            "bgp.peers[1].passive: a passive peer needs bgp.listen",
+            "bgp.peers[2].hold_time: 2 is not allowed",
+            "bgp.peers[2].address: duplicate peer 192.0.2.2 (also bgp.peers[1])",
+            "announce[0].prefix: 203.0.113.10/24 has host bits set; did you mean 203.0.113.0/24?",
+            "announce[0].communities: \"65010:x\": \"x\" is not a number",
+        ];
+        for w in want {
+            assert!(
+                p.iter().any(|l| l.starts_with(w)),
+                "missing {w:?} in {p:#?}"
+            );
+        }
+        assert_eq!(p.len(), want.len(), "{p:#?}");
+    }
+
+    #[test]
+    fn missing_tables_and_types() {
+        let p = problems("[[announce]]\nprefix = 5\n");
+        assert!(p
+            .iter()
+            .any(|l| l == "bgp: missing: the [bgp] table is required"));
+        assert!(p
+            .iter()
+            .any(|l| l.starts_with("announce[0].prefix: \"5\" is not a prefix")));
+        let p = problems("[bgp]\nasn = \"x\"\nrouter_id = [1]\n");
+        assert_eq!(
+            p,
+            vec![
+                "bgp.asn: expected a whole number, got \"x\"",
+                "bgp.router_id: expected a string, got an array"
+            ]
+        );
+        let p = problems("[bgp]\nasn = 65000\nrouter_id = \"192.0.2.1\"\n[[announce]]\nmed = 1\n");
+        assert_eq!(
+            p,
+            vec!["announce[0]: needs prefix = \"...\" or prefixes = [...]"]
+        );
+    }
+
+    #[test]
+    fn duplicate_prefixes_across_groups_are_refused() {
+        let p = problems(
+            "[bgp]\nasn = 65000\nrouter_id = \"192.0.2.1\"\n[[announce]]\nprefix = \"203.0.113.1/32\"\n[[announce]]\nprefixes = [\"203.0.113.1\"]\n",
+        );
+        assert_eq!(p.len(), 1);
+        assert!(p[0].starts_with("announce[1]: 203.0.113.1/32 is also announced by announce[0]"));
+    }
+
+    #[test]
+    fn environment_overrides_keys() {
+        let dir = std::env::temp_dir().join(format!("vipd-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("v.toml");
+        std::fs::write(&f, GOOD).unwrap();
+        let env = HashMap::from([
+            ("VIPD_BGP__ASN".to_string(), "4200000001".to_string()),
+            (
+                "VIPD_BGP__GRACEFUL_RESTART".to_string(),
+                "false".to_string(),
+            ),
+        ]);
+        let c = Config::load_with_env(&f, Some(env)).unwrap();
+        assert_eq!(c.bgp.asn, 4_200_000_001);
+        assert!(!c.bgp.graceful_restart);
+        let env = HashMap::from([("VIPD_BGP__ASN".to_string(), "23456".to_string())]);
+        let e = Config::load_with_env(&f, Some(env)).unwrap_err();
+        assert!(
+            e.to_string().starts_with("bgp.asn: ASN 23456 is AS_TRANS"),
+            "{e}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,101 @@
+//! The top of the data flow: configuration in, table to the speaker,
+//! signals for reload and stop.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::{error, info, warn};
+
+use crate::bgp::rib::Table;
+use crate::bgp::{Speaker, SpeakerError};
+use crate::config::{Config, Problems};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("{0}")]
+    Config(#[from] Problems),
+    #[error(transparent)]
+    Speaker(#[from] SpeakerError),
+    #[error("signal handler: {0}")]
+    Signal(std::io::Error),
+}
+
+/// The announcements of the configuration as a table. Each `[[announce]]`
+/// entry's prefixes share one attribute set, so they pack together.
+pub fn static_table(cfg: &Config) -> Table {
+    let mut t = Table::new();
+    for a in &cfg.announce {
+        let attrs = Arc::new(a.attrs.clone());
+        for p in &a.prefixes {
+            t.insert(*p, attrs.clone());
+        }
+    }
+    t
+}
+
+/// Loads the configuration, keeping only what the daemon needs afterwards.
+fn load(path: &Path) -> Result<(Config, Table), Problems> {
+    let mut cfg = Config::load(path)?;
+    let table = static_table(&cfg);
+    // The prefix lists now live in the table; the parsed copy (and the
+    // `config` crate's value tree before it) can go back to the system.
+    cfg.announce = Vec::new();
+    trim_heap();
+    Ok((cfg, table))
+}
+
+fn trim_heap() {
+    // SAFETY: malloc_trim only releases free memory back to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+pub async fn run(path: PathBuf) -> Result<(), DaemonError> {
+    let (mut cfg, table) = load(&path)?;
+    info!(
+        config = %path.display(),
+        asn = cfg.bgp.asn,
+        router_id = %cfg.bgp.router_id,
+        peers = cfg.bgp.peers.len(),
+        prefixes = table.len(),
+        "vipd starting"
+    );
+    let mut speaker = Speaker::start(&cfg.bgp, table)?;
+    let mut hup = signal(SignalKind::hangup()).map_err(DaemonError::Signal)?;
+    let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signal)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signal)?;
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                info!("SIGHUP: reloading {}", path.display());
+                match load(&path) {
+                    Ok((new, table)) => {
+                        if new.bgp.withdraw_on_stop != cfg.bgp.withdraw_on_stop
+                            || new.bgp.graceful_restart != cfg.bgp.graceful_restart
+                        {
+                            info!("graceful_restart and withdraw_on_stop changes apply to new sessions and the next stop");
+                        }
+                        let before = speaker.table().len();
+                        speaker.reconfigure(&new.bgp).await;
+                        info!(before, after = table.len(), "announcements reloaded");
+                        speaker.set_table(table);
+                        cfg = new;
+                    }
+                    Err(p) => {
+                        for line in &p.0 {
+                            error!("{line}");
+                        }
+                        warn!("configuration not reloaded: the running one stays in force");
+                    }
+                }
+            }
+            _ = term.recv() => { info!("SIGTERM: stopping"); break }
+            _ = int.recv() => { info!("SIGINT: stopping"); break }
+        }
+    }
+    speaker.shutdown(cfg.bgp.withdraw_on_stop).await;
+    info!("vipd stopped");
+    Ok(())
+}

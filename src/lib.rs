@@ -1,0 +1,9 @@
+//! vipd: announces Service VIPs to top-of-rack routers with a built-in BGP
+//! speaker. See `docs/architecture.md` for how the pieces fit.
+//!
+//! Modules depend one way, down the data flow: `config` and `bgp::wire` at
+//! the bottom, `bgp` (FSM, RIB, sessions, speaker) above them, `daemon` on top.
+
+pub mod bgp;
+pub mod config;
+pub mod daemon;

@@ -1,0 +1,93 @@
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::str::FromStr;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::filter::Targets;
+
+use vipd::config::Config;
+
+#[derive(Parser)]
+#[command(name = "vipd", version, about = "Announces Service VIPs over BGP")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the daemon. SIGHUP reloads the file; SIGTERM stops.
+    Run {
+        /// The TOML configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Log filter, e.g. "info" or "vipd=debug" (default: $VIPD_LOG or info).
+        #[arg(long)]
+        log: Option<String>,
+    },
+    /// Check a configuration file: exit 0 when valid, 2 with one line per problem.
+    CheckConfig {
+        /// The TOML configuration file.
+        file: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::CheckConfig { file } => match Config::load(&file) {
+            Ok(c) => {
+                let n: usize = c.announce.iter().map(|a| a.prefixes.len()).sum();
+                println!(
+                    "{}: valid ({} peers, {} prefixes)",
+                    file.display(),
+                    c.bgp.peers.len(),
+                    n
+                );
+                ExitCode::SUCCESS
+            }
+            Err(p) => {
+                for line in &p.0 {
+                    eprintln!("{line}");
+                }
+                ExitCode::from(2)
+            }
+        },
+        Cmd::Run { config, log } => {
+            let filter = log
+                .or_else(|| std::env::var("VIPD_LOG").ok())
+                .unwrap_or_else(|| "info".into());
+            let targets = match Targets::from_str(&filter) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("--log: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            use tracing_subscriber::layer::SubscriberExt;
+            use tracing_subscriber::util::SubscriberInitExt;
+            tracing_subscriber::registry()
+                .with(tracing_subscriber::fmt::layer().with_ansi(false))
+                .with(targets)
+                .init();
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
+            match rt.block_on(vipd::daemon::run(config)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(vipd::daemon::DaemonError::Config(p)) => {
+                    for line in &p.0 {
+                        eprintln!("{line}");
+                    }
+                    ExitCode::from(2)
+                }
+                Err(e) => {
+                    eprintln!("vipd: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
