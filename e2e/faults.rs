@@ -1,1 +1,231 @@
-// placeholder
+//! Faults against real BIRD: MD5 keys, a peer that restarts or freezes,
+//! and vipd itself restarting with and without graceful restart.
+
+#[path = "lab/mod.rs"]
+mod lab;
+
+use std::time::{Duration, Instant};
+
+use lab::*;
+
+fn conf(peer_extra: &str, bgp_extra: &str, n: u32) -> String {
+    format!(
+        "[bgp]\nasn = 65010\nrouter_id = \"192.0.2.1\"\nlisten = \"[::]:179\"\n{bgp_extra}\n[[bgp.peers]]\naddress = \"192.0.2.2\"\nasn = 65002\nconnect_retry = 1\n{peer_extra}\n[[announce]]\nprefixes = [{}]\n",
+        v4_list(0, n)
+    )
+}
+
+fn bird(lab: &Lab, extra: &str) -> Bird {
+    Bird::start(
+        &lab.router,
+        &lab.dir,
+        &bird_conf(&lab.dir, &[("v4", ROUTER4, NODE4, "ipv4", extra)]),
+    )
+}
+
+#[test]
+fn md5_matching_password_establishes() {
+    let lab = Lab::new("m5");
+    let b = bird(&lab, "password \"s3cret-key\";");
+    let _v = Vipd::start(
+        &lab.node,
+        &lab.dir,
+        &conf("password = \"s3cret-key\"", "", 10),
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || b.count("master4") == 10),
+        "no routes over the MD5 session"
+    );
+    assert!(b.established("v4"));
+}
+
+#[test]
+fn md5_mismatched_password_never_establishes() {
+    let lab = Lab::new("m6");
+    let b = bird(&lab, "password \"bird-key\";");
+    let v = Vipd::start(
+        &lab.node,
+        &lab.dir,
+        &conf("password = \"vipd-key\"", "", 10),
+    );
+    // Long enough for several connect attempts from both sides.
+    std::thread::sleep(Duration::from_secs(6));
+    assert!(!b.established("v4"), "established with mismatched keys");
+    assert_eq!(b.count("master4"), 0);
+    assert!(!v.log().contains("session established"));
+    assert!(
+        v.log().contains("connect"),
+        "vipd never tried: {}",
+        v.proc.log_tail(20)
+    );
+}
+
+#[test]
+fn peer_restart_gets_the_table_again() {
+    let lab = Lab::new("pr");
+    let mut b = bird(&lab, "");
+    let v = Vipd::start(&lab.node, &lab.dir, &conf("", "", 200));
+    assert!(wait_until(Duration::from_secs(20), || b.count("master4") == 200));
+    b.proc.stop(Duration::from_secs(5));
+    let _ = std::fs::remove_file(&b.ctl);
+    drop(b);
+    assert!(
+        v.wait_log("session down", Duration::from_secs(10)),
+        "vipd did not notice"
+    );
+    let b = bird(&lab, "");
+    assert!(
+        wait_until(Duration::from_secs(30), || b.count("master4") == 200),
+        "the table was not re-sent after the peer restarted"
+    );
+    assert_eq!(v.log().matches("session established").count(), 2);
+}
+
+#[test]
+fn frozen_peer_hits_the_hold_timer_and_recovers() {
+    let lab = Lab::new("hd");
+    // BIRD waits 60 s or more after an error unless told otherwise.
+    let b = bird(&lab, "hold time 240;\n  error wait time 1, 5;");
+    let v = Vipd::start(
+        &lab.node,
+        &lab.dir,
+        &conf("hold_time = 6\nkeepalive = 2", "", 50),
+    );
+    assert!(wait_until(Duration::from_secs(20), || b.count("master4") == 50));
+    b.proc.signal(libc::SIGSTOP);
+    let frozen = Instant::now();
+    assert!(
+        v.wait_log(
+            "sending NOTIFICATION Hold Timer Expired (4/0)",
+            Duration::from_secs(15)
+        ),
+        "no hold timer expiry"
+    );
+    let took = frozen.elapsed();
+    assert!(
+        took >= Duration::from_secs(4),
+        "expired after {took:?}, before the 6 s hold time"
+    );
+    b.proc.signal(libc::SIGCONT);
+    assert!(
+        wait_until(Duration::from_secs(30), || v
+            .log()
+            .matches("session established")
+            .count()
+            == 2
+            && b.count("master4") == 50),
+        "the session did not come back after SIGCONT"
+    );
+    // BIRD saw the NOTIFICATION vipd sent when the hold timer expired.
+    let log = std::fs::read_to_string(lab.dir.path("bird.log")).unwrap_or_default();
+    assert!(
+        log.contains("Hold timer expired"),
+        "BIRD did not get code 4: {log}"
+    );
+}
+
+/// Polls BIRD's count throughout `f`, returning the smallest it saw.
+fn min_count_during(
+    b: &Bird,
+    table: &str,
+    mut until: impl FnMut() -> bool,
+    limit: Duration,
+) -> (usize, bool) {
+    let end = Instant::now() + limit;
+    let mut min = usize::MAX;
+    loop {
+        min = min.min(b.count(table));
+        if until() {
+            return (min, true);
+        }
+        if Instant::now() > end {
+            return (min, false);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn vipd_restart_with_graceful_restart_keeps_routes_at_bird() {
+    let lab = Lab::new("gr");
+    let b = bird(
+        &lab,
+        "graceful restart on;\n  debug { states, events, packets };",
+    );
+    let n = 300;
+    let mut v = Vipd::start(&lab.node, &lab.dir, &conf("", "", n));
+    assert!(wait_until(Duration::from_secs(20), || b.count("master4") == n as usize));
+    v.proc.stop(Duration::from_secs(5));
+    assert!(
+        v.log().contains("closing without NOTIFICATION"),
+        "{}",
+        v.proc.log_tail(20)
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || b.state("v4").contains("Active")
+            || b.state("v4").contains("Connect")),
+        "BIRD did not notice the session closing"
+    );
+    let during = b.cli("show protocols all v4");
+    assert!(
+        during.contains("Neighbor graceful restart active"),
+        "{during}"
+    );
+    // Down for a while: BIRD keeps every route as stale.
+    let (min, _) = min_count_during(&b, "master4", || false, Duration::from_secs(2));
+    assert_eq!(min, n as usize, "routes were withdrawn while vipd was down");
+    let v2 = Vipd::start(&lab.node, &lab.dir, &conf("", "", n));
+    let (min, up) = min_count_during(
+        &b,
+        "master4",
+        || {
+            v2.log().contains("session established")
+                && !b
+                    .cli("show protocols all v4")
+                    .contains("graceful restart active")
+        },
+        Duration::from_secs(30),
+    );
+    assert!(
+        up,
+        "session did not come back, or BIRD stayed in graceful restart"
+    );
+    assert_eq!(min, n as usize, "routes were withdrawn during the restart");
+    // BIRD cleared the stale routes on End-of-RIB, not on its restart timer.
+    let log = std::fs::read_to_string(lab.dir.path("bird.log")).unwrap_or_default();
+    assert!(
+        log.contains("END-OF-RIB"),
+        "no End-of-RIB in BIRD's log: {log}"
+    );
+    assert!(
+        b.cli("show route all")
+            .matches("BGP.as_path: 65010")
+            .count()
+            == n as usize
+    );
+    drop(v);
+}
+
+#[test]
+fn withdraw_on_stop_withdraws_and_sends_a_shutdown_message() {
+    let lab = Lab::new("ws");
+    let b = bird(&lab, "graceful restart on;");
+    let mut v = Vipd::start(
+        &lab.node,
+        &lab.dir,
+        &conf("", "withdraw_on_stop = true", 100),
+    );
+    assert!(wait_until(Duration::from_secs(20), || b.count("master4") == 100));
+    v.proc.stop(Duration::from_secs(5));
+    assert!(
+        wait_until(Duration::from_secs(5), || b.count("master4") == 0),
+        "routes stayed after a stop with withdraw_on_stop"
+    );
+    let st = b.cli("show protocols all v4");
+    assert!(st.contains("Administrative shutdown"), "{st}");
+    assert!(
+        st.contains("vipd is shutting down"),
+        "no RFC 9003 message: {st}"
+    );
+    assert!(!st.contains("graceful restart active"), "{st}");
+}

@@ -256,10 +256,11 @@ impl Fsm {
             }
 
             // Errors handled the same way from OpenSent on.
-            (S::OpenSent | S::OpenConfirm | S::Established, E::HoldTimerExpires) => self.enter_idle(
-                vec![A::SendNotification(Notification::new(code::HOLD_TIMER, 0))],
-                true,
-            ),
+            (S::OpenSent | S::OpenConfirm | S::Established, E::HoldTimerExpires) => self
+                .enter_idle(
+                    vec![A::SendNotification(Notification::new(code::HOLD_TIMER, 0))],
+                    true,
+                ),
             (
                 S::OpenSent | S::OpenConfirm | S::Established,
                 E::HeaderError(n) | E::OpenError(n) | E::UpdateError(n),

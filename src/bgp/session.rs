@@ -101,6 +101,8 @@ struct Conn {
     reader: JoinHandle<()>,
     local: SocketAddr,
     outbound: bool,
+    /// Our OPEN already went out on this connection.
+    open_sent: bool,
 }
 
 impl Drop for Conn {
@@ -122,6 +124,7 @@ impl Conn {
             reader,
             local,
             outbound,
+            open_sent: false,
         })
     }
 }
@@ -255,6 +258,14 @@ pub async fn run(
         }
         if me.stopping {
             break;
+        }
+        if me.fsm.state == State::Idle && me.conn.is_none() {
+            // The connection that lost a race may outlive the winner.
+            if let Some(c) = me.cand.take() {
+                debug!(%peer, "main connection gone: continuing on the second one");
+                me.adopt(c.conn).await;
+                continue;
+            }
         }
         if me.fsm.state == State::Idle && me.auto_start.is_none() {
             let d = me.backoff();
@@ -426,8 +437,17 @@ impl Session {
                 self.peer_open = None;
             }
             Action::SendOpen => {
+                // A connection adopted after collision detection has had
+                // our OPEN since it was accepted.
+                if self.conn.as_ref().is_some_and(|c| c.open_sent) {
+                    return;
+                }
                 let m = self.local_open.encode();
-                self.send(&m).await;
+                if self.send(&m).await {
+                    if let Some(c) = self.conn.as_mut() {
+                        c.open_sent = true;
+                    }
+                }
             }
             Action::SendKeepalive => {
                 self.send(&keepalive()).await;
@@ -532,7 +552,18 @@ impl Session {
                     debug!(%peer, "third connection refused");
                     reject(conn, code::CONNECTION_REJECTED).await;
                 } else {
+                    // Each connection runs its own OPEN exchange until one
+                    // OPEN tells which to keep (RFC 4271 6.8).
                     debug!(%peer, "second connection: collision detection (RFC 4271 6.8)");
+                    let mut conn = conn;
+                    let open = self.local_open.encode();
+                    let dl = Instant::now() + Duration::from_secs(1);
+                    if matches!(
+                        timeout_at(dl, conn.writer.write_all(&open)).await,
+                        Ok(Ok(()))
+                    ) {
+                        conn.open_sent = true;
+                    }
                     self.cand = Some(Candidate {
                         conn,
                         deadline: Instant::now() + CANDIDATE_OPEN_WAIT,

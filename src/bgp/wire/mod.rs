@@ -279,7 +279,11 @@ pub fn check_header(h: &[u8; HEADER_LEN]) -> Result<(MsgType, usize), Notificati
 pub struct BadPrefix;
 
 /// Reads NLRI-encoded prefixes (RFC 4271 4.3) and calls `f` for each.
-pub fn walk_prefixes(mut buf: &[u8], afi: Afi, mut f: impl FnMut(u8, &[u8])) -> Result<usize, BadPrefix> {
+pub fn walk_prefixes(
+    mut buf: &[u8],
+    afi: Afi,
+    mut f: impl FnMut(u8, &[u8]),
+) -> Result<usize, BadPrefix> {
     let mut n = 0;
     while let Some((&len, rest)) = buf.split_first() {
         if len > afi.max_len() {
