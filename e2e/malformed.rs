@@ -535,7 +535,7 @@ fn router_if(lab: &Lab) -> String {
         .find(|l| l.contains("192.0.2.2/24"))
         .and_then(|l| l.split_whitespace().nth(1))
         .unwrap()
-        .trim_end_matches(|c: char| c == ':')
+        .trim_end_matches(':')
         .split('@')
         .next()
         .unwrap()
