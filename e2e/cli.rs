@@ -1,1 +1,119 @@
-// placeholder
+//! The command line as a user meets it: `check-config` and `run` on good
+//! and bad files, exit codes, and one line per problem naming the key.
+
+use std::process::Command;
+
+fn vipd() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_vipd"))
+}
+
+fn tmp(name: &str, text: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("vipd-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn example_configs_are_valid() {
+    for f in ["configs/vipd.toml", "configs/demo.toml"] {
+        let out = vipd().args(["check-config", f]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{f}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains("valid"));
+    }
+}
+
+const BAD: &str = r#"
+[bgp]
+asn = 0
+router_id = "192.0.2.1"
+listen = "nowhere"
+
+[[bgp.peers]]
+address = "192.0.2.2"
+asn = 65002
+hold_time = 30
+keepalive = 30
+colour = "red"
+
+[[bgp.peers]]
+address = "192.0.2.2"
+asn = 65002
+
+[[announce]]
+prefix = "198.51.100.0/16"
+large_communities = ["1:2"]
+"#;
+
+fn expected_lines() -> Vec<&'static str> {
+    vec![
+        "bgp.asn: ASN 0 is reserved (RFC 7607)",
+        "bgp.listen: expected ADDRESS:PORT, e.g. \"[::]:179\" or \"192.0.2.1:179\"",
+        "bgp.peers[0].colour: unknown key",
+        "bgp.peers[0].keepalive: must be at least 1 and less than hold_time (30); got 30",
+        "bgp.peers[1].address: duplicate peer 192.0.2.2 (also bgp.peers[0])",
+        "announce[0].prefix: 198.51.100.0/16 has host bits set; did you mean 198.51.0.0/16?",
+        "announce[0].large_communities: \"1:2\" is not GLOBAL:LOCAL1:LOCAL2",
+    ]
+}
+
+#[test]
+fn check_config_reports_every_problem_and_exits_2() {
+    let f = tmp("bad.toml", BAD);
+    let out = vipd().arg("check-config").arg(&f).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let mut got: Vec<&str> = err.lines().collect();
+    let mut want = expected_lines();
+    got.sort();
+    want.sort();
+    assert_eq!(got, want);
+}
+
+#[test]
+fn run_refuses_the_same_file_the_same_way() {
+    let f = tmp("bad-run.toml", BAD);
+    let out = vipd().arg("run").arg("--config").arg(&f).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for l in expected_lines() {
+        assert!(err.contains(l), "missing {l:?} in\n{err}");
+    }
+}
+
+#[test]
+fn unreadable_or_broken_toml_is_a_clear_error() {
+    let out = vipd().args(["check-config", "/nonexistent/vipd.toml"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/nonexistent/vipd.toml"), "{err}");
+    let f = tmp("broken.toml", "[bgp\nasn = 1\n");
+    let out = vipd().arg("check-config").arg(&f).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("broken.toml") && err.contains("line 1"), "{err}");
+}
+
+#[test]
+fn environment_overrides_a_key() {
+    let f = tmp(
+        "env.toml",
+        "[bgp]\nasn = 65010\nrouter_id = \"192.0.2.1\"\n",
+    );
+    let out = vipd()
+        .arg("check-config")
+        .arg(&f)
+        .env("VIPD_BGP__ASN", "0")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        "bgp.asn: ASN 0 is reserved (RFC 7607)"
+    );
+}

@@ -283,7 +283,7 @@ fn read_peer(mut t: Tbl, local_asn: Option<u32>, errs: &mut Errs) -> Option<Peer
         .opt("connect_retry", errs, |v| {
             parse_int(v, 1, 3600).map(|n| n as u16)
         })
-        .unwrap_or(5);
+        .unwrap_or(2);
     let password = t.opt("password", errs, |v| {
         let s = parse_str(v)?;
         if s.is_empty() || s.len() > MD5_MAX_KEY {

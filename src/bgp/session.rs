@@ -798,9 +798,11 @@ impl Session {
                 if let Some(afi) = c.end_of_rib {
                     debug!(%peer, "End-of-RIB for {afi}");
                 } else if tracing::enabled!(tracing::Level::DEBUG) && !c.sanitized.is_empty() {
-                    let decoded = update::decode(&c.sanitized, ctx).is_some();
-                    debug!(%peer, announced = c.announced, withdrawn = c.withdrawn, decoded,
-                        "UPDATE received and dropped: vipd does not learn routes");
+                    match update::decode(&c.sanitized, ctx) {
+                        Ok(u) => debug!(%peer, announced = c.announced, withdrawn = c.withdrawn,
+                            decoded = u.is_some(), "UPDATE received and dropped: vipd does not learn routes"),
+                        Err(_) => warn!(%peer, "zettabgp panicked on an UPDATE that passed vipd's checks (a bug: please report it)"),
+                    }
                 }
                 self.queue.push_back(Event::UpdateReceived);
             }

@@ -111,6 +111,7 @@ fn thousand_ipv4_host_routes_pack_and_decode() {
                 ebgp: true,
             },
         )
+        .unwrap()
         .unwrap();
         match &u.updates {
             BgpAddrs::IPV4U(v) => assert_eq!(v.len(), chk.announced),
@@ -163,6 +164,7 @@ fn thousand_ipv6_host_routes_pack_and_decode() {
                 ebgp: true,
             },
         )
+        .unwrap()
         .unwrap();
         let mp = u.get_mpupdates().unwrap();
         match &mp.addrs {
@@ -520,7 +522,7 @@ fn malformed_updates_get_the_rfc_answer() {
                 assert!(c.treat_as_withdraw.is_none(), "{name}: {c:?}");
                 assert!(!c.sanitized.is_empty(), "{name}");
                 // What passed the checks is safe for zettabgp.
-                update::decode(&c.sanitized, ctx);
+                assert!(update::decode(&c.sanitized, ctx).is_ok(), "{name}: zettabgp panicked");
             }
             (Want::Withdraw, Ok(c)) => assert!(c.treat_as_withdraw.is_some(), "{name}: {c:?}"),
             (Want::Notify(code, sub), Err(n)) => {

@@ -215,6 +215,14 @@ pub fn check(body: &[u8], ctx: Ctx) -> Result<Checked, Notification> {
             _ => Ok(()),
         };
         match verdict {
+            Ok(()) if t == MP_REACH => {
+                // RFC 4760 3: the byte after the next hop is reserved and
+                // ignored on receipt; zettabgp would read it as an RFC 2858
+                // SNPA count, so it goes to zettabgp as zero.
+                let at = kept.len() + hl + 4 + v[3] as usize;
+                kept.extend_from_slice(whole);
+                kept[at] = 0;
+            }
             Ok(()) => kept.extend_from_slice(whole),
             Err(why) => {
                 taw.get_or_insert(why);
@@ -316,9 +324,14 @@ fn check_mp_unreach(v: &[u8]) -> Result<(usize, Option<Afi>), ()> {
     Ok((n, Some(afi)))
 }
 
-/// Decodes a message [`check`] accepted, for the debug log. zettabgp still
-/// runs under `catch_unwind`: a panic there is a bug to report, not a crash.
-pub fn decode(sanitized: &[u8], ctx: Ctx) -> Option<BgpUpdateMessage> {
+/// zettabgp panicked on bytes [`check`] had accepted: a gap in the checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecodePanic;
+
+/// Decodes a message [`check`] accepted, for the debug log: `Ok(None)` where
+/// zettabgp returned an error. It still runs under `catch_unwind`, so a gap
+/// in the checks is a logged bug rather than a crash.
+pub fn decode(sanitized: &[u8], ctx: Ctx) -> Result<Option<BgpUpdateMessage>, DecodePanic> {
     let mut params = BgpSessionParams::new(
         0,
         0,
@@ -331,8 +344,55 @@ pub fn decode(sanitized: &[u8], ctx: Ctx) -> Option<BgpUpdateMessage> {
         let mut u = BgpUpdateMessage::new();
         u.decode_from(&params, sanitized).ok().map(|_| u)
     }))
-    .ok()
-    .flatten()
+    .map_err(|_| DecodePanic)
+}
+
+/// The whole receive path for a byte stream, as a session would walk it:
+/// framing and header checks, then each message's own checks, then zettabgp
+/// for UPDATEs that passed. Returns how many messages were read, or the
+/// first gap found (the fuzz target's oracle).
+pub fn receive_all(mut data: &[u8], ctx: Ctx) -> Result<usize, DecodePanic> {
+    use super::{check_header, open, MsgType, HEADER_LEN};
+    let mut n = 0;
+    while data.len() >= HEADER_LEN {
+        let h: &[u8; HEADER_LEN] = data[..HEADER_LEN].try_into().expect("19 bytes");
+        let Ok((t, len)) = check_header(h) else { break };
+        if data.len() < len {
+            break;
+        }
+        let body = &data[HEADER_LEN..len];
+        data = &data[len..];
+        n += 1;
+        match t {
+            MsgType::Open => {
+                if let Ok(o) = open::parse(body) {
+                    let _ = open::check(
+                        &o,
+                        &open::Expect {
+                            local_asn: 65010,
+                            local_id: std::net::Ipv4Addr::new(192, 0, 2, 1),
+                            peer_asn: o.asn(),
+                        },
+                    );
+                }
+            }
+            MsgType::Update => {
+                if let Ok(c) = check(body, ctx) {
+                    if !c.sanitized.is_empty() {
+                        decode(&c.sanitized, ctx)?;
+                    }
+                }
+            }
+            MsgType::Notification => {
+                let _ = super::Notification::parse(body).to_string();
+            }
+            MsgType::RouteRefresh => {
+                let _ = route_refresh_afi(body);
+            }
+            MsgType::Keepalive => {}
+        }
+    }
+    Ok(n)
 }
 
 /// The AFI/SAFI pair of a well-formed ROUTE-REFRESH body.
