@@ -88,7 +88,10 @@ fn run_refuses_the_same_file_the_same_way() {
 
 #[test]
 fn unreadable_or_broken_toml_is_a_clear_error() {
-    let out = vipd().args(["check-config", "/nonexistent/vipd.toml"]).output().unwrap();
+    let out = vipd()
+        .args(["check-config", "/nonexistent/vipd.toml"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("/nonexistent/vipd.toml"), "{err}");
@@ -96,7 +99,10 @@ fn unreadable_or_broken_toml_is_a_clear_error() {
     let out = vipd().arg("check-config").arg(&f).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("broken.toml") && err.contains("line 1"), "{err}");
+    assert!(
+        err.contains("broken.toml") && err.contains("line 1"),
+        "{err}"
+    );
 }
 
 #[test]

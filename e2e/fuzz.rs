@@ -50,10 +50,22 @@ fn seeds() -> Vec<Vec<u8>> {
             next_hop_v6: Some(Ipv6Addr::LOCALHOST),
         };
         let v4: Vec<IpNet> = (0..7u32)
-            .map(|i| IpNet::new(IpAddr::V4(Ipv4Addr::from(0x6440_0000 + (i << 8))), 24 + i as u8).unwrap())
+            .map(|i| {
+                IpNet::new(
+                    IpAddr::V4(Ipv4Addr::from(0x6440_0000 + (i << 8))),
+                    24 + i as u8,
+                )
+                .unwrap()
+            })
             .collect();
         let v6: Vec<IpNet> = (0..5u32)
-            .map(|i| IpNet::new(IpAddr::V6(Ipv6Addr::from(0x2001_0db8u128 << 96 | i as u128)), 128).unwrap())
+            .map(|i| {
+                IpNet::new(
+                    IpAddr::V6(Ipv6Addr::from(0x2001_0db8u128 << 96 | i as u128)),
+                    128,
+                )
+                .unwrap()
+            })
             .collect();
         let mut b = vec![];
         encode::announce(&mut b, &v4, &attrs, Afi::Ipv4, &ctx).unwrap();
@@ -133,7 +145,11 @@ fn mutate(r: &mut Rng, mut m: Vec<u8>) -> Vec<u8> {
             }
             5 => {
                 let f = FRAGMENTS[r.below(FRAGMENTS.len())];
-                let at = if m.len() > 23 { 23 + r.below(m.len() - 23) } else { m.len() };
+                let at = if m.len() > 23 {
+                    23 + r.below(m.len() - 23)
+                } else {
+                    m.len()
+                };
                 for (k, b) in f.iter().enumerate() {
                     m.insert(at + k, *b);
                 }
@@ -174,7 +190,12 @@ fn receive_path_survives_mutated_input() {
     let count = Arc::new(AtomicU64::new(0));
     let beat = Arc::new(AtomicU64::new(0));
     let decoded = Arc::new(AtomicU64::new(0));
-    let (c2, n2, b2, d2) = (current.clone(), count.clone(), beat.clone(), decoded.clone());
+    let (c2, n2, b2, d2) = (
+        current.clone(),
+        count.clone(),
+        beat.clone(),
+        decoded.clone(),
+    );
     let worker = std::thread::spawn(move || -> Result<(), String> {
         let seeds = seeds();
         let mut r = Rng(0x9e37_79b9_7f4a_7c15 ^ std::process::id() as u64);
@@ -190,7 +211,13 @@ fn receive_path_survives_mutated_input() {
                     input[16..18].copy_from_slice(&l.to_be_bytes());
                 }
                 if input.len() >= 23 && input[18] == 2 {
-                    if let Ok(c) = check(&input[19..], Ctx { four_octet_as: true, ebgp: true }) {
+                    if let Ok(c) = check(
+                        &input[19..],
+                        Ctx {
+                            four_octet_as: true,
+                            ebgp: true,
+                        },
+                    ) {
                         if !c.sanitized.is_empty() {
                             d2.fetch_add(1, Ordering::Relaxed);
                         }
@@ -198,11 +225,20 @@ fn receive_path_survives_mutated_input() {
                 }
                 *c2.lock().unwrap() = input.clone();
                 for ctx in [
-                    Ctx { four_octet_as: true, ebgp: true },
-                    Ctx { four_octet_as: false, ebgp: false },
+                    Ctx {
+                        four_octet_as: true,
+                        ebgp: true,
+                    },
+                    Ctx {
+                        four_octet_as: false,
+                        ebgp: false,
+                    },
                 ] {
                     if receive_all(&input, ctx).is_err() {
-                        return Err(format!("zettabgp panicked on checked input {}", hex(&input)));
+                        return Err(format!(
+                            "zettabgp panicked on checked input {}",
+                            hex(&input)
+                        ));
                     }
                 }
                 n2.fetch_add(1, Ordering::Relaxed);
@@ -223,17 +259,23 @@ fn receive_path_survives_mutated_input() {
             panic!("the receive path hung on {}", hex(&current.lock().unwrap()));
         }
     }
-    let res = worker.join().unwrap_or_else(|_| {
-        Err(format!("panic on input {}", hex(&current.lock().unwrap())))
-    });
+    let res = worker
+        .join()
+        .unwrap_or_else(|_| Err(format!("panic on input {}", hex(&current.lock().unwrap()))));
     println!(
         "fuzz: {} inputs in {secs} s, {} UPDATEs passed the checks and reached zettabgp",
         count.load(Ordering::Relaxed),
         decoded.load(Ordering::Relaxed)
     );
     res.unwrap();
-    assert!(count.load(Ordering::Relaxed) > 1000, "the fuzzer barely ran");
-    assert!(decoded.load(Ordering::Relaxed) > 100, "mutations never got past the checks");
+    assert!(
+        count.load(Ordering::Relaxed) > 1000,
+        "the fuzzer barely ran"
+    );
+    assert!(
+        decoded.load(Ordering::Relaxed) > 100,
+        "mutations never got past the checks"
+    );
 }
 
 fn hex(b: &[u8]) -> String {

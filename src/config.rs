@@ -108,7 +108,7 @@ impl Config {
     /// Reads FILE, applies `VIPD_*` environment overrides
     /// (`VIPD_BGP__ASN=65011` sets `bgp.asn`) and validates the result.
     pub fn load(path: &Path) -> Result<Config, Problems> {
-        Self::load_with_env(path, None)
+        Self::load_with_env(path, Some(std::env::vars().collect()))
     }
 
     /// As [`Config::load`], with the environment given explicitly (tests).
@@ -117,6 +117,13 @@ impl Config {
         env: Option<HashMap<String, String>>,
     ) -> Result<Config, Problems> {
         let file = config::File::from(path).format(config::FileFormat::Toml);
+        // Every key lives in a table, so an override always has a `__`;
+        // other VIPD_* variables (VIPD_LOG, ...) are not configuration.
+        let env = env.map(|e| {
+            e.into_iter()
+                .filter(|(k, _)| k.starts_with("VIPD_") && k.contains("__"))
+                .collect()
+        });
         let env = config::Environment::with_prefix("VIPD")
             .prefix_separator("_")
             .separator("__")

@@ -480,13 +480,30 @@ pub struct Gobgp {
 impl Gobgp {
     /// `neighbors`: (address, families) pairs, peer AS 65010, local AS 65002.
     pub fn start(ns: &Netns, dir: &Dir, neighbors: &[(&str, &[&str])]) -> Gobgp {
+        let n: Vec<(&str, u32, &[&str])> = neighbors.iter().map(|(a, f)| (*a, 65010, *f)).collect();
+        Self::start_as(ns, dir, 65002, "192.0.2.2", &n)
+    }
+
+    /// gobgpd as AS `asn` with (address, peer AS, families) neighbors.
+    pub fn start_as(
+        ns: &Netns,
+        dir: &Dir,
+        asn: u32,
+        router_id: &str,
+        neighbors: &[(&str, u32, &[&str])],
+    ) -> Gobgp {
         require(&["gobgpd", "gobgp"]);
-        let mut conf = String::from(
-            "[global.config]\n  as = 65002\n  router-id = \"192.0.2.2\"\n  local-address-list = [\"192.0.2.2\", \"2001:db8::2\"]\n",
+        let locals = if router_id == "192.0.2.1" {
+            "\"192.0.2.1\", \"2001:db8::1\""
+        } else {
+            "\"192.0.2.2\", \"2001:db8::2\""
+        };
+        let mut conf = format!(
+            "[global.config]\n  as = {asn}\n  router-id = \"{router_id}\"\n  local-address-list = [{locals}]\n"
         );
-        for (addr, fams) in neighbors {
+        for (addr, peer_as, fams) in neighbors {
             conf += &format!(
-                "[[neighbors]]\n  [neighbors.config]\n    neighbor-address = \"{addr}\"\n    peer-as = 65010\n"
+                "[[neighbors]]\n  [neighbors.config]\n    neighbor-address = \"{addr}\"\n    peer-as = {peer_as}\n"
             );
             for f in *fams {
                 conf += &format!(
@@ -496,12 +513,23 @@ impl Gobgp {
         }
         let path = dir.write("gobgpd.toml", &conf);
         let mut cmd = ns.command("gobgpd");
-        cmd.args(["-f", path.to_str().unwrap(), "-p"]);
+        cmd.args(["-f", path.to_str().unwrap(), "-p", "--log-level=warn"]);
         let proc = Proc::spawn("gobgpd", cmd, dir.path("gobgpd.log"));
-        Gobgp {
+        let g = Gobgp {
             proc,
             ns: ns.name.clone(),
-        }
+        };
+        // The CLI needs gobgpd's API up before it is any use.
+        assert!(
+            wait_until(Duration::from_secs(10), || run(
+                "ip",
+                &["netns", "exec", &g.ns, "gobgp", "global"]
+            )
+            .status
+            .success()),
+            "gobgpd did not start"
+        );
+        g
     }
     pub fn cli(&self, args: &[&str]) -> String {
         let mut a = vec!["netns", "exec", &self.ns, "gobgp"];

@@ -25,10 +25,14 @@ pub fn afi_of(p: &IpNet) -> Afi {
     }
 }
 
-/// What one peer has been sent.
+/// What one peer has been sent: the snapshot it was last brought up to,
+/// seen through the families the session carries. Snapshots are immutable
+/// and shared with the speaker, so an Adj-RIB-Out costs no memory of its
+/// own; a diff is a merge walk over two sorted tables.
 #[derive(Debug, Default)]
 pub struct AdjRibOut {
-    sent: HashMap<IpNet, Arc<RouteAttrs>>,
+    sent: Arc<Table>,
+    families: Vec<Afi>,
 }
 
 /// Prefixes that share one set of attributes and family.
@@ -57,84 +61,107 @@ impl Changes {
     pub fn withdrawn(&self) -> usize {
         self.withdraw_v4.len() + self.withdraw_v6.len()
     }
+
+    fn add(
+        &mut self,
+        groups: &mut HashMap<(*const RouteAttrs, Afi), usize>,
+        p: IpNet,
+        a: &Arc<RouteAttrs>,
+    ) {
+        let afi = afi_of(&p);
+        let i = *groups.entry((Arc::as_ptr(a), afi)).or_insert_with(|| {
+            self.announce.push(Group {
+                attrs: a.clone(),
+                afi,
+                prefixes: Vec::new(),
+            });
+            self.announce.len() - 1
+        });
+        self.announce[i].prefixes.push(p);
+    }
+
+    fn remove(&mut self, p: IpNet) {
+        match afi_of(&p) {
+            Afi::Ipv4 => self.withdraw_v4.push(p),
+            Afi::Ipv6 => self.withdraw_v6.push(p),
+        }
+    }
+}
+
+fn same(a: &Arc<RouteAttrs>, b: &Arc<RouteAttrs>) -> bool {
+    Arc::ptr_eq(a, b) || **a == **b
 }
 
 impl AdjRibOut {
+    /// Prefixes the peer holds.
     pub fn len(&self) -> usize {
-        self.sent.len()
+        self.sent
+            .keys()
+            .filter(|p| self.families.contains(&afi_of(p)))
+            .count()
     }
     pub fn is_empty(&self) -> bool {
-        self.sent.is_empty()
+        self.len() == 0
     }
     pub fn clear(&mut self) {
-        self.sent = HashMap::new();
+        *self = AdjRibOut::default();
     }
 
     /// What must change for the peer to hold exactly the routes of `want`
-    /// in `families`.
+    /// in `families`. Both tables are sorted, so this is one merge walk.
     pub fn diff(&self, want: &Table, families: &[Afi]) -> Changes {
-        let mut groups: HashMap<(*const RouteAttrs, Afi), Group> = HashMap::new();
-        for (p, a) in want {
-            let afi = afi_of(p);
-            if !families.contains(&afi) {
-                continue;
-            }
-            match self.sent.get(p) {
-                Some(old) if Arc::ptr_eq(old, a) || **old == **a => continue,
-                _ => {}
-            }
-            groups
-                .entry((Arc::as_ptr(a), afi))
-                .or_insert_with(|| Group {
-                    attrs: a.clone(),
-                    afi,
-                    prefixes: Vec::new(),
-                })
-                .prefixes
-                .push(*p);
-        }
-        let mut c = Changes {
-            announce: groups.into_values().collect(),
-            ..Default::default()
-        };
-        // Deterministic order keeps the wire output reproducible.
-        c.announce
-            .sort_by(|a, b| (a.afi, &a.prefixes[0]).cmp(&(b.afi, &b.prefixes[0])));
-        for p in self.sent.keys() {
-            if !want.contains_key(p) || !families.contains(&afi_of(p)) {
-                match afi_of(p) {
-                    Afi::Ipv4 => c.withdraw_v4.push(*p),
-                    Afi::Ipv6 => c.withdraw_v6.push(*p),
+        let have_f = |p: &IpNet| self.families.contains(&afi_of(p));
+        let want_f = |p: &IpNet| families.contains(&afi_of(p));
+        let mut c = Changes::default();
+        let mut groups = HashMap::new();
+        let mut h = self.sent.iter().filter(|(p, _)| have_f(p)).peekable();
+        let mut w = want.iter().filter(|(p, _)| want_f(p)).peekable();
+        loop {
+            match (h.peek(), w.peek()) {
+                (None, None) => break,
+                (Some((hp, _)), None) => {
+                    c.remove(**hp);
+                    h.next();
                 }
+                (None, Some((wp, wa))) => {
+                    c.add(&mut groups, **wp, wa);
+                    w.next();
+                }
+                (Some((hp, ha)), Some((wp, wa))) => match hp.cmp(wp) {
+                    std::cmp::Ordering::Less => {
+                        c.remove(**hp);
+                        h.next();
+                    }
+                    std::cmp::Ordering::Greater => {
+                        c.add(&mut groups, **wp, wa);
+                        w.next();
+                    }
+                    std::cmp::Ordering::Equal => {
+                        if !same(ha, wa) {
+                            c.add(&mut groups, **wp, wa);
+                        }
+                        h.next();
+                        w.next();
+                    }
+                },
             }
         }
-        c.withdraw_v4.sort_unstable();
-        c.withdraw_v6.sort_unstable();
         c
     }
 
-    /// Records that `changes` reached the peer.
-    pub fn apply(&mut self, changes: &Changes) {
-        for p in changes.withdraw_v4.iter().chain(&changes.withdraw_v6) {
-            self.sent.remove(p);
-        }
-        for g in &changes.announce {
-            for p in &g.prefixes {
-                self.sent.insert(*p, g.attrs.clone());
-            }
-        }
+    /// Records that the peer now holds `want` in `families`.
+    pub fn apply(&mut self, want: Arc<Table>, families: &[Afi]) {
+        self.sent = want;
+        self.families = families.to_vec();
     }
 
     /// Everything the peer holds in one family, grouped as for a first send
     /// (ROUTE-REFRESH re-sends this).
     pub fn resend(&self, afi: Afi) -> Changes {
-        let want: Table = self
-            .sent
-            .iter()
-            .filter(|(p, _)| afi_of(p) == afi)
-            .map(|(p, a)| (*p, a.clone()))
-            .collect();
-        AdjRibOut::default().diff(&want, &[afi])
+        if !self.families.contains(&afi) {
+            return Changes::default();
+        }
+        AdjRibOut::default().diff(&self.sent, &[afi])
     }
 }
 
@@ -182,7 +209,8 @@ mod tests {
         let mut rib = AdjRibOut::default();
         let t1 = table(&[("203.0.113.1/32", &a), ("2001:db8::1/128", &a)]);
         let c = rib.diff(&t1, &BOTH);
-        rib.apply(&c);
+        assert_eq!(c.announced(), 2);
+        rib.apply(Arc::new(t1.clone()), &BOTH);
         assert!(rib.diff(&t1, &BOTH).is_empty());
         // An equal value in a different Arc is still "already sent".
         let t1b = table(&[("203.0.113.1/32", &attrs(1)), ("2001:db8::1/128", &a)]);
@@ -194,11 +222,11 @@ mod tests {
             c.withdraw_v6,
             vec!["2001:db8::1/128".parse::<IpNet>().unwrap()]
         );
-        rib.apply(&c);
+        rib.apply(Arc::new(t2), &BOTH);
         assert_eq!(rib.len(), 1);
         let c = rib.diff(&Table::new(), &BOTH);
         assert_eq!(c.withdraw_v4.len(), 1);
-        rib.apply(&c);
+        rib.apply(Arc::default(), &BOTH);
         assert!(rib.is_empty());
     }
 
@@ -212,6 +240,54 @@ mod tests {
     }
 
     #[test]
+    fn a_family_dropped_from_the_session_is_withdrawn() {
+        let a = attrs(1);
+        let t = table(&[("203.0.113.1/32", &a), ("2001:db8::1/128", &a)]);
+        let mut rib = AdjRibOut::default();
+        rib.apply(Arc::new(t.clone()), &BOTH);
+        let c = rib.diff(&t, &[Afi::Ipv4]);
+        assert_eq!((c.announced(), c.withdraw_v6.len()), (0, 1));
+        // And only the families the peer holds count.
+        rib.apply(Arc::new(t), &[Afi::Ipv6]);
+        assert_eq!(rib.len(), 1);
+    }
+
+    /// The merge walk against a brute-force model, over random tables.
+    #[test]
+    fn diff_matches_a_model() {
+        use proptest::prelude::*;
+        let attrs_pool: Vec<Arc<RouteAttrs>> = (0..3).map(attrs).collect();
+        let entry = (0u8..40, 0usize..3, any::<bool>());
+        proptest!(|(old in proptest::collection::vec(entry.clone(), 0..30),
+                    new in proptest::collection::vec(entry, 0..30))| {
+            let mk = |v: &Vec<(u8, usize, bool)>| -> Table {
+                v.iter().map(|(i, a, six)| {
+                    let p: IpNet = if *six { format!("2001:db8::{i:x}/128") } else { format!("203.0.113.{i}/32") }.parse().unwrap();
+                    (p, attrs_pool[*a].clone())
+                }).collect()
+            };
+            let (t0, t1) = (mk(&old), mk(&new));
+            let mut rib = AdjRibOut::default();
+            rib.apply(Arc::new(t0.clone()), &BOTH);
+            let c = rib.diff(&t1, &BOTH);
+            // Applying the changes to the old table gives the new one.
+            let mut model = t0.clone();
+            for p in c.withdraw_v4.iter().chain(&c.withdraw_v6) {
+                prop_assert!(model.remove(p).is_some());
+                prop_assert!(!t1.contains_key(p));
+            }
+            for g in &c.announce {
+                for p in &g.prefixes {
+                    prop_assert_eq!(afi_of(p), g.afi);
+                    prop_assert!(t0.get(p).map(|a| **a != *g.attrs).unwrap_or(true), "re-sent unchanged {}", p);
+                    model.insert(*p, g.attrs.clone());
+                }
+            }
+            prop_assert_eq!(model, t1);
+        });
+    }
+
+    #[test]
     fn resend_covers_one_family() {
         let a = attrs(1);
         let mut rib = AdjRibOut::default();
@@ -220,7 +296,7 @@ mod tests {
             ("2001:db8::1/128", &a),
             ("2001:db8::2/128", &a),
         ]);
-        rib.apply(&rib.diff(&t, &BOTH));
+        rib.apply(Arc::new(t), &BOTH);
         let c = rib.resend(Afi::Ipv6);
         assert_eq!(c.announced(), 2);
         assert!(c.announce.iter().all(|g| g.afi == Afi::Ipv6));

@@ -18,6 +18,8 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use ipnet::IpNet;
+
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
@@ -28,11 +30,13 @@ use tracing::{debug, info, warn};
 
 use super::fsm::{Action, Event, Fsm, State};
 use super::net::{self, SocketOpts};
-use super::rib::{AdjRibOut, Changes, Table};
+use super::rib::{AdjRibOut, Changes, Group, Table};
 use super::wire::encode::{self, SendCtx};
 use super::wire::open::{self, LocalOpen, Open};
 use super::wire::update;
-use super::wire::{check_header, code, keepalive, Afi, MsgType, Notification, HEADER_LEN};
+use super::wire::{
+    check_header, code, keepalive, Afi, MsgType, Notification, HEADER_LEN, MAX_MESSAGE_LEN,
+};
 use crate::config::PeerConfig;
 
 /// What a session needs to know, fixed for its lifetime.
@@ -169,6 +173,9 @@ struct Candidate {
 #[derive(Debug, Clone)]
 struct Negotiated {
     families: Vec<Afi>,
+    /// The negotiated families that also have a next hop: the ones routes
+    /// are sent in.
+    send_families: Vec<Afi>,
     ctx: SendCtx,
     graceful_restart: bool,
 }
@@ -194,7 +201,6 @@ struct Session {
     table: watch::Receiver<Arc<Table>>,
     status: Arc<Mutex<PeerStatus>>,
     stopping: bool,
-    warned_no_next_hop: bool,
     seed: u64,
 }
 
@@ -248,7 +254,6 @@ pub async fn run(
         table,
         status,
         stopping: false,
-        warned_no_next_hop: false,
         seed,
     };
     let peer = me.s.peer.address;
@@ -696,7 +701,7 @@ impl Session {
                         if fams.is_some_and(|f| f.contains(&afi)) {
                             info!(%peer, "route refresh for {afi}: re-sending {} routes", self.adj.len());
                             let c = self.adj.resend(afi);
-                            self.send_changes(c, &[]).await;
+                            self.send_changes(&c, &[]).await;
                         }
                     }
                 }
@@ -763,8 +768,17 @@ impl Session {
                 _ => None,
             }),
         };
+        let send_families = families
+            .iter()
+            .copied()
+            .filter(|f| match f {
+                Afi::Ipv4 => ctx.next_hop_v4.is_some(),
+                Afi::Ipv6 => ctx.next_hop_v6.is_some(),
+            })
+            .collect();
         self.negotiated = Some(Negotiated {
             families,
+            send_families,
             ctx,
             graceful_restart: sent_gr && o.caps.graceful_restart.is_some(),
         });
@@ -801,7 +815,9 @@ impl Session {
                     match update::decode(&c.sanitized, ctx) {
                         Ok(u) => debug!(%peer, announced = c.announced, withdrawn = c.withdrawn,
                             decoded = u.is_some(), "UPDATE received and dropped: vipd does not learn routes"),
-                        Err(_) => warn!(%peer, "zettabgp panicked on an UPDATE that passed vipd's checks (a bug: please report it)"),
+                        Err(_) => {
+                            warn!(%peer, "zettabgp panicked on an UPDATE that passed vipd's checks (a bug: please report it)")
+                        }
                     }
                 }
                 self.queue.push_back(Event::UpdateReceived);
@@ -824,13 +840,15 @@ impl Session {
             peer_id = %o.map(|o| o.bgp_id).unwrap_or(Ipv4Addr::UNSPECIFIED),
             "session established"
         );
+        for f in n.families.iter().filter(|f| !n.send_families.contains(f)) {
+            warn!(peer = %self.peer(), "no {f} next hop on this session: set next_hop_ipv4 / next_hop_ipv6 for the peer; {f} routes are not sent to it");
+        }
         {
             let mut st = self.status.lock().unwrap();
             st.established_at = Some(SystemTime::now());
             st.families = n.families.clone();
             st.last_error = None;
         }
-        self.warned_no_next_hop = false;
         self.sync(true).await;
     }
 
@@ -841,51 +859,69 @@ impl Session {
             return;
         };
         let table = self.table.borrow_and_update().clone();
-        let changes = self.adj.diff(&table, &n.families);
+        let changes = self.adj.diff(&table, &n.send_families);
         let eor: Vec<Afi> = if initial { n.families.clone() } else { vec![] };
         if changes.is_empty() && eor.is_empty() {
             return;
         }
-        self.send_changes(changes, &eor).await;
+        if self.send_changes(&changes, &eor).await {
+            self.adj.apply(table, &n.send_families);
+            self.status.lock().unwrap().prefixes_sent = self.adj.len();
+        }
     }
 
-    async fn send_changes(&mut self, mut changes: Changes, eor: &[Afi]) {
+    /// Encodes and writes `changes`, a bounded buffer at a time, so that a
+    /// large table costs a few hundred KiB of buffer and the peer starts
+    /// reading while the rest is encoded.
+    async fn send_changes(&mut self, changes: &Changes, eor: &[Afi]) -> bool {
+        const FLUSH_AT: usize = 256 * 1024;
+        const CHUNK: usize = 16 * 1024;
         let Some(n) = self.negotiated.clone() else {
-            return;
+            return false;
         };
-        let mut buf = Vec::new();
-        let mut msgs = 0u64;
-        let mut unsent = vec![];
-        for (i, g) in changes.announce.iter().enumerate() {
-            match encode::announce(&mut buf, &g.prefixes, &g.attrs, g.afi, &n.ctx) {
-                Some(m) => msgs += m as u64,
-                None => unsent.push(i),
+        let mut buf = Vec::with_capacity(FLUSH_AT + 2 * MAX_MESSAGE_LEN);
+        let (mut msgs, mut bytes) = (0u64, 0usize);
+        // A plain list of work items: iterator adapters held across an await
+        // would make this future lose `Send`.
+        let mut work: Vec<(Option<&Group>, &[IpNet], Afi)> = vec![];
+        for g in &changes.announce {
+            for c in g.prefixes.chunks(CHUNK) {
+                work.push((Some(g), c, g.afi));
             }
         }
-        if !unsent.is_empty() && !self.warned_no_next_hop {
-            self.warned_no_next_hop = true;
-            warn!(peer = %self.peer(), "no next hop for some families on this session: set next_hop_ipv4 / next_hop_ipv6 for the peer; those routes are not sent");
+        for (list, afi) in [
+            (&changes.withdraw_v4, Afi::Ipv4),
+            (&changes.withdraw_v6, Afi::Ipv6),
+        ] {
+            for c in list.chunks(CHUNK) {
+                work.push((None, c, afi));
+            }
         }
-        for i in unsent.into_iter().rev() {
-            changes.announce.remove(i);
+        for (g, prefixes, afi) in work {
+            msgs += match g {
+                Some(g) => encode::announce(&mut buf, prefixes, &g.attrs, afi, &n.ctx).unwrap_or(0),
+                None => encode::withdraw(&mut buf, prefixes, afi),
+            } as u64;
+            if buf.len() >= FLUSH_AT {
+                if !self.send(&buf).await {
+                    return false;
+                }
+                bytes += buf.len();
+                buf.clear();
+            }
         }
-        msgs += encode::withdraw(&mut buf, &changes.withdraw_v4, Afi::Ipv4) as u64;
-        msgs += encode::withdraw(&mut buf, &changes.withdraw_v6, Afi::Ipv6) as u64;
         for afi in eor {
             encode::end_of_rib(&mut buf, *afi);
             msgs += 1;
         }
-        if buf.is_empty() {
-            return;
+        if !buf.is_empty() && !self.send(&buf).await {
+            return false;
         }
-        let (a, w) = (changes.announced(), changes.withdrawn());
-        if self.send(&buf).await {
-            self.adj.apply(&changes);
-            info!(peer = %self.peer(), announced = a, withdrawn = w, updates = msgs, bytes = buf.len(), "sent");
-            let mut st = self.status.lock().unwrap();
-            st.prefixes_sent = self.adj.len();
-            st.updates_sent += msgs;
-        }
+        bytes += buf.len();
+        info!(peer = %self.peer(), announced = changes.announced(), withdrawn = changes.withdrawn(),
+            updates = msgs, bytes, "sent");
+        self.status.lock().unwrap().updates_sent += msgs;
+        true
     }
 
     async fn shutdown(&mut self, withdraw: bool) {
@@ -894,7 +930,7 @@ impl Session {
         if self.fsm.state == State::Established && withdraw {
             let c = self.adj.diff(&Table::new(), &[Afi::Ipv4, Afi::Ipv6]);
             info!(peer = %self.peer(), "withdrawing {} routes before stopping", c.withdrawn());
-            self.send_changes(c, &[]).await;
+            self.send_changes(&c, &[]).await;
         }
         // With graceful restart negotiated, a silent close lets the peer keep
         // the routes as stale until we are back and send End-of-RIB; a Cease

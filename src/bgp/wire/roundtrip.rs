@@ -522,7 +522,10 @@ fn malformed_updates_get_the_rfc_answer() {
                 assert!(c.treat_as_withdraw.is_none(), "{name}: {c:?}");
                 assert!(!c.sanitized.is_empty(), "{name}");
                 // What passed the checks is safe for zettabgp.
-                assert!(update::decode(&c.sanitized, ctx).is_ok(), "{name}: zettabgp panicked");
+                assert!(
+                    update::decode(&c.sanitized, ctx).is_ok(),
+                    "{name}: zettabgp panicked"
+                );
             }
             (Want::Withdraw, Ok(c)) => assert!(c.treat_as_withdraw.is_some(), "{name}: {c:?}"),
             (Want::Notify(code, sub), Err(n)) => {
