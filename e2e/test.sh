@@ -1,11 +1,18 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting and lints, unit and property tests, the
-# CLI tests, a bounded fuzz run of the receive path, and the e2e tests
-# against real BIRD, FRR, GoBGP and ExaBGP in network namespaces.
-# Needs root (network namespaces); installs the peers if they are missing.
+# CLI tests, fuzzing of the receive path (a stable mutation run, then
+# libFuzzer through cargo-fuzz), and the e2e tests against real BIRD, FRR,
+# GoBGP and ExaBGP in network namespaces.
+# Needs root (network namespaces); installs the peers and cargo-fuzz if missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash e2e/install.sh
+command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
 cargo fmt --check
 cargo clippy --all-targets -- -D warnings
 VIPD_FUZZ_SECS="${VIPD_FUZZ_SECS:-20}" cargo test --release
+# Coverage-guided: the stable toolchain accepts cargo-fuzz's nightly flags
+# with RUSTC_BOOTSTRAP=1. Any crash, hang (-timeout) or zettabgp panic on
+# checked input fails the run.
+RUSTC_BOOTSTRAP=1 cargo fuzz run --fuzz-dir e2e/libfuzzer receive -- \
+  -max_total_time="${VIPD_LIBFUZZER_SECS:-60}" -timeout=2 -rss_limit_mb=2048

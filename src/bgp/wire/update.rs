@@ -340,6 +340,9 @@ pub fn decode(sanitized: &[u8], ctx: Ctx) -> Result<Option<BgpUpdateMessage>, De
         vec![],
     );
     params.has_as32bit = ctx.four_octet_as;
+    // zettabgp otherwise guesses whether NLRI carry ADD-PATH path IDs, and
+    // a wrong guess overflows; vipd never negotiates ADD-PATH.
+    params.fuzzy_pathid = false;
     catch_unwind(AssertUnwindSafe(|| {
         let mut u = BgpUpdateMessage::new();
         u.decode_from(&params, sanitized).ok().map(|_| u)
