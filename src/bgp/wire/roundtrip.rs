@@ -555,7 +555,10 @@ fn unrecognized_well_known_notification_carries_the_attribute() {
 #[test]
 fn libfuzzer_finding_withdrawn_prefixes() {
     let body = [0u8, 11, 0, 0, 0, 5, 0, 8, 64, 15, 2, 255, 0, 0, 0];
-    let ctx = Ctx { four_octet_as: true, ebgp: true };
+    let ctx = Ctx {
+        four_octet_as: true,
+        ebgp: true,
+    };
     let c = update::check(&body, ctx).unwrap();
     assert!(update::decode(&c.sanitized, ctx).is_ok());
 }
