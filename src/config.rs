@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use config::{Map, Value, ValueKind};
 use ipnet::IpNet;
@@ -22,6 +22,43 @@ pub const MD5_MAX_KEY: usize = 80;
 pub struct Config {
     pub bgp: BgpConfig,
     pub announce: Vec<Announce>,
+    /// Without a `[kubernetes]` table vipd announces `[[announce]]` alone.
+    pub kubernetes: Option<KubeConfig>,
+    pub dataplane: Dataplane,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KubeConfig {
+    /// A kubeconfig file; without one, the in-cluster service account.
+    pub kubeconfig: Option<PathBuf>,
+    pub node_name: String,
+    /// Services of this `spec.loadBalancerClass`; none: Services without one.
+    pub load_balancer_class: Option<String>,
+    /// With a class set, also announce Services that have no class.
+    pub include_unclassed: bool,
+    /// Also announce `spec.externalIPs`.
+    pub external_ips: bool,
+    /// Announce Cluster-policy Services that have no ready endpoint.
+    pub announce_without_endpoints: bool,
+    /// When not empty, VIPs outside these prefixes are refused.
+    pub allowed_prefixes: Vec<IpNet>,
+}
+
+/// What vipd does to the node itself, besides BGP.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Dataplane {
+    /// Put each VIP as an address on this interface.
+    pub address_interface: Option<String>,
+    /// Put a route per VIP into a routing table.
+    pub routes: Option<RouteTable>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteTable {
+    pub table: u32,
+    /// The route protocol number that marks vipd's routes (and only them).
+    pub protocol: u8,
+    pub interface: String,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -52,6 +89,9 @@ pub struct PeerConfig {
     pub next_hop_ipv4: Option<Ipv4Addr>,
     pub next_hop_ipv6: Option<Ipv6Addr>,
     pub description: Option<String>,
+    /// Added to every route sent to this peer (communities are merged,
+    /// a route's own LOCAL_PREF wins).
+    pub defaults: RouteAttrs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -117,6 +157,10 @@ impl Config {
         env: Option<HashMap<String, String>>,
     ) -> Result<Config, Problems> {
         let file = config::File::from(path).format(config::FileFormat::Toml);
+        let node_env = env
+            .as_ref()
+            .and_then(|e| e.get("NODE_NAME").cloned())
+            .filter(|n| !n.is_empty());
         // Every key lives in a table, so an override always has a `__`;
         // other VIPD_* variables (VIPD_LOG, ...) are not configuration.
         let env = env.map(|e| {
@@ -129,48 +173,27 @@ impl Config {
             .separator("__")
             .try_parsing(true)
             .source(env);
-        let built = config::Config::builder()
-            .add_source(file)
-            .add_source(env)
-            .build()
-            .map_err(|e| {
-                Problems(vec![Problem {
-                    key: path.display().to_string(),
-                    reason: e.to_string(),
-                }])
-            })?;
-        let root: Map<String, Value> = built.try_deserialize().map_err(|e| {
-            Problems(vec![Problem {
-                key: path.display().to_string(),
-                reason: e.to_string(),
-            }])
-        })?;
-        Self::from_table(root)
+        let builder = config::Config::builder().add_source(file).add_source(env);
+        Self::from_table(value_tree(builder, &path.display().to_string())?, node_env)
     }
 
     /// Parses a TOML document given as a string (tests and tools).
     pub fn from_toml_str(text: &str) -> Result<Config, Problems> {
-        let built = config::Config::builder()
-            .add_source(config::File::from_str(text, config::FileFormat::Toml))
-            .build()
-            .map_err(|e| {
-                Problems(vec![Problem {
-                    key: "<input>".into(),
-                    reason: e.to_string(),
-                }])
-            })?;
-        let root: Map<String, Value> = built.try_deserialize().map_err(|e| {
-            Problems(vec![Problem {
-                key: "<input>".into(),
-                reason: e.to_string(),
-            }])
-        })?;
-        Self::from_table(root)
+        let builder = config::Config::builder()
+            .add_source(config::File::from_str(text, config::FileFormat::Toml));
+        Self::from_table(value_tree(builder, "<input>")?, None)
     }
 
-    fn from_table(root: Map<String, Value>) -> Result<Config, Problems> {
+    fn from_table(root: Map<String, Value>, node_env: Option<String>) -> Result<Config, Problems> {
         let mut errs = Errs::default();
         let mut root = Tbl::new("", root);
+        let kubernetes = root
+            .table("kubernetes", &mut errs)
+            .and_then(|t| read_kubernetes(t, node_env, &mut errs));
+        let dataplane = root
+            .table("dataplane", &mut errs)
+            .map(|t| read_dataplane(t, &mut errs))
+            .unwrap_or_default();
         let bgp = match root.table("bgp", &mut errs) {
             Some(t) => read_bgp(t, &mut errs),
             None => {
@@ -190,7 +213,12 @@ impl Config {
         root.finish(&mut errs);
         check_duplicate_prefixes(&announce, &mut errs);
         match (bgp, errs.0.is_empty()) {
-            (Some(bgp), true) => Ok(Config { bgp, announce }),
+            (Some(bgp), true) => Ok(Config {
+                bgp,
+                announce,
+                kubernetes,
+                dataplane,
+            }),
             _ => Err(Problems(errs.0)),
         }
     }
@@ -264,6 +292,127 @@ fn read_bgp(mut t: Tbl, errs: &mut Errs) -> Option<BgpConfig> {
         withdraw_on_stop,
         peers: peers.into_iter().map(|(_, p)| p).collect(),
     })
+}
+
+/// The `config` crate's untyped tree; its errors (unreadable file, TOML
+/// syntax) are reported under `what`, the file's name.
+fn value_tree(
+    builder: config::ConfigBuilder<config::builder::DefaultState>,
+    what: &str,
+) -> Result<Map<String, Value>, Problems> {
+    let fail = |e: config::ConfigError| {
+        Problems(vec![Problem {
+            key: what.to_string(),
+            reason: e.to_string(),
+        }])
+    };
+    builder
+        .build()
+        .map_err(fail)?
+        .try_deserialize()
+        .map_err(fail)
+}
+
+fn read_kubernetes(mut t: Tbl, node_env: Option<String>, errs: &mut Errs) -> Option<KubeConfig> {
+    let key = t.path.clone();
+    let kubeconfig = t.opt("kubeconfig", errs, |v| parse_str(v).map(PathBuf::from));
+    let node_name = t.opt("node_name", errs, parse_str).or(node_env);
+    let load_balancer_class = t.opt("load_balancer_class", errs, parse_str);
+    let include_unclassed = t
+        .opt("include_unclassed", errs, parse_bool)
+        .unwrap_or(false);
+    let external_ips = t.opt("external_ips", errs, parse_bool).unwrap_or(false);
+    let announce_without_endpoints = t
+        .opt("announce_without_endpoints", errs, parse_bool)
+        .unwrap_or(false);
+    let allowed_prefixes = t
+        .opt("allowed_prefixes", errs, |v| match v.kind {
+            ValueKind::Array(a) => a
+                .into_iter()
+                .enumerate()
+                .map(|(i, x)| parse_prefix(x).map_err(|e| format!("[{i}]: {e}")))
+                .collect(),
+            _ => Err("expected an array of prefixes".into()),
+        })
+        .unwrap_or_default();
+    t.finish(errs);
+    if include_unclassed && load_balancer_class.is_none() {
+        errs.push(
+            format!("{key}.include_unclassed"),
+            "only means something with load_balancer_class set",
+        );
+    }
+    let Some(node_name) = node_name else {
+        errs.push(
+            format!("{key}.node_name"),
+            "missing: set it, or the NODE_NAME environment variable (the downward API's spec.nodeName)",
+        );
+        return None;
+    };
+    Some(KubeConfig {
+        kubeconfig,
+        node_name,
+        load_balancer_class,
+        include_unclassed,
+        external_ips,
+        announce_without_endpoints,
+        allowed_prefixes,
+    })
+}
+
+fn read_dataplane(mut t: Tbl, errs: &mut Errs) -> Dataplane {
+    let address_interface = t.opt("address_interface", errs, |v| {
+        let s = parse_str(v)?;
+        check_ifname(&s)?;
+        Ok(s)
+    });
+    let routes = t.table("routes", errs).and_then(|mut r| {
+        let table = r.req("table", errs, |v| {
+            let n = parse_int(v, 1, u32::MAX as i64)?;
+            // 253-255 are the kernel's default, main and local tables.
+            if (253..=255).contains(&n) {
+                return Err(format!(
+                    "{n} is one of the kernel's own tables (default, main, local)"
+                ));
+            }
+            Ok(n as u32)
+        });
+        let protocol = r
+            .opt("protocol", errs, |v| {
+                let n = parse_int(v, 5, 255)?;
+                Ok(n as u8)
+            })
+            .unwrap_or(DEFAULT_ROUTE_PROTOCOL);
+        let interface = r.req("interface", errs, |v| {
+            let s = parse_str(v)?;
+            check_ifname(&s)?;
+            Ok(s)
+        });
+        r.finish(errs);
+        Some(RouteTable {
+            table: table?,
+            protocol,
+            interface: interface?,
+        })
+    });
+    t.finish(errs);
+    Dataplane {
+        address_interface,
+        routes,
+    }
+}
+
+/// The route protocol number vipd marks its routes with unless configured:
+/// one that no routing daemon in /etc/iproute2/rt_protos uses.
+pub const DEFAULT_ROUTE_PROTOCOL: u8 = 249;
+
+fn check_ifname(s: &str) -> Result<(), String> {
+    if s.is_empty() || s.len() > 15 || s.contains(['/', ' ']) {
+        return Err(format!(
+            "{s:?} is not an interface name (1-15 characters, no '/' or space)"
+        ));
+    }
+    Ok(())
 }
 
 fn read_peer(mut t: Tbl, local_asn: Option<u32>, errs: &mut Errs) -> Option<PeerConfig> {
@@ -349,6 +498,13 @@ fn read_peer(mut t: Tbl, local_asn: Option<u32>, errs: &mut Errs) -> Option<Peer
             .map_err(|_| "not an IPv6 address".into())
     });
     let description = t.opt("description", errs, parse_str);
+    let defaults = read_attrs(&mut t, errs);
+    if defaults.med.is_some() {
+        errs.push(
+            format!("{key}.med"),
+            "set med per [[announce]] entry, not per peer",
+        );
+    }
     t.finish(errs);
 
     let hold = hold_time.unwrap_or(90);
@@ -407,6 +563,7 @@ fn read_peer(mut t: Tbl, local_asn: Option<u32>, errs: &mut Errs) -> Option<Peer
         next_hop_ipv4,
         next_hop_ipv6,
         description,
+        defaults,
     })
 }
 
@@ -424,45 +581,7 @@ fn read_announce(mut t: Tbl, errs: &mut Errs) -> Option<Announce> {
         }
         _ => Err("expected an array of prefixes".into()),
     });
-    let communities = t
-        .opt("communities", errs, |v| {
-            parse_list(v, |s| {
-                let (a, b) = s
-                    .split_once(':')
-                    .ok_or_else(|| format!("{s:?} is not ASN:VALUE"))?;
-                let a: u16 = a
-                    .parse()
-                    .map_err(|_| format!("{s:?}: {a:?} is not a number from 0 to 65535"))?;
-                let b: u16 = b
-                    .parse()
-                    .map_err(|_| format!("{s:?}: {b:?} is not a number from 0 to 65535"))?;
-                Ok(((a as u32) << 16) | b as u32)
-            })
-        })
-        .unwrap_or_default();
-    let large_communities = t
-        .opt("large_communities", errs, |v| {
-            parse_list(v, |s| {
-                let parts: Vec<&str> = s.split(':').collect();
-                if parts.len() != 3 {
-                    return Err(format!("{s:?} is not GLOBAL:LOCAL1:LOCAL2"));
-                }
-                let mut out = [0u32; 3];
-                for (o, p) in out.iter_mut().zip(&parts) {
-                    *o = p
-                        .parse()
-                        .map_err(|_| format!("{s:?}: {p:?} is not a 32-bit number"))?;
-                }
-                Ok(out)
-            })
-        })
-        .unwrap_or_default();
-    let med = t.opt("med", errs, |v| {
-        parse_int(v, 0, u32::MAX as i64).map(|n| n as u32)
-    });
-    let local_pref = t.opt("local_pref", errs, |v| {
-        parse_int(v, 0, u32::MAX as i64).map(|n| n as u32)
-    });
+    let attrs = read_attrs(&mut t, errs);
     t.finish(errs);
     let prefixes = match (one, many) {
         (Some(p), None) => vec![p],
@@ -484,21 +603,76 @@ fn read_announce(mut t: Tbl, errs: &mut Errs) -> Option<Announce> {
             return None;
         }
     };
-    let mut communities = communities;
-    communities.sort_unstable();
-    communities.dedup();
-    let mut large_communities = large_communities;
-    large_communities.sort_unstable();
-    large_communities.dedup();
-    Some(Announce {
-        prefixes,
-        attrs: RouteAttrs {
-            communities,
-            large_communities,
-            med,
-            local_pref,
-        },
-    })
+    Some(Announce { prefixes, attrs })
+}
+
+/// communities, large_communities, med, local_pref: shared by
+/// `[[announce]]` entries and peers.
+fn read_attrs(t: &mut Tbl, errs: &mut Errs) -> RouteAttrs {
+    let communities = t
+        .opt("communities", errs, |v| parse_list(v, parse_community))
+        .unwrap_or_default();
+    let large_communities = t
+        .opt("large_communities", errs, |v| {
+            parse_list(v, parse_large_community)
+        })
+        .unwrap_or_default();
+    let med = t.opt("med", errs, |v| {
+        parse_int(v, 0, u32::MAX as i64).map(|n| n as u32)
+    });
+    let local_pref = t.opt("local_pref", errs, |v| {
+        parse_int(v, 0, u32::MAX as i64).map(|n| n as u32)
+    });
+    let mut a = RouteAttrs {
+        communities,
+        large_communities,
+        med,
+        local_pref,
+    };
+    a.normalize();
+    a
+}
+
+impl RouteAttrs {
+    /// Sorted, without duplicates: equal sets compare equal.
+    pub fn normalize(&mut self) {
+        self.communities.sort_unstable();
+        self.communities.dedup();
+        self.large_communities.sort_unstable();
+        self.large_communities.dedup();
+    }
+}
+
+/// "ASN:VALUE", each half 0 to 65535.
+pub fn parse_community(s: &str) -> Result<u32, String> {
+    let (a, b) = s
+        .split_once(':')
+        .ok_or_else(|| format!("{s:?} is not ASN:VALUE"))?;
+    let a: u16 = a
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?}: {a:?} is not a number from 0 to 65535"))?;
+    let b: u16 = b
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?}: {b:?} is not a number from 0 to 65535"))?;
+    Ok(((a as u32) << 16) | b as u32)
+}
+
+/// "GLOBAL:LOCAL1:LOCAL2", 32 bits each.
+pub fn parse_large_community(s: &str) -> Result<[u32; 3], String> {
+    let parts: Vec<&str> = s.split(':').collect();
+    if parts.len() != 3 {
+        return Err(format!("{s:?} is not GLOBAL:LOCAL1:LOCAL2"));
+    }
+    let mut out = [0u32; 3];
+    for (o, p) in out.iter_mut().zip(&parts) {
+        *o = p
+            .trim()
+            .parse()
+            .map_err(|_| format!("{s:?}: {p:?} is not a 32-bit number"))?;
+    }
+    Ok(out)
 }
 
 fn check_duplicate_prefixes(announce: &[Announce], errs: &mut Errs) {
@@ -873,6 +1047,56 @@ communities = ["65010:x"]
     }
 
     #[test]
+    fn kubernetes_and_dataplane_tables() {
+        let base = "[bgp]\nasn = 65010\nrouter_id = \"192.0.2.1\"\n";
+        let c = Config::from_toml_str(&format!(
+            "{base}[kubernetes]\nnode_name = \"n1\"\nkubeconfig = \"/k\"\nallowed_prefixes = [\"203.0.113.0/24\"]\n\
+             [dataplane]\naddress_interface = \"lo\"\n[dataplane.routes]\ntable = 100\ninterface = \"lo\"\n"
+        ))
+        .unwrap();
+        let k = c.kubernetes.unwrap();
+        assert_eq!(k.node_name, "n1");
+        assert_eq!(
+            k.allowed_prefixes,
+            vec!["203.0.113.0/24".parse::<IpNet>().unwrap()]
+        );
+        assert!(!k.external_ips && !k.announce_without_endpoints);
+        assert_eq!(c.dataplane.address_interface.as_deref(), Some("lo"));
+        let r = c.dataplane.routes.unwrap();
+        assert_eq!((r.table, r.protocol), (100, DEFAULT_ROUTE_PROTOCOL));
+        // Without [kubernetes]: static announcements only.
+        assert!(Config::from_toml_str(base).unwrap().kubernetes.is_none());
+        let p = problems(&format!(
+            "{base}[kubernetes]\ninclude_unclassed = true\n[dataplane]\naddress_interface = \"a/b\"\n[dataplane.routes]\ntable = 254\n"
+        ));
+        let want = [
+            "kubernetes.include_unclassed: only means something with load_balancer_class set",
+            "kubernetes.node_name: missing: set it, or the NODE_NAME environment variable",
+            "dataplane.address_interface: \"a/b\" is not an interface name",
+            "dataplane.routes.table: 254 is one of the kernel's own tables",
+            "dataplane.routes.interface: missing: this key is required",
+        ];
+        for w in want {
+            assert!(
+                p.iter().any(|l| l.starts_with(w)),
+                "missing {w:?} in {p:#?}"
+            );
+        }
+        assert_eq!(p.len(), want.len(), "{p:#?}");
+    }
+
+    #[test]
+    fn peer_default_attributes() {
+        let c = Config::from_toml_str(
+            "[bgp]\nasn = 65010\nrouter_id = \"192.0.2.1\"\n[[bgp.peers]]\naddress = \"192.0.2.2\"\nasn = 65002\ncommunities = [\"65010:7\", \"65010:7\"]\nlocal_pref = 50\n",
+        )
+        .unwrap();
+        let d = &c.bgp.peers[0].defaults;
+        assert_eq!(d.communities, vec![(65010 << 16) | 7]);
+        assert_eq!(d.local_pref, Some(50));
+    }
+
+    #[test]
     fn environment_overrides_keys() {
         let dir = std::env::temp_dir().join(format!("vipd-cfg-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -888,6 +1112,10 @@ communities = ["65010:x"]
         let c = Config::load_with_env(&f, Some(env)).unwrap();
         assert_eq!(c.bgp.asn, 4_200_000_001);
         assert!(!c.bgp.graceful_restart);
+        assert!(
+            c.kubernetes.is_none(),
+            "NODE_NAME alone does not enable Kubernetes"
+        );
         let env = HashMap::from([("VIPD_BGP__ASN".to_string(), "23456".to_string())]);
         let e = Config::load_with_env(&f, Some(env)).unwrap_err();
         assert!(

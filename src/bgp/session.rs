@@ -767,6 +767,7 @@ impl Session {
                 Some(IpAddr::V6(v)) => Some(v),
                 _ => None,
             }),
+            defaults: p.defaults.clone(),
         };
         let send_families = families
             .iter()

@@ -17,13 +17,16 @@ use super::{push_header, Afi, MsgType, HEADER_LEN, MAX_MESSAGE_LEN, SAFI_UNICAST
 use crate::config::{RouteAttrs, AS_TRANS};
 
 /// What the encoding depends on, per session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SendCtx {
     pub local_asn: u32,
     pub ebgp: bool,
     pub four_octet_as: bool,
     pub next_hop_v4: Option<Ipv4Addr>,
     pub next_hop_v6: Option<Ipv6Addr>,
+    /// The peer's default attributes: communities merged into every
+    /// route's, LOCAL_PREF where the route has none.
+    pub defaults: RouteAttrs,
 }
 
 fn push_attr(out: &mut Vec<u8>, flags: u8, t: u8, v: &[u8]) {
@@ -72,15 +75,12 @@ pub fn path_attrs(a: &RouteAttrs, afi: Afi, ctx: &SendCtx) -> Option<Vec<u8>> {
         push_attr(&mut out, FLAG_OPTIONAL, MED, &m.to_be_bytes());
     }
     if !ctx.ebgp {
-        push_attr(
-            &mut out,
-            FLAG_TRANSITIVE,
-            LOCAL_PREF,
-            &a.local_pref.unwrap_or(100).to_be_bytes(),
-        );
+        let lp = a.local_pref.or(ctx.defaults.local_pref).unwrap_or(100);
+        push_attr(&mut out, FLAG_TRANSITIVE, LOCAL_PREF, &lp.to_be_bytes());
     }
-    if !a.communities.is_empty() {
-        let v: Vec<u8> = a.communities.iter().flat_map(|c| c.to_be_bytes()).collect();
+    let communities = merged(&a.communities, &ctx.defaults.communities);
+    if !communities.is_empty() {
+        let v: Vec<u8> = communities.iter().flat_map(|c| c.to_be_bytes()).collect();
         push_attr(&mut out, FLAG_OPTIONAL | FLAG_TRANSITIVE, COMMUNITIES, &v);
     }
     if ctx.ebgp && !ctx.four_octet_as && ctx.local_asn > 0xffff {
@@ -88,9 +88,9 @@ pub fn path_attrs(a: &RouteAttrs, afi: Afi, ctx: &SendCtx) -> Option<Vec<u8>> {
         v.extend_from_slice(&ctx.local_asn.to_be_bytes());
         push_attr(&mut out, FLAG_OPTIONAL | FLAG_TRANSITIVE, AS4_PATH, &v);
     }
-    if !a.large_communities.is_empty() {
-        let v: Vec<u8> = a
-            .large_communities
+    let large = merged(&a.large_communities, &ctx.defaults.large_communities);
+    if !large.is_empty() {
+        let v: Vec<u8> = large
             .iter()
             .flat_map(|c| c.iter().flat_map(|x| x.to_be_bytes()))
             .collect();
@@ -102,6 +102,13 @@ pub fn path_attrs(a: &RouteAttrs, afi: Afi, ctx: &SendCtx) -> Option<Vec<u8>> {
         );
     }
     Some(out)
+}
+
+fn merged<T: Ord + Copy>(a: &[T], b: &[T]) -> Vec<T> {
+    let mut v: Vec<T> = a.iter().chain(b).copied().collect();
+    v.sort_unstable();
+    v.dedup();
+    v
 }
 
 fn nlri_len(p: &IpNet) -> usize {

@@ -18,6 +18,7 @@ fn ctx(ebgp: bool, four: bool, asn: u32) -> SendCtx {
         four_octet_as: four,
         next_hop_v4: Some(Ipv4Addr::new(192, 0, 2, 1)),
         next_hop_v6: Some("2001:db8::1".parse().unwrap()),
+        defaults: RouteAttrs::default(),
     }
 }
 
@@ -561,4 +562,33 @@ fn libfuzzer_finding_withdrawn_prefixes() {
     };
     let c = update::check(&body, ctx).unwrap();
     assert!(update::decode(&c.sanitized, ctx).is_ok());
+}
+
+#[test]
+fn peer_defaults_merge_into_each_route() {
+    let mut c = ctx(false, true, 65010);
+    c.defaults = RouteAttrs {
+        communities: vec![1, (65010 << 16) | 100],
+        large_communities: vec![[9, 9, 9]],
+        med: None,
+        local_pref: Some(300),
+    };
+    let mut out = vec![];
+    encode::announce(&mut out, &v4(1), &attrs(), Afi::Ipv4, &c).unwrap();
+    let b = split(&out)[0];
+    // Union, sorted, without duplicates; the route's LOCAL_PREF wins.
+    let comm: Vec<u8> = [1u32, (65010 << 16) | 100]
+        .iter()
+        .flat_map(|x| x.to_be_bytes())
+        .collect();
+    assert_eq!(attr(b, 8).unwrap(), comm);
+    assert_eq!(attr(b, 32).unwrap().len(), 24);
+    assert_eq!(attr(b, 5).unwrap(), 200u32.to_be_bytes().to_vec());
+    let mut out = vec![];
+    let plain = RouteAttrs::default();
+    encode::announce(&mut out, &v4(1), &plain, Afi::Ipv4, &c).unwrap();
+    assert_eq!(
+        attr(split(&out)[0], 5).unwrap(),
+        300u32.to_be_bytes().to_vec()
+    );
 }
