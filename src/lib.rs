@@ -7,3 +7,4 @@
 pub mod bgp;
 pub mod config;
 pub mod daemon;
+pub mod k8s;

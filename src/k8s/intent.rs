@@ -1,0 +1,529 @@
+//! What this node should announce, as a pure function of a snapshot of the
+//! cluster, the node and the configuration. It never looks at the order in
+//! which objects arrived, only at what is there: an EndpointSlice seen
+//! before its Service changes nothing until both are in the snapshot, and
+//! then the answer is the same as for any other order.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use super::model::*;
+use crate::config::{parse_community, parse_large_community, KubeConfig, RouteAttrs};
+
+/// One VIP this node should announce.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Want {
+    /// The Services that want it; it stays while any does.
+    pub owners: BTreeSet<Uid>,
+    pub attrs: RouteAttrs,
+}
+
+/// A VIP that will not be announced, and why (an Event on the Service).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Refusal {
+    pub service: Key,
+    pub uid: Uid,
+    pub address: String,
+    pub reason: String,
+}
+
+/// An annotation that could not be used: the Service is announced with
+/// the defaults instead.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct BadAnnotation {
+    pub service: Key,
+    pub uid: Uid,
+    pub annotation: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Intent {
+    pub routes: BTreeMap<IpNet, Want>,
+    pub refused: Vec<Refusal>,
+    pub bad_annotations: Vec<BadAnnotation>,
+}
+
+fn wanted_class(svc: &ServiceInfo, k: &KubeConfig) -> bool {
+    match (&k.load_balancer_class, &svc.class) {
+        (None, None) => true,
+        (None, Some(_)) => false,
+        (Some(want), Some(c)) => want == c,
+        (Some(_), None) => k.include_unclassed,
+    }
+}
+
+/// Does this Service, by its endpoints, want to be announced from this node?
+fn has_endpoints(svc: &ServiceInfo, slices: &[&SliceInfo], node: &str, k: &KubeConfig) -> bool {
+    let mut eps = slices.iter().flat_map(|s| &s.endpoints);
+    if svc.local_policy {
+        eps.any(|e| e.node.as_deref() == Some(node) && (e.ready || (e.serving && !e.terminating)))
+    } else {
+        k.announce_without_endpoints || eps.any(|e| e.ready)
+    }
+}
+
+fn parse_attrs(svc: &ServiceInfo, bad: &mut Vec<BadAnnotation>) -> RouteAttrs {
+    let mut a = RouteAttrs::default();
+    let mut fail = |annotation: &str, reason: String| {
+        bad.push(BadAnnotation {
+            service: svc.key(),
+            uid: svc.uid.clone(),
+            annotation: annotation.to_string(),
+            reason,
+        })
+    };
+    let list = |v: &str| -> Vec<String> {
+        v.split([',', ' '])
+            .map(str::trim)
+            .filter(|x| !x.is_empty())
+            .map(String::from)
+            .collect()
+    };
+    if let Some(v) = svc.annotations.get(ANNOTATION_COMMUNITIES) {
+        match list(v).iter().map(|c| parse_community(c)).collect() {
+            Ok(c) => a.communities = c,
+            Err(e) => fail(ANNOTATION_COMMUNITIES, e),
+        }
+    }
+    if let Some(v) = svc.annotations.get(ANNOTATION_LARGE_COMMUNITIES) {
+        match list(v).iter().map(|c| parse_large_community(c)).collect() {
+            Ok(c) => a.large_communities = c,
+            Err(e) => fail(ANNOTATION_LARGE_COMMUNITIES, e),
+        }
+    }
+    if let Some(v) = svc.annotations.get(ANNOTATION_LOCAL_PREF) {
+        match v.trim().parse::<u32>() {
+            Ok(n) => a.local_pref = Some(n),
+            Err(_) => fail(
+                ANNOTATION_LOCAL_PREF,
+                format!("{v:?} is not a 32-bit number"),
+            ),
+        }
+    }
+    // One bad annotation and the Service gets the defaults, not a mix.
+    if bad.iter().any(|b| b.uid == svc.uid) {
+        return RouteAttrs::default();
+    }
+    a.normalize();
+    a
+}
+
+/// The addresses no Service may take: this node's own, the API server's.
+fn forbidden(s: &Snapshot) -> HashSet<IpAddr> {
+    let mut f: HashSet<IpAddr> = s.api_server.iter().copied().collect();
+    if let Some(n) = &s.node {
+        f.extend(n.addresses.iter().copied());
+    }
+    // The API server as the cluster knows it: default/kubernetes.
+    if let Some(k) = s.services.get("default/kubernetes") {
+        f.extend(
+            k.cluster_ips
+                .iter()
+                .filter_map(|ip| ip.parse::<IpAddr>().ok()),
+        );
+    }
+    for sl in s.slices.values() {
+        if sl.namespace == "default" && sl.service.as_deref() == Some("kubernetes") {
+            for e in &sl.endpoints {
+                f.extend(
+                    e.addresses
+                        .iter()
+                        .filter_map(|ip| ip.parse::<IpAddr>().ok()),
+                );
+            }
+        }
+    }
+    f
+}
+
+pub fn compute(s: &Snapshot, k: &KubeConfig) -> Intent {
+    let mut out = Intent::default();
+    let forbidden = forbidden(s);
+    let mut by_service: BTreeMap<(&str, &str), Vec<&SliceInfo>> = BTreeMap::new();
+    for sl in s.slices.values() {
+        if let Some(svc) = &sl.service {
+            by_service.entry((&sl.namespace, svc)).or_default().push(sl);
+        }
+    }
+    for svc in s.services.values() {
+        if !svc.load_balancer || !wanted_class(svc, k) {
+            continue;
+        }
+        let slices = by_service
+            .get(&(svc.namespace.as_str(), svc.name.as_str()))
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
+        if !has_endpoints(svc, slices, &k.node_name, k) {
+            continue;
+        }
+        let attrs = parse_attrs(svc, &mut out.bad_annotations);
+        let external = if k.external_ips {
+            &svc.external_ips[..]
+        } else {
+            &[]
+        };
+        let mut seen = BTreeSet::new();
+        for raw in svc.ingress_ips.iter().chain(external) {
+            if !seen.insert(raw) {
+                continue;
+            }
+            let mut refuse = |reason: String| {
+                out.refused.push(Refusal {
+                    service: svc.key(),
+                    uid: svc.uid.clone(),
+                    address: raw.clone(),
+                    reason,
+                })
+            };
+            let Ok(ip) = raw.trim().parse::<IpAddr>() else {
+                refuse("not an IP address".into());
+                continue;
+            };
+            if ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() {
+                refuse(format!(
+                    "{ip} cannot be a VIP (unspecified, loopback or multicast)"
+                ));
+                continue;
+            }
+            if forbidden.contains(&ip) {
+                let whose = if s.node.as_ref().is_some_and(|n| n.addresses.contains(&ip)) {
+                    "this node's own address"
+                } else {
+                    "an address of the Kubernetes API server"
+                };
+                refuse(format!("{ip} is {whose}"));
+                continue;
+            }
+            let net = IpNet::from(ip);
+            if !k.allowed_prefixes.is_empty()
+                && !k.allowed_prefixes.iter().any(|p| p.contains(&net))
+            {
+                refuse(format!("{ip} is outside kubernetes.allowed_prefixes"));
+                continue;
+            }
+            let w = out.routes.entry(net).or_default();
+            w.owners.insert(svc.uid.clone());
+            merge(&mut w.attrs, &attrs);
+        }
+    }
+    out.refused.sort();
+    out.bad_annotations.sort();
+    out
+}
+
+/// Several owners of one VIP: their communities add up, the highest
+/// LOCAL_PREF wins; the result does not depend on the order of owners.
+fn merge(into: &mut RouteAttrs, a: &RouteAttrs) {
+    into.communities.extend_from_slice(&a.communities);
+    into.large_communities
+        .extend_from_slice(&a.large_communities);
+    into.local_pref = match (into.local_pref, a.local_pref) {
+        (Some(x), Some(y)) => Some(x.max(y)),
+        (x, y) => x.or(y),
+    };
+    into.normalize();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub fn kcfg() -> KubeConfig {
+        KubeConfig {
+            kubeconfig: None,
+            node_name: "node-a".into(),
+            load_balancer_class: None,
+            include_unclassed: false,
+            external_ips: false,
+            announce_without_endpoints: false,
+            allowed_prefixes: vec![],
+        }
+    }
+
+    pub fn svc(ns: &str, name: &str, ips: &[&str]) -> ServiceInfo {
+        ServiceInfo {
+            uid: format!("uid-{ns}-{name}"),
+            namespace: ns.into(),
+            name: name.into(),
+            load_balancer: true,
+            ingress_ips: ips.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    pub fn slice(ns: &str, service: &str, eps: &[(&str, bool)]) -> SliceInfo {
+        SliceInfo {
+            namespace: ns.into(),
+            service: Some(service.into()),
+            endpoints: eps
+                .iter()
+                .map(|(node, ready)| EndpointInfo {
+                    node: Some(node.to_string()),
+                    addresses: vec!["10.0.0.1".into()],
+                    ready: *ready,
+                    serving: *ready,
+                    terminating: false,
+                })
+                .collect(),
+        }
+    }
+
+    fn snap(svcs: Vec<ServiceInfo>, slices: Vec<(&str, SliceInfo)>) -> Snapshot {
+        Snapshot {
+            services: svcs.into_iter().map(|s| (s.key(), s)).collect(),
+            slices: slices
+                .into_iter()
+                .map(|(n, s)| (format!("{}/{n}", s.namespace), s))
+                .collect(),
+            node: Some(NodeInfo {
+                name: "node-a".into(),
+                addresses: vec!["192.0.2.11".parse().unwrap()],
+            }),
+            api_server: vec!["192.0.2.100".parse().unwrap()],
+        }
+    }
+
+    fn vips(i: &Intent) -> Vec<String> {
+        i.routes.keys().map(|p| p.to_string()).collect()
+    }
+
+    #[test]
+    fn cluster_policy_needs_one_ready_endpoint_anywhere() {
+        let s = snap(
+            vec![svc("a", "web", &["203.0.113.10", "2001:db8:ff::10"])],
+            vec![("web-1", slice("a", "web", &[("node-b", true)]))],
+        );
+        assert_eq!(
+            vips(&compute(&s, &kcfg())),
+            ["203.0.113.10/32", "2001:db8:ff::10/128"]
+        );
+        let s = snap(
+            vec![svc("a", "web", &["203.0.113.10"])],
+            vec![("web-1", slice("a", "web", &[("node-b", false)]))],
+        );
+        assert!(compute(&s, &kcfg()).routes.is_empty());
+        let mut k = kcfg();
+        k.announce_without_endpoints = true;
+        assert_eq!(vips(&compute(&s, &k)), ["203.0.113.10/32"]);
+    }
+
+    #[test]
+    fn local_policy_needs_a_local_ready_or_serving_endpoint() {
+        let mut web = svc("a", "web", &["203.0.113.10"]);
+        web.local_policy = true;
+        let remote = snap(
+            vec![web.clone()],
+            vec![("w", slice("a", "web", &[("node-b", true)]))],
+        );
+        assert!(compute(&remote, &kcfg()).routes.is_empty());
+        let local = snap(
+            vec![web.clone()],
+            vec![("w", slice("a", "web", &[("node-a", true)]))],
+        );
+        assert_eq!(vips(&compute(&local, &kcfg())), ["203.0.113.10/32"]);
+        // Serving but not ready and not terminating counts; terminating does not.
+        let mut sl = slice("a", "web", &[("node-a", false)]);
+        sl.endpoints[0].serving = true;
+        let s = snap(vec![web.clone()], vec![("w", sl.clone())]);
+        assert_eq!(vips(&compute(&s, &kcfg())), ["203.0.113.10/32"]);
+        sl.endpoints[0].terminating = true;
+        let s = snap(vec![web], vec![("w", sl)]);
+        assert!(compute(&s, &kcfg()).routes.is_empty());
+    }
+
+    #[test]
+    fn all_slices_of_a_service_count() {
+        let s = snap(
+            vec![svc("a", "web", &["203.0.113.10"])],
+            vec![
+                ("web-1", slice("a", "web", &[("node-b", false)])),
+                ("web-2", slice("a", "web", &[("node-c", true)])),
+                ("other", slice("b", "web", &[("node-c", true)])),
+            ],
+        );
+        assert_eq!(vips(&compute(&s, &kcfg())), ["203.0.113.10/32"]);
+        let s = snap(
+            vec![svc("a", "web", &["203.0.113.10"])],
+            vec![("other-ns", slice("b", "web", &[("node-c", true)]))],
+        );
+        assert!(
+            compute(&s, &kcfg()).routes.is_empty(),
+            "a slice in another namespace"
+        );
+    }
+
+    /// Lesson 1: a VIP shared by two Services, one without endpoints.
+    #[test]
+    fn shared_vip_stays_while_any_owner_wants_it() {
+        let s = snap(
+            vec![
+                svc("a", "web", &["203.0.113.10"]),
+                svc("a", "api", &["203.0.113.10"]),
+            ],
+            vec![
+                ("web", slice("a", "web", &[("node-b", true)])),
+                ("api", slice("a", "api", &[("node-b", false)])),
+            ],
+        );
+        let i = compute(&s, &kcfg());
+        let w = &i.routes[&"203.0.113.10/32".parse::<IpNet>().unwrap()];
+        assert_eq!(w.owners, BTreeSet::from(["uid-a-web".to_string()]));
+    }
+
+    /// Lesson 5: the node's own address and the API server's are refused.
+    #[test]
+    fn own_and_api_server_addresses_are_refused_with_reason() {
+        let mut s = snap(
+            vec![svc(
+                "a",
+                "web",
+                &[
+                    "192.0.2.11",
+                    "192.0.2.100",
+                    "10.96.0.1",
+                    "bogus",
+                    "203.0.113.1",
+                ],
+            )],
+            vec![("w", slice("a", "web", &[("node-b", true)]))],
+        );
+        let mut k = svc("default", "kubernetes", &[]);
+        k.load_balancer = false;
+        k.cluster_ips = vec!["10.96.0.1".into()];
+        s.services.insert(k.key(), k);
+        let i = compute(&s, &kcfg());
+        assert_eq!(vips(&i), ["203.0.113.1/32"]);
+        let reasons: Vec<_> = i
+            .refused
+            .iter()
+            .map(|r| (r.address.as_str(), r.reason.as_str()))
+            .collect();
+        assert!(
+            reasons.contains(&("192.0.2.11", "192.0.2.11 is this node's own address")),
+            "{reasons:?}"
+        );
+        assert!(reasons.contains(&(
+            "192.0.2.100",
+            "192.0.2.100 is an address of the Kubernetes API server"
+        )));
+        assert!(reasons.contains(&(
+            "10.96.0.1",
+            "10.96.0.1 is an address of the Kubernetes API server"
+        )));
+        assert!(reasons.contains(&("bogus", "not an IP address")));
+    }
+
+    #[test]
+    fn allowed_prefixes_and_classes() {
+        let mut k = kcfg();
+        k.allowed_prefixes = vec!["203.0.113.0/25".parse().unwrap()];
+        let mut classed = svc("a", "c", &["203.0.113.20"]);
+        classed.class = Some("vipd".into());
+        let s = snap(
+            vec![svc("a", "web", &["203.0.113.10", "203.0.113.200"]), classed],
+            vec![
+                ("w", slice("a", "web", &[("node-b", true)])),
+                ("c", slice("a", "c", &[("node-b", true)])),
+            ],
+        );
+        let i = compute(&s, &k);
+        assert_eq!(vips(&i), ["203.0.113.10/32"]);
+        assert_eq!(
+            i.refused[0].reason,
+            "203.0.113.200 is outside kubernetes.allowed_prefixes"
+        );
+        k.load_balancer_class = Some("vipd".into());
+        assert_eq!(vips(&compute(&s, &k)), ["203.0.113.20/32"]);
+        k.include_unclassed = true;
+        assert_eq!(
+            vips(&compute(&s, &k)),
+            ["203.0.113.10/32", "203.0.113.20/32"]
+        );
+    }
+
+    #[test]
+    fn external_ips_only_when_enabled_and_not_load_balancer_types() {
+        let mut web = svc("a", "web", &[]);
+        web.external_ips = vec!["198.51.100.5".into()];
+        let mut cip = svc("a", "cip", &["203.0.113.9"]);
+        cip.load_balancer = false;
+        let s = snap(
+            vec![web, cip],
+            vec![
+                ("w", slice("a", "web", &[("node-b", true)])),
+                ("c", slice("a", "cip", &[("node-b", true)])),
+            ],
+        );
+        assert!(compute(&s, &kcfg()).routes.is_empty());
+        let mut k = kcfg();
+        k.external_ips = true;
+        assert_eq!(vips(&compute(&s, &k)), ["198.51.100.5/32"]);
+    }
+
+    #[test]
+    fn annotations_set_attributes_and_bad_ones_fall_back_to_defaults() {
+        let mut web = svc("a", "web", &["203.0.113.10"]);
+        web.annotations
+            .insert(ANNOTATION_COMMUNITIES.into(), "65010:2, 65010:1".into());
+        web.annotations
+            .insert(ANNOTATION_LARGE_COMMUNITIES.into(), "65010:1:2".into());
+        web.annotations
+            .insert(ANNOTATION_LOCAL_PREF.into(), "300".into());
+        let mut bad = svc("a", "bad", &["203.0.113.11"]);
+        bad.annotations
+            .insert(ANNOTATION_COMMUNITIES.into(), "65010:1".into());
+        bad.annotations
+            .insert(ANNOTATION_LOCAL_PREF.into(), "high".into());
+        let s = snap(
+            vec![web, bad],
+            vec![
+                ("w", slice("a", "web", &[("node-b", true)])),
+                ("b", slice("a", "bad", &[("node-b", true)])),
+            ],
+        );
+        let i = compute(&s, &kcfg());
+        let a = &i.routes[&"203.0.113.10/32".parse::<IpNet>().unwrap()].attrs;
+        assert_eq!(a.communities, vec![(65010 << 16) | 1, (65010 << 16) | 2]);
+        assert_eq!(a.large_communities, vec![[65010, 1, 2]]);
+        assert_eq!(a.local_pref, Some(300));
+        let b = &i.routes[&"203.0.113.11/32".parse::<IpNet>().unwrap()].attrs;
+        assert_eq!(*b, RouteAttrs::default(), "announced, with the defaults");
+        assert_eq!(i.bad_annotations.len(), 1);
+        assert_eq!(i.bad_annotations[0].annotation, ANNOTATION_LOCAL_PREF);
+        assert_eq!(
+            i.bad_annotations[0].reason,
+            "\"high\" is not a 32-bit number"
+        );
+    }
+
+    /// Lesson 4, at the level of the pure function: the answer depends on
+    /// what is in the snapshot, not on the order it was filled in.
+    #[test]
+    fn insertion_order_does_not_matter() {
+        let svcs = vec![
+            svc("a", "web", &["203.0.113.10"]),
+            svc("b", "db", &["203.0.113.11"]),
+        ];
+        let slices = vec![
+            ("w", slice("a", "web", &[("node-b", true)])),
+            ("d", slice("b", "db", &[("node-c", true)])),
+        ];
+        let forward = snap(svcs.clone(), slices.clone());
+        let mut backward = Snapshot {
+            node: forward.node.clone(),
+            api_server: forward.api_server.clone(),
+            ..Default::default()
+        };
+        for (n, s) in slices.into_iter().rev() {
+            backward.slices.insert(format!("{}/{n}", s.namespace), s);
+        }
+        for s in svcs.into_iter().rev() {
+            backward.services.insert(s.key(), s);
+        }
+        assert_eq!(compute(&forward, &kcfg()), compute(&backward, &kcfg()));
+        assert_eq!(compute(&forward, &kcfg()).routes.len(), 2);
+    }
+}

@@ -1,0 +1,78 @@
+//! What vipd keeps of the cluster's objects: plain values, so that the
+//! intent is a pure function tested without a cluster. Strings that come
+//! from the API server unparsed (IPs, annotations) stay strings here; the
+//! intent parses them and reports what it cannot use.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+/// A Service's UID: owners of a VIP are tracked by it.
+pub type Uid = String;
+
+/// `namespace/name`.
+pub type Key = String;
+
+pub const ANNOTATION_COMMUNITIES: &str = "vipd.io/communities";
+pub const ANNOTATION_LARGE_COMMUNITIES: &str = "vipd.io/large-communities";
+pub const ANNOTATION_LOCAL_PREF: &str = "vipd.io/local-preference";
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServiceInfo {
+    pub uid: Uid,
+    pub namespace: String,
+    pub name: String,
+    /// `spec.type == "LoadBalancer"`.
+    pub load_balancer: bool,
+    pub class: Option<String>,
+    /// `status.loadBalancer.ingress[].ip`.
+    pub ingress_ips: Vec<String>,
+    pub external_ips: Vec<String>,
+    pub cluster_ips: Vec<String>,
+    /// `spec.externalTrafficPolicy == "Local"`.
+    pub local_policy: bool,
+    /// The `vipd.io/*` annotations only.
+    pub annotations: BTreeMap<String, String>,
+}
+
+impl ServiceInfo {
+    pub fn key(&self) -> Key {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EndpointInfo {
+    pub node: Option<String>,
+    pub addresses: Vec<String>,
+    /// Conditions as the API defines their absence: ready nil is true,
+    /// serving nil follows ready, terminating nil is false.
+    pub ready: bool,
+    pub serving: bool,
+    pub terminating: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SliceInfo {
+    pub namespace: String,
+    /// The `kubernetes.io/service-name` label.
+    pub service: Option<String>,
+    pub endpoints: Vec<EndpointInfo>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub name: String,
+    pub addresses: Vec<IpAddr>,
+}
+
+/// A consistent view of the cluster: what the intent is computed from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    pub services: BTreeMap<Key, ServiceInfo>,
+    /// Keyed by `namespace/slice-name`.
+    pub slices: BTreeMap<Key, SliceInfo>,
+    /// This node, where its Node object exists.
+    pub node: Option<NodeInfo>,
+    /// Addresses of the API server as vipd's client reaches it.
+    pub api_server: Vec<IpAddr>,
+}
