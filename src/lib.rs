@@ -8,3 +8,4 @@ pub mod bgp;
 pub mod config;
 pub mod daemon;
 pub mod k8s;
+pub mod reconcile;

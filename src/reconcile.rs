@@ -1,0 +1,303 @@
+//! From what is wanted to what is applied: the speaker's table (static
+//! announcements plus the Kubernetes intent) and the node's own dataplane
+//! (VIP addresses on an interface, routes in a table).
+//!
+//! The decisions are pure ([`table`], [`dataplane_diff`]); the [`Dataplane`]
+//! trait is the edge, implemented with rtnetlink in `dataplane` and in
+//! memory in the tests. A dataplane only ever removes what it created:
+//! [`Dataplane::owned`] reports vipd's own entries (recognised after a
+//! restart by vipd's marks), never anyone else's.
+
+use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
+use std::sync::Arc;
+
+use ipnet::IpNet;
+
+use crate::bgp::rib::Table;
+use crate::config::RouteAttrs;
+use crate::k8s::intent::Intent;
+
+/// The table to announce: the static announcements, and the intent's VIPs
+/// that the static ones do not already cover. Equal attribute sets share one
+/// `Arc`, so Services with the same attributes pack into the same UPDATEs.
+pub fn table(statics: &Table, intent: &Intent) -> Table {
+    let mut t = statics.clone();
+    let mut interned: HashMap<&RouteAttrs, Arc<RouteAttrs>> = HashMap::new();
+    for (p, w) in &intent.routes {
+        if t.contains_key(p) {
+            continue;
+        }
+        let a = interned
+            .entry(&w.attrs)
+            .or_insert_with(|| Arc::new(w.attrs.clone()))
+            .clone();
+        t.insert(*p, a);
+    }
+    t
+}
+
+/// What to add and remove so that exactly `want` is applied.
+pub fn dataplane_diff(
+    applied: &BTreeSet<IpNet>,
+    want: &BTreeSet<IpNet>,
+) -> (Vec<IpNet>, Vec<IpNet>) {
+    (
+        want.difference(applied).copied().collect(),
+        applied.difference(want).copied().collect(),
+    )
+}
+
+/// One kind of node state vipd manages: addresses on an interface, or
+/// routes in a table.
+pub trait Dataplane {
+    /// What vipd created and is still there, by vipd's own marks.
+    fn owned(&mut self) -> impl Future<Output = Result<BTreeSet<IpNet>, String>> + Send;
+    fn add(&mut self, p: IpNet) -> impl Future<Output = Result<(), String>> + Send;
+    fn remove(&mut self, p: IpNet) -> impl Future<Output = Result<(), String>> + Send;
+}
+
+/// Brings one dataplane to `want`, reading what vipd owns first so that a
+/// restart picks up where the last run left off. Returns the errors, one
+/// line each; what failed is tried again on the next call.
+pub async fn apply<D: Dataplane>(dp: &mut D, want: &BTreeSet<IpNet>) -> Vec<String> {
+    let mut errors = vec![];
+    let applied = match dp.owned().await {
+        Ok(a) => a,
+        Err(e) => return vec![format!("reading vipd's entries: {e}")],
+    };
+    let (add, remove) = dataplane_diff(&applied, want);
+    for p in remove {
+        if let Err(e) = dp.remove(p).await {
+            errors.push(format!("removing {p}: {e}"));
+        }
+    }
+    for p in add {
+        if let Err(e) = dp.add(p).await {
+            errors.push(format!("adding {p}: {e}"));
+        }
+    }
+    errors
+}
+
+/// The VIPs the node's dataplane should hold: the intent's (static
+/// announcements are a routing matter only).
+pub fn dataplane_want(intent: &Intent) -> BTreeSet<IpNet> {
+    intent.routes.keys().copied().collect()
+}
+
+#[cfg(test)]
+pub mod fake {
+    use super::*;
+
+    /// An in-memory dataplane with entries of "others" that must survive.
+    #[derive(Debug, Default)]
+    pub struct Fake {
+        pub ours: BTreeSet<IpNet>,
+        pub others: BTreeSet<IpNet>,
+    }
+
+    impl Dataplane for Fake {
+        async fn owned(&mut self) -> Result<BTreeSet<IpNet>, String> {
+            Ok(self.ours.clone())
+        }
+        async fn add(&mut self, p: IpNet) -> Result<(), String> {
+            self.ours.insert(p);
+            Ok(())
+        }
+        async fn remove(&mut self, p: IpNet) -> Result<(), String> {
+            assert!(
+                self.ours.remove(&p),
+                "removed {p}, which vipd did not create"
+            );
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fake::Fake;
+    use super::*;
+    use crate::config::KubeConfig;
+    use crate::k8s::intent::compute;
+    use crate::k8s::model::*;
+    use proptest::prelude::*;
+
+    fn block_on<F: Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    fn kcfg() -> KubeConfig {
+        KubeConfig {
+            kubeconfig: None,
+            node_name: "node-a".into(),
+            load_balancer_class: None,
+            include_unclassed: false,
+            external_ips: false,
+            announce_without_endpoints: false,
+            allowed_prefixes: vec![],
+        }
+    }
+
+    const IPS: [&str; 3] = ["203.0.113.1", "203.0.113.2", "2001:db8:ff::3"];
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// Create or update Service i: its IP, policy.
+        Svc {
+            i: usize,
+            ip: usize,
+            local: bool,
+        },
+        DelSvc {
+            i: usize,
+        },
+        /// Create or update the slice of Service i: (on node-a?, ready?) endpoints.
+        Slice {
+            i: usize,
+            eps: Vec<(bool, bool)>,
+        },
+        DelSlice {
+            i: usize,
+        },
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0..4usize, 0..3usize, any::<bool>()).prop_map(|(i, ip, local)| Op::Svc {
+                i,
+                ip,
+                local
+            }),
+            (0..4usize).prop_map(|i| Op::DelSvc { i }),
+            (
+                0..4usize,
+                proptest::collection::vec((any::<bool>(), any::<bool>()), 0..3)
+            )
+                .prop_map(|(i, eps)| Op::Slice { i, eps }),
+            (0..4usize).prop_map(|i| Op::DelSlice { i }),
+        ]
+    }
+
+    fn apply_op(s: &mut Snapshot, op: &Op) {
+        match op {
+            Op::Svc { i, ip, local } => {
+                let svc = ServiceInfo {
+                    uid: format!("uid{i}"),
+                    namespace: "ns".into(),
+                    name: format!("s{i}"),
+                    load_balancer: true,
+                    ingress_ips: vec![IPS[*ip].to_string()],
+                    local_policy: *local,
+                    ..Default::default()
+                };
+                s.services.insert(svc.key(), svc);
+            }
+            Op::DelSvc { i } => {
+                s.services.remove(&format!("ns/s{i}"));
+            }
+            Op::Slice { i, eps } => {
+                let sl = SliceInfo {
+                    namespace: "ns".into(),
+                    service: Some(format!("s{i}")),
+                    endpoints: eps
+                        .iter()
+                        .map(|(here, ready)| EndpointInfo {
+                            node: Some(if *here { "node-a" } else { "node-b" }.into()),
+                            addresses: vec!["10.0.0.1".into()],
+                            ready: *ready,
+                            serving: *ready,
+                            terminating: false,
+                        })
+                        .collect(),
+                };
+                s.slices.insert(format!("ns/s{i}-slice"), sl);
+            }
+            Op::DelSlice { i } => {
+                s.slices.remove(&format!("ns/s{i}-slice"));
+            }
+        }
+    }
+
+    /// The model: a VIP is wanted when some Service with it has a ready
+    /// endpoint (on this node, for Local policy).
+    fn model(s: &Snapshot) -> BTreeSet<IpNet> {
+        let mut out = BTreeSet::new();
+        for svc in s.services.values() {
+            let slice = s.slices.get(&format!("ns/{}-slice", svc.name));
+            let ok = slice.is_some_and(|sl| {
+                sl.endpoints
+                    .iter()
+                    .any(|e| e.ready && (!svc.local_policy || e.node.as_deref() == Some("node-a")))
+            });
+            if ok {
+                out.insert(IpNet::from(
+                    svc.ingress_ips[0].parse::<std::net::IpAddr>().unwrap(),
+                ));
+            }
+        }
+        out
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+        #[test]
+        fn applied_always_equals_the_model_and_nothing_remains(ops in proptest::collection::vec(op(), 1..40)) {
+            let statics: Table = [("198.51.100.1/32".parse().unwrap(), Arc::new(RouteAttrs::default()))].into();
+            let other: IpNet = "203.0.113.1/32".parse().unwrap();
+            let mut dp = Fake { others: [other].into(), ..Default::default() };
+            let mut s = Snapshot::default();
+            for op in &ops {
+                apply_op(&mut s, op);
+                let intent = compute(&s, &kcfg());
+                let t = table(&statics, &intent);
+                let errs = block_on(apply(&mut dp, &dataplane_want(&intent)));
+                prop_assert!(errs.is_empty());
+                let want = model(&s);
+                prop_assert_eq!(&dp.ours, &want, "after {:?}", op);
+                let mut announced: BTreeSet<IpNet> = t.keys().copied().collect();
+                prop_assert!(announced.remove(&"198.51.100.1/32".parse().unwrap()));
+                prop_assert_eq!(&announced, &want);
+                for (p, w) in &intent.routes {
+                    prop_assert!(!w.owners.is_empty(), "{} has no owner", p);
+                }
+            }
+            // Delete everything: nothing of vipd's remains; others' entries do.
+            s.services.clear();
+            s.slices.clear();
+            let intent = compute(&s, &kcfg());
+            block_on(apply(&mut dp, &dataplane_want(&intent)));
+            prop_assert!(dp.ours.is_empty());
+            prop_assert_eq!(dp.others.len(), 1);
+            prop_assert_eq!(table(&statics, &intent).len(), 1);
+        }
+    }
+
+    #[test]
+    fn static_announcements_win_and_attributes_are_shared() {
+        let statics: Table = [(
+            "203.0.113.1/32".parse().unwrap(),
+            Arc::new(RouteAttrs {
+                med: Some(5),
+                ..Default::default()
+            }),
+        )]
+        .into();
+        let mut intent = Intent::default();
+        for ip in ["203.0.113.1/32", "203.0.113.2/32", "203.0.113.3/32"] {
+            intent
+                .routes
+                .insert(ip.parse().unwrap(), Default::default());
+        }
+        let t = table(&statics, &intent);
+        assert_eq!(t.len(), 3);
+        assert_eq!(t[&"203.0.113.1/32".parse::<IpNet>().unwrap()].med, Some(5));
+        let a = &t[&"203.0.113.2/32".parse::<IpNet>().unwrap()];
+        let b = &t[&"203.0.113.3/32".parse::<IpNet>().unwrap()];
+        assert!(Arc::ptr_eq(a, b));
+    }
+}
