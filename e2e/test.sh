@@ -10,9 +10,15 @@ bash e2e/install.sh
 command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
 cargo fmt --check
 cargo clippy --all-targets -- -D warnings
-VIPD_FUZZ_SECS="${VIPD_FUZZ_SECS:-20}" cargo test --release
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+VIPD_FUZZ_SECS="${VIPD_FUZZ_SECS:-20}" cargo test --release 2>&1 | tee "$log"
 # Coverage-guided: the stable toolchain accepts cargo-fuzz's nightly flags
 # with RUSTC_BOOTSTRAP=1. Any crash, hang (-timeout) or zettabgp panic on
 # checked input fails the run.
 RUSTC_BOOTSTRAP=1 cargo fuzz run --fuzz-dir e2e/libfuzzer receive -- \
   -max_total_time="${VIPD_LIBFUZZER_SECS:-60}" -timeout=2 -rss_limit_mb=2048
+# One closing line for the whole suite (libFuzzer's output has none).
+passed=$(grep -Eo '[0-9]+ passed' "$log" | awk '{s+=$1} END {print s+0}')
+failed=$(grep -Eo '[0-9]+ failed' "$log" | awk '{s+=$1} END {print s+0}')
+echo "vipd suite: $passed passed, $failed failed"

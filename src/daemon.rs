@@ -7,9 +7,17 @@ use std::sync::Arc;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info, warn};
 
+use std::sync::Mutex;
+
+use tokio::sync::watch;
+
 use crate::bgp::rib::Table;
 use crate::bgp::{Speaker, SpeakerError};
 use crate::config::{Config, Problems};
+use crate::k8s;
+use crate::k8s::intent::Intent;
+use crate::k8s::watch::{KubeStatus, WatchError};
+use crate::reconcile;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -19,6 +27,18 @@ pub enum DaemonError {
     Speaker(#[from] SpeakerError),
     #[error("signal handler: {0}")]
     Signal(std::io::Error),
+    #[error(transparent)]
+    Kubernetes(#[from] WatchError),
+}
+
+/// Hands the speaker the static announcements plus the intent; with
+/// Kubernetes configured and no intent yet (the barrier), nothing.
+fn publish(speaker: &Speaker, statics: &Table, kube: bool, intent: &Option<Arc<Intent>>) {
+    match (kube, intent) {
+        (false, _) => speaker.set_table(statics.clone()),
+        (true, Some(i)) => speaker.set_table(reconcile::table(statics, i)),
+        (true, None) => {}
+    }
 }
 
 /// The announcements of the configuration as a table. Each `[[announce]]`
@@ -53,7 +73,8 @@ fn trim_heap() {
 }
 
 pub async fn run(path: PathBuf) -> Result<(), DaemonError> {
-    let (mut cfg, table) = load(&path)?;
+    let (mut cfg, mut statics) = load(&path)?;
+    let table = statics.clone();
     info!(
         config = %path.display(),
         asn = cfg.bgp.asn,
@@ -62,7 +83,24 @@ pub async fn run(path: PathBuf) -> Result<(), DaemonError> {
         prefixes = table.len(),
         "vipd starting"
     );
-    let mut speaker = Speaker::start(&cfg.bgp, table)?;
+    // With Kubernetes, nothing is announced before its caches have synced.
+    let (intent_tx, mut intent_rx) = watch::channel::<Option<Arc<Intent>>>(None);
+    let kube_status = Arc::new(Mutex::new(KubeStatus::default()));
+    let mut speaker = match &cfg.kubernetes {
+        None => Speaker::start(&cfg.bgp, Some(table))?,
+        Some(k) => {
+            let (client, api) = k8s::watch::connect(k).await?;
+            let speaker = Speaker::start(&cfg.bgp, None)?;
+            tokio::spawn(k8s::watch::run(
+                k.clone(),
+                client,
+                api,
+                intent_tx,
+                kube_status.clone(),
+            ));
+            speaker
+        }
+    };
     let mut hup = signal(SignalKind::hangup()).map_err(DaemonError::Signal)?;
     let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signal)?;
     let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signal)?;
@@ -77,11 +115,16 @@ pub async fn run(path: PathBuf) -> Result<(), DaemonError> {
                         {
                             info!("graceful_restart and withdraw_on_stop changes apply to new sessions and the next stop");
                         }
-                        let before = speaker.table().len();
+                        if new.kubernetes != cfg.kubernetes || new.dataplane != cfg.dataplane {
+                            warn!("[kubernetes] and [dataplane] changes take effect only when vipd restarts");
+                        }
+                        let before = statics.len();
                         speaker.reconfigure(&new.bgp).await;
-                        info!(before, after = table.len(), "announcements reloaded");
-                        speaker.set_table(table);
-                        cfg = new;
+                        info!(before, after = table.len(), "static announcements reloaded");
+                        statics = table;
+                        publish(&speaker, &statics, cfg.kubernetes.is_some(), &intent_rx.borrow());
+                        cfg.bgp = new.bgp;
+                        cfg.announce = new.announce;
                     }
                     Err(p) => {
                         for line in &p.0 {
@@ -89,6 +132,12 @@ pub async fn run(path: PathBuf) -> Result<(), DaemonError> {
                         }
                         warn!("configuration not reloaded: the running one stays in force");
                     }
+                }
+            }
+            r = intent_rx.changed() => {
+                if r.is_ok() {
+                    let intent = intent_rx.borrow_and_update().clone();
+                    publish(&speaker, &statics, true, &intent);
                 }
             }
             _ = term.recv() => { info!("SIGTERM: stopping"); break }

@@ -43,8 +43,14 @@ struct Listener {
     task: JoinHandle<()>,
 }
 
+/// The table sessions converge to; `None` until the daemon's sources are
+/// ready (the Kubernetes readiness barrier): sessions may come up, but send
+/// nothing, not even End-of-RIB, so graceful-restart peers keep what they
+/// had meanwhile.
+pub type Published = Option<Arc<Table>>;
+
 pub struct Speaker {
-    table: watch::Sender<Arc<Table>>,
+    table: watch::Sender<Published>,
     peers: HashMap<IpAddr, Peer>,
     registry: Registry,
     listener: Option<Listener>,
@@ -71,8 +77,8 @@ fn settings(bgp: &BgpConfig) -> Vec<Settings> {
 }
 
 impl Speaker {
-    pub fn start(bgp: &BgpConfig, table: Table) -> Result<Speaker, SpeakerError> {
-        let (tx, _) = watch::channel(Arc::new(table));
+    pub fn start(bgp: &BgpConfig, table: Option<Table>) -> Result<Speaker, SpeakerError> {
+        let (tx, _) = watch::channel(table.map(Arc::new));
         let registry: Registry = Arc::default();
         let listener = match bgp.listen {
             Some(addr) => {
@@ -152,12 +158,14 @@ impl Speaker {
         info!(peer = %addr, "peer removed");
     }
 
-    /// Replaces the table every session converges to.
+    /// Replaces the table every session converges to (and marks it ready).
     pub fn set_table(&self, table: Table) {
-        self.table.send_replace(Arc::new(table));
+        self.table.send_replace(Some(Arc::new(table)));
     }
 
-    pub fn table(&self) -> Arc<Table> {
+    /// The current table, `None` before the first [`Speaker::set_table`]
+    /// when started without one.
+    pub fn table(&self) -> Published {
         self.table.borrow().clone()
     }
 

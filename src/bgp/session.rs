@@ -37,6 +37,7 @@ use super::wire::update;
 use super::wire::{
     check_header, code, keepalive, Afi, MsgType, Notification, HEADER_LEN, MAX_MESSAGE_LEN,
 };
+use super::Published;
 use crate::config::PeerConfig;
 
 /// What a session needs to know, fixed for its lifetime.
@@ -198,16 +199,18 @@ struct Session {
     peer_open: Option<Open>,
     negotiated: Option<Negotiated>,
     adj: AdjRibOut,
-    table: watch::Receiver<Arc<Table>>,
+    table: watch::Receiver<Published>,
     status: Arc<Mutex<PeerStatus>>,
     stopping: bool,
+    /// End-of-RIB still owed for this session's initial table.
+    eor_pending: bool,
     seed: u64,
 }
 
 /// Runs one peer until it is shut down or deconfigured.
 pub async fn run(
     s: Settings,
-    table: watch::Receiver<Arc<Table>>,
+    table: watch::Receiver<Published>,
     mut cmds: mpsc::Receiver<Command>,
     status: Arc<Mutex<PeerStatus>>,
 ) {
@@ -254,6 +257,7 @@ pub async fn run(
         table,
         status,
         stopping: false,
+        eor_pending: false,
         seed,
     };
     let peer = me.s.peer.address;
@@ -319,7 +323,7 @@ pub async fn run(
                 me.cand = None;
             }
             r = me.table.changed(), if established => {
-                if r.is_ok() { me.sync(false).await }
+                if r.is_ok() { me.sync().await }
             }
         }
     }
@@ -850,22 +854,30 @@ impl Session {
             st.families = n.families.clone();
             st.last_error = None;
         }
-        self.sync(true).await;
+        self.eor_pending = true;
+        self.sync().await;
     }
 
     /// Brings the peer to the current table; the first time, each family's
-    /// table is followed by End-of-RIB.
-    async fn sync(&mut self, initial: bool) {
+    /// table is followed by End-of-RIB. Before the table is ready, nothing.
+    async fn sync(&mut self) {
         let Some(n) = self.negotiated.clone() else {
             return;
         };
-        let table = self.table.borrow_and_update().clone();
+        let Some(table) = self.table.borrow_and_update().clone() else {
+            return;
+        };
         let changes = self.adj.diff(&table, &n.send_families);
-        let eor: Vec<Afi> = if initial { n.families.clone() } else { vec![] };
+        let eor: Vec<Afi> = if self.eor_pending {
+            n.families.clone()
+        } else {
+            vec![]
+        };
         if changes.is_empty() && eor.is_empty() {
             return;
         }
         if self.send_changes(&changes, &eor).await {
+            self.eor_pending = false;
             self.adj.apply(table, &n.send_families);
             self.status.lock().unwrap().prefixes_sent = self.adj.len();
         }

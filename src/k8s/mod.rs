@@ -1,7 +1,9 @@
 //! Kubernetes: what the cluster asks this node to announce.
 //!
 //! `model` holds plain values of the objects vipd reads; `intent` turns a
-//! consistent snapshot of them into the routes to announce (pure).
+//! consistent snapshot of them into the routes to announce (pure); `watch`
+//! keeps the snapshot from the API server behind the readiness barrier.
 
 pub mod intent;
 pub mod model;
+pub mod watch;

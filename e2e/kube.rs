@@ -1,0 +1,407 @@
+//! vipd driven by Kubernetes objects, against the API stand-in and BIRD:
+//! the readiness barrier, shared VIPs, deletions, refusals with Events,
+//! watch resets and an unreachable API server.
+
+#[path = "lab/mod.rs"]
+mod lab;
+#[path = "standin/mod.rs"]
+mod standin;
+
+use std::time::{Duration, Instant};
+
+use lab::*;
+use standin::{obj, Kind, StandIn};
+
+const API: &str = "192.0.2.100:6443";
+
+struct KubeLab {
+    lab: Lab,
+    api: StandIn,
+    bird: Bird,
+}
+
+/// A lab with BIRD and the stand-in (192.0.2.100) in the router namespace,
+/// and this node's Node object (node-a, 192.0.2.1).
+fn kube_lab(tag: &str) -> KubeLab {
+    let lab = Lab::new(tag);
+    let dev = router_dev(&lab);
+    lab.router
+        .ip(&["addr", "add", "192.0.2.100/24", "dev", &dev]);
+    let api = StandIn::start(API.parse().unwrap(), Some(&lab.router.name));
+    api.put(obj::node("node-a", &["192.0.2.1"]));
+    let bird = Bird::start(
+        &lab.router,
+        &lab.dir,
+        &bird_conf(
+            &lab.dir,
+            &[
+                ("v4", ROUTER4, NODE4, "ipv4", "graceful restart on;"),
+                ("v6", ROUTER6, NODE6, "ipv6", ""),
+            ],
+        ),
+    );
+    KubeLab { lab, api, bird }
+}
+
+fn router_dev(lab: &Lab) -> String {
+    let out = lab.router.ip(&["-o", "-4", "addr", "show"]);
+    out.lines()
+        .find(|l| l.contains("192.0.2.2/24"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap()
+        .split('@')
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+fn vipd_conf(k: &KubeLab, extra: &str) -> String {
+    let kc = k.lab.dir.write("kubeconfig", &k.api.kubeconfig());
+    format!(
+        "[bgp]\nasn = 65010\nrouter_id = \"192.0.2.1\"\nlisten = \"[::]:179\"\n\
+         [[bgp.peers]]\naddress = \"192.0.2.2\"\nasn = 65002\nconnect_retry = 1\n\
+         [[bgp.peers]]\naddress = \"2001:db8::2\"\nasn = 65002\nconnect_retry = 1\n\
+         [kubernetes]\nkubeconfig = \"{}\"\nnode_name = \"node-a\"\n{extra}",
+        kc.display()
+    )
+}
+
+fn routes(b: &Bird) -> usize {
+    b.count("master4") + b.count("master6")
+}
+
+/// Lesson 4: EndpointSlices seen long before their Services change nothing;
+/// every route goes out as soon as both caches are synced.
+#[test]
+fn endpoints_before_services_at_startup_delay_nothing() {
+    let k = kube_lab("k4");
+    for i in 0..20 {
+        let ip = format!("203.0.113.{}", 10 + i);
+        k.api
+            .put(obj::service("shop", &format!("s{i}"), &[&ip], false));
+        k.api.put(obj::slice(
+            "shop",
+            &format!("s{i}-abc"),
+            &format!("s{i}"),
+            &[("node-b", true)],
+        ));
+    }
+    k.api.put(obj::service(
+        "shop",
+        "dual",
+        &["203.0.113.99", "2001:db8:ff::99"],
+        false,
+    ));
+    k.api
+        .put(obj::slice("shop", "dual-abc", "dual", &[("node-b", true)]));
+    // Services are held back: vipd gets the EndpointSlices (and the Node) only.
+    k.api.hold(Kind::Service);
+    let vipd = Vipd::start(&k.lab.node, &k.lab.dir, &vipd_conf(&k, ""));
+    assert!(
+        wait_until(Duration::from_secs(15), || k.bird.established("v4")),
+        "no session"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        routes(&k.bird),
+        0,
+        "announced before the Service cache synced"
+    );
+    assert!(!vipd.log().contains("caches synced"));
+    let released = Instant::now();
+    k.api.release(Kind::Service);
+    assert!(
+        wait_until(Duration::from_secs(10), || routes(&k.bird) == 22),
+        "not every route arrived after the caches synced: {}",
+        routes(&k.bird)
+    );
+    eprintln!(
+        "all routes at BIRD {:?} after the Services were released",
+        released.elapsed()
+    );
+    let r = k.bird.route("203.0.113.10/32");
+    assert!(
+        r.contains("BGP.as_path: 65010\n") && r.contains("BGP.next_hop: 192.0.2.1"),
+        "{r}"
+    );
+    assert!(k.bird.has("2001:db8:ff::99/128"));
+}
+
+/// Starts vipd and waits for its first table to reach BIRD.
+fn start_synced(k: &KubeLab, extra: &str, expect: usize) -> Vipd {
+    let v = Vipd::start(&k.lab.node, &k.lab.dir, &vipd_conf(k, extra));
+    assert!(
+        wait_until(Duration::from_secs(20), || v
+            .log()
+            .contains("caches synced")
+            && routes(&k.bird) == expect),
+        "vipd did not announce {expect} routes: {}",
+        routes(&k.bird)
+    );
+    v
+}
+
+/// Lesson 1: two Services share a VIP, one has no ready endpoint: the VIP
+/// stays announced while any owner wants it.
+#[test]
+fn shared_vip_stays_while_any_owner_has_endpoints() {
+    let k = kube_lab("k1");
+    k.api
+        .put(obj::service("a", "web", &["203.0.113.10"], false));
+    k.api
+        .put(obj::service("b", "api", &["203.0.113.10"], false));
+    k.api
+        .put(obj::slice("a", "web-1", "web", &[("node-b", true)]));
+    k.api
+        .put(obj::slice("b", "api-1", "api", &[("node-b", false)]));
+    let _v = start_synced(&k, "", 1);
+    // web loses its endpoint, api gains one: the VIP never goes.
+    k.api
+        .put(obj::slice("b", "api-1", "api", &[("node-c", true)]));
+    std::thread::sleep(Duration::from_millis(300));
+    k.api
+        .put(obj::slice("a", "web-1", "web", &[("node-b", false)]));
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(2) {
+        assert!(
+            k.bird.has("203.0.113.10/32"),
+            "withdrawn while api still wants it"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The last owner without endpoints: withdrawn.
+    k.api
+        .put(obj::slice("b", "api-1", "api", &[("node-c", false)]));
+    assert!(
+        wait_until(Duration::from_secs(10), || !k.bird.has("203.0.113.10/32")),
+        "not withdrawn"
+    );
+}
+
+/// Lesson 3 (BGP): a deleted Service leaves no announcement behind.
+#[test]
+fn deleted_service_is_withdrawn() {
+    let k = kube_lab("k3");
+    k.api.put(obj::service(
+        "a",
+        "web",
+        &["203.0.113.10", "2001:db8:ff::10"],
+        false,
+    ));
+    k.api
+        .put(obj::slice("a", "web-1", "web", &[("node-b", true)]));
+    k.api
+        .put(obj::service("a", "keep", &["203.0.113.11"], false));
+    k.api
+        .put(obj::slice("a", "keep-1", "keep", &[("node-b", true)]));
+    let _v = start_synced(&k, "", 3);
+    assert!(k.api.delete(Kind::Service, "a", "web"));
+    assert!(
+        wait_until(Duration::from_secs(10), || routes(&k.bird) == 1),
+        "the deleted Service's VIPs stayed"
+    );
+    assert!(k.bird.has("203.0.113.11/32") && !k.bird.has("203.0.113.10/32"));
+    assert!(!k.bird.has("2001:db8:ff::10/128"));
+}
+
+/// Lesson 5: the node's own address and the API server's are refused with
+/// a clear reason, as a log line and a Kubernetes Event on the Service.
+#[test]
+fn own_and_api_server_addresses_are_refused_with_events() {
+    let k = kube_lab("k5");
+    k.api.put(obj::service("a", "own", &["192.0.2.1"], false));
+    k.api.put(obj::service("a", "api", &["192.0.2.100"], false));
+    k.api
+        .put(obj::service("a", "fine", &["203.0.113.10"], false));
+    let mut bad = obj::service("a", "annot", &["203.0.113.11"], false);
+    bad["metadata"]["annotations"] =
+        serde_json::json!({"vipd.io/communities": "65010:x", "vipd.io/large-communities": "1:2:3"});
+    k.api.put(bad);
+    let mut good = obj::service("a", "tagged", &["203.0.113.12"], false);
+    good["metadata"]["annotations"] = serde_json::json!({"vipd.io/communities": "65010:7", "vipd.io/large-communities": "65010:8:9"});
+    k.api.put(good);
+    for s in ["own", "api", "fine", "annot", "tagged"] {
+        k.api
+            .put(obj::slice("a", &format!("{s}-1"), s, &[("node-b", true)]));
+    }
+    let v = start_synced(&k, "", 3);
+    assert!(!k.bird.has("192.0.2.1/32") && !k.bird.has("192.0.2.100/32"));
+    let tagged = k.bird.route("203.0.113.12/32");
+    assert!(
+        tagged.contains("BGP.community: (65010,7)")
+            && tagged.contains("BGP.large_community: (65010, 8, 9)"),
+        "{tagged}"
+    );
+    let annot = k.bird.route("203.0.113.11/32");
+    assert!(
+        !annot.contains("BGP.community") && !annot.contains("large_community"),
+        "defaults expected: {annot}"
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || k.api.events().len() >= 3),
+        "{:?}",
+        k.api.events()
+    );
+    let evs = k.api.events();
+    let find = |name: &str| {
+        evs.iter()
+            .find(|e| e["involvedObject"]["name"] == name)
+            .unwrap_or_else(|| panic!("no Event for {name}: {evs:?}"))
+            .clone()
+    };
+    let own = find("own");
+    assert_eq!(own["reason"], "VIPRefused");
+    assert_eq!(own["type"], "Warning");
+    assert_eq!(
+        own["message"],
+        "vipd will not announce 192.0.2.1: 192.0.2.1 is this node's own address"
+    );
+    assert_eq!(find("api")["message"], "vipd will not announce 192.0.2.100: 192.0.2.100 is an address of the Kubernetes API server");
+    let a = find("annot");
+    assert_eq!(a["reason"], "BadAnnotation");
+    assert!(
+        a["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("vipd.io/communities: \"65010:x\""),
+        "{a}"
+    );
+    assert!(v
+        .log()
+        .contains("VIP refused: 192.0.2.1 is this node's own address"));
+    // Reported once, not on every recomputation.
+    k.api.put(obj::slice(
+        "a",
+        "fine-1",
+        "fine",
+        &[("node-b", true), ("node-c", true)],
+    ));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(k.api.events().len(), evs.len());
+}
+
+/// Endpoint readiness flapping: the announcement follows, ending where the
+/// last state says.
+#[test]
+fn readiness_flapping_settles_on_the_last_state() {
+    let k = kube_lab("kf");
+    k.api.put(obj::service("a", "web", &["203.0.113.10"], true));
+    k.api
+        .put(obj::slice("a", "web-1", "web", &[("node-a", true)]));
+    let v = start_synced(&k, "", 1);
+    for i in 0..30 {
+        k.api
+            .put(obj::slice("a", "web-1", "web", &[("node-a", i % 2 == 1)]));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Last put: i = 29, ready.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(wait_until(Duration::from_secs(5), || k
+        .bird
+        .has("203.0.113.10/32")));
+    k.api
+        .put(obj::slice("a", "web-1", "web", &[("node-a", false)]));
+    assert!(wait_until(Duration::from_secs(5), || !k
+        .bird
+        .has("203.0.113.10/32")));
+    assert!(
+        v.proc.log_text().matches("session established").count() == 2,
+        "sessions flapped too"
+    );
+}
+
+/// Polls BIRD while `f` runs, failing on any drop below `n` routes.
+fn never_below(k: &KubeLab, n: usize, d: Duration) {
+    let t = Instant::now();
+    while t.elapsed() < d {
+        let r = routes(&k.bird);
+        assert!(r >= n, "routes dropped to {r} (from {n})");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A watch reset (410 Gone) in the middle of a run withdraws nothing, and
+/// changes made around it are applied.
+#[test]
+fn watch_reset_410_withdraws_nothing() {
+    let k = kube_lab("kg");
+    for i in 0..5 {
+        k.api.put(obj::service(
+            "a",
+            &format!("s{i}"),
+            &[&format!("203.0.113.{}", 10 + i)],
+            false,
+        ));
+        k.api.put(obj::slice(
+            "a",
+            &format!("s{i}-1"),
+            &format!("s{i}"),
+            &[("node-b", true)],
+        ));
+    }
+    let v = start_synced(&k, "", 5);
+    let before = k.api.requests();
+    k.api.expire_history();
+    k.api
+        .put(obj::service("a", "new", &["203.0.113.50"], false));
+    k.api
+        .put(obj::slice("a", "new-1", "new", &[("node-b", true)]));
+    never_below(&k, 5, Duration::from_secs(3));
+    assert!(
+        wait_until(Duration::from_secs(15), || routes(&k.bird) == 6),
+        "the change after the reset was not applied"
+    );
+    assert!(
+        k.api.requests() > before,
+        "vipd did not come back to the API"
+    );
+    assert!(k.api.gone_sent() > 0, "no watch was answered with 410 Gone");
+    assert!(!v.log().contains("withdrawn=1"), "something was withdrawn");
+}
+
+/// The API server unreachable for 30 s: announcements stay, the reason is
+/// logged, and changes made meanwhile are applied once it is back.
+#[test]
+fn api_server_down_for_30s_keeps_routes_and_catches_up() {
+    let k = kube_lab("kd");
+    for i in 0..3 {
+        k.api.put(obj::service(
+            "a",
+            &format!("s{i}"),
+            &[&format!("203.0.113.{}", 10 + i)],
+            false,
+        ));
+        k.api.put(obj::slice(
+            "a",
+            &format!("s{i}-1"),
+            &format!("s{i}"),
+            &[("node-b", true)],
+        ));
+    }
+    let v = start_synced(&k, "", 3);
+    k.api.set_down(true);
+    // Changes while it is down: one Service deleted, one added.
+    k.api.delete(Kind::Service, "a", "s0");
+    k.api
+        .put(obj::service("a", "late", &["203.0.113.40"], false));
+    k.api
+        .put(obj::slice("a", "late-1", "late", &[("node-b", true)]));
+    never_below(&k, 3, Duration::from_secs(30));
+    assert!(
+        k.bird.has("203.0.113.10/32"),
+        "s0's VIP went while the API was unreachable"
+    );
+    assert!(
+        v.log().contains("Kubernetes API:"),
+        "the outage is not in the log: {}",
+        v.proc.log_tail(20)
+    );
+    k.api.set_down(false);
+    assert!(
+        wait_until(Duration::from_secs(60), || k.bird.has("203.0.113.40/32")
+            && !k.bird.has("203.0.113.10/32")),
+        "changes made during the outage were not applied"
+    );
+    assert_eq!(routes(&k.bird), 3);
+    assert!(v.log().contains("Kubernetes API reachable again"));
+}

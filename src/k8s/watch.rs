@@ -1,0 +1,406 @@
+//! Watching the cluster: Services, EndpointSlices and this node's Node
+//! through kube-rs watchers, kept as a [`Snapshot`], turned into an
+//! [`Intent`] whenever it changes.
+//!
+//! The readiness barrier: nothing is published until all three have been
+//! listed completely once. A re-list (after a 410 Gone, or a reconnect) is
+//! buffered and swapped in whole at its end, so the previous snapshot stays
+//! in force meanwhile: a watch reset never withdraws a route. While the API
+//! server is unreachable the last intent stays, and the error is logged
+//! and shown in the status.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+use futures_util::{FutureExt, StreamExt};
+use k8s_openapi::api::core::v1::{Event as KubeEvent, EventSource, Node, ObjectReference, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use kube::api::PostParams;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Api, Client, ResourceExt};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use super::intent::{compute, BadAnnotation, Intent, Refusal};
+use super::model::*;
+use crate::config::KubeConfig;
+
+/// What `vipd` reports about the Kubernetes side.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KubeStatus {
+    /// Every watch has been listed completely once.
+    pub synced: bool,
+    pub services: usize,
+    pub endpoint_slices: usize,
+    pub vips: usize,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    #[error("kubernetes.kubeconfig {path}: {source}")]
+    Kubeconfig {
+        path: String,
+        source: kube::config::KubeconfigError,
+    },
+    #[error("in-cluster configuration (no kubernetes.kubeconfig given): {0}")]
+    InCluster(#[from] kube::config::InClusterError),
+    #[error("Kubernetes client: {0}")]
+    Client(#[from] kube::Error),
+}
+
+pub fn service_info(s: &Service) -> Option<ServiceInfo> {
+    let spec = s.spec.as_ref();
+    let annotations = s
+        .annotations()
+        .iter()
+        .filter(|(k, _)| k.starts_with("vipd.io/"))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    Some(ServiceInfo {
+        uid: s.uid()?,
+        namespace: s.namespace()?,
+        name: s.name_any(),
+        load_balancer: spec.and_then(|s| s.type_.as_deref()) == Some("LoadBalancer"),
+        class: spec.and_then(|s| s.load_balancer_class.clone()),
+        ingress_ips: s
+            .status
+            .as_ref()
+            .and_then(|st| st.load_balancer.as_ref())
+            .and_then(|lb| lb.ingress.as_ref())
+            .map(|i| i.iter().filter_map(|x| x.ip.clone()).collect())
+            .unwrap_or_default(),
+        external_ips: spec
+            .and_then(|s| s.external_ips.clone())
+            .unwrap_or_default(),
+        cluster_ips: spec
+            .and_then(|s| {
+                s.cluster_ips
+                    .clone()
+                    .or_else(|| s.cluster_ip.clone().map(|c| vec![c]))
+            })
+            .unwrap_or_default(),
+        local_policy: spec.and_then(|s| s.external_traffic_policy.as_deref()) == Some("Local"),
+        annotations,
+    })
+}
+
+pub fn slice_info(s: &EndpointSlice) -> SliceInfo {
+    SliceInfo {
+        namespace: s.namespace().unwrap_or_default(),
+        service: s.labels().get("kubernetes.io/service-name").cloned(),
+        endpoints: s
+            .endpoints
+            .iter()
+            .map(|e| {
+                let c = e.conditions.as_ref();
+                let ready = c.and_then(|c| c.ready).unwrap_or(true);
+                EndpointInfo {
+                    node: e.node_name.clone(),
+                    addresses: e.addresses.clone(),
+                    ready,
+                    serving: c.and_then(|c| c.serving).unwrap_or(ready),
+                    terminating: c.and_then(|c| c.terminating).unwrap_or(false),
+                }
+            })
+            .collect(),
+    }
+}
+
+pub fn node_info(n: &Node) -> NodeInfo {
+    NodeInfo {
+        name: n.name_any(),
+        addresses: n
+            .status
+            .as_ref()
+            .and_then(|s| s.addresses.as_ref())
+            .map(|a| a.iter().filter_map(|x| x.address.parse().ok()).collect())
+            .unwrap_or_default(),
+    }
+}
+
+fn key_of(m: &ObjectMeta) -> Key {
+    format!(
+        "{}/{}",
+        m.namespace.as_deref().unwrap_or(""),
+        m.name.as_deref().unwrap_or("")
+    )
+}
+
+/// One watched kind: the live map, and a re-list in progress.
+struct Store<T> {
+    pending: Option<BTreeMap<Key, T>>,
+    synced: bool,
+}
+
+impl<T> Default for Store<T> {
+    fn default() -> Self {
+        Store {
+            pending: None,
+            synced: false,
+        }
+    }
+}
+
+impl<T> Store<T> {
+    /// Applies one watcher event to `live`; true when `live` changed.
+    fn apply<K: kube::Resource>(
+        &mut self,
+        live: &mut BTreeMap<Key, T>,
+        ev: watcher::Event<K>,
+        conv: impl Fn(&K) -> Option<T>,
+    ) -> bool {
+        match ev {
+            watcher::Event::Init => {
+                self.pending = Some(BTreeMap::new());
+                false
+            }
+            watcher::Event::InitApply(o) => {
+                if let (Some(p), Some(v)) = (self.pending.as_mut(), conv(&o)) {
+                    p.insert(key_of(o.meta()), v);
+                }
+                false
+            }
+            watcher::Event::InitDone => {
+                if let Some(p) = self.pending.take() {
+                    *live = p;
+                }
+                self.synced = true;
+                true
+            }
+            watcher::Event::Apply(o) => {
+                let k = key_of(o.meta());
+                match conv(&o) {
+                    Some(v) => {
+                        live.insert(k, v);
+                    }
+                    None => {
+                        live.remove(&k);
+                    }
+                }
+                true
+            }
+            watcher::Event::Delete(o) => live.remove(&key_of(o.meta())).is_some(),
+        }
+    }
+}
+
+// Events pass through once each; boxing the large ones would buy nothing.
+#[allow(clippy::large_enum_variant)]
+enum Ev {
+    Svc(Result<watcher::Event<Service>, watcher::Error>),
+    Slice(Result<watcher::Event<EndpointSlice>, watcher::Error>),
+    Node(Result<watcher::Event<Node>, watcher::Error>),
+}
+
+async fn client_config(k: &KubeConfig) -> Result<kube::Config, WatchError> {
+    match &k.kubeconfig {
+        Some(path) => {
+            let err = |source| WatchError::Kubeconfig {
+                path: path.display().to_string(),
+                source,
+            };
+            let kc = Kubeconfig::read_from(path).map_err(err)?;
+            kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+                .await
+                .map_err(err)
+        }
+        None => Ok(kube::Config::incluster()?),
+    }
+}
+
+/// The API client, and the API server's address where it is an IP.
+pub async fn connect(k: &KubeConfig) -> Result<(Client, Vec<IpAddr>), WatchError> {
+    let config = client_config(k).await?;
+    let api_server: Vec<IpAddr> = config
+        .cluster_url
+        .host()
+        .and_then(|h| h.trim_matches(['[', ']']).parse().ok())
+        .into_iter()
+        .collect();
+    info!(server = %config.cluster_url, node = %k.node_name, "watching Kubernetes");
+    Ok((Client::try_from(config)?, api_server))
+}
+
+/// Watches until the process ends, publishing each new intent.
+pub async fn run(
+    k: KubeConfig,
+    client: Client,
+    api_server: Vec<IpAddr>,
+    out: watch::Sender<Option<Arc<Intent>>>,
+    status: Arc<Mutex<KubeStatus>>,
+) {
+    let wc = watcher::Config::default();
+    let svc = watcher(Api::<Service>::all(client.clone()), wc.clone())
+        .default_backoff()
+        .map(Ev::Svc);
+    let slices = watcher(Api::<EndpointSlice>::all(client.clone()), wc.clone())
+        .default_backoff()
+        .map(Ev::Slice);
+    let node = watcher(
+        Api::<Node>::all(client.clone()),
+        wc.fields(&format!("metadata.name={}", k.node_name)),
+    )
+    .default_backoff()
+    .map(Ev::Node);
+    let mut events = Box::pin(futures_util::stream::select(
+        svc,
+        futures_util::stream::select(slices, node),
+    ));
+
+    let mut snap = Snapshot {
+        api_server,
+        ..Default::default()
+    };
+    let (mut ss, mut es, mut ns) = (Store::default(), Store::default(), Store::default());
+    let mut nodes: BTreeMap<Key, NodeInfo> = BTreeMap::new();
+    let mut reported: BTreeSet<String> = BTreeSet::new();
+    let mut last_error: Option<String> = None;
+    let mut warned_no_node = false;
+    while let Some(first) = events.next().await {
+        let mut changed = false;
+        let mut next = Some(first);
+        // Everything already waiting goes into one recomputation.
+        while let Some(ev) = next {
+            let r = match ev {
+                Ev::Svc(r) => r.map(|e| ss.apply(&mut snap.services, e, service_info)),
+                Ev::Slice(r) => r.map(|e| es.apply(&mut snap.slices, e, |s| Some(slice_info(s)))),
+                Ev::Node(r) => r.map(|e| ns.apply(&mut nodes, e, |n| Some(node_info(n)))),
+            };
+            match r {
+                Ok(c) => {
+                    changed |= c;
+                    if last_error.take().is_some() {
+                        info!("Kubernetes API reachable again");
+                        status.lock().unwrap().last_error = None;
+                    }
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    if last_error.as_deref() != Some(msg.as_str()) {
+                        warn!("Kubernetes API: {msg}; current announcements stay until it is back");
+                    }
+                    status.lock().unwrap().last_error = Some(msg.clone());
+                    last_error = Some(msg);
+                }
+            }
+            next = events.next().now_or_never().flatten();
+        }
+        if !(ss.synced && es.synced && ns.synced && changed) {
+            continue;
+        }
+        snap.node = nodes.values().next().cloned();
+        if snap.node.is_none() && !warned_no_node {
+            warned_no_node = true;
+            warn!(node = %k.node_name, "no Node object by this name: Local-policy Services and this node's own addresses cannot be matched; check kubernetes.node_name");
+        }
+        let intent = compute(&snap, &k);
+        {
+            let mut st = status.lock().unwrap();
+            if !st.synced {
+                info!(
+                    services = snap.services.len(),
+                    endpoint_slices = snap.slices.len(),
+                    vips = intent.routes.len(),
+                    "Kubernetes caches synced"
+                );
+            }
+            st.synced = true;
+            st.services = snap.services.len();
+            st.endpoint_slices = snap.slices.len();
+            st.vips = intent.routes.len();
+        }
+        report(&client, &intent, &mut reported);
+        out.send_replace(Some(Arc::new(intent)));
+    }
+}
+
+/// Logs and records as Kubernetes Events the refusals and bad annotations
+/// not reported before (each once, until it goes away and comes back).
+fn report(client: &Client, intent: &Intent, reported: &mut BTreeSet<String>) {
+    let mut now = BTreeSet::new();
+    for r in &intent.refused {
+        let id = format!("{}|{}|{}", r.uid, r.address, r.reason);
+        if !reported.contains(&id) {
+            warn!(service = %r.service, address = %r.address, "VIP refused: {}", r.reason);
+            post(
+                client,
+                r.service.clone(),
+                r.uid.clone(),
+                "VIPRefused",
+                format!("vipd will not announce {}: {}", r.address, r.reason),
+            );
+        }
+        now.insert(id);
+    }
+    for b in &intent.bad_annotations {
+        let id = format!("{}|{}|{}", b.uid, b.annotation, b.reason);
+        if !reported.contains(&id) {
+            warn!(service = %b.service, annotation = %b.annotation, "annotation ignored: {}", b.reason);
+            post(
+                client,
+                b.service.clone(),
+                b.uid.clone(),
+                "BadAnnotation",
+                format!(
+                    "{}: {}; announced with the default attributes",
+                    b.annotation, b.reason
+                ),
+            );
+        }
+        now.insert(id);
+    }
+    *reported = now;
+}
+
+fn post(client: &Client, service: Key, uid: Uid, reason: &'static str, message: String) {
+    let client = client.clone();
+    tokio::spawn(async move {
+        let (ns, name) = service.split_once('/').unwrap_or(("default", &service));
+        let now = Time(jiff_now());
+        let ev = KubeEvent {
+            metadata: ObjectMeta {
+                generate_name: Some(format!("{name}.vipd-")),
+                namespace: Some(ns.to_string()),
+                ..Default::default()
+            },
+            involved_object: ObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Service".into()),
+                namespace: Some(ns.to_string()),
+                name: Some(name.to_string()),
+                uid: Some(uid),
+                ..Default::default()
+            },
+            reason: Some(reason.into()),
+            message: Some(message),
+            type_: Some("Warning".into()),
+            source: Some(EventSource {
+                component: Some("vipd".into()),
+                host: None,
+            }),
+            first_timestamp: Some(now.clone()),
+            last_timestamp: Some(now),
+            count: Some(1),
+            ..Default::default()
+        };
+        if let Err(e) = Api::<KubeEvent>::namespaced(client, ns)
+            .create(&PostParams::default(), &ev)
+            .await
+        {
+            warn!(service = %service, "could not create the Event: {e}");
+        }
+    });
+}
+
+fn jiff_now() -> k8s_openapi::jiff::Timestamp {
+    k8s_openapi::jiff::Timestamp::now()
+}
+
+/// The refusals and bad annotations of an intent, for tests.
+pub fn problems(i: &Intent) -> (Vec<Refusal>, Vec<BadAnnotation>) {
+    (i.refused.clone(), i.bad_annotations.clone())
+}
