@@ -323,7 +323,7 @@ impl StandIn {
         let q: BTreeMap<String, String> = req
             .uri()
             .query()
-            .map(|q| url_decode_pairs(q))
+            .map(url_decode_pairs)
             .unwrap_or_default();
         if req.method() == hyper::Method::POST
             && path.starts_with("/api/v1/namespaces/")
@@ -451,9 +451,9 @@ impl StandIn {
                     .await;
                 return;
             }
-            let mut last = from.max(0);
+            // Everything up to `now` is in the backlog or older than `from`;
+            // live changes after it follow.
             for c in backlog.iter().filter(|c| matches(c)) {
-                last = c.rv;
                 if tx
                     .send(line(json!({"type": c.typ, "object": c.obj})))
                     .await
@@ -462,7 +462,7 @@ impl StandIn {
                     return;
                 }
             }
-            last = last.max(now.min(last.max(from)));
+            let mut last = now.max(from);
             let end = tokio::time::Instant::now() + Duration::from_secs(timeout);
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
@@ -518,9 +518,9 @@ fn status(code: StatusCode, msg: &str) -> Response<BoxBody> {
 
 fn url_decode_pairs(q: &str) -> BTreeMap<String, String> {
     q.split('&')
-        .filter_map(|kv| {
+        .map(|kv| {
             let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-            Some((decode(k), decode(v)))
+            (decode(k), decode(v))
         })
         .collect()
 }
@@ -532,7 +532,7 @@ fn decode(s: &str) -> String {
     while i < b.len() {
         match b[i] {
             b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() + 0 && i + 2 <= b.len() - 1 => {
+            b'%' if i + 2 < b.len() => {
                 let h = std::str::from_utf8(&b[i + 1..i + 3])
                     .ok()
                     .and_then(|h| u8::from_str_radix(h, 16).ok());
