@@ -405,3 +405,115 @@ fn api_server_down_for_30s_keeps_routes_and_catches_up() {
     assert_eq!(routes(&k.bird), 3);
     assert!(v.log().contains("Kubernetes API reachable again"));
 }
+
+fn node_addrs(k: &KubeLab) -> String {
+    k.lab.node.ip(&["-o", "addr", "show", "dev", "vip0"])
+}
+
+fn node_routes(k: &KubeLab) -> String {
+    let mut s = k.lab.node.ip(&["route", "show", "table", "100"]);
+    s += &k.lab.node.ip(&["-6", "route", "show", "table", "100"]);
+    s
+}
+
+/// Lesson 3 on the node: a deleted Service leaves no address and no route;
+/// entries vipd did not create are never touched; after a restart vipd
+/// recognises its own stale entries by their mark and removes them.
+#[test]
+fn deleted_service_leaves_no_address_or_route_and_others_stay() {
+    let k = kube_lab("kn");
+    // No dummy driver on every kernel: a veth pair serves as well.
+    k.lab.node.ip(&[
+        "link", "add", "vip0", "type", "veth", "peer", "name", "vip0p",
+    ]);
+    k.lab.node.ip(&["link", "set", "vip0", "up"]);
+    // Someone else's address and route, where vipd works.
+    k.lab
+        .node
+        .ip(&["addr", "add", "198.51.100.200/32", "dev", "vip0"]);
+    k.lab.node.ip(&[
+        "route",
+        "add",
+        "198.51.100.201/32",
+        "dev",
+        "vip0",
+        "table",
+        "100",
+        "proto",
+        "static",
+    ]);
+    k.api.put(obj::service(
+        "a",
+        "web",
+        &["203.0.113.10", "2001:db8:ff::10"],
+        false,
+    ));
+    k.api
+        .put(obj::slice("a", "web-1", "web", &[("node-b", true)]));
+    k.api.put(obj::service("a", "db", &["203.0.113.11"], false));
+    k.api
+        .put(obj::slice("a", "db-1", "db", &[("node-b", true)]));
+    let extra = "[dataplane]\naddress_interface = \"vip0\"\n[dataplane.routes]\ntable = 100\ninterface = \"vip0\"\n";
+    let mut v = start_synced(&k, extra, 3);
+    let has_all = |k: &KubeLab| {
+        let (a, r) = (node_addrs(k), node_routes(k));
+        ["203.0.113.10/32", "203.0.113.11/32", "2001:db8:ff::10/128"]
+            .iter()
+            .all(|x| a.contains(x))
+            && ["203.0.113.10 ", "203.0.113.11 ", "2001:db8:ff::10 "]
+                .iter()
+                .all(|x| r.contains(x))
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || has_all(&k)),
+        "{}\n{}",
+        node_addrs(&k),
+        node_routes(&k)
+    );
+    // iproute2 6.1 cannot show an address's protocol; that vipd finds its
+    // own entries by it is what the removals below prove.
+
+    k.api.delete(Kind::Service, "a", "web");
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            let (a, r) = (node_addrs(&k), node_routes(&k));
+            !a.contains("203.0.113.10/32")
+                && !a.contains("2001:db8:ff::10")
+                && !r.contains("203.0.113.10 ")
+                && !r.contains("2001:db8:ff::10 ")
+        }),
+        "left behind:\n{}\n{}",
+        node_addrs(&k),
+        node_routes(&k)
+    );
+    assert!(wait_until(Duration::from_secs(10), || routes(&k.bird) == 1));
+
+    // vipd stops without cleaning up (graceful restart keeps VIPs working);
+    // db is deleted while it is down; the restarted vipd removes db's entries.
+    v.proc.stop(Duration::from_secs(5));
+    assert!(
+        node_addrs(&k).contains("203.0.113.11/32"),
+        "addresses must survive a graceful stop"
+    );
+    k.api.delete(Kind::Service, "a", "db");
+    let _v2 = Vipd::start(&k.lab.node, &k.lab.dir, &vipd_conf(&k, extra));
+    assert!(
+        wait_until(Duration::from_secs(15), || !node_addrs(&k)
+            .contains("203.0.113.11/32")
+            && !node_routes(&k).contains("203.0.113.11 ")),
+        "the stale entry of a Service deleted while vipd was down stayed:\n{}\n{}",
+        node_addrs(&k),
+        node_routes(&k)
+    );
+    // Never touched: the other address and route.
+    assert!(
+        node_addrs(&k).contains("198.51.100.200/32"),
+        "{}",
+        node_addrs(&k)
+    );
+    assert!(
+        node_routes(&k).contains("198.51.100.201 "),
+        "{}",
+        node_routes(&k)
+    );
+}

@@ -212,6 +212,14 @@ impl Config {
         }
         root.finish(&mut errs);
         check_duplicate_prefixes(&announce, &mut errs);
+        if kubernetes.is_none()
+            && (dataplane.address_interface.is_some() || dataplane.routes.is_some())
+        {
+            errs.push(
+                "dataplane",
+                "applies to Kubernetes VIPs: it needs a [kubernetes] table",
+            );
+        }
         match (bgp, errs.0.is_empty()) {
             (Some(bgp), true) => Ok(Config {
                 bgp,

@@ -17,7 +17,7 @@ use crate::config::{Config, Problems};
 use crate::k8s;
 use crate::k8s::intent::Intent;
 use crate::k8s::watch::{KubeStatus, WatchError};
-use crate::reconcile;
+use crate::{dataplane, reconcile};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -29,6 +29,57 @@ pub enum DaemonError {
     Signal(std::io::Error),
     #[error(transparent)]
     Kubernetes(#[from] WatchError),
+    #[error("dataplane: {0}")]
+    Dataplane(String),
+}
+
+/// The node's dataplanes that are configured.
+struct NodeState {
+    addresses: Option<dataplane::Addresses>,
+    routes: Option<dataplane::Routes>,
+}
+
+impl NodeState {
+    fn new(cfg: &Config) -> Result<NodeState, DaemonError> {
+        let dp = &cfg.dataplane;
+        if dp.address_interface.is_none() && dp.routes.is_none() {
+            return Ok(NodeState {
+                addresses: None,
+                routes: None,
+            });
+        }
+        let h = dataplane::connect().map_err(DaemonError::Dataplane)?;
+        Ok(NodeState {
+            addresses: dp
+                .address_interface
+                .as_deref()
+                .map(|i| dataplane::Addresses::new(h.clone(), i)),
+            routes: dp.routes.clone().map(|r| dataplane::Routes::new(h, r)),
+        })
+    }
+
+    async fn apply(&mut self, want: &std::collections::BTreeSet<ipnet::IpNet>) {
+        let mut errors = vec![];
+        if let Some(a) = self.addresses.as_mut() {
+            errors.extend(
+                reconcile::apply(a, want)
+                    .await
+                    .into_iter()
+                    .map(|e| format!("address {e}")),
+            );
+        }
+        if let Some(r) = self.routes.as_mut() {
+            errors.extend(
+                reconcile::apply(r, want)
+                    .await
+                    .into_iter()
+                    .map(|e| format!("route {e}")),
+            );
+        }
+        for e in errors {
+            warn!("dataplane: {e} (tried again in 30 s)");
+        }
+    }
 }
 
 /// Hands the speaker the static announcements plus the intent; with
@@ -101,6 +152,8 @@ pub async fn run(path: PathBuf) -> Result<(), DaemonError> {
             speaker
         }
     };
+    let mut node = NodeState::new(&cfg)?;
+    let mut resync = tokio::time::interval(std::time::Duration::from_secs(30));
     let mut hup = signal(SignalKind::hangup()).map_err(DaemonError::Signal)?;
     let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signal)?;
     let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signal)?;
@@ -138,6 +191,16 @@ pub async fn run(path: PathBuf) -> Result<(), DaemonError> {
                 if r.is_ok() {
                     let intent = intent_rx.borrow_and_update().clone();
                     publish(&speaker, &statics, true, &intent);
+                    if let Some(i) = &intent {
+                        node.apply(&reconcile::dataplane_want(i)).await;
+                    }
+                }
+            }
+            _ = resync.tick() => {
+                // Repairs drift (an address someone removed) and retries failures.
+                let intent = intent_rx.borrow().clone();
+                if let Some(i) = intent {
+                    node.apply(&reconcile::dataplane_want(&i)).await;
                 }
             }
             _ = term.recv() => { info!("SIGTERM: stopping"); break }
@@ -145,6 +208,10 @@ pub async fn run(path: PathBuf) -> Result<(), DaemonError> {
         }
     }
     speaker.shutdown(cfg.bgp.withdraw_on_stop).await;
+    if cfg.bgp.withdraw_on_stop {
+        // Otherwise the VIPs keep working on the node through a restart.
+        node.apply(&Default::default()).await;
+    }
     info!("vipd stopped");
     Ok(())
 }

@@ -2,10 +2,12 @@
 //! speaker. See `docs/architecture.md` for how the pieces fit.
 //!
 //! Modules depend one way, down the data flow: `config` and `bgp::wire` at
-//! the bottom, `bgp` (FSM, RIB, sessions, speaker) above them, `daemon` on top.
+//! the bottom; `bgp` (FSM, RIB, sessions, speaker), `k8s` (model, intent,
+//! watchers), `reconcile` and `dataplane` above them; `daemon` on top.
 
 pub mod bgp;
 pub mod config;
 pub mod daemon;
+pub mod dataplane;
 pub mod k8s;
 pub mod reconcile;

@@ -320,11 +320,8 @@ impl StandIn {
             }
         }
         let path = req.uri().path().to_string();
-        let q: BTreeMap<String, String> = req
-            .uri()
-            .query()
-            .map(url_decode_pairs)
-            .unwrap_or_default();
+        let q: BTreeMap<String, String> =
+            req.uri().query().map(url_decode_pairs).unwrap_or_default();
         if req.method() == hyper::Method::POST
             && path.starts_with("/api/v1/namespaces/")
             && path.ends_with("/events")
