@@ -517,3 +517,157 @@ fn deleted_service_leaves_no_address_or_route_and_others_stay() {
         node_routes(&k)
     );
 }
+
+/// Two vipd nodes (node-a 192.0.2.11, node-b 192.0.2.12) on a bridge in the
+/// router namespace, with BIRD (192.0.2.2) and the stand-in (192.0.2.100).
+struct TwoNodes {
+    dir: Dir,
+    _router: Netns,
+    nodes: Vec<Netns>,
+    api: StandIn,
+    bird: Bird,
+}
+
+fn two_nodes(tag: &str) -> TwoNodes {
+    require(&["ip"]);
+    let dir = Dir::new(tag);
+    let router = Netns::new(&format!("{tag}r"));
+    router.ip(&["link", "add", "br0", "type", "bridge"]);
+    router.ip(&["link", "set", "br0", "up"]);
+    router.ip(&["addr", "add", "192.0.2.2/24", "dev", "br0"]);
+    router.ip(&["addr", "add", "192.0.2.100/24", "dev", "br0"]);
+    let mut nodes = vec![];
+    for (i, ip) in ["192.0.2.11/24", "192.0.2.12/24"].iter().enumerate() {
+        let n = Netns::new(&format!("{tag}{i}"));
+        let (a, b) = (unique("vn"), unique("vr"));
+        run_ok(
+            "ip",
+            &[
+                "link",
+                "add",
+                &a,
+                "netns",
+                &n.name,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &b,
+                "netns",
+                &router.name,
+            ],
+        );
+        n.ip(&["addr", "add", ip, "dev", &a]);
+        n.ip(&["link", "set", &a, "up"]);
+        router.ip(&["link", "set", &b, "master", "br0"]);
+        router.ip(&["link", "set", &b, "up"]);
+        nodes.push(n);
+    }
+    let api = StandIn::start(API.parse().unwrap(), Some(&router.name));
+    api.put(obj::node("node-a", &["192.0.2.11"]));
+    api.put(obj::node("node-b", &["192.0.2.12"]));
+    let conf = bird_conf(
+        &dir,
+        &[
+            ("na", "192.0.2.2", "192.0.2.11", "ipv4", ""),
+            ("nb", "192.0.2.2", "192.0.2.12", "ipv4", ""),
+        ],
+    );
+    let bird = Bird::start(&router, &dir, &conf);
+    TwoNodes {
+        dir,
+        _router: router,
+        nodes,
+        api,
+        bird,
+    }
+}
+
+fn node_conf(t: &TwoNodes, i: usize) -> String {
+    let kc = t.dir.write("kubeconfig", &t.api.kubeconfig());
+    let (ip, name) = [("192.0.2.11", "node-a"), ("192.0.2.12", "node-b")][i];
+    format!(
+        "[bgp]\nasn = 65010\nrouter_id = \"{ip}\"\n[[bgp.peers]]\naddress = \"192.0.2.2\"\nasn = 65002\nconnect_retry = 1\n\
+         [kubernetes]\nkubeconfig = \"{}\"\nnode_name = \"{name}\"\n",
+        kc.display()
+    )
+}
+
+/// The next hops BIRD holds for a prefix.
+fn next_hops(b: &Bird, prefix: &str) -> Vec<String> {
+    let mut v: Vec<String> = b
+        .route(prefix)
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("BGP.next_hop: ").map(String::from))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Local policy: reachable only via nodes with a ready local endpoint, and
+/// following the endpoints as they move. Cluster policy: via both nodes.
+#[test]
+fn two_nodes_local_follows_endpoints_cluster_uses_both() {
+    let t = two_nodes("k2");
+    t.api
+        .put(obj::service("a", "local", &["203.0.113.10"], true));
+    t.api
+        .put(obj::slice("a", "local-1", "local", &[("node-a", true)]));
+    t.api
+        .put(obj::service("a", "cluster", &["203.0.113.20"], false));
+    t.api
+        .put(obj::slice("a", "cluster-1", "cluster", &[("node-b", true)]));
+    let _a = Vipd::start_named(&t.nodes[0], &t.dir, &node_conf(&t, 0), "vipd-a");
+    let _b = Vipd::start_named(&t.nodes[1], &t.dir, &node_conf(&t, 1), "vipd-b");
+    let both = vec!["192.0.2.11".to_string(), "192.0.2.12".to_string()];
+    assert!(
+        wait_until(Duration::from_secs(20), || next_hops(
+            &t.bird,
+            "203.0.113.20/32"
+        ) == both),
+        "Cluster policy: {:?}",
+        next_hops(&t.bird, "203.0.113.20/32")
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || next_hops(
+            &t.bird,
+            "203.0.113.10/32"
+        ) == ["192.0.2.11"]),
+        "Local policy, endpoint on node-a: {:?}",
+        next_hops(&t.bird, "203.0.113.10/32")
+    );
+    // The endpoint moves to node-b.
+    t.api
+        .put(obj::slice("a", "local-1", "local", &[("node-b", true)]));
+    assert!(
+        wait_until(Duration::from_secs(10), || next_hops(
+            &t.bird,
+            "203.0.113.10/32"
+        ) == ["192.0.2.12"]),
+        "Local policy after the move: {:?}",
+        next_hops(&t.bird, "203.0.113.10/32")
+    );
+    // Endpoints on both.
+    t.api.put(obj::slice(
+        "a",
+        "local-1",
+        "local",
+        &[("node-b", true), ("node-a", true)],
+    ));
+    assert!(wait_until(Duration::from_secs(10), || next_hops(
+        &t.bird,
+        "203.0.113.10/32"
+    ) == both));
+    // None ready: gone from both.
+    t.api.put(obj::slice(
+        "a",
+        "local-1",
+        "local",
+        &[("node-b", false), ("node-a", false)],
+    ));
+    assert!(wait_until(Duration::from_secs(10), || next_hops(
+        &t.bird,
+        "203.0.113.10/32"
+    )
+    .is_empty()));
+}

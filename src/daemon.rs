@@ -87,7 +87,16 @@ impl NodeState {
 fn publish(speaker: &Speaker, statics: &Table, kube: bool, intent: &Option<Arc<Intent>>) {
     match (kube, intent) {
         (false, _) => speaker.set_table(statics.clone()),
-        (true, Some(i)) => speaker.set_table(reconcile::table(statics, i)),
+        (true, Some(i)) => {
+            let t = std::time::Instant::now();
+            let table = reconcile::table(statics, i);
+            tracing::debug!(
+                us = t.elapsed().as_micros() as u64,
+                routes = table.len(),
+                "table built"
+            );
+            speaker.set_table(table);
+        }
         (true, None) => {}
     }
 }

@@ -23,16 +23,19 @@ use crate::k8s::intent::Intent;
 /// `Arc`, so Services with the same attributes pack into the same UPDATEs.
 pub fn table(statics: &Table, intent: &Intent) -> Table {
     let mut t = statics.clone();
+    let plain = Arc::new(RouteAttrs::default());
     let mut interned: HashMap<&RouteAttrs, Arc<RouteAttrs>> = HashMap::new();
     for (p, w) in &intent.routes {
-        if t.contains_key(p) {
-            continue;
-        }
-        let a = interned
-            .entry(&w.attrs)
-            .or_insert_with(|| Arc::new(w.attrs.clone()))
-            .clone();
-        t.insert(*p, a);
+        // Most VIPs carry no attributes of their own: no hashing for them.
+        let a = if w.attrs == *plain {
+            plain.clone()
+        } else {
+            interned
+                .entry(&w.attrs)
+                .or_insert_with(|| Arc::new(w.attrs.clone()))
+                .clone()
+        };
+        t.entry(*p).or_insert(a);
     }
     t
 }

@@ -18,84 +18,12 @@
 #[path = "../lab/mod.rs"]
 mod lab;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::{Ipv4Addr, Ipv6Addr};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use lab::*;
-
-/// A persistent connection to BIRD's control socket: polling through it
-/// costs well under a millisecond, where spawning birdc costs several.
-struct Ctl {
-    r: BufReader<UnixStream>,
-    w: UnixStream,
-}
-
-impl Ctl {
-    fn open(path: &Path) -> Ctl {
-        let s = UnixStream::connect(path).expect("BIRD control socket");
-        let mut c = Ctl {
-            r: BufReader::new(s.try_clone().unwrap()),
-            w: s,
-        };
-        c.reply();
-        c
-    }
-    fn reply(&mut self) -> String {
-        let mut out = String::new();
-        loop {
-            let mut l = String::new();
-            if self.r.read_line(&mut l).unwrap() == 0 {
-                return out;
-            }
-            let done = l.len() >= 5
-                && l.as_bytes()[..4].iter().all(u8::is_ascii_digit)
-                && l.as_bytes()[4] == b' ';
-            out += &l;
-            if done {
-                return out;
-            }
-        }
-    }
-    fn cmd(&mut self, c: &str) -> String {
-        writeln!(self.w, "{c}").unwrap();
-        self.reply()
-    }
-    fn counts(&mut self) -> (usize, usize) {
-        let out = self.cmd("show route count");
-        let mut c = (0, 0);
-        for l in out.lines() {
-            // "1007-N of N routes ..." or " N of N routes ...": drop the reply code.
-            let b = l.as_bytes();
-            let l = if b.len() > 5 && b[..4].iter().all(u8::is_ascii_digit) {
-                &l[5..]
-            } else {
-                l.trim_start()
-            };
-            let n: usize = l
-                .split_whitespace()
-                .next()
-                .and_then(|x| x.parse().ok())
-                .unwrap_or(0);
-            if l.ends_with("in table master4") {
-                c.0 = n;
-            } else if l.ends_with("in table master6") {
-                c.1 = n;
-            }
-        }
-        c
-    }
-    fn established(&mut self) -> (bool, bool) {
-        let out = self.cmd("show protocols");
-        let up = |name: &str| {
-            out.lines()
-                .any(|l| l.split_whitespace().any(|w| w == name) && l.contains("Established"))
-        };
-        (up("v4"), up("v6"))
-    }
-}
 
 struct Timing {
     v4: Duration,
@@ -110,7 +38,7 @@ impl Timing {
 
 /// Polls BIRD from now until it holds `n` routes in both tables; per
 /// family, the time from its session reaching Established to the full count.
-fn measure(ctl: &mut Ctl, n: usize) -> Timing {
+fn measure(ctl: &mut BirdCtl, n: usize) -> Timing {
     let start = Instant::now();
     let (mut e4, mut e6, mut d4, mut d6) = (None, None, None, None);
     while d4.is_none() || d6.is_none() {
@@ -150,10 +78,10 @@ fn bird_conf(dir: &Dir) -> String {
     )
 }
 
-fn fresh_bird(lab: &Lab) -> (Bird, Ctl) {
+fn fresh_bird(lab: &Lab) -> (Bird, BirdCtl) {
     let _ = std::fs::remove_file(lab.dir.path("bird.ctl"));
     let b = Bird::start(&lab.router, &lab.dir, &bird_conf(&lab.dir));
-    let c = Ctl::open(&b.ctl);
+    let c = BirdCtl::open(&b.ctl);
     (b, c)
 }
 

@@ -101,6 +101,8 @@ struct State {
     down: bool,
     requests: u64,
     gone: u64,
+    /// Complete lists served (the last page), per kind.
+    lists: BTreeMap<Kind, u64>,
 }
 
 #[derive(Clone)]
@@ -159,6 +161,7 @@ impl StandIn {
                         down: false,
                         requests: 0,
                         gone: 0,
+                        lists: BTreeMap::new(),
                     })),
                     changes,
                     held: Arc::new(Mutex::new(held)),
@@ -296,6 +299,17 @@ impl StandIn {
         self.state.lock().unwrap().events.clone()
     }
 
+    /// Complete lists of `kind` served so far (counted at their last page).
+    pub fn lists_served(&self, kind: Kind) -> u64 {
+        self.state
+            .lock()
+            .unwrap()
+            .lists
+            .get(&kind)
+            .copied()
+            .unwrap_or(0)
+    }
+
     /// 410 Gone answers sent so far.
     pub fn gone_sent(&self) -> u64 {
         self.state.lock().unwrap().gone
@@ -373,7 +387,7 @@ impl StandIn {
         q: &BTreeMap<String, String>,
         name: Option<&str>,
     ) -> Response<BoxBody> {
-        let st = self.state.lock().unwrap();
+        let mut st = self.state.lock().unwrap();
         let items: Vec<&Value> = st
             .objects
             .iter()
@@ -390,13 +404,15 @@ impl StandIn {
         let page: Vec<&Value> = items[start.min(items.len())..end].to_vec();
         let (lk, api) = kind.list_kind();
         let mut meta = json!({"resourceVersion": st.rv.to_string()});
-        if end < items.len() {
+        let more = end < items.len();
+        if more {
             meta["continue"] = json!(end.to_string());
         }
-        json_response(
-            StatusCode::OK,
-            &json!({"kind": lk, "apiVersion": api, "metadata": meta, "items": page}),
-        )
+        let body = json!({"kind": lk, "apiVersion": api, "metadata": meta, "items": page});
+        if !more {
+            *st.lists.entry(kind).or_default() += 1;
+        }
+        json_response(StatusCode::OK, &body)
     }
 
     fn watch(

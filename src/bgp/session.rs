@@ -867,7 +867,9 @@ impl Session {
         let Some(table) = self.table.borrow_and_update().clone() else {
             return;
         };
+        let t = std::time::Instant::now();
         let changes = self.adj.diff(&table, &n.send_families);
+        debug!(peer = %self.peer(), us = t.elapsed().as_micros() as u64, "diffed");
         let eor: Vec<Afi> = if self.eor_pending {
             n.families.clone()
         } else {

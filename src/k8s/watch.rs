@@ -297,7 +297,13 @@ pub async fn run(
             warned_no_node = true;
             warn!(node = %k.node_name, "no Node object by this name: Local-policy Services and this node's own addresses cannot be matched; check kubernetes.node_name");
         }
+        let t = std::time::Instant::now();
         let intent = compute(&snap, &k);
+        tracing::debug!(
+            us = t.elapsed().as_micros() as u64,
+            vips = intent.routes.len(),
+            "intent computed"
+        );
         {
             let mut st = status.lock().unwrap();
             if !st.synced {
