@@ -9,14 +9,17 @@ use tracing::{error, info, warn};
 
 use std::sync::Mutex;
 
-use tokio::sync::watch;
+use std::collections::BTreeSet;
+
+use ipnet::IpNet;
+use tokio::sync::mpsc;
 
 use crate::bgp::rib::Table;
 use crate::bgp::{Speaker, SpeakerError};
 use crate::config::{Config, Problems};
 use crate::k8s;
-use crate::k8s::intent::Intent;
-use crate::k8s::watch::{KubeStatus, WatchError};
+use crate::k8s::watch::{KubeStatus, Update, WatchError};
+use crate::reconcile::{Dataplane, KubeRoutes};
 use crate::{dataplane, reconcile};
 
 #[derive(Debug, thiserror::Error)]
@@ -33,10 +36,45 @@ pub enum DaemonError {
     Dataplane(String),
 }
 
+/// One dataplane, with what vipd knows it applied.
+struct Managed<D> {
+    dp: D,
+    /// `None` until a full pass has read what vipd owns there.
+    applied: Option<BTreeSet<IpNet>>,
+}
+
+impl<D: Dataplane> Managed<D> {
+    async fn full(&mut self, want: &BTreeSet<IpNet>) -> Vec<String> {
+        let errors = reconcile::apply(&mut self.dp, want).await;
+        self.applied = self.dp.owned().await.ok();
+        errors
+    }
+
+    /// Only the changed prefixes: no dump of the whole interface or table.
+    async fn changes(&mut self, kube: &KubeRoutes, changed: &[IpNet]) -> Vec<String> {
+        let Some(applied) = self.applied.as_mut() else {
+            return self.full(&kube.keys()).await;
+        };
+        let mut errors = vec![];
+        for p in changed {
+            let (want, have) = (kube.contains(p), applied.contains(p));
+            let r = match (want, have) {
+                (true, false) => self.dp.add(*p).await.map(|_| applied.insert(*p)),
+                (false, true) => self.dp.remove(*p).await.map(|_| applied.remove(p)),
+                _ => continue,
+            };
+            if let Err(e) = r {
+                errors.push(format!("{p}: {e}"));
+            }
+        }
+        errors
+    }
+}
+
 /// The node's dataplanes that are configured.
 struct NodeState {
-    addresses: Option<dataplane::Addresses>,
-    routes: Option<dataplane::Routes>,
+    addresses: Option<Managed<dataplane::Addresses>>,
+    routes: Option<Managed<dataplane::Routes>>,
 }
 
 impl NodeState {
@@ -49,20 +87,40 @@ impl NodeState {
             });
         }
         let h = dataplane::connect().map_err(DaemonError::Dataplane)?;
+        let managed = |dp| Managed { dp, applied: None };
         Ok(NodeState {
             addresses: dp
                 .address_interface
                 .as_deref()
-                .map(|i| dataplane::Addresses::new(h.clone(), i)),
-            routes: dp.routes.clone().map(|r| dataplane::Routes::new(h, r)),
+                .map(|i| managed(dataplane::Addresses::new(h.clone(), i))),
+            routes: dp.routes.clone().map(|r| Managed {
+                dp: dataplane::Routes::new(h, r),
+                applied: None,
+            }),
         })
     }
 
-    async fn apply(&mut self, want: &std::collections::BTreeSet<ipnet::IpNet>) {
+    async fn full(&mut self, want: &BTreeSet<IpNet>) {
         let mut errors = vec![];
         if let Some(a) = self.addresses.as_mut() {
             errors.extend(
-                reconcile::apply(a, want)
+                a.full(want)
+                    .await
+                    .into_iter()
+                    .map(|e| format!("address {e}")),
+            );
+        }
+        if let Some(r) = self.routes.as_mut() {
+            errors.extend(r.full(want).await.into_iter().map(|e| format!("route {e}")));
+        }
+        log_errors(errors);
+    }
+
+    async fn changes(&mut self, kube: &KubeRoutes, changed: &[IpNet]) {
+        let mut errors = vec![];
+        if let Some(a) = self.addresses.as_mut() {
+            errors.extend(
+                a.changes(kube, changed)
                     .await
                     .into_iter()
                     .map(|e| format!("address {e}")),
@@ -70,34 +128,19 @@ impl NodeState {
         }
         if let Some(r) = self.routes.as_mut() {
             errors.extend(
-                reconcile::apply(r, want)
+                r.changes(kube, changed)
                     .await
                     .into_iter()
                     .map(|e| format!("route {e}")),
             );
         }
-        for e in errors {
-            warn!("dataplane: {e} (tried again in 30 s)");
-        }
+        log_errors(errors);
     }
 }
 
-/// Hands the speaker the static announcements plus the intent; with
-/// Kubernetes configured and no intent yet (the barrier), nothing.
-fn publish(speaker: &Speaker, statics: &Table, kube: bool, intent: &Option<Arc<Intent>>) {
-    match (kube, intent) {
-        (false, _) => speaker.set_table(statics.clone()),
-        (true, Some(i)) => {
-            let t = std::time::Instant::now();
-            let table = reconcile::table(statics, i);
-            tracing::debug!(
-                us = t.elapsed().as_micros() as u64,
-                routes = table.len(),
-                "table built"
-            );
-            speaker.set_table(table);
-        }
-        (true, None) => {}
+fn log_errors(errors: Vec<String>) {
+    for e in errors {
+        warn!("dataplane: {e} (tried again within 30 s)");
     }
 }
 
@@ -134,20 +177,23 @@ fn trim_heap() {
 
 pub async fn run(path: PathBuf) -> Result<(), DaemonError> {
     let (mut cfg, mut statics) = load(&path)?;
-    let table = statics.clone();
     info!(
         config = %path.display(),
         asn = cfg.bgp.asn,
         router_id = %cfg.bgp.router_id,
         peers = cfg.bgp.peers.len(),
-        prefixes = table.len(),
+        prefixes = statics.len(),
         "vipd starting"
     );
-    // With Kubernetes, nothing is announced before its caches have synced.
-    let (intent_tx, mut intent_rx) = watch::channel::<Option<Arc<Intent>>>(None);
+    // With Kubernetes, nothing is announced before its caches have synced:
+    // the speaker starts without a table, and gets one with the first Full.
+    let (kube_tx, mut kube_rx) = mpsc::channel::<Update>(256);
     let kube_status = Arc::new(Mutex::new(KubeStatus::default()));
+    let mut kube = KubeRoutes::default();
+    let mut kube_ready = false;
+    let mut table = statics.clone();
     let mut speaker = match &cfg.kubernetes {
-        None => Speaker::start(&cfg.bgp, Some(table))?,
+        None => Speaker::start(&cfg.bgp, Some(table.clone()))?,
         Some(k) => {
             let (client, api) = k8s::watch::connect(k).await?;
             let speaker = Speaker::start(&cfg.bgp, None)?;
@@ -155,7 +201,7 @@ pub async fn run(path: PathBuf) -> Result<(), DaemonError> {
                 k.clone(),
                 client,
                 api,
-                intent_tx,
+                kube_tx,
                 kube_status.clone(),
             ));
             speaker
@@ -168,10 +214,36 @@ pub async fn run(path: PathBuf) -> Result<(), DaemonError> {
     let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signal)?;
     loop {
         tokio::select! {
+            Some(u) = kube_rx.recv() => {
+                let t = std::time::Instant::now();
+                let mut changed = vec![];
+                let mut next = Some(u);
+                // Whatever else is waiting goes into the same table.
+                while let Some(u) = next {
+                    changed.extend(match u {
+                        Update::Full(all) => {
+                            kube_ready = true;
+                            kube.set_all(&all)
+                        }
+                        Update::Delta(d) => kube.apply(&d),
+                    });
+                    next = kube_rx.try_recv().ok();
+                }
+                reconcile::patch(&mut table, &statics, &kube, &changed);
+                speaker.set_table(table.clone());
+                tracing::debug!(us = t.elapsed().as_micros() as u64, changed = changed.len(), "table updated");
+                node.changes(&kube, &changed).await;
+            }
+            _ = resync.tick() => {
+                // Repairs drift (an address someone removed) and retries failures.
+                if kube_ready {
+                    node.full(&kube.keys()).await;
+                }
+            }
             _ = hup.recv() => {
                 info!("SIGHUP: reloading {}", path.display());
                 match load(&path) {
-                    Ok((new, table)) => {
+                    Ok((new, new_statics)) => {
                         if new.bgp.withdraw_on_stop != cfg.bgp.withdraw_on_stop
                             || new.bgp.graceful_restart != cfg.bgp.graceful_restart
                         {
@@ -180,13 +252,14 @@ pub async fn run(path: PathBuf) -> Result<(), DaemonError> {
                         if new.kubernetes != cfg.kubernetes || new.dataplane != cfg.dataplane {
                             warn!("[kubernetes] and [dataplane] changes take effect only when vipd restarts");
                         }
-                        let before = statics.len();
                         speaker.reconfigure(&new.bgp).await;
-                        info!(before, after = table.len(), "static announcements reloaded");
-                        statics = table;
-                        publish(&speaker, &statics, cfg.kubernetes.is_some(), &intent_rx.borrow());
+                        info!(before = statics.len(), after = new_statics.len(), "static announcements reloaded");
+                        statics = new_statics;
+                        table = reconcile::merged(&statics, &kube);
+                        if cfg.kubernetes.is_none() || kube_ready {
+                            speaker.set_table(table.clone());
+                        }
                         cfg.bgp = new.bgp;
-                        cfg.announce = new.announce;
                     }
                     Err(p) => {
                         for line in &p.0 {
@@ -196,22 +269,6 @@ pub async fn run(path: PathBuf) -> Result<(), DaemonError> {
                     }
                 }
             }
-            r = intent_rx.changed() => {
-                if r.is_ok() {
-                    let intent = intent_rx.borrow_and_update().clone();
-                    publish(&speaker, &statics, true, &intent);
-                    if let Some(i) = &intent {
-                        node.apply(&reconcile::dataplane_want(i)).await;
-                    }
-                }
-            }
-            _ = resync.tick() => {
-                // Repairs drift (an address someone removed) and retries failures.
-                let intent = intent_rx.borrow().clone();
-                if let Some(i) = intent {
-                    node.apply(&reconcile::dataplane_want(&i)).await;
-                }
-            }
             _ = term.recv() => { info!("SIGTERM: stopping"); break }
             _ = int.recv() => { info!("SIGINT: stopping"); break }
         }
@@ -219,7 +276,7 @@ pub async fn run(path: PathBuf) -> Result<(), DaemonError> {
     speaker.shutdown(cfg.bgp.withdraw_on_stop).await;
     if cfg.bgp.withdraw_on_stop {
         // Otherwise the VIPs keep working on the node through a restart.
-        node.apply(&Default::default()).await;
+        node.full(&Default::default()).await;
     }
     info!("vipd stopped");
     Ok(())

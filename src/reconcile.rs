@@ -8,7 +8,7 @@
 //! [`Dataplane::owned`] reports vipd's own entries (recognised after a
 //! restart by vipd's marks), never anyone else's.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::sync::Arc;
 
@@ -16,28 +16,97 @@ use ipnet::IpNet;
 
 use crate::bgp::rib::Table;
 use crate::config::RouteAttrs;
-use crate::k8s::intent::Intent;
+use crate::k8s::intent::{Delta, Intent, Want};
 
-/// The table to announce: the static announcements, and the intent's VIPs
-/// that the static ones do not already cover. Equal attribute sets share one
-/// `Arc`, so Services with the same attributes pack into the same UPDATEs.
-pub fn table(statics: &Table, intent: &Intent) -> Table {
-    let mut t = statics.clone();
-    let plain = Arc::new(RouteAttrs::default());
-    let mut interned: HashMap<&RouteAttrs, Arc<RouteAttrs>> = HashMap::new();
-    for (p, w) in &intent.routes {
+/// The Kubernetes VIPs with their attributes, as the speaker's table holds
+/// them: equal attribute sets share one `Arc`, so Services with the same
+/// attributes pack into the same UPDATEs.
+#[derive(Debug, Default)]
+pub struct KubeRoutes {
+    routes: BTreeMap<IpNet, Arc<RouteAttrs>>,
+    plain: Arc<RouteAttrs>,
+    interned: HashMap<RouteAttrs, Arc<RouteAttrs>>,
+}
+
+impl KubeRoutes {
+    fn intern(&mut self, a: &RouteAttrs) -> Arc<RouteAttrs> {
         // Most VIPs carry no attributes of their own: no hashing for them.
-        let a = if w.attrs == *plain {
-            plain.clone()
-        } else {
-            interned
-                .entry(&w.attrs)
-                .or_insert_with(|| Arc::new(w.attrs.clone()))
-                .clone()
-        };
-        t.entry(*p).or_insert(a);
+        if *a == *self.plain {
+            return self.plain.clone();
+        }
+        self.interned
+            .entry(a.clone())
+            .or_insert_with(|| Arc::new(a.clone()))
+            .clone()
+    }
+
+    pub fn contains(&self, p: &IpNet) -> bool {
+        self.routes.contains_key(p)
+    }
+
+    pub fn keys(&self) -> BTreeSet<IpNet> {
+        self.routes.keys().copied().collect()
+    }
+
+    /// Replaces everything; returns the prefixes that may have changed.
+    pub fn set_all(&mut self, all: &BTreeMap<IpNet, Want>) -> Vec<IpNet> {
+        let mut changed: Vec<IpNet> = self.routes.keys().copied().collect();
+        self.routes = BTreeMap::new();
+        self.interned.clear();
+        for (p, w) in all {
+            let a = self.intern(&w.attrs);
+            self.routes.insert(*p, a);
+            changed.push(*p);
+        }
+        changed
+    }
+
+    /// Applies a delta; returns the prefixes it changed.
+    pub fn apply(&mut self, delta: &Delta) -> Vec<IpNet> {
+        for (p, w) in delta {
+            match w {
+                Some(w) => {
+                    let a = self.intern(&w.attrs);
+                    self.routes.insert(*p, a);
+                }
+                None => {
+                    self.routes.remove(p);
+                }
+            }
+        }
+        delta.iter().map(|(p, _)| *p).collect()
+    }
+}
+
+/// The table to announce: the static announcements, and the Kubernetes VIPs
+/// the static ones do not already cover.
+pub fn merged(statics: &Table, kube: &KubeRoutes) -> Table {
+    let mut t = statics.clone();
+    for (p, a) in &kube.routes {
+        t.entry(*p).or_insert_with(|| a.clone());
     }
     t
+}
+
+/// Brings `table` (a [`merged`] table) up to date at the `changed` prefixes.
+pub fn patch(table: &mut Table, statics: &Table, kube: &KubeRoutes, changed: &[IpNet]) {
+    for p in changed {
+        match statics.get(p).or_else(|| kube.routes.get(p)) {
+            Some(a) => {
+                table.insert(*p, a.clone());
+            }
+            None => {
+                table.remove(p);
+            }
+        }
+    }
+}
+
+/// [`merged`] straight from an intent (tests and tools).
+pub fn table(statics: &Table, intent: &Intent) -> Table {
+    let mut k = KubeRoutes::default();
+    k.set_all(&intent.routes);
+    merged(statics, &k)
 }
 
 /// What to add and remove so that exactly `want` is applied.
@@ -278,6 +347,50 @@ mod tests {
             prop_assert_eq!(dp.others.len(), 1);
             prop_assert_eq!(table(&statics, &intent).len(), 1);
         }
+    }
+
+    #[test]
+    fn patching_by_delta_equals_rebuilding() {
+        let statics: Table = [(
+            "203.0.113.1/32".parse().unwrap(),
+            Arc::new(RouteAttrs {
+                med: Some(5),
+                ..Default::default()
+            }),
+        )]
+        .into();
+        let mut k = KubeRoutes::default();
+        let w = |c: u32| {
+            Some(Want {
+                owners: Default::default(),
+                attrs: RouteAttrs {
+                    communities: vec![c],
+                    ..Default::default()
+                },
+            })
+        };
+        let all: BTreeMap<IpNet, Want> = [("203.0.113.1/32", 1), ("203.0.113.2/32", 2)]
+            .iter()
+            .map(|(p, c)| (p.parse().unwrap(), w(*c).unwrap()))
+            .collect();
+        let changed = k.set_all(&all);
+        let mut t = statics.clone();
+        patch(&mut t, &statics, &k, &changed);
+        assert_eq!(t, merged(&statics, &k));
+        let delta: Delta = vec![
+            ("203.0.113.2/32".parse().unwrap(), None),
+            ("203.0.113.3/32".parse().unwrap(), w(3)),
+            ("203.0.113.1/32".parse().unwrap(), None),
+        ];
+        let changed = k.apply(&delta);
+        patch(&mut t, &statics, &k, &changed);
+        assert_eq!(t, merged(&statics, &k));
+        assert_eq!(t.len(), 2);
+        assert_eq!(
+            t[&"203.0.113.1/32".parse::<IpNet>().unwrap()].med,
+            Some(5),
+            "a static route outlives the VIP"
+        );
     }
 
     #[test]

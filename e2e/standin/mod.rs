@@ -178,15 +178,33 @@ impl StandIn {
                         continue;
                     }
                     let s2 = s.clone();
+                    let state = s.state.clone();
+                    let mut epoch = s.epoch.subscribe();
                     tokio::spawn(async move {
                         let svc = hyper::service::service_fn(move |req| {
                             let s3 = s2.clone();
                             async move { Ok::<_, Infallible>(s3.handle(req).await) }
                         });
                         let io = hyper_util::rt::TokioIo::new(sock);
-                        let _ = hyper::server::conn::http1::Builder::new()
-                            .serve_connection(io, svc)
-                            .await;
+                        let conn =
+                            hyper::server::conn::http1::Builder::new().serve_connection(io, svc);
+                        // Going down drops every open connection without an
+                        // answer: unreachable, not a 503 (which clients retry
+                        // internally without ever reporting it).
+                        let down = async {
+                            loop {
+                                if epoch.changed().await.is_err() {
+                                    return;
+                                }
+                                if state.lock().unwrap().down {
+                                    return;
+                                }
+                            }
+                        };
+                        tokio::select! {
+                            _ = conn => {}
+                            _ = down => {}
+                        }
                     });
                 }
             });
@@ -445,7 +463,7 @@ impl StandIn {
             (backlog, expired, st.rv)
         };
         let mut epoch = self.epoch.subscribe();
-        epoch.borrow_and_update();
+        let started = *epoch.borrow_and_update();
         let matches = move |c: &Change| {
             c.kind == kind
                 && name
@@ -481,6 +499,9 @@ impl StandIn {
             loop {
                 tokio::select! {
                     c = live.recv() => match c {
+                        // Nothing goes out once the server is "down" or its
+                        // history expired, even a change already queued.
+                        Ok(_) if *epoch.borrow() != started => return,
                         Ok(c) if c.rv > last && matches(&c) => {
                             last = c.rv;
                             if tx.send(line(json!({"type": c.typ, "object": c.obj}))).await.is_err() { return; }

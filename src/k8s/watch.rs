@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
-use futures_util::{FutureExt, StreamExt};
+use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::{Event as KubeEvent, EventSource, Node, ObjectReference, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
@@ -21,10 +21,10 @@ use kube::api::PostParams;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, ResourceExt};
-use tokio::sync::watch;
+use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use super::intent::{compute, BadAnnotation, Intent, Refusal};
+use super::intent::{touches_forbidden, Delta, Intent, Tracker};
 use super::model::*;
 use crate::config::KubeConfig;
 
@@ -145,47 +145,64 @@ impl<T> Default for Store<T> {
     }
 }
 
+/// What one watcher event did to a store.
+enum Change<T> {
+    Nothing,
+    /// A complete re-list replaced the store.
+    All,
+    /// One object changed; its value before.
+    One(Key, Option<T>),
+}
+
 impl<T> Store<T> {
-    /// Applies one watcher event to `live`; true when `live` changed.
+    /// Applies one watcher event to `live`.
     fn apply<K: kube::Resource>(
         &mut self,
         live: &mut BTreeMap<Key, T>,
         ev: watcher::Event<K>,
         conv: impl Fn(&K) -> Option<T>,
-    ) -> bool {
+    ) -> Change<T> {
         match ev {
             watcher::Event::Init => {
                 self.pending = Some(BTreeMap::new());
-                false
+                Change::Nothing
             }
             watcher::Event::InitApply(o) => {
                 if let (Some(p), Some(v)) = (self.pending.as_mut(), conv(&o)) {
                     p.insert(key_of(o.meta()), v);
                 }
-                false
+                Change::Nothing
             }
             watcher::Event::InitDone => {
                 if let Some(p) = self.pending.take() {
                     *live = p;
                 }
                 self.synced = true;
-                true
+                Change::All
             }
             watcher::Event::Apply(o) => {
                 let k = key_of(o.meta());
-                match conv(&o) {
-                    Some(v) => {
-                        live.insert(k, v);
-                    }
-                    None => {
-                        live.remove(&k);
-                    }
-                }
-                true
+                let old = match conv(&o) {
+                    Some(v) => live.insert(k.clone(), v),
+                    None => live.remove(&k),
+                };
+                Change::One(k, old)
             }
-            watcher::Event::Delete(o) => live.remove(&key_of(o.meta())).is_some(),
+            watcher::Event::Delete(o) => {
+                let k = key_of(o.meta());
+                let old = live.remove(&k);
+                Change::One(k, old)
+            }
         }
     }
+}
+
+/// What the watcher sends: the first complete set of routes (the readiness
+/// barrier has passed), then only what changed.
+#[derive(Debug, Clone)]
+pub enum Update {
+    Full(BTreeMap<ipnet::IpNet, super::intent::Want>),
+    Delta(Delta),
 }
 
 // Events pass through once each; boxing the large ones would buy nothing.
@@ -230,27 +247,31 @@ pub async fn run(
     k: KubeConfig,
     client: Client,
     api_server: Vec<IpAddr>,
-    out: watch::Sender<Option<Arc<Intent>>>,
+    out: mpsc::Sender<Update>,
     status: Arc<Mutex<KubeStatus>>,
 ) {
     let wc = watcher::Config::default();
-    let svc = watcher(Api::<Service>::all(client.clone()), wc.clone())
-        .default_backoff()
-        .map(Ev::Svc);
-    let slices = watcher(Api::<EndpointSlice>::all(client.clone()), wc.clone())
-        .default_backoff()
-        .map(Ev::Slice);
-    let node = watcher(
-        Api::<Node>::all(client.clone()),
-        wc.fields(&format!("metadata.name={}", k.node_name)),
-    )
-    .default_backoff()
-    .map(Ev::Node);
-    let mut events = Box::pin(futures_util::stream::select(
-        svc,
-        futures_util::stream::select(slices, node),
-    ));
-
+    // One task per watcher, forwarding into one channel: the loop below
+    // drains whatever is waiting as one batch, so a burst costs one update.
+    let (tx, mut rx) = mpsc::channel::<Ev>(4096);
+    forward(
+        watcher(Api::<Service>::all(client.clone()), wc.clone()),
+        Ev::Svc,
+        tx.clone(),
+    );
+    forward(
+        watcher(Api::<EndpointSlice>::all(client.clone()), wc.clone()),
+        Ev::Slice,
+        tx.clone(),
+    );
+    forward(
+        watcher(
+            Api::<Node>::all(client.clone()),
+            wc.fields(&format!("metadata.name={}", k.node_name)),
+        ),
+        Ev::Node,
+        tx,
+    );
     let mut snap = Snapshot {
         api_server,
         ..Default::default()
@@ -260,19 +281,52 @@ pub async fn run(
     let mut reported: BTreeSet<String> = BTreeSet::new();
     let mut last_error: Option<String> = None;
     let mut warned_no_node = false;
-    while let Some(first) = events.next().await {
-        let mut changed = false;
-        let mut next = Some(first);
-        // Everything already waiting goes into one recomputation.
-        while let Some(ev) = next {
+    let mut tracker = Tracker::default();
+    let mut published = false;
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while let Ok(ev) = rx.try_recv() {
+            batch.push(ev);
+        }
+        tracing::trace!(events = batch.len(), "watch batch");
+        let mut full = false;
+        let mut touched: BTreeSet<Key> = BTreeSet::new();
+        for ev in batch {
             let r = match ev {
-                Ev::Svc(r) => r.map(|e| ss.apply(&mut snap.services, e, service_info)),
-                Ev::Slice(r) => r.map(|e| es.apply(&mut snap.slices, e, |s| Some(slice_info(s)))),
-                Ev::Node(r) => r.map(|e| ns.apply(&mut nodes, e, |n| Some(node_info(n)))),
+                Ev::Svc(r) => r.map(|e| match ss.apply(&mut snap.services, e, service_info) {
+                    Change::Nothing => {}
+                    Change::All => full = true,
+                    Change::One(key, _) => {
+                        full |= touches_forbidden(&key);
+                        touched.insert(key);
+                    }
+                }),
+                Ev::Slice(r) => {
+                    r.map(
+                        |e| match es.apply(&mut snap.slices, e, |s| Some(slice_info(s))) {
+                            Change::Nothing => {}
+                            Change::All => full = true,
+                            Change::One(key, old) => {
+                                let new = snap.slices.get(&key);
+                                for svc in tracker.slice_changed(&key, old.as_ref(), new) {
+                                    full |= touches_forbidden(&svc);
+                                    touched.insert(svc);
+                                }
+                            }
+                        },
+                    )
+                }
+                Ev::Node(r) => r.map(|e| {
+                    if !matches!(
+                        ns.apply(&mut nodes, e, |n| Some(node_info(n))),
+                        Change::Nothing
+                    ) {
+                        full = true;
+                    }
+                }),
             };
             match r {
-                Ok(c) => {
-                    changed |= c;
+                Ok(()) => {
                     if last_error.take().is_some() {
                         info!("Kubernetes API reachable again");
                         status.lock().unwrap().last_error = None;
@@ -287,22 +341,27 @@ pub async fn run(
                     last_error = Some(msg);
                 }
             }
-            next = events.next().now_or_never().flatten();
         }
-        if !(ss.synced && es.synced && ns.synced && changed) {
+        if !(ss.synced && es.synced && ns.synced) || (!full && touched.is_empty() && published) {
             continue;
         }
-        snap.node = nodes.values().next().cloned();
-        if snap.node.is_none() && !warned_no_node {
-            warned_no_node = true;
-            warn!(node = %k.node_name, "no Node object by this name: Local-policy Services and this node's own addresses cannot be matched; check kubernetes.node_name");
-        }
         let t = std::time::Instant::now();
-        let intent = compute(&snap, &k);
+        let delta = if full || !published {
+            snap.node = nodes.values().next().cloned();
+            if snap.node.is_none() && !warned_no_node {
+                warned_no_node = true;
+                warn!(node = %k.node_name, "no Node object by this name: Local-policy Services and this node's own addresses cannot be matched; check kubernetes.node_name");
+            }
+            tracker.reset(&snap, &k)
+        } else {
+            tracker.update(&snap, &k, touched.iter())
+        };
+        let intent = tracker.intent();
         tracing::debug!(
             us = t.elapsed().as_micros() as u64,
-            vips = intent.routes.len(),
-            "intent computed"
+            changed = delta.len(),
+            full,
+            "intent updated"
         );
         {
             let mut st = status.lock().unwrap();
@@ -319,9 +378,37 @@ pub async fn run(
             st.endpoint_slices = snap.slices.len();
             st.vips = intent.routes.len();
         }
-        report(&client, &intent, &mut reported);
-        out.send_replace(Some(Arc::new(intent)));
+        report(&client, intent, &mut reported);
+        let update = if !published {
+            published = true;
+            Update::Full(intent.routes.clone())
+        } else if delta.is_empty() {
+            continue;
+        } else {
+            Update::Delta(delta)
+        };
+        if out.send(update).await.is_err() {
+            return;
+        }
     }
+}
+
+fn forward<K, S>(
+    stream: S,
+    wrap: fn(Result<watcher::Event<K>, watcher::Error>) -> Ev,
+    tx: mpsc::Sender<Ev>,
+) where
+    S: futures_util::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+    K: Send + 'static,
+{
+    tokio::spawn(async move {
+        let mut s = Box::pin(stream.default_backoff());
+        while let Some(item) = s.next().await {
+            if tx.send(wrap(item)).await.is_err() {
+                return;
+            }
+        }
+    });
 }
 
 /// Logs and records as Kubernetes Events the refusals and bad annotations
@@ -404,9 +491,4 @@ fn post(client: &Client, service: Key, uid: Uid, reason: &'static str, message: 
 
 fn jiff_now() -> k8s_openapi::jiff::Timestamp {
     k8s_openapi::jiff::Timestamp::now()
-}
-
-/// The refusals and bad annotations of an intent, for tests.
-pub fn problems(i: &Intent) -> (Vec<Refusal>, Vec<BadAnnotation>) {
-    (i.refused.clone(), i.bad_annotations.clone())
 }
