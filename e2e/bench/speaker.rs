@@ -237,7 +237,7 @@ fn main() {
     let mut mem_vipd = (0, 0);
     for run in 0..runs {
         let (bird, mut ctl) = fresh_bird(&lab);
-        let mut cmd = lab.node.command(env!("CARGO_BIN_EXE_vipd"));
+        let mut cmd = lab.node.command(&vipd_bin());
         cmd.args(["run", "--config", cfg.to_str().unwrap(), "--log", "warn"]);
         let mut p = Proc::spawn("vipd", cmd, lab.dir.path("vipd.log"));
         let t = measure(&mut ctl, nn);

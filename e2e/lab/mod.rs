@@ -287,6 +287,22 @@ impl Lab {
     }
 }
 
+/// The vipd binary: cargo names it for tests and benches; an example (the
+/// demo) finds it beside its own build directory.
+pub fn vipd_bin() -> String {
+    if let Some(p) = option_env!("CARGO_BIN_EXE_vipd") {
+        return p.to_string();
+    }
+    let exe = std::env::current_exe().unwrap();
+    let p = exe.parent().and_then(|d| d.parent()).unwrap().join("vipd");
+    assert!(
+        p.exists(),
+        "{} not found: build it first (cargo build --release --bin vipd)",
+        p.display()
+    );
+    p.display().to_string()
+}
+
 /// vipd running in the node namespace.
 pub struct Vipd {
     pub proc: Proc,
@@ -299,7 +315,7 @@ impl Vipd {
     }
     pub fn start_named(ns: &Netns, dir: &Dir, config: &str, name: &str) -> Vipd {
         let cfg = dir.write(&format!("{name}.toml"), config);
-        let mut cmd = ns.command(env!("CARGO_BIN_EXE_vipd"));
+        let mut cmd = ns.command(&vipd_bin());
         cmd.args(["run", "--config", cfg.to_str().unwrap(), "--log", "debug"]);
         let log = dir.path(&format!("{name}.log"));
         // Keep earlier runs' logs: a restart test wants both in the tail.
