@@ -229,3 +229,69 @@ fn withdraw_on_stop_withdraws_and_sends_a_shutdown_message() {
     );
     assert!(!st.contains("graceful restart active"), "{st}");
 }
+
+#[test]
+fn gtsm_matching_establishes_and_lower_ttl_is_refused() {
+    // Both sides with TTL security: sessions come up.
+    let lab = Lab::new("gt");
+    let b = bird(&lab, "ttl security on;");
+    let _v = Vipd::start(&lab.node, &lab.dir, &conf("ttl_security = true", "", 5));
+    assert!(
+        wait_until(Duration::from_secs(20), || b.count("master4") == 5),
+        "no routes over a GTSM session"
+    );
+    // vipd enforces GTSM: BIRD without it sends a lower TTL, and vipd never
+    // takes its messages, so the session never comes up on either side.
+    let lab2 = Lab::new("gu");
+    let b2 = bird(&lab2, "");
+    let v2 = Vipd::start(&lab2.node, &lab2.dir, &conf("ttl_security = true", "", 5));
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(
+        v2.log().contains("connected"),
+        "vipd never tried: {}",
+        v2.proc.log_tail(20)
+    );
+    assert!(
+        !v2.log().contains("session established"),
+        "vipd accepted packets below TTL 255"
+    );
+    assert!(!b2.established("v4"));
+    assert_eq!(b2.count("master4"), 0);
+}
+
+#[test]
+fn source_address_is_used_for_the_session() {
+    let lab = Lab::new("sa");
+    let dev = lab
+        .node
+        .ip(&["-o", "-4", "addr", "show"])
+        .lines()
+        .find(|l| l.contains("192.0.2.1/24"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap()
+        .to_string();
+    lab.node.ip(&["addr", "add", "192.0.2.5/24", "dev", &dev]);
+    // BIRD only knows the peer 192.0.2.5: a session from 192.0.2.1 would be refused.
+    let b = Bird::start(
+        &lab.router,
+        &lab.dir,
+        &bird_conf(
+            &lab.dir,
+            &[("v4", ROUTER4, "192.0.2.5", "ipv4", "passive on;")],
+        ),
+    );
+    let _v = Vipd::start(
+        &lab.node,
+        &lab.dir,
+        &conf("source_address = \"192.0.2.5\"", "", 3),
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || b.count("master4") == 3),
+        "no session from the configured source address"
+    );
+    assert!(
+        b.route(&v4_at(0)).contains("BGP.next_hop: 192.0.2.5"),
+        "{}",
+        b.route(&v4_at(0))
+    );
+}

@@ -69,12 +69,23 @@ impl Raw {
     fn connect(to: &str) -> Raw {
         let local: SocketAddr = format!("{RAW}:0").parse().unwrap();
         let to: SocketAddr = to.parse().unwrap();
-        let sock =
-            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-        sock.bind(&local.into()).unwrap();
-        if let Err(e) = sock.connect_timeout(&to.into(), Duration::from_secs(3)) {
-            panic!("connect to {to} from {local}: {e}");
-        }
+        // vipd may still be starting: retry a refused connection briefly.
+        let end = std::time::Instant::now() + Duration::from_secs(10);
+        let sock = loop {
+            let sock =
+                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+            sock.bind(&local.into()).unwrap();
+            match sock.connect_timeout(&to.into(), Duration::from_secs(3)) {
+                Ok(()) => break sock,
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::ConnectionRefused
+                        && std::time::Instant::now() < end =>
+                {
+                    std::thread::sleep(Duration::from_millis(100))
+                }
+                Err(e) => panic!("connect to {to} from {local}: {e}"),
+            }
+        };
         let s: TcpStream = sock.into();
         s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
         Raw { s }
@@ -615,4 +626,75 @@ fn collision_keeps_the_connection_of_the_higher_identifier() {
         vec![Got::Timeout],
         "A stays in OpenSent, waiting for the peer's OPEN"
     );
+}
+
+/// Capability codes in vipd's OPEN (body after the 19-byte header).
+fn caps_of(open: &[u8]) -> Vec<u8> {
+    let mut out = vec![];
+    let mut p = &open[10..10 + open[9] as usize];
+    while p.len() >= 2 {
+        let (t, l) = (p[0], p[1] as usize);
+        if t == 2 {
+            let mut c = &p[2..2 + l];
+            while c.len() >= 2 {
+                out.push(c[0]);
+                c = &c[2 + c[1] as usize..];
+            }
+        }
+        p = &p[2 + l..];
+    }
+    out
+}
+
+/// RFC 5492: a peer that answers vipd's OPEN with Unsupported Capability
+/// gets an OPEN without those capabilities next time; one that refuses
+/// optional parameters altogether gets an OPEN with none.
+#[test]
+fn refused_capabilities_are_left_out_of_the_next_open() {
+    let lab = Lab::new("rc");
+    lab.router
+        .ip(&["addr", "add", "192.0.2.3/24", "dev", &router_if(&lab)]);
+    let conf = format!(
+        "[bgp]\nasn = 65010\nrouter_id = \"192.0.2.1\"\nlisten = \"192.0.2.1:179\"\n\
+         [[bgp.peers]]\naddress = \"{RAW}\"\nasn = 65003\npassive = true\n\
+         [[announce]]\nprefix = \"203.0.113.1/32\"\n"
+    );
+    let _vipd = Vipd::start(&lab.node, &lab.dir, &conf);
+    let (first, second, third) = in_netns(&lab.router.name, || {
+        let open = |r: &mut Raw| match r.read() {
+            Got::Msg(1, b) => b,
+            other => panic!("expected vipd's OPEN, got {other:?}"),
+        };
+        let mut r = Raw::connect("192.0.2.1:179");
+        let first = open(&mut r);
+        // Unsupported Capability: graceful restart (64), route refresh (2).
+        r.send(&msg(3, &[2, 7, 64, 0, 2, 0]));
+        drop(r);
+        std::thread::sleep(Duration::from_millis(300));
+        let mut r = Raw::connect("192.0.2.1:179");
+        let second = open(&mut r);
+        r.send(&msg(3, &[2, 4, 2]));
+        drop(r);
+        std::thread::sleep(Duration::from_millis(300));
+        let mut r = Raw::connect("192.0.2.1:179");
+        let third = open(&mut r);
+        // Without capabilities the session still comes up (IPv4 only).
+        r.send(&msg(1, &open_body(4, 65003, 30, [192, 0, 2, 3], &[])));
+        assert!(
+            matches!(r.read(), Got::Msg(4, _)),
+            "no KEEPALIVE after a plain OPEN"
+        );
+        (first, second, third)
+    });
+    let (c1, c2) = (caps_of(&first), caps_of(&second));
+    assert!(
+        c1.contains(&64) && c1.contains(&2) && c1.contains(&65),
+        "{c1:?}"
+    );
+    assert!(
+        !c2.contains(&64) && !c2.contains(&2),
+        "refused capabilities sent again: {c2:?}"
+    );
+    assert!(c2.contains(&65) && c2.contains(&1), "{c2:?}");
+    assert_eq!(third[9], 0, "optional parameters sent after 2/4");
 }
