@@ -19,17 +19,7 @@ fn section(title: &str, body: &str) {
 
 fn main() {
     let lab = Lab::new("demo");
-    let dev = lab
-        .router
-        .ip(&["-o", "-4", "addr", "show"])
-        .lines()
-        .find(|l| l.contains("192.0.2.2/24"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .unwrap()
-        .split('@')
-        .next()
-        .unwrap()
-        .to_string();
+    let dev = lab.router.dev_of("192.0.2.2/24");
     lab.router
         .ip(&["addr", "add", "192.0.2.100/24", "dev", &dev]);
     let api = StandIn::start("192.0.2.100:6443".parse().unwrap(), Some(&lab.router.name));

@@ -262,14 +262,7 @@ fn gtsm_matching_establishes_and_lower_ttl_is_refused() {
 #[test]
 fn source_address_is_used_for_the_session() {
     let lab = Lab::new("sa");
-    let dev = lab
-        .node
-        .ip(&["-o", "-4", "addr", "show"])
-        .lines()
-        .find(|l| l.contains("192.0.2.1/24"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .unwrap()
-        .to_string();
+    let dev = lab.node.dev_of("192.0.2.1/24");
     lab.node.ip(&["addr", "add", "192.0.2.5/24", "dev", &dev]);
     // BIRD only knows the peer 192.0.2.5: a session from 192.0.2.1 would be refused.
     let b = Bird::start(

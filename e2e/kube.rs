@@ -24,7 +24,7 @@ struct KubeLab {
 /// and this node's Node object (node-a, 192.0.2.1).
 fn kube_lab(tag: &str) -> KubeLab {
     let lab = Lab::new(tag);
-    let dev = router_dev(&lab);
+    let dev = lab.router.dev_of("192.0.2.2/24");
     lab.router
         .ip(&["addr", "add", "192.0.2.100/24", "dev", &dev]);
     let api = StandIn::start(API.parse().unwrap(), Some(&lab.router.name));
@@ -41,18 +41,6 @@ fn kube_lab(tag: &str) -> KubeLab {
         ),
     );
     KubeLab { lab, api, bird }
-}
-
-fn router_dev(lab: &Lab) -> String {
-    let out = lab.router.ip(&["-o", "-4", "addr", "show"]);
-    out.lines()
-        .find(|l| l.contains("192.0.2.2/24"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .unwrap()
-        .split('@')
-        .next()
-        .unwrap()
-        .to_string()
 }
 
 fn vipd_conf(k: &KubeLab, extra: &str) -> String {

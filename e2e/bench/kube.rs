@@ -46,17 +46,7 @@ fn main() {
         .unwrap_or(1000);
     require(&["bird", "birdc"]);
     let lab = Lab::new("kb");
-    let dev = {
-        let out = lab.router.ip(&["-o", "-4", "addr", "show"]);
-        out.lines()
-            .find(|l| l.contains("192.0.2.2/24"))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .unwrap()
-            .split('@')
-            .next()
-            .unwrap()
-            .to_string()
-    };
+    let dev = lab.router.dev_of("192.0.2.2/24");
     lab.router
         .ip(&["addr", "add", "192.0.2.100/24", "dev", &dev]);
     let api = StandIn::start("192.0.2.100:6443".parse().unwrap(), Some(&lab.router.name));

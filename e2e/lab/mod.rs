@@ -125,6 +125,19 @@ impl Netns {
         a.extend_from_slice(args);
         run("ip", &a)
     }
+    /// The interface that holds `addr` (e.g. "192.0.2.2/24").
+    pub fn dev_of(&self, addr: &str) -> String {
+        let out = self.ip(&["-o", "addr", "show"]);
+        out.lines()
+            .find(|l| l.contains(&format!(" {addr} ")))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .unwrap_or_else(|| panic!("no interface with {addr} in {}", self.name))
+            .split('@')
+            .next()
+            .unwrap()
+            .to_string()
+    }
+
     pub fn command(&self, cmd: &str) -> Command {
         let mut c = Command::new("ip");
         c.args(["netns", "exec", &self.name, cmd]);
