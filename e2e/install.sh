@@ -10,6 +10,8 @@ command -v gobgpd >/dev/null && command -v gobgp >/dev/null || need+=(gobgpd)
 command -v exabgp >/dev/null || need+=(exabgp)
 command -v ip >/dev/null || need+=(iproute2)
 [ -x /usr/bin/python3 ] || need+=(python3)
+# For validating the containerlab topologies against their schema.
+/usr/bin/python3 -c 'import yaml, jsonschema' 2>/dev/null || need+=(python3-yaml python3-jsonschema)
 if [ ${#need[@]} -gt 0 ]; then
   echo "e2e/install.sh: installing ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive
