@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use vipd::bgp::wire::update::{receive_all, Ctx};
+use vipd_fuzz::bgp::wire::update::{receive_all, Ctx};
 
 fuzz_target!(|data: &[u8]| {
     for ctx in [
