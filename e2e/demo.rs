@@ -19,9 +19,7 @@ fn section(title: &str, body: &str) {
 
 fn main() {
     let lab = Lab::new("demo");
-    let dev = lab.router.dev_of("192.0.2.2/24");
-    lab.router
-        .ip(&["addr", "add", "192.0.2.100/24", "dev", &dev]);
+    lab.add_router_address("192.0.2.100/24");
     let api = StandIn::start("192.0.2.100:6443".parse().unwrap(), Some(&lab.router.name));
 
     // The sample cluster, seen from node-a (192.0.2.1).
@@ -55,25 +53,9 @@ fn main() {
          shop/oops      192.0.2.1                      node-a's own address",
     );
 
-    let bird = Bird::start(
-        &lab.router,
-        &lab.dir,
-        &bird_conf(
-            &lab.dir,
-            &[
-                ("v4", ROUTER4, NODE4, "ipv4", ""),
-                ("v6", ROUTER6, NODE6, "ipv6", ""),
-            ],
-        ),
-    );
+    let bird = lab.dual_bird("");
     let kc = lab.dir.write("kubeconfig", &api.kubeconfig());
-    let conf = format!(
-        "[bgp]\nasn = 65010\nrouter_id = \"192.0.2.1\"\nlisten = \"[::]:179\"\n\
-         [[bgp.peers]]\naddress = \"192.0.2.2\"\nasn = 65002\nconnect_retry = 1\n\
-         [[bgp.peers]]\naddress = \"2001:db8::2\"\nasn = 65002\nconnect_retry = 1\n\
-         [kubernetes]\nkubeconfig = \"{}\"\nnode_name = \"node-a\"\n",
-        kc.display()
-    );
+    let conf = kube_vipd_conf(&kc, "");
     section("vipd.toml", &conf);
     let vipd = Vipd::start(&lab.node, &lab.dir, &conf);
     let ok = wait_until(Duration::from_secs(20), || {

@@ -24,34 +24,31 @@ struct KubeLab {
 /// and this node's Node object (node-a, 192.0.2.1).
 fn kube_lab(tag: &str) -> KubeLab {
     let lab = Lab::new(tag);
-    let dev = lab.router.dev_of("192.0.2.2/24");
-    lab.router
-        .ip(&["addr", "add", "192.0.2.100/24", "dev", &dev]);
+    lab.add_router_address("192.0.2.100/24");
     let api = StandIn::start(API.parse().unwrap(), Some(&lab.router.name));
     api.put(obj::node("node-a", &["192.0.2.1"]));
-    let bird = Bird::start(
-        &lab.router,
-        &lab.dir,
-        &bird_conf(
-            &lab.dir,
-            &[
-                ("v4", ROUTER4, NODE4, "ipv4", "graceful restart on;"),
-                ("v6", ROUTER6, NODE6, "ipv6", ""),
-            ],
-        ),
-    );
+    let bird = lab.dual_bird("graceful restart on;");
     KubeLab { lab, api, bird }
 }
 
 fn vipd_conf(k: &KubeLab, extra: &str) -> String {
     let kc = k.lab.dir.write("kubeconfig", &k.api.kubeconfig());
-    format!(
-        "[bgp]\nasn = 65010\nrouter_id = \"192.0.2.1\"\nlisten = \"[::]:179\"\n\
-         [[bgp.peers]]\naddress = \"192.0.2.2\"\nasn = 65002\nconnect_retry = 1\n\
-         [[bgp.peers]]\naddress = \"2001:db8::2\"\nasn = 65002\nconnect_retry = 1\n\
-         [kubernetes]\nkubeconfig = \"{}\"\nnode_name = \"node-a\"\n{extra}",
-        kc.display()
-    )
+    kube_vipd_conf(&kc, extra)
+}
+
+/// Services a/s0, a/s1, ... with VIPs 203.0.113.10, .11, ..., each with a
+/// ready endpoint on node-b (Cluster policy: announced from every node).
+fn put_services(api: &StandIn, n: u32) {
+    for i in 0..n {
+        let ip = format!("203.0.113.{}", 10 + i);
+        api.put(obj::service("a", &format!("s{i}"), &[&ip], false));
+        api.put(obj::slice(
+            "a",
+            &format!("s{i}-1"),
+            &format!("s{i}"),
+            &[("node-b", true)],
+        ));
+    }
 }
 
 fn routes(b: &Bird) -> usize {
@@ -313,20 +310,7 @@ fn never_below(k: &KubeLab, n: usize, d: Duration) {
 #[test]
 fn watch_reset_410_withdraws_nothing() {
     let k = kube_lab("kg");
-    for i in 0..5 {
-        k.api.put(obj::service(
-            "a",
-            &format!("s{i}"),
-            &[&format!("203.0.113.{}", 10 + i)],
-            false,
-        ));
-        k.api.put(obj::slice(
-            "a",
-            &format!("s{i}-1"),
-            &format!("s{i}"),
-            &[("node-b", true)],
-        ));
-    }
+    put_services(&k.api, 5);
     let v = start_synced(&k, "", 5);
     let before = k.api.requests();
     k.api.expire_history();
@@ -352,20 +336,7 @@ fn watch_reset_410_withdraws_nothing() {
 #[test]
 fn api_server_down_for_30s_keeps_routes_and_catches_up() {
     let k = kube_lab("kd");
-    for i in 0..3 {
-        k.api.put(obj::service(
-            "a",
-            &format!("s{i}"),
-            &[&format!("203.0.113.{}", 10 + i)],
-            false,
-        ));
-        k.api.put(obj::slice(
-            "a",
-            &format!("s{i}-1"),
-            &format!("s{i}"),
-            &[("node-b", true)],
-        ));
-    }
+    put_services(&k.api, 3);
     let v = start_synced(&k, "", 3);
     k.api.set_down(true);
     // Changes while it is down: one Service deleted, one added.

@@ -475,13 +475,7 @@ fn cases() -> Vec<(&'static str, Stage, Vec<u8>, Expect)> {
 #[test]
 fn malformed_messages_get_rfc_notifications_and_other_sessions_keep_running() {
     let lab = Lab::new("mf");
-    lab.router.ip(&[
-        "addr",
-        "add",
-        "192.0.2.3/24",
-        "dev",
-        &lab.router.dev_of("192.0.2.2/24"),
-    ]);
+    lab.add_router_address("192.0.2.3/24");
     let bird = Bird::start(
         &lab.router,
         &lab.dir,
@@ -550,13 +544,7 @@ fn malformed_messages_get_rfc_notifications_and_other_sessions_keep_running() {
 /// side with the higher BGP identifier and closes the other with Cease 7.
 fn collision(remote_id: [u8; 4]) -> (Vec<Got>, Vec<Got>) {
     let lab = Lab::new("co");
-    lab.router.ip(&[
-        "addr",
-        "add",
-        "192.0.2.3/24",
-        "dev",
-        &lab.router.dev_of("192.0.2.2/24"),
-    ]);
+    lab.add_router_address("192.0.2.3/24");
     let ns = lab.router.name.clone();
     // The raw peer's listener must exist before vipd dials it.
     let listener = in_netns(&ns, || TcpListener::bind(format!("{RAW}:179")).unwrap());
@@ -649,13 +637,7 @@ fn caps_of(open: &[u8]) -> Vec<u8> {
 #[test]
 fn refused_capabilities_are_left_out_of_the_next_open() {
     let lab = Lab::new("rc");
-    lab.router.ip(&[
-        "addr",
-        "add",
-        "192.0.2.3/24",
-        "dev",
-        &lab.router.dev_of("192.0.2.2/24"),
-    ]);
+    lab.add_router_address("192.0.2.3/24");
     let conf = format!(
         "[bgp]\nasn = 65010\nrouter_id = \"192.0.2.1\"\nlisten = \"192.0.2.1:179\"\n\
          [[bgp.peers]]\naddress = \"{RAW}\"\nasn = 65003\npassive = true\n\

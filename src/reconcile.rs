@@ -191,8 +191,8 @@ pub mod fake {
 mod tests {
     use super::fake::Fake;
     use super::*;
-    use crate::config::KubeConfig;
     use crate::k8s::intent::compute;
+    use crate::k8s::intent::tests::kcfg;
     use crate::k8s::model::*;
     use proptest::prelude::*;
 
@@ -201,18 +201,6 @@ mod tests {
             .build()
             .unwrap()
             .block_on(f)
-    }
-
-    fn kcfg() -> KubeConfig {
-        KubeConfig {
-            kubeconfig: None,
-            node_name: "node-a".into(),
-            load_balancer_class: None,
-            include_unclassed: false,
-            external_ips: false,
-            announce_without_endpoints: false,
-            allowed_prefixes: vec![],
-        }
     }
 
     const IPS: [&str; 3] = ["203.0.113.1", "203.0.113.2", "2001:db8:ff::3"];

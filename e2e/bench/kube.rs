@@ -46,9 +46,7 @@ fn main() {
         .unwrap_or(1000);
     require(&["bird", "birdc"]);
     let lab = Lab::new("kb");
-    let dev = lab.router.dev_of("192.0.2.2/24");
-    lab.router
-        .ip(&["addr", "add", "192.0.2.100/24", "dev", &dev]);
+    lab.add_router_address("192.0.2.100/24");
     let api = StandIn::start("192.0.2.100:6443".parse().unwrap(), Some(&lab.router.name));
     api.put(obj::node("node-a", &["192.0.2.1"]));
     let (mut v4, mut v6) = (0usize, 0usize);
@@ -72,26 +70,10 @@ fn main() {
             &[("node-b", true)],
         ));
     }
-    let bird = Bird::start(
-        &lab.router,
-        &lab.dir,
-        &bird_conf(
-            &lab.dir,
-            &[
-                ("v4", ROUTER4, NODE4, "ipv4", ""),
-                ("v6", ROUTER6, NODE6, "ipv6", ""),
-            ],
-        ),
-    );
+    let bird = lab.dual_bird("");
     let mut ctl = BirdCtl::open(&bird.ctl);
     let kc = lab.dir.write("kubeconfig", &api.kubeconfig());
-    let conf = format!(
-        "[bgp]\nasn = 65010\nrouter_id = \"192.0.2.1\"\nlisten = \"[::]:179\"\n\
-         [[bgp.peers]]\naddress = \"192.0.2.2\"\nasn = 65002\nconnect_retry = 1\n\
-         [[bgp.peers]]\naddress = \"2001:db8::2\"\nasn = 65002\nconnect_retry = 1\n\
-         [kubernetes]\nkubeconfig = \"{}\"\nnode_name = \"node-a\"\n",
-        kc.display()
-    );
+    let conf = kube_vipd_conf(&kc, "");
     println!("kube benchmark: {n} Services ({v4} IPv4 + {v6} IPv6 VIPs), one EndpointSlice each");
 
     // Cold start, EndpointSlices first.

@@ -269,6 +269,28 @@ impl Lab {
         Lab { dir, node, router }
     }
 
+    /// Adds another address to the router's side of the link.
+    pub fn add_router_address(&self, cidr: &str) {
+        let dev = self.router.dev_of("192.0.2.2/24");
+        self.router.ip(&["addr", "add", cidr, "dev", &dev]);
+    }
+
+    /// BIRD in the router namespace with an IPv4 session ("v4", `extra_v4`
+    /// added to it) and an IPv6 session ("v6") to the node.
+    pub fn dual_bird(&self, extra_v4: &str) -> Bird {
+        Bird::start(
+            &self.router,
+            &self.dir,
+            &bird_conf(
+                &self.dir,
+                &[
+                    ("v4", ROUTER4, NODE4, "ipv4", extra_v4),
+                    ("v6", ROUTER6, NODE6, "ipv6", ""),
+                ],
+            ),
+        )
+    }
+
     /// Adds a second router-side namespace on its own link:
     /// node 198.51.100.1/24 <-> 198.51.100.2/24.
     pub fn add_router(&self, tag: &str) -> Netns {
@@ -845,4 +867,16 @@ impl BirdCtl {
         self.cmd(&format!("show route for {prefix}"))
             .contains(&format!("{prefix} "))
     }
+}
+
+/// vipd on the node (192.0.2.1, node-a) peering with the router over IPv4
+/// and IPv6, driven by the Kubernetes API the kubeconfig names.
+pub fn kube_vipd_conf(kubeconfig: &Path, extra: &str) -> String {
+    format!(
+        "[bgp]\nasn = 65010\nrouter_id = \"192.0.2.1\"\nlisten = \"[::]:179\"\n\
+         [[bgp.peers]]\naddress = \"192.0.2.2\"\nasn = 65002\nconnect_retry = 1\n\
+         [[bgp.peers]]\naddress = \"2001:db8::2\"\nasn = 65002\nconnect_retry = 1\n\
+         [kubernetes]\nkubeconfig = \"{}\"\nnode_name = \"node-a\"\n{extra}",
+        kubeconfig.display()
+    )
 }

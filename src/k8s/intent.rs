@@ -438,7 +438,7 @@ fn merge(into: &mut RouteAttrs, a: &RouteAttrs) {
 }
 
 #[cfg(test)]
-pub(super) mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub fn kcfg() -> KubeConfig {
