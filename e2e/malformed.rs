@@ -542,7 +542,7 @@ fn malformed_messages_get_rfc_notifications_and_other_sessions_keep_running() {
 /// vipd dials the raw peer (A) while the raw peer also dials vipd (B) and
 /// sends its OPEN there: RFC 4271 6.8 keeps the connection opened by the
 /// side with the higher BGP identifier and closes the other with Cease 7.
-fn collision(remote_id: [u8; 4]) -> (Vec<Got>, Vec<Got>) {
+fn collision(remote_id: [u8; 4]) -> (Vec<Got>, Vec<Got>, String) {
     let lab = Lab::new("co");
     lab.add_router_address("192.0.2.3/24");
     let ns = lab.router.name.clone();
@@ -553,8 +553,8 @@ fn collision(remote_id: [u8; 4]) -> (Vec<Got>, Vec<Got>) {
          [[bgp.peers]]\naddress = \"{RAW}\"\nasn = 65003\n\
          [[announce]]\nprefix = \"203.0.113.1/32\"\n"
     );
-    let _vipd = Vipd::start(&lab.node, &lab.dir, &conf);
-    in_netns(&ns, move || {
+    let vipd = Vipd::start(&lab.node, &lab.dir, &conf);
+    let (a, b) = in_netns(&ns, move || {
         let (a, _) = listener.accept().unwrap();
         a.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
         let mut a = Raw { s: a };
@@ -581,35 +581,36 @@ fn collision(remote_id: [u8; 4]) -> (Vec<Got>, Vec<Got>) {
             }
         }
         (on_a, on_b)
-    })
+    });
+    (a, b, vipd.proc.log_tail(40))
 }
 
 #[test]
 fn collision_keeps_the_connection_of_the_higher_identifier() {
     // Remote 192.0.2.200 > local 192.0.2.1: vipd's own connection (A) goes.
     // Both connections get vipd's OPEN first (OPEN bodies are blanked).
-    let (a, b) = collision([192, 0, 2, 200]);
+    let (a, b, log) = collision([192, 0, 2, 200]);
     assert_eq!(
         a,
         vec![Got::Msg(3, vec![6, 7]), Got::Closed],
-        "A: Cease/Collision"
+        "A: Cease/Collision; vipd's log:\n{log}"
     );
     assert_eq!(
         b[..2],
         [Got::Msg(1, vec![]), Got::Msg(4, vec![])],
-        "B: OPEN, KEEPALIVE"
+        "B: OPEN, KEEPALIVE; vipd's log:\n{log}"
     );
     // Remote 192.0.1.9 < local: the peer's connection (B) goes.
-    let (a, b) = collision([192, 0, 1, 9]);
+    let (a, b, log) = collision([192, 0, 1, 9]);
     assert_eq!(
         b,
         vec![Got::Msg(1, vec![]), Got::Msg(3, vec![6, 7]), Got::Closed],
-        "B: Cease/Collision"
+        "B: Cease/Collision; vipd's log:\n{log}"
     );
     assert_eq!(
         a,
         vec![Got::Timeout],
-        "A stays in OpenSent, waiting for the peer's OPEN"
+        "A stays in OpenSent, waiting for the peer's OPEN; vipd's log:\n{log}"
     );
 }
 

@@ -124,13 +124,15 @@ impl Speaker {
         }
         let (tx, rx) = mpsc::channel(8);
         let status = Arc::new(Mutex::new(PeerStatus::default()));
+        // Registered before the task can dial: otherwise the peer's own
+        // connection, answering ours, could find no session and be closed.
+        self.registry.lock().unwrap().insert(addr, tx.clone());
         let task = tokio::spawn(session::run(
             settings.clone(),
             self.table.subscribe(),
             rx,
             status.clone(),
         ));
-        self.registry.lock().unwrap().insert(addr, tx.clone());
         info!(peer = %addr, asn = settings.peer.asn, passive = settings.peer.passive, "peer configured");
         self.peers.insert(
             addr,
