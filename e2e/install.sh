@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the e2e suite and the demo need on a fresh Debian machine:
-# the BGP peers (BIRD 2, FRR, GoBGP, ExaBGP) and iproute2. Needs root.
+# the BGP peers (BIRD 2, FRR, GoBGP, ExaBGP) and iproute2, and for the IPVS
+# test QEMU, busybox, ipvsadm and a Debian cloud kernel (the host kernel has
+# no IPVS). Needs root.
 # None of the daemons is started by installing it.
 set -euo pipefail
 need=()
@@ -12,9 +14,31 @@ command -v ip >/dev/null || need+=(iproute2)
 [ -x /usr/bin/python3 ] || need+=(python3)
 # For validating the containerlab topologies against their schema.
 /usr/bin/python3 -c 'import yaml, jsonschema' 2>/dev/null || need+=(python3-yaml python3-jsonschema)
+# The IPVS test boots a real kernel under QEMU with busybox as its userland.
+command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
+[ -x /bin/busybox ] || need+=(busybox-static)
+command -v ipvsadm >/dev/null || need+=(ipvsadm)
+command -v strip >/dev/null || need+=(binutils)
 if [ ${#need[@]} -gt 0 ]; then
   echo "e2e/install.sh: installing ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q
   apt-get install -y -q --no-install-recommends "${need[@]}"
+fi
+
+# The kernel for the IPVS test: the newest Debian 6.1 cloud kernel (IPVS as
+# modules), unpacked under target/vm-kernel. Fetched once per checkout.
+kdir="${VIPD_VM_KERNEL:-$(pwd)/target/vm-kernel}"
+if ! ls "$kdir"/boot/vmlinuz-* >/dev/null 2>&1; then
+  pkg=$(apt-cache search --names-only '^linux-image-6\.1\.0-[0-9]+-cloud-amd64$' | awk '{print $1}' | sort -V | tail -1)
+  if [ -z "$pkg" ]; then
+    apt-get update -q
+    pkg=$(apt-cache search --names-only '^linux-image-6\.1\.0-[0-9]+-cloud-amd64$' | awk '{print $1}' | sort -V | tail -1)
+  fi
+  echo "e2e/install.sh: fetching $pkg for the IPVS test"
+  tmp=$(mktemp -d)
+  (cd "$tmp" && apt-get download -q "$pkg" 2>&1 | grep -v "unsandboxed" || true)
+  mkdir -p "$kdir"
+  dpkg-deb -x "$tmp"/*.deb "$kdir"
+  rm -rf "$tmp"
 fi

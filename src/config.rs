@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use config::{Map, Value, ValueKind};
 use ipnet::IpNet;
@@ -25,6 +26,56 @@ pub struct Config {
     /// Without a `[kubernetes]` table vipd announces `[[announce]]` alone.
     pub kubernetes: Option<KubeConfig>,
     pub dataplane: Dataplane,
+    /// The API-server VIP: announced while a backend is healthy, and
+    /// balanced over the healthy backends with IPVS.
+    pub control_plane: Option<ControlPlane>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlPlane {
+    pub vip: IpAddr,
+    pub port: u16,
+    /// The API servers, each with its port.
+    pub backends: Vec<SocketAddr>,
+    /// Where the VIP goes as an address (IPVS takes only local addresses).
+    pub interface: String,
+    /// Program IPVS; without it vipd only announces and holds the address.
+    pub ipvs: bool,
+    pub scheduler: String,
+    pub forwarding: Forwarding,
+    pub health: HealthCheck,
+    pub attrs: RouteAttrs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forwarding {
+    Masquerade,
+    Direct,
+    Tunnel,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub kind: CheckKind,
+    /// The path an HTTP(S) check asks for; a 200 answer is healthy.
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Consecutive successes that make a failed backend healthy again.
+    pub rise: u32,
+    /// Consecutive failures that take a healthy backend out.
+    pub fall: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckKind {
+    /// The TCP handshake completes.
+    Tcp,
+    /// `GET path` over plain HTTP answers 200.
+    Http,
+    /// `GET path` over TLS answers 200 (the certificate is not verified:
+    /// the check asks whether the server serves, not who it is).
+    Https,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,12 +96,26 @@ pub struct KubeConfig {
 }
 
 /// What vipd does to the node itself, besides BGP.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Dataplane {
     /// Put each VIP as an address on this interface.
     pub address_interface: Option<String>,
     /// Put a route per VIP into a routing table.
     pub routes: Option<RouteTable>,
+    /// The file recording the IPVS services vipd created. Not part of the
+    /// control plane's table: a vipd started without one must still find
+    /// (and remove) the services an earlier run created.
+    pub ipvs_state: PathBuf,
+}
+
+impl Default for Dataplane {
+    fn default() -> Self {
+        Dataplane {
+            address_interface: None,
+            routes: None,
+            ipvs_state: PathBuf::from(DEFAULT_IPVS_STATE),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -194,6 +259,9 @@ impl Config {
             .table("dataplane", &mut errs)
             .map(|t| read_dataplane(t, &mut errs))
             .unwrap_or_default();
+        let control_plane = root
+            .table("control_plane", &mut errs)
+            .and_then(|t| read_control_plane(t, &mut errs));
         let bgp = match root.table("bgp", &mut errs) {
             Some(t) => read_bgp(t, &mut errs),
             None => {
@@ -212,6 +280,15 @@ impl Config {
         }
         root.finish(&mut errs);
         check_duplicate_prefixes(&announce, &mut errs);
+        if let Some(cp) = &control_plane {
+            let vip = IpNet::from(cp.vip);
+            if announce.iter().any(|a| a.prefixes.contains(&vip)) {
+                errs.push(
+                    "control_plane.vip",
+                    format!("{vip} is also in [[announce]]: the control plane announces it only while a backend is healthy"),
+                );
+            }
+        }
         if kubernetes.is_none()
             && (dataplane.address_interface.is_some() || dataplane.routes.is_some())
         {
@@ -226,6 +303,7 @@ impl Config {
                 announce,
                 kubernetes,
                 dataplane,
+                control_plane,
             }),
             _ => Err(Problems(errs.0)),
         }
@@ -403,11 +481,178 @@ fn read_dataplane(mut t: Tbl, errs: &mut Errs) -> Dataplane {
             interface: interface?,
         })
     });
+    let ipvs_state = t
+        .opt("ipvs_state", errs, |v| {
+            let s = parse_str(v)?;
+            if !s.starts_with('/') {
+                return Err(format!("{s:?} is not an absolute path"));
+            }
+            Ok(PathBuf::from(s))
+        })
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_IPVS_STATE));
     t.finish(errs);
     Dataplane {
         address_interface,
         routes,
+        ipvs_state,
     }
+}
+
+/// Where vipd records the IPVS services it created, unless configured.
+pub const DEFAULT_IPVS_STATE: &str = "/run/vipd/ipvs-services";
+
+fn read_control_plane(mut t: Tbl, errs: &mut Errs) -> Option<ControlPlane> {
+    let key = t.path.clone();
+    let vip = t.req("vip", errs, parse_ip);
+    let port = t
+        .opt("port", errs, |v| parse_int(v, 1, 65535).map(|n| n as u16))
+        .unwrap_or(6443);
+    let backends = t.req("backends", errs, |v| match v.kind {
+        ValueKind::Array(a) if !a.is_empty() => a
+            .into_iter()
+            .enumerate()
+            .map(|(i, x)| {
+                let s = parse_str(x).map_err(|e| format!("[{i}]: {e}"))?;
+                s.parse::<SocketAddr>()
+                    .or_else(|_| s.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, port)))
+                    .map_err(|_| format!("[{i}]: {s:?} is not an address or address:port"))
+            })
+            .collect::<Result<Vec<_>, _>>(),
+        ValueKind::Array(_) => Err("is empty: name at least one API server".into()),
+        _ => Err("expected an array of \"address\" or \"address:port\"".into()),
+    });
+    let interface = t
+        .opt("interface", errs, |v| {
+            let s = parse_str(v)?;
+            check_ifname(&s)?;
+            Ok(s)
+        })
+        .unwrap_or_else(|| "lo".into());
+    let ipvs = t.opt("ipvs", errs, parse_bool).unwrap_or(true);
+    let scheduler = t
+        .opt("scheduler", errs, |v| {
+            let s = parse_str(v)?;
+            // The kernel loads ip_vs_<name>; anything else is a typo.
+            if s.is_empty() || s.len() > 15 || !s.bytes().all(|b| b.is_ascii_lowercase()) {
+                return Err(format!(
+                    "{s:?} is not an IPVS scheduler name (mh, sh, rr, wrr, lc, ...)"
+                ));
+            }
+            Ok(s)
+        })
+        .unwrap_or_else(|| "mh".into());
+    let forwarding = t
+        .opt("forwarding", errs, |v| match parse_str(v)?.as_str() {
+            "masquerade" => Ok(Forwarding::Masquerade),
+            "direct" => Ok(Forwarding::Direct),
+            "tunnel" => Ok(Forwarding::Tunnel),
+            other => Err(format!("{other:?}: expected masquerade, direct or tunnel")),
+        })
+        .unwrap_or(Forwarding::Masquerade);
+    let health = match t.table("health_check", errs) {
+        Some(h) => read_health(h, errs),
+        None => Some(HealthCheck::default()),
+    };
+    let attrs = read_attrs(&mut t, errs);
+    t.finish(errs);
+    let (vip, backends) = (vip?, backends?);
+    let mut bad = false;
+    for (i, b) in backends.iter().enumerate() {
+        if b.ip() == vip {
+            errs.push(
+                format!("{key}.backends[{i}]"),
+                format!(
+                    "{} is the VIP itself: a backend must be an API server's own address",
+                    b.ip()
+                ),
+            );
+            bad = true;
+        }
+        if backends[..i].contains(b) {
+            errs.push(
+                format!("{key}.backends[{i}]"),
+                format!("{b} is listed twice"),
+            );
+            bad = true;
+        }
+    }
+    if bad {
+        return None;
+    }
+    Some(ControlPlane {
+        vip,
+        port,
+        backends,
+        interface,
+        ipvs,
+        scheduler,
+        forwarding,
+        health: health?,
+        attrs,
+    })
+}
+
+impl Default for HealthCheck {
+    fn default() -> Self {
+        HealthCheck {
+            kind: CheckKind::Https,
+            path: "/readyz".into(),
+            interval: Duration::from_secs(2),
+            timeout: Duration::from_secs(1),
+            rise: 2,
+            fall: 3,
+        }
+    }
+}
+
+fn read_health(mut t: Tbl, errs: &mut Errs) -> Option<HealthCheck> {
+    let d = HealthCheck::default();
+    let kind = t
+        .opt("kind", errs, |v| match parse_str(v)?.as_str() {
+            "tcp" => Ok(CheckKind::Tcp),
+            "http" => Ok(CheckKind::Http),
+            "https" => Ok(CheckKind::Https),
+            other => Err(format!("{other:?}: expected tcp, http or https")),
+        })
+        .unwrap_or(d.kind);
+    let path = t
+        .opt("path", errs, |v| {
+            let s = parse_str(v)?;
+            if !s.starts_with('/') || s.bytes().any(|b| b <= b' ' || b == 0x7f) {
+                return Err(format!(
+                    "{s:?} is not a request path (starts with '/', no spaces)"
+                ));
+            }
+            Ok(s)
+        })
+        .unwrap_or(d.path);
+    let ms = |v| parse_int(v, 10, 3_600_000).map(|n| Duration::from_millis(n as u64));
+    let interval = t.opt("interval_ms", errs, ms).unwrap_or(d.interval);
+    let timeout = t.opt("timeout_ms", errs, ms).unwrap_or(d.timeout);
+    let count = |v| parse_int(v, 1, 100).map(|n| n as u32);
+    let rise = t.opt("rise", errs, count).unwrap_or(d.rise);
+    let fall = t.opt("fall", errs, count).unwrap_or(d.fall);
+    let key = t.path.clone();
+    t.finish(errs);
+    if timeout > interval {
+        errs.push(
+            format!("{key}.timeout_ms"),
+            format!(
+                "{} ms is longer than interval_ms ({} ms): checks would overlap",
+                timeout.as_millis(),
+                interval.as_millis()
+            ),
+        );
+        return None;
+    }
+    Some(HealthCheck {
+        kind,
+        path,
+        interval,
+        timeout,
+        rise,
+        fall,
+    })
 }
 
 /// The route protocol number vipd marks its routes with unless configured:

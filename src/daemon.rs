@@ -16,7 +16,9 @@ use tokio::sync::mpsc;
 
 use crate::bgp::rib::Table;
 use crate::bgp::{Speaker, SpeakerError};
-use crate::config::{Config, Problems};
+use crate::config::{Config, Problems, RouteAttrs};
+use crate::controlplane::ControlPlane;
+use crate::dataplane::ipvs;
 use crate::k8s;
 use crate::k8s::watch::{KubeStatus, Update, WatchError};
 use crate::reconcile::{Dataplane, KubeRoutes};
@@ -41,11 +43,18 @@ struct Managed<D> {
     dp: D,
     /// `None` until a full pass has read what vipd owns there.
     applied: Option<BTreeSet<IpNet>>,
+    /// vipd's own entries that are not Kubernetes VIPs (left alone).
+    keep: BTreeSet<IpNet>,
 }
 
 impl<D: Dataplane> Managed<D> {
     async fn full(&mut self, want: &BTreeSet<IpNet>) -> Vec<String> {
-        let errors = reconcile::apply(&mut self.dp, want).await;
+        let errors = if self.keep.is_empty() {
+            reconcile::apply(&mut self.dp, want).await
+        } else {
+            let want: BTreeSet<IpNet> = want.union(&self.keep).copied().collect();
+            reconcile::apply(&mut self.dp, &want).await
+        };
         self.applied = self.dp.owned().await.ok();
         errors
     }
@@ -87,7 +96,11 @@ impl NodeState {
             });
         }
         let h = dataplane::connect().map_err(DaemonError::Dataplane)?;
-        let managed = |dp| Managed { dp, applied: None };
+        let managed = |dp| Managed {
+            dp,
+            applied: None,
+            keep: BTreeSet::new(),
+        };
         Ok(NodeState {
             addresses: dp
                 .address_interface
@@ -96,8 +109,21 @@ impl NodeState {
             routes: dp.routes.clone().map(|r| Managed {
                 dp: dataplane::Routes::new(h, r),
                 applied: None,
+                keep: BTreeSet::new(),
             }),
         })
+    }
+
+    /// The control plane's VIP address: on a shared interface it is vipd's
+    /// too, and must not be taken for a stale Kubernetes VIP.
+    fn keep(&mut self, cp: Option<(&str, IpNet)>) {
+        if let Some(a) = self.addresses.as_mut() {
+            a.keep = cp
+                .filter(|(i, _)| *i == a.dp.interface())
+                .map(|(_, p)| p)
+                .into_iter()
+                .collect();
+        }
     }
 
     async fn full(&mut self, want: &BTreeSet<IpNet>) {
@@ -136,6 +162,107 @@ impl NodeState {
         }
         log_errors(errors);
     }
+}
+
+/// The control plane with what it drives on the node: the VIP as an
+/// address, and (through the daemon's [`ipvs::Manager`]) its IPVS service.
+struct Control {
+    cp: ControlPlane,
+    addr: dataplane::Addresses,
+    /// IPVS holds the service as wanted (always true without IPVS): the VIP
+    /// is announced only then, so traffic is not drawn to a node that
+    /// cannot serve it.
+    ipvs_ok: bool,
+}
+
+impl Control {
+    fn start(cfg: &crate::config::ControlPlane) -> Result<Control, DaemonError> {
+        let h = dataplane::connect().map_err(DaemonError::Dataplane)?;
+        Ok(Control {
+            addr: dataplane::Addresses::new(h, &cfg.interface),
+            ipvs_ok: !cfg.ipvs,
+            cp: ControlPlane::start(cfg.clone()),
+        })
+    }
+
+    fn address(&self) -> (&str, IpNet) {
+        (self.cp.cfg.interface.as_str(), self.cp.prefix())
+    }
+
+    /// The VIP and its attributes while it should be announced.
+    fn route(&self) -> Option<(IpNet, Arc<RouteAttrs>)> {
+        (self.cp.serving() && self.ipvs_ok)
+            .then(|| (self.cp.prefix(), Arc::new(self.cp.cfg.attrs.clone())))
+    }
+
+    /// Puts the address and the IPVS service in place (idempotent: also
+    /// the repair pass).
+    async fn apply(&mut self, mgr: &mut ipvs::Manager) {
+        let p = self.cp.prefix();
+        match self.addr.owned().await {
+            Ok(have) if have.contains(&p) => {}
+            Ok(_) => match self.addr.add(p).await {
+                Ok(()) => {
+                    info!(vip = %p, interface = %self.cp.cfg.interface, "control plane: VIP address added")
+                }
+                // Someone else's address: it serves as well, and stays theirs.
+                Err(e) if e.contains("os error 17") => {}
+                Err(e) => warn!(vip = %p, "control plane: adding the VIP address: {e}"),
+            },
+            Err(e) => warn!(vip = %p, "control plane: {e}"),
+        }
+        if !self.cp.cfg.ipvs {
+            return;
+        }
+        match mgr.sync(Some(&self.cp.ipvs_service())) {
+            Ok(ops) => {
+                for op in ops {
+                    info!("IPVS: {op}");
+                }
+                self.ipvs_ok = true;
+            }
+            Err(e) => {
+                error!("IPVS: {e}; the control-plane VIP is not announced");
+                self.ipvs_ok = false;
+            }
+        }
+    }
+
+    /// Removes what the control plane put on the node.
+    async fn remove(mut self, mgr: &mut ipvs::Manager) {
+        let p = self.cp.prefix();
+        drop_ipvs(mgr);
+        if let Err(e) = self.addr.remove(p).await {
+            warn!(vip = %p, "control plane: removing the VIP address: {e}");
+        }
+    }
+}
+
+/// Removes every IPVS service vipd created.
+fn drop_ipvs(mgr: &mut ipvs::Manager) {
+    if !mgr.owns_any() {
+        return;
+    }
+    match mgr.sync(None) {
+        Ok(ops) => ops.iter().for_each(|op| info!("IPVS: {op}")),
+        Err(e) => error!("IPVS: {e}"),
+    }
+}
+
+async fn control_changed(c: &mut Option<Control>) {
+    match c {
+        Some(c) => c.cp.changed().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The configured announcements plus the control-plane VIP while it serves.
+fn with_control(statics: &Table, control: &Option<Control>) -> Table {
+    let mut t = statics.clone();
+    if let Some((p, a)) = control.as_ref().and_then(Control::route) {
+        t.insert(p, a);
+    }
+    t
 }
 
 fn log_errors(errors: Vec<String>) {
@@ -191,11 +318,29 @@ pub async fn run(path: PathBuf) -> Result<(), DaemonError> {
     let kube_status = Arc::new(Mutex::new(KubeStatus::default()));
     let mut kube = KubeRoutes::default();
     let mut kube_ready = false;
-    let mut table = statics.clone();
+    let (mut mgr, bad) = ipvs::Manager::new(&cfg.dataplane.ipvs_state);
+    for b in bad {
+        warn!("IPVS state: {b}");
+    }
+    let mut control = cfg.control_plane.as_ref().map(Control::start).transpose()?;
+    match control.as_mut() {
+        Some(c) => c.apply(&mut mgr).await,
+        // Services a previous run created for a control plane no longer
+        // configured.
+        None => drop_ipvs(&mut mgr),
+    }
+    let mut base = with_control(&statics, &control);
+    let mut table = base.clone();
     let mut speaker = match &cfg.kubernetes {
         None => Speaker::start(&cfg.bgp, Some(table.clone()))?,
         Some(k) => {
-            let (client, api) = k8s::watch::connect(k).await?;
+            let (client, mut api) = k8s::watch::connect(k).await?;
+            if let Some(cp) = &cfg.control_plane {
+                // The control-plane VIP and the API servers behind it are
+                // never a Service's VIP.
+                api.push(cp.vip);
+                api.extend(cp.backends.iter().map(|b| b.ip()));
+            }
             let speaker = Speaker::start(&cfg.bgp, None)?;
             tokio::spawn(k8s::watch::run(
                 k.clone(),
@@ -208,6 +353,7 @@ pub async fn run(path: PathBuf) -> Result<(), DaemonError> {
         }
     };
     let mut node = NodeState::new(&cfg)?;
+    node.keep(control.as_ref().map(Control::address));
     let mut resync = tokio::time::interval(std::time::Duration::from_secs(30));
     let mut hup = signal(SignalKind::hangup()).map_err(DaemonError::Signal)?;
     let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signal)?;
@@ -229,15 +375,39 @@ pub async fn run(path: PathBuf) -> Result<(), DaemonError> {
                     });
                     next = kube_rx.try_recv().ok();
                 }
-                reconcile::patch(&mut table, &statics, &kube, &changed);
+                reconcile::patch(&mut table, &base, &kube, &changed);
                 speaker.set_table(table.clone());
                 tracing::debug!(us = t.elapsed().as_micros() as u64, changed = changed.len(), "table updated");
                 node.changes(&kube, &changed).await;
+            }
+            _ = control_changed(&mut control) => {
+                if let Some(c) = control.as_mut() {
+                    c.apply(&mut mgr).await;
+                }
+                let next = with_control(&statics, &control);
+                if next != base {
+                    base = next;
+                    table = reconcile::merged(&base, &kube);
+                    if cfg.kubernetes.is_none() || kube_ready {
+                        speaker.set_table(table.clone());
+                    }
+                }
             }
             _ = resync.tick() => {
                 // Repairs drift (an address someone removed) and retries failures.
                 if kube_ready {
                     node.full(&kube.keys()).await;
+                }
+                if let Some(c) = control.as_mut() {
+                    c.apply(&mut mgr).await;
+                    let next = with_control(&statics, &control);
+                    if next != base {
+                        base = next;
+                        table = reconcile::merged(&base, &kube);
+                        if cfg.kubernetes.is_none() || kube_ready {
+                            speaker.set_table(table.clone());
+                        }
+                    }
                 }
             }
             _ = hup.recv() => {
@@ -252,10 +422,26 @@ pub async fn run(path: PathBuf) -> Result<(), DaemonError> {
                         if new.kubernetes != cfg.kubernetes || new.dataplane != cfg.dataplane {
                             warn!("[kubernetes] and [dataplane] changes take effect only when vipd restarts");
                         }
+                        if new.control_plane != cfg.control_plane {
+                            if let Some(old) = control.take() {
+                                info!("control plane reconfigured: removing the old one");
+                                old.remove(&mut mgr).await;
+                            }
+                            match new.control_plane.as_ref().map(Control::start).transpose() {
+                                Ok(c) => control = c,
+                                Err(e) => error!("control plane: {e}"),
+                            }
+                            if let Some(c) = control.as_mut() {
+                                c.apply(&mut mgr).await;
+                            }
+                            node.keep(control.as_ref().map(Control::address));
+                            cfg.control_plane = new.control_plane.clone();
+                        }
                         speaker.reconfigure(&new.bgp).await;
                         info!(before = statics.len(), after = new_statics.len(), "static announcements reloaded");
                         statics = new_statics;
-                        table = reconcile::merged(&statics, &kube);
+                        base = with_control(&statics, &control);
+                        table = reconcile::merged(&base, &kube);
                         if cfg.kubernetes.is_none() || kube_ready {
                             speaker.set_table(table.clone());
                         }
@@ -276,7 +462,11 @@ pub async fn run(path: PathBuf) -> Result<(), DaemonError> {
     speaker.shutdown(cfg.bgp.withdraw_on_stop).await;
     if cfg.bgp.withdraw_on_stop {
         // Otherwise the VIPs keep working on the node through a restart.
+        node.keep(None);
         node.full(&Default::default()).await;
+        if let Some(c) = control.take() {
+            c.remove(&mut mgr).await;
+        }
     }
     info!("vipd stopped");
     Ok(())

@@ -3,10 +3,12 @@
 //!
 //! Modules depend one way, down the data flow: `config` and `bgp::wire` at
 //! the bottom; `bgp` (FSM, RIB, sessions, speaker), `k8s` (model, intent,
-//! watchers), `reconcile` and `dataplane` above them; `daemon` on top.
+//! watchers), `reconcile`, `dataplane` and `controlplane` (health checks, the
+//! API-server VIP's IPVS service) above them; `daemon` on top.
 
 pub mod bgp;
 pub mod config;
+pub mod controlplane;
 pub mod daemon;
 pub mod dataplane;
 pub mod k8s;

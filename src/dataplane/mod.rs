@@ -7,6 +7,8 @@
 //! entries with the mark, so vipd finds its own after a restart and never
 //! touches anyone else's, even on the same interface or in the same table.
 
+pub mod ipvs;
+
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
@@ -53,6 +55,10 @@ impl Addresses {
             h,
             ifname: ifname.to_string(),
         }
+    }
+
+    pub fn interface(&self) -> &str {
+        &self.ifname
     }
 
     fn ours(m: &AddressMessage) -> Option<IpNet> {
