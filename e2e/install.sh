@@ -19,6 +19,8 @@ command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
 [ -x /bin/busybox ] || need+=(busybox-static)
 command -v ipvsadm >/dev/null || need+=(ipvsadm)
 command -v strip >/dev/null || need+=(binutils)
+# The control plane's HTTPS health check is tested against openssl s_server.
+command -v openssl >/dev/null || need+=(openssl)
 if [ ${#need[@]} -gt 0 ]; then
   echo "e2e/install.sh: installing ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive

@@ -8,7 +8,6 @@ mod lab;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use lab::*;
@@ -16,18 +15,6 @@ use lab::*;
 const RAW: &str = "192.0.2.3";
 
 /// Runs `f` on a thread inside the namespace, so its sockets live there.
-fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = format!("/var/run/netns/{ns}");
-    std::thread::spawn(move || {
-        let fd = std::fs::File::open(&path).unwrap();
-        let r = unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(r, 0, "setns {path}");
-        f()
-    })
-    .join()
-    .unwrap_or_else(|e| std::panic::resume_unwind(e))
-}
-
 fn msg(t: u8, body: &[u8]) -> Vec<u8> {
     let mut m = vec![0xff; 16];
     m.extend_from_slice(&((19 + body.len()) as u16).to_be_bytes());

@@ -1339,6 +1339,83 @@ communities = ["65010:x"]
     }
 
     #[test]
+    fn control_plane_table() {
+        let base = "[bgp]\nasn = 65010\nrouter_id = \"192.0.2.1\"\n";
+        let c = Config::from_toml_str(&format!(
+            "{base}[control_plane]\nvip = \"192.0.2.100\"\nbackends = [\"192.0.2.11\", \"[2001:db8::12]:7443\"]\n\
+             communities = [\"65010:1\"]\n"
+        ))
+        .unwrap();
+        let cp = c.control_plane.unwrap();
+        assert_eq!(cp.port, 6443);
+        assert_eq!(
+            cp.backends,
+            vec![
+                "192.0.2.11:6443".parse::<SocketAddr>().unwrap(),
+                "[2001:db8::12]:7443".parse().unwrap()
+            ]
+        );
+        assert_eq!((cp.interface.as_str(), cp.ipvs), ("lo", true));
+        assert_eq!(
+            (cp.scheduler.as_str(), cp.forwarding),
+            ("mh", Forwarding::Masquerade)
+        );
+        assert_eq!(cp.health, HealthCheck::default());
+        assert_eq!(cp.attrs.communities, vec![(65010 << 16) | 1]);
+        assert_eq!(c.dataplane.ipvs_state, PathBuf::from(DEFAULT_IPVS_STATE));
+        let p = problems(&format!(
+            "{base}[[announce]]\nprefix = \"192.0.2.100/32\"\n\
+             [dataplane]\nipvs_state = \"relative\"\n\
+             [control_plane]\nvip = \"192.0.2.100\"\nbackends = [\"192.0.2.100\", \"x\"]\n\
+             scheduler = \"Maglev!\"\nforwarding = \"nat\"\nport = 0\nhealth = 1\n\
+             [control_plane.health_check]\nkind = \"icmp\"\npath = \"readyz\"\ninterval_ms = 100\ntimeout_ms = 500\nrise = 0\n"
+        ));
+        let want = [
+            "dataplane.ipvs_state: \"relative\" is not an absolute path",
+            "control_plane.port: ",
+            "control_plane.backends: [1]: \"x\" is not an address or address:port",
+            "control_plane.scheduler: \"Maglev!\" is not an IPVS scheduler name",
+            "control_plane.forwarding: \"nat\": expected masquerade, direct or tunnel",
+            "control_plane.health: unknown key",
+            "control_plane.health_check.kind: \"icmp\": expected tcp, http or https",
+            "control_plane.health_check.path: \"readyz\" is not a request path",
+            "control_plane.health_check.rise: ",
+            "control_plane.health_check.timeout_ms: 500 ms is longer than interval_ms (100 ms)",
+        ];
+        for w in want {
+            assert!(
+                p.iter().any(|l| l.starts_with(w)),
+                "missing {w:?} in {p:#?}"
+            );
+        }
+        assert_eq!(p.len(), want.len(), "{p:#?}");
+        // The VIP as its own backend, a backend twice, the VIP in [[announce]].
+        let p = problems(&format!(
+            "{base}[[announce]]\nprefix = \"192.0.2.100/32\"\n\
+             [control_plane]\nvip = \"192.0.2.100\"\nbackends = [\"192.0.2.100\", \"192.0.2.11\", \"192.0.2.11:6443\"]\n"
+        ));
+        let want = [
+            "control_plane.backends[0]: 192.0.2.100 is the VIP itself",
+            "control_plane.backends[2]: 192.0.2.11:6443 is listed twice",
+        ];
+        for w in want {
+            assert!(
+                p.iter().any(|l| l.starts_with(w)),
+                "missing {w:?} in {p:#?}"
+            );
+        }
+        assert_eq!(p.len(), want.len(), "{p:#?}");
+        let p = problems(&format!(
+            "{base}[[announce]]\nprefix = \"192.0.2.100/32\"\n\
+             [control_plane]\nvip = \"192.0.2.100\"\nbackends = [\"192.0.2.11\"]\n"
+        ));
+        assert_eq!(
+            p,
+            ["control_plane.vip: 192.0.2.100/32 is also in [[announce]]: the control plane announces it only while a backend is healthy"]
+        );
+    }
+
+    #[test]
     fn peer_default_attributes() {
         let c = Config::from_toml_str(
             "[bgp]\nasn = 65010\nrouter_id = \"192.0.2.1\"\n[[bgp.peers]]\naddress = \"192.0.2.2\"\nasn = 65002\ncommunities = [\"65010:7\", \"65010:7\"]\nlocal_pref = 50\n",

@@ -38,8 +38,19 @@ fn main() -> ExitCode {
         Cmd::CheckConfig { file } => match Config::load(&file) {
             Ok(c) => {
                 let n: usize = c.announce.iter().map(|a| a.prefixes.len()).sum();
+                let cp = c
+                    .control_plane
+                    .as_ref()
+                    .map(|cp| {
+                        format!(
+                            ", control-plane VIP {} over {} backends",
+                            cp.vip,
+                            cp.backends.len()
+                        )
+                    })
+                    .unwrap_or_default();
                 println!(
-                    "{}: valid ({} peers, {} prefixes)",
+                    "{}: valid ({} peers, {} prefixes{cp})",
                     file.display(),
                     c.bgp.peers.len(),
                     n

@@ -153,6 +153,20 @@ impl Drop for Netns {
     }
 }
 
+/// Runs `f` on a thread that has entered network namespace `ns`: sockets it
+/// opens (and keeps) belong to that namespace.
+pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/var/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let fd = fs::File::open(&path).unwrap();
+        let r = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&fd), libc::CLONE_NEWNET) };
+        assert_eq!(r, 0, "setns {path}");
+        f()
+    })
+    .join()
+    .unwrap_or_else(|e| std::panic::resume_unwind(e))
+}
+
 /// A process started by a test, stopped by PID on drop. `ip netns exec`
 /// execs the command, so the PID is the daemon's own.
 pub struct Proc {

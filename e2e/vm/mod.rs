@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use crate::lab::{run, run_ok, vipd_bin, wait_until, Dir, Proc};
+use crate::lab::{run_ok, vipd_bin, wait_until, Dir, Proc};
 
 /// Mounts, loads IPVS, and defines the helpers scenarios use.
 const PRELUDE: &str = r#"#!/bin/busybox sh
@@ -245,12 +245,14 @@ pub fn has_vip(lines: &[&str]) -> bool {
     lines.iter().any(|l| l.trim() == "inet 192.0.2.100/32")
 }
 
-/// Everything QEMU needs is on the machine (a clear failure otherwise).
+/// Everything the VM test needs is on the machine (a clear failure otherwise).
 pub fn require() {
-    for t in ["qemu-system-x86_64", "busybox", "ipvsadm", "strip", "ldd"] {
-        let found = run("sh", &["-c", &format!("command -v {t}")])
-            .status
-            .success();
-        assert!(found, "{t} is missing: run e2e/install.sh");
-    }
+    crate::lab::require(&[
+        "qemu-system-x86_64",
+        "busybox",
+        "ipvsadm",
+        "strip",
+        "ldd",
+        "gzip",
+    ]);
 }

@@ -1,0 +1,222 @@
+//! Control-plane mode against BIRD: the API-server VIP is announced while at
+//! least one backend passes its health check, withdrawn when none does, and
+//! removed with the control plane. (IPVS itself is tested in a real IPVS
+//! kernel by `ipvs.rs`; this host kernel has none, which one test uses.)
+
+mod lab;
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use lab::*;
+
+const VIP: &str = "198.51.100.100/32";
+
+/// An HTTP server in a namespace answering every request with `status`;
+/// stopping it closes the listener (connections are then refused).
+struct Backend {
+    status: Arc<AtomicU16>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Backend {
+    fn start(ns: &Netns, addr: &'static str) -> Backend {
+        let listener = in_netns(&ns.name, move || TcpListener::bind(addr).unwrap());
+        listener.set_nonblocking(true).unwrap();
+        let status = Arc::new(AtomicU16::new(200));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (st, sp) = (status.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            while !sp.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((mut s, _)) => {
+                        let _ = s.set_nonblocking(false);
+                        let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+                        let mut buf = [0u8; 1024];
+                        let _ = s.read(&mut buf);
+                        let code = st.load(Ordering::SeqCst);
+                        let _ = write!(
+                            s,
+                            "HTTP/1.1 {code} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                        );
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        Backend {
+            status,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn answer(&self, code: u16) {
+        self.status.store(code, Ordering::SeqCst);
+    }
+
+    fn stop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn conf(lab: &Lab, backends: &str, kind: &str, ipvs: bool) -> String {
+    format!(
+        "[bgp]\nasn = 65010\nrouter_id = \"192.0.2.1\"\n\
+         [[bgp.peers]]\naddress = \"192.0.2.2\"\nasn = 65002\n\
+         [[announce]]\nprefix = \"203.0.113.1/32\"\n\
+         [dataplane]\nipvs_state = \"{}\"\n\
+         [control_plane]\nvip = \"198.51.100.100\"\nbackends = [{backends}]\nipvs = {ipvs}\n\
+         communities = [\"65010:6443\"]\n\
+         [control_plane.health_check]\nkind = \"{kind}\"\ninterval_ms = 200\ntimeout_ms = 200\nrise = 2\nfall = 2\n",
+        lab.dir.path("ipvs").display()
+    )
+}
+
+fn vip_on_lo(ns: &Netns) -> bool {
+    ns.ip(&["-4", "addr", "show", "dev", "lo"])
+        .contains("198.51.100.100/32")
+}
+
+fn add_lo(ns: &Netns, addr: &str) {
+    ns.ip(&["addr", "add", addr, "dev", "lo"]);
+}
+
+#[test]
+fn vip_is_announced_while_a_backend_is_healthy_and_leaves_with_the_control_plane() {
+    let lab = Lab::new("cph");
+    add_lo(&lab.node, "192.0.2.11/32");
+    add_lo(&lab.node, "192.0.2.12/32");
+    let b1 = Backend::start(&lab.node, "192.0.2.11:6443");
+    let mut b2 = Backend::start(&lab.node, "192.0.2.12:6443");
+    let bird = Bird::start(
+        &lab.router,
+        &lab.dir,
+        &bird_conf(&lab.dir, &[("v4", ROUTER4, NODE4, "ipv4", "")]),
+    );
+    let config = conf(&lab, "\"192.0.2.11\", \"192.0.2.12\"", "http", false);
+    let vipd = Vipd::start(&lab.node, &lab.dir, &config);
+    let t = Duration::from_secs(20);
+    assert!(wait_until(t, || bird.has(VIP)), "the VIP never arrived");
+    let route = bird.route(VIP);
+    assert!(route.contains("(65010,6443)"), "{route}");
+    assert!(route.contains("BGP.as_path: 65010"), "{route}");
+    assert!(vip_on_lo(&lab.node), "the VIP is not on lo");
+    // One backend fails: the VIP stays.
+    b1.answer(500);
+    assert!(vipd.wait_log("answered 500", t));
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(bird.has(VIP), "withdrawn although 192.0.2.12 is healthy");
+    // The other stops: nothing healthy, the VIP is withdrawn.
+    b2.stop();
+    assert!(wait_until(t, || !bird.has(VIP)), "the VIP stayed");
+    assert!(bird.has("203.0.113.1/32"), "the session went down");
+    let log = vipd.log();
+    assert!(
+        log.contains("backend=192.0.2.12:6443 reason=\"connect:"),
+        "{log}"
+    );
+    // The first recovers: announced again, without a restart.
+    b1.answer(200);
+    assert!(wait_until(t, || bird.has(VIP)), "the VIP did not come back");
+    // The control plane removed from the configuration: nothing left.
+    let without = config[..config.find("[control_plane]").unwrap()].to_string();
+    vipd.reload(&without);
+    assert!(wait_until(t, || !bird.has(VIP)), "the VIP stayed announced");
+    assert!(
+        wait_until(t, || !vip_on_lo(&lab.node)),
+        "the VIP address stayed on lo"
+    );
+    assert!(bird.has("203.0.113.1/32"));
+}
+
+/// The default check: `GET /readyz` over TLS, against `openssl s_server`.
+#[test]
+fn https_check_against_a_tls_server() {
+    let lab = Lab::new("cps");
+    require(&["openssl"]);
+    add_lo(&lab.node, "192.0.2.13/32");
+    let (key, cert) = (lab.dir.path("key.pem"), lab.dir.path("cert.pem"));
+    run_ok(
+        "openssl",
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-subj",
+            "/CN=kube-apiserver",
+            "-days",
+            "1",
+            "-keyout",
+            key.to_str().unwrap(),
+            "-out",
+            cert.to_str().unwrap(),
+        ],
+    );
+    let mut cmd = lab.node.command("openssl");
+    cmd.args(["s_server", "-accept", "192.0.2.13:6443", "-www", "-cert"])
+        .arg(&cert)
+        .arg("-key")
+        .arg(&key);
+    let mut tls = Proc::spawn("openssl", cmd, lab.dir.path("openssl.log"));
+    let bird = Bird::start(
+        &lab.router,
+        &lab.dir,
+        &bird_conf(&lab.dir, &[("v4", ROUTER4, NODE4, "ipv4", "")]),
+    );
+    let vipd = Vipd::start(
+        &lab.node,
+        &lab.dir,
+        &conf(&lab, "\"192.0.2.13\"", "https", false),
+    );
+    let t = Duration::from_secs(20);
+    assert!(wait_until(t, || bird.has(VIP)), "the VIP never arrived");
+    assert!(vipd
+        .log()
+        .contains("backend healthy backend=192.0.2.13:6443"));
+    tls.stop(Duration::from_secs(2));
+    assert!(wait_until(t, || !bird.has(VIP)), "the VIP stayed");
+}
+
+/// With IPVS asked for and a kernel without it, vipd says so and does not
+/// announce a VIP it cannot serve; the rest of its announcements go out.
+#[test]
+fn vip_is_not_announced_when_ipvs_cannot_be_programmed() {
+    let lab = Lab::new("cpi");
+    add_lo(&lab.node, "192.0.2.11/32");
+    let _b = Backend::start(&lab.node, "192.0.2.11:6443");
+    let bird = Bird::start(
+        &lab.router,
+        &lab.dir,
+        &bird_conf(&lab.dir, &[("v4", ROUTER4, NODE4, "ipv4", "")]),
+    );
+    let vipd = Vipd::start(
+        &lab.node,
+        &lab.dir,
+        &conf(&lab, "\"192.0.2.11\"", "http", true),
+    );
+    let t = Duration::from_secs(20);
+    assert!(wait_until(t, || bird.has("203.0.113.1/32")));
+    assert!(vipd.wait_log("backend healthy", t));
+    assert!(vipd.wait_log("IPVS is not available in this kernel", t));
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(!bird.has(VIP), "announced a VIP that IPVS does not serve");
+}
