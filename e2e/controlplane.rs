@@ -116,6 +116,15 @@ fn vip_is_announced_while_a_backend_is_healthy_and_leaves_with_the_control_plane
     assert!(route.contains("(65010,6443)"), "{route}");
     assert!(route.contains("BGP.as_path: 65010"), "{route}");
     assert!(vip_on_lo(&lab.node), "the VIP is not on lo");
+    let (code, text) = vipd_status(&lab.node);
+    assert_eq!(code, Some(0), "{text}");
+    for want in [
+        "control plane: VIP 198.51.100.100 announced, IPVS not used",
+        "  192.0.2.11:6443 healthy",
+        "  192.0.2.12:6443 healthy",
+    ] {
+        assert!(text.lines().any(|l| l == want), "{want:?} not in:\n{text}");
+    }
     // One backend fails: the VIP stays.
     b1.answer(500);
     assert!(vipd.wait_log("answered 500", t));
@@ -125,6 +134,14 @@ fn vip_is_announced_while_a_backend_is_healthy_and_leaves_with_the_control_plane
     b2.stop();
     assert!(wait_until(t, || !bird.has(VIP)), "the VIP stayed");
     assert!(bird.has("203.0.113.1/32"), "the session went down");
+    let (_, text) = vipd_status(&lab.node);
+    for want in [
+        "control plane: VIP 198.51.100.100 not announced, IPVS not used",
+        "  192.0.2.11:6443 failing: answered 500",
+        "  192.0.2.12:6443 failing: connect: Connection refused (os error 111)",
+    ] {
+        assert!(text.lines().any(|l| l == want), "{want:?} not in:\n{text}");
+    }
     let log = vipd.log();
     assert!(
         log.contains("backend=192.0.2.12:6443 reason=\"connect:"),

@@ -93,6 +93,14 @@ fn endpoints_before_services_at_startup_delay_nothing() {
         "announced before the Service cache synced"
     );
     assert!(!vipd.log().contains("caches synced"));
+    let (code, text) = vipd_status(&k.lab.node);
+    assert_eq!(
+        code,
+        Some(1),
+        "vipd status says ready before the sync: {text}"
+    );
+    assert!(text.starts_with("ready: no"), "{text}");
+    assert!(text.contains("kubernetes: not synced yet"), "{text}");
     let released = Instant::now();
     k.api.release(Kind::Service);
     assert!(
@@ -110,6 +118,18 @@ fn endpoints_before_services_at_startup_delay_nothing() {
         "{r}"
     );
     assert!(k.bird.has("2001:db8:ff::99/128"));
+    let (code, text) = vipd_status(&k.lab.node);
+    assert_eq!(code, Some(0), "{text}");
+    for want in [
+        "ready: yes",
+        "kubernetes: synced, 21 Services, 21 EndpointSlices, 22 VIPs for this node",
+        "  192.0.2.2 AS65002: Established for ",
+    ] {
+        assert!(
+            text.lines().any(|l| l.starts_with(want)),
+            "{want:?} not in:\n{text}"
+        );
+    }
 }
 
 /// Starts vipd and waits for its first table to reach BIRD.

@@ -29,7 +29,12 @@ pub struct Config {
     /// The API-server VIP: announced while a backend is healthy, and
     /// balanced over the healthy backends with IPVS.
     pub control_plane: Option<ControlPlane>,
+    /// Where `/readyz` and `/status` are served; `None`: not at all.
+    pub status: Option<SocketAddr>,
 }
+
+/// The status listener's address unless configured: loopback only.
+pub const DEFAULT_STATUS: &str = "127.0.0.1:9179";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ControlPlane {
@@ -262,6 +267,10 @@ impl Config {
         let control_plane = root
             .table("control_plane", &mut errs)
             .and_then(|t| read_control_plane(t, &mut errs));
+        let status = match root.table("status", &mut errs) {
+            Some(t) => read_status(t, &mut errs),
+            None => Some(DEFAULT_STATUS.parse().expect("a valid address")),
+        };
         let bgp = match root.table("bgp", &mut errs) {
             Some(t) => read_bgp(t, &mut errs),
             None => {
@@ -304,6 +313,7 @@ impl Config {
                 kubernetes,
                 dataplane,
                 control_plane,
+                status,
             }),
             _ => Err(Problems(errs.0)),
         }
@@ -496,6 +506,19 @@ fn read_dataplane(mut t: Tbl, errs: &mut Errs) -> Dataplane {
         routes,
         ipvs_state,
     }
+}
+
+fn read_status(mut t: Tbl, errs: &mut Errs) -> Option<SocketAddr> {
+    let enabled = t.opt("enabled", errs, parse_bool).unwrap_or(true);
+    let listen = t
+        .opt("listen", errs, |v| {
+            let s = parse_str(v)?;
+            s.parse::<SocketAddr>()
+                .map_err(|_| format!("{s:?} is not an address:port"))
+        })
+        .unwrap_or_else(|| DEFAULT_STATUS.parse().expect("a valid address"));
+    t.finish(errs);
+    enabled.then_some(listen)
 }
 
 /// Where vipd records the IPVS services it created, unless configured.
@@ -1336,6 +1359,25 @@ communities = ["65010:x"]
             );
         }
         assert_eq!(p.len(), want.len(), "{p:#?}");
+    }
+
+    #[test]
+    fn status_listener() {
+        let base = "[bgp]\nasn = 65010\nrouter_id = \"192.0.2.1\"\n";
+        let c = Config::from_toml_str(base).unwrap();
+        assert_eq!(c.status, Some(DEFAULT_STATUS.parse().unwrap()));
+        let c =
+            Config::from_toml_str(&format!("{base}[status]\nlisten = \"[::1]:9000\"\n")).unwrap();
+        assert_eq!(c.status, Some("[::1]:9000".parse().unwrap()));
+        let c = Config::from_toml_str(&format!("{base}[status]\nenabled = false\n")).unwrap();
+        assert_eq!(c.status, None);
+        assert_eq!(
+            problems(&format!("{base}[status]\nlisten = \"9000\"\nport = 1\n")),
+            [
+                "status.listen: \"9000\" is not an address:port",
+                "status.port: unknown key"
+            ]
+        );
     }
 
     #[test]

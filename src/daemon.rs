@@ -22,7 +22,8 @@ use crate::dataplane::ipvs;
 use crate::k8s;
 use crate::k8s::watch::{KubeStatus, Update, WatchError};
 use crate::reconcile::{Dataplane, KubeRoutes};
-use crate::{dataplane, reconcile};
+use crate::{dataplane, reconcile, status};
+use std::net::IpAddr;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -256,6 +257,52 @@ async fn control_changed(c: &mut Option<Control>) {
     }
 }
 
+fn report(
+    cfg: &Config,
+    speaker: &Speaker,
+    kube: &Mutex<KubeStatus>,
+    control: &Option<Control>,
+    static_prefixes: usize,
+    table_prefixes: usize,
+) -> status::Report {
+    let asn = |a: IpAddr| {
+        cfg.bgp
+            .peers
+            .iter()
+            .find(|p| p.address == a)
+            .map_or(0, |p| p.asn)
+    };
+    status::Report {
+        peers: speaker
+            .status()
+            .into_iter()
+            .map(|(a, s)| (a, asn(a), s))
+            .collect(),
+        kube: cfg
+            .kubernetes
+            .as_ref()
+            .map(|_| kube.lock().unwrap().clone()),
+        control: control.as_ref().map(|c| status::ControlLine {
+            vip: c.cp.cfg.vip,
+            announced: c.route().is_some(),
+            ipvs_ok: c.cp.cfg.ipvs.then_some(c.ipvs_ok),
+            backends: c
+                .cp
+                .backends()
+                .into_iter()
+                .map(|(addr, healthy, last_error)| status::BackendLine {
+                    addr,
+                    healthy,
+                    last_error,
+                })
+                .collect(),
+        }),
+        static_prefixes,
+        table_prefixes,
+        now: std::time::SystemTime::now(),
+    }
+}
+
 /// The configured announcements plus the control-plane VIP while it serves.
 fn with_control(statics: &Table, control: &Option<Control>) -> Table {
     let mut t = statics.clone();
@@ -352,6 +399,18 @@ pub async fn run(path: PathBuf) -> Result<(), DaemonError> {
             speaker
         }
     };
+    let (ask_tx, mut ask_rx) = mpsc::channel::<status::Ask>(16);
+    if let Some(addr) = cfg.status {
+        // A busy port costs the report, not the announcements.
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => {
+                tokio::spawn(status::serve(l, ask_tx));
+            }
+            Err(e) => {
+                warn!(%addr, "status: cannot listen: {e}; vipd runs without /readyz and /status")
+            }
+        }
+    }
     let mut node = NodeState::new(&cfg)?;
     node.keep(control.as_ref().map(Control::address));
     let mut resync = tokio::time::interval(std::time::Duration::from_secs(30));
@@ -454,6 +513,10 @@ pub async fn run(path: PathBuf) -> Result<(), DaemonError> {
                         warn!("configuration not reloaded: the running one stays in force");
                     }
                 }
+            }
+            Some(reply) = ask_rx.recv() => {
+                let r = report(&cfg, &speaker, &kube_status, &control, statics.len(), table.len());
+                let _ = reply.send((r.ready(), r.render()));
             }
             _ = term.recv() => { info!("SIGTERM: stopping"); break }
             _ = int.recv() => { info!("SIGINT: stopping"); break }

@@ -4,7 +4,8 @@
 //! Modules depend one way, down the data flow: `config` and `bgp::wire` at
 //! the bottom; `bgp` (FSM, RIB, sessions, speaker), `k8s` (model, intent,
 //! watchers), `reconcile`, `dataplane` and `controlplane` (health checks, the
-//! API-server VIP's IPVS service) above them; `daemon` on top.
+//! API-server VIP's IPVS service) above them; `status` (serves the report the daemon renders); `daemon`
+//! on top.
 
 pub mod bgp;
 pub mod config;
@@ -13,3 +14,4 @@ pub mod daemon;
 pub mod dataplane;
 pub mod k8s;
 pub mod reconcile;
+pub mod status;

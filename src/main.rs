@@ -25,6 +25,13 @@ enum Cmd {
         #[arg(long)]
         log: Option<String>,
     },
+    /// Print a running vipd's status: exit 0 when ready, 1 when not, 2 when
+    /// it cannot be reached.
+    Status {
+        /// The status listener ([status] listen).
+        #[arg(long, default_value = vipd::config::DEFAULT_STATUS)]
+        address: std::net::SocketAddr,
+    },
     /// Check a configuration file: exit 0 when valid, 2 with one line per problem.
     CheckConfig {
         /// The TOML configuration file.
@@ -35,6 +42,20 @@ enum Cmd {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
+        Cmd::Status { address } => match vipd::status::fetch(address) {
+            Ok((ready, text)) => {
+                print!("{text}");
+                if ready {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(1)
+                }
+            }
+            Err(e) => {
+                eprintln!("vipd status: {e}");
+                ExitCode::from(2)
+            }
+        },
         Cmd::CheckConfig { file } => match Config::load(&file) {
             Ok(c) => {
                 let n: usize = c.announce.iter().map(|a| a.prefixes.len()).sum();

@@ -387,6 +387,14 @@ impl Vipd {
     }
 }
 
+/// `vipd status` run in `ns` against the vipd there: exit code and output.
+pub fn vipd_status(ns: &Netns) -> (Option<i32>, String) {
+    let out = ns.exec(&vipd_bin(), &["status"]);
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text += &String::from_utf8_lossy(&out.stderr);
+    (out.status.code(), text)
+}
+
 /// BIRD 2 in a namespace, run in the foreground so its PID is known.
 pub struct Bird {
     pub proc: Proc,

@@ -110,6 +110,17 @@ impl ControlPlane {
             .collect()
     }
 
+    /// Each backend with whether it is healthy and its last check's error.
+    pub fn backends(&self) -> Vec<(SocketAddr, bool, Option<String>)> {
+        self.cfg
+            .backends
+            .iter()
+            .zip(&self.health)
+            .zip(&self.last_error)
+            .map(|((b, h), e)| (*b, h.healthy(), e.clone()))
+            .collect()
+    }
+
     /// The VIP as a host prefix.
     pub fn prefix(&self) -> IpNet {
         IpNet::from(self.cfg.vip)

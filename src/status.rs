@@ -1,0 +1,350 @@
+//! What vipd is doing, for people and probes: `GET /readyz` and
+//! `GET /status` on a local HTTP listener, and `vipd status`, which prints
+//! the latter.
+//!
+//! The report is rendered by the daemon (which owns the state) from plain
+//! values ([`Report`]); this module only serves it. Requests are read with
+//! a bound on size and time, so a stuck or hostile client costs nothing.
+
+use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, SystemTime};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::timeout;
+use tracing::{debug, info, warn};
+
+use crate::bgp::session::PeerStatus;
+use crate::k8s::watch::KubeStatus;
+
+/// A backend of the control plane, as the report shows it.
+pub struct BackendLine {
+    pub addr: SocketAddr,
+    pub healthy: bool,
+    pub last_error: Option<String>,
+}
+
+pub struct ControlLine {
+    pub vip: IpAddr,
+    pub announced: bool,
+    /// `None` without IPVS; otherwise whether IPVS holds the service.
+    pub ipvs_ok: Option<bool>,
+    pub backends: Vec<BackendLine>,
+}
+
+/// Everything the report shows, as plain values.
+pub struct Report {
+    pub peers: Vec<(IpAddr, u32, PeerStatus)>,
+    /// `None` without `[kubernetes]`.
+    pub kube: Option<KubeStatus>,
+    pub control: Option<ControlLine>,
+    pub static_prefixes: usize,
+    pub table_prefixes: usize,
+    pub now: SystemTime,
+}
+
+impl Report {
+    /// Ready once vipd announces what it should: with Kubernetes, after
+    /// the caches have synced (before that nothing is announced).
+    pub fn ready(&self) -> bool {
+        self.kube.as_ref().is_none_or(|k| k.synced)
+    }
+
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "ready: {}",
+            if self.ready() {
+                "yes"
+            } else {
+                "no (waiting for the Kubernetes caches to sync; nothing is announced until then)"
+            }
+        );
+        let _ = writeln!(
+            s,
+            "table: {} prefixes ({} static)",
+            self.table_prefixes, self.static_prefixes
+        );
+        if let Some(k) = &self.kube {
+            let _ = writeln!(
+                s,
+                "kubernetes: {}, {} Services, {} EndpointSlices, {} VIPs for this node",
+                if k.synced { "synced" } else { "not synced yet" },
+                k.services,
+                k.endpoint_slices,
+                k.vips
+            );
+            if let Some(e) = &k.last_error {
+                let _ = writeln!(
+                    s,
+                    "  API server: {e} (current announcements stay until it is back)"
+                );
+            }
+        }
+        let _ = writeln!(s, "peers:");
+        if self.peers.is_empty() {
+            let _ = writeln!(s, "  (none configured)");
+        }
+        for (addr, asn, p) in &self.peers {
+            let _ = write!(s, "  {addr} AS{asn}: {}", p.state);
+            if let Some(t) = p.established_at {
+                let up = self.now.duration_since(t).unwrap_or_default();
+                let _ = write!(
+                    s,
+                    " for {}, {} prefixes sent in {} UPDATEs",
+                    human(up),
+                    p.prefixes_sent,
+                    p.updates_sent
+                );
+            }
+            if let Some(e) = &p.last_error {
+                let _ = write!(s, "; last error: {e}");
+            }
+            s.push('\n');
+        }
+        if let Some(c) = &self.control {
+            let _ = write!(
+                s,
+                "control plane: VIP {} {}",
+                c.vip,
+                if c.announced {
+                    "announced"
+                } else {
+                    "not announced"
+                }
+            );
+            match c.ipvs_ok {
+                None => s.push_str(", IPVS not used\n"),
+                Some(true) => s.push_str(", IPVS service in place\n"),
+                Some(false) => s.push_str(", IPVS failing (see the log)\n"),
+            }
+            for b in &c.backends {
+                let _ = write!(
+                    s,
+                    "  {} {}",
+                    b.addr,
+                    if b.healthy { "healthy" } else { "failing" }
+                );
+                match (&b.last_error, b.healthy) {
+                    (Some(e), false) => {
+                        let _ = write!(s, ": {e}");
+                    }
+                    (Some(e), true) => {
+                        let _ = write!(s, " (last check: {e})");
+                    }
+                    _ => {}
+                }
+                s.push('\n');
+            }
+        }
+        s
+    }
+}
+
+fn human(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m{}s", s / 60, s % 60),
+        _ => format!("{}h{}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+/// A request for the current report, answered by the daemon loop.
+pub type Ask = oneshot::Sender<(bool, String)>;
+
+/// Serves `/readyz` and `/status` until the process ends.
+pub async fn serve(listener: TcpListener, ask: mpsc::Sender<Ask>) {
+    info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "status listener");
+    loop {
+        let (stream, from) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                warn!("status: accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let ask = ask.clone();
+        tokio::spawn(async move {
+            if let Err(e) = timeout(Duration::from_secs(5), answer(stream, ask)).await {
+                debug!(%from, "status: client too slow: {e}");
+            }
+        });
+    }
+}
+
+async fn answer(mut s: TcpStream, ask: mpsc::Sender<Ask>) {
+    let mut buf = Vec::with_capacity(512);
+    let mut chunk = [0u8; 512];
+    // The request line is all that matters; headers are read and ignored.
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 8192 {
+        match s.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let line = buf.split(|&b| b == b'\n').next().unwrap_or_default();
+    let line = String::from_utf8_lossy(line);
+    let mut words = line.split_whitespace();
+    let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+    let (code, body) = if method != "GET" {
+        (405, "only GET\n".to_string())
+    } else {
+        match path {
+            "/readyz" | "/status" => {
+                let (tx, rx) = oneshot::channel();
+                let got = match ask.send(tx).await {
+                    Ok(()) => rx.await.ok(),
+                    Err(_) => None,
+                };
+                match got {
+                    Some((ready, text)) if path == "/readyz" => {
+                        if ready {
+                            (200, "ready\n".to_string())
+                        } else {
+                            (503, text)
+                        }
+                    }
+                    Some((ready, text)) => (if ready { 200 } else { 503 }, text),
+                    None => (503, "vipd is stopping\n".to_string()),
+                }
+            }
+            _ => (404, "not found: try /readyz or /status\n".to_string()),
+        }
+    };
+    let reason = match code {
+        200 => "OK",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        _ => "Service Unavailable",
+    };
+    let head = format!(
+        "HTTP/1.1 {code} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = s.write_all(head.as_bytes()).await;
+    let _ = s.write_all(body.as_bytes()).await;
+    let _ = s.shutdown().await;
+}
+
+/// `vipd status`: fetches `/status` from a running vipd. Returns whether it
+/// is ready, and the report.
+pub fn fetch(addr: SocketAddr) -> Result<(bool, String), String> {
+    use std::io::{Read, Write};
+    let mut s =
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| {
+            format!("cannot reach vipd at {addr}: {e} (is it running, with [status] enabled?)")
+        })?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    write!(
+        s,
+        "GET /status HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| format!("{addr}: {e}"))?;
+    let mut answer = Vec::new();
+    s.take(1 << 20)
+        .read_to_end(&mut answer)
+        .map_err(|e| format!("{addr}: {e}"))?;
+    let text = String::from_utf8_lossy(&answer);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("{addr}: not an HTTP answer"))?;
+    let ok = head.starts_with("HTTP/1.1 200");
+    if !ok && !head.starts_with("HTTP/1.1 503") {
+        return Err(format!(
+            "{addr}: unexpected answer: {}",
+            head.lines().next().unwrap_or("")
+        ));
+    }
+    Ok((ok, body.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report() -> Report {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let up = PeerStatus {
+            state: "Established",
+            established_at: Some(now - Duration::from_secs(125)),
+            prefixes_sent: 3,
+            updates_sent: 2,
+            ..PeerStatus::default()
+        };
+        let down = PeerStatus {
+            last_error: Some("connect: Connection refused (os error 111)".into()),
+            ..PeerStatus::default()
+        };
+        Report {
+            peers: vec![
+                ("192.0.2.2".parse().unwrap(), 65002, up),
+                ("2001:db8::2".parse().unwrap(), 65002, down),
+            ],
+            kube: Some(KubeStatus {
+                synced: true,
+                services: 10,
+                endpoint_slices: 12,
+                vips: 4,
+                last_error: Some("connection refused".into()),
+            }),
+            control: Some(ControlLine {
+                vip: "192.0.2.100".parse().unwrap(),
+                announced: true,
+                ipvs_ok: Some(true),
+                backends: vec![
+                    BackendLine {
+                        addr: "192.0.2.11:6443".parse().unwrap(),
+                        healthy: true,
+                        last_error: None,
+                    },
+                    BackendLine {
+                        addr: "192.0.2.12:6443".parse().unwrap(),
+                        healthy: false,
+                        last_error: Some("answered 500".into()),
+                    },
+                ],
+            }),
+            static_prefixes: 1,
+            table_prefixes: 6,
+            now,
+        }
+    }
+
+    #[test]
+    fn the_report_names_every_piece_of_state() {
+        let r = report();
+        assert!(r.ready());
+        let text = r.render();
+        for line in [
+            "ready: yes",
+            "table: 6 prefixes (1 static)",
+            "kubernetes: synced, 10 Services, 12 EndpointSlices, 4 VIPs for this node",
+            "  API server: connection refused (current announcements stay until it is back)",
+            "  192.0.2.2 AS65002: Established for 2m5s, 3 prefixes sent in 2 UPDATEs",
+            "  2001:db8::2 AS65002: Idle; last error: connect: Connection refused (os error 111)",
+            "control plane: VIP 192.0.2.100 announced, IPVS service in place",
+            "  192.0.2.11:6443 healthy",
+            "  192.0.2.12:6443 failing: answered 500",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line:?} not in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn not_ready_until_the_caches_have_synced() {
+        let mut r = report();
+        r.kube.as_mut().unwrap().synced = false;
+        assert!(!r.ready());
+        assert!(r
+            .render()
+            .starts_with("ready: no (waiting for the Kubernetes caches"));
+        r.kube = None;
+        assert!(r.ready(), "static announcements alone are ready at once");
+    }
+}
