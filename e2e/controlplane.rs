@@ -87,6 +87,14 @@ fn conf(lab: &Lab, backends: &str, kind: &str, ipvs: bool) -> String {
     )
 }
 
+fn bird(lab: &Lab) -> Bird {
+    Bird::start(
+        &lab.router,
+        &lab.dir,
+        &bird_conf(&lab.dir, &[("v4", ROUTER4, NODE4, "ipv4", "")]),
+    )
+}
+
 fn vip_on_lo(ns: &Netns) -> bool {
     ns.ip(&["-4", "addr", "show", "dev", "lo"])
         .contains("198.51.100.100/32")
@@ -103,11 +111,7 @@ fn vip_is_announced_while_a_backend_is_healthy_and_leaves_with_the_control_plane
     add_lo(&lab.node, "192.0.2.12/32");
     let b1 = Backend::start(&lab.node, "192.0.2.11:6443");
     let mut b2 = Backend::start(&lab.node, "192.0.2.12:6443");
-    let bird = Bird::start(
-        &lab.router,
-        &lab.dir,
-        &bird_conf(&lab.dir, &[("v4", ROUTER4, NODE4, "ipv4", "")]),
-    );
+    let bird = bird(&lab);
     let config = conf(&lab, "\"192.0.2.11\", \"192.0.2.12\"", "http", false);
     let vipd = Vipd::start(&lab.node, &lab.dir, &config);
     let t = Duration::from_secs(20);
@@ -194,11 +198,7 @@ fn https_check_against_a_tls_server() {
         .arg("-key")
         .arg(&key);
     let mut tls = Proc::spawn("openssl", cmd, lab.dir.path("openssl.log"));
-    let bird = Bird::start(
-        &lab.router,
-        &lab.dir,
-        &bird_conf(&lab.dir, &[("v4", ROUTER4, NODE4, "ipv4", "")]),
-    );
+    let bird = bird(&lab);
     let vipd = Vipd::start(
         &lab.node,
         &lab.dir,
@@ -220,11 +220,7 @@ fn vip_is_not_announced_when_ipvs_cannot_be_programmed() {
     let lab = Lab::new("cpi");
     add_lo(&lab.node, "192.0.2.11/32");
     let _b = Backend::start(&lab.node, "192.0.2.11:6443");
-    let bird = Bird::start(
-        &lab.router,
-        &lab.dir,
-        &bird_conf(&lab.dir, &[("v4", ROUTER4, NODE4, "ipv4", "")]),
-    );
+    let bird = bird(&lab);
     let vipd = Vipd::start(
         &lab.node,
         &lab.dir,

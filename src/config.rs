@@ -1229,6 +1229,17 @@ prefixes = ["198.51.100.1/32", "2001:db8:ff::1/128"]
         assert_eq!(c.announce[0].attrs.large_communities, vec![[65010, 1, 2]]);
     }
 
+    /// Exactly these problems, each given by the start of its line.
+    fn assert_problems(p: &[String], want: &[&str]) {
+        for w in want {
+            assert!(
+                p.iter().any(|l| l.starts_with(w)),
+                "missing {w:?} in {p:#?}"
+            );
+        }
+        assert_eq!(p.len(), want.len(), "{p:#?}");
+    }
+
     fn problems(text: &str) -> Vec<String> {
         Config::from_toml_str(text)
             .unwrap_err()
@@ -1280,13 +1291,7 @@ communities = ["65010:x"]
             "announce[0].prefix: 203.0.113.10/24 has host bits set; did you mean 203.0.113.0/24?",
             "announce[0].communities: \"65010:x\": \"x\" is not a number",
         ];
-        for w in want {
-            assert!(
-                p.iter().any(|l| l.starts_with(w)),
-                "missing {w:?} in {p:#?}"
-            );
-        }
-        assert_eq!(p.len(), want.len(), "{p:#?}");
+        assert_problems(&p, &want);
     }
 
     #[test]
@@ -1352,13 +1357,7 @@ communities = ["65010:x"]
             "dataplane.routes.table: 254 is one of the kernel's own tables",
             "dataplane.routes.interface: missing: this key is required",
         ];
-        for w in want {
-            assert!(
-                p.iter().any(|l| l.starts_with(w)),
-                "missing {w:?} in {p:#?}"
-            );
-        }
-        assert_eq!(p.len(), want.len(), "{p:#?}");
+        assert_problems(&p, &want);
     }
 
     #[test]
@@ -1424,13 +1423,7 @@ communities = ["65010:x"]
             "control_plane.health_check.rise: ",
             "control_plane.health_check.timeout_ms: 500 ms is longer than interval_ms (100 ms)",
         ];
-        for w in want {
-            assert!(
-                p.iter().any(|l| l.starts_with(w)),
-                "missing {w:?} in {p:#?}"
-            );
-        }
-        assert_eq!(p.len(), want.len(), "{p:#?}");
+        assert_problems(&p, &want);
         // The VIP as its own backend, a backend twice, the VIP in [[announce]].
         let p = problems(&format!(
             "{base}[[announce]]\nprefix = \"192.0.2.100/32\"\n\
@@ -1440,13 +1433,7 @@ communities = ["65010:x"]
             "control_plane.backends[0]: 192.0.2.100 is the VIP itself",
             "control_plane.backends[2]: 192.0.2.11:6443 is listed twice",
         ];
-        for w in want {
-            assert!(
-                p.iter().any(|l| l.starts_with(w)),
-                "missing {w:?} in {p:#?}"
-            );
-        }
-        assert_eq!(p.len(), want.len(), "{p:#?}");
+        assert_problems(&p, &want);
         let p = problems(&format!(
             "{base}[[announce]]\nprefix = \"192.0.2.100/32\"\n\
              [control_plane]\nvip = \"192.0.2.100\"\nbackends = [\"192.0.2.11\"]\n"

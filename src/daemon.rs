@@ -303,6 +303,27 @@ fn report(
     }
 }
 
+/// After the control plane changed: a new base and table where the VIP's
+/// announcement changed, handed to the speaker when `publish`.
+fn refresh(
+    base: &mut Table,
+    table: &mut Table,
+    statics: &Table,
+    control: &Option<Control>,
+    kube: &KubeRoutes,
+    speaker: &Speaker,
+    publish: bool,
+) {
+    let next = with_control(statics, control);
+    if next != *base {
+        *base = next;
+        *table = reconcile::merged(base, kube);
+        if publish {
+            speaker.set_table(table.clone());
+        }
+    }
+}
+
 /// The configured announcements plus the control-plane VIP while it serves.
 fn with_control(statics: &Table, control: &Option<Control>) -> Table {
     let mut t = statics.clone();
@@ -443,14 +464,8 @@ pub async fn run(path: PathBuf) -> Result<(), DaemonError> {
                 if let Some(c) = control.as_mut() {
                     c.apply(&mut mgr).await;
                 }
-                let next = with_control(&statics, &control);
-                if next != base {
-                    base = next;
-                    table = reconcile::merged(&base, &kube);
-                    if cfg.kubernetes.is_none() || kube_ready {
-                        speaker.set_table(table.clone());
-                    }
-                }
+                let publish = cfg.kubernetes.is_none() || kube_ready;
+                refresh(&mut base, &mut table, &statics, &control, &kube, &speaker, publish);
             }
             _ = resync.tick() => {
                 // Repairs drift (an address someone removed) and retries failures.
@@ -459,14 +474,8 @@ pub async fn run(path: PathBuf) -> Result<(), DaemonError> {
                 }
                 if let Some(c) = control.as_mut() {
                     c.apply(&mut mgr).await;
-                    let next = with_control(&statics, &control);
-                    if next != base {
-                        base = next;
-                        table = reconcile::merged(&base, &kube);
-                        if cfg.kubernetes.is_none() || kube_ready {
-                            speaker.set_table(table.clone());
-                        }
-                    }
+                    let publish = cfg.kubernetes.is_none() || kube_ready;
+                    refresh(&mut base, &mut table, &statics, &control, &kube, &speaker, publish);
                 }
             }
             _ = hup.recv() => {
