@@ -154,6 +154,16 @@ fn vip_is_announced_while_a_backend_is_healthy_and_leaves_with_the_control_plane
     // The first recovers: announced again, without a restart.
     b1.answer(200);
     assert!(wait_until(t, || bird.has(VIP)), "the VIP did not come back");
+    // A reload that only changes the route's community keeps everything
+    // else in place.
+    vipd.reload(&config.replace("65010:6443", "65010:7"));
+    assert!(
+        wait_until(t, || bird.route(VIP).contains("(65010,7)")),
+        "{}",
+        bird.route(VIP)
+    );
+    assert!(vip_on_lo(&lab.node), "the reload removed the VIP address");
+    assert!(vipd.log().contains("control plane reconfigured"));
     // The control plane removed from the configuration: nothing left.
     let without = config[..config.find("[control_plane]").unwrap()].to_string();
     vipd.reload(&without);

@@ -56,6 +56,19 @@ backend $FIRST 192.0.2.1$FIRST
 until_ipvs 192.0.2.1$FIRST:6443
 show recovered
 echo "=== answer after recovery"; ask; echo "=== end"
+# A graceful stop leaves the service serving; the next vipd takes it over
+# without emptying it while its first checks are under way.
+kill $VIPD; wait $VIPD
+show after_stop
+echo "--- restart ---" >> /tmp/vipd.log
+vipd_start /etc/vipd.toml
+fewest=9; i=0
+while [ $i -lt 100 ]; do
+  n=$(ipvsadm -Ln | grep -c -- "-> 192.0.2.1.:6443")
+  [ $n -lt $fewest ] && fewest=$n
+  i=$((i+1))
+done
+echo "=== fewest real servers while restarting"; echo $fewest; echo "=== end"
 "#;
     let conf = config("\"192.0.2.11\", \"192.0.2.12\"");
     let console = run_vm("ipvsh", script, &[("/etc/vipd.toml", &conf)]);
@@ -101,7 +114,26 @@ echo "=== answer after recovery"; ask; echo "=== end"
         first.trim(),
         "the client returns to its backend: {explain}"
     );
+    assert_eq!(
+        table(&step(&console, "after_stop")),
+        ipvs(&[(svc, &["192.0.2.11:6443", "192.0.2.12:6443"])]),
+        "a graceful stop keeps the service: {explain}"
+    );
+    assert_eq!(
+        step(&console, "fewest real servers while restarting")
+            .join("")
+            .trim(),
+        "2",
+        "the restarted vipd emptied the service: {explain}"
+    );
     let log = step(&console, "vipd log").join("\n");
+    let (_, restarted) = log
+        .split_once("--- restart ---")
+        .expect("the restart marker");
+    assert!(
+        !restarted.contains("real server"),
+        "the restarted vipd changed the real servers: {explain}"
+    );
     assert!(
         log.contains("backend failed its health check")
             && log.contains("answered 404")

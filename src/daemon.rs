@@ -177,12 +177,15 @@ struct Control {
 }
 
 impl Control {
-    fn start(cfg: &crate::config::ControlPlane) -> Result<Control, DaemonError> {
+    fn start(
+        cfg: &crate::config::ControlPlane,
+        previous: Option<&Control>,
+    ) -> Result<Control, DaemonError> {
         let h = dataplane::connect().map_err(DaemonError::Dataplane)?;
         Ok(Control {
             addr: dataplane::Addresses::new(h, &cfg.interface),
             ipvs_ok: !cfg.ipvs,
-            cp: ControlPlane::start(cfg.clone()),
+            cp: ControlPlane::start(cfg.clone(), previous.map(|p| &p.cp)),
         })
     }
 
@@ -212,7 +215,7 @@ impl Control {
             },
             Err(e) => warn!(vip = %p, "control plane: {e}"),
         }
-        if !self.cp.cfg.ipvs {
+        if !self.cp.cfg.ipvs || !self.cp.settled() {
             return;
         }
         match mgr.sync(Some(&self.cp.ipvs_service())) {
@@ -229,10 +232,17 @@ impl Control {
         }
     }
 
-    /// Removes what the control plane put on the node.
-    async fn remove(mut self, mgr: &mut ipvs::Manager) {
+    /// Removes what the control plane put on the node and `next` (the
+    /// control plane replacing it, if any) does not take over: a reload
+    /// that changes a community must not interrupt the API server's VIP.
+    async fn retire(mut self, next: Option<&Control>, mgr: &mut ipvs::Manager) {
+        if next.is_none_or(|n| !n.cp.cfg.ipvs) {
+            drop_ipvs(mgr);
+        }
         let p = self.cp.prefix();
-        drop_ipvs(mgr);
+        if next.is_some_and(|n| n.address() == self.address()) {
+            return;
+        }
         if let Err(e) = self.addr.remove(p).await {
             warn!(vip = %p, "control plane: removing the VIP address: {e}");
         }
@@ -390,7 +400,11 @@ pub async fn run(path: PathBuf) -> Result<(), DaemonError> {
     for b in bad {
         warn!("IPVS state: {b}");
     }
-    let mut control = cfg.control_plane.as_ref().map(Control::start).transpose()?;
+    let mut control = cfg
+        .control_plane
+        .as_ref()
+        .map(|c| Control::start(c, None))
+        .transpose()?;
     match control.as_mut() {
         Some(c) => c.apply(&mut mgr).await,
         // Services a previous run created for a control plane no longer
@@ -491,13 +505,14 @@ pub async fn run(path: PathBuf) -> Result<(), DaemonError> {
                             warn!("[kubernetes] and [dataplane] changes take effect only when vipd restarts");
                         }
                         if new.control_plane != cfg.control_plane {
-                            if let Some(old) = control.take() {
-                                info!("control plane reconfigured: removing the old one");
-                                old.remove(&mut mgr).await;
-                            }
-                            match new.control_plane.as_ref().map(Control::start).transpose() {
+                            let old = control.take();
+                            match new.control_plane.as_ref().map(|c| Control::start(c, old.as_ref())).transpose() {
                                 Ok(c) => control = c,
                                 Err(e) => error!("control plane: {e}"),
+                            }
+                            if let Some(old) = old {
+                                info!("control plane reconfigured");
+                                old.retire(control.as_ref(), &mut mgr).await;
                             }
                             if let Some(c) = control.as_mut() {
                                 c.apply(&mut mgr).await;
@@ -537,7 +552,7 @@ pub async fn run(path: PathBuf) -> Result<(), DaemonError> {
         node.keep(None);
         node.full(&Default::default()).await;
         if let Some(c) = control.take() {
-            c.remove(&mut mgr).await;
+            c.retire(None, &mut mgr).await;
         }
     }
     info!("vipd stopped");

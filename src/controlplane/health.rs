@@ -26,6 +26,11 @@ impl Health {
         self.healthy == Some(true)
     }
 
+    /// A result has come in.
+    pub fn known(&self) -> bool {
+        self.healthy.is_some()
+    }
+
     /// Takes one check result; returns the new state when it changed. The
     /// first result decides at once (a starting vipd should not wait `rise`
     /// intervals to serve); after that it takes `rise` successes in a row to
@@ -61,8 +66,9 @@ mod tests {
     #[test]
     fn the_first_result_decides() {
         let mut h = Health::new(2, 3);
-        assert!(!h.healthy());
+        assert!(!h.healthy() && !h.known());
         assert_eq!(h.observe(true), Some(true));
+        assert!(h.known());
         assert!(h.healthy());
         let mut h = Health::new(2, 3);
         assert_eq!(h.observe(false), Some(false));

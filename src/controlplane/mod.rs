@@ -35,8 +35,10 @@ pub struct ControlPlane {
 }
 
 impl ControlPlane {
-    /// Starts checking every backend at once, then on the interval.
-    pub fn start(cfg: config::ControlPlane) -> ControlPlane {
+    /// Starts checking every backend at once, then on the interval. What
+    /// `previous` knew of a backend it shares (with the same thresholds)
+    /// carries over, so a reload does not forget which servers are healthy.
+    pub fn start(cfg: config::ControlPlane, previous: Option<&ControlPlane>) -> ControlPlane {
         let (tx, rx) = mpsc::channel(cfg.backends.len() * 2 + 2);
         let checker = probe::Checker::new(&cfg.health);
         let tasks = cfg
@@ -64,13 +66,32 @@ impl ControlPlane {
             backends = cfg.backends.len(),
             "control plane: checking the API servers"
         );
+        let mut health = vec![Health::new(cfg.health.rise, cfg.health.fall); cfg.backends.len()];
+        let mut last_error = vec![None; cfg.backends.len()];
+        if let Some(p) = previous.filter(|p| {
+            (p.cfg.health.rise, p.cfg.health.fall) == (cfg.health.rise, cfg.health.fall)
+        }) {
+            for (i, b) in cfg.backends.iter().enumerate() {
+                if let Some(j) = p.cfg.backends.iter().position(|x| x == b) {
+                    health[i] = p.health[j].clone();
+                    last_error[i] = p.last_error[j].clone();
+                }
+            }
+        }
         ControlPlane {
-            health: vec![Health::new(cfg.health.rise, cfg.health.fall); cfg.backends.len()],
-            last_error: vec![None; cfg.backends.len()],
+            health,
+            last_error,
             cfg,
             rx,
             tasks,
         }
+    }
+
+    /// Every backend has had its first check: until then the healthy set
+    /// is not known, and an IPVS service left by a previous run (vipd
+    /// restarting) must not be emptied on a guess.
+    pub fn settled(&self) -> bool {
+        self.health.iter().all(Health::known)
     }
 
     /// Waits for check results until a backend goes up or down.
@@ -188,6 +209,35 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn a_reload_keeps_what_is_known_of_the_backends_it_keeps() {
+        let mut old = plane();
+        old.observe(0, Ok(()));
+        old.observe(1, Err("answered 500".into()));
+        let mut cfg = cfg();
+        cfg.backends = vec![
+            "192.0.2.12:7443".parse().unwrap(),
+            "192.0.2.13:6443".parse().unwrap(),
+        ];
+        let new = ControlPlane::start(cfg.clone(), Some(&old));
+        assert_eq!(
+            new.backends(),
+            vec![
+                (
+                    "192.0.2.12:7443".parse().unwrap(),
+                    false,
+                    Some("answered 500".into())
+                ),
+                ("192.0.2.13:6443".parse().unwrap(), false, None),
+            ]
+        );
+        assert!(!new.settled(), "192.0.2.13 is new");
+        // Other thresholds: the old counts mean nothing for the new ones.
+        cfg.health.fall = 5;
+        let new = ControlPlane::start(cfg, Some(&old));
+        assert!(new.backends().iter().all(|(_, _, e)| e.is_none()));
+    }
+
     #[test]
     fn the_service_holds_exactly_the_healthy_backends() {
         let mut cp = plane();
@@ -197,7 +247,9 @@ mod tests {
         );
         assert!(!cp.serving());
         assert!(cp.ipvs_service().reals.is_empty());
+        assert!(!cp.settled());
         cp.observe(0, Ok(()));
+        assert!(!cp.settled(), "backend 1 has not answered yet");
         cp.observe(1, Err("connect: refused".into()));
         assert!(cp.serving());
         assert_eq!(cp.ipvs_service().reals, [a].into());
@@ -214,6 +266,7 @@ mod tests {
         cp.observe(1, Err("x".into()));
         cp.observe(1, Err("x".into()));
         assert!(!cp.serving(), "no healthy backend: the VIP is withdrawn");
+        assert!(cp.settled());
         assert_eq!(cp.prefix(), "192.0.2.100/32".parse::<IpNet>().unwrap());
     }
 }
