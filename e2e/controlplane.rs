@@ -242,4 +242,21 @@ fn vip_is_not_announced_when_ipvs_cannot_be_programmed() {
     assert!(vipd.wait_log("IPVS is not available in this kernel", t));
     std::thread::sleep(Duration::from_secs(1));
     assert!(!bird.has(VIP), "announced a VIP that IPVS does not serve");
+    let (code, text) = vipd_status(&lab.node);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l
+                == "control plane: VIP 198.51.100.100 not announced, IPVS failing (see the log)"),
+        "{text}"
+    );
+    // Once vipd is gone, `vipd status` says it cannot reach it.
+    let mut vipd = vipd;
+    vipd.proc.stop(Duration::from_secs(5));
+    let (code, text) = vipd_status(&lab.node);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(
+        text.starts_with("vipd status: cannot reach vipd at 127.0.0.1:9179"),
+        "{text}"
+    );
 }
