@@ -8,6 +8,9 @@
 //! `$VIPD_VM_KERNEL`). QEMU runs under software emulation (`-enable-kvm`
 //! hangs on this kind of machine), about ten seconds a boot.
 
+// Each test or benchmark crate uses part of it.
+#![allow(dead_code)]
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
