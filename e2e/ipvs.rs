@@ -80,7 +80,10 @@ echo "=== fewest real servers while restarting"; echo $fewest; echo "=== end"
         ipvs(&[(svc, &["192.0.2.11:6443", "192.0.2.12:6443"])]),
         "{explain}"
     );
-    assert!(has_vip(&both), "the VIP is not on lo: {explain}");
+    assert!(
+        has_vip(&both, "192.0.2.100/32"),
+        "the VIP is not on lo: {explain}"
+    );
     let first = step(&console, "first").join("");
     let (failed_one, other) = match first.trim() {
         "1" => ("192.0.2.11:6443", "2"),
@@ -209,14 +212,17 @@ show stopped
             with_ours(&["192.0.2.11:6443"]),
             "{s}: {explain}"
         );
-        assert!(has_vip(&lines), "{s}: the VIP is not on lo: {explain}");
+        assert!(
+            has_vip(&lines, "192.0.2.100/32"),
+            "{s}: the VIP is not on lo: {explain}"
+        );
     }
     for s in ["removed", "restarted"] {
         let lines = step(&console, s);
         assert_eq!(table(&lines), ipvs(theirs), "{s}: {explain}");
     }
     assert!(
-        !has_vip(&step(&console, "removed")),
+        !has_vip(&step(&console, "removed"), "192.0.2.100/32"),
         "the VIP address stayed after the control plane was removed: {explain}"
     );
     let mut foreign = ipvs(theirs);
@@ -229,4 +235,41 @@ show stopped
         log.contains("tcp 192.0.2.100:6443 exists and was not created by vipd: left alone"),
         "{explain}"
     );
+}
+
+/// The same over IPv6: an IPv6 VIP, IPv6 API servers, the failing one out
+/// and back.
+#[test]
+fn ipv6_vip_over_ipv6_backends() {
+    let script = r#"
+VIP=2001:db8::100
+backend 1 2001:db8::11
+backend 2 2001:db8::12
+vipd_start /etc/vipd.toml
+until_ipvs "\[2001:db8::11\]:6443"; until_ipvs "\[2001:db8::12\]:6443"
+show both
+rm /w2/readyz
+until_ipvs "\[2001:db8::12\]:6443" gone
+show failed
+echo ok > /w2/readyz
+until_ipvs "\[2001:db8::12\]:6443"
+show recovered
+"#;
+    let conf = config("\"2001:db8::11\", \"2001:db8::12\"").replace("192.0.2.100", "2001:db8::100");
+    let console = run_vm("ipvs6", script, &[("/etc/vipd.toml", &conf)]);
+    let explain = format!("console:\n{console}");
+    let svc = "TCP [2001:db8::100]:6443 mh";
+    let both = ipvs(&[(svc, &["[2001:db8::11]:6443", "[2001:db8::12]:6443"])]);
+    let lines = step(&console, "both");
+    assert_eq!(table(&lines), both, "{explain}");
+    assert!(
+        has_vip(&lines, "2001:db8::100/128"),
+        "the VIP is not on lo: {explain}"
+    );
+    assert_eq!(
+        table(&step(&console, "failed")),
+        ipvs(&[(svc, &["[2001:db8::11]:6443"])]),
+        "{explain}"
+    );
+    assert_eq!(table(&step(&console, "recovered")), both, "{explain}");
 }

@@ -24,14 +24,15 @@ use crate::lab::{run_ok, vipd_bin, wait_until, Dir, Proc};
 const PRELUDE: &str = r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
-# The kernel loads IPVS schedulers through modprobe, which lives in /bin here.
+# The kernel loads IPVS and its schedulers through modprobe, in /bin here.
 echo /bin/modprobe > /proc/sys/kernel/modprobe
 ip link set lo up
 echo
-modprobe ip_vs || echo "=== FATAL: modprobe ip_vs failed"
+# ip_vs is not loaded beforehand: the kernel loads it when vipd (or
+# ipvsadm) first asks for the IPVS netlink family, as on a fresh node.
 VIP=192.0.2.100
 # show NAME: the kernel's IPVS table and the VIP's address, as a step.
-show() { echo "=== $1"; ipvsadm -Ln; ip -4 addr show dev lo | grep -o "inet $VIP/32" ; echo "=== end"; }
+show() { echo "=== $1"; ipvsadm -Ln; ip addr show dev lo | grep -o "inet6\? $VIP/[0-9]*" ; echo "=== end"; }
 # until_ipvs PATTERN [gone]: up to 15 s for ipvsadm -Ln to show (or lose) PATTERN.
 until_ipvs() {
   i=0
@@ -44,8 +45,12 @@ until_ipvs() {
 # backend N ADDR: an HTTP server on ADDR:6443 answering /readyz and /id (N).
 backend() {
   mkdir -p /w$1; echo ok > /w$1/readyz; echo $1 > /w$1/id
-  ip addr add $2/32 dev lo 2>/dev/null
-  httpd -f -p $2:6443 -h /w$1 & eval "HTTPD$1=\$!"
+  case $2 in
+    # No DAD on lo (and busybox ip has no nodad).
+    *:*) ip addr add $2/128 dev lo 2>/dev/null; httpd -f -p [$2]:6443 -h /w$1 & ;;
+    *) ip addr add $2/32 dev lo 2>/dev/null; httpd -f -p $2:6443 -h /w$1 & ;;
+  esac
+  eval "HTTPD$1=\$!"
 }
 # ask: which backend answers a connection to the VIP.
 ask() { printf 'GET /id HTTP/1.0\r\n\r\n' | nc -w 3 $VIP 6443 | tail -n 1; }
@@ -243,9 +248,11 @@ pub fn ipvs(entries: &[(&str, &[&str])]) -> BTreeMap<String, BTreeSet<String>> {
         .collect()
 }
 
-/// Whether the step shows the VIP as an address on lo.
-pub fn has_vip(lines: &[&str]) -> bool {
-    lines.iter().any(|l| l.trim() == "inet 192.0.2.100/32")
+/// Whether the step shows the VIP (`$VIP` in the script) on lo.
+pub fn has_vip(lines: &[&str], vip: &str) -> bool {
+    lines
+        .iter()
+        .any(|l| l.trim() == format!("inet {vip}") || l.trim() == format!("inet6 {vip}"))
 }
 
 /// Everything the VM test needs is on the machine (a clear failure otherwise).

@@ -405,7 +405,7 @@ pub fn parse_dest(payload: &[u8], service_af: u16) -> Option<KernelDest> {
 /// Why an IPVS request failed.
 #[derive(Debug, thiserror::Error)]
 pub enum IpvsError {
-    #[error("IPVS is not available in this kernel (load the ip_vs module)")]
+    #[error("IPVS is not available in this kernel (the kernel found no ip_vs module to load)")]
     Unavailable,
     #[error("netlink socket: {0}")]
     Io(#[from] io::Error),
