@@ -129,6 +129,23 @@ fn vip_is_announced_while_a_backend_is_healthy_and_leaves_with_the_control_plane
     ] {
         assert!(text.lines().any(|l| l == want), "{want:?} not in:\n{text}");
     }
+    let metrics = status_get(&lab.node, "/metrics");
+    for want in [
+        "vipd_controlplane_vip_announced{vip=\"198.51.100.100\"} 1",
+        "vipd_controlplane_backend_healthy{backend=\"192.0.2.11:6443\"} 1",
+        "vipd_bgp_session_established{peer=\"192.0.2.2\",asn=\"65002\"} 1",
+        "vipd_bgp_prefixes_sent{peer=\"192.0.2.2\",asn=\"65002\"} 2",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == want),
+            "{want:?} not in:\n{metrics}"
+        );
+    }
+    let ready = status_get(&lab.node, "/readyz");
+    assert!(
+        ready.starts_with("HTTP/1.1 200 OK") && ready.ends_with("ready\n"),
+        "{ready}"
+    );
     // One backend fails: the VIP stays.
     b1.answer(500);
     assert!(vipd.wait_log("answered 500", t));
@@ -151,6 +168,17 @@ fn vip_is_announced_while_a_backend_is_healthy_and_leaves_with_the_control_plane
         log.contains("backend=192.0.2.12:6443 reason=\"connect:"),
         "{log}"
     );
+    let metrics = status_get(&lab.node, "/metrics");
+    for want in [
+        "vipd_controlplane_vip_announced{vip=\"198.51.100.100\"} 0",
+        "vipd_controlplane_backend_healthy{backend=\"192.0.2.12:6443\"} 0",
+        "vipd_bgp_prefixes_sent{peer=\"192.0.2.2\",asn=\"65002\"} 1",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == want),
+            "{want:?} not in:\n{metrics}"
+        );
+    }
     // The first recovers: announced again, without a restart.
     b1.answer(200);
     assert!(wait_until(t, || bird.has(VIP)), "the VIP did not come back");

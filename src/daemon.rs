@@ -540,7 +540,7 @@ pub async fn run(path: PathBuf) -> Result<(), DaemonError> {
             }
             Some(reply) = ask_rx.recv() => {
                 let r = report(&cfg, &speaker, &kube_status, &control, statics.len(), table.len());
-                let _ = reply.send((r.ready(), r.render()));
+                let _ = reply.send(status::Answer::from(&r));
             }
             _ = term.recv() => { info!("SIGTERM: stopping"); break }
             _ = int.recv() => { info!("SIGINT: stopping"); break }

@@ -1,6 +1,6 @@
-//! What vipd is doing, for people and probes: `GET /readyz` and
-//! `GET /status` on a local HTTP listener, and `vipd status`, which prints
-//! the latter.
+//! What vipd is doing, for people, probes and Prometheus: `GET /readyz`,
+//! `GET /status` and `GET /metrics` on a local HTTP listener, and
+//! `vipd status`, which prints the status.
 //!
 //! The report is rendered by the daemon (which owns the state) from plain
 //! values ([`Report`]); this module only serves it. Requests are read with
@@ -144,6 +144,154 @@ impl Report {
     }
 }
 
+impl Report {
+    /// The same state in the Prometheus text format (version 0.0.4).
+    pub fn metrics(&self) -> String {
+        let mut m = Metrics::default();
+        let b = |x: bool| u64::from(x);
+        m.gauge(
+            "vipd_ready",
+            "1 once vipd announces what it should",
+            &[],
+            b(self.ready()),
+        );
+        m.gauge(
+            "vipd_table_prefixes",
+            "Prefixes in the table offered to peers",
+            &[],
+            self.table_prefixes as u64,
+        );
+        m.gauge(
+            "vipd_static_prefixes",
+            "Prefixes from [[announce]]",
+            &[],
+            self.static_prefixes as u64,
+        );
+        for (addr, asn, p) in &self.peers {
+            let (a, n) = (addr.to_string(), asn.to_string());
+            let l = [("peer", a.as_str()), ("asn", n.as_str())];
+            m.gauge(
+                "vipd_bgp_session_established",
+                "1 while the session is Established",
+                &l,
+                b(p.established_at.is_some()),
+            );
+            m.gauge(
+                "vipd_bgp_prefixes_sent",
+                "Prefixes the peer holds from vipd",
+                &l,
+                p.prefixes_sent as u64,
+            );
+            m.counter(
+                "vipd_bgp_updates_sent_total",
+                "UPDATE messages sent in the current session",
+                &l,
+                p.updates_sent,
+            );
+        }
+        if let Some(k) = &self.kube {
+            m.gauge(
+                "vipd_kubernetes_synced",
+                "1 once every cache has been listed",
+                &[],
+                b(k.synced),
+            );
+            m.gauge(
+                "vipd_kubernetes_services",
+                "Services in the cache",
+                &[],
+                k.services as u64,
+            );
+            m.gauge(
+                "vipd_kubernetes_endpointslices",
+                "EndpointSlices in the cache",
+                &[],
+                k.endpoint_slices as u64,
+            );
+            m.gauge(
+                "vipd_kubernetes_vips",
+                "Service VIPs this node announces",
+                &[],
+                k.vips as u64,
+            );
+            m.gauge(
+                "vipd_kubernetes_api_error",
+                "1 while the last request to the API server failed",
+                &[],
+                b(k.last_error.is_some()),
+            );
+        }
+        if let Some(c) = &self.control {
+            let vip = c.vip.to_string();
+            let l = [("vip", vip.as_str())];
+            m.gauge(
+                "vipd_controlplane_vip_announced",
+                "1 while the control-plane VIP is announced",
+                &l,
+                b(c.announced),
+            );
+            if let Some(ok) = c.ipvs_ok {
+                m.gauge(
+                    "vipd_controlplane_ipvs_ok",
+                    "1 while IPVS holds the service as wanted",
+                    &l,
+                    b(ok),
+                );
+            }
+            for be in &c.backends {
+                let a = be.addr.to_string();
+                m.gauge(
+                    "vipd_controlplane_backend_healthy",
+                    "1 while the API server passes its check",
+                    &[("backend", a.as_str())],
+                    b(be.healthy),
+                );
+            }
+        }
+        m.text
+    }
+}
+
+/// Prometheus text, each metric's HELP and TYPE once before its samples.
+#[derive(Default)]
+struct Metrics {
+    text: String,
+    seen: Vec<&'static str>,
+}
+
+impl Metrics {
+    fn gauge(&mut self, name: &'static str, help: &str, labels: &[(&str, &str)], v: u64) {
+        self.sample(name, "gauge", help, labels, v)
+    }
+
+    fn counter(&mut self, name: &'static str, help: &str, labels: &[(&str, &str)], v: u64) {
+        self.sample(name, "counter", help, labels, v)
+    }
+
+    fn sample(
+        &mut self,
+        name: &'static str,
+        kind: &str,
+        help: &str,
+        labels: &[(&str, &str)],
+        v: u64,
+    ) {
+        if !self.seen.contains(&name) {
+            self.seen.push(name);
+            let _ = writeln!(self.text, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        }
+        self.text.push_str(name);
+        if !labels.is_empty() {
+            let l: Vec<String> = labels
+                .iter()
+                .map(|(k, v)| format!("{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\"")))
+                .collect();
+            let _ = write!(self.text, "{{{}}}", l.join(","));
+        }
+        let _ = writeln!(self.text, " {v}");
+    }
+}
+
 fn human(d: Duration) -> String {
     let s = d.as_secs();
     match s {
@@ -153,8 +301,25 @@ fn human(d: Duration) -> String {
     }
 }
 
+/// What the daemon answers a request with.
+pub struct Answer {
+    pub ready: bool,
+    pub status: String,
+    pub metrics: String,
+}
+
+impl From<&Report> for Answer {
+    fn from(r: &Report) -> Answer {
+        Answer {
+            ready: r.ready(),
+            status: r.render(),
+            metrics: r.metrics(),
+        }
+    }
+}
+
 /// A request for the current report, answered by the daemon loop.
-pub type Ask = oneshot::Sender<(bool, String)>;
+pub type Ask = oneshot::Sender<Answer>;
 
 /// Serves `/readyz` and `/status` until the process ends.
 pub async fn serve(listener: TcpListener, ask: mpsc::Sender<Ask>) {
@@ -195,25 +360,23 @@ async fn answer(mut s: TcpStream, ask: mpsc::Sender<Ask>) {
         (405, "only GET\n".to_string())
     } else {
         match path {
-            "/readyz" | "/status" => {
+            "/readyz" | "/status" | "/metrics" => {
                 let (tx, rx) = oneshot::channel();
                 let got = match ask.send(tx).await {
                     Ok(()) => rx.await.ok(),
                     Err(_) => None,
                 };
                 match got {
-                    Some((ready, text)) if path == "/readyz" => {
-                        if ready {
-                            (200, "ready\n".to_string())
-                        } else {
-                            (503, text)
-                        }
-                    }
-                    Some((ready, text)) => (if ready { 200 } else { 503 }, text),
                     None => (503, "vipd is stopping\n".to_string()),
+                    Some(a) if path == "/metrics" => (200, a.metrics),
+                    Some(a) if path == "/readyz" && a.ready => (200, "ready\n".to_string()),
+                    Some(a) => (if a.ready { 200 } else { 503 }, a.status),
                 }
             }
-            _ => (404, "not found: try /readyz or /status\n".to_string()),
+            _ => (
+                404,
+                "not found: try /readyz, /status or /metrics\n".to_string(),
+            ),
         }
     };
     let reason = match code {
@@ -334,6 +497,35 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "{line:?} not in:\n{text}");
         }
+    }
+
+    #[test]
+    fn metrics_carry_the_same_state() {
+        let text = report().metrics();
+        for line in [
+            "# TYPE vipd_ready gauge",
+            "vipd_ready 1",
+            "vipd_table_prefixes 6",
+            "vipd_bgp_session_established{peer=\"192.0.2.2\",asn=\"65002\"} 1",
+            "vipd_bgp_session_established{peer=\"2001:db8::2\",asn=\"65002\"} 0",
+            "vipd_bgp_prefixes_sent{peer=\"192.0.2.2\",asn=\"65002\"} 3",
+            "# TYPE vipd_bgp_updates_sent_total counter",
+            "vipd_kubernetes_vips 4",
+            "vipd_kubernetes_api_error 1",
+            "vipd_controlplane_vip_announced{vip=\"192.0.2.100\"} 1",
+            "vipd_controlplane_ipvs_ok{vip=\"192.0.2.100\"} 1",
+            "vipd_controlplane_backend_healthy{backend=\"192.0.2.12:6443\"} 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line:?} not in:\n{text}");
+        }
+        // HELP and TYPE once per metric, before its first sample.
+        assert_eq!(
+            text.matches("# TYPE vipd_bgp_session_established ").count(),
+            1
+        );
+        let mut m = Metrics::default();
+        m.gauge("x", "h", &[("l", "a\"b\\c")], 1);
+        assert!(m.text.ends_with("x{l=\"a\\\"b\\\\c\"} 1\n"), "{}", m.text);
     }
 
     #[test]

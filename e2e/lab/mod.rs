@@ -395,6 +395,20 @@ pub fn vipd_status(ns: &Netns) -> (Option<i32>, String) {
     (out.status.code(), text)
 }
 
+/// `GET path` from vipd's status listener in `ns`: the whole answer.
+pub fn status_get(ns: &Netns, path: &str) -> String {
+    let req = format!("GET {path} HTTP/1.1\r\nHost: vipd\r\nConnection: close\r\n\r\n");
+    in_netns(&ns.name, move || {
+        use std::io::Read;
+        let mut s = std::net::TcpStream::connect("127.0.0.1:9179").expect("vipd's status listener");
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(req.as_bytes()).unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    })
+}
+
 /// BIRD 2 in a namespace, run in the foreground so its PID is known.
 pub struct Bird {
     pub proc: Proc,
