@@ -4,6 +4,7 @@
 //! kernel by `ipvs.rs`; this host kernel has none, which one test uses.)
 
 mod lab;
+mod standin;
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
@@ -13,6 +14,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use lab::*;
+use standin::{obj, StandIn};
 
 const VIP: &str = "198.51.100.100/32";
 
@@ -287,4 +289,72 @@ fn vip_is_not_announced_when_ipvs_cannot_be_programmed() {
         text.starts_with("vipd status: cannot reach vipd at 127.0.0.1:9179"),
         "{text}"
     );
+}
+
+/// `default/kubernetes`'s EndpointSlice listing `addrs` as ready API servers.
+fn api_slice(addrs: &[&str]) -> serde_json::Value {
+    let eps: Vec<serde_json::Value> = addrs
+        .iter()
+        .map(|a| serde_json::json!({"addresses": [a], "conditions": {"ready": true, "serving": true, "terminating": false}}))
+        .collect();
+    serde_json::json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"namespace": "default", "name": "kubernetes",
+                     "labels": {"kubernetes.io/service-name": "kubernetes"}},
+        "addressType": "IPv4", "endpoints": eps,
+        "ports": [{"name": "https", "port": 6443, "protocol": "TCP"}]
+    })
+}
+
+/// `discover = true`: the backends are the API servers `default/kubernetes`
+/// lists, followed as the list changes.
+#[test]
+fn backends_are_discovered_from_default_kubernetes() {
+    let lab = Lab::new("cpd");
+    lab.add_router_address("192.0.2.100/24");
+    let api = StandIn::start("192.0.2.100:6443".parse().unwrap(), Some(&lab.router.name));
+    api.put(obj::node("node-a", &["192.0.2.1"]));
+    api.put(api_slice(&["192.0.2.11", "192.0.2.12"]));
+    add_lo(&lab.node, "192.0.2.11/32");
+    add_lo(&lab.node, "192.0.2.12/32");
+    let _b1 = Backend::start(&lab.node, "192.0.2.11:6443");
+    let _b2 = Backend::start(&lab.node, "192.0.2.12:6443");
+    let bird = lab.dual_bird("");
+    let kc = lab.dir.write("kubeconfig", &api.kubeconfig());
+    let extra = format!(
+        "[dataplane]\nipvs_state = \"{}\"\n\
+         [control_plane]\nvip = \"198.51.100.100\"\ndiscover = true\nipvs = false\n\
+         [control_plane.health_check]\nkind = \"http\"\ninterval_ms = 200\ntimeout_ms = 200\n",
+        lab.dir.path("ipvs").display()
+    );
+    let vipd = Vipd::start(&lab.node, &lab.dir, &kube_vipd_conf(&kc, &extra));
+    let t = Duration::from_secs(20);
+    assert!(wait_until(t, || bird.has(VIP)), "the VIP never arrived");
+    let backends = || {
+        let (_, text) = vipd_status(&lab.node);
+        text.lines()
+            .filter(|l| l.starts_with("  192.0.2.1"))
+            .map(|l| l.trim().to_string())
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        wait_until(t, || backends()
+            == ["192.0.2.11:6443 healthy", "192.0.2.12:6443 healthy"]),
+        "{:?}",
+        backends()
+    );
+    assert!(vipd
+        .log()
+        .contains("API servers listed by default/kubernetes"));
+    // One API server leaves the list: it is no longer checked or used.
+    api.put(api_slice(&["192.0.2.12"]));
+    assert!(
+        wait_until(t, || backends() == ["192.0.2.12:6443 healthy"]),
+        "{:?}",
+        backends()
+    );
+    assert!(bird.has(VIP));
+    // None listed: nothing to serve, the VIP is withdrawn.
+    api.put(api_slice(&[]));
+    assert!(wait_until(t, || !bird.has(VIP)), "the VIP stayed");
 }

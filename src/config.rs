@@ -42,6 +42,9 @@ pub struct ControlPlane {
     pub port: u16,
     /// The API servers, each with its port.
     pub backends: Vec<SocketAddr>,
+    /// Also the API servers `default/kubernetes` lists (needs
+    /// `[kubernetes]`), on `port`.
+    pub discover: bool,
     /// Where the VIP goes as an address (IPVS takes only local addresses).
     pub interface: String,
     /// Program IPVS; without it vipd only announces and holds the address.
@@ -290,6 +293,12 @@ impl Config {
         root.finish(&mut errs);
         check_duplicate_prefixes(&announce, &mut errs);
         if let Some(cp) = &control_plane {
+            if cp.discover && kubernetes.is_none() {
+                errs.push(
+                    "control_plane.discover",
+                    "reads default/kubernetes: it needs a [kubernetes] table",
+                );
+            }
             let vip = IpNet::from(cp.vip);
             if announce.iter().any(|a| a.prefixes.contains(&vip)) {
                 errs.push(
@@ -530,8 +539,10 @@ fn read_control_plane(mut t: Tbl, errs: &mut Errs) -> Option<ControlPlane> {
     let port = t
         .opt("port", errs, |v| parse_int(v, 1, 65535).map(|n| n as u16))
         .unwrap_or(6443);
-    let backends = t.req("backends", errs, |v| match v.kind {
-        ValueKind::Array(a) if !a.is_empty() => a
+    let discover = t.opt("discover", errs, parse_bool).unwrap_or(false);
+    let given = t.map.contains_key("backends");
+    let backends = t.opt("backends", errs, |v| match v.kind {
+        ValueKind::Array(a) if !a.is_empty() || discover => a
             .into_iter()
             .enumerate()
             .map(|(i, x)| {
@@ -541,7 +552,9 @@ fn read_control_plane(mut t: Tbl, errs: &mut Errs) -> Option<ControlPlane> {
                     .map_err(|_| format!("[{i}]: {s:?} is not an address or address:port"))
             })
             .collect::<Result<Vec<_>, _>>(),
-        ValueKind::Array(_) => Err("is empty: name at least one API server".into()),
+        ValueKind::Array(_) => {
+            Err("is empty: name at least one API server, or set discover = true".into())
+        }
         _ => Err("expected an array of \"address\" or \"address:port\"".into()),
     });
     let interface = t
@@ -578,7 +591,20 @@ fn read_control_plane(mut t: Tbl, errs: &mut Errs) -> Option<ControlPlane> {
     };
     let attrs = read_attrs(&mut t, errs);
     t.finish(errs);
-    let (vip, backends) = (vip?, backends?);
+    let backends = match backends {
+        Some(b) => b,
+        None if !given && discover => vec![],
+        None => {
+            if !given {
+                errs.push(
+                    format!("{key}.backends"),
+                    "missing: list the API servers, or set discover = true",
+                );
+            }
+            return None;
+        }
+    };
+    let vip = vip?;
     let mut bad = false;
     for (i, b) in backends.iter().enumerate() {
         if b.ip() == vip {
@@ -606,6 +632,7 @@ fn read_control_plane(mut t: Tbl, errs: &mut Errs) -> Option<ControlPlane> {
         vip,
         port,
         backends,
+        discover,
         interface,
         ipvs,
         scheduler,
@@ -1441,6 +1468,33 @@ communities = ["65010:x"]
         assert_eq!(
             p,
             ["control_plane.vip: 192.0.2.100/32 is also in [[announce]]: the control plane announces it only while a backend is healthy"]
+        );
+        // Discovery: backends may be left out, but it needs [kubernetes].
+        let kube = "[kubernetes]\nnode_name = \"n\"\n";
+        let c = Config::from_toml_str(&format!(
+            "{base}{kube}[control_plane]\nvip = \"192.0.2.100\"\ndiscover = true\n"
+        ))
+        .unwrap();
+        let cp = c.control_plane.unwrap();
+        assert!(cp.discover && cp.backends.is_empty());
+        let p = problems(&format!(
+            "{base}[control_plane]\nvip = \"192.0.2.100\"\ndiscover = true\nbackends = []\n"
+        ));
+        assert_eq!(
+            p,
+            ["control_plane.discover: reads default/kubernetes: it needs a [kubernetes] table"]
+        );
+        let p = problems(&format!("{base}[control_plane]\nvip = \"192.0.2.100\"\n"));
+        assert_eq!(
+            p,
+            ["control_plane.backends: missing: list the API servers, or set discover = true"]
+        );
+        let p = problems(&format!(
+            "{base}[control_plane]\nvip = \"192.0.2.100\"\nbackends = []\n"
+        ));
+        assert_eq!(
+            p,
+            ["control_plane.backends: is empty: name at least one API server, or set discover = true"]
         );
     }
 

@@ -249,6 +249,46 @@ impl Control {
     }
 }
 
+/// Replaces the control plane with one for `next` (or none), carrying over
+/// what is known of the backends both have, and removing only what the new
+/// one does not take over.
+async fn replace_control(
+    control: &mut Option<Control>,
+    next: Option<&crate::config::ControlPlane>,
+    mgr: &mut ipvs::Manager,
+) {
+    let old = control.take();
+    match next.map(|c| Control::start(c, old.as_ref())).transpose() {
+        Ok(c) => *control = c,
+        Err(e) => error!("control plane: {e}"),
+    }
+    if let Some(old) = old {
+        old.retire(control.as_ref(), mgr).await;
+    }
+    if let Some(c) = control.as_mut() {
+        c.apply(mgr).await;
+    }
+}
+
+/// The control plane's configuration with the discovered API servers (on
+/// the VIP's port) added to the configured ones. An API server that
+/// advertises the VIP itself is left out: it cannot be its own backend.
+fn with_discovered(
+    c: &crate::config::ControlPlane,
+    found: &BTreeSet<IpAddr>,
+) -> crate::config::ControlPlane {
+    let mut c = c.clone();
+    if c.discover {
+        for ip in found.iter().filter(|ip| **ip != c.vip) {
+            let a = std::net::SocketAddr::new(*ip, c.port);
+            if !c.backends.contains(&a) {
+                c.backends.push(a);
+            }
+        }
+    }
+    c
+}
+
 /// Removes every IPVS service vipd created.
 fn drop_ipvs(mgr: &mut ipvs::Manager) {
     if !mgr.owns_any() {
@@ -400,6 +440,8 @@ pub async fn run(path: PathBuf) -> Result<(), DaemonError> {
     for b in bad {
         warn!("IPVS state: {b}");
     }
+    // The API servers default/kubernetes lists, once Kubernetes is synced.
+    let mut discovered: BTreeSet<IpAddr> = BTreeSet::new();
     let mut control = cfg
         .control_plane
         .as_ref()
@@ -458,6 +500,7 @@ pub async fn run(path: PathBuf) -> Result<(), DaemonError> {
                 let t = std::time::Instant::now();
                 let mut changed = vec![];
                 let mut next = Some(u);
+                let mut apis = None;
                 // Whatever else is waiting goes into the same table.
                 while let Some(u) = next {
                     changed.extend(match u {
@@ -466,8 +509,22 @@ pub async fn run(path: PathBuf) -> Result<(), DaemonError> {
                             kube.set_all(&all)
                         }
                         Update::Delta(d) => kube.apply(&d),
+                        Update::ApiServers(a) => {
+                            apis = Some(a);
+                            vec![]
+                        }
                     });
                     next = kube_rx.try_recv().ok();
+                }
+                if let Some(a) = apis {
+                    discovered = a;
+                    if let Some(cp) = cfg.control_plane.as_ref().filter(|c| c.discover) {
+                        let list: Vec<String> = discovered.iter().map(|a| a.to_string()).collect();
+                        info!(api_servers = %list.join(","), "control plane: API servers listed by default/kubernetes");
+                        replace_control(&mut control, Some(&with_discovered(cp, &discovered)), &mut mgr).await;
+                        base = with_control(&statics, &control);
+                        table = reconcile::merged(&base, &kube);
+                    }
                 }
                 reconcile::patch(&mut table, &base, &kube, &changed);
                 speaker.set_table(table.clone());
@@ -505,18 +562,9 @@ pub async fn run(path: PathBuf) -> Result<(), DaemonError> {
                             warn!("[kubernetes] and [dataplane] changes take effect only when vipd restarts");
                         }
                         if new.control_plane != cfg.control_plane {
-                            let old = control.take();
-                            match new.control_plane.as_ref().map(|c| Control::start(c, old.as_ref())).transpose() {
-                                Ok(c) => control = c,
-                                Err(e) => error!("control plane: {e}"),
-                            }
-                            if let Some(old) = old {
-                                info!("control plane reconfigured");
-                                old.retire(control.as_ref(), &mut mgr).await;
-                            }
-                            if let Some(c) = control.as_mut() {
-                                c.apply(&mut mgr).await;
-                            }
+                            info!("control plane reconfigured");
+                            let next = new.control_plane.as_ref().map(|c| with_discovered(c, &discovered));
+                            replace_control(&mut control, next.as_ref(), &mut mgr).await;
                             node.keep(control.as_ref().map(Control::address));
                             cfg.control_plane = new.control_plane.clone();
                         }

@@ -142,6 +142,23 @@ fn forbidden(s: &Snapshot) -> HashSet<IpAddr> {
     f
 }
 
+/// The API servers as the cluster lists them: the ready (or serving and
+/// not terminating) endpoints of `default/kubernetes`. The control plane's
+/// backend discovery.
+pub fn api_endpoints(s: &Snapshot) -> BTreeSet<IpAddr> {
+    s.slices
+        .values()
+        .filter(|sl| sl.namespace == "default" && sl.service.as_deref() == Some("kubernetes"))
+        .flat_map(|sl| &sl.endpoints)
+        .filter(|e| e.ready || (e.serving && !e.terminating))
+        .flat_map(|e| {
+            e.addresses
+                .iter()
+                .filter_map(|ip| ip.parse::<IpAddr>().ok())
+        })
+        .collect()
+}
+
 /// One Service's contribution to the intent.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Part {
@@ -584,6 +601,51 @@ pub(crate) mod tests {
     }
 
     /// Lesson 5: the node's own address and the API server's are refused.
+    #[test]
+    fn api_endpoints_are_the_ready_endpoints_of_default_kubernetes() {
+        let mut s = Snapshot::default();
+        let ep = |a: &str, ready: bool, serving: bool, terminating: bool| EndpointInfo {
+            addresses: vec![a.into()],
+            ready,
+            serving,
+            terminating,
+            ..Default::default()
+        };
+        s.slices.insert(
+            "default/kubernetes".into(),
+            SliceInfo {
+                namespace: "default".into(),
+                service: Some("kubernetes".into()),
+                endpoints: vec![
+                    ep("192.0.2.11", true, true, false),
+                    ep("192.0.2.12", false, true, false),
+                    ep("192.0.2.13", false, true, true),
+                    ep("not-an-ip", true, true, false),
+                    ep("2001:db8::11", true, true, false),
+                ],
+            },
+        );
+        // Another namespace's "kubernetes" and another Service: not the API.
+        s.slices.insert(
+            "shop/kubernetes".into(),
+            SliceInfo {
+                namespace: "shop".into(),
+                service: Some("kubernetes".into()),
+                endpoints: vec![ep("192.0.2.50", true, true, false)],
+            },
+        );
+        s.slices.insert(
+            "default/web".into(),
+            SliceInfo {
+                namespace: "default".into(),
+                service: Some("web".into()),
+                endpoints: vec![ep("192.0.2.51", true, true, false)],
+            },
+        );
+        let got: Vec<String> = api_endpoints(&s).iter().map(|a| a.to_string()).collect();
+        assert_eq!(got, ["192.0.2.11", "192.0.2.12", "2001:db8::11"]);
+    }
+
     #[test]
     fn own_and_api_server_addresses_are_refused_with_reason() {
         let mut s = snap(

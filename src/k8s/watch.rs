@@ -203,6 +203,9 @@ impl<T> Store<T> {
 pub enum Update {
     Full(BTreeMap<ipnet::IpNet, super::intent::Want>),
     Delta(Delta),
+    /// The API servers the cluster lists (`default/kubernetes`), sent when
+    /// they change: the control plane's discovered backends.
+    ApiServers(BTreeSet<IpAddr>),
 }
 
 // Events pass through once each; boxing the large ones would buy nothing.
@@ -283,6 +286,7 @@ pub async fn run(
     let mut warned_no_node = false;
     let mut tracker = Tracker::default();
     let mut published = false;
+    let mut api_servers_sent = BTreeSet::new();
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         while let Ok(ev) = rx.try_recv() {
@@ -379,6 +383,13 @@ pub async fn run(
             st.vips = intent.routes.len();
         }
         report(&client, intent, &mut reported);
+        let apis = super::intent::api_endpoints(&snap);
+        if apis != api_servers_sent {
+            api_servers_sent = apis.clone();
+            if out.send(Update::ApiServers(apis)).await.is_err() {
+                return;
+            }
+        }
         let update = if !published {
             published = true;
             Update::Full(intent.routes.clone())
