@@ -527,7 +527,10 @@ pub async fn run(path: PathBuf) -> Result<(), DaemonError> {
                     }
                 }
                 reconcile::patch(&mut table, &base, &kube, &changed);
-                speaker.set_table(table.clone());
+                // Nothing before the readiness barrier, whatever came first.
+                if kube_ready {
+                    speaker.set_table(table.clone());
+                }
                 tracing::debug!(us = t.elapsed().as_micros() as u64, changed = changed.len(), "table updated");
                 node.changes(&kube, &changed).await;
             }

@@ -383,23 +383,25 @@ pub async fn run(
             st.vips = intent.routes.len();
         }
         report(&client, intent, &mut reported);
-        let apis = super::intent::api_endpoints(&snap);
-        if apis != api_servers_sent {
-            api_servers_sent = apis.clone();
-            if out.send(Update::ApiServers(apis)).await.is_err() {
-                return;
-            }
-        }
         let update = if !published {
             published = true;
-            Update::Full(intent.routes.clone())
+            Some(Update::Full(intent.routes.clone()))
         } else if delta.is_empty() {
-            continue;
+            None
         } else {
-            Update::Delta(delta)
+            Some(Update::Delta(delta))
         };
-        if out.send(update).await.is_err() {
-            return;
+        // After the intent: the first thing the daemon hears is the Full
+        // that opens the readiness barrier.
+        let apis = super::intent::api_endpoints(&snap);
+        let apis = (apis != api_servers_sent).then(|| {
+            api_servers_sent = apis.clone();
+            Update::ApiServers(apis)
+        });
+        for u in update.into_iter().chain(apis) {
+            if out.send(u).await.is_err() {
+                return;
+            }
         }
     }
 }
