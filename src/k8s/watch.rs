@@ -350,7 +350,10 @@ pub async fn run(
             continue;
         }
         let t = std::time::Instant::now();
-        let delta = if full || !published {
+        // default/kubernetes changing makes a full pass (it changes the
+        // forbidden addresses), so only a full pass can change the API list.
+        let full_pass = full || !published;
+        let delta = if full_pass {
             snap.node = nodes.values().next().cloned();
             if snap.node.is_none() && !warned_no_node {
                 warned_no_node = true;
@@ -393,11 +396,13 @@ pub async fn run(
         };
         // After the intent: the first thing the daemon hears is the Full
         // that opens the readiness barrier.
-        let apis = super::intent::api_endpoints(&snap);
-        let apis = (apis != api_servers_sent).then(|| {
-            api_servers_sent = apis.clone();
-            Update::ApiServers(apis)
-        });
+        let apis = full_pass
+            .then(|| super::intent::api_endpoints(&snap))
+            .filter(|a| *a != api_servers_sent)
+            .map(|a| {
+                api_servers_sent = a.clone();
+                Update::ApiServers(a)
+            });
         for u in update.into_iter().chain(apis) {
             if out.send(u).await.is_err() {
                 return;
