@@ -124,25 +124,24 @@ fn vip_is_announced_while_a_backend_is_healthy_and_leaves_with_the_control_plane
     assert!(vip_on_lo(&lab.node), "the VIP is not on lo");
     let (code, text) = vipd_status(&lab.node);
     assert_eq!(code, Some(0), "{text}");
-    for want in [
-        "control plane: VIP 198.51.100.100 announced, IPVS not used",
-        "  192.0.2.11:6443 healthy",
-        "  192.0.2.12:6443 healthy",
-    ] {
-        assert!(text.lines().any(|l| l == want), "{want:?} not in:\n{text}");
-    }
+    assert_lines(
+        &text,
+        &[
+            "control plane: VIP 198.51.100.100 announced, IPVS not used",
+            "  192.0.2.11:6443 healthy",
+            "  192.0.2.12:6443 healthy",
+        ],
+    );
     let metrics = status_get(&lab.node, "/metrics");
-    for want in [
-        "vipd_controlplane_vip_announced{vip=\"198.51.100.100\"} 1",
-        "vipd_controlplane_backend_healthy{backend=\"192.0.2.11:6443\"} 1",
-        "vipd_bgp_session_established{peer=\"192.0.2.2\",asn=\"65002\"} 1",
-        "vipd_bgp_prefixes_sent{peer=\"192.0.2.2\",asn=\"65002\"} 2",
-    ] {
-        assert!(
-            metrics.lines().any(|l| l == want),
-            "{want:?} not in:\n{metrics}"
-        );
-    }
+    assert_lines(
+        &metrics,
+        &[
+            "vipd_controlplane_vip_announced{vip=\"198.51.100.100\"} 1",
+            "vipd_controlplane_backend_healthy{backend=\"192.0.2.11:6443\"} 1",
+            "vipd_bgp_session_established{peer=\"192.0.2.2\",asn=\"65002\"} 1",
+            "vipd_bgp_prefixes_sent{peer=\"192.0.2.2\",asn=\"65002\"} 2",
+        ],
+    );
     let ready = status_get(&lab.node, "/readyz");
     assert!(
         ready.starts_with("HTTP/1.1 200 OK") && ready.ends_with("ready\n"),
@@ -158,29 +157,28 @@ fn vip_is_announced_while_a_backend_is_healthy_and_leaves_with_the_control_plane
     assert!(wait_until(t, || !bird.has(VIP)), "the VIP stayed");
     assert!(bird.has("203.0.113.1/32"), "the session went down");
     let (_, text) = vipd_status(&lab.node);
-    for want in [
-        "control plane: VIP 198.51.100.100 not announced, IPVS not used",
-        "  192.0.2.11:6443 failing: answered 500",
-        "  192.0.2.12:6443 failing: connect: Connection refused (os error 111)",
-    ] {
-        assert!(text.lines().any(|l| l == want), "{want:?} not in:\n{text}");
-    }
+    assert_lines(
+        &text,
+        &[
+            "control plane: VIP 198.51.100.100 not announced, IPVS not used",
+            "  192.0.2.11:6443 failing: answered 500",
+            "  192.0.2.12:6443 failing: connect: Connection refused (os error 111)",
+        ],
+    );
     let log = vipd.log();
     assert!(
         log.contains("backend=192.0.2.12:6443 reason=\"connect:"),
         "{log}"
     );
     let metrics = status_get(&lab.node, "/metrics");
-    for want in [
-        "vipd_controlplane_vip_announced{vip=\"198.51.100.100\"} 0",
-        "vipd_controlplane_backend_healthy{backend=\"192.0.2.12:6443\"} 0",
-        "vipd_bgp_prefixes_sent{peer=\"192.0.2.2\",asn=\"65002\"} 1",
-    ] {
-        assert!(
-            metrics.lines().any(|l| l == want),
-            "{want:?} not in:\n{metrics}"
-        );
-    }
+    assert_lines(
+        &metrics,
+        &[
+            "vipd_controlplane_vip_announced{vip=\"198.51.100.100\"} 0",
+            "vipd_controlplane_backend_healthy{backend=\"192.0.2.12:6443\"} 0",
+            "vipd_bgp_prefixes_sent{peer=\"192.0.2.2\",asn=\"65002\"} 1",
+        ],
+    );
     // The first recovers: announced again, without a restart.
     b1.answer(200);
     assert!(wait_until(t, || bird.has(VIP)), "the VIP did not come back");

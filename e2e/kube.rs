@@ -518,24 +518,7 @@ fn two_nodes(tag: &str) -> TwoNodes {
     let mut nodes = vec![];
     for (i, ip) in ["192.0.2.11/24", "192.0.2.12/24"].iter().enumerate() {
         let n = Netns::new(&format!("{tag}{i}"));
-        let (a, b) = (unique("vn"), unique("vr"));
-        run_ok(
-            "ip",
-            &[
-                "link",
-                "add",
-                &a,
-                "netns",
-                &n.name,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &b,
-                "netns",
-                &router.name,
-            ],
-        );
+        let (a, b) = veth(&n, &router);
         n.ip(&["addr", "add", ip, "dev", &a]);
         n.ip(&["link", "set", &a, "up"]);
         router.ip(&["link", "set", &b, "master", "br0"]);
@@ -598,33 +581,31 @@ fn two_nodes_local_follows_endpoints_cluster_uses_both() {
         .put(obj::slice("a", "cluster-1", "cluster", &[("node-b", true)]));
     let _a = Vipd::start_named(&t.nodes[0], &t.dir, &node_conf(&t, 0), "vipd-a");
     let _b = Vipd::start_named(&t.nodes[1], &t.dir, &node_conf(&t, 1), "vipd-b");
-    let both = vec!["192.0.2.11".to_string(), "192.0.2.12".to_string()];
-    assert!(
-        wait_until(Duration::from_secs(20), || next_hops(
-            &t.bird,
-            "203.0.113.20/32"
-        ) == both),
-        "Cluster policy: {:?}",
-        next_hops(&t.bird, "203.0.113.20/32")
-    );
-    assert!(
-        wait_until(Duration::from_secs(10), || next_hops(
-            &t.bird,
-            "203.0.113.10/32"
-        ) == ["192.0.2.11"]),
-        "Local policy, endpoint on node-a: {:?}",
-        next_hops(&t.bird, "203.0.113.10/32")
+    // Waits for BIRD's next hops for `prefix` to become exactly `want`.
+    let hops_become = |prefix: &str, want: &[&str], secs: u64, what: &str| {
+        assert!(
+            wait_until(Duration::from_secs(secs), || next_hops(&t.bird, prefix)
+                == want),
+            "{what}: {:?}",
+            next_hops(&t.bird, prefix)
+        );
+    };
+    let both = ["192.0.2.11", "192.0.2.12"];
+    hops_become("203.0.113.20/32", &both, 20, "Cluster policy");
+    hops_become(
+        "203.0.113.10/32",
+        &["192.0.2.11"],
+        10,
+        "Local policy, endpoint on node-a",
     );
     // The endpoint moves to node-b.
     t.api
         .put(obj::slice("a", "local-1", "local", &[("node-b", true)]));
-    assert!(
-        wait_until(Duration::from_secs(10), || next_hops(
-            &t.bird,
-            "203.0.113.10/32"
-        ) == ["192.0.2.12"]),
-        "Local policy after the move: {:?}",
-        next_hops(&t.bird, "203.0.113.10/32")
+    hops_become(
+        "203.0.113.10/32",
+        &["192.0.2.12"],
+        10,
+        "Local policy after the move",
     );
     // Endpoints on both.
     t.api.put(obj::slice(
@@ -633,10 +614,12 @@ fn two_nodes_local_follows_endpoints_cluster_uses_both() {
         "local",
         &[("node-b", true), ("node-a", true)],
     ));
-    assert!(wait_until(Duration::from_secs(10), || next_hops(
-        &t.bird,
-        "203.0.113.10/32"
-    ) == both));
+    hops_become(
+        "203.0.113.10/32",
+        &both,
+        10,
+        "Local policy, endpoints on both",
+    );
     // None ready: gone from both.
     t.api.put(obj::slice(
         "a",
@@ -644,9 +627,5 @@ fn two_nodes_local_follows_endpoints_cluster_uses_both() {
         "local",
         &[("node-b", false), ("node-a", false)],
     ));
-    assert!(wait_until(Duration::from_secs(10), || next_hops(
-        &t.bird,
-        "203.0.113.10/32"
-    )
-    .is_empty()));
+    hops_become("203.0.113.10/32", &[], 10, "Local policy, none ready");
 }

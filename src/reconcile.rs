@@ -337,16 +337,21 @@ mod tests {
         }
     }
 
-    #[test]
-    fn patching_by_delta_equals_rebuilding() {
-        let statics: Table = [(
+    /// One static announcement, 203.0.113.1/32 with MED 5.
+    fn static_med5() -> Table {
+        [(
             "203.0.113.1/32".parse().unwrap(),
             Arc::new(RouteAttrs {
                 med: Some(5),
                 ..Default::default()
             }),
         )]
-        .into();
+        .into()
+    }
+
+    #[test]
+    fn patching_by_delta_equals_rebuilding() {
+        let statics = static_med5();
         let mut k = KubeRoutes::default();
         let w = |c: u32| {
             Some(Want {
@@ -383,14 +388,7 @@ mod tests {
 
     #[test]
     fn static_announcements_win_and_attributes_are_shared() {
-        let statics: Table = [(
-            "203.0.113.1/32".parse().unwrap(),
-            Arc::new(RouteAttrs {
-                med: Some(5),
-                ..Default::default()
-            }),
-        )]
-        .into();
+        let statics = static_med5();
         let mut intent = Intent::default();
         for ip in ["203.0.113.1/32", "203.0.113.2/32", "203.0.113.3/32"] {
             intent

@@ -236,6 +236,28 @@ impl Drop for Proc {
     }
 }
 
+/// A veth pair with one end in `a` and the other in `b`, both down and
+/// without addresses; returns the two interface names.
+pub fn veth(a: &Netns, b: &Netns) -> (String, String) {
+    let (x, y) = (unique("va"), unique("vb"));
+    run_ok(
+        "ip",
+        &[
+            "link", "add", &x, "netns", &a.name, "type", "veth", "peer", "name", &y, "netns",
+            &b.name,
+        ],
+    );
+    (x, y)
+}
+
+/// Whether each of `want` is a whole line of `text` (the failure names the
+/// missing line and shows the text).
+pub fn assert_lines(text: &str, want: &[&str]) {
+    for w in want {
+        assert!(text.lines().any(|l| l == *w), "{w:?} not in:\n{text}");
+    }
+}
+
 /// Two namespaces joined by a veth pair: "node" (vipd) and "router" (peer).
 /// node: 192.0.2.1/24, 2001:db8::1/64; router: 192.0.2.2/24, 2001:db8::2/64.
 pub struct Lab {
@@ -255,25 +277,7 @@ impl Lab {
         let dir = Dir::new(tag);
         let node = Netns::new(&format!("{tag}n"));
         let router = Netns::new(&format!("{tag}r"));
-        let a = unique("va");
-        let b = unique("vb");
-        run_ok(
-            "ip",
-            &[
-                "link",
-                "add",
-                &a,
-                "netns",
-                &node.name,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &b,
-                "netns",
-                &router.name,
-            ],
-        );
+        let (a, b) = veth(&node, &router);
         node.ip(&["addr", "add", "192.0.2.1/24", "dev", &a]);
         router.ip(&["addr", "add", "192.0.2.2/24", "dev", &b]);
         node.ip(&["-6", "addr", "add", "2001:db8::1/64", "dev", &a, "nodad"]);
@@ -309,25 +313,7 @@ impl Lab {
     /// node 198.51.100.1/24 <-> 198.51.100.2/24.
     pub fn add_router(&self, tag: &str) -> Netns {
         let r = Netns::new(tag);
-        let a = unique("vc");
-        let b = unique("vd");
-        run_ok(
-            "ip",
-            &[
-                "link",
-                "add",
-                &a,
-                "netns",
-                &self.node.name,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &b,
-                "netns",
-                &r.name,
-            ],
-        );
+        let (a, b) = veth(&self.node, &r);
         self.node.ip(&["addr", "add", "198.51.100.1/24", "dev", &a]);
         r.ip(&["addr", "add", "198.51.100.2/24", "dev", &b]);
         self.node.ip(&["link", "set", &a, "up"]);
