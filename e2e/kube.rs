@@ -36,6 +36,18 @@ fn vipd_conf(k: &KubeLab, extra: &str) -> String {
     kube_vipd_conf(&kc, extra)
 }
 
+/// Service a/web (203.0.113.10 and 2001:db8:ff::10, Cluster policy) with a
+/// ready endpoint on node-b.
+fn put_web(api: &StandIn) {
+    api.put(obj::service(
+        "a",
+        "web",
+        &["203.0.113.10", "2001:db8:ff::10"],
+        false,
+    ));
+    api.put(obj::slice("a", "web-1", "web", &[("node-b", true)]));
+}
+
 /// Services a/s0, a/s1, ... with VIPs 203.0.113.10, .11, ..., each with a
 /// ready endpoint on node-b (Cluster policy: announced from every node).
 fn put_services(api: &StandIn, n: u32) {
@@ -187,14 +199,7 @@ fn shared_vip_stays_while_any_owner_has_endpoints() {
 #[test]
 fn deleted_service_is_withdrawn() {
     let k = kube_lab("k3");
-    k.api.put(obj::service(
-        "a",
-        "web",
-        &["203.0.113.10", "2001:db8:ff::10"],
-        false,
-    ));
-    k.api
-        .put(obj::slice("a", "web-1", "web", &[("node-b", true)]));
+    put_web(&k.api);
     k.api
         .put(obj::service("a", "keep", &["203.0.113.11"], false));
     k.api
@@ -421,14 +426,7 @@ fn deleted_service_leaves_no_address_or_route_and_others_stay() {
         "proto",
         "static",
     ]);
-    k.api.put(obj::service(
-        "a",
-        "web",
-        &["203.0.113.10", "2001:db8:ff::10"],
-        false,
-    ));
-    k.api
-        .put(obj::slice("a", "web-1", "web", &[("node-b", true)]));
+    put_web(&k.api);
     k.api.put(obj::service("a", "db", &["203.0.113.11"], false));
     k.api
         .put(obj::slice("a", "db-1", "db", &[("node-b", true)]));

@@ -20,21 +20,17 @@ mod vm;
 
 use std::time::Duration;
 
-fn env(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn pct(v: &mut [f64], p: f64) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[((v.len() as f64 - 1.0) * p).round() as usize]
 }
 
 fn main() {
-    let runs = env("VIPD_BENCH_RUNS", 20);
-    let interval = env("VIPD_BENCH_INTERVAL_MS", 200);
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let runs: u64 = lab::knob("VIPD_BENCH_RUNS", 20);
+    let interval: u64 = lab::knob("VIPD_BENCH_INTERVAL_MS", 200);
     let (rise, fall) = (2u64, 2u64);
     let conf = format!(
         "[bgp]\nasn = 65010\nrouter_id = \"192.0.2.1\"\n\

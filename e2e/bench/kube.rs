@@ -36,14 +36,8 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let n: u32 = std::env::var("VIPD_BENCH_SERVICES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(10_000);
-    let changes: u32 = std::env::var("VIPD_BENCH_CHANGES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1000);
+    let n: u32 = knob("VIPD_BENCH_SERVICES", 10_000);
+    let changes: u32 = knob("VIPD_BENCH_CHANGES", 1000);
     require(&["bird", "birdc"]);
     let lab = Lab::new("kb");
     lab.add_router_address("192.0.2.100/24");

@@ -212,14 +212,8 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let n: u32 = std::env::var("VIPD_BENCH_N")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(100_000);
-    let runs: usize = std::env::var("VIPD_BENCH_RUNS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(3);
+    let n: u32 = knob("VIPD_BENCH_N", 100_000);
+    let runs: usize = knob("VIPD_BENCH_RUNS", 3);
     require(&["bird", "gobgpd", "gobgp", "python3"]);
     let blast = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/lab/blast/blast.py");
     assert!(

@@ -250,6 +250,14 @@ pub fn veth(a: &Netns, b: &Netns) -> (String, String) {
     (x, y)
 }
 
+/// A benchmark knob: the environment variable `name` parsed, or `default`.
+pub fn knob<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
 /// Whether each of `want` is a whole line of `text` (the failure names the
 /// missing line and shows the text).
 pub fn assert_lines(text: &str, want: &[&str]) {
