@@ -12,13 +12,24 @@ cargo fmt --check
 cargo clippy --all-targets -- -D warnings
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
-VIPD_FUZZ_SECS="${VIPD_FUZZ_SECS:-20}" cargo test --release 2>&1 | tee "$log"
-# Coverage-guided: the stable toolchain accepts cargo-fuzz's nightly flags
-# with RUSTC_BOOTSTRAP=1. Any crash, hang (-timeout) or zettabgp panic on
-# checked input fails the run.
-RUSTC_BOOTSTRAP=1 cargo fuzz run --fuzz-dir e2e/libfuzzer receive -- \
-  -max_total_time="${VIPD_LIBFUZZER_SECS:-60}" -timeout=2 -rss_limit_mb=2048
-# One closing line for the whole suite (libFuzzer's output has none).
+# Every test binary runs even after one fails; the closing line counts them all.
+status=0
+VIPD_FUZZ_SECS="${VIPD_FUZZ_SECS:-20}" cargo test --release --no-fail-fast 2>&1 | tee "$log" || status=1
 passed=$(grep -Eo '[0-9]+ passed' "$log" | awk '{s+=$1} END {print s+0}')
 failed=$(grep -Eo '[0-9]+ failed' "$log" | awk '{s+=$1} END {print s+0}')
+# Coverage-guided: the stable toolchain accepts cargo-fuzz's nightly flags
+# with RUSTC_BOOTSTRAP=1. Any crash, hang (-timeout) or zettabgp panic on
+# checked input fails the run; it counts as one test.
+if RUSTC_BOOTSTRAP=1 cargo fuzz run --fuzz-dir e2e/libfuzzer receive -- \
+  -max_total_time="${VIPD_LIBFUZZER_SECS:-60}" -timeout=2 -rss_limit_mb=2048; then
+  passed=$((passed + 1))
+else
+  failed=$((failed + 1))
+  status=1
+fi
+# A failing binary whose harness never printed its summary still fails.
+if [ "$status" -ne 0 ] && [ "$failed" -eq 0 ]; then
+  failed=1
+fi
 echo "vipd suite: $passed passed, $failed failed"
+exit "$status"

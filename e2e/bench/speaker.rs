@@ -6,8 +6,9 @@
 //!   groups) and announcing to two peers;
 //! - gobgpd holding the same routes (injected from an MRT file), re-sending
 //!   them after BIRD's sessions are restarted;
-//! - the limit: `shared/lab/blast/blast.py` writing the same routes
-//!   pre-encoded and packed, as fast as the socket takes them.
+//! - the limit: `limit.rs` beside this file writing the same routes
+//!   pre-encoded and packed into 4096-byte UPDATEs, as fast as the socket
+//!   takes them.
 //!
 //! Also vipd's resident memory once the table is sent, and its peak, beside
 //! gobgpd's and BIRD's holding the same routes.
@@ -17,6 +18,7 @@
 
 #[path = "../lab/mod.rs"]
 mod lab;
+mod limit;
 
 use std::io::Write;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -214,13 +216,7 @@ fn main() {
     }
     let n: u32 = knob("VIPD_BENCH_N", 100_000);
     let runs: usize = knob("VIPD_BENCH_RUNS", 3);
-    require(&["bird", "gobgpd", "gobgp", "python3"]);
-    let blast = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/lab/blast/blast.py");
-    assert!(
-        blast.exists(),
-        "{} not found: the limit needs shared/ beside the repository",
-        blast.display()
-    );
+    require(&["bird", "gobgpd", "gobgp"]);
     let lab = Lab::new("bn");
     let nn = n as usize;
     println!("speaker benchmark: {n} IPv4 /32 + {n} IPv6 /128 to BIRD over two sessions at once, {runs} runs");
@@ -299,15 +295,18 @@ fn main() {
     let mut t_blast = vec![];
     for run in 0..runs {
         let (bird, mut ctl) = fresh_bird(&lab);
-        let mut cmd = lab.node.command("python3");
-        cmd.args([
-            blast.to_str().unwrap(),
-            "65010",
-            "192.0.2.2",
-            "2001:db8::2",
-            &n.to_string(),
-        ]);
-        let p = Proc::spawn("blast", cmd, lab.dir.path("blast.log"));
+        let l4 = limit::Limit::start(
+            &lab.node.name,
+            65010,
+            ROUTER4.parse().unwrap(),
+            (0..n).map(|i| v4(i).into()).collect(),
+        );
+        let l6 = limit::Limit::start(
+            &lab.node.name,
+            65010,
+            ROUTER6.parse().unwrap(),
+            (0..n).map(|i| v6(i).into()).collect(),
+        );
         let t = measure(&mut ctl, nn);
         println!(
             "  limit   run {run}: v4 {} s, v6 {} s",
@@ -315,7 +314,7 @@ fn main() {
             secs(t.v6)
         );
         t_blast.push(t);
-        drop(p);
+        drop((l4, l6));
         drop(ctl);
         drop(bird);
     }
