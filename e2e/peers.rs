@@ -314,3 +314,63 @@ fn exabgp_receives_both_families_with_attributes_and_reload_withdraws_half() {
     let t = exa.table();
     assert!(t.contains_key(&v4_at(0)) && !t.contains_key(&v4_at(N / 2)));
 }
+
+/// UPDATE messages ExaBGP received that announce something, and all it
+/// received (announcements, withdrawals, End-of-RIB).
+fn exa_counts(exa: &Exabgp) -> (usize, usize) {
+    let msgs: Vec<serde_json::Value> = exa
+        .messages()
+        .into_iter()
+        .filter(|m| m["type"] == "update")
+        .collect();
+    let ann = msgs
+        .iter()
+        .filter(|m| m["neighbor"]["message"]["update"]["announce"].is_object())
+        .count();
+    (ann, msgs.len())
+}
+
+/// 500 one-prefix `[[announce]]` entries with equal attributes, each
+/// family: packed as one group, so two UPDATEs per family at most (500
+/// IPv4 /32 take 2,500 bytes, 500 IPv6 /128 8,500). A reload that changes
+/// only LOCAL_PREF, which never reaches an eBGP peer, sends the peer
+/// nothing but the one withdrawal the reload also makes.
+#[test]
+fn exabgp_counts_updates_equal_entries_packed_and_invisible_changes_not_sent() {
+    let lab = Lab::new("ep");
+    let exa = Exabgp::start(&lab.router, &lab.dir);
+    let entries = |n: u32, lp: u32| {
+        let mut s = String::new();
+        for i in 0..n {
+            for p in [v4_at(i), v6_at(i)] {
+                s += &format!(
+                    "[[announce]]\nprefix = \"{p}\"\ncommunities = [\"65010:100\"]\nlocal_pref = {lp}\n"
+                );
+            }
+        }
+        s
+    };
+    let vipd = Vipd::start(&lab.node, &lab.dir, &vipd_conf(TWO_PEERS, &entries(500, 100)));
+    assert!(
+        wait_until(Duration::from_secs(40), || {
+            let t = exa.table();
+            v4_in(&t) == 500 && v6_in(&t) == 500
+        }),
+        "ExaBGP did not receive 500 + 500 routes"
+    );
+    let (ann, all) = exa_counts(&exa);
+    // IPv4: 2,500 bytes of NLRI, one UPDATE; IPv6: 8,500 bytes, three.
+    assert!(ann <= 4, "{ann} UPDATEs for 1,000 routes with equal attributes");
+    // LOCAL_PREF changes everywhere, and the last entry of each family goes.
+    vipd.reload(&vipd_conf(TWO_PEERS, &entries(499, 200)));
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            let t = exa.table();
+            v4_in(&t) == 499 && v6_in(&t) == 499
+        }),
+        "the removed entries were not withdrawn"
+    );
+    let (ann2, all2) = exa_counts(&exa);
+    assert_eq!(ann2, ann, "announcements re-sent for a LOCAL_PREF change");
+    assert_eq!(all2, all + 2, "one withdrawal per family, nothing else");
+}

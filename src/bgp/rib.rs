@@ -14,9 +14,15 @@ use ipnet::IpNet;
 use super::wire::Afi;
 use crate::config::RouteAttrs;
 
-/// Prefix -> attributes. Prefixes that share attributes share one `Arc`,
-/// which is also how the diff groups them into one UPDATE.
+/// Prefix -> attributes. Prefixes that share attributes usually share one
+/// `Arc`; the diff groups by value all the same (see [`Seen`]).
 pub type Table = BTreeMap<IpNet, Arc<RouteAttrs>>;
+
+/// The attributes as one peer receives them (for an eBGP peer, no
+/// LOCAL_PREF; the peer's default communities merged in). The diff compares
+/// and groups on this, so entries that differ only where the peer cannot
+/// see are neither re-sent nor split into separate UPDATEs.
+pub type Seen<'a> = &'a dyn Fn(&RouteAttrs) -> RouteAttrs;
 
 pub fn afi_of(p: &IpNet) -> Afi {
     match p {
@@ -62,14 +68,10 @@ impl Changes {
         self.withdraw_v4.len() + self.withdraw_v6.len()
     }
 
-    fn add(
-        &mut self,
-        groups: &mut HashMap<(*const RouteAttrs, Afi), usize>,
-        p: IpNet,
-        a: &Arc<RouteAttrs>,
-    ) {
+    fn add(&mut self, g: &mut Grouper, p: IpNet, a: &Arc<RouteAttrs>) {
         let afi = afi_of(&p);
-        let i = *groups.entry((Arc::as_ptr(a), afi)).or_insert_with(|| {
+        let id = g.id(a);
+        let i = *g.groups.entry((id, afi)).or_insert_with(|| {
             self.announce.push(Group {
                 attrs: a.clone(),
                 afi,
@@ -88,8 +90,38 @@ impl Changes {
     }
 }
 
-fn same(a: &Arc<RouteAttrs>, b: &Arc<RouteAttrs>) -> bool {
-    Arc::ptr_eq(a, b) || **a == **b
+/// Numbers each distinct attribute set as a peer sees it. Looked up by
+/// pointer first: a table holds few distinct `Arc`s, so `seen` runs once
+/// per `Arc`, not once per prefix. The pointers stay valid because both
+/// tables outlive the diff.
+struct Grouper<'a> {
+    seen: Seen<'a>,
+    by_ptr: HashMap<*const RouteAttrs, usize>,
+    by_value: HashMap<RouteAttrs, usize>,
+    groups: HashMap<(usize, Afi), usize>,
+}
+
+impl<'a> Grouper<'a> {
+    fn new(seen: Seen<'a>) -> Self {
+        Grouper {
+            seen,
+            by_ptr: HashMap::new(),
+            by_value: HashMap::new(),
+            groups: HashMap::new(),
+        }
+    }
+    fn id(&mut self, a: &Arc<RouteAttrs>) -> usize {
+        if let Some(i) = self.by_ptr.get(&Arc::as_ptr(a)) {
+            return *i;
+        }
+        let n = self.by_value.len();
+        let i = *self.by_value.entry((self.seen)(a)).or_insert(n);
+        self.by_ptr.insert(Arc::as_ptr(a), i);
+        i
+    }
+    fn same(&mut self, a: &Arc<RouteAttrs>, b: &Arc<RouteAttrs>) -> bool {
+        Arc::ptr_eq(a, b) || self.id(a) == self.id(b)
+    }
 }
 
 impl AdjRibOut {
@@ -108,12 +140,13 @@ impl AdjRibOut {
     }
 
     /// What must change for the peer to hold exactly the routes of `want`
-    /// in `families`. Both tables are sorted, so this is one merge walk.
-    pub fn diff(&self, want: &Table, families: &[Afi]) -> Changes {
+    /// in `families`, as the peer sees them through `seen`. Both tables are
+    /// sorted, so this is one merge walk.
+    pub fn diff(&self, want: &Table, families: &[Afi], seen: Seen) -> Changes {
         let have_f = |p: &IpNet| self.families.contains(&afi_of(p));
         let want_f = |p: &IpNet| families.contains(&afi_of(p));
         let mut c = Changes::default();
-        let mut groups = HashMap::new();
+        let mut groups = Grouper::new(seen);
         let mut h = self.sent.iter().filter(|(p, _)| have_f(p)).peekable();
         let mut w = want.iter().filter(|(p, _)| want_f(p)).peekable();
         loop {
@@ -137,7 +170,7 @@ impl AdjRibOut {
                         w.next();
                     }
                     std::cmp::Ordering::Equal => {
-                        if !same(ha, wa) {
+                        if !groups.same(ha, wa) {
                             c.add(&mut groups, **wp, wa);
                         }
                         h.next();
@@ -157,11 +190,11 @@ impl AdjRibOut {
 
     /// Everything the peer holds in one family, grouped as for a first send
     /// (ROUTE-REFRESH re-sends this).
-    pub fn resend(&self, afi: Afi) -> Changes {
+    pub fn resend(&self, afi: Afi, seen: Seen) -> Changes {
         if !self.families.contains(&afi) {
             return Changes::default();
         }
-        AdjRibOut::default().diff(&self.sent, &[afi])
+        AdjRibOut::default().diff(&self.sent, &[afi], seen)
     }
 }
 
@@ -185,6 +218,57 @@ mod tests {
 
     const BOTH: [Afi; 2] = [Afi::Ipv4, Afi::Ipv6];
 
+    /// A peer that sees every attribute.
+    fn same(a: &RouteAttrs) -> RouteAttrs {
+        a.clone()
+    }
+
+    /// An eBGP peer: LOCAL_PREF is not on its wire.
+    fn ebgp(a: &RouteAttrs) -> RouteAttrs {
+        RouteAttrs {
+            local_pref: None,
+            ..a.clone()
+        }
+    }
+
+    fn lp(v: u32) -> Arc<RouteAttrs> {
+        Arc::new(RouteAttrs {
+            local_pref: Some(v),
+            ..Default::default()
+        })
+    }
+
+    /// 1,000 entries, each in its own Arc with equal attributes, are one
+    /// group: what `[[announce]]` entries with the same attributes give.
+    #[test]
+    fn equal_attributes_in_distinct_arcs_are_one_group() {
+        let t: Table = (0..1000u32)
+            .map(|i| {
+                let p = IpNet::from(ipnet::Ipv4Net::from(std::net::Ipv4Addr::from(0x6440_0000 + i)));
+                (p, attrs(7))
+            })
+            .collect();
+        let c = AdjRibOut::default().diff(&t, &BOTH, &same);
+        assert_eq!(c.announce.len(), 1);
+        assert_eq!(c.announced(), 1000);
+    }
+
+    /// A LOCAL_PREF change is nothing to an eBGP peer (not re-sent) and a
+    /// change to an iBGP one; entries differing only in LOCAL_PREF are one
+    /// group for eBGP.
+    #[test]
+    fn what_a_peer_cannot_see_is_no_change() {
+        let t1 = table(&[("203.0.113.1/32", &lp(100)), ("203.0.113.2/32", &lp(200))]);
+        let t2 = table(&[("203.0.113.1/32", &lp(300)), ("203.0.113.2/32", &lp(300))]);
+        let mut rib = AdjRibOut::default();
+        let c = rib.diff(&t1, &BOTH, &ebgp);
+        assert_eq!((c.announce.len(), c.announced()), (1, 2));
+        rib.apply(Arc::new(t1), &BOTH);
+        assert!(rib.diff(&t2, &BOTH, &ebgp).is_empty());
+        let c = rib.diff(&t2, &BOTH, &same);
+        assert_eq!((c.announce.len(), c.announced()), (1, 2));
+    }
+
     #[test]
     fn first_send_groups_by_attributes_and_family() {
         let (a, b) = (attrs(1), attrs(2));
@@ -194,7 +278,7 @@ mod tests {
             ("203.0.113.3/32", &b),
             ("2001:db8::1/128", &a),
         ]);
-        let c = AdjRibOut::default().diff(&t, &BOTH);
+        let c = AdjRibOut::default().diff(&t, &BOTH, &same);
         assert_eq!(c.announce.len(), 3);
         assert_eq!(c.announce[0].prefixes.len(), 2);
         assert_eq!(c.announce[0].attrs, a);
@@ -208,15 +292,15 @@ mod tests {
         let a = attrs(1);
         let mut rib = AdjRibOut::default();
         let t1 = table(&[("203.0.113.1/32", &a), ("2001:db8::1/128", &a)]);
-        let c = rib.diff(&t1, &BOTH);
+        let c = rib.diff(&t1, &BOTH, &same);
         assert_eq!(c.announced(), 2);
         rib.apply(Arc::new(t1.clone()), &BOTH);
-        assert!(rib.diff(&t1, &BOTH).is_empty());
+        assert!(rib.diff(&t1, &BOTH, &same).is_empty());
         // An equal value in a different Arc is still "already sent".
         let t1b = table(&[("203.0.113.1/32", &attrs(1)), ("2001:db8::1/128", &a)]);
-        assert!(rib.diff(&t1b, &BOTH).is_empty());
+        assert!(rib.diff(&t1b, &BOTH, &same).is_empty());
         let t2 = table(&[("203.0.113.1/32", &attrs(5))]);
-        let c = rib.diff(&t2, &BOTH);
+        let c = rib.diff(&t2, &BOTH, &same);
         assert_eq!(c.announced(), 1);
         assert_eq!(
             c.withdraw_v6,
@@ -224,7 +308,7 @@ mod tests {
         );
         rib.apply(Arc::new(t2), &BOTH);
         assert_eq!(rib.len(), 1);
-        let c = rib.diff(&Table::new(), &BOTH);
+        let c = rib.diff(&Table::new(), &BOTH, &same);
         assert_eq!(c.withdraw_v4.len(), 1);
         rib.apply(Arc::default(), &BOTH);
         assert!(rib.is_empty());
@@ -234,7 +318,7 @@ mod tests {
     fn families_not_negotiated_are_neither_sent_nor_kept() {
         let a = attrs(1);
         let t = table(&[("203.0.113.1/32", &a), ("2001:db8::1/128", &a)]);
-        let c = AdjRibOut::default().diff(&t, &[Afi::Ipv4]);
+        let c = AdjRibOut::default().diff(&t, &[Afi::Ipv4], &same);
         assert_eq!(c.announced(), 1);
         assert_eq!(c.announce[0].afi, Afi::Ipv4);
     }
@@ -245,7 +329,7 @@ mod tests {
         let t = table(&[("203.0.113.1/32", &a), ("2001:db8::1/128", &a)]);
         let mut rib = AdjRibOut::default();
         rib.apply(Arc::new(t.clone()), &BOTH);
-        let c = rib.diff(&t, &[Afi::Ipv4]);
+        let c = rib.diff(&t, &[Afi::Ipv4], &same);
         assert_eq!((c.announced(), c.withdraw_v6.len()), (0, 1));
         // And only the families the peer holds count.
         rib.apply(Arc::new(t), &[Afi::Ipv6]);
@@ -269,7 +353,7 @@ mod tests {
             let (t0, t1) = (mk(&old), mk(&new));
             let mut rib = AdjRibOut::default();
             rib.apply(Arc::new(t0.clone()), &BOTH);
-            let c = rib.diff(&t1, &BOTH);
+            let c = rib.diff(&t1, &BOTH, &same);
             // Applying the changes to the old table gives the new one.
             let mut model = t0.clone();
             for p in c.withdraw_v4.iter().chain(&c.withdraw_v6) {
@@ -297,7 +381,7 @@ mod tests {
             ("2001:db8::2/128", &a),
         ]);
         rib.apply(Arc::new(t), &BOTH);
-        let c = rib.resend(Afi::Ipv6);
+        let c = rib.resend(Afi::Ipv6, &same);
         assert_eq!(c.announced(), 2);
         assert!(c.announce.iter().all(|g| g.afi == Afi::Ipv6));
         assert_eq!(rib.len(), 3);

@@ -701,10 +701,10 @@ impl Session {
             MsgType::RouteRefresh => {
                 if self.fsm.state == State::Established {
                     if let Some(afi) = update::route_refresh_afi(&body) {
-                        let fams = self.negotiated.as_ref().map(|n| n.families.clone());
-                        if fams.is_some_and(|f| f.contains(&afi)) {
+                        let n = self.negotiated.clone();
+                        if let Some(n) = n.filter(|n| n.families.contains(&afi)) {
                             info!(%peer, "route refresh for {afi}: re-sending {} routes", self.adj.len());
-                            let c = self.adj.resend(afi);
+                            let c = self.adj.resend(afi, &|a| n.ctx.seen(a));
                             self.send_changes(&c, &[]).await;
                         }
                     }
@@ -868,7 +868,7 @@ impl Session {
             return;
         };
         let t = std::time::Instant::now();
-        let changes = self.adj.diff(&table, &n.send_families);
+        let changes = self.adj.diff(&table, &n.send_families, &|a| n.ctx.seen(a));
         debug!(peer = %self.peer(), us = t.elapsed().as_micros() as u64, "diffed");
         let eor: Vec<Afi> = if self.eor_pending {
             n.families.clone()
@@ -943,7 +943,7 @@ impl Session {
         self.stopping = true;
         let gr = self.negotiated.as_ref().is_some_and(|n| n.graceful_restart);
         if self.fsm.state == State::Established && withdraw {
-            let c = self.adj.diff(&Table::new(), &[Afi::Ipv4, Afi::Ipv6]);
+            let c = self.adj.diff(&Table::new(), &[Afi::Ipv4, Afi::Ipv6], &|a| a.clone());
             info!(peer = %self.peer(), "withdrawing {} routes before stopping", c.withdrawn());
             self.send_changes(&c, &[]).await;
         }

@@ -29,6 +29,20 @@ pub struct SendCtx {
     pub defaults: RouteAttrs,
 }
 
+impl SendCtx {
+    /// The attributes as this peer receives them: what [`path_attrs`]
+    /// encodes, and what the Adj-RIB-Out diff compares and groups on.
+    pub fn seen(&self, a: &RouteAttrs) -> RouteAttrs {
+        RouteAttrs {
+            communities: merged(&a.communities, &self.defaults.communities),
+            large_communities: merged(&a.large_communities, &self.defaults.large_communities),
+            med: a.med,
+            local_pref: (!self.ebgp)
+                .then(|| a.local_pref.or(self.defaults.local_pref).unwrap_or(100)),
+        }
+    }
+}
+
 fn push_attr(out: &mut Vec<u8>, flags: u8, t: u8, v: &[u8]) {
     if v.len() > 255 {
         out.extend_from_slice(&[flags | FLAG_EXTENDED, t]);
@@ -42,6 +56,7 @@ fn push_attr(out: &mut Vec<u8>, flags: u8, t: u8, v: &[u8]) {
 /// Path attributes shared by a group, except MP_REACH_NLRI; NEXT_HOP is
 /// included for IPv4.
 pub fn path_attrs(a: &RouteAttrs, afi: Afi, ctx: &SendCtx) -> Option<Vec<u8>> {
+    let a = &ctx.seen(a);
     let mut out = Vec::with_capacity(64);
     push_attr(&mut out, FLAG_TRANSITIVE, ORIGIN, &[0]);
     if ctx.ebgp {
@@ -74,13 +89,11 @@ pub fn path_attrs(a: &RouteAttrs, afi: Afi, ctx: &SendCtx) -> Option<Vec<u8>> {
     if let Some(m) = a.med {
         push_attr(&mut out, FLAG_OPTIONAL, MED, &m.to_be_bytes());
     }
-    if !ctx.ebgp {
-        let lp = a.local_pref.or(ctx.defaults.local_pref).unwrap_or(100);
+    if let Some(lp) = a.local_pref {
         push_attr(&mut out, FLAG_TRANSITIVE, LOCAL_PREF, &lp.to_be_bytes());
     }
-    let communities = merged(&a.communities, &ctx.defaults.communities);
-    if !communities.is_empty() {
-        let v: Vec<u8> = communities.iter().flat_map(|c| c.to_be_bytes()).collect();
+    if !a.communities.is_empty() {
+        let v: Vec<u8> = a.communities.iter().flat_map(|c| c.to_be_bytes()).collect();
         push_attr(&mut out, FLAG_OPTIONAL | FLAG_TRANSITIVE, COMMUNITIES, &v);
     }
     if ctx.ebgp && !ctx.four_octet_as && ctx.local_asn > 0xffff {
@@ -88,9 +101,9 @@ pub fn path_attrs(a: &RouteAttrs, afi: Afi, ctx: &SendCtx) -> Option<Vec<u8>> {
         v.extend_from_slice(&ctx.local_asn.to_be_bytes());
         push_attr(&mut out, FLAG_OPTIONAL | FLAG_TRANSITIVE, AS4_PATH, &v);
     }
-    let large = merged(&a.large_communities, &ctx.defaults.large_communities);
-    if !large.is_empty() {
-        let v: Vec<u8> = large
+    if !a.large_communities.is_empty() {
+        let v: Vec<u8> = a
+            .large_communities
             .iter()
             .flat_map(|c| c.iter().flat_map(|x| x.to_be_bytes()))
             .collect();
