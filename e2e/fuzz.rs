@@ -48,6 +48,7 @@ fn seeds() -> Vec<Vec<u8>> {
             four_octet_as: four,
             next_hop_v4: Some(Ipv4Addr::new(192, 0, 2, 1)),
             next_hop_v6: Some(Ipv6Addr::LOCALHOST),
+            next_hop_v6_link_local: (!ebgp).then(|| "fe80::1".parse().unwrap()),
             defaults: RouteAttrs::default(),
         };
         let v4: Vec<IpNet> = (0..7u32)

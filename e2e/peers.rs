@@ -57,9 +57,13 @@ fn bird_receives_both_families_with_attributes_and_reload_withdraws_half() {
         assert!(r4.contains(want), "{want:?} missing from\n{r4}");
     }
     let r6 = bird.route(&v6_at(700));
+    // RFC 2545 section 3: the peer shares the link, so the next hop carries
+    // the interface's link-local address after the global one.
+    let ll = link_local(&lab.node);
+    let nh = format!("BGP.next_hop: 2001:db8::1 {ll}\n");
     for want in [
         "BGP.as_path: 65010\n",
-        "BGP.next_hop: 2001:db8::1",
+        &nh,
         "BGP.med: 50",
         "BGP.large_community: (65010, 1, 2)",
     ] {
@@ -106,8 +110,9 @@ fn bird_gets_ipv6_over_an_ipv4_session_with_configured_next_hop() {
         &lab.dir,
         &bird_conf(&lab.dir, &[("v4", ROUTER4, NODE4, "ipv4,ipv6", "")]),
     );
-    let peers =
-        "[[bgp.peers]]\naddress = \"192.0.2.2\"\nasn = 65002\nnext_hop_ipv6 = \"2001:db8::1\"\n";
+    // The key that leaves the link-local address out (RFC 2545 makes it
+    // optional): a 16-byte next hop though the peer shares the link.
+    let peers = "[[bgp.peers]]\naddress = \"192.0.2.2\"\nasn = 65002\nnext_hop_ipv6 = \"2001:db8::1\"\nlink_local_next_hop = false\n";
     let _vipd = Vipd::start(
         &lab.node,
         &lab.dir,
@@ -122,8 +127,19 @@ fn bird_gets_ipv6_over_an_ipv4_session_with_configured_next_hop() {
         "routes did not arrive"
     );
     let r6 = bird.route("2001:db8:ff::10/128");
-    assert!(r6.contains("BGP.next_hop: 2001:db8::1"), "{r6}");
+    assert!(r6.contains("BGP.next_hop: 2001:db8::1\n"), "{r6}");
     assert!(r6.contains("[v4 "), "learned over the IPv4 session: {r6}");
+}
+
+/// The link-local address of the namespace's interface towards the router.
+fn link_local(ns: &Netns) -> String {
+    let out = ns.ip(&["-6", "-o", "addr", "show", "scope", "link"]);
+    out.split_whitespace()
+        .skip_while(|w| *w != "inet6")
+        .nth(1)
+        .and_then(|a| a.split('/').next())
+        .unwrap_or_else(|| panic!("no link-local address: {out}"))
+        .to_string()
 }
 
 fn v4_in(t: &std::collections::BTreeMap<String, (String, serde_json::Value)>) -> usize {

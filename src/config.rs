@@ -161,6 +161,9 @@ pub struct PeerConfig {
     pub families: Families,
     pub next_hop_ipv4: Option<Ipv4Addr>,
     pub next_hop_ipv6: Option<Ipv6Addr>,
+    /// Add the interface's link-local address to the IPv6 next hop when the
+    /// peer shares the link (RFC 2545 section 3).
+    pub link_local_next_hop: bool,
     pub description: Option<String>,
     /// Added to every route sent to this peer (communities are merged,
     /// a route's own LOCAL_PREF wins).
@@ -800,6 +803,9 @@ fn read_peer(mut t: Tbl, local_asn: Option<u32>, errs: &mut Errs) -> Option<Peer
             .parse::<Ipv6Addr>()
             .map_err(|_| "not an IPv6 address".into())
     });
+    let link_local_next_hop = t
+        .opt("link_local_next_hop", errs, parse_bool)
+        .unwrap_or(true);
     let description = t.opt("description", errs, parse_str);
     let defaults = read_attrs(&mut t, errs);
     if defaults.med.is_some() {
@@ -865,6 +871,7 @@ fn read_peer(mut t: Tbl, local_asn: Option<u32>, errs: &mut Errs) -> Option<Peer
         families,
         next_hop_ipv4,
         next_hop_ipv6,
+        link_local_next_hop,
         description,
         defaults,
     })

@@ -174,3 +174,151 @@ pub fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
     sock.bind(addr)?;
     sock.listen(128)
 }
+
+/// One address of one interface, as `getifaddrs` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IfAddr {
+    pub ifname: String,
+    pub addr: IpAddr,
+    pub prefix_len: u8,
+}
+
+/// Every address of every interface (this network namespace).
+pub fn interface_addresses() -> Vec<IfAddr> {
+    let mut out = vec![];
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `head` with a list we free below; each entry
+    // is read only while the list is alive.
+    unsafe {
+        if libc::getifaddrs(&mut head) != 0 {
+            return out;
+        }
+        let mut cur = head;
+        while !cur.is_null() {
+            let e = &*cur;
+            cur = e.ifa_next;
+            let (Some(a), Some(m)) = (sockaddr_ip(e.ifa_addr), sockaddr_ip(e.ifa_netmask)) else {
+                continue;
+            };
+            let prefix_len = match m {
+                IpAddr::V4(v) => u32::from(v).count_ones() as u8,
+                IpAddr::V6(v) => u128::from(v).count_ones() as u8,
+            };
+            let ifname = std::ffi::CStr::from_ptr(e.ifa_name)
+                .to_string_lossy()
+                .into_owned();
+            out.push(IfAddr {
+                ifname,
+                addr: a,
+                prefix_len,
+            });
+        }
+        libc::freeifaddrs(head);
+    }
+    out
+}
+
+/// SAFETY: `sa` is null or points to a sockaddr of the family it names.
+unsafe fn sockaddr_ip(sa: *const libc::sockaddr) -> Option<IpAddr> {
+    if sa.is_null() {
+        return None;
+    }
+    match (*sa).sa_family as libc::c_int {
+        libc::AF_INET => {
+            let s = &*(sa as *const libc::sockaddr_in);
+            Some(IpAddr::from(u32::from_be(s.sin_addr.s_addr).to_be_bytes()))
+        }
+        libc::AF_INET6 => {
+            let s = &*(sa as *const libc::sockaddr_in6);
+            Some(IpAddr::from(s.sin6_addr.s6_addr))
+        }
+        _ => None,
+    }
+}
+
+/// The link-local address to send beside the global IPv6 next hop `nh`
+/// (RFC 2545 section 3): that of the interface holding both the session's
+/// `local` address and `nh`, when `peer` is on one of that interface's
+/// subnets (it shares the link). None for a multihop peer, or an interface
+/// without a link-local address.
+pub fn link_local_for(
+    addrs: &[IfAddr],
+    local: IpAddr,
+    peer: IpAddr,
+    nh: std::net::Ipv6Addr,
+) -> Option<std::net::Ipv6Addr> {
+    let local = local.to_canonical();
+    let peer = peer.to_canonical();
+    let ifname = &addrs.iter().find(|a| a.addr == local)?.ifname;
+    let on_if = |a: &&IfAddr| &a.ifname == ifname;
+    let holds_nh = addrs.iter().filter(on_if).any(|a| a.addr == IpAddr::V6(nh));
+    let shares = addrs.iter().filter(on_if).any(|a| {
+        ipnet::IpNet::new(a.addr, a.prefix_len)
+            .map(|n| n.contains(&peer) && a.prefix_len < max_len(peer))
+            .unwrap_or(false)
+    });
+    if !holds_nh || !shares {
+        return None;
+    }
+    addrs.iter().filter(on_if).find_map(|a| match a.addr {
+        IpAddr::V6(v) if v.segments()[0] & 0xffc0 == 0xfe80 => Some(v),
+        _ => None,
+    })
+}
+
+fn max_len(a: IpAddr) -> u8 {
+    if a.is_ipv4() {
+        32
+    } else {
+        128
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn a(ifname: &str, addr: &str, len: u8) -> IfAddr {
+        IfAddr {
+            ifname: ifname.into(),
+            addr: addr.parse().unwrap(),
+            prefix_len: len,
+        }
+    }
+
+    fn table() -> Vec<IfAddr> {
+        vec![
+            a("lo", "::1", 128),
+            a("eth0", "2001:db8::1", 64),
+            a("eth0", "192.0.2.1", 24),
+            a("eth0", "fe80::1", 64),
+            a("eth1", "2001:db8:1::1", 64),
+        ]
+    }
+
+    #[test]
+    fn link_local_only_for_a_peer_on_the_link() {
+        let t = table();
+        let nh = "2001:db8::1".parse().unwrap();
+        let l = |local: &str, peer: &str| {
+            link_local_for(&t, local.parse().unwrap(), peer.parse().unwrap(), nh)
+        };
+        assert_eq!(l("2001:db8::1", "2001:db8::2"), Some("fe80::1".parse().unwrap()));
+        // IPv6 routes over an IPv4 session on the same link.
+        assert_eq!(l("192.0.2.1", "192.0.2.2"), Some("fe80::1".parse().unwrap()));
+        assert_eq!(l("::ffff:192.0.2.1", "::ffff:192.0.2.2"), Some("fe80::1".parse().unwrap()));
+        // Multihop: the peer is on no subnet of the interface.
+        assert_eq!(l("2001:db8::1", "2001:db8:99::2"), None);
+        // The next hop is on another interface than the session.
+        let other = "2001:db8:1::1".parse().unwrap();
+        assert_eq!(
+            link_local_for(&t, "2001:db8::1".parse().unwrap(), "2001:db8::2".parse().unwrap(), other),
+            None
+        );
+        // An interface without a link-local address.
+        assert_eq!(
+            link_local_for(&t, "2001:db8:1::1".parse().unwrap(), "2001:db8:1::2".parse().unwrap(), other),
+            None
+        );
+    }
+}

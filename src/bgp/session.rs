@@ -771,7 +771,12 @@ impl Session {
                 Some(IpAddr::V6(v)) => Some(v),
                 _ => None,
             }),
+            next_hop_v6_link_local: None,
             defaults: p.defaults.clone(),
+        };
+        let ctx = SendCtx {
+            next_hop_v6_link_local: self.link_local(&ctx, local),
+            ..ctx
         };
         let send_families = families
             .iter()
@@ -791,6 +796,20 @@ impl Session {
         self.peer_open = Some(o);
         self.queue
             .push_back(Event::OpenReceived { hold_time: hold });
+    }
+
+    /// The link-local address to add to the IPv6 next hop, where the peer
+    /// shares the session's link and the key allows it.
+    fn link_local(&self, ctx: &SendCtx, local: Option<IpAddr>) -> Option<std::net::Ipv6Addr> {
+        if !self.s.peer.link_local_next_hop {
+            return None;
+        }
+        let addrs = net::interface_addresses();
+        let ll = net::link_local_for(&addrs, local?, self.s.peer.address, ctx.next_hop_v6?);
+        if let Some(ll) = ll {
+            debug!(peer = %self.peer(), %ll, "IPv6 next hop with its link-local address");
+        }
+        ll
     }
 
     fn on_update(&mut self, body: &[u8]) {

@@ -24,6 +24,9 @@ pub struct SendCtx {
     pub four_octet_as: bool,
     pub next_hop_v4: Option<Ipv4Addr>,
     pub next_hop_v6: Option<Ipv6Addr>,
+    /// Sent after the global IPv6 next hop (32-byte next hop, RFC 2545
+    /// section 3) when the peer shares the link.
+    pub next_hop_v6_link_local: Option<Ipv6Addr>,
     /// The peer's default attributes: communities merged into every
     /// route's, LOCAL_PREF where the route has none.
     pub defaults: RouteAttrs,
@@ -171,7 +174,9 @@ pub fn announce(
             let nh = ctx.next_hop_v6?;
             // MP_REACH goes first (RFC 7606 5.1): 4-byte attribute header,
             // AFI, SAFI, next-hop length, next hop, reserved byte.
-            let mp_fixed = 4 + 3 + 1 + 16 + 1;
+            let ll = ctx.next_hop_v6_link_local;
+            let nh_len = if ll.is_some() { 32 } else { 16 };
+            let mp_fixed = 4 + 3 + 1 + nh_len + 1;
             let cap = room(attrs.len() + mp_fixed);
             for chunk in chunks(prefixes, cap) {
                 let nl: usize = chunk.iter().map(nlri_len).sum();
@@ -182,8 +187,11 @@ pub fn announce(
                 out.extend_from_slice(&[FLAG_OPTIONAL | FLAG_EXTENDED, MP_REACH]);
                 out.extend_from_slice(&(mp_len as u16).to_be_bytes());
                 out.extend_from_slice(&afi.code().to_be_bytes());
-                out.extend_from_slice(&[SAFI_UNICAST, 16]);
+                out.extend_from_slice(&[SAFI_UNICAST, nh_len as u8]);
                 out.extend_from_slice(&nh.octets());
+                if let Some(ll) = ll {
+                    out.extend_from_slice(&ll.octets());
+                }
                 out.push(0);
                 chunk.iter().for_each(|p| push_nlri(out, p));
                 out.extend_from_slice(&attrs);

@@ -18,6 +18,7 @@ fn ctx(ebgp: bool, four: bool, asn: u32) -> SendCtx {
         four_octet_as: four,
         next_hop_v4: Some(Ipv4Addr::new(192, 0, 2, 1)),
         next_hop_v6: Some("2001:db8::1".parse().unwrap()),
+        next_hop_v6_link_local: None,
         defaults: RouteAttrs::default(),
     }
 }
@@ -179,6 +180,41 @@ fn thousand_ipv6_host_routes_pack_and_decode() {
                 zettabgp::prelude::BgpAddr::V6("2001:db8::1".parse().unwrap())
             )
         );
+    }
+    assert_eq!(total, 1000);
+}
+
+/// RFC 2545 section 3: with the link-local address, a 32-byte next hop
+/// (global, then link-local); the message still packs to the limit and
+/// passes vipd's own checks and zettabgp.
+#[test]
+fn ipv6_next_hop_with_link_local_is_32_bytes() {
+    let c = SendCtx {
+        next_hop_v6_link_local: Some("fe80::1".parse().unwrap()),
+        ..ctx(true, true, 65010)
+    };
+    let mut out = vec![];
+    let msgs = encode::announce(&mut out, &v6(1000), &attrs(), Afi::Ipv6, &c).unwrap();
+    let bodies = split(&out);
+    assert_eq!(bodies.len(), msgs);
+    let ctx = Ctx {
+        four_octet_as: true,
+        ebgp: true,
+    };
+    let mut total = 0;
+    for b in &bodies {
+        assert!(b.len() + HEADER_LEN <= MAX_MESSAGE_LEN);
+        // Withdrawn length, attribute length, then MP_REACH (extended
+        // length): flags, type, length, AFI, SAFI, next-hop length.
+        assert_eq!(&b[4..6], &[0x90, 14]);
+        assert_eq!(&b[8..12], &[0, 2, 1, 32]);
+        let g: std::net::Ipv6Addr = <[u8; 16]>::try_from(&b[12..28]).unwrap().into();
+        let l: std::net::Ipv6Addr = <[u8; 16]>::try_from(&b[28..44]).unwrap().into();
+        assert_eq!((g.to_string(), l.to_string()), ("2001:db8::1".into(), "fe80::1".into()));
+        let chk = update::check(b, ctx).unwrap();
+        assert_eq!(chk.treat_as_withdraw, None);
+        total += chk.announced;
+        assert!(update::decode(&chk.sanitized, ctx).is_ok());
     }
     assert_eq!(total, 1000);
 }
