@@ -300,17 +300,42 @@ fn cases() -> Vec<(&'static str, Stage, Vec<u8>, Expect)> {
             },
             Notify(3, 1, None),
         ),
+        // RFC 7606 4: treat-as-withdraw, the NLRI located by the total
+        // attribute length; a reset only where MP_REACH/MP_UNREACH itself
+        // cannot be located.
         (
             "attribute runs past the list",
             Established,
-            update(&[], &[0x40, 1, 9, 0], &[]),
-            Notify(3, 1, None),
+            update(&[], &attrs(&[&ORIGIN, &ASPATH, &NH, &[0x40, 1, 9, 0]]), &NLRI),
+            Survives,
         ),
         (
             "stray attribute byte",
             Established,
             update(&[], &attrs(&[&ORIGIN, &ASPATH, &NH, &[0x40]]), &NLRI),
+            Survives,
+        ),
+        (
+            "MP_REACH runs past the list",
+            Established,
+            update(&[], &attrs(&[&ORIGIN, &ASPATH, &[0x80, 14, 40, 0, 2, 1]]), &[]),
             Notify(3, 1, None),
+        ),
+        (
+            "MP_UNREACH flagged transitive (RFC 7606 3c)",
+            Established,
+            update(&[], &[0xc0, 15, 3, 0, 2, 1], &[]),
+            Survives,
+        ),
+        (
+            "LOCAL_PREF of length 2 from an external peer",
+            Established,
+            update(
+                &[],
+                &attrs(&[&ORIGIN, &ASPATH, &NH, &[0x40, 5, 2, 0, 1]]),
+                &NLRI,
+            ),
+            Survives,
         ),
         (
             "unrecognized well-known attribute",

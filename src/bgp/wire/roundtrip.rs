@@ -314,6 +314,17 @@ const ASPATH: [u8; 9] = [0x40, 2, 6, 2, 1, 0, 0, 0xfd, 0xea];
 const NH: [u8; 7] = [0x40, 3, 4, 192, 0, 2, 2];
 const NLRI: [u8; 5] = [32, 203, 0, 113, 7];
 
+/// MP_REACH_NLRI for one IPv6 /128, next hop 2001:db8::1.
+fn mp_reach_v6() -> Vec<u8> {
+    let mut mp = vec![0x80, 14, 0, 0, 2, 1, 16];
+    mp.extend_from_slice(&"2001:db8::1".parse::<std::net::Ipv6Addr>().unwrap().octets());
+    mp.push(0);
+    mp.push(128);
+    mp.extend_from_slice(&"2001:db8::99".parse::<std::net::Ipv6Addr>().unwrap().octets());
+    mp[2] = (mp.len() - 3) as u8;
+    mp
+}
+
 fn good_attrs() -> Vec<u8> {
     [&ORIGIN[..], &ASPATH, &NH].concat()
 }
@@ -322,6 +333,27 @@ enum Want {
     Ok,
     Withdraw,
     Notify(u8, u8),
+}
+
+/// RFC 7606 7.5, 7.9, 7.10 from an internal peer: a wrong length is
+/// treat-as-withdraw (from an external one the attribute is discarded).
+#[test]
+fn ibgp_only_attributes_from_an_internal_peer() {
+    let ibgp = Ctx {
+        four_octet_as: true,
+        ebgp: false,
+    };
+    let ga = [&ORIGIN[..], &[0x40, 2, 0], &NH].concat();
+    for (name, extra, withdraw) in [
+        ("LOCAL_PREF length 3", vec![0x40, 5, 3, 0, 0, 1], true),
+        ("ORIGINATOR_ID length 2", vec![0x80, 9, 2, 0, 1], true),
+        ("CLUSTER_LIST length 6", vec![0x80, 10, 6, 0, 0, 0, 1, 0, 2], true),
+        ("CLUSTER_LIST of one", vec![0x80, 10, 4, 192, 0, 2, 1], false),
+        ("ORIGINATOR_ID", vec![0x80, 9, 4, 192, 0, 2, 1], false),
+    ] {
+        let c = update::check(&body(&[], &[&ga[..], &extra].concat(), &NLRI), ibgp).unwrap();
+        assert_eq!(c.treat_as_withdraw.is_some(), withdraw, "{name}: {c:?}");
+    }
 }
 
 #[test]
@@ -347,15 +379,73 @@ fn malformed_updates_get_the_rfc_answer() {
             },
             Want::Notify(3, 1),
         ),
+        // RFC 7606 4: the NLRI are located by the total attribute length.
         (
             "attribute value runs past the list",
-            body(&[], &[0x40, 1, 9, 0], &[]),
-            Want::Notify(3, 1),
+            body(&[], &[&ga[..], &[0x40, 1, 9, 0]].concat(), &NLRI),
+            Want::Withdraw,
         ),
         (
             "stray attribute byte",
             body(&[], &[&ga[..], &[0x40]].concat(), &NLRI),
+            Want::Withdraw,
+        ),
+        (
+            "two octets left, extended length",
+            body(&[], &[&ga[..], &[0x50, 8]].concat(), &NLRI),
+            Want::Withdraw,
+        ),
+        (
+            "runs past the list after MP_REACH was found",
+            body(
+                &[],
+                &[&mp_reach_v6()[..], &ORIGIN, &ASPATH, &[0xc0, 8, 200, 1]].concat(),
+                &[],
+            ),
+            Want::Withdraw,
+        ),
+        (
+            "overrun with nothing announced keeps the session",
+            body(&[], &[0x40, 1, 9, 0], &[]),
+            Want::Ok,
+        ),
+        (
+            "MP_REACH itself runs past the list",
+            body(&[], &[&ga[..], &[0x80, 14, 40, 0, 2, 1]].concat(), &[]),
             Want::Notify(3, 1),
+        ),
+        (
+            "MP_UNREACH header cut short",
+            body(&[], &[&ga[..], &[0x90, 15]].concat(), &NLRI),
+            Want::Notify(3, 1),
+        ),
+        (
+            "MP_REACH flagged transitive (RFC 7606 3c)",
+            body(
+                &[],
+                &{
+                    let mut m = mp_reach_v6();
+                    m[0] |= 0x40;
+                    [&m[..], &ORIGIN, &ASPATH].concat()
+                },
+                &[],
+            ),
+            Want::Withdraw,
+        ),
+        (
+            "LOCAL_PREF of length 3 from an external peer is discarded",
+            body(&[], &[&ga[..], &[0x40, 5, 3, 0, 0, 1]].concat(), &NLRI),
+            Want::Ok,
+        ),
+        (
+            "ORIGINATOR_ID from an external peer is discarded",
+            body(&[], &[&ga[..], &[0x80, 9, 2, 0, 1]].concat(), &NLRI),
+            Want::Ok,
+        ),
+        (
+            "AS4_AGGREGATOR from a 4-octet speaker is discarded",
+            body(&[], &[&ga[..], &[0xc0, 18, 8, 0, 0, 0xfd, 0xea, 192, 0, 2, 1]].concat(), &NLRI),
+            Want::Ok,
         ),
         (
             "bad ORIGIN value",

@@ -20,6 +20,8 @@ pub const LOCAL_PREF: u8 = 5;
 pub const ATOMIC_AGGREGATE: u8 = 6;
 pub const AGGREGATOR: u8 = 7;
 pub const COMMUNITIES: u8 = 8;
+pub const ORIGINATOR_ID: u8 = 9;
+pub const CLUSTER_LIST: u8 = 10;
 pub const MP_REACH: u8 = 14;
 pub const MP_UNREACH: u8 = 15;
 pub const EXT_COMMUNITIES: u8 = 16;
@@ -59,11 +61,23 @@ pub struct Ctx {
 fn expected_flags(t: u8) -> Option<u8> {
     Some(match t {
         ORIGIN | AS_PATH | NEXT_HOP | LOCAL_PREF | ATOMIC_AGGREGATE => FLAG_TRANSITIVE,
-        MED | MP_REACH | MP_UNREACH => FLAG_OPTIONAL,
+        MED | MP_REACH | MP_UNREACH | ORIGINATOR_ID | CLUSTER_LIST => FLAG_OPTIONAL,
         AGGREGATOR | COMMUNITIES | EXT_COMMUNITIES | AS4_PATH | AS4_AGGREGATOR
         | LARGE_COMMUNITIES => FLAG_OPTIONAL | FLAG_TRANSITIVE,
         _ => return None,
     })
+}
+
+/// Flags, type, header length and value length of the attribute at the
+/// start of `p`, when all of it lies within `p`.
+fn attr_header(p: &[u8]) -> Option<(u8, u8, usize, usize)> {
+    let (flags, t) = (*p.first()?, *p.get(1)?);
+    let (hl, len) = if flags & FLAG_EXTENDED != 0 {
+        (4, u16::from_be_bytes([*p.get(2)?, *p.get(3)?]) as usize)
+    } else {
+        (3, *p.get(2)? as usize)
+    };
+    (p.len() >= hl + len).then_some((flags, t, hl, len))
 }
 
 fn attr_err(sub: u8, data: &[u8]) -> Notification {
@@ -99,23 +113,22 @@ pub fn check(body: &[u8], ctx: Ctx) -> Result<Checked, Notification> {
     let mut mp_reach = false;
     let mut p = attrs;
     while !p.is_empty() {
-        if p.len() < 3 {
-            return Err(malformed_list());
-        }
-        let (flags, t) = (p[0], p[1]);
-        let (hl, len) = if flags & FLAG_EXTENDED != 0 {
-            if p.len() < 4 {
+        let Some((flags, t, hl, len)) = attr_header(p) else {
+            // RFC 7606 4: an attribute that runs past the list, or too few
+            // octets left for one, is treat-as-withdraw, the NLRI field
+            // being located by the total attribute length. Nothing after
+            // this point can be another attribute, so every MP_REACH or
+            // MP_UNREACH was found, unless this is one: then its NLRI cannot
+            // be located and only a reset is left (RFC 7606 5.3).
+            if p.len() >= 2 && (p[1] == MP_REACH || p[1] == MP_UNREACH) {
                 return Err(malformed_list());
             }
-            (4, u16::from_be_bytes([p[2], p[3]]) as usize)
-        } else {
-            (3, p[2] as usize)
+            taw.get_or_insert(format!(
+                "attribute list ends inside an attribute ({} octets left)",
+                p.len()
+            ));
+            break;
         };
-        if p.len() < hl + len {
-            // RFC 7606 4: an attribute running past the list cannot be
-            // skipped reliably, so the whole message is unusable.
-            return Err(malformed_list());
-        }
         let whole = &p[..hl + len];
         let v = &p[hl..hl + len];
         p = &p[hl + len..];
@@ -136,14 +149,16 @@ pub fn check(body: &[u8], ctx: Ctx) -> Result<Checked, Notification> {
             // Unknown optional attributes are valid; vipd has no use for them.
             continue;
         };
-        if flags & (FLAG_OPTIONAL | FLAG_TRANSITIVE) != want
-            || (want & FLAG_OPTIONAL == 0 && flags & FLAG_PARTIAL != 0)
-        {
-            if t == MP_REACH || t == MP_UNREACH {
-                return Err(attr_err(code::OPTIONAL_ATTR_ERROR, whole));
-            }
+        let bad_flags = flags & (FLAG_OPTIONAL | FLAG_TRANSITIVE) != want
+            || (want & FLAG_OPTIONAL == 0 && flags & FLAG_PARTIAL != 0);
+        if bad_flags {
+            // RFC 7606 3(c): treat-as-withdraw. MP_REACH/MP_UNREACH are
+            // still walked below: their NLRI are what gets withdrawn, and a
+            // syntax error there still resets (RFC 7606 5.3).
             taw.get_or_insert(format!("attribute {t} has flags {flags:#04x}"));
-            continue;
+            if t != MP_REACH && t != MP_UNREACH {
+                continue;
+            }
         }
         let asn_size = if ctx.four_octet_as { 4 } else { 2 };
         let verdict: Result<(), String> = match t {
@@ -164,12 +179,22 @@ pub fn check(body: &[u8], ctx: Ctx) -> Result<Checked, Notification> {
                 }
                 _ => Err(format!("NEXT_HOP length {len}")),
             },
-            MED | LOCAL_PREF if len != 4 => Err(format!("attribute {t} length {len}")),
-            LOCAL_PREF if ctx.ebgp => {
+            // RFC 7606 7.5: from an external peer, discarded whatever its
+            // length; 7.9 and 7.10 likewise for ORIGINATOR_ID, CLUSTER_LIST.
+            LOCAL_PREF | ORIGINATOR_ID | CLUSTER_LIST if ctx.ebgp => {
                 out.discarded
-                    .push("LOCAL_PREF from an external peer".into());
+                    .push(format!("attribute {t} from an external peer"));
                 continue;
             }
+            MED | LOCAL_PREF | ORIGINATOR_ID if len != 4 => {
+                Err(format!("attribute {t} length {len}"))
+            }
+            // Checked, but never handed on: zettabgp has no use for them.
+            ORIGINATOR_ID => continue,
+            CLUSTER_LIST if len == 0 || len % 4 != 0 => {
+                Err(format!("CLUSTER_LIST length {len}"))
+            }
+            CLUSTER_LIST => continue,
             COMMUNITIES if len == 0 || len % 4 != 0 => Err(format!("COMMUNITIES length {len}")),
             EXT_COMMUNITIES if len == 0 || len % 8 != 0 => {
                 Err(format!("EXTENDED COMMUNITIES length {len}"))
@@ -181,7 +206,8 @@ pub fn check(body: &[u8], ctx: Ctx) -> Result<Checked, Notification> {
                 let ok = match t {
                     ATOMIC_AGGREGATE => len == 0,
                     AGGREGATOR => len == asn_size + 4,
-                    AS4_AGGREGATOR => len == 8,
+                    // RFC 6793 4.1: only a 2-octet speaker may send it.
+                    AS4_AGGREGATOR => !ctx.four_octet_as && len == 8,
                     // RFC 6793 4.1: only a 2-octet speaker may send AS4_PATH.
                     _ => !ctx.four_octet_as && check_as_path(v, 4, false).is_ok(),
                 };
@@ -215,6 +241,8 @@ pub fn check(body: &[u8], ctx: Ctx) -> Result<Checked, Notification> {
             _ => Ok(()),
         };
         match verdict {
+            // Walked for its NLRI, but not handed on.
+            Ok(()) if bad_flags => {}
             Ok(()) if t == MP_REACH => {
                 // RFC 4760 3: the byte after the next hop is reserved and
                 // ignored on receipt; zettabgp would read it as an RFC 2858
