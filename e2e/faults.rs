@@ -15,6 +15,14 @@ fn conf(peer_extra: &str, bgp_extra: &str, n: u32) -> String {
     )
 }
 
+/// BIRD's view of vipd's capabilities on the session "v4".
+fn neighbor_caps(b: &Bird) -> String {
+    let all = b.cli("show protocols all v4");
+    let from = all.find("Neighbor capabilities").unwrap_or(0);
+    let to = all[from..].find("Session:").map_or(all.len(), |i| from + i);
+    all[from..to].to_string()
+}
+
 fn bird(lab: &Lab, extra: &str) -> Bird {
     Bird::start(
         &lab.router,
@@ -153,14 +161,22 @@ fn vipd_restart_with_graceful_restart_keeps_routes_at_bird() {
         "graceful restart on;\n  debug { states, events, packets };",
     );
     let n = 300;
-    let mut v = Vipd::start(&lab.node, &lab.dir, &conf("", "", n));
+    let record = lab.dir.path("bgp-stopped");
+    let bgp = format!("restart_record = \"{}\"", record.display());
+    let mut v = Vipd::start(&lab.node, &lab.dir, &conf("", &bgp, n));
     assert!(wait_until(Duration::from_secs(20), || b.count("master4") == n as usize));
+    // What BIRD received in vipd's capability: forwarding state preserved
+    // for both families (RFC 4724), and no restart on a first start.
+    let caps = neighbor_caps(&b);
+    assert!(caps.contains("AF preserved: ipv4 ipv6"), "{caps}");
+    assert!(!caps.contains("Restart recovery"), "{caps}");
     v.proc.stop(Duration::from_secs(5));
     assert!(
         v.log().contains("closing without NOTIFICATION"),
         "{}",
         v.proc.log_tail(20)
     );
+    assert!(record.exists(), "no restart record after a graceful stop");
     assert!(
         wait_until(Duration::from_secs(5), || b.state("v4").contains("Active")
             || b.state("v4").contains("Connect")),
@@ -174,7 +190,7 @@ fn vipd_restart_with_graceful_restart_keeps_routes_at_bird() {
     // Down for a while: BIRD keeps every route as stale.
     let (min, _) = min_count_during(&b, "master4", || false, Duration::from_secs(2));
     assert_eq!(min, n as usize, "routes were withdrawn while vipd was down");
-    let v2 = Vipd::start(&lab.node, &lab.dir, &conf("", "", n));
+    let v2 = Vipd::start(&lab.node, &lab.dir, &conf("", &bgp, n));
     let (min, up) = min_count_during(
         &b,
         "master4",
@@ -191,11 +207,28 @@ fn vipd_restart_with_graceful_restart_keeps_routes_at_bird() {
         "session did not come back, or BIRD stayed in graceful restart"
     );
     assert_eq!(min, n as usize, "routes were withdrawn during the restart");
-    // BIRD cleared the stale routes on End-of-RIB, not on its restart timer.
+    // Back within the restart time: the Restart State bit (RFC 4724 3).
+    let caps = neighbor_caps(&b);
+    assert!(caps.contains("Restart recovery"), "{caps}");
+    assert!(caps.contains("AF preserved: ipv4 ipv6"), "{caps}");
+    // BIRD ended the restart on vipd's End-of-RIB, not at session-up (what
+    // a missing forwarding-state bit makes it do) nor on its timer: in its
+    // log, the restart is done right after it got (not sent) End-of-RIB.
     let log = std::fs::read_to_string(lab.dir.path("bird.log")).unwrap_or_default();
+    let lines: Vec<&str> = log.lines().collect();
+    let detected = lines
+        .iter()
+        .position(|l| l.contains("Neighbor graceful restart detected"))
+        .unwrap_or_else(|| panic!("BIRD never saw the restart: {log}"));
+    let done = detected
+        + lines[detected..]
+            .iter()
+            .position(|l| l.contains("Neighbor graceful restart done"))
+            .unwrap_or_else(|| panic!("BIRD never ended the restart: {log}"));
     assert!(
-        log.contains("END-OF-RIB"),
-        "no End-of-RIB in BIRD's log: {log}"
+        lines[done - 1].contains("Got END-OF-RIB"),
+        "the restart ended on something other than vipd's End-of-RIB: {}",
+        lines[detected..=done].join("\n")
     );
     assert!(
         b.cli("show route all")

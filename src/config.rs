@@ -142,6 +142,9 @@ pub struct BgpConfig {
     pub graceful_restart: bool,
     pub restart_time: u16,
     pub withdraw_on_stop: bool,
+    /// Written at a graceful stop, read at start: whether to set the
+    /// Restart State bit (RFC 4724 section 3).
+    pub restart_record: PathBuf,
     pub peers: Vec<PeerConfig>,
 }
 
@@ -363,6 +366,9 @@ fn read_bgp(mut t: Tbl, errs: &mut Errs) -> Option<BgpConfig> {
         })
         .unwrap_or(120);
     let withdraw_on_stop = t.opt("withdraw_on_stop", errs, parse_bool).unwrap_or(false);
+    let restart_record = t
+        .opt("restart_record", errs, parse_abs_path)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_RESTART_RECORD));
     let local_asn = asn;
     let mut peers = Vec::new();
     for (i, v) in t.array("peers", errs).into_iter().enumerate() {
@@ -398,6 +404,7 @@ fn read_bgp(mut t: Tbl, errs: &mut Errs) -> Option<BgpConfig> {
         graceful_restart,
         restart_time,
         withdraw_on_stop,
+        restart_record,
         peers: peers.into_iter().map(|(_, p)| p).collect(),
     })
 }
@@ -504,13 +511,7 @@ fn read_dataplane(mut t: Tbl, errs: &mut Errs) -> Dataplane {
         })
     });
     let ipvs_state = t
-        .opt("ipvs_state", errs, |v| {
-            let s = parse_str(v)?;
-            if !s.starts_with('/') {
-                return Err(format!("{s:?} is not an absolute path"));
-            }
-            Ok(PathBuf::from(s))
-        })
+        .opt("ipvs_state", errs, parse_abs_path)
         .unwrap_or_else(|| PathBuf::from(DEFAULT_IPVS_STATE));
     t.finish(errs);
     Dataplane {
@@ -518,6 +519,14 @@ fn read_dataplane(mut t: Tbl, errs: &mut Errs) -> Dataplane {
         routes,
         ipvs_state,
     }
+}
+
+fn parse_abs_path(v: Value) -> Result<PathBuf, String> {
+    let s = parse_str(v)?;
+    if !s.starts_with('/') {
+        return Err(format!("{s:?} is not an absolute path"));
+    }
+    Ok(PathBuf::from(s))
 }
 
 fn read_status(mut t: Tbl, errs: &mut Errs) -> Option<SocketAddr> {
@@ -535,6 +544,9 @@ fn read_status(mut t: Tbl, errs: &mut Errs) -> Option<SocketAddr> {
 
 /// Where vipd records the IPVS services it created, unless configured.
 pub const DEFAULT_IPVS_STATE: &str = "/run/vipd/ipvs-services";
+
+/// Where vipd records a graceful stop, unless configured.
+pub const DEFAULT_RESTART_RECORD: &str = "/run/vipd/bgp-stopped";
 
 fn read_control_plane(mut t: Tbl, errs: &mut Errs) -> Option<ControlPlane> {
     let key = t.path.clone();

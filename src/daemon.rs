@@ -455,8 +455,9 @@ pub async fn run(path: PathBuf) -> Result<(), DaemonError> {
     }
     let mut base = with_control(&statics, &control);
     let mut table = base.clone();
+    let restarted = take_restart_record(&cfg.bgp);
     let mut speaker = match &cfg.kubernetes {
-        None => Speaker::start(&cfg.bgp, Some(table.clone()))?,
+        None => Speaker::start(&cfg.bgp, Some(table.clone()), restarted)?,
         Some(k) => {
             let (client, mut api) = k8s::watch::connect(k).await?;
             if let Some(cp) = &cfg.control_plane {
@@ -465,7 +466,7 @@ pub async fn run(path: PathBuf) -> Result<(), DaemonError> {
                 api.push(cp.vip);
                 api.extend(cp.backends.iter().map(|b| b.ip()));
             }
-            let speaker = Speaker::start(&cfg.bgp, None)?;
+            let speaker = Speaker::start(&cfg.bgp, None, restarted)?;
             tokio::spawn(k8s::watch::run(
                 k.clone(),
                 client,
@@ -598,6 +599,9 @@ pub async fn run(path: PathBuf) -> Result<(), DaemonError> {
         }
     }
     speaker.shutdown(cfg.bgp.withdraw_on_stop).await;
+    if cfg.bgp.graceful_restart && !cfg.bgp.withdraw_on_stop {
+        write_restart_record(&cfg.bgp);
+    }
     if cfg.bgp.withdraw_on_stop {
         // Otherwise the VIPs keep working on the node through a restart.
         node.keep(None);
@@ -608,4 +612,38 @@ pub async fn run(path: PathBuf) -> Result<(), DaemonError> {
     }
     info!("vipd stopped");
     Ok(())
+}
+
+/// Reads and removes the record of the last graceful stop: whether this
+/// start is a restart within the restart time (RFC 4724 section 3).
+fn take_restart_record(bgp: &crate::config::BgpConfig) -> bool {
+    let path = &bgp.restart_record;
+    let text = std::fs::read_to_string(path).ok();
+    if text.is_some() {
+        if let Err(e) = std::fs::remove_file(path) {
+            warn!(path = %path.display(), "cannot remove the restart record: {e}");
+        }
+    }
+    let restarted = bgp.graceful_restart
+        && crate::bgp::restart::restarted(
+            text.as_deref(),
+            std::time::SystemTime::now(),
+            bgp.restart_time,
+        );
+    if restarted {
+        info!("restarting within the restart time: OPENs carry the Restart State bit");
+    }
+    restarted
+}
+
+fn write_restart_record(bgp: &crate::config::BgpConfig) {
+    let path = &bgp.restart_record;
+    let text = crate::bgp::restart::record(std::time::SystemTime::now());
+    let written = path
+        .parent()
+        .map_or(Ok(()), std::fs::create_dir_all)
+        .and_then(|_| std::fs::write(path, text));
+    if let Err(e) = written {
+        warn!(path = %path.display(), "cannot write the restart record: {e}");
+    }
 }

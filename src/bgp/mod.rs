@@ -8,6 +8,7 @@
 
 pub mod fsm;
 pub mod net;
+pub mod restart;
 pub mod rib;
 pub mod session;
 pub mod wire;
@@ -77,7 +78,14 @@ fn settings(bgp: &BgpConfig) -> Vec<Settings> {
 }
 
 impl Speaker {
-    pub fn start(bgp: &BgpConfig, table: Option<Table>) -> Result<Speaker, SpeakerError> {
+    /// `restarted`: vipd is back from a graceful stop within its restart
+    /// time, so the first OPEN of each configured peer sets the Restart
+    /// State bit (RFC 4724 section 3).
+    pub fn start(
+        bgp: &BgpConfig,
+        table: Option<Table>,
+        restarted: bool,
+    ) -> Result<Speaker, SpeakerError> {
         let (tx, _) = watch::channel(table.map(Arc::new));
         let registry: Registry = Arc::default();
         let listener = match bgp.listen {
@@ -100,12 +108,12 @@ impl Speaker {
             router_id: bgp.router_id,
         };
         for st in settings(bgp) {
-            s.add_peer(st);
+            s.add_peer(st, restarted);
         }
         Ok(s)
     }
 
-    fn add_peer(&mut self, settings: Settings) {
+    fn add_peer(&mut self, settings: Settings, restarted: bool) {
         let addr = settings.peer.address;
         if let Some(l) = &self.listener {
             if settings.peer.password.is_some() {
@@ -132,6 +140,7 @@ impl Speaker {
             self.table.subscribe(),
             rx,
             status.clone(),
+            restarted,
         ));
         info!(peer = %addr, asn = settings.peer.asn, passive = settings.peer.passive, "peer configured");
         self.peers.insert(
@@ -195,13 +204,13 @@ impl Speaker {
                 Some(s) => {
                     info!(peer = %addr, "peer settings changed: restarting its session");
                     self.remove_peer(addr).await;
-                    self.add_peer(s);
+                    self.add_peer(s, false);
                 }
                 None => self.remove_peer(addr).await,
             }
         }
         for (_, s) in wanted {
-            self.add_peer(s);
+            self.add_peer(s, false);
         }
     }
 

@@ -213,6 +213,7 @@ pub async fn run(
     table: watch::Receiver<Published>,
     mut cmds: mpsc::Receiver<Command>,
     status: Arc<Mutex<PeerStatus>>,
+    restarted: bool,
 ) {
     let p = &s.peer;
     let mut families = vec![];
@@ -230,6 +231,7 @@ pub async fn run(
         capabilities: true,
         refused: vec![],
         graceful_restart: s.graceful_restart,
+        restart_state: restarted && s.graceful_restart.is_some(),
     };
     let opts = SocketOpts {
         password: p.password.clone(),
@@ -864,6 +866,8 @@ impl Session {
             peer_id = %o.map(|o| o.bgp_id).unwrap_or(Ipv4Addr::UNSPECIFIED),
             "session established"
         );
+        // Only the OPENs up to the first session after a restart say so.
+        self.local_open.restart_state = false;
         for f in n.families.iter().filter(|f| !n.send_families.contains(f)) {
             warn!(peer = %self.peer(), "no {f} next hop on this session: set next_hop_ipv4 / next_hop_ipv6 for the peer; {f} routes are not sent to it");
         }

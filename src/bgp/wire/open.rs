@@ -207,6 +207,8 @@ pub struct LocalOpen {
     /// Capability codes the peer said it does not support (2/7).
     pub refused: Vec<u8>,
     pub graceful_restart: Option<u16>,
+    /// The Restart State bit: vipd is back from a graceful stop.
+    pub restart_state: bool,
 }
 
 impl LocalOpen {
@@ -244,7 +246,7 @@ impl LocalOpen {
                     .collect();
                 caps.push(BgpCapability::CapGR {
                     restart_time: t.min(4095),
-                    restart_state: false,
+                    restart_state: self.restart_state,
                     afis,
                 });
             }
@@ -286,7 +288,20 @@ mod tests {
             capabilities: true,
             refused: vec![],
             graceful_restart: Some(120),
+            restart_state: false,
         }
+    }
+
+    /// RFC 4724 section 3: the Restart State bit goes out when asked for,
+    /// beside the forwarding-state bits.
+    #[test]
+    fn restart_state_bit() {
+        let mut l = local();
+        l.restart_state = true;
+        let gr = parse(&l.encode()[19..]).unwrap().caps.graceful_restart.unwrap();
+        assert!(gr.restarted);
+        assert_eq!(gr.restart_time, 120);
+        assert_eq!(gr.families, vec![(Afi::Ipv4, true), (Afi::Ipv6, true)]);
     }
 
     #[test]
