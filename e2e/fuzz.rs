@@ -91,6 +91,7 @@ fn seeds() -> Vec<Vec<u8>> {
             capabilities: true,
             refused: vec![],
             graceful_restart: Some(120),
+            restart_state: true,
         }
         .encode(),
     );

@@ -306,7 +306,11 @@ fn cases() -> Vec<(&'static str, Stage, Vec<u8>, Expect)> {
         (
             "attribute runs past the list",
             Established,
-            update(&[], &attrs(&[&ORIGIN, &ASPATH, &NH, &[0x40, 1, 9, 0]]), &NLRI),
+            update(
+                &[],
+                &attrs(&[&ORIGIN, &ASPATH, &NH, &[0x40, 1, 9, 0]]),
+                &NLRI,
+            ),
             Survives,
         ),
         (
@@ -318,7 +322,11 @@ fn cases() -> Vec<(&'static str, Stage, Vec<u8>, Expect)> {
         (
             "MP_REACH runs past the list",
             Established,
-            update(&[], &attrs(&[&ORIGIN, &ASPATH, &[0x80, 14, 40, 0, 2, 1]]), &[]),
+            update(
+                &[],
+                &attrs(&[&ORIGIN, &ASPATH, &[0x80, 14, 40, 0, 2, 1]]),
+                &[],
+            ),
             Notify(3, 1, None),
         ),
         (

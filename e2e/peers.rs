@@ -366,7 +366,11 @@ fn exabgp_counts_updates_equal_entries_packed_and_invisible_changes_not_sent() {
         }
         s
     };
-    let vipd = Vipd::start(&lab.node, &lab.dir, &vipd_conf(TWO_PEERS, &entries(500, 100)));
+    let vipd = Vipd::start(
+        &lab.node,
+        &lab.dir,
+        &vipd_conf(TWO_PEERS, &entries(500, 100)),
+    );
     assert!(
         wait_until(Duration::from_secs(40), || {
             let t = exa.table();
@@ -376,7 +380,10 @@ fn exabgp_counts_updates_equal_entries_packed_and_invisible_changes_not_sent() {
     );
     let (ann, all) = exa_counts(&exa);
     // IPv4: 2,500 bytes of NLRI, one UPDATE; IPv6: 8,500 bytes, three.
-    assert!(ann <= 4, "{ann} UPDATEs for 1,000 routes with equal attributes");
+    assert!(
+        ann <= 4,
+        "{ann} UPDATEs for 1,000 routes with equal attributes"
+    );
     // LOCAL_PREF changes everywhere, and the last entry of each family goes.
     vipd.reload(&vipd_conf(TWO_PEERS, &entries(499, 200)));
     assert!(

@@ -356,9 +356,9 @@ fn report(
 /// After the control plane changed: a new base and table where the VIP's
 /// announcement changed, handed to the speaker when `publish`.
 fn refresh(
-    base: &mut Table,
-    table: &mut Table,
-    statics: &Table,
+    base: &mut Arc<Table>,
+    table: &mut Arc<Table>,
+    statics: &Arc<Table>,
     control: &Option<Control>,
     kube: &KubeRoutes,
     speaker: &Speaker,
@@ -374,13 +374,17 @@ fn refresh(
     }
 }
 
-/// The configured announcements plus the control-plane VIP while it serves.
-fn with_control(statics: &Table, control: &Option<Control>) -> Table {
-    let mut t = statics.clone();
-    if let Some((p, a)) = control.as_ref().and_then(Control::route) {
-        t.insert(p, a);
+/// The configured announcements plus the control-plane VIP while it serves
+/// (without it, the static table itself, shared).
+fn with_control(statics: &Arc<Table>, control: &Option<Control>) -> Arc<Table> {
+    match control.as_ref().and_then(Control::route) {
+        Some((p, a)) => {
+            let mut t = (**statics).clone();
+            t.insert(p, a);
+            Arc::new(t)
+        }
+        None => statics.clone(),
     }
-    t
 }
 
 fn log_errors(errors: Vec<String>) {
@@ -403,9 +407,9 @@ pub fn static_table(cfg: &Config) -> Table {
 }
 
 /// Loads the configuration, keeping only what the daemon needs afterwards.
-fn load(path: &Path) -> Result<(Config, Table), Problems> {
+fn load(path: &Path) -> Result<(Config, Arc<Table>), Problems> {
     let mut cfg = Config::load(path)?;
-    let table = static_table(&cfg);
+    let table = Arc::new(static_table(&cfg));
     // The prefix lists now live in the table; the parsed copy (and the
     // `config` crate's value tree before it) can go back to the system.
     cfg.announce = Vec::new();

@@ -79,17 +79,27 @@ impl KubeRoutes {
 }
 
 /// The table to announce: the static announcements, and the Kubernetes VIPs
-/// the static ones do not already cover.
-pub fn merged(statics: &Table, kube: &KubeRoutes) -> Table {
-    let mut t = statics.clone();
+/// the static ones do not already cover. Without Kubernetes routes it is
+/// the static table itself, shared rather than copied.
+pub fn merged(statics: &Arc<Table>, kube: &KubeRoutes) -> Arc<Table> {
+    if kube.routes.is_empty() {
+        return statics.clone();
+    }
+    let mut t = (**statics).clone();
     for (p, a) in &kube.routes {
         t.entry(*p).or_insert_with(|| a.clone());
     }
-    t
+    Arc::new(t)
 }
 
 /// Brings `table` (a [`merged`] table) up to date at the `changed` prefixes.
-pub fn patch(table: &mut Table, statics: &Table, kube: &KubeRoutes, changed: &[IpNet]) {
+/// Copy on write: a table the speaker (or the static one) still shares is
+/// copied once, never changed under its other holders.
+pub fn patch(table: &mut Arc<Table>, statics: &Table, kube: &KubeRoutes, changed: &[IpNet]) {
+    if changed.is_empty() {
+        return;
+    }
+    let table = Arc::make_mut(table);
     for p in changed {
         match statics.get(p).or_else(|| kube.routes.get(p)) {
             Some(a) => {
@@ -103,7 +113,7 @@ pub fn patch(table: &mut Table, statics: &Table, kube: &KubeRoutes, changed: &[I
 }
 
 /// [`merged`] straight from an intent (tests and tools).
-pub fn table(statics: &Table, intent: &Intent) -> Table {
+pub fn table(statics: &Arc<Table>, intent: &Intent) -> Arc<Table> {
     let mut k = KubeRoutes::default();
     k.set_all(&intent.routes);
     merged(statics, &k)
@@ -307,7 +317,7 @@ mod tests {
         #![proptest_config(ProptestConfig::with_cases(200))]
         #[test]
         fn applied_always_equals_the_model_and_nothing_remains(ops in proptest::collection::vec(op(), 1..40)) {
-            let statics: Table = [("198.51.100.1/32".parse().unwrap(), Arc::new(RouteAttrs::default()))].into();
+            let statics: Arc<Table> = Arc::new([("198.51.100.1/32".parse().unwrap(), Arc::new(RouteAttrs::default()))].into());
             let other: IpNet = "203.0.113.1/32".parse().unwrap();
             let mut dp = Fake { others: [other].into(), ..Default::default() };
             let mut s = Snapshot::default();
@@ -351,7 +361,7 @@ mod tests {
 
     #[test]
     fn patching_by_delta_equals_rebuilding() {
-        let statics = static_med5();
+        let statics = Arc::new(static_med5());
         let mut k = KubeRoutes::default();
         let w = |c: u32| {
             Some(Want {
@@ -370,6 +380,7 @@ mod tests {
         let mut t = statics.clone();
         patch(&mut t, &statics, &k, &changed);
         assert_eq!(t, merged(&statics, &k));
+        assert_eq!(statics.len(), 1, "the shared static table was changed");
         let delta: Delta = vec![
             ("203.0.113.2/32".parse().unwrap(), None),
             ("203.0.113.3/32".parse().unwrap(), w(3)),
@@ -388,7 +399,7 @@ mod tests {
 
     #[test]
     fn static_announcements_win_and_attributes_are_shared() {
-        let statics = static_med5();
+        let statics = Arc::new(static_med5());
         let mut intent = Intent::default();
         for ip in ["203.0.113.1/32", "203.0.113.2/32", "203.0.113.3/32"] {
             intent

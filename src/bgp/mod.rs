@@ -83,10 +83,10 @@ impl Speaker {
     /// State bit (RFC 4724 section 3).
     pub fn start(
         bgp: &BgpConfig,
-        table: Option<Table>,
+        table: Option<Arc<Table>>,
         restarted: bool,
     ) -> Result<Speaker, SpeakerError> {
-        let (tx, _) = watch::channel(table.map(Arc::new));
+        let (tx, _) = watch::channel(table);
         let registry: Registry = Arc::default();
         let listener = match bgp.listen {
             Some(addr) => {
@@ -170,8 +170,10 @@ impl Speaker {
     }
 
     /// Replaces the table every session converges to (and marks it ready).
-    pub fn set_table(&self, table: Table) {
-        self.table.send_replace(Some(Arc::new(table)));
+    /// The table is shared, not copied: sessions diff against it and keep
+    /// it as what their peer holds.
+    pub fn set_table(&self, table: Arc<Table>) {
+        self.table.send_replace(Some(table));
     }
 
     /// The current table, `None` before the first [`Speaker::set_table`]

@@ -303,21 +303,40 @@ mod tests {
         let l = |local: &str, peer: &str| {
             link_local_for(&t, local.parse().unwrap(), peer.parse().unwrap(), nh)
         };
-        assert_eq!(l("2001:db8::1", "2001:db8::2"), Some("fe80::1".parse().unwrap()));
+        assert_eq!(
+            l("2001:db8::1", "2001:db8::2"),
+            Some("fe80::1".parse().unwrap())
+        );
         // IPv6 routes over an IPv4 session on the same link.
-        assert_eq!(l("192.0.2.1", "192.0.2.2"), Some("fe80::1".parse().unwrap()));
-        assert_eq!(l("::ffff:192.0.2.1", "::ffff:192.0.2.2"), Some("fe80::1".parse().unwrap()));
+        assert_eq!(
+            l("192.0.2.1", "192.0.2.2"),
+            Some("fe80::1".parse().unwrap())
+        );
+        assert_eq!(
+            l("::ffff:192.0.2.1", "::ffff:192.0.2.2"),
+            Some("fe80::1".parse().unwrap())
+        );
         // Multihop: the peer is on no subnet of the interface.
         assert_eq!(l("2001:db8::1", "2001:db8:99::2"), None);
         // The next hop is on another interface than the session.
         let other = "2001:db8:1::1".parse().unwrap();
         assert_eq!(
-            link_local_for(&t, "2001:db8::1".parse().unwrap(), "2001:db8::2".parse().unwrap(), other),
+            link_local_for(
+                &t,
+                "2001:db8::1".parse().unwrap(),
+                "2001:db8::2".parse().unwrap(),
+                other
+            ),
             None
         );
         // An interface without a link-local address.
         assert_eq!(
-            link_local_for(&t, "2001:db8:1::1".parse().unwrap(), "2001:db8:1::2".parse().unwrap(), other),
+            link_local_for(
+                &t,
+                "2001:db8:1::1".parse().unwrap(),
+                "2001:db8:1::2".parse().unwrap(),
+                other
+            ),
             None
         );
     }

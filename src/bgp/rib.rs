@@ -244,7 +244,9 @@ mod tests {
     fn equal_attributes_in_distinct_arcs_are_one_group() {
         let t: Table = (0..1000u32)
             .map(|i| {
-                let p = IpNet::from(ipnet::Ipv4Net::from(std::net::Ipv4Addr::from(0x6440_0000 + i)));
+                let p = IpNet::from(ipnet::Ipv4Net::from(std::net::Ipv4Addr::from(
+                    0x6440_0000 + i,
+                )));
                 (p, attrs(7))
             })
             .collect();

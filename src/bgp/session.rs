@@ -966,7 +966,9 @@ impl Session {
         self.stopping = true;
         let gr = self.negotiated.as_ref().is_some_and(|n| n.graceful_restart);
         if self.fsm.state == State::Established && withdraw {
-            let c = self.adj.diff(&Table::new(), &[Afi::Ipv4, Afi::Ipv6], &|a| a.clone());
+            let c = self
+                .adj
+                .diff(&Table::new(), &[Afi::Ipv4, Afi::Ipv6], &|a| a.clone());
             info!(peer = %self.peer(), "withdrawing {} routes before stopping", c.withdrawn());
             self.send_changes(&c, &[]).await;
         }

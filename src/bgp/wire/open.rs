@@ -298,7 +298,11 @@ mod tests {
     fn restart_state_bit() {
         let mut l = local();
         l.restart_state = true;
-        let gr = parse(&l.encode()[19..]).unwrap().caps.graceful_restart.unwrap();
+        let gr = parse(&l.encode()[19..])
+            .unwrap()
+            .caps
+            .graceful_restart
+            .unwrap();
         assert!(gr.restarted);
         assert_eq!(gr.restart_time, 120);
         assert_eq!(gr.families, vec![(Afi::Ipv4, true), (Afi::Ipv6, true)]);

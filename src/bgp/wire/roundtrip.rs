@@ -210,7 +210,10 @@ fn ipv6_next_hop_with_link_local_is_32_bytes() {
         assert_eq!(&b[8..12], &[0, 2, 1, 32]);
         let g: std::net::Ipv6Addr = <[u8; 16]>::try_from(&b[12..28]).unwrap().into();
         let l: std::net::Ipv6Addr = <[u8; 16]>::try_from(&b[28..44]).unwrap().into();
-        assert_eq!((g.to_string(), l.to_string()), ("2001:db8::1".into(), "fe80::1".into()));
+        assert_eq!(
+            (g.to_string(), l.to_string()),
+            ("2001:db8::1".into(), "fe80::1".into())
+        );
         let chk = update::check(b, ctx).unwrap();
         assert_eq!(chk.treat_as_withdraw, None);
         total += chk.announced;
@@ -317,10 +320,20 @@ const NLRI: [u8; 5] = [32, 203, 0, 113, 7];
 /// MP_REACH_NLRI for one IPv6 /128, next hop 2001:db8::1.
 fn mp_reach_v6() -> Vec<u8> {
     let mut mp = vec![0x80, 14, 0, 0, 2, 1, 16];
-    mp.extend_from_slice(&"2001:db8::1".parse::<std::net::Ipv6Addr>().unwrap().octets());
+    mp.extend_from_slice(
+        &"2001:db8::1"
+            .parse::<std::net::Ipv6Addr>()
+            .unwrap()
+            .octets(),
+    );
     mp.push(0);
     mp.push(128);
-    mp.extend_from_slice(&"2001:db8::99".parse::<std::net::Ipv6Addr>().unwrap().octets());
+    mp.extend_from_slice(
+        &"2001:db8::99"
+            .parse::<std::net::Ipv6Addr>()
+            .unwrap()
+            .octets(),
+    );
     mp[2] = (mp.len() - 3) as u8;
     mp
 }
@@ -347,8 +360,16 @@ fn ibgp_only_attributes_from_an_internal_peer() {
     for (name, extra, withdraw) in [
         ("LOCAL_PREF length 3", vec![0x40, 5, 3, 0, 0, 1], true),
         ("ORIGINATOR_ID length 2", vec![0x80, 9, 2, 0, 1], true),
-        ("CLUSTER_LIST length 6", vec![0x80, 10, 6, 0, 0, 0, 1, 0, 2], true),
-        ("CLUSTER_LIST of one", vec![0x80, 10, 4, 192, 0, 2, 1], false),
+        (
+            "CLUSTER_LIST length 6",
+            vec![0x80, 10, 6, 0, 0, 0, 1, 0, 2],
+            true,
+        ),
+        (
+            "CLUSTER_LIST of one",
+            vec![0x80, 10, 4, 192, 0, 2, 1],
+            false,
+        ),
         ("ORIGINATOR_ID", vec![0x80, 9, 4, 192, 0, 2, 1], false),
     ] {
         let c = update::check(&body(&[], &[&ga[..], &extra].concat(), &NLRI), ibgp).unwrap();
@@ -444,7 +465,11 @@ fn malformed_updates_get_the_rfc_answer() {
         ),
         (
             "AS4_AGGREGATOR from a 4-octet speaker is discarded",
-            body(&[], &[&ga[..], &[0xc0, 18, 8, 0, 0, 0xfd, 0xea, 192, 0, 2, 1]].concat(), &NLRI),
+            body(
+                &[],
+                &[&ga[..], &[0xc0, 18, 8, 0, 0, 0xfd, 0xea, 192, 0, 2, 1]].concat(),
+                &NLRI,
+            ),
             Want::Ok,
         ),
         (

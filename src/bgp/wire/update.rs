@@ -191,9 +191,7 @@ pub fn check(body: &[u8], ctx: Ctx) -> Result<Checked, Notification> {
             }
             // Checked, but never handed on: zettabgp has no use for them.
             ORIGINATOR_ID => continue,
-            CLUSTER_LIST if len == 0 || len % 4 != 0 => {
-                Err(format!("CLUSTER_LIST length {len}"))
-            }
+            CLUSTER_LIST if len == 0 || len % 4 != 0 => Err(format!("CLUSTER_LIST length {len}")),
             CLUSTER_LIST => continue,
             COMMUNITIES if len == 0 || len % 4 != 0 => Err(format!("COMMUNITIES length {len}")),
             EXT_COMMUNITIES if len == 0 || len % 8 != 0 => {
