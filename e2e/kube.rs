@@ -330,6 +330,102 @@ fn never_below(k: &KubeLab, n: usize, d: Duration) {
     }
 }
 
+/// The readiness barrier holds for each cache, not just the Services: vipd
+/// restarts (graceful restart at BIRD) with the EndpointSlices, then the
+/// Node, held back. Everything else is listed, so a barrier that ignored the
+/// held kind would publish a table without endpoints (every VIP lost) or
+/// without the Node (the node's own address announced as a VIP: lesson 5).
+/// BIRD keeps exactly the routes it had.
+#[test]
+fn barrier_holds_for_endpoint_slices_and_the_node_across_restarts() {
+    let k = kube_lab("kb");
+    // A VIP that is node-a's own address: refused once the Node is known.
+    k.api.put(obj::service("a", "own", &["192.0.2.1"], false));
+    k.api.put(obj::slice("a", "own-1", "own", &[("node-b", true)]));
+    for i in 0..5 {
+        let (c, l) = (format!("203.0.113.{}", 10 + i), format!("203.0.113.{}", 30 + i));
+        k.api.put(obj::service("a", &format!("c{i}"), &[&c], false));
+        k.api
+            .put(obj::slice("a", &format!("c{i}-1"), &format!("c{i}"), &[("node-b", true)]));
+        k.api.put(obj::service("a", &format!("l{i}"), &[&l], true));
+        k.api
+            .put(obj::slice("a", &format!("l{i}-1"), &format!("l{i}"), &[("node-a", true)]));
+    }
+    let mut v = start_synced(&k, "", 10);
+    for (held, other) in [(Kind::EndpointSlice, Kind::Node), (Kind::Node, Kind::EndpointSlice)] {
+        v.proc.stop(Duration::from_secs(5));
+        assert!(
+            wait_until(Duration::from_secs(5), || !k.bird.established("v4")),
+            "BIRD did not notice vipd stopping"
+        );
+        let (svc0, other0) = (k.api.lists_served(Kind::Service), k.api.lists_served(other));
+        k.api.hold(held);
+        v = Vipd::start(&k.lab.node, &k.lab.dir, &vipd_conf(&k, ""));
+        // The new vipd has its session and every list but the held one:
+        // the moment a broken barrier would publish.
+        assert!(
+            wait_until(Duration::from_secs(20), || k.bird.established("v4")
+                && k.api.lists_served(Kind::Service) > svc0
+                && k.api.lists_served(other) > other0),
+            "vipd did not list Services and {other:?}"
+        );
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(2) {
+            let r = routes(&k.bird);
+            assert_eq!(r, 10, "BIRD's routes changed to {r} with {held:?} held");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(!v.log().contains("caches synced"), "synced with {held:?} held");
+        k.api.release(held);
+        assert!(
+            wait_until(Duration::from_secs(20), || v.log().contains("caches synced")),
+            "vipd never synced after {held:?} was released"
+        );
+        assert!(
+            wait_until(Duration::from_secs(10), || !k
+                .bird
+                .cli("show protocols all v4")
+                .contains("graceful restart active")),
+            "BIRD stayed in graceful restart"
+        );
+        assert_eq!(routes(&k.bird), 10, "after {held:?} was released");
+        assert!(!k.bird.has("192.0.2.1/32"), "the node's own address announced");
+    }
+}
+
+/// A Service deleted while the watch was broken and the history compacted
+/// is learned only from the re-list after 410 Gone: the re-list replaces
+/// the cache, so its VIP is withdrawn; the others stay throughout.
+#[test]
+fn relist_after_410_drops_what_was_deleted_meanwhile() {
+    let k = kube_lab("kr");
+    put_services(&k.api, 5);
+    let v = start_synced(&k, "", 5);
+    k.api.set_down(true);
+    assert!(
+        wait_until(Duration::from_secs(30), || v.log().contains("Kubernetes API:")),
+        "vipd never noticed the API going away"
+    );
+    k.api.delete(Kind::Service, "a", "s0");
+    k.api.delete(Kind::EndpointSlice, "a", "s0-1");
+    k.api.expire_history();
+    let gone = k.api.gone_sent();
+    k.api.set_down(false);
+    let t = Instant::now();
+    while k.bird.has("203.0.113.10/32") {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "s0's VIP is still announced after the re-list"
+        );
+        for i in 1..5 {
+            assert!(k.bird.has(&format!("203.0.113.{}/32", 10 + i)), "s{i} went");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(k.api.gone_sent() > gone, "no watch was answered with 410 Gone");
+    assert_eq!(routes(&k.bird), 4);
+}
+
 /// A watch reset (410 Gone) in the middle of a run withdraws nothing, and
 /// changes made around it are applied.
 #[test]
@@ -337,15 +433,23 @@ fn watch_reset_410_withdraws_nothing() {
     let k = kube_lab("kg");
     put_services(&k.api, 5);
     let v = start_synced(&k, "", 5);
-    let before = k.api.requests();
-    k.api.expire_history();
+    // The watches break, changes happen, the history is compacted: the
+    // watches vipd starts again from its last version get 410 Gone.
+    k.api.set_down(true);
+    assert!(
+        wait_until(Duration::from_secs(30), || v.log().contains("Kubernetes API:")),
+        "vipd never noticed the API going away"
+    );
     k.api
         .put(obj::service("a", "new", &["203.0.113.50"], false));
     k.api
         .put(obj::slice("a", "new-1", "new", &[("node-b", true)]));
+    k.api.expire_history();
+    let before = k.api.requests();
+    k.api.set_down(false);
     never_below(&k, 5, Duration::from_secs(3));
     assert!(
-        wait_until(Duration::from_secs(15), || routes(&k.bird) == 6),
+        wait_until(Duration::from_secs(60), || routes(&k.bird) == 6),
         "the change after the reset was not applied"
     );
     assert!(

@@ -5,12 +5,13 @@
 //! Implemented (and nothing else; anything else answers 404):
 //!
 //! - `GET /api/v1/services`, `GET /apis/discovery.k8s.io/v1/endpointslices`,
-//!   `GET /api/v1/nodes`: list, with `limit` and `continue` paging, the
+//!   `GET /api/v1/nodes`: list, with `limit` and `continue` paging (every
+//!   page from the first page's snapshot, at its resourceVersion), the
 //!   list's `resourceVersion`, and `fieldSelector=metadata.name=NAME`.
 //!   `labelSelector` is not implemented.
 //! - The same paths with `watch=true`: a chunked stream of JSON watch
 //!   events (`ADDED`, `MODIFIED`, `DELETED`) after `resourceVersion`,
-//!   `BOOKMARK` events every second when `allowWatchBookmarks=true`, the end
+//!   `BOOKMARK` events every 60 s (or as set) when `allowWatchBookmarks=true`, the end
 //!   of the stream after `timeoutSeconds`, and an `ERROR` event with a
 //!   410 Expired `Status` when the requested version is older than the
 //!   history kept (see [`StandIn::expire_history`]).
@@ -28,6 +29,8 @@
 //! answer, as if the server were unreachable) and [`StandIn::events`].
 
 #![allow(dead_code)]
+
+mod api;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -50,14 +53,6 @@ pub enum Kind {
 }
 
 impl Kind {
-    fn from_path(p: &str) -> Option<Kind> {
-        match p {
-            "/api/v1/services" => Some(Kind::Service),
-            "/apis/discovery.k8s.io/v1/endpointslices" => Some(Kind::EndpointSlice),
-            "/api/v1/nodes" => Some(Kind::Node),
-            _ => None,
-        }
-    }
     fn of(obj: &Value) -> Kind {
         match obj["kind"].as_str() {
             Some("Service") => Kind::Service,
@@ -82,6 +77,17 @@ impl Kind {
     }
 }
 
+/// One write a client made through the API (PUT or PATCH), as stored.
+#[derive(Debug, Clone)]
+pub struct Write {
+    pub kind: Kind,
+    pub namespace: String,
+    pub name: String,
+    /// Through the status subresource.
+    pub status: bool,
+    pub object: Value,
+}
+
 #[derive(Clone)]
 struct Change {
     rv: u64,
@@ -95,14 +101,24 @@ struct State {
     uid: u64,
     objects: BTreeMap<(Kind, String, String), Value>,
     history: Vec<Change>,
-    /// Watches from before this version get 410.
+    /// The oldest change kept: a watch needs every change after its
+    /// version, so one from before `oldest - 1` gets 410.
     oldest: u64,
+    /// Paged lists in progress: each page comes from the first page's
+    /// snapshot, at its resourceVersion, as a real server serves them.
+    pages: BTreeMap<u64, (u64, Vec<Value>)>,
+    next_snapshot: u64,
+    /// How often an open watch gets a BOOKMARK (a real server: about once
+    /// a minute).
+    bookmark_every: Duration,
     events: Vec<Value>,
     down: bool,
     requests: u64,
     gone: u64,
     /// Complete lists served (the last page), per kind.
     lists: BTreeMap<Kind, u64>,
+    /// Every PUT and PATCH a client made, in order.
+    writes: Vec<Write>,
 }
 
 #[derive(Clone)]
@@ -110,7 +126,7 @@ pub struct StandIn {
     state: Arc<Mutex<State>>,
     changes: broadcast::Sender<Change>,
     held: Arc<Mutex<BTreeMap<Kind, watch::Sender<bool>>>>,
-    /// Bumped by expire_history and set_down: open watches end.
+    /// Bumped by set_down: open watches end.
     epoch: watch::Sender<u64>,
     pub addr: SocketAddr,
 }
@@ -162,6 +178,10 @@ impl StandIn {
                         requests: 0,
                         gone: 0,
                         lists: BTreeMap::new(),
+                        writes: vec![],
+                        pages: BTreeMap::new(),
+                        next_snapshot: 0,
+                        bookmark_every: Duration::from_secs(60),
                     })),
                     changes,
                     held: Arc::new(Mutex::new(held)),
@@ -241,6 +261,9 @@ impl StandIn {
             },
         };
         obj["metadata"]["uid"] = json!(uid);
+        if obj["metadata"]["creationTimestamp"].is_null() {
+            obj["metadata"]["creationTimestamp"] = json!(api::timestamp(std::time::SystemTime::now()));
+        }
         obj["metadata"]["resourceVersion"] = json!(rv.to_string());
         let typ = if existing.is_some() {
             "MODIFIED"
@@ -298,11 +321,16 @@ impl StandIn {
     /// Forgets the change history and ends open watches: clients resuming
     /// from any version they had get 410 Gone and must list again.
     pub fn expire_history(&self) {
+        // As etcd compaction: open watches go on; only a watch (re)started
+        // from a version before now gets 410.
         let mut st = self.state.lock().unwrap();
         st.history.clear();
         st.oldest = st.rv + 1;
-        drop(st);
-        self.epoch.send_modify(|e| *e += 1);
+    }
+
+    /// How often open watches get a BOOKMARK (default: every 60 s).
+    pub fn set_bookmark_interval(&self, every: Duration) {
+        self.state.lock().unwrap().bookmark_every = every;
     }
 
     /// While down, connections are accepted and dropped without an answer,
@@ -310,6 +338,11 @@ impl StandIn {
     pub fn set_down(&self, down: bool) {
         self.state.lock().unwrap().down = down;
         self.epoch.send_modify(|e| *e += 1);
+    }
+
+    /// Every write clients made, in order.
+    pub fn writes(&self) -> Vec<Write> {
+        self.state.lock().unwrap().writes.clone()
     }
 
     /// Events vipd created.
@@ -354,82 +387,197 @@ impl StandIn {
         let path = req.uri().path().to_string();
         let q: BTreeMap<String, String> =
             req.uri().query().map(url_decode_pairs).unwrap_or_default();
-        if req.method() == hyper::Method::POST
-            && path.starts_with("/api/v1/namespaces/")
-            && path.ends_with("/events")
-        {
-            let body = req
-                .into_body()
+        let method = req.method().clone();
+        let content_type = req
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let Some(route) = api::route(&path) else {
+            return status(StatusCode::NOT_FOUND, "not implemented by the stand-in");
+        };
+        let body = if method == hyper::Method::GET {
+            Bytes::new()
+        } else {
+            req.into_body()
                 .collect()
                 .await
                 .map(|b| b.to_bytes())
-                .unwrap_or_default();
-            let Ok(mut ev) = serde_json::from_slice::<Value>(&body) else {
-                return status(StatusCode::BAD_REQUEST, "not JSON");
-            };
-            let mut st = self.state.lock().unwrap();
-            st.rv += 1;
-            if ev["metadata"]["name"].as_str().is_none() {
-                let base = ev["metadata"]["generateName"]
-                    .as_str()
-                    .unwrap_or("event-")
-                    .to_string();
-                ev["metadata"]["name"] = json!(format!("{base}{}", st.rv));
-            }
-            ev["metadata"]["resourceVersion"] = json!(st.rv.to_string());
-            st.events.push(ev.clone());
-            return json_response(StatusCode::CREATED, &ev);
-        }
-        let Some(kind) = Kind::from_path(&path) else {
-            return status(StatusCode::NOT_FOUND, "not implemented by the stand-in");
+                .unwrap_or_default()
         };
-        if req.method() != hyper::Method::GET {
-            return status(StatusCode::METHOD_NOT_ALLOWED, "read-only");
+        use hyper::Method as M;
+        match (route, method) {
+            (api::Route::Discovery(d), M::GET) => json_response(StatusCode::OK, &d),
+            (api::Route::Events { .. }, M::POST) => self.create_event(&body),
+            (api::Route::Collection { kind, ns }, M::GET) => {
+                self.wait_released(kind).await;
+                let name_filter = q
+                    .get("fieldSelector")
+                    .and_then(|f| f.strip_prefix("metadata.name="))
+                    .map(String::from);
+                if matches!(q.get("watch").map(String::as_str), Some("true" | "1")) {
+                    return self.watch(kind, &q, ns, name_filter);
+                }
+                self.list(kind, &q, ns.as_deref(), name_filter.as_deref())
+            }
+            (api::Route::Object { kind, ns, name, .. }, M::GET) => {
+                self.wait_released(kind).await;
+                match self.get(kind, &ns, &name) {
+                    Some(o) => json_response(StatusCode::OK, &o),
+                    None => not_found(kind, &name),
+                }
+            }
+            (api::Route::Object { kind, ns, name, status: sub }, M::PUT) => {
+                self.write(kind, &ns, &name, sub, &body, None)
+            }
+            (api::Route::Object { kind, ns, name, status: sub }, M::PATCH) => {
+                if !content_type.contains("merge-patch") {
+                    return status(
+                        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                        "the stand-in applies merge and strategic merge patches only",
+                    );
+                }
+                self.write(kind, &ns, &name, sub, &body, Some(()))
+            }
+            _ => status(StatusCode::METHOD_NOT_ALLOWED, "not implemented by the stand-in"),
         }
-        self.wait_released(kind).await;
-        let name_filter = q
-            .get("fieldSelector")
-            .and_then(|f| f.strip_prefix("metadata.name="))
-            .map(String::from);
-        if q.get("watch").map(String::as_str) == Some("true")
-            || q.get("watch").map(String::as_str) == Some("1")
-        {
-            return self.watch(kind, &q, name_filter);
+    }
+
+    fn create_event(&self, body: &[u8]) -> Response<BoxBody> {
+        let Ok(mut ev) = serde_json::from_slice::<Value>(body) else {
+            return status(StatusCode::BAD_REQUEST, "not JSON");
+        };
+        let mut st = self.state.lock().unwrap();
+        st.rv += 1;
+        if ev["metadata"]["name"].as_str().is_none() {
+            let base = ev["metadata"]["generateName"]
+                .as_str()
+                .unwrap_or("event-")
+                .to_string();
+            ev["metadata"]["name"] = json!(format!("{base}{}", st.rv));
         }
-        self.list(kind, &q, name_filter.as_deref())
+        ev["metadata"]["resourceVersion"] = json!(st.rv.to_string());
+        st.events.push(ev.clone());
+        json_response(StatusCode::CREATED, &ev)
+    }
+
+    /// PUT (`patch` None) or PATCH of one object, or of its status alone:
+    /// a stale `metadata.resourceVersion` is a 409 Conflict, as with a real
+    /// server; the status subresource changes only `status`, the object
+    /// itself everything but `status`.
+    fn write(
+        &self,
+        kind: Kind,
+        ns: &str,
+        name: &str,
+        status_only: bool,
+        body: &[u8],
+        patch: Option<()>,
+    ) -> Response<BoxBody> {
+        let Ok(given) = serde_json::from_slice::<Value>(body) else {
+            return status(StatusCode::BAD_REQUEST, "not JSON");
+        };
+        let Some(current) = self.get(kind, ns, name) else {
+            return not_found(kind, name);
+        };
+        if let Some(rv) = given["metadata"]["resourceVersion"].as_str() {
+            if rv != current["metadata"]["resourceVersion"].as_str().unwrap_or("") {
+                let msg = format!(
+                    "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
+                    api::plural(kind)
+                );
+                return json_response(
+                    StatusCode::CONFLICT,
+                    &api::status_error(409, "Conflict", &msg, kind, name),
+                );
+            }
+        }
+        let mut next = if patch.is_some() {
+            let mut n = current.clone();
+            api::merge_patch(&mut n, &given);
+            n
+        } else {
+            given
+        };
+        if next["metadata"]["name"].as_str() != Some(name) {
+            return status(StatusCode::BAD_REQUEST, "metadata.name does not match the path");
+        }
+        let keep = next["status"].take();
+        if status_only {
+            next = current.clone();
+            next["status"] = keep;
+        } else {
+            next["status"] = current["status"].clone();
+        }
+        next["metadata"]["creationTimestamp"] = current["metadata"]["creationTimestamp"].clone();
+        let stored = self.put(next);
+        self.state.lock().unwrap().writes.push(Write {
+            kind,
+            namespace: ns.to_string(),
+            name: name.to_string(),
+            status: status_only,
+            object: stored.clone(),
+        });
+        json_response(StatusCode::OK, &stored)
     }
 
     fn list(
         &self,
         kind: Kind,
         q: &BTreeMap<String, String>,
+        ns: Option<&str>,
         name: Option<&str>,
     ) -> Response<BoxBody> {
         let mut st = self.state.lock().unwrap();
-        let items: Vec<&Value> = st
-            .objects
-            .iter()
-            .filter(|((k, _, n), _)| *k == kind && name.is_none_or(|x| x == n))
-            .map(|(_, v)| v)
-            .collect();
-        let start: usize = q.get("continue").and_then(|c| c.parse().ok()).unwrap_or(0);
         let limit: usize = q
             .get("limit")
             .and_then(|l| l.parse().ok())
             .filter(|l| *l > 0)
             .unwrap_or(usize::MAX);
+        // A continue token is SNAPSHOT-OFFSET; the first page takes the
+        // snapshot every later page is served from.
+        let token = q.get("continue").filter(|c| !c.is_empty());
+        let (id, start): (u64, usize) = match token.map(|c| c.split_once('-')) {
+            None => {
+                let items: Vec<Value> = st
+                    .objects
+                    .iter()
+                    .filter(|((k, o, n), _)| {
+                        *k == kind && ns.is_none_or(|x| x == o) && name.is_none_or(|x| x == n)
+                    })
+                    .map(|(_, v)| v.clone())
+                    .collect();
+                st.next_snapshot += 1;
+                let id = st.next_snapshot;
+                let rv = st.rv;
+                st.pages.insert(id, (rv, items));
+                // Abandoned paged lists are not kept for ever.
+                while st.pages.len() > 64 {
+                    st.pages.pop_first();
+                }
+                (id, 0)
+            }
+            Some(Some((a, b))) if a.parse::<u64>().is_ok() && b.parse::<usize>().is_ok() => {
+                (a.parse().unwrap(), b.parse().unwrap())
+            }
+            Some(_) => return status(StatusCode::BAD_REQUEST, "invalid continue token"),
+        };
+        let Some((rv, items)) = st.pages.get(&id) else {
+            return status(StatusCode::GONE, "the provided continue parameter is too old");
+        };
         let end = start.saturating_add(limit).min(items.len());
-        let page: Vec<&Value> = items[start.min(items.len())..end].to_vec();
+        let page: Vec<Value> = items[start.min(items.len())..end].to_vec();
         let (lk, api) = kind.list_kind();
-        let mut meta = json!({"resourceVersion": st.rv.to_string()});
+        let mut meta = json!({"resourceVersion": rv.to_string()});
         let more = end < items.len();
         if more {
-            meta["continue"] = json!(end.to_string());
-        }
-        let body = json!({"kind": lk, "apiVersion": api, "metadata": meta, "items": page});
-        if !more {
+            meta["continue"] = json!(format!("{id}-{end}"));
+        } else {
+            st.pages.remove(&id);
             *st.lists.entry(kind).or_default() += 1;
         }
+        let body = json!({"kind": lk, "apiVersion": api, "metadata": meta, "items": page});
         json_response(StatusCode::OK, &body)
     }
 
@@ -437,6 +585,7 @@ impl StandIn {
         &self,
         kind: Kind,
         q: &BTreeMap<String, String>,
+        ns: Option<String>,
         name: Option<String>,
     ) -> Response<BoxBody> {
         let from: u64 = q
@@ -450,9 +599,9 @@ impl StandIn {
         let bookmarks = q.get("allowWatchBookmarks").map(String::as_str) == Some("true");
         let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1024);
         let mut live = self.changes.subscribe();
-        let (backlog, expired, now) = {
+        let (backlog, expired, now, bookmark_every) = {
             let mut st = self.state.lock().unwrap();
-            let expired = from != 0 && from < st.oldest;
+            let expired = from != 0 && from + 1 < st.oldest;
             st.gone += expired as u64;
             let backlog: Vec<Change> = st
                 .history
@@ -460,12 +609,15 @@ impl StandIn {
                 .filter(|c| c.rv > from && c.kind == kind)
                 .cloned()
                 .collect();
-            (backlog, expired, st.rv)
+            (backlog, expired, st.rv, st.bookmark_every)
         };
         let mut epoch = self.epoch.subscribe();
         let started = *epoch.borrow_and_update();
         let matches = move |c: &Change| {
             c.kind == kind
+                && ns
+                    .as_deref()
+                    .is_none_or(|n| c.obj["metadata"]["namespace"].as_str() == Some(n))
                 && name
                     .as_deref()
                     .is_none_or(|n| c.obj["metadata"]["name"].as_str() == Some(n))
@@ -495,12 +647,13 @@ impl StandIn {
             }
             let mut last = now.max(from);
             let end = tokio::time::Instant::now() + Duration::from_secs(timeout);
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            let mut tick =
+                tokio::time::interval_at(tokio::time::Instant::now() + bookmark_every, bookmark_every);
             loop {
                 tokio::select! {
                     c = live.recv() => match c {
-                        // Nothing goes out once the server is "down" or its
-                        // history expired, even a change already queued.
+                        // Nothing goes out once the server is "down", even a
+                        // change already queued.
                         Ok(_) if *epoch.borrow() != started => return,
                         Ok(c) if c.rv > last && matches(&c) => {
                             last = c.rv;
@@ -541,6 +694,14 @@ fn json_response(code: StatusCode, v: &Value) -> Response<BoxBody> {
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from(serde_json::to_vec(v).unwrap())).boxed())
         .unwrap()
+}
+
+fn not_found(kind: Kind, name: &str) -> Response<BoxBody> {
+    let msg = format!("{} \"{name}\" not found", api::plural(kind));
+    json_response(
+        StatusCode::NOT_FOUND,
+        &api::status_error(404, "NotFound", &msg, kind, name),
+    )
 }
 
 fn status(code: StatusCode, msg: &str) -> Response<BoxBody> {
