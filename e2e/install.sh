@@ -19,6 +19,10 @@ command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
 [ -x /bin/busybox ] || need+=(busybox-static)
 command -v ipvsadm >/dev/null || need+=(ipvsadm)
 command -v strip >/dev/null || need+=(binutils)
+# kubectl checks the Kubernetes API stand-in (e2e/apiserver.rs). The
+# project's machines ship kubectl 1.32; Debian 12's package is 1.20, which
+# lacks `patch --subresource` (1.24+) that one of those tests uses.
+command -v kubectl >/dev/null || need+=(kubernetes-client)
 # The control plane's HTTPS health check is tested against openssl s_server.
 command -v openssl >/dev/null || need+=(openssl)
 if [ ${#need[@]} -gt 0 ]; then

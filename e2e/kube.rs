@@ -341,18 +341,33 @@ fn barrier_holds_for_endpoint_slices_and_the_node_across_restarts() {
     let k = kube_lab("kb");
     // A VIP that is node-a's own address: refused once the Node is known.
     k.api.put(obj::service("a", "own", &["192.0.2.1"], false));
-    k.api.put(obj::slice("a", "own-1", "own", &[("node-b", true)]));
+    k.api
+        .put(obj::slice("a", "own-1", "own", &[("node-b", true)]));
     for i in 0..5 {
-        let (c, l) = (format!("203.0.113.{}", 10 + i), format!("203.0.113.{}", 30 + i));
+        let (c, l) = (
+            format!("203.0.113.{}", 10 + i),
+            format!("203.0.113.{}", 30 + i),
+        );
         k.api.put(obj::service("a", &format!("c{i}"), &[&c], false));
-        k.api
-            .put(obj::slice("a", &format!("c{i}-1"), &format!("c{i}"), &[("node-b", true)]));
+        k.api.put(obj::slice(
+            "a",
+            &format!("c{i}-1"),
+            &format!("c{i}"),
+            &[("node-b", true)],
+        ));
         k.api.put(obj::service("a", &format!("l{i}"), &[&l], true));
-        k.api
-            .put(obj::slice("a", &format!("l{i}-1"), &format!("l{i}"), &[("node-a", true)]));
+        k.api.put(obj::slice(
+            "a",
+            &format!("l{i}-1"),
+            &format!("l{i}"),
+            &[("node-a", true)],
+        ));
     }
     let mut v = start_synced(&k, "", 10);
-    for (held, other) in [(Kind::EndpointSlice, Kind::Node), (Kind::Node, Kind::EndpointSlice)] {
+    for (held, other) in [
+        (Kind::EndpointSlice, Kind::Node),
+        (Kind::Node, Kind::EndpointSlice),
+    ] {
         v.proc.stop(Duration::from_secs(5));
         assert!(
             wait_until(Duration::from_secs(5), || !k.bird.established("v4")),
@@ -375,10 +390,15 @@ fn barrier_holds_for_endpoint_slices_and_the_node_across_restarts() {
             assert_eq!(r, 10, "BIRD's routes changed to {r} with {held:?} held");
             std::thread::sleep(Duration::from_millis(50));
         }
-        assert!(!v.log().contains("caches synced"), "synced with {held:?} held");
+        assert!(
+            !v.log().contains("caches synced"),
+            "synced with {held:?} held"
+        );
         k.api.release(held);
         assert!(
-            wait_until(Duration::from_secs(20), || v.log().contains("caches synced")),
+            wait_until(Duration::from_secs(20), || v
+                .log()
+                .contains("caches synced")),
             "vipd never synced after {held:?} was released"
         );
         assert!(
@@ -389,7 +409,10 @@ fn barrier_holds_for_endpoint_slices_and_the_node_across_restarts() {
             "BIRD stayed in graceful restart"
         );
         assert_eq!(routes(&k.bird), 10, "after {held:?} was released");
-        assert!(!k.bird.has("192.0.2.1/32"), "the node's own address announced");
+        assert!(
+            !k.bird.has("192.0.2.1/32"),
+            "the node's own address announced"
+        );
     }
 }
 
@@ -403,7 +426,9 @@ fn relist_after_410_drops_what_was_deleted_meanwhile() {
     let v = start_synced(&k, "", 5);
     k.api.set_down(true);
     assert!(
-        wait_until(Duration::from_secs(30), || v.log().contains("Kubernetes API:")),
+        wait_until(Duration::from_secs(30), || v
+            .log()
+            .contains("Kubernetes API:")),
         "vipd never noticed the API going away"
     );
     k.api.delete(Kind::Service, "a", "s0");
@@ -422,7 +447,10 @@ fn relist_after_410_drops_what_was_deleted_meanwhile() {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(k.api.gone_sent() > gone, "no watch was answered with 410 Gone");
+    assert!(
+        k.api.gone_sent() > gone,
+        "no watch was answered with 410 Gone"
+    );
     assert_eq!(routes(&k.bird), 4);
 }
 
@@ -437,7 +465,9 @@ fn watch_reset_410_withdraws_nothing() {
     // watches vipd starts again from its last version get 410 Gone.
     k.api.set_down(true);
     assert!(
-        wait_until(Duration::from_secs(30), || v.log().contains("Kubernetes API:")),
+        wait_until(Duration::from_secs(30), || v
+            .log()
+            .contains("Kubernetes API:")),
         "vipd never noticed the API going away"
     );
     k.api

@@ -26,6 +26,8 @@ pub enum Route {
     Events {
         ns: String,
     },
+    /// `GET /api/v1/namespaces/NAME` (kubectl asks after a NotFound).
+    Namespace(String),
 }
 
 fn kind_of(group_version: &str, resource: &str) -> Option<Kind> {
@@ -54,6 +56,7 @@ pub fn route(path: &str) -> Option<Route> {
         other => (None, other.to_vec()),
     };
     match (parts.as_slice(), &ns) {
+        (["namespaces", name], None) if gv == "v1" => Some(Route::Namespace(name.to_string())),
         (["events"], Some(ns)) if gv == "v1" => Some(Route::Events { ns: ns.clone() }),
         ([res], _) => {
             let kind = kind_of(gv, res)?;
@@ -97,6 +100,7 @@ pub fn discovery(path: &str) -> Option<Value> {
             resource("services", "Service", true, &read_write, &["svc"]),
             resource("services/status", "Service", true, &["get", "patch", "update"], &[]),
             resource("nodes", "Node", false, &["get", "list", "watch"], &["no"]),
+            resource("namespaces", "Namespace", false, &["get"], &["ns"]),
             resource("events", "Event", true, &["create"], &["ev"]),
         ]}),
         "/apis/discovery.k8s.io/v1" => json!({"kind": "APIResourceList",

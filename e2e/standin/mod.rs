@@ -262,7 +262,8 @@ impl StandIn {
         };
         obj["metadata"]["uid"] = json!(uid);
         if obj["metadata"]["creationTimestamp"].is_null() {
-            obj["metadata"]["creationTimestamp"] = json!(api::timestamp(std::time::SystemTime::now()));
+            obj["metadata"]["creationTimestamp"] =
+                json!(api::timestamp(std::time::SystemTime::now()));
         }
         obj["metadata"]["resourceVersion"] = json!(rv.to_string());
         let typ = if existing.is_some() {
@@ -409,6 +410,22 @@ impl StandIn {
         use hyper::Method as M;
         match (route, method) {
             (api::Route::Discovery(d), M::GET) => json_response(StatusCode::OK, &d),
+            (api::Route::Namespace(name), M::GET) => {
+                // A namespace exists while something lives in it (and the
+                // two every cluster has).
+                let st = self.state.lock().unwrap();
+                let exists = ["default", "kube-system"].contains(&name.as_str())
+                    || st.objects.keys().any(|(_, n, _)| *n == name);
+                if !exists {
+                    let msg = format!("namespaces \"{name}\" not found");
+                    let mut e = api::status_error(404, "NotFound", &msg, Kind::Node, &name);
+                    e["details"]["kind"] = json!("namespaces");
+                    return json_response(StatusCode::NOT_FOUND, &e);
+                }
+                let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name},
+                                "status": {"phase": "Active"}});
+                json_response(StatusCode::OK, &ns)
+            }
             (api::Route::Events { .. }, M::POST) => self.create_event(&body),
             (api::Route::Collection { kind, ns }, M::GET) => {
                 self.wait_released(kind).await;
@@ -428,10 +445,24 @@ impl StandIn {
                     None => not_found(kind, &name),
                 }
             }
-            (api::Route::Object { kind, ns, name, status: sub }, M::PUT) => {
-                self.write(kind, &ns, &name, sub, &body, None)
-            }
-            (api::Route::Object { kind, ns, name, status: sub }, M::PATCH) => {
+            (
+                api::Route::Object {
+                    kind,
+                    ns,
+                    name,
+                    status: sub,
+                },
+                M::PUT,
+            ) => self.write(kind, &ns, &name, sub, &body, None),
+            (
+                api::Route::Object {
+                    kind,
+                    ns,
+                    name,
+                    status: sub,
+                },
+                M::PATCH,
+            ) => {
                 if !content_type.contains("merge-patch") {
                     return status(
                         StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -440,7 +471,10 @@ impl StandIn {
                 }
                 self.write(kind, &ns, &name, sub, &body, Some(()))
             }
-            _ => status(StatusCode::METHOD_NOT_ALLOWED, "not implemented by the stand-in"),
+            _ => status(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "not implemented by the stand-in",
+            ),
         }
     }
 
@@ -482,7 +516,11 @@ impl StandIn {
             return not_found(kind, name);
         };
         if let Some(rv) = given["metadata"]["resourceVersion"].as_str() {
-            if rv != current["metadata"]["resourceVersion"].as_str().unwrap_or("") {
+            if rv
+                != current["metadata"]["resourceVersion"]
+                    .as_str()
+                    .unwrap_or("")
+            {
                 let msg = format!(
                     "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
                     api::plural(kind)
@@ -501,7 +539,10 @@ impl StandIn {
             given
         };
         if next["metadata"]["name"].as_str() != Some(name) {
-            return status(StatusCode::BAD_REQUEST, "metadata.name does not match the path");
+            return status(
+                StatusCode::BAD_REQUEST,
+                "metadata.name does not match the path",
+            );
         }
         let keep = next["status"].take();
         if status_only {
@@ -564,7 +605,10 @@ impl StandIn {
             Some(_) => return status(StatusCode::BAD_REQUEST, "invalid continue token"),
         };
         let Some((rv, items)) = st.pages.get(&id) else {
-            return status(StatusCode::GONE, "the provided continue parameter is too old");
+            return status(
+                StatusCode::GONE,
+                "the provided continue parameter is too old",
+            );
         };
         let end = start.saturating_add(limit).min(items.len());
         let page: Vec<Value> = items[start.min(items.len())..end].to_vec();
@@ -647,8 +691,10 @@ impl StandIn {
             }
             let mut last = now.max(from);
             let end = tokio::time::Instant::now() + Duration::from_secs(timeout);
-            let mut tick =
-                tokio::time::interval_at(tokio::time::Instant::now() + bookmark_every, bookmark_every);
+            let mut tick = tokio::time::interval_at(
+                tokio::time::Instant::now() + bookmark_every,
+                bookmark_every,
+            );
             loop {
                 tokio::select! {
                     c = live.recv() => match c {

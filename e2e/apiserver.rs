@@ -1,0 +1,204 @@
+//! The Kubernetes API stand-in checked by a real client: kubectl, pointed
+//! at it, gets the answers a real API server gives for what the stand-in
+//! implements (get, get --watch, patch of the status subresource, replace
+//! with a stale resourceVersion).
+
+#[path = "lab/mod.rs"]
+mod lab;
+#[path = "standin/mod.rs"]
+mod standin;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Output, Stdio};
+use std::time::Duration;
+
+use lab::*;
+use standin::{obj, Kind, StandIn};
+
+struct Kubectl {
+    ns: Netns,
+    dir: Dir,
+    api: StandIn,
+}
+
+impl Kubectl {
+    fn new() -> Kubectl {
+        require(&["kubectl"]);
+        let ns = Netns::new("kc");
+        ns.ip(&["addr", "add", "192.0.2.100/24", "dev", "lo"]);
+        let api = StandIn::start("192.0.2.100:6443".parse().unwrap(), Some(&ns.name));
+        let dir = Dir::new("kc");
+        dir.write("kubeconfig", &api.kubeconfig());
+        Kubectl { ns, dir, api }
+    }
+    fn command(&self) -> std::process::Command {
+        let mut c = self.ns.command("kubectl");
+        c.arg("--kubeconfig")
+            .arg(self.dir.path("kubeconfig"))
+            .arg("--cache-dir")
+            .arg(self.dir.path("cache"))
+            .arg("--request-timeout=10s");
+        c
+    }
+    fn run(&self, args: &[&str]) -> Output {
+        self.command().args(args).output().expect("kubectl")
+    }
+    /// stdout of a command that must succeed.
+    fn ok(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(
+            o.status.success(),
+            "kubectl {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+    /// stderr of a command that must fail.
+    fn fails(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(!o.status.success(), "kubectl {args:?} succeeded");
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    }
+}
+
+#[test]
+fn kubectl_get_reads_objects_lists_and_errors() {
+    let k = Kubectl::new();
+    k.api
+        .put(obj::service("a", "web", &["203.0.113.10"], false));
+    k.api.put(obj::service("b", "db", &["203.0.113.20"], true));
+    k.api.put(obj::node("node-a", &["192.0.2.1"]));
+    let web: serde_json::Value =
+        serde_json::from_str(&k.ok(&["get", "service", "-n", "a", "web", "-o", "json"])).unwrap();
+    assert_eq!(web["metadata"]["name"], "web");
+    assert_eq!(
+        web["status"]["loadBalancer"]["ingress"][0]["ip"],
+        "203.0.113.10"
+    );
+    assert!(web["metadata"]["creationTimestamp"]
+        .as_str()
+        .is_some_and(|t| t.ends_with('Z')));
+    // Namespaced and cluster-wide lists, short names, cluster-scoped nodes.
+    assert_eq!(
+        k.ok(&["get", "svc", "-n", "a", "-o", "name"]).trim(),
+        "service/web"
+    );
+    let all = k.ok(&["get", "svc", "-A", "-o", "name"]);
+    assert_eq!(
+        all.lines().collect::<Vec<_>>(),
+        ["service/web", "service/db"]
+    );
+    assert_eq!(k.ok(&["get", "nodes", "-o", "name"]).trim(), "node/node-a");
+    let e = k.fails(&["get", "svc", "-n", "a", "nope"]);
+    assert!(
+        e.contains("(NotFound)") && e.contains("services \"nope\" not found"),
+        "{e}"
+    );
+    let e = k.fails(&["get", "svc", "-n", "nowhere", "web"]);
+    assert!(e.contains("(NotFound)"), "{e}");
+}
+
+#[test]
+fn kubectl_patches_the_status_subresource_only() {
+    let k = Kubectl::new();
+    k.api.put(obj::service("a", "web", &[], false));
+    k.ok(&[
+        "patch", "svc", "web", "-n", "a", "--subresource=status", "--type=merge", "-p",
+        r#"{"status":{"loadBalancer":{"ingress":[{"ip":"198.51.100.5"}]}},"spec":{"type":"ClusterIP"}}"#,
+    ]);
+    let s = k.api.get(Kind::Service, "a", "web").unwrap();
+    assert_eq!(
+        s["status"]["loadBalancer"]["ingress"][0]["ip"],
+        "198.51.100.5"
+    );
+    assert_eq!(
+        s["spec"]["type"], "LoadBalancer",
+        "a status patch changed the spec"
+    );
+    let w = k.api.writes();
+    assert_eq!(w.len(), 1);
+    assert!(w[0].status && w[0].name == "web");
+    // A plain patch changes the spec and leaves the status alone.
+    k.ok(&[
+        "patch",
+        "svc",
+        "web",
+        "-n",
+        "a",
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"labels":{"team":"x"}},"status":{"loadBalancer":{}}}"#,
+    ]);
+    let s = k.api.get(Kind::Service, "a", "web").unwrap();
+    assert_eq!(s["metadata"]["labels"]["team"], "x");
+    assert_eq!(
+        s["status"]["loadBalancer"]["ingress"][0]["ip"],
+        "198.51.100.5"
+    );
+}
+
+#[test]
+fn kubectl_replace_with_a_stale_resource_version_conflicts() {
+    let k = Kubectl::new();
+    k.api
+        .put(obj::service("a", "web", &["203.0.113.10"], false));
+    let mut web: serde_json::Value =
+        serde_json::from_str(&k.ok(&["get", "svc", "-n", "a", "web", "-o", "json"])).unwrap();
+    // Someone else writes first: the copy in hand is stale.
+    k.api.put(obj::service("a", "web", &["203.0.113.10"], true));
+    web["metadata"]["labels"] = serde_json::json!({"team": "x"});
+    let f = k.dir.write("web.json", &web.to_string());
+    // The stand-in serves no OpenAPI document for client-side validation.
+    let e = k.fails(&["replace", "--validate=false", "-f", f.to_str().unwrap()]);
+    assert!(
+        e.contains("(Conflict)") && e.contains("the object has been modified"),
+        "{e}"
+    );
+    assert!(k.api.get(Kind::Service, "a", "web").unwrap()["metadata"]["labels"].is_null());
+    // With the current version it goes through.
+    let cur = k.api.get(Kind::Service, "a", "web").unwrap();
+    web["metadata"]["resourceVersion"] = cur["metadata"]["resourceVersion"].clone();
+    let f = k.dir.write("web.json", &web.to_string());
+    k.ok(&["replace", "--validate=false", "-f", f.to_str().unwrap()]);
+    assert_eq!(
+        k.api.get(Kind::Service, "a", "web").unwrap()["metadata"]["labels"]["team"],
+        "x"
+    );
+}
+
+#[test]
+fn kubectl_get_watch_streams_changes() {
+    let k = Kubectl::new();
+    k.api
+        .put(obj::service("a", "web", &["203.0.113.10"], false));
+    let mut child = k
+        .command()
+        .args(["get", "svc", "-n", "a", "--watch", "-o", "name"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let out = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for l in BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    let next = || {
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("kubectl printed nothing")
+    };
+    assert_eq!(next(), "service/web");
+    k.api
+        .put(obj::service("a", "late", &["203.0.113.11"], false));
+    k.api
+        .put(obj::service("other", "elsewhere", &["203.0.113.12"], false));
+    assert_eq!(
+        next(),
+        "service/late",
+        "the watch missed a change, or saw another namespace"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}
