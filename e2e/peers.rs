@@ -397,3 +397,50 @@ fn exabgp_counts_updates_equal_entries_packed_and_invisible_changes_not_sent() {
     assert_eq!(ann2, ann, "announcements re-sent for a LOCAL_PREF change");
     assert_eq!(all2, all + 2, "one withdrawal per family, nothing else");
 }
+
+/// iBGP, a 4-octet local ASN, IPv4 routes over an IPv6 session and the
+/// advertised restart time, as BIRD reports them: over iBGP an empty
+/// AS_PATH and the configured LOCAL_PREF; over eBGP the 4-octet AS in the
+/// path; the IPv4 route learned on the IPv6 session with its IPv4 next hop.
+#[test]
+fn bird_sees_ibgp_four_octet_asn_ipv4_over_ipv6_and_restart_time() {
+    let lab = Lab::new("ib");
+    let conf = format!(
+        "router id 192.0.2.2;\nlog \"{}\" all;\nprotocol device {{ scan time 10; }}\n\
+         protocol bgp ib {{ local 192.0.2.2 as 4200000001; neighbor 192.0.2.1 as 4200000001; direct; \
+         ipv4 {{ import all; export none; }}; }}\n\
+         protocol bgp v6s {{ local 2001:db8::2 as 65002; neighbor 2001:db8::1 as 4200000001; \
+         ipv4 {{ import all; export none; }}; }}\n",
+        lab.dir.path("bird.log").display()
+    );
+    let bird = Bird::start(&lab.router, &lab.dir, &conf);
+    let vipd_conf = "[bgp]\nasn = 4200000001\nrouter_id = \"192.0.2.1\"\nrestart_time = 77\n\
+         [[bgp.peers]]\naddress = \"192.0.2.2\"\nasn = 4200000001\n\
+         [[bgp.peers]]\naddress = \"2001:db8::2\"\nasn = 65002\nfamilies = [\"ipv4\"]\nnext_hop_ipv4 = \"192.0.2.1\"\n\
+         [[announce]]\nprefixes = [\"203.0.113.10/32\"]\nlocal_pref = 250\ncommunities = [\"65010:7\"]\n";
+    let _v = Vipd::start(&lab.node, &lab.dir, vipd_conf);
+    let via = |proto: &str| bird.cli(&format!("show route for 203.0.113.10/32 protocol {proto} all"));
+    assert!(
+        wait_until(Duration::from_secs(30), || via("ib").contains("203.0.113.10/32")
+            && via("v6s").contains("203.0.113.10/32")),
+        "BIRD lacks the route on one session:\n{}",
+        bird.cli("show route all")
+    );
+    let ib = via("ib");
+    for want in [
+        "BGP.as_path: \n",
+        "BGP.local_pref: 250",
+        "BGP.next_hop: 192.0.2.1",
+        "BGP.community: (65010,7)",
+    ] {
+        assert!(ib.contains(want), "iBGP: {want:?} missing from\n{ib}");
+    }
+    let e = via("v6s");
+    for want in ["BGP.as_path: 4200000001\n", "BGP.next_hop: 192.0.2.1\n"] {
+        assert!(e.contains(want), "IPv4 over IPv6: {want:?} missing from\n{e}");
+    }
+    let caps = bird.cli("show protocols all ib");
+    let theirs = &caps[caps.find("Neighbor capabilities").unwrap_or(0)..];
+    assert!(theirs.contains("Restart time: 77"), "{caps}");
+    assert!(caps.contains("Neighbor AS:      4200000001"), "{caps}");
+}
