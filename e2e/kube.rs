@@ -158,6 +158,62 @@ fn start_synced(k: &KubeLab, extra: &str, expect: usize) -> Vipd {
     v
 }
 
+/// `load_balancer_class`, `external_ips` and `allowed_prefixes` at a real
+/// peer: only Services of vipd's class are announced (not another class,
+/// not unclassed ones), external IPs with them, and a VIP outside the
+/// allowed prefixes is refused with an Event. BIRD holds exactly the rest.
+#[test]
+fn class_external_ips_and_allowed_prefixes_decide_what_is_announced() {
+    let k = kube_lab("kc");
+    let svc = |name: &str, ip: &str, class: Option<&str>, ext: &[&str]| {
+        let mut s = obj::service("a", name, &[ip], false);
+        if let Some(c) = class {
+            s["spec"]["loadBalancerClass"] = c.into();
+        }
+        s["spec"]["externalIPs"] = serde_json::json!(ext);
+        k.api.put(s);
+        k.api
+            .put(obj::slice("a", &format!("{name}-1"), name, &[("node-b", true)]));
+    };
+    let ours = Some("vipd.io/bgp");
+    svc("ours", "203.0.113.10", ours, &[]);
+    svc("theirs", "203.0.113.11", Some("other.io/lb"), &[]);
+    svc("unclassed", "203.0.113.12", None, &[]);
+    svc("ext", "203.0.113.13", ours, &["203.0.113.14"]);
+    svc("outside", "203.0.113.200", ours, &[]);
+    let extra = "load_balancer_class = \"vipd.io/bgp\"\nexternal_ips = true\n\
+                 allowed_prefixes = [\"203.0.113.0/25\"]\n";
+    let v = Vipd::start(&k.lab.node, &k.lab.dir, &vipd_conf(&k, extra));
+    // The refusal shows the intent was computed from every Service.
+    assert!(
+        wait_until(Duration::from_secs(20), || k
+            .api
+            .events()
+            .iter()
+            .any(|e| e["involvedObject"]["name"] == "outside")),
+        "no Event for the VIP outside allowed_prefixes: {}",
+        v.proc.log_tail(20)
+    );
+    let want = ["203.0.113.10/32", "203.0.113.13/32", "203.0.113.14/32"];
+    assert!(
+        wait_until(Duration::from_secs(10), || want.iter().all(|p| k.bird.has(p))),
+        "{}",
+        k.bird.cli("show route")
+    );
+    assert_eq!(routes(&k.bird), 3, "{}", k.bird.cli("show route"));
+    let ev = k
+        .api
+        .events()
+        .into_iter()
+        .find(|e| e["involvedObject"]["name"] == "outside")
+        .unwrap();
+    assert_eq!(ev["reason"], "VIPRefused");
+    assert!(
+        ev["message"].as_str().unwrap().contains("203.0.113.200"),
+        "{ev}"
+    );
+}
+
 /// Lesson 1: two Services share a VIP, one has no ready endpoint: the VIP
 /// stays announced while any owner wants it.
 #[test]

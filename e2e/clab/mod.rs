@@ -313,7 +313,9 @@ impl Running {
         }
         let words: Vec<&str> = line.split_whitespace().collect();
         let mut cmd = self.ns[name].command(words[0]);
-        cmd.args(&words[1..]).args(["--log", "debug"]);
+        cmd.args(&words[1..])
+            .args(["--log", "debug"])
+            .env("VIPD_BGP__RESTART_RECORD", self.dirs[name].path("bgp-stopped"));
         Proc::spawn(
             &format!("vipd-{name}"),
             cmd,
@@ -334,7 +336,8 @@ impl Running {
         let mut cmd = self.ns[name].command(&vipd_bin());
         cmd.args(["run", "--config", cfg.to_str().unwrap(), "--log", "debug"])
             .env("NODE_NAME", name)
-            .env("VIPD_BGP__ROUTER_ID", host);
+            .env("VIPD_BGP__ROUTER_ID", host)
+            .env("VIPD_BGP__RESTART_RECORD", dir.path("bgp-stopped"));
         Proc::spawn(&format!("vipd-{name}"), cmd, dir.path("vipd.log"))
     }
 }

@@ -360,6 +360,14 @@ impl Vipd {
         let cfg = dir.write(&format!("{name}.toml"), config);
         let mut cmd = ns.command(&vipd_bin());
         cmd.args(["run", "--config", cfg.to_str().unwrap(), "--log", "debug"]);
+        // Each test's vipd keeps its graceful-stop record to itself: the
+        // default path is shared by every test on the machine.
+        if !config.contains("restart_record") {
+            cmd.env(
+                "VIPD_BGP__RESTART_RECORD",
+                dir.path(&format!("{name}.bgp-stopped")),
+            );
+        }
         let log = dir.path(&format!("{name}.log"));
         // Keep earlier runs' logs: a restart test wants both in the tail.
         if let Ok(old) = fs::read_to_string(&log) {
