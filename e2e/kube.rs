@@ -172,8 +172,12 @@ fn class_external_ips_and_allowed_prefixes_decide_what_is_announced() {
         }
         s["spec"]["externalIPs"] = serde_json::json!(ext);
         k.api.put(s);
-        k.api
-            .put(obj::slice("a", &format!("{name}-1"), name, &[("node-b", true)]));
+        k.api.put(obj::slice(
+            "a",
+            &format!("{name}-1"),
+            name,
+            &[("node-b", true)],
+        ));
     };
     let ours = Some("vipd.io/bgp");
     svc("ours", "203.0.113.10", ours, &[]);
@@ -196,7 +200,9 @@ fn class_external_ips_and_allowed_prefixes_decide_what_is_announced() {
     );
     let want = ["203.0.113.10/32", "203.0.113.13/32", "203.0.113.14/32"];
     assert!(
-        wait_until(Duration::from_secs(10), || want.iter().all(|p| k.bird.has(p))),
+        wait_until(Duration::from_secs(10), || want
+            .iter()
+            .all(|p| k.bird.has(p))),
         "{}",
         k.bird.cli("show route")
     );

@@ -419,9 +419,14 @@ fn bird_sees_ibgp_four_octet_asn_ipv4_over_ipv6_and_restart_time() {
          [[bgp.peers]]\naddress = \"2001:db8::2\"\nasn = 65002\nfamilies = [\"ipv4\"]\nnext_hop_ipv4 = \"192.0.2.1\"\n\
          [[announce]]\nprefixes = [\"203.0.113.10/32\"]\nlocal_pref = 250\ncommunities = [\"65010:7\"]\n";
     let _v = Vipd::start(&lab.node, &lab.dir, vipd_conf);
-    let via = |proto: &str| bird.cli(&format!("show route for 203.0.113.10/32 protocol {proto} all"));
+    let via = |proto: &str| {
+        bird.cli(&format!(
+            "show route for 203.0.113.10/32 protocol {proto} all"
+        ))
+    };
     assert!(
-        wait_until(Duration::from_secs(30), || via("ib").contains("203.0.113.10/32")
+        wait_until(Duration::from_secs(30), || via("ib")
+            .contains("203.0.113.10/32")
             && via("v6s").contains("203.0.113.10/32")),
         "BIRD lacks the route on one session:\n{}",
         bird.cli("show route all")
@@ -437,7 +442,10 @@ fn bird_sees_ibgp_four_octet_asn_ipv4_over_ipv6_and_restart_time() {
     }
     let e = via("v6s");
     for want in ["BGP.as_path: 4200000001\n", "BGP.next_hop: 192.0.2.1\n"] {
-        assert!(e.contains(want), "IPv4 over IPv6: {want:?} missing from\n{e}");
+        assert!(
+            e.contains(want),
+            "IPv4 over IPv6: {want:?} missing from\n{e}"
+        );
     }
     let caps = bird.cli("show protocols all ib");
     let theirs = &caps[caps.find("Neighbor capabilities").unwrap_or(0)..];

@@ -172,27 +172,60 @@ pub fn dataplane_want(intent: &Intent) -> BTreeSet<IpNet> {
 pub mod fake {
     use super::*;
 
-    /// An in-memory dataplane with entries of "others" that must survive.
+    /// An in-memory dataplane as the kernel holds it: one entry per prefix,
+    /// vipd's (marked) or someone else's. As with the kernel, adding where
+    /// another's entry stands fails; removing another's entry is the bug
+    /// the tests are after, so it panics.
     #[derive(Debug, Default)]
     pub struct Fake {
-        pub ours: BTreeSet<IpNet>,
-        pub others: BTreeSet<IpNet>,
+        pub entries: BTreeMap<IpNet, bool>,
+    }
+
+    impl Fake {
+        /// A dataplane already holding others' entries at `prefixes`.
+        pub fn with_others(prefixes: &[IpNet]) -> Fake {
+            Fake {
+                entries: prefixes.iter().map(|p| (*p, false)).collect(),
+            }
+        }
+        pub fn ours(&self) -> BTreeSet<IpNet> {
+            self.entries
+                .iter()
+                .filter(|(_, v)| **v)
+                .map(|(p, _)| *p)
+                .collect()
+        }
+        pub fn others(&self) -> BTreeSet<IpNet> {
+            self.entries
+                .iter()
+                .filter(|(_, v)| !**v)
+                .map(|(p, _)| *p)
+                .collect()
+        }
     }
 
     impl Dataplane for Fake {
         async fn owned(&mut self) -> Result<BTreeSet<IpNet>, String> {
-            Ok(self.ours.clone())
+            Ok(self.ours())
         }
         async fn add(&mut self, p: IpNet) -> Result<(), String> {
-            self.ours.insert(p);
-            Ok(())
+            match self.entries.get(&p) {
+                Some(false) => Err("exists, and is not vipd's".into()),
+                _ => {
+                    self.entries.insert(p, true);
+                    Ok(())
+                }
+            }
         }
         async fn remove(&mut self, p: IpNet) -> Result<(), String> {
-            assert!(
-                self.ours.remove(&p),
-                "removed {p}, which vipd did not create"
-            );
-            Ok(())
+            match self.entries.get(&p) {
+                Some(true) => {
+                    self.entries.remove(&p);
+                    Ok(())
+                }
+                Some(false) => panic!("removed {p}, which vipd did not create"),
+                None => Err("no such entry".into()),
+            }
         }
     }
 }
@@ -318,17 +351,24 @@ mod tests {
         #[test]
         fn applied_always_equals_the_model_and_nothing_remains(ops in proptest::collection::vec(op(), 1..40)) {
             let statics: Arc<Table> = Arc::new([("198.51.100.1/32".parse().unwrap(), Arc::new(RouteAttrs::default()))].into());
-            let other: IpNet = "203.0.113.1/32".parse().unwrap();
-            let mut dp = Fake { others: [other].into(), ..Default::default() };
+            // Someone else's entry at a VIP the Services use, and one apart.
+            let others: BTreeSet<IpNet> =
+                ["203.0.113.1/32".parse().unwrap(), "198.51.100.9/32".parse().unwrap()].into();
+            let mut dp = Fake::with_others(&others.iter().copied().collect::<Vec<_>>());
             let mut s = Snapshot::default();
             for op in &ops {
                 apply_op(&mut s, op);
                 let intent = compute(&s, &kcfg());
                 let t = table(&statics, &intent);
                 let errs = block_on(apply(&mut dp, &dataplane_want(&intent)));
-                prop_assert!(errs.is_empty());
                 let want = model(&s);
-                prop_assert_eq!(&dp.ours, &want, "after {:?}", op);
+                // The one failure allowed: adding where another's entry is.
+                for e in &errs {
+                    prop_assert!(e.starts_with("adding 203.0.113.1/32"), "{}", e);
+                }
+                prop_assert_eq!(dp.others(), others.clone(), "others' entries changed after {:?}", op);
+                let ours_want: BTreeSet<IpNet> = want.difference(&others).copied().collect();
+                prop_assert_eq!(dp.ours(), ours_want, "after {:?}", op);
                 let mut announced: BTreeSet<IpNet> = t.keys().copied().collect();
                 prop_assert!(announced.remove(&"198.51.100.1/32".parse().unwrap()));
                 prop_assert_eq!(&announced, &want);
@@ -341,8 +381,8 @@ mod tests {
             s.slices.clear();
             let intent = compute(&s, &kcfg());
             block_on(apply(&mut dp, &dataplane_want(&intent)));
-            prop_assert!(dp.ours.is_empty());
-            prop_assert_eq!(dp.others.len(), 1);
+            prop_assert!(dp.ours().is_empty());
+            prop_assert_eq!(dp.others(), others);
             prop_assert_eq!(table(&statics, &intent).len(), 1);
         }
     }

@@ -313,9 +313,10 @@ impl Running {
         }
         let words: Vec<&str> = line.split_whitespace().collect();
         let mut cmd = self.ns[name].command(words[0]);
-        cmd.args(&words[1..])
-            .args(["--log", "debug"])
-            .env("VIPD_BGP__RESTART_RECORD", self.dirs[name].path("bgp-stopped"));
+        cmd.args(&words[1..]).args(["--log", "debug"]).env(
+            "VIPD_BGP__RESTART_RECORD",
+            self.dirs[name].path("bgp-stopped"),
+        );
         Proc::spawn(
             &format!("vipd-{name}"),
             cmd,
