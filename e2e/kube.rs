@@ -94,16 +94,15 @@ fn endpoints_before_services_at_startup_delay_nothing() {
     // Services are held back: vipd gets the EndpointSlices (and the Node) only.
     k.api.hold(Kind::Service);
     let vipd = Vipd::start(&k.lab.node, &k.lab.dir, &vipd_conf(&k, ""));
+    // Session up and every list but the Services' served: the moment a
+    // barrier that ignored the Services would announce.
     assert!(
-        wait_until(Duration::from_secs(15), || k.bird.established("v4")),
-        "no session"
+        wait_until(Duration::from_secs(15), || k.bird.established("v4")
+            && k.api.lists_served(Kind::EndpointSlice) > 0
+            && k.api.lists_served(Kind::Node) > 0),
+        "no session, or vipd never listed the EndpointSlices and the Node"
     );
-    std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(
-        routes(&k.bird),
-        0,
-        "announced before the Service cache synced"
-    );
+    never_above(&k, 0, Duration::from_secs(1));
     assert!(!vipd.log().contains("caches synced"));
     let (code, text) = vipd_status(&k.lab.node);
     assert_eq!(
@@ -380,6 +379,16 @@ fn readiness_flapping_settles_on_the_last_state() {
         v.proc.log_text().matches("session established").count() == 2,
         "sessions flapped too"
     );
+}
+
+/// Polls BIRD for `d`, failing on any rise above `n` routes.
+fn never_above(k: &KubeLab, n: usize, d: Duration) {
+    let t = Instant::now();
+    while t.elapsed() < d {
+        let r = routes(&k.bird);
+        assert!(r <= n, "BIRD got {r} routes (at most {n} allowed)");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Polls BIRD while `f` runs, failing on any drop below `n` routes.
