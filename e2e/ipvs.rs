@@ -238,30 +238,43 @@ show stopped
 }
 
 /// The same over IPv6: an IPv6 VIP, IPv6 API servers, the failing one out
-/// and back.
+/// and back. With the scheduler, the forwarding method and the check's
+/// path set: `wrr`, direct routing (ipvsadm's "Route"), `/healthz` (a
+/// backend still answering /readyz but not /healthz is out).
 #[test]
 fn ipv6_vip_over_ipv6_backends() {
     let script = r#"
 VIP=2001:db8::100
 backend 1 2001:db8::11
 backend 2 2001:db8::12
+echo ok > /w1/healthz; echo ok > /w2/healthz
 vipd_start /etc/vipd.toml
 until_ipvs "\[2001:db8::11\]:6443"; until_ipvs "\[2001:db8::12\]:6443"
 show both
-rm /w2/readyz
+rm /w2/healthz
 until_ipvs "\[2001:db8::12\]:6443" gone
 show failed
-echo ok > /w2/readyz
+echo ok > /w2/healthz
 until_ipvs "\[2001:db8::12\]:6443"
 show recovered
 "#;
-    let conf = config("\"2001:db8::11\", \"2001:db8::12\"").replace("192.0.2.100", "2001:db8::100");
+    let conf = config("\"2001:db8::11\", \"2001:db8::12\"")
+        .replace("192.0.2.100", "2001:db8::100")
+        .replace(
+            "[control_plane.health_check]\n",
+            "scheduler = \"wrr\"\nforwarding = \"direct\"\n[control_plane.health_check]\npath = \"/healthz\"\n",
+        );
     let console = run_vm("ipvs6", script, &[("/etc/vipd.toml", &conf)]);
     let explain = format!("console:\n{console}");
-    let svc = "TCP [2001:db8::100]:6443 mh";
+    let svc = "TCP [2001:db8::100]:6443 wrr";
     let both = ipvs(&[(svc, &["[2001:db8::11]:6443", "[2001:db8::12]:6443"])]);
     let lines = step(&console, "both");
     assert_eq!(table(&lines), both, "{explain}");
+    let reals: Vec<&&str> = lines.iter().filter(|l| l.contains("-> [2001:db8::1")).collect();
+    assert!(
+        reals.len() == 2 && reals.iter().all(|l| l.split_whitespace().nth(2) == Some("Route")),
+        "direct routing (Route) expected: {explain}"
+    );
     assert!(
         has_vip(&lines, "2001:db8::100/128"),
         "the VIP is not on lo: {explain}"
