@@ -387,3 +387,72 @@ fn source_address_is_used_for_the_session() {
         b.route(&v4_at(0))
     );
 }
+
+/// An ICMP counter of the namespace's kernel (`Icmp: NAME`).
+fn icmp(ns: &Netns, name: &str) -> u64 {
+    let out = ns.exec("cat", &["/proc/net/snmp"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("Icmp:")).collect();
+    let (Some(names), Some(values)) = (lines.first(), lines.get(1)) else {
+        return 0;
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == name)
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Multihop eBGP with a real peer two hops away (node - router - BIRD):
+/// with `ttl = 1` vipd's packets die at the router (which says so with
+/// ICMP time exceeded) and there is no session; reloaded with `ttl = 2`,
+/// the session comes up and BIRD holds the routes.
+#[test]
+fn multihop_ttl_reaches_a_peer_two_hops_away() {
+    let lab = Lab::new("mh");
+    let far = Netns::new("mhf");
+    let (a, b) = veth(&lab.router, &far);
+    lab.router
+        .ip(&["addr", "add", "198.51.100.1/24", "dev", &a]);
+    far.ip(&["addr", "add", "198.51.100.2/24", "dev", &b]);
+    lab.router.ip(&["link", "set", &a, "up"]);
+    far.ip(&["link", "set", &b, "up"]);
+    lab.node
+        .ip(&["route", "add", "198.51.100.0/24", "via", "192.0.2.2"]);
+    far.ip(&["route", "add", "192.0.2.0/24", "via", "198.51.100.1"]);
+    let fwd = lab.router.exec("sysctl", &["-w", "net.ipv4.ip_forward=1"]);
+    assert!(fwd.status.success(), "{fwd:?}");
+    let conf = format!(
+        "router id 198.51.100.2;\nlog \"{}\" all;\nprotocol device {{ scan time 10; }}\n\
+         protocol bgp mh {{ local 198.51.100.2 as 65002; neighbor 192.0.2.1 as 65010; multihop 2; \
+         connect retry time 2; ipv4 {{ import all; export none; }}; }}\n",
+        lab.dir.path("bird.log").display()
+    );
+    let b = Bird::start(&far, &lab.dir, &conf);
+    let vipd = |ttl: u8| {
+        format!(
+            "[bgp]\nasn = 65010\nrouter_id = \"192.0.2.1\"\n[[bgp.peers]]\naddress = \"198.51.100.2\"\n\
+             asn = 65002\nconnect_retry = 1\nttl = {ttl}\n[[announce]]\nprefixes = [{}]\n",
+            v4_list(0, 5)
+        )
+    };
+    let v = Vipd::start(&lab.node, &lab.dir, &vipd(1));
+    assert!(
+        wait_until(Duration::from_secs(20), || icmp(
+            &lab.router,
+            "OutTimeExcds"
+        ) > 0),
+        "the router never dropped a packet for its TTL: {}",
+        v.proc.log_tail(20)
+    );
+    assert!(
+        !b.established("mh"),
+        "a session with ttl = 1 across a router"
+    );
+    v.reload(&vipd(2));
+    assert!(
+        wait_until(Duration::from_secs(30), || b.count("master4") == 5),
+        "no routes over the two-hop session with ttl = 2"
+    );
+}

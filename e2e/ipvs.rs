@@ -270,9 +270,15 @@ show recovered
     let both = ipvs(&[(svc, &["[2001:db8::11]:6443", "[2001:db8::12]:6443"])]);
     let lines = step(&console, "both");
     assert_eq!(table(&lines), both, "{explain}");
-    let reals: Vec<&&str> = lines.iter().filter(|l| l.contains("-> [2001:db8::1")).collect();
+    let reals: Vec<&&str> = lines
+        .iter()
+        .filter(|l| l.contains("-> [2001:db8::1"))
+        .collect();
     assert!(
-        reals.len() == 2 && reals.iter().all(|l| l.split_whitespace().nth(2) == Some("Route")),
+        reals.len() == 2
+            && reals
+                .iter()
+                .all(|l| l.split_whitespace().nth(2) == Some("Route")),
         "direct routing (Route) expected: {explain}"
     );
     assert!(
