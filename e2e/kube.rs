@@ -595,6 +595,54 @@ fn api_server_down_for_30s_keeps_routes_and_catches_up() {
     assert!(v.log().contains("Kubernetes API reachable again"));
 }
 
+/// An API server that accepts connections and never answers (hung, or a
+/// dead load balancer in front of it): vipd's own timeouts notice, the
+/// routes stay, status says why, and changes made meanwhile are applied
+/// once it answers again. Bookmarks every second keep a quiet watch under
+/// the 3 s read timeout before the outage.
+#[test]
+fn api_server_black_holed_keeps_routes_reports_and_catches_up() {
+    let k = kube_lab("kh");
+    k.api.set_bookmark_interval(Duration::from_secs(1));
+    put_services(&k.api, 3);
+    let v = start_synced(&k, "read_timeout_secs = 3\nconnect_timeout_secs = 3\n", 3);
+    never_below(&k, 3, Duration::from_secs(4));
+    assert!(
+        !v.log().contains("Kubernetes API:"),
+        "an error before the outage (bookmarks should keep the watches alive): {}",
+        v.proc.log_tail(20)
+    );
+    k.api.set_blackhole(true);
+    k.api.delete(Kind::Service, "a", "s0");
+    k.api
+        .put(obj::service("a", "late", &["203.0.113.40"], false));
+    k.api
+        .put(obj::slice("a", "late-1", "late", &[("node-b", true)]));
+    let t = Instant::now();
+    while !v.log().contains("Kubernetes API:") {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "vipd never noticed the silent API server: {}",
+            v.proc.log_tail(20)
+        );
+        assert!(routes(&k.bird) >= 3, "routes went during the outage");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (_, text) = vipd_status(&k.lab.node);
+    assert!(text.contains("API server:"), "{text}");
+    assert!(
+        k.bird.has("203.0.113.10/32"),
+        "s0 went while the API was silent"
+    );
+    k.api.set_blackhole(false);
+    assert!(
+        wait_until(Duration::from_secs(60), || k.bird.has("203.0.113.40/32")
+            && !k.bird.has("203.0.113.10/32")),
+        "changes made during the outage were not applied"
+    );
+    assert_eq!(routes(&k.bird), 3);
+}
+
 fn node_addrs(k: &KubeLab) -> String {
     k.lab.node.ip(&["-o", "addr", "show", "dev", "vip0"])
 }

@@ -101,6 +101,12 @@ pub struct KubeConfig {
     pub announce_without_endpoints: bool,
     /// When not empty, VIPs outside these prefixes are refused.
     pub allowed_prefixes: Vec<IpNet>,
+    /// Connecting to the API server takes at most this long.
+    pub connect_timeout: Duration,
+    /// An answer (a list page, or anything on a watch, where the server's
+    /// bookmarks keep a quiet watch talking) is awaited at most this long:
+    /// a server that accepts and then says nothing is an error, not a hang.
+    pub read_timeout: Duration,
 }
 
 /// What vipd does to the node itself, besides BGP.
@@ -493,6 +499,13 @@ fn read_kubernetes(mut t: Tbl, node_env: Option<String>, errs: &mut Errs) -> Opt
             _ => Err("expected an array of prefixes".into()),
         })
         .unwrap_or_default();
+    let secs = |v| parse_int(v, 1, 3600).map(|n| Duration::from_secs(n as u64));
+    let connect_timeout = t
+        .opt("connect_timeout_secs", errs, secs)
+        .unwrap_or(Duration::from_secs(10));
+    let read_timeout = t
+        .opt("read_timeout_secs", errs, secs)
+        .unwrap_or(Duration::from_secs(90));
     t.finish(errs);
     if include_unclassed && load_balancer_class.is_none() {
         errs.push(
@@ -515,6 +528,8 @@ fn read_kubernetes(mut t: Tbl, node_env: Option<String>, errs: &mut Errs) -> Opt
         external_ips,
         announce_without_endpoints,
         allowed_prefixes,
+        connect_timeout,
+        read_timeout,
     })
 }
 

@@ -113,6 +113,8 @@ struct State {
     bookmark_every: Duration,
     events: Vec<Value>,
     down: bool,
+    /// Accepts connections and never answers; open watches go silent.
+    blackhole: bool,
     requests: u64,
     gone: u64,
     /// Complete lists served (the last page), per kind.
@@ -175,6 +177,7 @@ impl StandIn {
                         oldest: 0,
                         events: vec![],
                         down: false,
+                        blackhole: false,
                         requests: 0,
                         gone: 0,
                         lists: BTreeMap::new(),
@@ -195,6 +198,17 @@ impl StandIn {
                     };
                     if s.state.lock().unwrap().down {
                         drop(sock);
+                        continue;
+                    }
+                    if s.state.lock().unwrap().blackhole {
+                        // Accepted, then silence until the black hole ends.
+                        let state = s.state.clone();
+                        tokio::spawn(async move {
+                            let _held = sock;
+                            while state.lock().unwrap().blackhole {
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                            }
+                        });
                         continue;
                     }
                     let s2 = s.clone();
@@ -346,6 +360,14 @@ impl StandIn {
         self.state.lock().unwrap().writes.clone()
     }
 
+    /// A black hole: connections are accepted and never answered, open
+    /// watches go silent (no events, no bookmarks), until turned off. What
+    /// a hung API server or a dead load balancer in front of it looks like:
+    /// only the client's own timeouts notice.
+    pub fn set_blackhole(&self, on: bool) {
+        self.state.lock().unwrap().blackhole = on;
+    }
+
     /// Events vipd created.
     pub fn events(&self) -> Vec<Value> {
         self.state.lock().unwrap().events.clone()
@@ -378,12 +400,17 @@ impl StandIn {
     }
 
     async fn handle(&self, req: Request<Incoming>) -> Response<BoxBody> {
-        {
+        let blackhole = {
             let mut st = self.state.lock().unwrap();
             st.requests += 1;
             if st.down {
                 return status(StatusCode::SERVICE_UNAVAILABLE, "down");
             }
+            st.blackhole
+        };
+        if blackhole {
+            // A request on a connection opened before: never answered.
+            std::future::pending::<()>().await;
         }
         let path = req.uri().path().to_string();
         let q: BTreeMap<String, String> =
@@ -666,6 +693,7 @@ impl StandIn {
                     .as_deref()
                     .is_none_or(|n| c.obj["metadata"]["name"].as_str() == Some(n))
         };
+        let state = self.state.clone();
         tokio::spawn(async move {
             let line = |v: Value| {
                 let mut b = serde_json::to_vec(&v).unwrap();
@@ -701,6 +729,10 @@ impl StandIn {
                         // Nothing goes out once the server is "down", even a
                         // change already queued.
                         Ok(_) if *epoch.borrow() != started => return,
+                        Ok(_) if state.lock().unwrap().blackhole => {
+                            tx.closed().await;
+                            return;
+                        }
                         Ok(c) if c.rv > last && matches(&c) => {
                             last = c.rv;
                             if tx.send(line(json!({"type": c.typ, "object": c.obj}))).await.is_err() { return; }
@@ -710,6 +742,10 @@ impl StandIn {
                         Err(_) => return,
                     },
                     _ = tick.tick(), if bookmarks => {
+                        if state.lock().unwrap().blackhole {
+                            tx.closed().await;
+                            return;
+                        }
                         let rv = last.max(from);
                         let b = json!({"type": "BOOKMARK", "object": {"kind": kind.name(), "apiVersion": kind.list_kind().1, "metadata": {"resourceVersion": rv.to_string()}}});
                         if tx.send(line(b)).await.is_err() { return; }

@@ -467,6 +467,8 @@ pub(crate) mod tests {
             external_ips: false,
             announce_without_endpoints: false,
             allowed_prefixes: vec![],
+            connect_timeout: std::time::Duration::from_secs(10),
+            read_timeout: std::time::Duration::from_secs(90),
         }
     }
 

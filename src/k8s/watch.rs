@@ -234,7 +234,12 @@ async fn client_config(k: &KubeConfig) -> Result<kube::Config, WatchError> {
 
 /// The API client, and the API server's address where it is an IP.
 pub async fn connect(k: &KubeConfig) -> Result<(Client, Vec<IpAddr>), WatchError> {
-    let config = client_config(k).await?;
+    let mut config = client_config(k).await?;
+    config.connect_timeout = Some(k.connect_timeout);
+    // kube leaves reads unbounded: a server that accepts and then says
+    // nothing would hang a list for ever. Counted from each request.
+    config.read_timeout = Some(k.read_timeout);
+    config.reset_reader_on_write = true;
     let api_server: Vec<IpAddr> = config
         .cluster_url
         .host()
