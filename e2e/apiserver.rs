@@ -202,3 +202,68 @@ fn kubectl_get_watch_streams_changes() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// `GET path` from the stand-in, inside its namespace: the JSON body.
+fn get_json(k: &Kubectl, path: &str) -> serde_json::Value {
+    let req = format!("GET {path} HTTP/1.1\r\nHost: standin\r\nConnection: close\r\n\r\n");
+    let text = in_netns(&k.ns.name, move || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect("192.0.2.100:6443").unwrap();
+        s.write_all(req.as_bytes()).unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    });
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+/// A paged list is served from the first page's snapshot, at one
+/// resourceVersion, as a real server serves it: an object deleted between
+/// two pages makes no other object vanish.
+#[test]
+fn paged_lists_come_from_one_snapshot() {
+    let k = Kubectl::new();
+    for i in 0..5 {
+        k.api.put(obj::service(
+            "a",
+            &format!("s{i}"),
+            &["203.0.113.10"],
+            false,
+        ));
+    }
+    let first = get_json(&k, "/api/v1/services?limit=2");
+    let rv = first["metadata"]["resourceVersion"].clone();
+    let mut names: Vec<String> = first["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["metadata"]["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["s0", "s1"]);
+    // s0, already served, goes before the next page is asked for.
+    k.api.delete(Kind::Service, "a", "s0");
+    let mut token = first["metadata"]["continue"].as_str().unwrap().to_string();
+    loop {
+        let page = get_json(&k, &format!("/api/v1/services?limit=2&continue={token}"));
+        assert_eq!(
+            page["metadata"]["resourceVersion"], rv,
+            "a page from another version"
+        );
+        for i in page["items"].as_array().unwrap() {
+            names.push(i["metadata"]["name"].as_str().unwrap().to_string());
+        }
+        match page["metadata"]["continue"].as_str() {
+            Some(t) if !t.is_empty() => token = t.to_string(),
+            _ => break,
+        }
+    }
+    assert_eq!(
+        names,
+        ["s0", "s1", "s2", "s3", "s4"],
+        "an object vanished between pages"
+    );
+    // The next list is a new snapshot, without s0.
+    let again = get_json(&k, "/api/v1/services");
+    assert_eq!(again["items"].as_array().unwrap().len(), 4);
+}
