@@ -47,21 +47,18 @@ fn md5_matching_password_establishes() {
     assert!(b.established("v4"));
 }
 
-/// A TCP extended counter of the namespace's kernel (`TcpExtTCPMD5...`),
-/// from /proc/net/netstat as seen inside `ns`.
+/// A TCP extended counter of the namespace's kernel (`TcpExtTCPMD5...`).
 fn tcp_ext(ns: &Netns, name: &str) -> u64 {
-    let out = ns.exec("cat", &["/proc/net/netstat"]);
-    let text = String::from_utf8_lossy(&out.stdout);
-    let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("TcpExt:")).collect();
-    let (Some(names), Some(values)) = (lines.first(), lines.get(1)) else {
-        return 0;
-    };
-    names
-        .split_whitespace()
-        .zip(values.split_whitespace())
-        .find(|(n, _)| *n == name)
-        .and_then(|(_, v)| v.parse().ok())
-        .unwrap_or(0)
+    kernel_counter(ns, "/proc/net/netstat", "TcpExt:", name)
+}
+
+/// BIRD with `bird_extra` on its session, vipd with `peer_extra` on its
+/// peer, 10 prefixes.
+fn md5_lab(tag: &str, bird_extra: &str, peer_extra: &str) -> (Lab, Bird, Vipd) {
+    let lab = Lab::new(tag);
+    let b = bird(&lab, bird_extra);
+    let v = Vipd::start(&lab.node, &lab.dir, &conf(peer_extra, "", 10));
+    (lab, b, v)
 }
 
 /// Waits for the kernel in `ns` to drop a segment for `counter`, then
@@ -81,13 +78,7 @@ fn refused_by_md5(ns: &Netns, counter: &str, b: &Bird, v: &Vipd) {
 
 #[test]
 fn md5_mismatched_password_never_establishes() {
-    let lab = Lab::new("m6");
-    let b = bird(&lab, "password \"bird-key\";");
-    let v = Vipd::start(
-        &lab.node,
-        &lab.dir,
-        &conf("password = \"vipd-key\"", "", 10),
-    );
+    let (lab, b, v) = md5_lab("m6", "password \"bird-key\";", "password = \"vipd-key\"");
     // BIRD's kernel finds vipd's signature wrong.
     refused_by_md5(&lab.router, "TCPMD5Failure", &b, &v);
 }
@@ -96,13 +87,7 @@ fn md5_mismatched_password_never_establishes() {
 /// installed on vipd's socket (without it, this session would come up).
 #[test]
 fn md5_key_is_installed_on_vipds_connections() {
-    let lab = Lab::new("m7");
-    let b = bird(&lab, "");
-    let v = Vipd::start(
-        &lab.node,
-        &lab.dir,
-        &conf("password = \"vipd-key\"", "", 10),
-    );
+    let (lab, b, v) = md5_lab("m7", "", "password = \"vipd-key\"");
     refused_by_md5(&lab.router, "TCPMD5Unexpected", &b, &v);
 }
 
@@ -111,25 +96,20 @@ fn md5_key_is_installed_on_vipds_connections() {
 /// vipd's kernel.
 #[test]
 fn md5_on_the_listener_when_vipd_is_passive() {
-    let lab = Lab::new("m8");
-    let b = bird(&lab, "password \"s3cret-key\";");
-    let v = Vipd::start(
-        &lab.node,
-        &lab.dir,
-        &conf("password = \"s3cret-key\"\npassive = true", "", 10),
+    let (_lab, b, v) = md5_lab(
+        "m8",
+        "password \"s3cret-key\";",
+        "password = \"s3cret-key\"\npassive = true",
     );
     assert!(
         wait_until(Duration::from_secs(30), || b.count("master4") == 10),
         "no routes over BIRD's MD5 connection to passive vipd"
     );
-    drop(v);
-    drop(b);
-    let lab = Lab::new("m9");
-    let b = bird(&lab, "password \"bird-key\";");
-    let v = Vipd::start(
-        &lab.node,
-        &lab.dir,
-        &conf("password = \"vipd-key\"\npassive = true", "", 10),
+    drop((v, b));
+    let (lab, b, v) = md5_lab(
+        "m9",
+        "password \"bird-key\";",
+        "password = \"vipd-key\"\npassive = true",
     );
     refused_by_md5(&lab.node, "TCPMD5Failure", &b, &v);
 }
@@ -346,7 +326,10 @@ fn gtsm_matching_establishes_and_lower_ttl_is_refused() {
     let v2 = Vipd::start(&lab2.node, &lab2.dir, &conf("ttl_security = true", "", 5));
     // The kernel on vipd's side drops BIRD's segments for their TTL.
     assert!(
-        wait_until(Duration::from_secs(20), || tcp_ext(&lab2.node, "TCPMinTTLDrop") > 0),
+        wait_until(Duration::from_secs(20), || tcp_ext(
+            &lab2.node,
+            "TCPMinTTLDrop"
+        ) > 0),
         "no segment was dropped for its TTL: {}",
         v2.proc.log_tail(20)
     );
@@ -388,20 +371,9 @@ fn source_address_is_used_for_the_session() {
     );
 }
 
-/// An ICMP counter of the namespace's kernel (`Icmp: NAME`).
+/// An ICMP counter of the namespace's kernel.
 fn icmp(ns: &Netns, name: &str) -> u64 {
-    let out = ns.exec("cat", &["/proc/net/snmp"]);
-    let text = String::from_utf8_lossy(&out.stdout);
-    let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("Icmp:")).collect();
-    let (Some(names), Some(values)) = (lines.first(), lines.get(1)) else {
-        return 0;
-    };
-    names
-        .split_whitespace()
-        .zip(values.split_whitespace())
-        .find(|(n, _)| *n == name)
-        .and_then(|(_, v)| v.parse().ok())
-        .unwrap_or(0)
+    kernel_counter(ns, "/proc/net/snmp", "Icmp:", name)
 }
 
 /// Multihop eBGP with a real peer two hops away (node - router - BIRD):

@@ -381,6 +381,17 @@ fn readiness_flapping_settles_on_the_last_state() {
     );
 }
 
+/// The API server goes down (open watches end) and vipd says so.
+fn api_goes_away(k: &KubeLab, v: &Vipd) {
+    k.api.set_down(true);
+    assert!(
+        wait_until(Duration::from_secs(30), || v
+            .log()
+            .contains("Kubernetes API:")),
+        "vipd never noticed the API going away"
+    );
+}
+
 /// Polls BIRD for `d`, failing on any rise above `n` routes.
 fn never_above(k: &KubeLab, n: usize, d: Duration) {
     let t = Instant::now();
@@ -495,13 +506,7 @@ fn relist_after_410_drops_what_was_deleted_meanwhile() {
     let k = kube_lab("kr");
     put_services(&k.api, 5);
     let v = start_synced(&k, "", 5);
-    k.api.set_down(true);
-    assert!(
-        wait_until(Duration::from_secs(30), || v
-            .log()
-            .contains("Kubernetes API:")),
-        "vipd never noticed the API going away"
-    );
+    api_goes_away(&k, &v);
     k.api.delete(Kind::Service, "a", "s0");
     k.api.delete(Kind::EndpointSlice, "a", "s0-1");
     k.api.expire_history();
@@ -541,13 +546,7 @@ fn watch_reset_410_withdraws_nothing() {
     let v = start_synced(&k, "", 5);
     // The watches break, changes happen, the history is compacted: the
     // watches vipd starts again from its last version get 410 Gone.
-    k.api.set_down(true);
-    assert!(
-        wait_until(Duration::from_secs(30), || v
-            .log()
-            .contains("Kubernetes API:")),
-        "vipd never noticed the API going away"
-    );
+    api_goes_away(&k, &v);
     k.api
         .put(obj::service("a", "new", &["203.0.113.50"], false));
     k.api
@@ -813,17 +812,6 @@ fn node_conf(t: &TwoNodes, i: usize) -> String {
     )
 }
 
-/// The next hops BIRD holds for a prefix.
-fn next_hops(b: &Bird, prefix: &str) -> Vec<String> {
-    let mut v: Vec<String> = b
-        .route(prefix)
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("BGP.next_hop: ").map(String::from))
-        .collect();
-    v.sort();
-    v
-}
-
 /// Local policy: reachable only via nodes with a ready local endpoint, and
 /// following the endpoints as they move. Cluster policy: via both nodes.
 #[test]
@@ -842,10 +830,10 @@ fn two_nodes_local_follows_endpoints_cluster_uses_both() {
     // Waits for BIRD's next hops for `prefix` to become exactly `want`.
     let hops_become = |prefix: &str, want: &[&str], secs: u64, what: &str| {
         assert!(
-            wait_until(Duration::from_secs(secs), || next_hops(&t.bird, prefix)
+            wait_until(Duration::from_secs(secs), || t.bird.next_hops(prefix)
                 == want),
             "{what}: {:?}",
-            next_hops(&t.bird, prefix)
+            t.bird.next_hops(prefix)
         );
     };
     let both = ["192.0.2.11", "192.0.2.12"];

@@ -19,19 +19,6 @@ use lab::*;
 const RSS_BOUND_MIB: f64 = 23.0;
 const PEAK_BOUND_MIB: f64 = 54.0;
 
-/// KiB resident now and at the peak, from /proc.
-fn rss(pid: i32) -> (u64, u64) {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        s.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|x| x.parse().ok())
-            .unwrap_or(0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
-}
-
 #[test]
 fn vipd_with_200k_static_prefixes_stays_under_its_memory_bound() {
     let ns = Netns::new("mem");

@@ -95,19 +95,6 @@ fn v6(i: u32) -> Ipv6Addr {
     Ipv6Addr::from(u128::from("2001:db8::".parse::<Ipv6Addr>().unwrap()) + i as u128)
 }
 
-/// KiB of resident memory now and at its peak, from /proc.
-fn rss(pid: i32) -> (u64, u64) {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        s.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|x| x.parse().ok())
-            .unwrap_or(0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
-}
-
 fn vipd_config(dir: &Dir, n: u32) -> PathBuf {
     let mut s = String::with_capacity(n as usize * 40);
     s += "[bgp]\nasn = 65010\nrouter_id = \"192.0.2.1\"\n\

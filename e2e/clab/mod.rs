@@ -96,20 +96,7 @@ impl FrrNode {
     }
 
     pub fn vtysh(&self, command: &str) -> String {
-        let out = run(
-            "ip",
-            &[
-                "netns",
-                "exec",
-                &self.ns,
-                "vtysh",
-                "--vty_socket",
-                self.sock.to_str().unwrap(),
-                "-c",
-                command,
-            ],
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        vtysh(&self.ns, &self.sock, command)
     }
 
     pub fn json(&self, command: &str) -> serde_json::Value {

@@ -250,6 +250,54 @@ pub fn veth(a: &Netns, b: &Netns) -> (String, String) {
     (x, y)
 }
 
+/// KiB of resident memory now and at its peak, from /proc.
+pub fn rss(pid: i32) -> (u64, u64) {
+    let s = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        s.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|x| x.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// A counter of the kernel in `ns` from a /proc/net table of header and
+/// value lines (`/proc/net/netstat` "TcpExt:", `/proc/net/snmp` "Icmp:").
+pub fn kernel_counter(ns: &Netns, file: &str, table: &str, name: &str) -> u64 {
+    let out = ns.exec("cat", &[file]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().filter(|l| l.starts_with(table)).collect();
+    let (Some(names), Some(values)) = (lines.first(), lines.get(1)) else {
+        return 0;
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == name)
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// `vtysh -c command` against the FRR daemons whose sockets are in `sock`.
+pub fn vtysh(ns: &str, sock: &Path, command: &str) -> String {
+    let out = run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            ns,
+            "vtysh",
+            "--vty_socket",
+            sock.to_str().unwrap(),
+            "-c",
+            command,
+        ],
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// A benchmark knob: the environment variable `name` parsed, or `default`.
 pub fn knob<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
@@ -465,6 +513,16 @@ impl Bird {
     }
     pub fn established(&self, proto: &str) -> bool {
         self.state(proto).contains("Established")
+    }
+    /// The next hops of the routes BIRD holds for `prefix`, sorted.
+    pub fn next_hops(&self, prefix: &str) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .route(prefix)
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("BGP.next_hop: ").map(String::from))
+            .collect();
+        v.sort();
+        v
     }
 }
 
@@ -697,20 +755,7 @@ impl Frr {
         }
     }
     pub fn vtysh(&self, command: &str) -> String {
-        let out = run(
-            "ip",
-            &[
-                "netns",
-                "exec",
-                &self.ns,
-                "vtysh",
-                "--vty_socket",
-                self.sock.to_str().unwrap(),
-                "-c",
-                command,
-            ],
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        vtysh(&self.ns, &self.sock, command)
     }
     pub fn json(&self, command: &str) -> serde_json::Value {
         serde_json::from_str(&self.vtysh(command)).unwrap_or(serde_json::Value::Null)
