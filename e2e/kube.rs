@@ -340,15 +340,29 @@ fn own_and_api_server_addresses_are_refused_with_events() {
     assert!(v
         .log()
         .contains("VIP refused: 192.0.2.1 is this node's own address"));
-    // Reported once, not on every recomputation.
+    // Reported once, not on every recomputation: once vipd has recomputed
+    // after this change, no new Event follows.
+    let updates = |v: &Vipd| v.log().matches("intent updated").count();
+    let before = updates(&v);
     k.api.put(obj::slice(
         "a",
         "fine-1",
         "fine",
         &[("node-b", true), ("node-c", true)],
     ));
-    std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(k.api.events().len(), evs.len());
+    assert!(
+        wait_until(Duration::from_secs(10), || updates(&v) > before),
+        "vipd never recomputed after the change"
+    );
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_millis(300) {
+        assert_eq!(
+            k.api.events().len(),
+            evs.len(),
+            "the refusal was reported again"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Endpoint readiness flapping: the announcement follows, ending where the
@@ -366,7 +380,6 @@ fn readiness_flapping_settles_on_the_last_state() {
         std::thread::sleep(Duration::from_millis(20));
     }
     // Last put: i = 29, ready.
-    std::thread::sleep(Duration::from_millis(500));
     assert!(wait_until(Duration::from_secs(5), || k
         .bird
         .has("203.0.113.10/32")));

@@ -254,6 +254,11 @@ fn frr_receives_both_families_with_attributes_and_reload_withdraws_half() {
             serde_json::json!(["65010:1:2"])
         );
         assert_eq!(path["origin"], "IGP");
+        if afi == "ipv6" {
+            // RFC 2545: the link-local address follows the global one.
+            assert_eq!(path["nexthops"][1]["ip"], link_local(&lab.node), "{r}");
+            assert_eq!(path["nexthops"][1]["scope"], "link-local", "{r}");
+        }
     }
     vipd.reload(&vipd_conf(TWO_PEERS, &announcements(N, false)));
     assert!(
@@ -302,8 +307,10 @@ fn exabgp_receives_both_families_with_attributes_and_reload_withdraws_half() {
         a.get("local-preference").is_none(),
         "no LOCAL_PREF to an eBGP peer: {a}"
     );
+    // A 32-byte next hop (RFC 2545: global, then link-local; BIRD shows
+    // both): ExaBGP's JSON names the link-local one.
     let (nh6, _) = &t[&v6_at(999)];
-    assert_eq!(nh6, "2001:db8::1");
+    assert_eq!(*nh6, link_local(&lab.node));
     // End-of-RIB after the initial table of each family.
     let eors: Vec<String> = exa
         .messages()

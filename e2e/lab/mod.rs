@@ -715,41 +715,50 @@ impl Drop for Gobgp {
     }
 }
 
-/// FRR's bgpd alone (no zebra), in the foreground.
+/// FRR's zebra and bgpd, in the foreground. zebra is there because bgpd
+/// without it knows no interfaces, and then drops every IPv6 route whose
+/// next hop carries a link-local address (RFC 2545), as vipd's do on a
+/// shared link.
 pub struct Frr {
     pub proc: Proc,
+    pub zebra: Proc,
     pub ns: String,
     pub sock: PathBuf,
 }
 
 impl Frr {
     pub fn start(ns: &Netns, dir: &Dir, conf: &str) -> Frr {
-        require(&["/usr/lib/frr/bgpd", "vtysh"]);
+        require(&["/usr/lib/frr/bgpd", "/usr/lib/frr/zebra", "vtysh"]);
         let sock = dir.path("frr");
         fs::create_dir_all(&sock).unwrap();
         let path = sock.join("bgpd.conf");
         fs::write(&path, conf).unwrap();
+        fs::write(sock.join("zebra.conf"), "").unwrap();
         run_ok("chown", &["-R", "frr:frr", sock.to_str().unwrap()]);
+        let zserv = sock.join("zserv.api");
+        let common = |cmd: &mut Command, d: &str| {
+            cmd.args(["-i", sock.join(format!("{d}.pid")).to_str().unwrap()])
+                .args(["--vty_socket", sock.to_str().unwrap()])
+                .args(["-z", zserv.to_str().unwrap()])
+                .args(["-u", "frr", "-g", "frr"]);
+        };
+        let mut z = ns.command("/usr/lib/frr/zebra");
+        z.args(["-f", sock.join("zebra.conf").to_str().unwrap()]);
+        common(&mut z, "zebra");
+        let zebra = Proc::spawn("frr-zebra", z, dir.path("zebra.out"));
+        assert!(
+            wait_until(Duration::from_secs(10), || zserv.exists()),
+            "zebra did not start: {}",
+            zebra.log_tail(20)
+        );
         let mut cmd = ns.command("/usr/lib/frr/bgpd");
-        cmd.args([
-            "-Z",
-            "-n",
-            "-f",
-            path.to_str().unwrap(),
-            "-i",
-            sock.join("bgpd.pid").to_str().unwrap(),
-            "--vty_socket",
-            sock.to_str().unwrap(),
-            "-u",
-            "frr",
-            "-g",
-            "frr",
-            "-P",
-            "0",
-        ]);
+        // -n: routes stay in bgpd, not in the namespace's kernel.
+        cmd.args(["-n", "-f", path.to_str().unwrap(), "-P", "0"]);
+        common(&mut cmd, "bgpd");
         let proc = Proc::spawn("frr-bgpd", cmd, dir.path("frr.out"));
         Frr {
             proc,
+            zebra,
             ns: ns.name.clone(),
             sock,
         }
