@@ -1,0 +1,374 @@
+//! Address allocation for LoadBalancer Services (issue 7), the pure part:
+//! pools and the Services as they are (with the addresses their status
+//! already holds) in, the addresses each Service should hold and the
+//! Events to tell out. No state of its own: a new allocator reads the
+//! Services' status and continues where the last one stopped.
+//!
+//! Not wired yet: the Lease election, the status writes and the
+//! configuration come with the rest of issue 7.
+//!
+//! Rules, in the order they are applied:
+//! - Older Services first (creationTimestamp, then UID): on a conflict the
+//!   older keeps the address.
+//! - An address a Service already holds stays while the Service still asks
+//!   for it (requested addresses, if any, include it; its family is still
+//!   wanted), whoever wrote it; outside every pool it is kept with a
+//!   warning.
+//! - Two Services hold one address only with the same sharing key and no
+//!   (protocol, port) in common.
+//! - Missing families are filled from the requested addresses, or else the
+//!   lowest free address of the Service's pool (its annotation, or the
+//!   first auto-assign pool open to its namespace).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+/// An inclusive range of addresses of one family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Range {
+    pub first: IpAddr,
+    pub last: IpAddr,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pool {
+    pub name: String,
+    pub ranges: Vec<Range>,
+    /// Used for Services that name no pool.
+    pub auto_assign: bool,
+    /// Empty: every namespace.
+    pub namespaces: Vec<String>,
+    /// Skip .0 and .255 of IPv4 addresses in /24 and larger ranges.
+    pub avoid_network_and_broadcast: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+pub fn family(a: &IpAddr) -> Family {
+    if a.is_ipv4() {
+        Family::V4
+    } else {
+        Family::V6
+    }
+}
+
+/// `spec.ipFamilyPolicy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FamilyPolicy {
+    SingleStack,
+    PreferDualStack,
+    RequireDualStack,
+}
+
+/// What the allocator needs of one Service vipd is responsible for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Svc {
+    /// `namespace/name`.
+    pub key: String,
+    pub uid: String,
+    /// creationTimestamp, seconds since the epoch.
+    pub created: i64,
+    pub namespace: String,
+    /// `spec.ipFamilies`, in order.
+    pub families: Vec<Family>,
+    pub policy: FamilyPolicy,
+    /// `vipd.io/pool`.
+    pub pool: Option<String>,
+    /// `vipd.io/load-balancer-ips` and `spec.loadBalancerIP`.
+    pub requested: Vec<IpAddr>,
+    /// `vipd.io/sharing-key`.
+    pub sharing_key: Option<String>,
+    /// (protocol, port) of `spec.ports`.
+    pub ports: Vec<(String, u16)>,
+    /// The addresses `status.loadBalancer.ingress` holds now.
+    pub current: Vec<IpAddr>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum EventKind {
+    AddressAssigned,
+    AllocationFailed,
+    AddressConflict,
+    /// A held address outside every pool, kept.
+    AddressOutsidePools,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Event {
+    pub service: String,
+    pub kind: EventKind,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// Every Service's addresses after this pass (empty: none).
+    pub status: BTreeMap<String, Vec<IpAddr>>,
+    pub events: Vec<Event>,
+}
+
+fn wanted_families(s: &Svc) -> Vec<Family> {
+    let mut f = s.families.clone();
+    if f.is_empty() {
+        f.push(Family::V4);
+    }
+    match s.policy {
+        FamilyPolicy::SingleStack => f.truncate(1),
+        FamilyPolicy::PreferDualStack | FamilyPolicy::RequireDualStack => {
+            for x in [Family::V4, Family::V6] {
+                if !f.contains(&x) {
+                    f.push(x);
+                }
+            }
+        }
+    }
+    f
+}
+
+fn contains(r: &Range, a: &IpAddr) -> bool {
+    family(&r.first) == family(a) && r.first <= *a && *a <= r.last
+}
+
+fn in_pool(p: &Pool, a: &IpAddr) -> bool {
+    p.ranges.iter().any(|r| contains(r, a))
+}
+
+fn open_to(p: &Pool, ns: &str) -> bool {
+    p.namespaces.is_empty() || p.namespaces.iter().any(|n| n == ns)
+}
+
+fn next(a: IpAddr) -> Option<IpAddr> {
+    match a {
+        IpAddr::V4(v) => u32::from(v).checked_add(1).map(|n| IpAddr::V4(n.into())),
+        IpAddr::V6(v) => u128::from(v).checked_add(1).map(|n| IpAddr::V6(n.into())),
+    }
+}
+
+/// .0 and .255 of a range of /24 or larger (256 addresses or more).
+fn avoided(p: &Pool, r: &Range, a: &IpAddr) -> bool {
+    let (IpAddr::V4(f), IpAddr::V4(l), IpAddr::V4(x)) = (r.first, r.last, a) else {
+        return false;
+    };
+    let size = u64::from(u32::from(l)) - u64::from(u32::from(f)) + 1;
+    p.avoid_network_and_broadcast && size >= 256 && matches!(x.octets()[3], 0 | 255)
+}
+
+/// Who holds each address so far, and whether another may join them.
+#[derive(Default)]
+struct Holders<'a> {
+    by_addr: BTreeMap<IpAddr, Vec<&'a Svc>>,
+}
+
+impl<'a> Holders<'a> {
+    /// Why `s` may not hold `a`, naming the holder that stands in the way.
+    fn refuses(&self, s: &Svc, a: &IpAddr) -> Option<&'a Svc> {
+        let hs = self.by_addr.get(a)?;
+        hs.iter().copied().find(|h| {
+            h.key != s.key
+                && !(s.sharing_key.is_some()
+                    && h.sharing_key == s.sharing_key
+                    && !h.ports.iter().any(|p| s.ports.contains(p)))
+        })
+    }
+    fn add(&mut self, s: &'a Svc, a: IpAddr) {
+        self.by_addr.entry(a).or_default().push(s);
+    }
+    fn remove(&mut self, s: &Svc, a: &IpAddr) {
+        if let Some(hs) = self.by_addr.get_mut(a) {
+            hs.retain(|h| h.key != s.key);
+            if hs.is_empty() {
+                self.by_addr.remove(a);
+            }
+        }
+    }
+}
+
+/// The allocation pass: see the module documentation for the rules.
+pub fn allocate(pools: &[Pool], svcs: &[Svc]) -> Outcome {
+    let mut order: Vec<&Svc> = svcs.iter().collect();
+    order.sort_by(|a, b| (a.created, &a.uid, &a.key).cmp(&(b.created, &b.uid, &b.key)));
+    let mut out = Outcome::default();
+    let mut holders = Holders::default();
+    let mut kept: BTreeMap<&str, Vec<IpAddr>> = BTreeMap::new();
+    // Held addresses first, for every Service, so that an older Service's
+    // holding is known before any younger one is filled.
+    for s in &order {
+        let fams = wanted_families(s);
+        let mut mine: Vec<IpAddr> = vec![];
+        for a in &s.current {
+            let f = family(a);
+            let still_asked = fams.contains(&f)
+                && (s.requested.is_empty() || s.requested.contains(a))
+                && !mine.iter().any(|m| family(m) == f);
+            if !still_asked {
+                continue;
+            }
+            if let Some(h) = holders.refuses(s, a) {
+                out.events.push(Event {
+                    service: s.key.clone(),
+                    kind: EventKind::AddressConflict,
+                    message: format!("{a} is also held by {}, which is older and keeps it", h.key),
+                });
+                continue;
+            }
+            if !pools.iter().any(|p| in_pool(p, a)) {
+                out.events.push(Event {
+                    service: s.key.clone(),
+                    kind: EventKind::AddressOutsidePools,
+                    message: format!("{a} is in no pool; kept, but no new Service gets it"),
+                });
+            }
+            holders.add(s, *a);
+            mine.push(*a);
+        }
+        kept.insert(&s.key, mine);
+    }
+    let mut cursors: BTreeMap<(usize, usize), IpAddr> = BTreeMap::new();
+    for s in &order {
+        let mut mine = kept.remove(s.key.as_str()).unwrap_or_default();
+        let had = mine.len();
+        let mut events = vec![];
+        fill(pools, s, &mut mine, &mut holders, &mut cursors, &mut events);
+        // RequireDualStack: every family or no new address at all.
+        let families: BTreeSet<Family> = mine.iter().map(family).collect();
+        if s.policy == FamilyPolicy::RequireDualStack && families.len() < 2 {
+            for a in mine.drain(had..) {
+                holders.remove(s, &a);
+            }
+            events.retain(|e| e.kind != EventKind::AddressAssigned);
+        }
+        out.events.extend(events);
+        out.status.insert(s.key.clone(), mine);
+    }
+    out
+}
+
+/// Gives `s` an address of each family it still lacks.
+fn fill<'a>(
+    pools: &[Pool],
+    s: &'a Svc,
+    mine: &mut Vec<IpAddr>,
+    holders: &mut Holders<'a>,
+    cursors: &mut BTreeMap<(usize, usize), IpAddr>,
+    events: &mut Vec<Event>,
+) {
+    let fail = |events: &mut Vec<Event>, why: String| {
+        events.push(Event {
+            service: s.key.clone(),
+            kind: EventKind::AllocationFailed,
+            message: why,
+        })
+    };
+    let pool = match &s.pool {
+        Some(name) => pools.iter().position(|p| &p.name == name),
+        None => pools
+            .iter()
+            .position(|p| p.auto_assign && open_to(p, &s.namespace)),
+    };
+    let pool_ok = pool.is_some_and(|i| open_to(&pools[i], &s.namespace));
+    for f in wanted_families(s) {
+        if mine.iter().any(|a| family(a) == f) {
+            continue;
+        }
+        let optional = s.policy == FamilyPolicy::PreferDualStack && !s.families.contains(&f);
+        if let Some(a) = s.requested.iter().find(|a| family(a) == f) {
+            let allowed = pools
+                .iter()
+                .filter(|p| open_to(p, &s.namespace))
+                .any(|p| in_pool(p, a) && s.pool.as_ref().is_none_or(|n| *n == p.name));
+            match (allowed, holders.refuses(s, a)) {
+                (false, _) => fail(events, format!("{a} is not in a pool this Service may use")),
+                (true, Some(h)) => fail(events, format!("{a} is taken by {}", h.key)),
+                (true, None) => {
+                    holders.add(s, *a);
+                    mine.push(*a);
+                    assigned(events, s, a);
+                }
+            }
+            continue;
+        }
+        let Some(pi) = pool.filter(|_| pool_ok) else {
+            if !optional {
+                let why = match &s.pool {
+                    Some(n) => format!(
+                        "pool {n} does not exist or is closed to namespace {}",
+                        s.namespace
+                    ),
+                    None => format!("no auto-assign pool is open to namespace {}", s.namespace),
+                };
+                fail(events, why);
+            }
+            continue;
+        };
+        match free(&pools[pi], pi, f, s, holders, cursors) {
+            Some(a) => {
+                holders.add(s, a);
+                mine.push(a);
+                assigned(events, s, &a);
+            }
+            None if optional => {}
+            None => fail(
+                events,
+                format!("pool {} has no free {f:?} address", pools[pi].name),
+            ),
+        }
+    }
+}
+
+fn assigned(events: &mut Vec<Event>, s: &Svc, a: &IpAddr) {
+    events.push(Event {
+        service: s.key.clone(),
+        kind: EventKind::AddressAssigned,
+        message: format!("assigned {a}"),
+    });
+}
+
+/// The lowest address of family `f` in the pool that `s` may hold. Within
+/// one pass addresses are only taken, never freed, so each range keeps a
+/// cursor past the addresses no Service can have any more (avoided, or
+/// held without a sharing key): 10,000 Services cost one walk, not 10,000.
+fn free(
+    p: &Pool,
+    pi: usize,
+    f: Family,
+    s: &Svc,
+    holders: &Holders,
+    cursors: &mut BTreeMap<(usize, usize), IpAddr>,
+) -> Option<IpAddr> {
+    for (ri, r) in p.ranges.iter().enumerate() {
+        if family(&r.first) != f || r.first > r.last {
+            continue;
+        }
+        let mut a = *cursors.get(&(pi, ri)).unwrap_or(&r.first);
+        let mut advancing = true;
+        while a <= r.last {
+            let avoid = avoided(p, r, &a);
+            let closed = avoid
+                || holders
+                    .by_addr
+                    .get(&a)
+                    .is_some_and(|hs| hs.iter().any(|h| h.sharing_key.is_none()));
+            advancing &= closed;
+            if !avoid && holders.refuses(s, &a).is_none() {
+                return Some(a);
+            }
+            match next(a) {
+                Some(n) => {
+                    if advancing {
+                        cursors.insert((pi, ri), n);
+                    }
+                    a = n;
+                }
+                None => break,
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,305 @@
+use super::*;
+use proptest::prelude::*;
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn range(a: &str, b: &str) -> Range {
+    Range {
+        first: ip(a),
+        last: ip(b),
+    }
+}
+
+fn pool(name: &str, ranges: &[Range]) -> Pool {
+    Pool {
+        name: name.into(),
+        ranges: ranges.to_vec(),
+        auto_assign: true,
+        namespaces: vec![],
+        avoid_network_and_broadcast: false,
+    }
+}
+
+fn svc(name: &str, created: i64) -> Svc {
+    Svc {
+        key: format!("a/{name}"),
+        uid: format!("uid-{name}"),
+        created,
+        namespace: "a".into(),
+        families: vec![Family::V4],
+        policy: FamilyPolicy::SingleStack,
+        pool: None,
+        requested: vec![],
+        sharing_key: None,
+        ports: vec![("TCP".into(), 80)],
+        current: vec![],
+    }
+}
+
+fn got(o: &Outcome, name: &str) -> Vec<String> {
+    o.status[&format!("a/{name}")]
+        .iter()
+        .map(|a| a.to_string())
+        .collect()
+}
+
+fn kinds(o: &Outcome, name: &str) -> Vec<EventKind> {
+    o.events
+        .iter()
+        .filter(|e| e.service == format!("a/{name}"))
+        .map(|e| e.kind)
+        .collect()
+}
+
+#[test]
+fn lowest_free_address_and_network_broadcast_avoided() {
+    let mut p = pool("p", &[range("198.51.100.0", "198.51.101.255")]);
+    p.avoid_network_and_broadcast = true;
+    let mut held = svc("held", 0);
+    held.current = vec![ip("198.51.100.1")];
+    let o = allocate(&[p], &[held, svc("x", 1), svc("y", 2)]);
+    assert_eq!(got(&o, "held"), ["198.51.100.1"]);
+    assert_eq!(got(&o, "x"), ["198.51.100.2"]);
+    assert_eq!(got(&o, "y"), ["198.51.100.3"]);
+    assert_eq!(kinds(&o, "x"), [EventKind::AddressAssigned]);
+    assert!(kinds(&o, "held").is_empty(), "a kept address is no news");
+}
+
+#[test]
+fn duplicates_are_repaired_in_favour_of_the_older() {
+    let p = pool("p", &[range("198.51.100.10", "198.51.100.20")]);
+    let mut old = svc("old", 5);
+    old.current = vec![ip("198.51.100.10")];
+    let mut young = svc("young", 9);
+    young.current = vec![ip("198.51.100.10")];
+    // Given in the other order: age decides, not position.
+    let o = allocate(&[p], &[young, old]);
+    assert_eq!(got(&o, "old"), ["198.51.100.10"]);
+    assert_eq!(got(&o, "young"), ["198.51.100.11"]);
+    let e = o
+        .events
+        .iter()
+        .find(|e| e.kind == EventKind::AddressConflict)
+        .unwrap();
+    assert_eq!(e.service, "a/young");
+    assert!(e.message.contains("a/old"), "{}", e.message);
+}
+
+#[test]
+fn sharing_needs_the_same_key_and_distinct_ports() {
+    let p = pool("p", &[range("198.51.100.10", "198.51.100.20")]);
+    let shared = |name: &str, t: i64, port: u16, key: &str| {
+        let mut s = svc(name, t);
+        s.requested = vec![ip("198.51.100.15")];
+        s.sharing_key = Some(key.into());
+        s.ports = vec![("TCP".into(), port)];
+        s
+    };
+    let o = allocate(
+        &[p],
+        &[
+            shared("web", 1, 80, "k"),
+            shared("dns", 2, 53, "k"),
+            shared("clash", 3, 80, "k"),
+            shared("other", 4, 22, "other-key"),
+        ],
+    );
+    assert_eq!(got(&o, "web"), ["198.51.100.15"]);
+    assert_eq!(got(&o, "dns"), ["198.51.100.15"]);
+    assert!(got(&o, "clash").is_empty());
+    assert!(got(&o, "other").is_empty());
+    assert_eq!(kinds(&o, "clash"), [EventKind::AllocationFailed]);
+}
+
+#[test]
+fn requested_addresses_must_be_in_a_pool_and_free() {
+    let p = pool("p", &[range("198.51.100.10", "198.51.100.20")]);
+    let mut a = svc("a1", 1);
+    a.requested = vec![ip("198.51.100.12")];
+    let mut b = svc("b1", 2);
+    b.requested = vec![ip("198.51.100.12")];
+    let mut c = svc("c1", 3);
+    c.requested = vec![ip("203.0.113.1")];
+    let o = allocate(&[p], &[a, b, c]);
+    assert_eq!(got(&o, "a1"), ["198.51.100.12"]);
+    assert!(got(&o, "b1").is_empty());
+    assert!(o
+        .events
+        .iter()
+        .any(|e| e.service == "a/b1" && e.message.contains("taken by a/a1")));
+    assert!(got(&o, "c1").is_empty());
+    assert!(o
+        .events
+        .iter()
+        .any(|e| e.service == "a/c1" && e.message.contains("not in a pool")));
+}
+
+#[test]
+fn dual_stack_takes_one_address_per_family() {
+    let both = pool(
+        "p",
+        &[
+            range("198.51.100.1", "198.51.100.9"),
+            range("2001:db8:100::1", "2001:db8:100::9"),
+        ],
+    );
+    let v4only = pool("q", &[range("198.51.100.1", "198.51.100.9")]);
+    let mut req = svc("req", 1);
+    req.families = vec![Family::V6, Family::V4];
+    req.policy = FamilyPolicy::RequireDualStack;
+    let mut pref = svc("pref", 2);
+    pref.policy = FamilyPolicy::PreferDualStack;
+    let o = allocate(std::slice::from_ref(&both), &[req.clone(), pref.clone()]);
+    assert_eq!(got(&o, "req"), ["2001:db8:100::1", "198.51.100.1"]);
+    assert_eq!(got(&o, "pref"), ["198.51.100.2", "2001:db8:100::2"]);
+    // A pool without IPv6: Prefer takes what there is; Require takes
+    // nothing rather than half, and says why.
+    let o = allocate(&[v4only], &[req, pref]);
+    assert!(got(&o, "req").is_empty());
+    assert_eq!(kinds(&o, "req"), [EventKind::AllocationFailed]);
+    assert_eq!(got(&o, "pref"), ["198.51.100.1"]);
+    assert!(!kinds(&o, "pref").contains(&EventKind::AllocationFailed));
+}
+
+#[test]
+fn pools_by_name_and_namespace() {
+    let mut team = pool("team", &[range("198.51.100.1", "198.51.100.9")]);
+    team.namespaces = vec!["team-a".into()];
+    let mut special = pool("special", &[range("203.0.113.1", "203.0.113.9")]);
+    special.auto_assign = false;
+    let pools = [team, special];
+    let mut named = svc("named", 1);
+    named.pool = Some("special".into());
+    let outsider = svc("outsider", 2);
+    let o = allocate(&pools, &[named, outsider]);
+    assert_eq!(got(&o, "named"), ["203.0.113.1"]);
+    assert!(got(&o, "outsider").is_empty());
+    assert!(o
+        .events
+        .iter()
+        .any(|e| e.service == "a/outsider" && e.message.contains("no auto-assign pool")));
+}
+
+#[test]
+fn exhaustion_then_recovery_and_a_shrunk_pool_renumbers_nothing() {
+    let small = pool("p", &[range("198.51.100.1", "198.51.100.2")]);
+    let o = allocate(
+        std::slice::from_ref(&small),
+        &[svc("a1", 1), svc("a2", 2), svc("a3", 3)],
+    );
+    assert_eq!(kinds(&o, "a3"), [EventKind::AllocationFailed]);
+    // a1 is deleted: a3 gets its address; a2 keeps its own.
+    let mut a2 = svc("a2", 2);
+    a2.current = o.status["a/a2"].clone();
+    let o = allocate(std::slice::from_ref(&small), &[a2.clone(), svc("a3", 3)]);
+    assert_eq!(got(&o, "a2"), ["198.51.100.2"]);
+    assert_eq!(got(&o, "a3"), ["198.51.100.1"]);
+    // The pool is removed: nothing moves, a warning says why.
+    let o = allocate(&[], &[a2]);
+    assert_eq!(got(&o, "a2"), ["198.51.100.2"]);
+    assert_eq!(kinds(&o, "a2"), [EventKind::AddressOutsidePools]);
+}
+
+fn arb_svc(i: usize) -> impl Strategy<Value = Svc> {
+    (
+        0i64..5,
+        prop::option::of(0usize..2),
+        prop::collection::vec(0u8..12, 0..2),
+        prop::collection::vec(0u8..12, 0..2),
+        prop::option::of(0u8..2),
+        0u16..3,
+        any::<bool>(),
+    )
+        .prop_map(move |(t, ns, req, cur, key, port, dual)| {
+            let a = |x: u8| IpAddr::from([198, 51, 100, x]);
+            let mut s = svc(&format!("s{i}"), t);
+            s.namespace = ["a", "b"][ns.unwrap_or(0)].into();
+            s.requested = req.into_iter().take(1).map(a).collect();
+            s.current = cur.into_iter().map(a).collect();
+            s.sharing_key = key.map(|k| format!("k{k}"));
+            s.ports = vec![("TCP".into(), port)];
+            if dual {
+                s.policy = FamilyPolicy::PreferDualStack;
+                s.current.push(IpAddr::from([
+                    0x2001,
+                    0xdb8,
+                    0x100,
+                    0,
+                    0,
+                    0,
+                    0,
+                    u16::from(t as u8),
+                ]));
+            }
+            s
+        })
+}
+
+fn arb_pools() -> impl Strategy<Value = Vec<Pool>> {
+    (1u8..8, any::<bool>()).prop_map(|(n, restrict)| {
+        let mut p = pool("p", &[range("198.51.100.1", &format!("198.51.100.{n}"))]);
+        if restrict {
+            p.namespaces = vec!["a".into()];
+        }
+        let v6 = pool("v6", &[range("2001:db8:100::1", "2001:db8:100::3")]);
+        vec![p, v6]
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+    /// No address in two Services outside the sharing rules; every address
+    /// newly given out lies in a pool open to the Service; a second pass
+    /// over its own result changes nothing (nothing moves); the input's
+    /// order does not matter.
+    #[test]
+    fn allocation_invariants(
+        pools in arb_pools(),
+        svcs in (0..8usize).prop_flat_map(|n| (0..n).map(arb_svc).collect::<Vec<_>>()),
+        rot in 0usize..8,
+    ) {
+        let o = allocate(&pools, &svcs);
+        let by_key: BTreeMap<&str, &Svc> = svcs.iter().map(|s| (s.key.as_str(), s)).collect();
+        let mut holders: BTreeMap<IpAddr, Vec<&Svc>> = BTreeMap::new();
+        for (k, addrs) in &o.status {
+            let s = by_key[k.as_str()];
+            let fams: BTreeSet<Family> = addrs.iter().map(family).collect();
+            prop_assert_eq!(fams.len(), addrs.len(), "two addresses of one family: {:?}", addrs);
+            for a in addrs {
+                if !s.current.contains(a) {
+                    prop_assert!(
+                        pools.iter().any(|p| open_to(p, &s.namespace) && in_pool(p, a)),
+                        "{} got {} outside its pools", k, a
+                    );
+                }
+                holders.entry(*a).or_default().push(s);
+            }
+        }
+        for (a, hs) in &holders {
+            for (i, x) in hs.iter().enumerate() {
+                for y in &hs[i + 1..] {
+                    let ok = x.sharing_key.is_some()
+                        && x.sharing_key == y.sharing_key
+                        && !x.ports.iter().any(|p| y.ports.contains(p));
+                    prop_assert!(ok, "{} held by {} and {}", a, x.key, y.key);
+                }
+            }
+        }
+        // Nothing moves: the result, fed back as the current status, stays.
+        let again: Vec<Svc> = svcs
+            .iter()
+            .map(|s| Svc { current: o.status[&s.key].clone(), ..s.clone() })
+            .collect();
+        let o2 = allocate(&pools, &again);
+        prop_assert_eq!(&o2.status, &o.status);
+        // Same input in another order, same answer.
+        let mut rotated = svcs.clone();
+        if !rotated.is_empty() {
+            let k = rot % rotated.len();
+            rotated.rotate_left(k);
+        }
+        prop_assert_eq!(allocate(&pools, &rotated).status, o.status);
+    }
+}
