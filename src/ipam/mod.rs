@@ -4,8 +4,9 @@
 //! Events to tell out. No state of its own: a new allocator reads the
 //! Services' status and continues where the last one stopped.
 //!
-//! Not wired yet: the Lease election, the status writes and the
-//! configuration come with the rest of issue 7.
+//! Not wired yet: the Lease election's API calls (its decisions are in
+//! [`lease`]), the status writes and the configuration come with the rest
+//! of issue 7.
 //!
 //! Rules, in the order they are applied:
 //! - Older Services first (creationTimestamp, then UID): on a conflict the
@@ -19,6 +20,8 @@
 //! - Missing families are filled from the requested addresses, or else the
 //!   lowest free address of the Service's pool (its annotation, or the
 //!   first auto-assign pool open to its namespace).
+
+pub mod lease;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
