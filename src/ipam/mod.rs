@@ -22,6 +22,7 @@
 //!   first auto-assign pool open to its namespace).
 
 pub mod lease;
+pub mod service;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
