@@ -267,3 +267,104 @@ fn paged_lists_come_from_one_snapshot() {
     let again = get_json(&k, "/api/v1/services");
     assert_eq!(again["items"].as_array().unwrap().len(), 4);
 }
+
+/// One request from `from` (an address of the stand-in's namespace), with
+/// a JSON body: the status code and the JSON answer, or None when no
+/// answer came within two seconds.
+fn request(
+    k: &Kubectl,
+    from: &str,
+    method: &str,
+    path: &str,
+    body: Option<&serde_json::Value>,
+) -> Option<(u16, serde_json::Value)> {
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: standin\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let from: std::net::SocketAddr = format!("{from}:0").parse().unwrap();
+    let text = in_netns(&k.ns.name, move || {
+        use std::io::{Read, Write};
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        s.bind(&from.into()).unwrap();
+        let to: std::net::SocketAddr = "192.0.2.100:6443".parse().unwrap();
+        s.connect(&to.into()).unwrap();
+        let mut s: std::net::TcpStream = s.into();
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        s.write_all(req.as_bytes()).unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    });
+    let code = text.split_whitespace().nth(1)?.parse().ok()?;
+    let json = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    Some((
+        code,
+        serde_json::from_str(json).unwrap_or(serde_json::Value::Null),
+    ))
+}
+
+/// Leases as the allocator will use them: create (409 if it exists), get,
+/// update with the resourceVersion read (409 when someone wrote first);
+/// kubectl reads them back. A partitioned client's requests go unanswered
+/// while another client's go through.
+#[test]
+fn leases_with_optimistic_concurrency_and_a_partitioned_client() {
+    let k = Kubectl::new();
+    k.ns.ip(&["addr", "add", "192.0.2.101/24", "dev", "lo"]);
+    let path = "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases";
+    let lease = |holder: &str| {
+        serde_json::json!({"metadata": {"name": "vipd-ipam"},
+            "spec": {"holderIdentity": holder, "leaseDurationSeconds": 15}})
+    };
+    let (code, created) = request(&k, "192.0.2.100", "POST", path, Some(&lease("node-a"))).unwrap();
+    assert_eq!(code, 201, "{created}");
+    let (code, again) = request(&k, "192.0.2.100", "POST", path, Some(&lease("node-b"))).unwrap();
+    assert_eq!(
+        (code, again["reason"].as_str()),
+        (409, Some("AlreadyExists"))
+    );
+    let one = format!("{path}/vipd-ipam");
+    let (_, read) = request(&k, "192.0.2.100", "GET", &one, None).unwrap();
+    assert_eq!(read["spec"]["holderIdentity"], "node-a");
+    // node-a renews with the version it read; node-b's take, with the same
+    // (now stale) version, conflicts.
+    let mut renew = read.clone();
+    renew["spec"]["renewTime"] = "2026-11-22T10:00:00.000000Z".into();
+    let (code, renewed) = request(&k, "192.0.2.100", "PUT", &one, Some(&renew)).unwrap();
+    assert_eq!(code, 200, "{renewed}");
+    let mut take = read.clone();
+    take["spec"]["holderIdentity"] = "node-b".into();
+    let (code, lost) = request(&k, "192.0.2.100", "PUT", &one, Some(&take)).unwrap();
+    assert_eq!(
+        (code, lost["reason"].as_str()),
+        (409, Some("Conflict")),
+        "{lost}"
+    );
+    let got = k.ok(&[
+        "get",
+        "lease",
+        "-n",
+        "kube-system",
+        "vipd-ipam",
+        "-o",
+        "json",
+    ]);
+    let got: serde_json::Value = serde_json::from_str(&got).unwrap();
+    assert_eq!(got["spec"]["holderIdentity"], "node-a");
+    assert!(got.get("status").is_none(), "{got}");
+    // Partition 192.0.2.101: its requests hang, 192.0.2.100's go through.
+    k.api.set_partitioned("192.0.2.101".parse().unwrap(), true);
+    assert!(request(&k, "192.0.2.101", "GET", &one, None).is_none());
+    assert_eq!(
+        request(&k, "192.0.2.100", "GET", &one, None).unwrap().0,
+        200
+    );
+    k.api.set_partitioned("192.0.2.101".parse().unwrap(), false);
+    assert_eq!(
+        request(&k, "192.0.2.101", "GET", &one, None).unwrap().0,
+        200
+    );
+}

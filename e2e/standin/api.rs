@@ -35,6 +35,7 @@ fn kind_of(group_version: &str, resource: &str) -> Option<Kind> {
         ("v1", "services") => Some(Kind::Service),
         ("v1", "nodes") => Some(Kind::Node),
         ("discovery.k8s.io/v1", "endpointslices") => Some(Kind::EndpointSlice),
+        ("coordination.k8s.io/v1", "leases") => Some(Kind::Lease),
         _ => None,
     }
 }
@@ -47,6 +48,8 @@ pub fn route(path: &str) -> Option<Route> {
         ("v1", r)
     } else if let Some(r) = path.strip_prefix("/apis/discovery.k8s.io/v1/") {
         ("discovery.k8s.io/v1", r)
+    } else if let Some(r) = path.strip_prefix("/apis/coordination.k8s.io/v1/") {
+        ("coordination.k8s.io/v1", r)
     } else {
         return None;
     };
@@ -81,6 +84,12 @@ pub fn route(path: &str) -> Option<Route> {
     }
 }
 
+fn group(name: &str) -> Value {
+    let gv = format!("{name}/v1");
+    json!({"name": name, "versions": [{"groupVersion": gv, "version": "v1"}],
+           "preferredVersion": {"groupVersion": gv, "version": "v1"}})
+}
+
 fn resource(name: &str, kind: &str, namespaced: bool, verbs: &[&str], short: &[&str]) -> Value {
     json!({"name": name, "singularName": "", "namespaced": namespaced, "kind": kind,
            "verbs": verbs, "shortNames": short})
@@ -92,10 +101,8 @@ pub fn discovery(path: &str) -> Option<Value> {
     Some(match path {
         "/api" => json!({"kind": "APIVersions", "versions": ["v1"],
             "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": ""}]}),
-        "/apis" => json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": [{
-            "name": "discovery.k8s.io",
-            "versions": [{"groupVersion": "discovery.k8s.io/v1", "version": "v1"}],
-            "preferredVersion": {"groupVersion": "discovery.k8s.io/v1", "version": "v1"}}]}),
+        "/apis" => json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": [
+            group("discovery.k8s.io"), group("coordination.k8s.io")]}),
         "/api/v1" => json!({"kind": "APIResourceList", "groupVersion": "v1", "resources": [
             resource("services", "Service", true, &read_write, &["svc"]),
             resource("services/status", "Service", true, &["get", "patch", "update"], &[]),
@@ -106,6 +113,10 @@ pub fn discovery(path: &str) -> Option<Value> {
         "/apis/discovery.k8s.io/v1" => json!({"kind": "APIResourceList",
             "groupVersion": "discovery.k8s.io/v1", "resources": [
             resource("endpointslices", "EndpointSlice", true, &read_write, &[]),
+        ]}),
+        "/apis/coordination.k8s.io/v1" => json!({"kind": "APIResourceList",
+            "groupVersion": "coordination.k8s.io/v1", "resources": [
+            resource("leases", "Lease", true, &["create", "get", "list", "update"], &[]),
         ]}),
         _ => return None,
     })
@@ -143,6 +154,7 @@ pub fn plural(kind: Kind) -> &'static str {
         Kind::Service => "services",
         Kind::EndpointSlice => "endpointslices",
         Kind::Node => "nodes",
+        Kind::Lease => "leases",
     }
 }
 

@@ -15,6 +15,8 @@
 //!   of the stream after `timeoutSeconds`, and an `ERROR` event with a
 //!   410 Expired `Status` when the requested version is older than the
 //!   history kept (see [`StandIn::expire_history`]).
+//! - Leases: create (POST, 409 AlreadyExists), get, update (PUT, 409 on a
+//!   stale resourceVersion); see `api.rs` for the paths and discovery.
 //! - `POST /api/v1/namespaces/NS/events`: stores the Event (201).
 //!
 //! One resourceVersion counter serves every kind, as in etcd. Objects are
@@ -50,6 +52,8 @@ pub enum Kind {
     Service,
     EndpointSlice,
     Node,
+    /// `coordination.k8s.io/v1` Lease.
+    Lease,
 }
 
 impl Kind {
@@ -58,6 +62,7 @@ impl Kind {
             Some("Service") => Kind::Service,
             Some("EndpointSlice") => Kind::EndpointSlice,
             Some("Node") => Kind::Node,
+            Some("Lease") => Kind::Lease,
             other => panic!("the stand-in does not store {other:?}"),
         }
     }
@@ -66,6 +71,7 @@ impl Kind {
             Kind::Service => ("ServiceList", "v1"),
             Kind::EndpointSlice => ("EndpointSliceList", "discovery.k8s.io/v1"),
             Kind::Node => ("NodeList", "v1"),
+            Kind::Lease => ("LeaseList", "coordination.k8s.io/v1"),
         }
     }
     fn name(self) -> &'static str {
@@ -73,6 +79,7 @@ impl Kind {
             Kind::Service => "Service",
             Kind::EndpointSlice => "EndpointSlice",
             Kind::Node => "Node",
+            Kind::Lease => "Lease",
         }
     }
 }
@@ -96,6 +103,12 @@ struct Change {
     obj: Value,
 }
 
+impl State {
+    fn silent_to(&self, client: std::net::IpAddr) -> bool {
+        self.blackhole || self.partitioned.contains(&client)
+    }
+}
+
 struct State {
     rv: u64,
     uid: u64,
@@ -115,6 +128,8 @@ struct State {
     down: bool,
     /// Accepts connections and never answers; open watches go silent.
     blackhole: bool,
+    /// The same for connections from these client addresses only.
+    partitioned: std::collections::BTreeSet<std::net::IpAddr>,
     requests: u64,
     gone: u64,
     /// Complete lists served (the last page), per kind.
@@ -165,7 +180,7 @@ impl StandIn {
                     .expect("stand-in bind");
                 let (changes, _) = broadcast::channel(1 << 16);
                 let mut held = BTreeMap::new();
-                for k in [Kind::Service, Kind::EndpointSlice, Kind::Node] {
+                for k in [Kind::Service, Kind::EndpointSlice, Kind::Node, Kind::Lease] {
                     held.insert(k, watch::channel(false).0);
                 }
                 let s = StandIn {
@@ -178,6 +193,7 @@ impl StandIn {
                         events: vec![],
                         down: false,
                         blackhole: false,
+                        partitioned: Default::default(),
                         requests: 0,
                         gone: 0,
                         lists: BTreeMap::new(),
@@ -193,19 +209,20 @@ impl StandIn {
                 };
                 tx.send(s.clone()).unwrap();
                 loop {
-                    let Ok((sock, _)) = listener.accept().await else {
+                    let Ok((sock, peer)) = listener.accept().await else {
                         continue;
                     };
+                    let client = peer.ip().to_canonical();
                     if s.state.lock().unwrap().down {
                         drop(sock);
                         continue;
                     }
-                    if s.state.lock().unwrap().blackhole {
+                    if s.state.lock().unwrap().silent_to(client) {
                         // Accepted, then silence until the black hole ends.
                         let state = s.state.clone();
                         tokio::spawn(async move {
                             let _held = sock;
-                            while state.lock().unwrap().blackhole {
+                            while state.lock().unwrap().silent_to(client) {
                                 tokio::time::sleep(Duration::from_millis(100)).await;
                             }
                         });
@@ -217,7 +234,7 @@ impl StandIn {
                     tokio::spawn(async move {
                         let svc = hyper::service::service_fn(move |req| {
                             let s3 = s2.clone();
-                            async move { Ok::<_, Infallible>(s3.handle(req).await) }
+                            async move { Ok::<_, Infallible>(s3.handle(req, client).await) }
                         });
                         let io = hyper_util::rt::TokioIo::new(sock);
                         let conn =
@@ -368,6 +385,18 @@ impl StandIn {
         self.state.lock().unwrap().blackhole = on;
     }
 
+    /// Partitions one client (by its source address) from the server: its
+    /// connections, open and new, go silent as in [`StandIn::set_blackhole`]
+    /// while every other client carries on.
+    pub fn set_partitioned(&self, client: std::net::IpAddr, on: bool) {
+        let mut st = self.state.lock().unwrap();
+        if on {
+            st.partitioned.insert(client);
+        } else {
+            st.partitioned.remove(&client);
+        }
+    }
+
     /// Events vipd created.
     pub fn events(&self) -> Vec<Value> {
         self.state.lock().unwrap().events.clone()
@@ -399,14 +428,14 @@ impl StandIn {
         let _ = rx.wait_for(|h| !*h).await;
     }
 
-    async fn handle(&self, req: Request<Incoming>) -> Response<BoxBody> {
+    async fn handle(&self, req: Request<Incoming>, client: std::net::IpAddr) -> Response<BoxBody> {
         let blackhole = {
             let mut st = self.state.lock().unwrap();
             st.requests += 1;
             if st.down {
                 return status(StatusCode::SERVICE_UNAVAILABLE, "down");
             }
-            st.blackhole
+            st.silent_to(client)
         };
         if blackhole {
             // A request on a connection opened before: never answered.
@@ -454,6 +483,13 @@ impl StandIn {
                 json_response(StatusCode::OK, &ns)
             }
             (api::Route::Events { .. }, M::POST) => self.create_event(&body),
+            (
+                api::Route::Collection {
+                    kind: Kind::Lease,
+                    ns: Some(ns),
+                },
+                M::POST,
+            ) => self.create(Kind::Lease, &ns, &body),
             (api::Route::Collection { kind, ns }, M::GET) => {
                 self.wait_released(kind).await;
                 let name_filter = q
@@ -461,7 +497,7 @@ impl StandIn {
                     .and_then(|f| f.strip_prefix("metadata.name="))
                     .map(String::from);
                 if matches!(q.get("watch").map(String::as_str), Some("true" | "1")) {
-                    return self.watch(kind, &q, ns, name_filter);
+                    return self.watch(kind, &q, ns, name_filter, client);
                 }
                 self.list(kind, &q, ns.as_deref(), name_filter.as_deref())
             }
@@ -503,6 +539,29 @@ impl StandIn {
                 "not implemented by the stand-in",
             ),
         }
+    }
+
+    /// POST of a new object: 201 with it as stored, 409 AlreadyExists if
+    /// one by that name is there.
+    fn create(&self, kind: Kind, ns: &str, body: &[u8]) -> Response<BoxBody> {
+        let Ok(mut obj) = serde_json::from_slice::<Value>(body) else {
+            return status(StatusCode::BAD_REQUEST, "not JSON");
+        };
+        let Some(name) = obj["metadata"]["name"].as_str().map(String::from) else {
+            return status(StatusCode::BAD_REQUEST, "metadata.name is required");
+        };
+        if self.get(kind, ns, &name).is_some() {
+            let msg = format!("{} \"{name}\" already exists", api::plural(kind));
+            return json_response(
+                StatusCode::CONFLICT,
+                &api::status_error(409, "AlreadyExists", &msg, kind, &name),
+            );
+        }
+        obj["metadata"]["namespace"] = json!(ns);
+        obj["kind"] = json!(kind.name());
+        obj["apiVersion"] = json!(kind.list_kind().1);
+        let stored = self.put(obj);
+        json_response(StatusCode::CREATED, &stored)
     }
 
     fn create_event(&self, body: &[u8]) -> Response<BoxBody> {
@@ -575,10 +634,18 @@ impl StandIn {
         if status_only {
             next = current.clone();
             next["status"] = keep;
+        } else if current["status"].is_null() {
+            // A kind without status (a Lease): none is added.
+            if let Some(m) = next.as_object_mut() {
+                m.remove("status");
+            }
         } else {
             next["status"] = current["status"].clone();
         }
         next["metadata"]["creationTimestamp"] = current["metadata"]["creationTimestamp"].clone();
+        next["metadata"]["namespace"] = current["metadata"]["namespace"].clone();
+        next["kind"] = json!(kind.name());
+        next["apiVersion"] = json!(kind.list_kind().1);
         let stored = self.put(next);
         self.state.lock().unwrap().writes.push(Write {
             kind,
@@ -658,6 +725,7 @@ impl StandIn {
         q: &BTreeMap<String, String>,
         ns: Option<String>,
         name: Option<String>,
+        client: std::net::IpAddr,
     ) -> Response<BoxBody> {
         let from: u64 = q
             .get("resourceVersion")
@@ -729,7 +797,7 @@ impl StandIn {
                         // Nothing goes out once the server is "down", even a
                         // change already queued.
                         Ok(_) if *epoch.borrow() != started => return,
-                        Ok(_) if state.lock().unwrap().blackhole => {
+                        Ok(_) if state.lock().unwrap().silent_to(client) => {
                             tx.closed().await;
                             return;
                         }
@@ -742,7 +810,7 @@ impl StandIn {
                         Err(_) => return,
                     },
                     _ = tick.tick(), if bookmarks => {
-                        if state.lock().unwrap().blackhole {
+                        if state.lock().unwrap().silent_to(client) {
                             tx.closed().await;
                             return;
                         }
