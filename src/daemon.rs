@@ -9,14 +9,14 @@ use tracing::{error, info, warn};
 
 use std::sync::Mutex;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use ipnet::IpNet;
 use tokio::sync::mpsc;
 
 use crate::bgp::rib::Table;
 use crate::bgp::{Speaker, SpeakerError};
-use crate::config::{Config, Problems, RouteAttrs};
+use crate::config::{BgpConfig, Config, Problems, RouteAttrs};
 use crate::controlplane::ControlPlane;
 use crate::dataplane::ipvs;
 use crate::k8s;
@@ -393,12 +393,17 @@ fn log_errors(errors: Vec<String>) {
     }
 }
 
-/// The announcements of the configuration as a table. Each `[[announce]]`
-/// entry's prefixes share one attribute set, so they pack together.
+/// The announcements of the configuration as a table. Equal attribute sets
+/// share one `Arc`, whichever `[[announce]]` entries they come from: one
+/// copy in memory, and the diff finds them equal by pointer.
 pub fn static_table(cfg: &Config) -> Table {
     let mut t = Table::new();
+    let mut interned: HashMap<&RouteAttrs, Arc<RouteAttrs>> = HashMap::new();
     for a in &cfg.announce {
-        let attrs = Arc::new(a.attrs.clone());
+        let attrs = interned
+            .entry(&a.attrs)
+            .or_insert_with(|| Arc::new(a.attrs.clone()))
+            .clone();
         for p in &a.prefixes {
             t.insert(*p, attrs.clone());
         }
@@ -620,7 +625,7 @@ pub async fn run(path: PathBuf) -> Result<(), DaemonError> {
 
 /// Reads and removes the record of the last graceful stop: whether this
 /// start is a restart within the restart time (RFC 4724 section 3).
-fn take_restart_record(bgp: &crate::config::BgpConfig) -> bool {
+fn take_restart_record(bgp: &BgpConfig) -> bool {
     let path = &bgp.restart_record;
     let text = std::fs::read_to_string(path).ok();
     if text.is_some() {
@@ -640,7 +645,7 @@ fn take_restart_record(bgp: &crate::config::BgpConfig) -> bool {
     restarted
 }
 
-fn write_restart_record(bgp: &crate::config::BgpConfig) {
+fn write_restart_record(bgp: &BgpConfig) {
     let path = &bgp.restart_record;
     let text = crate::bgp::restart::record(std::time::SystemTime::now());
     let written = path
@@ -649,5 +654,25 @@ fn write_restart_record(bgp: &crate::config::BgpConfig) {
         .and_then(|_| std::fs::write(path, text));
     if let Err(e) = written {
         warn!(path = %path.display(), "cannot write the restart record: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn equal_announcements_share_one_attribute_set() {
+        let cfg = Config::from_toml_str(
+            "[bgp]\nasn = 65010\nrouter_id = \"192.0.2.1\"\n\
+             [[announce]]\nprefix = \"203.0.113.1/32\"\ncommunities = [\"65010:1\"]\n\
+             [[announce]]\nprefix = \"203.0.113.2/32\"\ncommunities = [\"65010:1\"]\n\
+             [[announce]]\nprefix = \"203.0.113.3/32\"\nmed = 5\n",
+        )
+        .unwrap();
+        let t = static_table(&cfg);
+        let at = |p: &str| t[&p.parse::<IpNet>().unwrap()].clone();
+        assert!(Arc::ptr_eq(&at("203.0.113.1/32"), &at("203.0.113.2/32")));
+        assert!(!Arc::ptr_eq(&at("203.0.113.1/32"), &at("203.0.113.3/32")));
     }
 }
