@@ -169,9 +169,19 @@ fn configurations_in_topologies_and_manifests_are_valid() {
     );
 }
 
-/// The communities FRR reports on its best path for `prefix`.
+/// FRR's best path for `prefix`, as its JSON reports it.
 fn frr_path(f: &clab::FrrNode, afi: &str, prefix: &str) -> serde_json::Value {
     f.json(&format!("show bgp {afi} unicast {prefix} json"))["paths"][0].clone()
+}
+
+/// Waits up to `secs` for FRR's next hops of `prefix` to be exactly `want`.
+fn hops_become(f: &clab::FrrNode, afi: &str, prefix: &str, want: &[&str], secs: u64) {
+    assert!(
+        wait_until(Duration::from_secs(secs), || f.next_hops(afi, prefix)
+            == want),
+        "{prefix}: {:?}, want {want:?}",
+        f.next_hops(afi, prefix)
+    );
 }
 
 #[test]
@@ -179,12 +189,7 @@ fn vipd_frr_static_announcements_reach_frr() {
     let lab = clab::deploy("vipd-frr");
     let tor = &lab.frr["tor"];
     for p in ["203.0.113.10/32", "203.0.113.11/32"] {
-        assert!(
-            wait_until(Duration::from_secs(30), || tor.next_hops("ipv4", p)
-                == ["192.0.2.11"]),
-            "{p}: {:?}",
-            tor.next_hops("ipv4", p)
-        );
+        hops_become(tor, "ipv4", p, &["192.0.2.11"], 30);
         let path = frr_path(tor, "ipv4", p);
         assert_eq!(path["aspath"]["string"], "65010", "{path}");
         assert_eq!(path["community"]["string"], "65010:100", "{path}");
@@ -204,13 +209,7 @@ fn kind_frr_cluster_service_has_two_next_hops() {
     ));
     let tor = &lab.frr["tor"];
     let both = ["192.0.2.11", "192.0.2.12"];
-    assert!(
-        wait_until(Duration::from_secs(30), || tor
-            .next_hops("ipv4", "203.0.113.20/32")
-            == both),
-        "{:?}",
-        tor.next_hops("ipv4", "203.0.113.20/32")
-    );
+    hops_become(tor, "ipv4", "203.0.113.20/32", &both, 30);
     // Both are installed: FRR's multipath takes each node as a next hop.
     let installed = || {
         let rib = tor.json("show ip route 203.0.113.20/32 json");
@@ -225,13 +224,7 @@ fn kind_frr_cluster_service_has_two_next_hops() {
     );
     // The Service goes: both withdraw.
     api.delete(standin::Kind::Service, "default", "web");
-    assert!(
-        wait_until(Duration::from_secs(10), || tor
-            .next_hops("ipv4", "203.0.113.20/32")
-            .is_empty()),
-        "still {:?}",
-        tor.next_hops("ipv4", "203.0.113.20/32")
-    );
+    hops_become(tor, "ipv4", "203.0.113.20/32", &[], 10);
 }
 
 #[test]
@@ -282,12 +275,7 @@ fn ipv6_only_sessions_carry_128_vips() {
     let lab = clab::deploy("ipv6-frr");
     let tor = &lab.frr["tor"];
     for p in ["2001:db8:ffff::10/128", "2001:db8:ffff::11/128"] {
-        assert!(
-            wait_until(Duration::from_secs(30), || tor.next_hops("ipv6", p)
-                == ["2001:db8::11"]),
-            "{p}: {:?}",
-            tor.next_hops("ipv6", p)
-        );
+        hops_become(tor, "ipv6", p, &["2001:db8::11"], 30);
         assert_eq!(frr_path(tor, "ipv6", p)["community"]["string"], "65010:600");
     }
     // No IPv4 anywhere: no address but loopback's, no IPv4 route at FRR.

@@ -239,14 +239,12 @@ fn shared_vip_stays_while_any_owner_has_endpoints() {
     std::thread::sleep(Duration::from_millis(300));
     k.api
         .put(obj::slice("a", "web-1", "web", &[("node-b", false)]));
-    let t = Instant::now();
-    while t.elapsed() < Duration::from_secs(2) {
+    holds_for(Duration::from_secs(2), || {
         assert!(
             k.bird.has("203.0.113.10/32"),
             "withdrawn while api still wants it"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        )
+    });
     // The last owner without endpoints: withdrawn.
     k.api
         .put(obj::slice("b", "api-1", "api", &[("node-c", false)]));
@@ -354,15 +352,13 @@ fn own_and_api_server_addresses_are_refused_with_events() {
         wait_until(Duration::from_secs(10), || updates(&v) > before),
         "vipd never recomputed after the change"
     );
-    let t = Instant::now();
-    while t.elapsed() < Duration::from_millis(300) {
+    holds_for(Duration::from_millis(300), || {
         assert_eq!(
             k.api.events().len(),
             evs.len(),
             "the refusal was reported again"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+        )
+    });
 }
 
 /// Endpoint readiness flapping: the announcement follows, ending where the
@@ -407,22 +403,18 @@ fn api_goes_away(k: &KubeLab, v: &Vipd) {
 
 /// Polls BIRD for `d`, failing on any rise above `n` routes.
 fn never_above(k: &KubeLab, n: usize, d: Duration) {
-    let t = Instant::now();
-    while t.elapsed() < d {
+    holds_for(d, || {
         let r = routes(&k.bird);
         assert!(r <= n, "BIRD got {r} routes (at most {n} allowed)");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    });
 }
 
 /// Polls BIRD while `f` runs, failing on any drop below `n` routes.
 fn never_below(k: &KubeLab, n: usize, d: Duration) {
-    let t = Instant::now();
-    while t.elapsed() < d {
+    holds_for(d, || {
         let r = routes(&k.bird);
         assert!(r >= n, "routes dropped to {r} (from {n})");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    });
 }
 
 /// The readiness barrier holds for each cache, not just the Services: vipd
@@ -479,12 +471,10 @@ fn barrier_holds_for_endpoint_slices_and_the_node_across_restarts() {
                 && k.api.lists_served(other) > other0),
             "vipd did not list Services and {other:?}"
         );
-        let t = Instant::now();
-        while t.elapsed() < Duration::from_secs(2) {
+        holds_for(Duration::from_secs(2), || {
             let r = routes(&k.bird);
             assert_eq!(r, 10, "BIRD's routes changed to {r} with {held:?} held");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        });
         assert!(
             !v.log().contains("caches synced"),
             "synced with {held:?} held"
@@ -525,17 +515,16 @@ fn relist_after_410_drops_what_was_deleted_meanwhile() {
     k.api.expire_history();
     let gone = k.api.gone_sent();
     k.api.set_down(false);
-    let t = Instant::now();
-    while k.bird.has("203.0.113.10/32") {
-        assert!(
-            t.elapsed() < Duration::from_secs(60),
-            "s0's VIP is still announced after the re-list"
-        );
-        for i in 1..5 {
-            assert!(k.bird.has(&format!("203.0.113.{}/32", 10 + i)), "s{i} went");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    // Until s0 goes, the others stay.
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            for i in 1..5 {
+                assert!(k.bird.has(&format!("203.0.113.{}/32", 10 + i)), "s{i} went");
+            }
+            !k.bird.has("203.0.113.10/32")
+        }),
+        "s0's VIP is still announced after the re-list"
+    );
     assert!(
         k.api.gone_sent() > gone,
         "no watch was answered with 410 Gone"
@@ -637,16 +626,15 @@ fn api_server_black_holed_keeps_routes_reports_and_catches_up() {
         .put(obj::service("a", "late", &["203.0.113.40"], false));
     k.api
         .put(obj::slice("a", "late-1", "late", &[("node-b", true)]));
-    let t = Instant::now();
-    while !v.log().contains("Kubernetes API:") {
-        assert!(
-            t.elapsed() < Duration::from_secs(30),
-            "vipd never noticed the silent API server: {}",
-            v.proc.log_tail(20)
-        );
-        assert!(routes(&k.bird) >= 3, "routes went during the outage");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    // Until vipd notices, the routes stay.
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            assert!(routes(&k.bird) >= 3, "routes went during the outage");
+            v.log().contains("Kubernetes API:")
+        }),
+        "vipd never noticed the silent API server: {}",
+        v.proc.log_tail(20)
+    );
     let (_, text) = vipd_status(&k.lab.node);
     assert!(text.contains("API server:"), "{text}");
     assert!(

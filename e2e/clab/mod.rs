@@ -4,8 +4,8 @@
 //! - Every node but the kind cluster itself becomes a namespace; each link
 //!   a veth pair whose ends carry the interface names the link gives.
 //! - The image decides a `linux` node's role: an FRR image runs Debian's
-//!   zebra and bgpd (and whatever else its bound `daemons` enables that the
-//!   suite knows) on its bound `frr.conf`; a BIRD image runs `bird` on its
+//!   zebra and bgpd (unless its bound `daemons` turns bgpd off) on its
+//!   bound `frr.conf`; a BIRD image runs `bird` on its
 //!   bound `bird.conf`; a node that binds vipd runs its `cmd` with every
 //!   bound path replaced by the file's place in the repository.
 //! - A `k8s-kind` node is the cluster: its `ext-container` members (kind's
@@ -43,51 +43,18 @@ pub struct FrrNode {
 }
 
 impl FrrNode {
+    /// zebra, and bgpd unless the bound `daemons` turns it off, both on the
+    /// bound integrated `frr.conf` (each daemon takes its own part of it).
     fn start(ns: &Netns, dir: &Dir, conf: &Path, daemons: Option<&Path>) -> FrrNode {
-        require(&["/usr/lib/frr/zebra", "/usr/lib/frr/bgpd", "vtysh"]);
-        let sock = dir.path("frr");
-        std::fs::create_dir_all(&sock).unwrap();
-        let conf_copy = sock.join("frr.conf");
-        std::fs::copy(conf, &conf_copy).unwrap();
-        run_ok("chown", &["-R", "frr:frr", sock.to_str().unwrap()]);
-        let enabled = daemons
+        let conf = std::fs::read_to_string(conf).unwrap();
+        let bgpd = daemons
             .map(|d| std::fs::read_to_string(d).unwrap())
-            .map(|t| {
-                t.lines()
-                    .filter_map(|l| l.trim().strip_suffix("=yes"))
-                    .map(String::from)
-                    .collect::<Vec<_>>()
-            })
-            .unwrap_or_else(|| vec!["zebra".into(), "bgpd".into()]);
-        let zserv = sock.join("zserv.api");
-        let mut procs = vec![];
-        // zebra first: the others connect to it.
-        for d in ["zebra", "bgpd", "bfdd"] {
-            if !enabled.iter().any(|e| e == d) && d != "zebra" {
-                continue;
-            }
-            let mut cmd = ns.command(&format!("/usr/lib/frr/{d}"));
-            cmd.args(["-f", conf_copy.to_str().unwrap()])
-                .args(["-i", sock.join(format!("{d}.pid")).to_str().unwrap()])
-                .args(["--vty_socket", sock.to_str().unwrap()])
-                .args(["-z", zserv.to_str().unwrap()])
-                .args(["-u", "frr", "-g", "frr"]);
-            if d == "bgpd" {
-                cmd.args(["-p", "179"]);
-            }
-            procs.push(Proc::spawn(
-                &format!("frr-{d}"),
-                cmd,
-                dir.path(&format!("{d}.out")),
-            ));
-            if d == "zebra" {
-                assert!(
-                    wait_until(Duration::from_secs(10), || zserv.exists()),
-                    "zebra did not start: {}",
-                    procs[0].log_tail(20)
-                );
-            }
+            .is_none_or(|t| t.lines().any(|l| l.trim() == "bgpd=yes"));
+        let mut list: Vec<(&str, &str, &[&str])> = vec![("zebra", &conf, &[])];
+        if bgpd {
+            list.push(("bgpd", &conf, &["-p", "179"]));
         }
+        let (sock, procs) = frr_daemons(ns, dir, &list);
         FrrNode {
             ns: ns.name.clone(),
             sock,

@@ -63,6 +63,16 @@ pub fn require(tools: &[&str]) {
 }
 
 /// Polls `f` every 50 ms until it is true or `limit` passes.
+/// Runs `check` every 50 ms for `d`: asserting that something stays so
+/// (`check` panics when it does not).
+pub fn holds_for(d: Duration, mut check: impl FnMut()) {
+    let end = Instant::now() + d;
+    while Instant::now() < end {
+        check();
+        sleep(Duration::from_millis(50));
+    }
+}
+
 pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + limit;
     loop {
@@ -726,36 +736,61 @@ pub struct Frr {
     pub sock: PathBuf,
 }
 
+/// FRR daemons in `ns`, zebra first (the others connect to it): each with
+/// its configuration text and extra arguments, its sockets, pid file and
+/// configuration in `dir/frr`. Returns that directory (vtysh's socket
+/// directory) and the daemons in start order.
+pub fn frr_daemons(
+    ns: &Netns,
+    dir: &Dir,
+    daemons: &[(&str, &str, &[&str])],
+) -> (PathBuf, Vec<Proc>) {
+    let names: Vec<String> = daemons
+        .iter()
+        .map(|(d, _, _)| format!("/usr/lib/frr/{d}"))
+        .collect();
+    let mut need: Vec<&str> = names.iter().map(String::as_str).collect();
+    need.push("vtysh");
+    require(&need);
+    let sock = dir.path("frr");
+    fs::create_dir_all(&sock).unwrap();
+    for (d, conf, _) in daemons {
+        fs::write(sock.join(format!("{d}.conf")), conf).unwrap();
+    }
+    run_ok("chown", &["-R", "frr:frr", sock.to_str().unwrap()]);
+    let zserv = sock.join("zserv.api");
+    let mut procs = vec![];
+    for (d, _, extra) in daemons {
+        let mut cmd = ns.command(&format!("/usr/lib/frr/{d}"));
+        cmd.args(["-f", sock.join(format!("{d}.conf")).to_str().unwrap()])
+            .args(["-i", sock.join(format!("{d}.pid")).to_str().unwrap()])
+            .args(["--vty_socket", sock.to_str().unwrap()])
+            .args(["-z", zserv.to_str().unwrap()])
+            .args(["-u", "frr", "-g", "frr"])
+            .args(*extra);
+        let p = Proc::spawn(&format!("frr-{d}"), cmd, dir.path(&format!("{d}.out")));
+        if *d == "zebra" {
+            assert!(
+                wait_until(Duration::from_secs(10), || zserv.exists()),
+                "zebra did not start: {}",
+                p.log_tail(20)
+            );
+        }
+        procs.push(p);
+    }
+    (sock, procs)
+}
+
 impl Frr {
     pub fn start(ns: &Netns, dir: &Dir, conf: &str) -> Frr {
-        require(&["/usr/lib/frr/bgpd", "/usr/lib/frr/zebra", "vtysh"]);
-        let sock = dir.path("frr");
-        fs::create_dir_all(&sock).unwrap();
-        let path = sock.join("bgpd.conf");
-        fs::write(&path, conf).unwrap();
-        fs::write(sock.join("zebra.conf"), "").unwrap();
-        run_ok("chown", &["-R", "frr:frr", sock.to_str().unwrap()]);
-        let zserv = sock.join("zserv.api");
-        let common = |cmd: &mut Command, d: &str| {
-            cmd.args(["-i", sock.join(format!("{d}.pid")).to_str().unwrap()])
-                .args(["--vty_socket", sock.to_str().unwrap()])
-                .args(["-z", zserv.to_str().unwrap()])
-                .args(["-u", "frr", "-g", "frr"]);
-        };
-        let mut z = ns.command("/usr/lib/frr/zebra");
-        z.args(["-f", sock.join("zebra.conf").to_str().unwrap()]);
-        common(&mut z, "zebra");
-        let zebra = Proc::spawn("frr-zebra", z, dir.path("zebra.out"));
-        assert!(
-            wait_until(Duration::from_secs(10), || zserv.exists()),
-            "zebra did not start: {}",
-            zebra.log_tail(20)
+        // bgpd -n: routes stay in bgpd, not in the namespace's kernel.
+        let (sock, mut procs) = frr_daemons(
+            ns,
+            dir,
+            &[("zebra", "", &[]), ("bgpd", conf, &["-n", "-P", "0"])],
         );
-        let mut cmd = ns.command("/usr/lib/frr/bgpd");
-        // -n: routes stay in bgpd, not in the namespace's kernel.
-        cmd.args(["-n", "-f", path.to_str().unwrap(), "-P", "0"]);
-        common(&mut cmd, "bgpd");
-        let proc = Proc::spawn("frr-bgpd", cmd, dir.path("frr.out"));
+        let proc = procs.pop().unwrap();
+        let zebra = procs.pop().unwrap();
         Frr {
             proc,
             zebra,
