@@ -14,6 +14,9 @@ use std::time::Duration;
 use config::{Map, Value, ValueKind};
 use ipnet::IpNet;
 
+mod ipam;
+pub use ipam::{parse_range, IpamConfig};
+
 /// The 2-octet AS number reserved by RFC 6793 to stand in for a 4-octet one.
 pub const AS_TRANS: u32 = 23456;
 /// RFC 2385 keys are limited by the kernel's `TCP_MD5SIG_MAXKEYLEN`.
@@ -31,6 +34,8 @@ pub struct Config {
     pub control_plane: Option<ControlPlane>,
     /// Where `/readyz` and `/status` are served; `None`: not at all.
     pub status: Option<SocketAddr>,
+    /// Assign LoadBalancer addresses (needs `[kubernetes]`).
+    pub ipam: Option<IpamConfig>,
 }
 
 /// The status listener's address unless configured: loopback only.
@@ -281,6 +286,9 @@ impl Config {
         let control_plane = root
             .table("control_plane", &mut errs)
             .and_then(|t| read_control_plane(t, &mut errs));
+        let ipam = root
+            .table("ipam", &mut errs)
+            .and_then(|t| ipam::read_ipam(t, &mut errs));
         let status = match root.table("status", &mut errs) {
             Some(t) => read_status(t, &mut errs),
             None => Some(DEFAULT_STATUS.parse().expect("a valid address")),
@@ -318,6 +326,12 @@ impl Config {
                 );
             }
         }
+        if kubernetes.is_none() && ipam.is_some() {
+            errs.push(
+                "ipam",
+                "assigns addresses to Services: it needs a [kubernetes] table",
+            );
+        }
         if kubernetes.is_none()
             && (dataplane.address_interface.is_some() || dataplane.routes.is_some())
         {
@@ -334,6 +348,7 @@ impl Config {
                 dataplane,
                 control_plane,
                 status,
+                ipam,
             }),
             _ => Err(Problems(errs.0)),
         }

@@ -350,6 +350,7 @@ fn report(
         static_prefixes,
         table_prefixes,
         now: std::time::SystemTime::now(),
+        ipam: None,
     }
 }
 
@@ -465,6 +466,7 @@ pub async fn run(path: PathBuf) -> Result<(), DaemonError> {
     let mut base = with_control(&statics, &control);
     let mut table = base.clone();
     let restarted = take_restart_record(&cfg.bgp);
+    let mut allocator = None;
     let mut speaker = match &cfg.kubernetes {
         None => Speaker::start(&cfg.bgp, Some(table.clone()), restarted)?,
         Some(k) => {
@@ -476,6 +478,10 @@ pub async fn run(path: PathBuf) -> Result<(), DaemonError> {
                 api.extend(cp.backends.iter().map(|b| b.ip()));
             }
             let speaker = Speaker::start(&cfg.bgp, None, restarted)?;
+            allocator = cfg
+                .ipam
+                .as_ref()
+                .map(|i| k8s::allocator::spawn(i, k, client.clone()));
             tokio::spawn(k8s::watch::run(
                 k.clone(),
                 client,
@@ -574,6 +580,7 @@ pub async fn run(path: PathBuf) -> Result<(), DaemonError> {
                         if new.kubernetes != cfg.kubernetes || new.dataplane != cfg.dataplane {
                             warn!("[kubernetes] and [dataplane] changes take effect only when vipd restarts");
                         }
+                        reload_ipam(&mut cfg, &new, allocator.as_ref());
                         if new.control_plane != cfg.control_plane {
                             info!("control plane reconfigured");
                             let next = new.control_plane.as_ref().map(|c| with_discovered(c, &discovered));
@@ -600,12 +607,16 @@ pub async fn run(path: PathBuf) -> Result<(), DaemonError> {
                 }
             }
             Some(reply) = ask_rx.recv() => {
-                let r = report(&cfg, &speaker, &kube_status, &control, statics.len(), table.len());
+                let mut r = report(&cfg, &speaker, &kube_status, &control, statics.len(), table.len());
+                r.ipam = allocator.as_ref().map(|a| a.status.lock().unwrap().clone());
                 let _ = reply.send(status::Answer::from(&r));
             }
             _ = term.recv() => { info!("SIGTERM: stopping"); break }
             _ = int.recv() => { info!("SIGINT: stopping"); break }
         }
+    }
+    if let Some(a) = allocator.take() {
+        a.stop().await;
     }
     speaker.shutdown(cfg.bgp.withdraw_on_stop).await;
     if cfg.bgp.graceful_restart && !cfg.bgp.withdraw_on_stop {
@@ -621,6 +632,30 @@ pub async fn run(path: PathBuf) -> Result<(), DaemonError> {
     }
     info!("vipd stopped");
     Ok(())
+}
+
+/// New pools reach the allocator; the Lease's settings, or `[ipam]`
+/// itself appearing or going, need a restart.
+fn reload_ipam(cfg: &mut Config, new: &Config, allocator: Option<&k8s::allocator::Handle>) {
+    match (&mut cfg.ipam, &new.ipam, allocator) {
+        (Some(old), Some(next), Some(a)) => {
+            if next.pools != old.pools {
+                info!(
+                    pools = next.pools.len(),
+                    "address pools reloaded: nothing assigned moves"
+                );
+                a.set_pools(next.pools.clone());
+                old.pools = next.pools.clone();
+            }
+            if (&next.lease_namespace, &next.lease_name, next.lease_duration)
+                != (&old.lease_namespace, &old.lease_name, old.lease_duration)
+            {
+                warn!("[ipam] lease changes take effect only when vipd restarts");
+            }
+        }
+        (None, None, _) => {}
+        _ => warn!("[ipam] added or removed: takes effect only when vipd restarts"),
+    }
 }
 
 /// Reads and removes the record of the last graceful stop: whether this

@@ -17,6 +17,7 @@ use tokio::time::timeout;
 use tracing::{debug, info, warn};
 
 use crate::bgp::session::PeerStatus;
+use crate::k8s::allocator::IpamStatus;
 use crate::k8s::watch::KubeStatus;
 
 /// A backend of the control plane, as the report shows it.
@@ -43,6 +44,8 @@ pub struct Report {
     pub static_prefixes: usize,
     pub table_prefixes: usize,
     pub now: SystemTime,
+    /// `None` without `[ipam]`.
+    pub ipam: Option<IpamStatus>,
 }
 
 impl Report {
@@ -83,6 +86,9 @@ impl Report {
                     "  API server: {e} (current announcements stay until it is back)"
                 );
             }
+        }
+        if let Some(i) = &self.ipam {
+            render_ipam(&mut s, i);
         }
         let _ = writeln!(s, "peers:");
         if self.peers.is_empty() {
@@ -221,6 +227,9 @@ impl Report {
                 b(k.last_error.is_some()),
             );
         }
+        if let Some(i) = &self.ipam {
+            ipam_metrics(&mut m, i);
+        }
         if let Some(c) = &self.control {
             let vip = c.vip.to_string();
             let l = [("vip", vip.as_str())];
@@ -249,6 +258,84 @@ impl Report {
             }
         }
         m.text
+    }
+}
+
+/// At most this many pending Services are listed one per line.
+const PENDING_SHOWN: usize = 20;
+
+fn render_ipam(s: &mut String, i: &IpamStatus) {
+    let role = match (i.leader, &i.holder) {
+        (true, _) => "this node allocates (holds the lease)".to_string(),
+        (false, Some(h)) => format!("standing by (lease held by {h})"),
+        (false, None) => "standing by (lease not held yet)".to_string(),
+    };
+    let _ = writeln!(
+        s,
+        "allocator: {role}, {} status writes by this node",
+        i.writes
+    );
+    if let Some(e) = &i.last_error {
+        let _ = writeln!(s, "  last error: {e}");
+    }
+    for p in &i.pools {
+        let f = family_name(p.family);
+        let _ = writeln!(s, "  pool {} {f}: {}/{} used", p.pool, p.used, p.size);
+    }
+    if i.leader {
+        let _ = writeln!(s, "  pending: {} Services", i.pending.len());
+    }
+    for (k, why) in i.pending.iter().take(PENDING_SHOWN) {
+        let _ = writeln!(s, "    {k}: {why}");
+    }
+    if i.pending.len() > PENDING_SHOWN {
+        let _ = writeln!(s, "    ... and {} more", i.pending.len() - PENDING_SHOWN);
+    }
+}
+
+fn family_name(f: crate::ipam::Family) -> &'static str {
+    match f {
+        crate::ipam::Family::V4 => "ipv4",
+        crate::ipam::Family::V6 => "ipv6",
+    }
+}
+
+fn ipam_metrics(m: &mut Metrics, i: &IpamStatus) {
+    m.gauge(
+        "vipd_ipam_leader",
+        "1 while this node holds the allocator lease",
+        &[],
+        u64::from(i.leader),
+    );
+    m.counter(
+        "vipd_ipam_status_writes_total",
+        "Service status writes this node made as the allocator",
+        &[],
+        i.writes,
+    );
+    for p in &i.pools {
+        let l = [("pool", p.pool.as_str()), ("family", family_name(p.family))];
+        let size = u64::try_from(p.size).unwrap_or(u64::MAX);
+        m.gauge(
+            "vipd_ipam_pool_addresses",
+            "Addresses a pool can hand out",
+            &l,
+            size,
+        );
+        m.gauge(
+            "vipd_ipam_pool_addresses_used",
+            "Addresses of a pool some Service holds",
+            &l,
+            p.used as u64,
+        );
+    }
+    if i.leader {
+        m.gauge(
+            "vipd_ipam_pending_services",
+            "Services without every address they ask for",
+            &[],
+            i.pending.len() as u64,
+        );
     }
 }
 
@@ -476,6 +563,26 @@ mod tests {
             static_prefixes: 1,
             table_prefixes: 6,
             now,
+            ipam: Some(IpamStatus {
+                leader: true,
+                holder: Some("node-a".into()),
+                pools: vec![crate::ipam::PoolUsage {
+                    pool: "public".into(),
+                    family: crate::ipam::Family::V4,
+                    used: 3,
+                    size: 16,
+                }],
+                pending: (0..22)
+                    .map(|i| {
+                        (
+                            format!("a/s{i}"),
+                            "pool public has no free V4 address".into(),
+                        )
+                    })
+                    .collect(),
+                writes: 7,
+                last_error: None,
+            }),
         }
     }
 
@@ -494,6 +601,11 @@ mod tests {
             "control plane: VIP 192.0.2.100 announced, IPVS service in place",
             "  192.0.2.11:6443 healthy",
             "  192.0.2.12:6443 failing: answered 500",
+            "allocator: this node allocates (holds the lease), 7 status writes by this node",
+            "  pool public ipv4: 3/16 used",
+            "  pending: 22 Services",
+            "    a/s0: pool public has no free V4 address",
+            "    ... and 2 more",
         ] {
             assert!(text.lines().any(|l| l == line), "{line:?} not in:\n{text}");
         }
@@ -515,6 +627,11 @@ mod tests {
             "vipd_controlplane_vip_announced{vip=\"192.0.2.100\"} 1",
             "vipd_controlplane_ipvs_ok{vip=\"192.0.2.100\"} 1",
             "vipd_controlplane_backend_healthy{backend=\"192.0.2.12:6443\"} 0",
+            "vipd_ipam_leader 1",
+            "vipd_ipam_status_writes_total 7",
+            "vipd_ipam_pool_addresses{pool=\"public\",family=\"ipv4\"} 16",
+            "vipd_ipam_pool_addresses_used{pool=\"public\",family=\"ipv4\"} 3",
+            "vipd_ipam_pending_services 22",
         ] {
             assert!(text.lines().any(|l| l == line), "{line:?} not in:\n{text}");
         }

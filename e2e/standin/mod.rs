@@ -17,6 +17,11 @@
 //!   history kept (see [`StandIn::expire_history`]).
 //! - Leases: create (POST, 409 AlreadyExists), get, update (PUT, 409 on a
 //!   stale resourceVersion); see `api.rs` for the paths and discovery.
+//! - Objects and their status subresource: PUT, and PATCH as a JSON merge
+//!   patch; a stale `metadata.resourceVersion` in either is 409 Conflict.
+//!   Every write is recorded with the client's address
+//!   ([`StandIn::writes`]), so a test can audit every status ever written
+//!   and by whom.
 //! - `POST /api/v1/namespaces/NS/events`: stores the Event (201).
 //!
 //! One resourceVersion counter serves every kind, as in etcd. Objects are
@@ -28,7 +33,10 @@
 //! every list and watch of a kind, e.g. deliver EndpointSlices long before
 //! Services), [`StandIn::expire_history`] (the next watch from an old version
 //! gets 410 Gone), [`StandIn::set_down`] (connections are dropped without an
-//! answer, as if the server were unreachable) and [`StandIn::events`].
+//! answer, as if the server were unreachable), [`StandIn::set_blackhole`],
+//! [`StandIn::set_partitioned`] (one client's requests hang while others
+//! carry on), [`StandIn::set_partitioned_kind`] (the same for one kind only,
+//! say Leases) and [`StandIn::events`].
 
 #![allow(dead_code)]
 
@@ -93,6 +101,8 @@ pub struct Write {
     /// Through the status subresource.
     pub status: bool,
     pub object: Value,
+    /// The client's address.
+    pub client: std::net::IpAddr,
 }
 
 #[derive(Clone)]
@@ -130,6 +140,8 @@ struct State {
     blackhole: bool,
     /// The same for connections from these client addresses only.
     partitioned: std::collections::BTreeSet<std::net::IpAddr>,
+    /// Requests of one kind from one client are never answered.
+    partitioned_kinds: std::collections::BTreeSet<(std::net::IpAddr, Kind)>,
     requests: u64,
     gone: u64,
     /// Complete lists served (the last page), per kind.
@@ -194,6 +206,7 @@ impl StandIn {
                         down: false,
                         blackhole: false,
                         partitioned: Default::default(),
+                        partitioned_kinds: Default::default(),
                         requests: 0,
                         gone: 0,
                         lists: BTreeMap::new(),
@@ -372,6 +385,16 @@ impl StandIn {
         self.epoch.send_modify(|e| *e += 1);
     }
 
+    /// How many status writes of `kind` clients made (cheaper than
+    /// [`StandIn::writes`] to poll).
+    pub fn status_writes(&self, kind: Kind) -> usize {
+        let st = self.state.lock().unwrap();
+        st.writes
+            .iter()
+            .filter(|w| w.kind == kind && w.status)
+            .count()
+    }
+
     /// Every write clients made, in order.
     pub fn writes(&self) -> Vec<Write> {
         self.state.lock().unwrap().writes.clone()
@@ -394,6 +417,17 @@ impl StandIn {
             st.partitioned.insert(client);
         } else {
             st.partitioned.remove(&client);
+        }
+    }
+
+    /// Partitions one client from one kind only (say, Leases): its
+    /// requests for that kind are never answered, the rest are.
+    pub fn set_partitioned_kind(&self, client: std::net::IpAddr, kind: Kind, on: bool) {
+        let mut st = self.state.lock().unwrap();
+        if on {
+            st.partitioned_kinds.insert((client, kind));
+        } else {
+            st.partitioned_kinds.remove(&(client, kind));
         }
     }
 
@@ -454,6 +488,17 @@ impl StandIn {
         let Some(route) = api::route(&path) else {
             return status(StatusCode::NOT_FOUND, "not implemented by the stand-in");
         };
+        if let api::Route::Collection { kind, .. } | api::Route::Object { kind, .. } = &route {
+            let silent = self
+                .state
+                .lock()
+                .unwrap()
+                .partitioned_kinds
+                .contains(&(client, *kind));
+            if silent {
+                std::future::pending::<()>().await;
+            }
+        }
         let body = if method == hyper::Method::GET {
             Bytes::new()
         } else {
@@ -516,7 +561,7 @@ impl StandIn {
                     status: sub,
                 },
                 M::PUT,
-            ) => self.write(kind, &ns, &name, sub, &body, None),
+            ) => self.write(kind, (&ns, &name, client), sub, &body, None),
             (
                 api::Route::Object {
                     kind,
@@ -532,7 +577,7 @@ impl StandIn {
                         "the stand-in applies merge and strategic merge patches only",
                     );
                 }
-                self.write(kind, &ns, &name, sub, &body, Some(()))
+                self.write(kind, (&ns, &name, client), sub, &body, Some(()))
             }
             _ => status(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -589,8 +634,7 @@ impl StandIn {
     fn write(
         &self,
         kind: Kind,
-        ns: &str,
-        name: &str,
+        (ns, name, client): (&str, &str, std::net::IpAddr),
         status_only: bool,
         body: &[u8],
         patch: Option<()>,
@@ -653,6 +697,7 @@ impl StandIn {
             name: name.to_string(),
             status: status_only,
             object: stored.clone(),
+            client,
         });
         json_response(StatusCode::OK, &stored)
     }

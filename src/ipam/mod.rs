@@ -374,5 +374,88 @@ fn free(
     None
 }
 
+/// How much of one pool's family is in use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolUsage {
+    pub pool: String,
+    pub family: Family,
+    /// Distinct addresses of the pool some Service holds.
+    pub used: u128,
+    /// Addresses the pool can hand out (avoided ones not counted).
+    pub size: u128,
+}
+
+/// Used and total addresses per pool and family, for `vipd status` and
+/// the metrics.
+pub fn usage(pools: &[Pool], status: &BTreeMap<String, Vec<IpAddr>>) -> Vec<PoolUsage> {
+    let held: BTreeSet<IpAddr> = status.values().flatten().copied().collect();
+    let mut out = vec![];
+    for p in pools {
+        for f in [Family::V4, Family::V6] {
+            let ranges: Vec<&Range> = p.ranges.iter().filter(|r| family(&r.first) == f).collect();
+            if ranges.is_empty() {
+                continue;
+            }
+            let size = ranges
+                .iter()
+                .map(|r| range_size(p, r))
+                .fold(0u128, u128::saturating_add);
+            let used = held
+                .iter()
+                .filter(|a| ranges.iter().any(|r| contains(r, a) && !avoided(p, r, a)))
+                .count() as u128;
+            out.push(PoolUsage {
+                pool: p.name.clone(),
+                family: f,
+                used,
+                size,
+            });
+        }
+    }
+    out
+}
+
+fn as_u128(a: IpAddr) -> u128 {
+    match a {
+        IpAddr::V4(v) => u32::from(v).into(),
+        IpAddr::V6(v) => v.into(),
+    }
+}
+
+fn range_size(p: &Pool, r: &Range) -> u128 {
+    let (f, l) = (as_u128(r.first), as_u128(r.last));
+    if f > l {
+        return 0;
+    }
+    let all = (l - f).saturating_add(1);
+    let skip = if p.avoid_network_and_broadcast && r.first.is_ipv4() && all >= 256 {
+        // Addresses ending in .0 or .255 between f and l.
+        let ending = |k: u128| (l + 256 - k) / 256 - (f + 255 - k) / 256;
+        ending(0) + ending(255)
+    } else {
+        0
+    };
+    all - skip
+}
+
+/// The Services the pass left without every address they asked for, each
+/// with the last reason it gave.
+pub fn pending(out: &Outcome) -> Vec<(String, String)> {
+    let mut why: BTreeMap<&str, &str> = BTreeMap::new();
+    for e in &out.events {
+        if e.kind == EventKind::AllocationFailed {
+            why.insert(&e.service, &e.message);
+        }
+    }
+    out.status
+        .iter()
+        .filter_map(|(k, v)| {
+            let reason = why.get(k.as_str());
+            (v.is_empty() || reason.is_some())
+                .then(|| (k.clone(), reason.unwrap_or(&"waiting").to_string()))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests;

@@ -202,6 +202,43 @@ fn exhaustion_then_recovery_and_a_shrunk_pool_renumbers_nothing() {
     assert_eq!(kinds(&o, "a2"), [EventKind::AddressOutsidePools]);
 }
 
+#[test]
+fn usage_counts_held_addresses_per_pool_and_family() {
+    let mut big = pool(
+        "big",
+        &[
+            range("198.51.100.0", "198.51.101.255"),
+            range("2001:db8::", "2001:db8::ff"),
+        ],
+    );
+    big.avoid_network_and_broadcast = true;
+    let small = pool("small", &[range("203.0.113.1", "203.0.113.2")]);
+    let mut a = svc("a", 0);
+    a.families = vec![Family::V4, Family::V6];
+    a.policy = FamilyPolicy::RequireDualStack;
+    let mut b = svc("b", 1);
+    b.pool = Some("small".into());
+    let mut c = svc("c", 2);
+    c.pool = Some("small".into());
+    let mut d = svc("d", 3);
+    d.pool = Some("small".into());
+    let o = allocate(&[big.clone(), small.clone()], &[a, b, c, d]);
+    let u = usage(&[big, small], &o.status);
+    let line = |x: &PoolUsage| format!("{} {:?} {}/{}", x.pool, x.family, x.used, x.size);
+    // 512 addresses less .0 and .255 of each /24.
+    assert_eq!(
+        u.iter().map(line).collect::<Vec<_>>(),
+        ["big V4 1/508", "big V6 1/256", "small V4 2/2"]
+    );
+    assert_eq!(
+        pending(&o),
+        [(
+            "a/d".to_string(),
+            "pool small has no free V4 address".to_string()
+        )]
+    );
+}
+
 fn arb_svc(i: usize) -> impl Strategy<Value = Svc> {
     (
         0i64..5,

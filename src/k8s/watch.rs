@@ -474,7 +474,27 @@ fn report(client: &Client, intent: &Intent, reported: &mut BTreeSet<String>) {
 
 fn post(client: &Client, service: Key, uid: Uid, reason: &'static str, message: String) {
     let client = client.clone();
-    tokio::spawn(async move {
+    tokio::spawn(post_event(
+        client,
+        service,
+        uid,
+        reason.into(),
+        message,
+        true,
+    ));
+}
+
+/// Records an Event on a Service (`warning`: of type Warning, else Normal);
+/// a failure is logged, never retried.
+pub(crate) async fn post_event(
+    client: Client,
+    service: Key,
+    uid: Uid,
+    reason: String,
+    message: String,
+    warning: bool,
+) {
+    {
         let (ns, name) = service.split_once('/').unwrap_or(("default", &service));
         let now = Time(jiff_now());
         let ev = KubeEvent {
@@ -491,9 +511,9 @@ fn post(client: &Client, service: Key, uid: Uid, reason: &'static str, message: 
                 uid: Some(uid),
                 ..Default::default()
             },
-            reason: Some(reason.into()),
+            reason: Some(reason),
             message: Some(message),
-            type_: Some("Warning".into()),
+            type_: Some(if warning { "Warning" } else { "Normal" }.into()),
             source: Some(EventSource {
                 component: Some("vipd".into()),
                 host: None,
@@ -509,7 +529,7 @@ fn post(client: &Client, service: Key, uid: Uid, reason: &'static str, message: 
         {
             warn!(service = %service, "could not create the Event: {e}");
         }
-    });
+    }
 }
 
 fn jiff_now() -> k8s_openapi::jiff::Timestamp {

@@ -1,0 +1,612 @@
+//! The allocator's I/O: every vipd campaigns for the Lease; the one that
+//! holds it watches the Services, runs [`crate::ipam::allocate`] over them
+//! and writes the result through the status subresource, with each
+//! Service's resourceVersion (a conflict re-reads; nothing is overwritten).
+//!
+//! The only state is the Services' status: a new leader lists them and
+//! continues. The one thing kept between passes is what this leader wrote
+//! and has not yet seen come back on the watch, so that a pass running
+//! before the echo arrives never hands the same address out again.
+
+pub mod election;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use k8s_openapi::api::core::v1::{LoadBalancerIngress, LoadBalancerStatus, Service, ServiceStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Api, Client, ResourceExt};
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use self::election::{now_ms, Election, Outcome, Term};
+use crate::config::{IpamConfig, KubeConfig};
+use crate::ipam::service::{from_service, Class};
+use crate::ipam::{self, EventKind, FamilyPolicy, Pool, PoolUsage, Svc};
+
+/// What `vipd status` and the metrics show of the allocator.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IpamStatus {
+    /// This node holds the Lease and may allocate.
+    pub leader: bool,
+    /// Who holds the Lease, as last read.
+    pub holder: Option<String>,
+    /// Filled on the leader only.
+    pub pools: Vec<PoolUsage>,
+    /// Services without every address they ask for, and why.
+    pub pending: Vec<(String, String)>,
+    /// Status writes this node made.
+    pub writes: u64,
+    pub last_error: Option<String>,
+}
+
+/// The running allocator, as the daemon holds it.
+pub struct Handle {
+    pools: watch::Sender<Vec<Pool>>,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+    pub status: Arc<Mutex<IpamStatus>>,
+}
+
+impl Handle {
+    /// New pools (a reload): the next pass uses them. Nothing already
+    /// assigned moves.
+    pub fn set_pools(&self, pools: Vec<Pool>) {
+        self.pools.send_replace(pools);
+    }
+
+    /// Stops allocating and releases the Lease, so that another node takes
+    /// over at once; bounded, so a dead API server cannot hold up a stop.
+    pub async fn stop(self) {
+        self.stop.send_replace(true);
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.task).await;
+    }
+}
+
+/// Status writes under way at once: enough to keep the API server busy
+/// through a burst of Services, few enough not to flood it.
+const WRITES_IN_FLIGHT: usize = 48;
+
+struct Ctx {
+    client: Client,
+    election: Election,
+    class: (Option<String>, bool),
+    status: Arc<Mutex<IpamStatus>>,
+}
+
+pub fn spawn(cfg: &IpamConfig, k: &KubeConfig, client: Client) -> Handle {
+    let (pools, pools_rx) = watch::channel(cfg.pools.clone());
+    let (stop, stop_rx) = watch::channel(false);
+    let status = Arc::new(Mutex::new(IpamStatus::default()));
+    let ctx = Ctx {
+        election: Election {
+            api: Api::namespaced(client.clone(), &cfg.lease_namespace),
+            name: cfg.lease_name.clone(),
+            me: k.node_name.clone(),
+            duration: cfg.lease_duration.as_millis() as i64,
+        },
+        client,
+        class: (k.load_balancer_class.clone(), k.include_unclassed),
+        status: status.clone(),
+    };
+    let task = tokio::spawn(run(ctx, pools_rx, stop_rx));
+    Handle {
+        pools,
+        stop,
+        task,
+        status,
+    }
+}
+
+async fn run(ctx: Ctx, mut pools: watch::Receiver<Vec<Pool>>, mut stop: watch::Receiver<bool>) {
+    loop {
+        let Some(won_at) = campaign(&ctx, &mut stop).await else {
+            return;
+        };
+        info!(lease = %ctx.election.name, "holding the allocator lease: this node assigns LoadBalancer addresses");
+        let term = Arc::new(Term {
+            renewed_ok: AtomicI64::new(won_at),
+            lost: AtomicBool::new(false),
+        });
+        let renewal = {
+            let (e, t, s) = (clone_election(&ctx.election), term.clone(), stop.clone());
+            tokio::spawn(async move { e.renew(t, s).await })
+        };
+        set(&ctx, |s| s.leader = true);
+        let stopped = Leader::new(&ctx, &term).lead(&mut pools, &mut stop).await;
+        renewal.abort();
+        set(&ctx, |s| {
+            s.leader = false;
+            s.pools.clear();
+            s.pending.clear();
+        });
+        if stopped {
+            ctx.election.release().await;
+            return;
+        }
+    }
+}
+
+fn clone_election(e: &Election) -> Election {
+    Election {
+        api: e.api.clone(),
+        name: e.name.clone(),
+        me: e.me.clone(),
+        duration: e.duration,
+    }
+}
+
+fn set(ctx: &Ctx, f: impl FnOnce(&mut IpamStatus)) {
+    f(&mut ctx.status.lock().unwrap())
+}
+
+/// Until this node holds the Lease (the time its winning write was sent),
+/// or `None` when told to stop.
+async fn campaign(ctx: &Ctx, stop: &mut watch::Receiver<bool>) -> Option<i64> {
+    let every = ipam::lease::renew_every(ctx.election.duration);
+    loop {
+        if *stop.borrow() {
+            return None;
+        }
+        let sent = now_ms();
+        let mut holder = None;
+        let r = ctx.election.step(&mut holder).await;
+        set(ctx, |s| s.holder = holder.clone());
+        let wait = match r {
+            Ok(Outcome::Held(_)) => {
+                set(ctx, |s| {
+                    s.holder = Some(ctx.election.me.clone());
+                    s.last_error = None;
+                });
+                return Some(sent);
+            }
+            // Poll while someone else holds it: a release shows at once.
+            Ok(Outcome::Wait(at)) => (at - now_ms()).clamp(0, every),
+            Err(e) => {
+                warn!("{e}");
+                set(ctx, |s| s.last_error = Some(e));
+                every
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(wait.max(50) as u64)) => {}
+            _ = stop.changed() => {}
+        }
+    }
+}
+
+/// One Service as the leader knows it.
+struct Entry {
+    uid: String,
+    rv: String,
+    /// What the allocator needs; without its bad annotation, frozen.
+    svc: Option<Svc>,
+    /// Why an annotation cannot be read: the status is left alone.
+    bad: Option<String>,
+}
+
+/// A status this leader wrote and has not yet seen on the watch.
+struct Written {
+    uid: String,
+    rv: String,
+    addrs: Vec<IpAddr>,
+    at: Instant,
+}
+
+struct Leader<'a> {
+    ctx: &'a Ctx,
+    term: &'a Term,
+    api: Api<Service>,
+    live: BTreeMap<String, Entry>,
+    relist: Option<BTreeMap<String, Entry>>,
+    synced: bool,
+    written: BTreeMap<String, Written>,
+    /// Failures already told in an Event, until they go away.
+    reported: BTreeSet<(String, String)>,
+}
+
+/// What one pass decided to write.
+struct Plan {
+    writes: Vec<(String, String, Vec<IpAddr>)>,
+    outcome: ipam::Outcome,
+}
+
+impl<'a> Leader<'a> {
+    fn new(ctx: &'a Ctx, term: &'a Term) -> Self {
+        Leader {
+            ctx,
+            term,
+            api: Api::all(ctx.client.clone()),
+            live: BTreeMap::new(),
+            relist: None,
+            synced: false,
+            written: BTreeMap::new(),
+            reported: BTreeSet::new(),
+        }
+    }
+
+    /// Leads until the term is lost (false) or vipd stops (true).
+    async fn lead(
+        mut self,
+        pools: &mut watch::Receiver<Vec<Pool>>,
+        stop: &mut watch::Receiver<bool>,
+    ) -> bool {
+        // Through a channel from a task of its own: what waited while a
+        // pass was writing is then drained at once into the next pass (the
+        // watcher stream itself yields one event per poll).
+        let (tx, mut rx) = tokio::sync::mpsc::channel(4096);
+        let mut stream = watcher(self.api.clone(), watcher::Config::default())
+            .default_backoff()
+            .boxed();
+        let forward = tokio::spawn(async move {
+            while let Some(ev) = stream.next().await {
+                if tx.send(ev).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let stopped = self.run(&mut rx, pools, stop).await;
+        forward.abort();
+        stopped
+    }
+
+    async fn run(
+        &mut self,
+        rx: &mut tokio::sync::mpsc::Receiver<Result<watcher::Event<Service>, watcher::Error>>,
+        pools: &mut watch::Receiver<Vec<Pool>>,
+        stop: &mut watch::Receiver<bool>,
+    ) -> bool {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut dirty = true;
+        loop {
+            tokio::select! {
+                Some(ev) = rx.recv() => {
+                    dirty |= self.apply(ev);
+                    while let Ok(ev) = rx.try_recv() {
+                        dirty |= self.apply(ev);
+                    }
+                }
+                _ = pools.changed() => dirty = true,
+                _ = stop.changed() => return true,
+                _ = tick.tick() => {}
+            }
+            if self.term.lost.load(Ordering::SeqCst) {
+                return false;
+            }
+            if !(dirty && self.synced && self.may_allocate()) {
+                continue;
+            }
+            let pools_now = pools.borrow().clone();
+            dirty = self.pass(&pools_now).await;
+        }
+    }
+
+    fn may_allocate(&self) -> bool {
+        self.term.may_allocate(self.ctx.election.duration)
+    }
+
+    /// One watcher event; true if the Services changed.
+    fn apply(&mut self, ev: Result<watcher::Event<Service>, watcher::Error>) -> bool {
+        let ev = match ev {
+            Ok(ev) => ev,
+            Err(e) => {
+                let msg = format!("allocator's Service watch: {e}");
+                warn!("{msg}");
+                set(self.ctx, |s| s.last_error = Some(msg));
+                return false;
+            }
+        };
+        match ev {
+            watcher::Event::Init => self.relist = Some(BTreeMap::new()),
+            watcher::Event::InitApply(s) => {
+                let e = self.entry(&s);
+                if let (Some(r), Some(e)) = (self.relist.as_mut(), e) {
+                    r.insert(key(&s), e);
+                }
+            }
+            watcher::Event::InitDone => {
+                self.live = self.relist.take().unwrap_or_default();
+                let echoed: Vec<String> = self
+                    .written
+                    .iter()
+                    .filter(|(k, w)| {
+                        self.live
+                            .get(*k)
+                            .is_none_or(|e| e.uid != w.uid || e.rv == w.rv)
+                    })
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                for k in echoed {
+                    self.written.remove(&k);
+                }
+                self.synced = true;
+                return true;
+            }
+            watcher::Event::Apply(s) => {
+                let k = key(&s);
+                match self.entry(&s) {
+                    Some(e) => {
+                        if self
+                            .written
+                            .get(&k)
+                            .is_some_and(|w| w.uid != e.uid || w.rv == e.rv)
+                        {
+                            self.written.remove(&k);
+                        }
+                        self.live.insert(k, e);
+                    }
+                    None => {
+                        self.written.remove(&k);
+                        self.live.remove(&k);
+                    }
+                }
+                return true;
+            }
+            watcher::Event::Delete(s) => {
+                let k = key(&s);
+                self.written.remove(&k);
+                self.live.remove(&k);
+                return true;
+            }
+        }
+        false
+    }
+
+    fn entry(&self, s: &Service) -> Option<Entry> {
+        let class = Class {
+            name: self.ctx.class.0.as_deref(),
+            include_unclassed: self.ctx.class.1,
+        };
+        let (svc, bad) = match from_service(s, class)? {
+            Ok(svc) => (Some(svc), None),
+            Err(why) => (frozen(s, class), Some(why)),
+        };
+        Some(Entry {
+            uid: s.uid().unwrap_or_default(),
+            rv: s.resource_version().unwrap_or_default(),
+            svc,
+            bad,
+        })
+    }
+
+    /// Allocates over every Service and writes what changed; true if
+    /// something must be tried again (a conflict, an error, no longer
+    /// allowed to write).
+    async fn pass(&mut self, pools: &[Pool]) -> bool {
+        let t = Instant::now();
+        // An echo lost to a watch reset: after a minute the watch's own
+        // view is the truth again.
+        self.written
+            .retain(|_, w| w.at.elapsed() < Duration::from_secs(60));
+        let plan = self.plan(pools);
+        let n = plan.writes.len();
+        let results = self.write_all(plan.writes).await;
+        let mut retry = false;
+        let mut done = BTreeSet::new();
+        for (k, r) in results {
+            match r {
+                Ok(w) => {
+                    done.insert(k.clone());
+                    self.written.insert(k, w);
+                }
+                Err(()) => retry = true,
+            }
+        }
+        self.tell(&plan.outcome, &done);
+        let pending = ipam::pending(&plan.outcome);
+        let pools = ipam::usage(pools, &plan.outcome.status);
+        let writes = done.len() as u64;
+        set(self.ctx, |s| {
+            s.pools = pools;
+            s.pending = pending;
+            s.writes += writes;
+        });
+        if n > 0 {
+            info!(
+                services = self.live.len(),
+                written = done.len(),
+                wanted = n,
+                ms = t.elapsed().as_millis() as u64,
+                "allocation pass"
+            );
+        }
+        retry
+    }
+
+    /// The pure part of a pass: the Services as known (with what this
+    /// leader wrote), allocated, and the statuses that differ.
+    fn plan(&self, pools: &[Pool]) -> Plan {
+        let svcs: Vec<Svc> = self
+            .live
+            .iter()
+            .filter_map(|(k, e)| {
+                let mut s = e.svc.clone()?;
+                if let Some(w) = self.written.get(k) {
+                    s.current = w.addrs.clone();
+                }
+                Some(s)
+            })
+            .collect();
+        let outcome = ipam::allocate(pools, &svcs);
+        let writes = svcs
+            .iter()
+            .filter(|s| self.live.get(&s.key).is_some_and(|e| e.bad.is_none()))
+            .filter_map(|s| {
+                let want = outcome.status.get(&s.key)?;
+                let same = want.iter().collect::<BTreeSet<_>>() == s.current.iter().collect();
+                let rv = self.live[&s.key].rv.clone();
+                (!same).then(|| (s.key.clone(), rv, want.clone()))
+            })
+            .collect();
+        Plan { writes, outcome }
+    }
+
+    /// The status writes, [`WRITES_IN_FLIGHT`] at a time, each only while this node may
+    /// still allocate. Per Service: what was written, or nothing (a
+    /// conflict, an error, no longer allowed: decided again next pass).
+    async fn write_all(
+        &self,
+        writes: Vec<(String, String, Vec<IpAddr>)>,
+    ) -> Vec<(String, Result<Written, ()>)> {
+        futures_util::stream::iter(writes)
+            .map(|(k, rv, addrs)| async move {
+                let r = self.write(&k, rv, addrs).await;
+                (k, r)
+            })
+            .buffer_unordered(WRITES_IN_FLIGHT)
+            .collect()
+            .await
+    }
+
+    async fn write(&self, key: &str, rv: String, addrs: Vec<IpAddr>) -> Result<Written, ()> {
+        if !self.may_allocate() {
+            return Err(());
+        }
+        let (ns, name) = key.split_once('/').unwrap_or(("", key));
+        let api: Api<Service> = Api::namespaced(self.ctx.client.clone(), ns);
+        let patch = Service {
+            metadata: ObjectMeta {
+                resource_version: Some(rv),
+                ..Default::default()
+            },
+            status: Some(ServiceStatus {
+                load_balancer: Some(LoadBalancerStatus {
+                    ingress: Some(
+                        addrs
+                            .iter()
+                            .map(|a| LoadBalancerIngress {
+                                ip: Some(a.to_string()),
+                                ip_mode: Some("VIP".into()),
+                                ..Default::default()
+                            })
+                            .collect(),
+                    ),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let limit =
+            Duration::from_millis(ipam::lease::renew_every(self.ctx.election.duration) as u64);
+        let (pp, patch) = (PatchParams::default(), Patch::Merge(&patch));
+        let call = api.patch_status(name, &pp, &patch);
+        match tokio::time::timeout(limit, call).await {
+            Ok(Ok(s)) => {
+                debug!(service = %key, addresses = ?addrs, "status written");
+                Ok(Written {
+                    uid: s.uid().unwrap_or_default(),
+                    rv: s.resource_version().unwrap_or_default(),
+                    addrs,
+                    at: Instant::now(),
+                })
+            }
+            // The watch brings the newer version; the next pass decides
+            // again from it (no GET: vipd needs no read access beyond its
+            // list and watch).
+            Ok(Err(kube::Error::Api(e))) if e.code == 409 => {
+                debug!(service = %key, "status write conflict: deciding again from the watch");
+                Err(())
+            }
+            Ok(Err(e)) => {
+                let msg = format!("writing the status of {key}: {e}");
+                warn!("{msg}");
+                set(self.ctx, |s| s.last_error = Some(msg));
+                Err(())
+            }
+            Err(_) => {
+                warn!(service = %key, "writing the status: no answer in {limit:?}");
+                Err(())
+            }
+        }
+    }
+
+    /// Events: an assignment or a repair once written; a failure or an
+    /// address outside the pools once, until it goes away.
+    fn tell(&mut self, out: &ipam::Outcome, done: &BTreeSet<String>) {
+        let mut now = BTreeSet::new();
+        let mut posts = vec![];
+        for e in &out.events {
+            let once = matches!(
+                e.kind,
+                EventKind::AllocationFailed | EventKind::AddressOutsidePools
+            );
+            let id = (e.service.clone(), e.message.clone());
+            let post = if once {
+                !self.reported.contains(&id)
+            } else {
+                done.contains(&e.service)
+            };
+            if once {
+                now.insert(id);
+            }
+            if post {
+                posts.push(e.clone());
+            }
+        }
+        for (k, entry) in &self.live {
+            if let Some(why) = &entry.bad {
+                let id = (k.clone(), why.clone());
+                if !self.reported.contains(&id) {
+                    posts.push(ipam::Event {
+                        service: k.clone(),
+                        kind: EventKind::AllocationFailed,
+                        message: format!("{why}; the Service is left as it is"),
+                    });
+                }
+                now.insert(id);
+            }
+        }
+        self.reported = now;
+        let uids: BTreeMap<String, String> = posts
+            .iter()
+            .filter_map(|e| Some((e.service.clone(), self.live.get(&e.service)?.uid.clone())))
+            .collect();
+        let client = self.ctx.client.clone();
+        tokio::spawn(async move {
+            futures_util::stream::iter(posts)
+                .for_each_concurrent(8, |e| {
+                    let uid = uids.get(&e.service).cloned().unwrap_or_default();
+                    let reason = format!("{:?}", e.kind);
+                    let warning = e.kind != EventKind::AddressAssigned;
+                    super::watch::post_event(
+                        client.clone(),
+                        e.service,
+                        uid,
+                        reason,
+                        e.message,
+                        warning,
+                    )
+                })
+                .await;
+        });
+    }
+}
+
+fn key(s: &Service) -> String {
+    format!("{}/{}", s.namespace().unwrap_or_default(), s.name_any())
+}
+
+/// A Service whose annotations cannot be read keeps what it holds, and
+/// nobody else gets it; it gets nothing new (its status is not written).
+fn frozen(s: &Service, class: Class) -> Option<Svc> {
+    let mut s = s.clone();
+    if let Some(spec) = s.spec.as_mut() {
+        spec.load_balancer_ip = None;
+    }
+    s.annotations_mut().remove(ipam::service::LOAD_BALANCER_IPS);
+    let mut svc = from_service(&s, class)?.ok()?;
+    svc.families = svc.current.iter().map(ipam::family).collect();
+    svc.policy = if svc.families.len() > 1 {
+        FamilyPolicy::PreferDualStack
+    } else {
+        FamilyPolicy::SingleStack
+    };
+    svc.requested = svc.current.clone();
+    (!svc.current.is_empty()).then_some(svc)
+}
