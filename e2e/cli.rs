@@ -123,3 +123,36 @@ fn environment_overrides_a_key() {
         "bgp.asn: ASN 0 is reserved (RFC 7607)"
     );
 }
+
+#[test]
+fn ipam_pools_are_counted_and_their_mistakes_named() {
+    let base =
+        "[bgp]\nasn = 65010\nrouter_id = \"192.0.2.1\"\n[kubernetes]\nnode_name = \"n\"\n[ipam]\n";
+    let good = format!(
+        "{base}[[ipam.pools]]\nname = \"a\"\naddresses = [\"198.51.100.0/28\"]\n[[ipam.pools]]\nname = \"b\"\naddresses = [\"2001:db8:100::/120\"]\n"
+    );
+    let out = vipd()
+        .arg("check-config")
+        .arg(tmp("ipam.toml", &good))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("valid (0 peers, 0 prefixes, 2 address pools)"),
+        "{text}"
+    );
+    let bad = format!(
+        "{base}[[ipam.pools]]\nname = \"a\"\naddresses = [\"198.51.100.9-198.51.100.1\"]\n"
+    );
+    let out = vipd()
+        .arg("check-config")
+        .arg(tmp("ipam-bad.toml", &bad))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        "ipam.pools[0].addresses: [0]: 198.51.100.9-198.51.100.1: the first address is after the last"
+    );
+}

@@ -41,22 +41,17 @@ struct Cluster {
 /// (192.0.2.100). No vipd yet.
 fn cluster(tag: &str, n: usize) -> Cluster {
     let dir = Dir::new(tag);
-    let router = Netns::new(&format!("{tag}r"));
-    router.ip(&["link", "add", "br0", "type", "bridge"]);
-    router.ip(&["link", "set", "br0", "up"]);
-    router.ip(&["addr", "add", "192.0.2.2/24", "dev", "br0"]);
-    router.ip(&["addr", "add", "192.0.2.100/24", "dev", "br0"]);
-    router.ip(&["-6", "addr", "add", "2001:db8::2/64", "dev", "br0", "nodad"]);
+    let router = bridge_router(
+        &format!("{tag}r"),
+        &["192.0.2.2/24", "192.0.2.100/24", "2001:db8::2/64"],
+    );
     let mut nodes = vec![];
     let mut protocols = vec![];
     for (i, (name, v4, v6)) in NODES.iter().enumerate().take(n) {
         let ns = Netns::new(&format!("{tag}{i}"));
-        let (a, b) = veth(&ns, &router);
+        let a = join_bridge(&ns, &router);
         ns.ip(&["addr", "add", &format!("{v4}/24"), "dev", &a]);
         ns.ip(&["-6", "addr", "add", &format!("{v6}/64"), "dev", &a, "nodad"]);
-        ns.ip(&["link", "set", &a, "up"]);
-        router.ip(&["link", "set", &b, "master", "br0"]);
-        router.ip(&["link", "set", &b, "up"]);
         nodes.push(ns);
         protocols.push((format!("{}4", &name[5..]), "192.0.2.2", *v4, "ipv4"));
         protocols.push((format!("{}6", &name[5..]), "2001:db8::2", *v6, "ipv6"));
@@ -402,6 +397,39 @@ fn a_killed_leader_is_replaced_and_nothing_assigned_moves() {
         "one write per Service, none repeated"
     );
     assert!(c.vipd(1 - li).log().contains("holding the allocator lease"));
+    // Back, then the leader stopped gracefully: it releases the Lease, and
+    // the other takes it within a poll, long before the Lease would expire.
+    c.start(li, "", POOLS);
+    let standby = format!("allocator: standing by (lease held by {other})");
+    assert!(
+        wait_until(Duration::from_secs(10), || vipd_status(&c.nodes[li])
+            .1
+            .contains(&standby)),
+        "{}",
+        c.context()
+    );
+    c.vipds[1 - li]
+        .as_mut()
+        .unwrap()
+        .proc
+        .stop(Duration::from_secs(10));
+    let stopped = Instant::now();
+    assert!(
+        c.vipd(1 - li).log().contains("allocator lease released"),
+        "{}",
+        c.context()
+    );
+    assert!(
+        wait_until(Duration::from_secs(LEASE_SECS), || c.holder().as_deref()
+            == Some(leader.as_str())),
+        "{leader} did not take the released Lease\n{}",
+        c.context()
+    );
+    eprintln!(
+        "{leader} took the released Lease {:?} after the stop",
+        stopped.elapsed()
+    );
+    assert!(stopped.elapsed() < Duration::from_secs(LEASE_SECS / 2 + 1));
 }
 
 /// The leader cut off from the Lease alone (its Lease requests hang, its
@@ -487,6 +515,37 @@ fn a_leader_that_cannot_renew_stops_before_the_other_takes_over() {
         "{}",
         c.context()
     );
+    // Now the new leader cut off entirely (every request hangs): the first
+    // takes over again, Services created meanwhile get addresses, and
+    // still no address is written twice.
+    c.api.set_partitioned(other_ip, true);
+    let cut = Instant::now();
+    let later = create(&c.api, "q", 10);
+    assert!(
+        wait_until(Duration::from_secs(LEASE_SECS + 6), || c
+            .holder()
+            .as_deref()
+            == Some(leader.as_str())),
+        "{leader} never took the Lease back\n{}",
+        c.context()
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || all_assigned(&c.api, &later)),
+        "{}",
+        c.context()
+    );
+    eprintln!(
+        "{leader} leads again {:?} after the other was cut off",
+        cut.elapsed()
+    );
+    c.api.set_partitioned(other_ip, false);
+    audit(&c.api, &[]);
+    let all: Vec<String> = assigned(&c.api, &[keys, later].concat())
+        .into_values()
+        .flatten()
+        .collect();
+    let distinct: BTreeSet<&String> = all.iter().collect();
+    assert_eq!(distinct.len(), all.len(), "an address held by two Services");
 }
 
 /// One node, small pools: requested addresses (honoured, taken, outside
@@ -663,5 +722,90 @@ fn an_assigned_address_is_announced_once_endpoints_are_ready() {
         "{}\n{}",
         c.bird.route(&route),
         c.context()
+    );
+}
+
+/// Taking over from another allocator (or hand edits): addresses already
+/// in the status are adopted. Two Services holding one address: the older
+/// keeps it, the younger gets a new one and an Event naming the older. An
+/// address outside every pool stays, with a warning. A Service whose
+/// allocation annotation cannot be read keeps its address, which nobody
+/// else gets.
+#[test]
+fn addresses_already_assigned_are_adopted_and_duplicates_repaired() {
+    let mut c = cluster("if", 1);
+    let held = |name: &str, created: &str, ip: &str| {
+        let mut s = lb("shop", name);
+        s["metadata"]["creationTimestamp"] = json!(created);
+        s["status"] = json!({"loadBalancer": {"ingress": [{"ip": ip}]}});
+        s
+    };
+    c.api.put(held("old", "2020-01-01T00:00:00Z", "100.64.0.7"));
+    c.api
+        .put(held("young", "2021-01-01T00:00:00Z", "100.64.0.7"));
+    c.api
+        .put(held("outside", "2020-01-01T00:00:00Z", "203.0.113.77"));
+    c.api.put(annotate(
+        held("bad", "2020-01-01T00:00:00Z", "100.64.0.0"),
+        "vipd.io/load-balancer-ips",
+        "bogus",
+    ));
+    c.start(0, "", POOLS);
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            let y = ips(&c.api, "shop", "young");
+            y.len() == 1 && y[0] != "100.64.0.7"
+        }),
+        "young kept the duplicate: {:?}\n{}",
+        ips(&c.api, "shop", "young"),
+        c.context()
+    );
+    assert_eq!(ips(&c.api, "shop", "old"), ["100.64.0.7"]);
+    // The lowest free: .0 is the unreadable Service's, .7 the old one's.
+    assert_eq!(ips(&c.api, "shop", "young"), ["100.64.0.1"]);
+    assert_eq!(ips(&c.api, "shop", "outside"), ["203.0.113.77"]);
+    assert_eq!(ips(&c.api, "shop", "bad"), ["100.64.0.0"]);
+    let conflict = events_for(&c.api, "young", "AddressConflict");
+    assert!(
+        conflict
+            .iter()
+            .any(|m| m.contains("100.64.0.7") && m.contains("shop/old")),
+        "{conflict:?}"
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || events_for(
+            &c.api,
+            "outside",
+            "AddressOutsidePools"
+        )
+        .iter()
+        .any(|m| m.contains("203.0.113.77"))),
+        "{:?}",
+        c.api.events()
+    );
+    let bad = events_for(&c.api, "bad", "AllocationFailed");
+    assert!(
+        bad.iter()
+            .any(|m| m.contains("\"bogus\" is not an IP address")),
+        "{bad:?}"
+    );
+    c.api.put(lb("shop", "new"));
+    assert!(
+        wait_until(Duration::from_secs(10), || ips(&c.api, "shop", "new")
+            == ["100.64.0.2"]),
+        "{:?}",
+        ips(&c.api, "shop", "new")
+    );
+    // Only young and new were written: adopted addresses are left alone.
+    let written: BTreeSet<String> = c
+        .api
+        .writes()
+        .iter()
+        .filter(|w| w.status)
+        .map(|w| w.name.clone())
+        .collect();
+    assert_eq!(
+        written,
+        BTreeSet::from(["young".to_string(), "new".to_string()])
     );
 }

@@ -768,19 +768,12 @@ struct TwoNodes {
 fn two_nodes(tag: &str) -> TwoNodes {
     require(&["ip"]);
     let dir = Dir::new(tag);
-    let router = Netns::new(&format!("{tag}r"));
-    router.ip(&["link", "add", "br0", "type", "bridge"]);
-    router.ip(&["link", "set", "br0", "up"]);
-    router.ip(&["addr", "add", "192.0.2.2/24", "dev", "br0"]);
-    router.ip(&["addr", "add", "192.0.2.100/24", "dev", "br0"]);
+    let router = bridge_router(&format!("{tag}r"), &["192.0.2.2/24", "192.0.2.100/24"]);
     let mut nodes = vec![];
     for (i, ip) in ["192.0.2.11/24", "192.0.2.12/24"].iter().enumerate() {
         let n = Netns::new(&format!("{tag}{i}"));
-        let (a, b) = veth(&n, &router);
+        let a = join_bridge(&n, &router);
         n.ip(&["addr", "add", ip, "dev", &a]);
-        n.ip(&["link", "set", &a, "up"]);
-        router.ip(&["link", "set", &b, "master", "br0"]);
-        router.ip(&["link", "set", &b, "up"]);
         nodes.push(n);
     }
     let api = StandIn::start(API.parse().unwrap(), Some(&router.name));

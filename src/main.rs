@@ -70,8 +70,13 @@ fn main() -> ExitCode {
                         )
                     })
                     .unwrap_or_default();
+                let ipam = c
+                    .ipam
+                    .as_ref()
+                    .map(|i| format!(", {} address pools", i.pools.len()))
+                    .unwrap_or_default();
                 println!(
-                    "{}: valid ({} peers, {} prefixes{cp})",
+                    "{}: valid ({} peers, {} prefixes{cp}{ipam})",
                     file.display(),
                     c.bgp.peers.len(),
                     n

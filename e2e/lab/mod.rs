@@ -260,6 +260,32 @@ pub fn veth(a: &Netns, b: &Netns) -> (String, String) {
     (x, y)
 }
 
+/// A router namespace with a bridge, `br0`, holding `addrs` (IPv6 ones
+/// without duplicate address detection); nodes join it with [`join_bridge`].
+pub fn bridge_router(tag: &str, addrs: &[&str]) -> Netns {
+    let router = Netns::new(tag);
+    router.ip(&["link", "add", "br0", "type", "bridge"]);
+    router.ip(&["link", "set", "br0", "up"]);
+    for a in addrs {
+        if a.contains(':') {
+            router.ip(&["-6", "addr", "add", a, "dev", "br0", "nodad"]);
+        } else {
+            router.ip(&["addr", "add", a, "dev", "br0"]);
+        }
+    }
+    router
+}
+
+/// Joins `node` to the router's `br0` by a veth pair: both ends up, the
+/// node's end (named as returned) without an address yet.
+pub fn join_bridge(node: &Netns, router: &Netns) -> String {
+    let (a, b) = veth(node, router);
+    node.ip(&["link", "set", &a, "up"]);
+    router.ip(&["link", "set", &b, "master", "br0"]);
+    router.ip(&["link", "set", &b, "up"]);
+    a
+}
+
 /// KiB of resident memory now and at its peak, from /proc.
 pub fn rss(pid: i32) -> (u64, u64) {
     let s = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
