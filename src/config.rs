@@ -14,8 +14,11 @@ use std::time::Duration;
 use config::{Map, Value, ValueKind};
 use ipnet::IpNet;
 
+// A path both vipd and the fuzz crate (which compiles this file on its
+// own) resolve to the same file.
+#[path = "config/ipam.rs"]
 mod ipam;
-pub use ipam::{parse_range, IpamConfig};
+pub use ipam::{parse_range, IpamConfig, Pool, Range};
 
 /// The 2-octet AS number reserved by RFC 6793 to stand in for a 4-octet one.
 pub const AS_TRANS: u32 = 23456;

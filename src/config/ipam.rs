@@ -8,7 +8,32 @@ use config::ValueKind;
 use ipnet::IpNet;
 
 use super::{as_table, parse_bool, parse_int, parse_list, parse_str, Errs, Tbl};
-use crate::ipam::{family, Pool, Range};
+
+/// An inclusive range of addresses of one family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Range {
+    pub first: IpAddr,
+    pub last: IpAddr,
+}
+
+/// The pools are the allocator's input as well (`crate::ipam`); they
+/// live here, below it, as the route attributes do for the speaker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pool {
+    pub name: String,
+    pub ranges: Vec<Range>,
+    /// Used for Services that name no pool.
+    pub auto_assign: bool,
+    /// Empty: every namespace.
+    pub namespaces: Vec<String>,
+    /// Skip .0 and .255 of IPv4 addresses in /24 and larger ranges.
+    pub avoid_network_and_broadcast: bool,
+}
+
+/// Whether two addresses are of one family is all validation asks.
+fn family(a: &IpAddr) -> bool {
+    a.is_ipv4()
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IpamConfig {
@@ -188,8 +213,8 @@ fn check_pools(pools: &[(String, Pool)], errs: &mut Errs) {
 
 #[cfg(test)]
 mod tests {
+    use super::Range;
     use crate::config::Config;
-    use crate::ipam::Range;
 
     const BASE: &str =
         "[bgp]\nasn = 65010\nrouter_id = \"192.0.2.1\"\n[kubernetes]\nnode_name = \"n\"\n";

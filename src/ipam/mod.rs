@@ -27,24 +27,7 @@ pub mod service;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-/// An inclusive range of addresses of one family.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Range {
-    pub first: IpAddr,
-    pub last: IpAddr,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Pool {
-    pub name: String,
-    pub ranges: Vec<Range>,
-    /// Used for Services that name no pool.
-    pub auto_assign: bool,
-    /// Empty: every namespace.
-    pub namespaces: Vec<String>,
-    /// Skip .0 and .255 of IPv4 addresses in /24 and larger ranges.
-    pub avoid_network_and_broadcast: bool,
-}
+pub use crate::config::{Pool, Range};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Family {
