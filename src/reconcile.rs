@@ -18,6 +18,9 @@ use crate::bgp::rib::Table;
 use crate::config::RouteAttrs;
 use crate::k8s::intent::{Delta, Intent, Want};
 
+pub mod control;
+pub mod node;
+
 /// The Kubernetes VIPs with their attributes, as the speaker's table holds
 /// them: equal attribute sets share one `Arc`, so Services with the same
 /// attributes pack into the same UPDATEs.
