@@ -156,3 +156,45 @@ fn ipam_pools_are_counted_and_their_mistakes_named() {
         "ipam.pools[0].addresses: [0]: 198.51.100.9-198.51.100.1: the first address is after the last"
     );
 }
+
+#[test]
+fn check_config_shows_the_peers_a_node_gets_by_its_labels() {
+    let conf = "[bgp]\nasn = 65010\nrouter_id = \"192.0.2.1\"\n\
+        [[bgp.peers]]\naddress = \"192.0.2.2\"\nasn = 65002\nnode_selector = { \"topology.kubernetes.io/zone\" = \"rack-1\" }\n\
+        [[bgp.peers]]\naddress = \"192.0.2.3\"\nasn = 65003\nnode_selector = { \"topology.kubernetes.io/zone\" = \"rack-2\" }\n\
+        [[bgp.peers]]\naddress = \"192.0.2.4\"\nasn = 65004\n\
+        [kubernetes]\nnode_name = \"n\"\n";
+    let f = tmp("fleet.toml", conf);
+    let out = vipd()
+        .arg("check-config")
+        .arg(&f)
+        .args([
+            "--node-labels",
+            "topology.kubernetes.io/zone=rack-1,kubernetes.io/os=linux",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().skip(1).collect();
+    assert_eq!(
+        lines,
+        [
+            "  192.0.2.2 AS65002: peer (node_selector topology.kubernetes.io/zone=rack-1)",
+            "  192.0.2.3 AS65003: not a peer (node_selector topology.kubernetes.io/zone=rack-2)",
+            "  192.0.2.4 AS65004: peer (every node)",
+        ],
+        "{text}"
+    );
+    let out = vipd()
+        .arg("check-config")
+        .arg(&f)
+        .args(["--node-labels", "zone"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        "--node-labels: \"zone\": expected KEY=VALUE"
+    );
+}

@@ -869,3 +869,83 @@ fn two_nodes_local_follows_endpoints_cluster_uses_both() {
     ));
     hops_become("203.0.113.10/32", &[], 10, "Local policy, none ready");
 }
+
+/// One configuration for every node: a peer with a `node_selector` exists
+/// only while this node's labels match it. The IPv4 peer is for rack-1
+/// only, the IPv6 peer for every node; relabelling the Node starts and
+/// stops the IPv4 session and leaves the IPv6 one alone.
+#[test]
+fn peers_follow_the_nodes_labels() {
+    let k = kube_lab("kl");
+    let node = |zone: Option<&str>| {
+        let mut n = obj::node("node-a", &["192.0.2.1"]);
+        if let Some(z) = zone {
+            n["metadata"]["labels"] = serde_json::json!({"topology.kubernetes.io/zone": z});
+        }
+        n
+    };
+    k.api.put(node(Some("rack-2")));
+    put_web(&k.api);
+    let kc = k.lab.dir.write("kubeconfig", &k.api.kubeconfig());
+    let conf = format!(
+        "[bgp]\nasn = 65010\nrouter_id = \"192.0.2.1\"\nlisten = \"[::]:179\"\n\
+         [[bgp.peers]]\naddress = \"192.0.2.2\"\nasn = 65002\nconnect_retry = 1\n\
+         node_selector = {{ \"topology.kubernetes.io/zone\" = \"rack-1\" }}\n\
+         [[bgp.peers]]\naddress = \"2001:db8::2\"\nasn = 65002\nconnect_retry = 1\n\
+         [kubernetes]\nkubeconfig = \"{}\"\nnode_name = \"node-a\"\n",
+        kc.display()
+    );
+    let vipd = Vipd::start(&k.lab.node, &k.lab.dir, &conf);
+    let context = |what: &str| {
+        format!(
+            "{what}\n{}\n{}\nvipd log:\n{}",
+            k.bird.cli("show protocols"),
+            k.bird.route("203.0.113.10/32"),
+            vipd.proc.log_tail(30)
+        )
+    };
+    assert!(
+        wait_until(Duration::from_secs(15), || k.bird.established("v6")
+            && k.bird.has("2001:db8:ff::10/128")),
+        "{}",
+        context("the IPv6 peer (every node) never came up")
+    );
+    holds_for(Duration::from_secs(3), || {
+        assert!(
+            !k.bird.established("v4"),
+            "{}",
+            context("a rack-1 peer on a rack-2 node")
+        )
+    });
+    let since = |proto: &str| {
+        k.bird
+            .state(proto)
+            .lines()
+            .find(|l| l.starts_with(proto))
+            .and_then(|l| l.split_whitespace().nth(4).map(String::from))
+            .unwrap_or_default()
+    };
+    let v6_since = since("v6");
+    assert!(
+        v6_since.contains(':'),
+        "no session start time in: {}",
+        k.bird.state("v6")
+    );
+    k.api.put(node(Some("rack-1")));
+    assert!(
+        wait_until(Duration::from_secs(15), || k.bird.established("v4")
+            && k.bird.has("203.0.113.10/32")),
+        "{}",
+        context("relabelled rack-1: no IPv4 session")
+    );
+    assert!(vipd.log().contains("peers for this node's labels"));
+    k.api.put(node(None));
+    assert!(
+        wait_until(Duration::from_secs(10), || !k.bird.established("v4")
+            && !k.bird.has("203.0.113.10/32")),
+        "{}",
+        context("label removed: the IPv4 session stayed")
+    );
+    assert!(k.bird.established("v6"));
+    assert_eq!(since("v6"), v6_since, "the IPv6 session was restarted");
+}

@@ -16,8 +16,11 @@ use ipnet::IpNet;
 
 // A path both vipd and the fuzz crate (which compiles this file on its
 // own) resolve to the same file.
+#[path = "config/fleet.rs"]
+mod fleet;
 #[path = "config/ipam.rs"]
 mod ipam;
+pub use fleet::{parse_labels, Labels};
 pub use ipam::{parse_range, IpamConfig, Pool, Range};
 
 /// The 2-octet AS number reserved by RFC 6793 to stand in for a 4-octet one.
@@ -185,6 +188,8 @@ pub struct PeerConfig {
     /// Added to every route sent to this peer (communities are merged,
     /// a route's own LOCAL_PREF wins).
     pub defaults: RouteAttrs,
+    /// Only on nodes whose labels include all of these (empty: every node).
+    pub node_selector: Labels,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -327,6 +332,16 @@ impl Config {
                     "control_plane.vip",
                     format!("{vip} is also in [[announce]]: the control plane announces it only while a backend is healthy"),
                 );
+            }
+        }
+        if kubernetes.is_none() {
+            for (i, p) in bgp.iter().flat_map(|b| b.peers.iter()).enumerate() {
+                if !p.node_selector.is_empty() {
+                    errs.push(
+                        format!("bgp.peers[{i}].node_selector"),
+                        "selects by the Node's labels: it needs a [kubernetes] table",
+                    );
+                }
             }
         }
         if kubernetes.is_none() && ipam.is_some() {
@@ -895,6 +910,9 @@ fn read_peer(mut t: Tbl, local_asn: Option<u32>, errs: &mut Errs) -> Option<Peer
         .opt("link_local_next_hop", errs, parse_bool)
         .unwrap_or(true);
     let description = t.opt("description", errs, parse_str);
+    let node_selector = t
+        .opt("node_selector", errs, fleet::parse_selector)
+        .unwrap_or_default();
     let defaults = read_attrs(&mut t, errs);
     if defaults.med.is_some() {
         errs.push(
@@ -962,6 +980,7 @@ fn read_peer(mut t: Tbl, local_asn: Option<u32>, errs: &mut Errs) -> Option<Peer
         link_local_next_hop,
         description,
         defaults,
+        node_selector,
     })
 }
 

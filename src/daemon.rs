@@ -15,7 +15,7 @@ use tracing::{error, info, warn};
 
 use crate::bgp::rib::Table;
 use crate::bgp::{Speaker, SpeakerError};
-use crate::config::{BgpConfig, Config, Problems, RouteAttrs};
+use crate::config::{BgpConfig, Config, Labels, Problems, RouteAttrs};
 use crate::dataplane::ipvs;
 use crate::k8s;
 use crate::k8s::watch::{KubeStatus, Update, WatchError};
@@ -61,6 +61,8 @@ struct Daemon {
     node: NodeState,
     speaker: Speaker,
     allocator: Option<k8s::allocator::Handle>,
+    /// This node's labels, once the watch has them: they select the peers.
+    labels: Option<Labels>,
 }
 
 impl Daemon {
@@ -114,6 +116,7 @@ impl Daemon {
             node,
             speaker,
             allocator,
+            labels: None,
         };
         Ok((d, kube_rx))
     }
@@ -130,6 +133,7 @@ impl Daemon {
         let mut changed = vec![];
         let mut next = Some(first);
         let mut apis = None;
+        let mut labels = None;
         while let Some(u) = next {
             changed.extend(match u {
                 Update::Full(all) => {
@@ -141,11 +145,18 @@ impl Daemon {
                     apis = Some(a);
                     vec![]
                 }
+                Update::NodeLabels(l) => {
+                    labels = Some(l);
+                    vec![]
+                }
             });
             next = rx.try_recv().ok();
         }
         if let Some(a) = apis {
             self.on_api_servers(a).await;
+        }
+        if let Some(l) = labels {
+            self.on_labels(l).await;
         }
         reconcile::patch(&mut self.table, &self.base, &self.kube, &changed);
         // Nothing before the readiness barrier, whatever came first.
@@ -173,6 +184,22 @@ impl Daemon {
         control::replace_control(&mut self.control, Some(&next), &mut self.mgr).await;
         self.base = control::with_control(&self.statics, &self.control);
         self.table = reconcile::merged(&self.base, &self.kube);
+    }
+
+    /// This node's labels changed: the peers whose `node_selector` they
+    /// match start, the others stop; sessions of peers kept are untouched.
+    async fn on_labels(&mut self, labels: Labels) {
+        let before = self.cfg.bgp.for_node(self.labels.as_ref());
+        let after = self.cfg.bgp.for_node(Some(&labels));
+        let first = self.labels.replace(labels).is_none();
+        if before.peers != after.peers {
+            let names: Vec<String> = after.peers.iter().map(|p| p.address.to_string()).collect();
+            info!(peers = %names.join(","), "peers for this node's labels");
+            self.speaker.reconfigure(&after).await;
+        }
+        if first {
+            self.speaker.started();
+        }
     }
 
     /// A backend's health changed.
@@ -241,7 +268,10 @@ impl Daemon {
             self.node.keep(self.control.as_ref().map(Control::address));
             self.cfg.control_plane = new.control_plane.clone();
         }
-        self.speaker.reconfigure(&new.bgp).await;
+        self.speaker.started();
+        self.speaker
+            .reconfigure(&new.bgp.for_node(self.labels.as_ref()))
+            .await;
         info!(
             before = self.statics.len(),
             after = new_statics.len(),
@@ -323,8 +353,12 @@ async fn start_speaker(
     kube_status: &Arc<Mutex<KubeStatus>>,
 ) -> Result<(Speaker, Option<k8s::allocator::Handle>), DaemonError> {
     let restarted = take_restart_record(&cfg.bgp);
+    // Peers with a node_selector wait for the Node's labels.
+    let bgp = cfg.bgp.for_node(None);
     let Some(k) = &cfg.kubernetes else {
-        return Ok((Speaker::start(&cfg.bgp, Some(table), restarted)?, None));
+        let mut speaker = Speaker::start(&bgp, Some(table), restarted)?;
+        speaker.started();
+        return Ok((speaker, None));
     };
     let (client, mut api) = k8s::watch::connect(k).await?;
     if let Some(cp) = &cfg.control_plane {
@@ -333,7 +367,7 @@ async fn start_speaker(
         api.push(cp.vip);
         api.extend(cp.backends.iter().map(|b| b.ip()));
     }
-    let speaker = Speaker::start(&cfg.bgp, None, restarted)?;
+    let speaker = Speaker::start(&bgp, None, restarted)?;
     let allocator = cfg
         .ipam
         .as_ref()

@@ -36,7 +36,33 @@ enum Cmd {
     CheckConfig {
         /// The TOML configuration file.
         file: PathBuf,
+        /// Also show which peers a node with these labels gets
+        /// ("k=v,k2=v2"; "" for a node without labels).
+        #[arg(long)]
+        node_labels: Option<String>,
     },
+}
+
+/// Each peer, and whether a node with `labels` gets it.
+fn peers_for(c: &Config, labels: &vipd::config::Labels) -> String {
+    let chosen = c.bgp.for_node(Some(labels));
+    let mut out = String::new();
+    for p in &c.bgp.peers {
+        let on = chosen.peers.iter().any(|q| q.address == p.address);
+        let why = if p.node_selector.is_empty() {
+            "every node".to_string()
+        } else {
+            let sel: Vec<String> = p
+                .node_selector
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            format!("node_selector {}", sel.join(","))
+        };
+        let verdict = if on { "peer" } else { "not a peer" };
+        out += &format!("  {} AS{}: {verdict} ({why})\n", p.address, p.asn);
+    }
+    out
 }
 
 fn main() -> ExitCode {
@@ -56,7 +82,7 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Cmd::CheckConfig { file } => match Config::load(&file) {
+        Cmd::CheckConfig { file, node_labels } => match Config::load(&file) {
             Ok(c) => {
                 let n: usize = c.announce.iter().map(|a| a.prefixes.len()).sum();
                 let cp = c
@@ -81,7 +107,17 @@ fn main() -> ExitCode {
                     c.bgp.peers.len(),
                     n
                 );
-                ExitCode::SUCCESS
+                match node_labels.as_deref().map(vipd::config::parse_labels) {
+                    None => ExitCode::SUCCESS,
+                    Some(Ok(l)) => {
+                        print!("{}", peers_for(&c, &l));
+                        ExitCode::SUCCESS
+                    }
+                    Some(Err(e)) => {
+                        eprintln!("--node-labels: {e}");
+                        ExitCode::from(2)
+                    }
+                }
             }
             Err(p) => {
                 for line in &p.0 {

@@ -57,6 +57,8 @@ pub struct Speaker {
     listener: Option<Listener>,
     asn: u32,
     router_id: std::net::Ipv4Addr,
+    /// Back from a graceful stop, and still starting (see [`Speaker::started`]).
+    restarted: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -106,11 +108,19 @@ impl Speaker {
             listener,
             asn: bgp.asn,
             router_id: bgp.router_id,
+            restarted,
         };
         for st in settings(bgp) {
             s.add_peer(st, restarted);
         }
         Ok(s)
+    }
+
+    /// The start is over: peers added from now on (a reload) are new, not
+    /// part of a restart. Until then (peers that wait for the Node's labels)
+    /// they get the Restart State bit as the others did.
+    pub fn started(&mut self) {
+        self.restarted = false;
     }
 
     fn add_peer(&mut self, settings: Settings, restarted: bool) {
@@ -212,7 +222,7 @@ impl Speaker {
             }
         }
         for (_, s) in wanted {
-            self.add_peer(s, false);
+            self.add_peer(s, self.restarted);
         }
     }
 

@@ -510,6 +510,7 @@ pub(crate) mod tests {
             node: Some(NodeInfo {
                 name: "node-a".into(),
                 addresses: vec!["192.0.2.11".parse().unwrap()],
+                ..Default::default()
             }),
             api_server: vec!["192.0.2.100".parse().unwrap()],
         }
@@ -913,7 +914,7 @@ mod incremental {
         fn incremental_equals_full(ops in proptest::collection::vec(op(), 1..50)) {
             let k = kcfg();
             let mut s = Snapshot {
-                node: Some(NodeInfo { name: "node-a".into(), addresses: vec!["192.0.2.11".parse().unwrap()] }),
+                node: Some(NodeInfo { name: "node-a".into(), addresses: vec!["192.0.2.11".parse().unwrap()], ..Default::default() }),
                 ..Default::default()
             };
             let mut t = Tracker::default();

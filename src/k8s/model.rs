@@ -63,6 +63,8 @@ pub struct SliceInfo {
 pub struct NodeInfo {
     pub name: String,
     pub addresses: Vec<IpAddr>,
+    /// Which `[[bgp.peers]]` this node gets (their `node_selector`).
+    pub labels: BTreeMap<String, String>,
 }
 
 /// A consistent view of the cluster: what the intent is computed from.

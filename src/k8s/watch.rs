@@ -119,6 +119,7 @@ pub fn node_info(n: &Node) -> NodeInfo {
             .and_then(|s| s.addresses.as_ref())
             .map(|a| a.iter().filter_map(|x| x.address.parse().ok()).collect())
             .unwrap_or_default(),
+        labels: n.labels().clone(),
     }
 }
 
@@ -206,6 +207,9 @@ pub enum Update {
     /// The API servers the cluster lists (`default/kubernetes`), sent when
     /// they change: the control plane's discovered backends.
     ApiServers(BTreeSet<IpAddr>),
+    /// This node's labels (empty without a Node object), sent once synced
+    /// and whenever they change: they select the node's peers.
+    NodeLabels(BTreeMap<String, String>),
 }
 
 // Events pass through once each; boxing the large ones would buy nothing.
@@ -292,6 +296,7 @@ pub async fn run(
     let mut tracker = Tracker::default();
     let mut published = false;
     let mut api_servers_sent = BTreeSet::new();
+    let mut labels_sent: Option<BTreeMap<String, String>> = None;
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         while let Ok(ev) = rx.try_recv() {
@@ -408,7 +413,19 @@ pub async fn run(
                 api_servers_sent = a.clone();
                 Update::ApiServers(a)
             });
-        for u in update.into_iter().chain(apis) {
+        let labels = full_pass
+            .then(|| {
+                snap.node
+                    .as_ref()
+                    .map(|n| n.labels.clone())
+                    .unwrap_or_default()
+            })
+            .filter(|l| labels_sent.as_ref() != Some(l))
+            .map(|l| {
+                labels_sent = Some(l.clone());
+                Update::NodeLabels(l)
+            });
+        for u in update.into_iter().chain(apis).chain(labels) {
             if out.send(u).await.is_err() {
                 return;
             }

@@ -1,0 +1,184 @@
+//! One configuration for the whole fleet: peers that exist only on the
+//! nodes whose labels match their `node_selector`.
+
+use std::collections::BTreeMap;
+
+use config::{Value, ValueKind};
+
+use super::{parse_str, BgpConfig};
+
+/// A Node's labels, or a peer's selector over them.
+pub type Labels = BTreeMap<String, String>;
+
+/// `node_selector = { "topology.kubernetes.io/zone" = "rack-1" }`: label
+/// keys and values as Kubernetes accepts them.
+pub(super) fn parse_selector(v: Value) -> Result<Labels, String> {
+    let ValueKind::Table(t) = v.kind else {
+        return Err("expected a table of label = value, e.g. { \"topology.kubernetes.io/zone\" = \"rack-1\" }".into());
+    };
+    let mut out = Labels::new();
+    for (k, v) in t {
+        let v = parse_str(v).map_err(|e| format!("{k:?}: {e}"))?;
+        check_key(&k)?;
+        check_value(&k, &v)?;
+        out.insert(k, v);
+    }
+    Ok(out)
+}
+
+/// A label's name part (and a value): up to 63 characters, alphanumeric
+/// at both ends, `-`, `_` and `.` between.
+fn name_ok(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b[0].is_ascii_alphanumeric()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+}
+
+fn check_key(k: &str) -> Result<(), String> {
+    let (prefix, name) = match k.rsplit_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, k),
+    };
+    let prefix_ok = prefix.is_none_or(|p| {
+        !p.is_empty()
+            && p.len() <= 253
+            && p.split('.').all(|l| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && l.bytes()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+            })
+    });
+    if prefix_ok && name_ok(name) {
+        Ok(())
+    } else {
+        Err(format!("{k:?} is not a valid label key"))
+    }
+}
+
+fn check_value(k: &str, v: &str) -> Result<(), String> {
+    if v.is_empty() || name_ok(v) {
+        Ok(())
+    } else {
+        Err(format!("{k:?}: {v:?} is not a valid label value"))
+    }
+}
+
+impl BgpConfig {
+    /// The peers of a node with these labels (`None`: not known yet, so
+    /// only the peers without a selector), with the selector itself taken
+    /// out: a selector edited on reload that still matches must not
+    /// restart the session.
+    pub fn for_node(&self, labels: Option<&Labels>) -> BgpConfig {
+        let mut b = self.clone();
+        b.peers.retain(|p| {
+            p.node_selector.is_empty()
+                || labels.is_some_and(|l| p.node_selector.iter().all(|(k, v)| l.get(k) == Some(v)))
+        });
+        for p in &mut b.peers {
+            p.node_selector.clear();
+        }
+        b
+    }
+}
+
+/// `k=v,k2=v2` (the `--node-labels` of `vipd check-config`).
+pub fn parse_labels(s: &str) -> Result<Labels, String> {
+    let mut out = Labels::new();
+    for pair in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (k, v) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("{pair:?}: expected KEY=VALUE"))?;
+        check_key(k)?;
+        check_value(k, v)?;
+        out.insert(k.to_string(), v.to_string());
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    const BASE: &str =
+        "[bgp]\nasn = 65010\nrouter_id = \"192.0.2.1\"\n[kubernetes]\nnode_name = \"n\"\n";
+
+    fn cfg(peers: &str) -> Result<Config, Vec<String>> {
+        Config::from_toml_str(&format!("{BASE}{peers}"))
+            .map_err(|p| p.0.iter().map(|p| p.to_string()).collect())
+    }
+
+    #[test]
+    fn peers_follow_the_nodes_labels() {
+        let c = cfg(
+            "[[bgp.peers]]\naddress = \"192.0.2.2\"\nasn = 65002\nnode_selector = { \"topology.kubernetes.io/zone\" = \"rack-1\" }\n\
+             [[bgp.peers]]\naddress = \"192.0.2.3\"\nasn = 65003\nnode_selector = { \"topology.kubernetes.io/zone\" = \"rack-2\", \"vipd.io/role\" = \"edge\" }\n\
+             [[bgp.peers]]\naddress = \"192.0.2.4\"\nasn = 65004\n",
+        )
+        .unwrap();
+        let addrs = |l: Option<&str>| -> Vec<String> {
+            let labels = l.map(|s| parse_labels(s).unwrap());
+            let b = c.bgp.for_node(labels.as_ref());
+            assert!(b.peers.iter().all(|p| p.node_selector.is_empty()));
+            b.peers.iter().map(|p| p.address.to_string()).collect()
+        };
+        assert_eq!(addrs(None), ["192.0.2.4"]);
+        assert_eq!(addrs(Some("")), ["192.0.2.4"]);
+        assert_eq!(
+            addrs(Some("topology.kubernetes.io/zone=rack-1,x=y")),
+            ["192.0.2.2", "192.0.2.4"]
+        );
+        assert_eq!(
+            addrs(Some("topology.kubernetes.io/zone=rack-2")),
+            ["192.0.2.4"]
+        );
+        assert_eq!(
+            addrs(Some("topology.kubernetes.io/zone=rack-2,vipd.io/role=edge")),
+            ["192.0.2.3", "192.0.2.4"]
+        );
+    }
+
+    #[test]
+    fn bad_selectors_are_named() {
+        let peer = |sel: &str| {
+            cfg(&format!(
+                "[[bgp.peers]]\naddress = \"192.0.2.2\"\nasn = 65002\nnode_selector = {sel}\n"
+            ))
+            .unwrap_err()
+        };
+        assert_eq!(
+            peer("{ \"-bad\" = \"x\" }"),
+            ["bgp.peers[0].node_selector: \"-bad\" is not a valid label key"]
+        );
+        assert_eq!(
+            peer("{ \"ok\" = \"not ok!\" }"),
+            ["bgp.peers[0].node_selector: \"ok\": \"not ok!\" is not a valid label value"]
+        );
+        let e = cfg(
+            "[[bgp.peers]]\naddress = \"192.0.2.2\"\nasn = 65002\nnode_selector = \"rack-1\"\n",
+        )
+        .unwrap_err();
+        assert!(
+            e[0].starts_with("bgp.peers[0].node_selector: expected a table"),
+            "{e:?}"
+        );
+        let e = Config::from_toml_str("[bgp]\nasn = 65010\nrouter_id = \"192.0.2.1\"\n[[bgp.peers]]\naddress = \"192.0.2.2\"\nasn = 65002\nnode_selector = { a = \"b\" }\n").unwrap_err();
+        assert_eq!(
+            e.0[0].to_string(),
+            "bgp.peers[0].node_selector: selects by the Node's labels: it needs a [kubernetes] table"
+        );
+        assert_eq!(
+            parse_labels("a=b,c").unwrap_err(),
+            "\"c\": expected KEY=VALUE"
+        );
+        assert_eq!(
+            parse_labels("a=b c").unwrap_err(),
+            "\"a\": \"b c\" is not a valid label value"
+        );
+    }
+}
