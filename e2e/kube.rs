@@ -766,6 +766,12 @@ struct TwoNodes {
 }
 
 fn two_nodes(tag: &str) -> TwoNodes {
+    two_nodes_importing(tag, "import all")
+}
+
+/// Two nodes, with BIRD's channels importing through `import` (e.g. a
+/// filter that honours GRACEFUL_SHUTDOWN).
+fn two_nodes_importing(tag: &str, import: &str) -> TwoNodes {
     require(&["ip"]);
     let dir = Dir::new(tag);
     let router = bridge_router(&format!("{tag}r"), &["192.0.2.2/24", "192.0.2.100/24"]);
@@ -785,7 +791,8 @@ fn two_nodes(tag: &str) -> TwoNodes {
             ("na", "192.0.2.2", "192.0.2.11", "ipv4", ""),
             ("nb", "192.0.2.2", "192.0.2.12", "ipv4", ""),
         ],
-    );
+    )
+    .replace("import all", import);
     let bird = Bird::start(&router, &dir, &conf);
     TwoNodes {
         dir,
@@ -948,4 +955,122 @@ fn peers_follow_the_nodes_labels() {
     );
     assert!(k.bird.established("v6"));
     assert_eq!(since("v6"), v6_since, "the IPv6 session was restarted");
+}
+
+/// A cordoned node drains without loss (RFC 8326): its path first carries
+/// GRACEFUL_SHUTDOWN, which BIRD (configured to honour it) prefers less, so
+/// the other node's path carries the traffic while both exist; after
+/// graceful_shutdown_secs the path is withdrawn; uncordoned, it is back
+/// with its normal attributes.
+#[test]
+fn a_cordoned_node_drains_with_graceful_shutdown_then_withdraws() {
+    let t = two_nodes_importing(
+        "kd",
+        "import filter { if (65535, 0) ~ bgp_community then { bgp_local_pref = 0; preference = 10; } accept; }",
+    );
+    t.api
+        .put(obj::service("a", "cluster", &["203.0.113.20"], false));
+    t.api
+        .put(obj::slice("a", "cluster-1", "cluster", &[("node-b", true)]));
+    let drain = "[drain]\ngraceful_shutdown_secs = 4\n";
+    // node-a withdraws on stop: gracefully too, with [drain].
+    let conf_a = node_conf(&t, 0).replace("[bgp]\n", "[bgp]\nwithdraw_on_stop = true\n") + drain;
+    let mut a = Vipd::start_named(&t.nodes[0], &t.dir, &conf_a, "vipd-a");
+    let _b = Vipd::start_named(&t.nodes[1], &t.dir, &(node_conf(&t, 1) + drain), "vipd-b");
+    let p = "203.0.113.20/32";
+    let both = ["192.0.2.11", "192.0.2.12"];
+    let context = |what: &str| {
+        format!(
+            "{what}\n{}\nvipd-a log:\n{}",
+            t.bird.route(p),
+            a.proc.log_tail(20)
+        )
+    };
+    assert!(
+        wait_until(Duration::from_secs(20), || t.bird.next_hops(p) == both),
+        "{}",
+        context("not announced by both nodes")
+    );
+    assert!(!t.bird.route(p).contains("(65535,0)"));
+    // The route BIRD chose: the line marked with '*' and its next hop.
+    let best = || {
+        let r = t.bird.cli(&format!("show route for {p}"));
+        let lines: Vec<&str> = r.lines().collect();
+        lines
+            .iter()
+            .position(|l| l.contains(" * "))
+            .and_then(|i| lines.get(i + 1))
+            .and_then(|l| l.split_whitespace().nth(1).map(String::from))
+            .unwrap_or_default()
+    };
+    let mut cordoned = obj::node("node-a", &["192.0.2.11"]);
+    cordoned["spec"] = serde_json::json!({"unschedulable": true});
+    t.api.put(cordoned);
+    let t0 = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(3), || t
+            .bird
+            .route(p)
+            .contains("(65535,0)")
+            && t.bird.next_hops(p) == both
+            && best() == "192.0.2.12"),
+        "{}",
+        context("no GRACEFUL_SHUTDOWN window with node-b preferred")
+    );
+    let (_, text) = vipd_status(&t.nodes[0]);
+    assert!(
+        text.contains(
+            "drain: draining (cordoned): VIPs announced with GRACEFUL_SHUTDOWN, withdrawn in"
+        ),
+        "{text}"
+    );
+    assert!(
+        wait_until(Duration::from_secs(8), || t.bird.next_hops(p)
+            == ["192.0.2.12"]),
+        "{}",
+        context("never withdrawn after graceful_shutdown_secs")
+    );
+    let window = t0.elapsed();
+    eprintln!("node-a withdrawn {window:?} after the cordon (graceful_shutdown_secs = 4)");
+    assert!(
+        window >= Duration::from_secs(3),
+        "withdrawn after only {window:?}"
+    );
+    assert!(vipd_status(&t.nodes[0])
+        .1
+        .contains("drain: draining (cordoned): VIPs withdrawn"));
+    t.api.put(obj::node("node-a", &["192.0.2.11"]));
+    assert!(
+        wait_until(Duration::from_secs(5), || t.bird.next_hops(p) == both),
+        "{}",
+        context("not back after the uncordon")
+    );
+    let r = t.bird.route(p);
+    assert!(!r.contains("(65535,0)"), "{r}");
+    assert!(vipd_status(&t.nodes[0]).1.contains("drain: not draining"));
+    // Stopped with withdraw_on_stop: the same window before the withdrawal.
+    a.proc.signal(libc::SIGTERM);
+    let t0 = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(3), || t
+            .bird
+            .route(p)
+            .contains("(65535,0)")
+            && best() == "192.0.2.12"),
+        "{}",
+        context("stopping: no GRACEFUL_SHUTDOWN window")
+    );
+    assert!(
+        wait_until(Duration::from_secs(8), || t.bird.next_hops(p)
+            == ["192.0.2.12"]),
+        "{}",
+        context("stopping: never withdrawn")
+    );
+    assert!(wait_until(Duration::from_secs(5), || !a.proc.alive()));
+    let window = t0.elapsed();
+    eprintln!("node-a stopped {window:?} after SIGTERM");
+    assert!(
+        window >= Duration::from_secs(3),
+        "stopped after only {window:?}"
+    );
 }

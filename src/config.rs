@@ -20,7 +20,7 @@ use ipnet::IpNet;
 mod fleet;
 #[path = "config/ipam.rs"]
 mod ipam;
-pub use fleet::{parse_labels, Labels};
+pub use fleet::{parse_labels, DrainConfig, Labels};
 pub use ipam::{parse_range, IpamConfig, Pool, Range};
 
 /// The 2-octet AS number reserved by RFC 6793 to stand in for a 4-octet one.
@@ -42,6 +42,8 @@ pub struct Config {
     pub status: Option<SocketAddr>,
     /// Assign LoadBalancer addresses (needs `[kubernetes]`).
     pub ipam: Option<IpamConfig>,
+    /// Drain this node's VIPs gracefully (RFC 8326).
+    pub drain: Option<DrainConfig>,
 }
 
 /// The status listener's address unless configured: loopback only.
@@ -294,6 +296,9 @@ impl Config {
         let control_plane = root
             .table("control_plane", &mut errs)
             .and_then(|t| read_control_plane(t, &mut errs));
+        let drain = root
+            .table("drain", &mut errs)
+            .map(|t| fleet::read_drain(t, &mut errs));
         let ipam = root
             .table("ipam", &mut errs)
             .and_then(|t| ipam::read_ipam(t, &mut errs));
@@ -367,6 +372,7 @@ impl Config {
                 control_plane,
                 status,
                 ipam,
+                drain,
             }),
             _ => Err(Problems(errs.0)),
         }

@@ -22,7 +22,8 @@ use crate::k8s::watch::{KubeStatus, Update, WatchError};
 use crate::reconcile::control::{self, Control};
 use crate::reconcile::node::NodeState;
 use crate::reconcile::{self, KubeRoutes};
-use crate::status;
+use crate::{drain, status};
+use std::time::{Duration, Instant};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -63,6 +64,8 @@ struct Daemon {
     allocator: Option<k8s::allocator::Handle>,
     /// This node's labels, once the watch has them: they select the peers.
     labels: Option<Labels>,
+    /// What is drained, and since when (with `[drain]`).
+    draining: Option<(drain::Drained, Instant)>,
 }
 
 impl Daemon {
@@ -117,6 +120,7 @@ impl Daemon {
             speaker,
             allocator,
             labels: None,
+            draining: None,
         };
         Ok((d, kube_rx))
     }
@@ -133,7 +137,7 @@ impl Daemon {
         let mut changed = vec![];
         let mut next = Some(first);
         let mut apis = None;
-        let mut labels = None;
+        let mut facts = None;
         while let Some(u) = next {
             changed.extend(match u {
                 Update::Full(all) => {
@@ -145,8 +149,8 @@ impl Daemon {
                     apis = Some(a);
                     vec![]
                 }
-                Update::NodeLabels(l) => {
-                    labels = Some(l);
+                Update::Node(f) => {
+                    facts = Some(f);
                     vec![]
                 }
             });
@@ -155,14 +159,12 @@ impl Daemon {
         if let Some(a) = apis {
             self.on_api_servers(a).await;
         }
-        if let Some(l) = labels {
-            self.on_labels(l).await;
+        if let Some(f) = facts {
+            self.on_drain_facts(&f);
+            self.on_labels(f.labels).await;
         }
         reconcile::patch(&mut self.table, &self.base, &self.kube, &changed);
-        // Nothing before the readiness barrier, whatever came first.
-        if self.kube_ready {
-            self.speaker.set_table(self.table.clone());
-        }
+        self.publish();
         tracing::debug!(
             us = t.elapsed().as_micros() as u64,
             changed = changed.len(),
@@ -202,6 +204,63 @@ impl Daemon {
         }
     }
 
+    /// The Node's cordon, labels and taints against `[drain]`: a drain
+    /// begins (GRACEFUL_SHUTDOWN now, withdrawal later) or ends.
+    fn on_drain_facts(&mut self, f: &drain::NodeFacts) {
+        let Some(cfg) = &self.cfg.drain else {
+            return;
+        };
+        let d = drain::drained(cfg, f);
+        match (&self.draining, d.services) {
+            (None, true) => {
+                warn!(reason = %d.reason, secs = cfg.graceful_shutdown.as_secs(), "draining: VIPs announced with GRACEFUL_SHUTDOWN (65535:0), withdrawn after graceful_shutdown_secs");
+                self.draining = Some((d, Instant::now()));
+            }
+            (Some(_), false) => {
+                info!("drain ended: VIPs announced as before");
+                self.draining = None;
+            }
+            // Still draining; what is drained may change (a cordon on top
+            // of the exclusion label adds the control-plane VIP).
+            (Some((_, since)), true) => self.draining = Some((d, *since)),
+            (None, false) => {}
+        }
+    }
+
+    /// When the drain's announcements change next (the withdrawal).
+    fn drain_deadline(&self) -> Option<Instant> {
+        let (_, since) = self.draining.as_ref()?;
+        let g = self.cfg.drain.as_ref()?.graceful_shutdown;
+        match drain::phase(since.elapsed(), g) {
+            drain::Phase::Shutdown { .. } => Some(*since + g),
+            drain::Phase::Withdrawn => None,
+        }
+    }
+
+    /// Hands the speaker the table, as a drain has it announced. Nothing
+    /// before the readiness barrier.
+    fn publish(&self) {
+        if !self.publishing() {
+            return;
+        }
+        let (Some((d, since)), Some(cfg)) = (&self.draining, &self.cfg.drain) else {
+            self.speaker.set_table(self.table.clone());
+            return;
+        };
+        let mut drained = self.kube.keys();
+        if d.control_plane {
+            drained.extend(
+                self.control
+                    .as_ref()
+                    .and_then(Control::route)
+                    .map(|(p, _)| p),
+            );
+        }
+        let phase = drain::phase(since.elapsed(), cfg.graceful_shutdown);
+        self.speaker
+            .set_table(Arc::new(drain::apply(&self.table, &drained, phase)));
+    }
+
     /// A backend's health changed.
     async fn on_control(&mut self) {
         if let Some(c) = self.control.as_mut() {
@@ -229,9 +288,7 @@ impl Daemon {
         if next != self.base {
             self.base = next;
             self.table = reconcile::merged(&self.base, &self.kube);
-            if self.publishing() {
-                self.speaker.set_table(self.table.clone());
-            }
+            self.publish();
         }
     }
 
@@ -280,10 +337,12 @@ impl Daemon {
         self.statics = new_statics;
         self.base = control::with_control(&self.statics, &self.control);
         self.table = reconcile::merged(&self.base, &self.kube);
-        if self.publishing() {
-            self.speaker.set_table(self.table.clone());
+        if new.drain != self.cfg.drain {
+            info!("[drain] reloaded: applies from the next change of the Node");
+            self.cfg.drain = new.drain.clone();
         }
         self.cfg.bgp = new.bgp;
+        self.publish();
     }
 
     /// What `vipd status` and `/metrics` show, as plain values.
@@ -316,7 +375,23 @@ impl Daemon {
                 .allocator
                 .as_ref()
                 .map(|a| a.status.lock().unwrap().clone()),
+            drain: self.drain_line(),
         }
+    }
+
+    fn drain_line(&self) -> Option<status::DrainLine> {
+        let cfg = self.cfg.drain.as_ref()?;
+        let Some((d, since)) = &self.draining else {
+            return Some(status::DrainLine::default());
+        };
+        Some(status::DrainLine {
+            active: true,
+            reason: d.reason.clone(),
+            left_secs: match drain::phase(since.elapsed(), cfg.graceful_shutdown) {
+                drain::Phase::Shutdown { left } => Some(left.as_secs()),
+                drain::Phase::Withdrawn => None,
+            },
+        })
     }
 
     /// SIGTERM or SIGINT: the Lease released, the sessions closed (kept at
@@ -326,6 +401,7 @@ impl Daemon {
         if let Some(a) = self.allocator.take() {
             a.stop().await;
         }
+        self.graceful_shutdown().await;
         let bgp = &self.cfg.bgp;
         self.speaker.shutdown(bgp.withdraw_on_stop).await;
         if bgp.graceful_restart && !bgp.withdraw_on_stop {
@@ -340,6 +416,34 @@ impl Daemon {
             }
         }
         info!("vipd stopped");
+    }
+}
+
+impl Daemon {
+    /// Stopping with `withdraw_on_stop` and `[drain]`: every route is
+    /// announced with GRACEFUL_SHUTDOWN for `graceful_shutdown_secs` first,
+    /// so traffic moves away before the withdrawal.
+    async fn graceful_shutdown(&self) {
+        let Some(cfg) = self
+            .cfg
+            .drain
+            .as_ref()
+            .filter(|_| self.cfg.bgp.withdraw_on_stop)
+        else {
+            return;
+        };
+        if cfg.graceful_shutdown.is_zero() || !self.publishing() {
+            return;
+        }
+        info!(
+            secs = cfg.graceful_shutdown.as_secs(),
+            "stopping: routes announced with GRACEFUL_SHUTDOWN before the withdrawal"
+        );
+        let all = self.table.keys().copied().collect();
+        let phase = drain::phase(Duration::ZERO, cfg.graceful_shutdown);
+        self.speaker
+            .set_table(Arc::new(drain::apply(&self.table, &all, phase)));
+        tokio::time::sleep(cfg.graceful_shutdown).await;
     }
 }
 
@@ -436,6 +540,13 @@ fn trim_heap() {
     }
 }
 
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
 pub async fn run(path: PathBuf) -> Result<(), DaemonError> {
     let (mut d, mut kube_rx) = Daemon::start(path).await?;
     let (ask_tx, mut ask_rx) = mpsc::channel::<status::Ask>(16);
@@ -455,11 +566,16 @@ pub async fn run(path: PathBuf) -> Result<(), DaemonError> {
     let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signal)?;
     let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signal)?;
     loop {
+        let drain_at = d.drain_deadline();
         tokio::select! {
             Some(u) = kube_rx.recv() => d.on_kube(u, &mut kube_rx).await,
             _ = control::control_changed(&mut d.control) => d.on_control().await,
             _ = resync.tick() => d.on_resync().await,
             _ = hup.recv() => d.on_reload().await,
+            _ = sleep_until(drain_at) => {
+                warn!("drained: VIPs withdrawn");
+                d.publish();
+            }
             Some(reply) = ask_rx.recv() => {
                 let _ = reply.send(status::Answer::from(&d.report()));
             }

@@ -12,6 +12,7 @@ pub mod config;
 pub mod controlplane;
 pub mod daemon;
 pub mod dataplane;
+pub mod drain;
 pub mod ipam;
 pub mod k8s;
 pub mod reconcile;

@@ -46,6 +46,17 @@ pub struct Report {
     pub now: SystemTime,
     /// `None` without `[ipam]`.
     pub ipam: Option<IpamStatus>,
+    /// `None` without `[drain]`.
+    pub drain: Option<DrainLine>,
+}
+
+/// The drain's state, with `[drain]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DrainLine {
+    pub active: bool,
+    pub reason: String,
+    /// Seconds until the withdrawal; `None` once withdrawn.
+    pub left_secs: Option<u64>,
 }
 
 impl Report {
@@ -89,6 +100,19 @@ impl Report {
         }
         if let Some(i) = &self.ipam {
             render_ipam(&mut s, i);
+        }
+        match &self.drain {
+            Some(d) if d.active => {
+                let what = match d.left_secs {
+                    Some(n) => format!("VIPs announced with GRACEFUL_SHUTDOWN, withdrawn in {n}s"),
+                    None => "VIPs withdrawn".to_string(),
+                };
+                let _ = writeln!(s, "drain: draining ({}): {what}", d.reason);
+            }
+            Some(_) => {
+                let _ = writeln!(s, "drain: not draining");
+            }
+            None => {}
         }
         let _ = writeln!(s, "peers:");
         if self.peers.is_empty() {
@@ -229,6 +253,14 @@ impl Report {
         }
         if let Some(i) = &self.ipam {
             ipam_metrics(&mut m, i);
+        }
+        if let Some(d) = &self.drain {
+            m.gauge(
+                "vipd_drain_active",
+                "1 while this node drains its VIPs (RFC 8326, then withdrawn)",
+                &[],
+                u64::from(d.active),
+            );
         }
         if let Some(c) = &self.control {
             let vip = c.vip.to_string();
@@ -583,6 +615,11 @@ mod tests {
                 writes: 7,
                 last_error: None,
             }),
+            drain: Some(DrainLine {
+                active: true,
+                reason: "cordoned".into(),
+                left_secs: Some(12),
+            }),
         }
     }
 
@@ -606,6 +643,7 @@ mod tests {
             "  pending: 22 Services",
             "    a/s0: pool public has no free V4 address",
             "    ... and 2 more",
+            "drain: draining (cordoned): VIPs announced with GRACEFUL_SHUTDOWN, withdrawn in 12s",
         ] {
             assert!(text.lines().any(|l| l == line), "{line:?} not in:\n{text}");
         }
@@ -632,6 +670,7 @@ mod tests {
             "vipd_ipam_pool_addresses{pool=\"public\",family=\"ipv4\"} 16",
             "vipd_ipam_pool_addresses_used{pool=\"public\",family=\"ipv4\"} 3",
             "vipd_ipam_pending_services 22",
+            "vipd_drain_active 1",
         ] {
             assert!(text.lines().any(|l| l == line), "{line:?} not in:\n{text}");
         }

@@ -3,9 +3,47 @@
 
 use std::collections::BTreeMap;
 
+use std::time::Duration;
+
 use config::{Value, ValueKind};
 
-use super::{parse_str, BgpConfig};
+use super::{parse_bool, parse_int, parse_list, parse_str, BgpConfig, Errs, Tbl};
+
+/// `[drain]`: when this node drains its VIPs (RFC 8326 graceful shutdown,
+/// then withdrawal), see `crate::drain`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DrainConfig {
+    /// `spec.unschedulable` (kubectl cordon/drain).
+    pub on_cordon: bool,
+    /// `node.kubernetes.io/exclude-from-external-load-balancers` (Service
+    /// VIPs only).
+    pub on_exclude_label: bool,
+    /// Taint keys that drain the node.
+    pub on_taints: Vec<String>,
+    /// Announced with GRACEFUL_SHUTDOWN this long before the withdrawal.
+    pub graceful_shutdown: Duration,
+}
+
+pub(super) fn read_drain(mut t: Tbl, errs: &mut Errs) -> DrainConfig {
+    let on_cordon = t.opt("on_cordon", errs, parse_bool).unwrap_or(true);
+    let on_exclude_label = t.opt("on_exclude_label", errs, parse_bool).unwrap_or(true);
+    let on_taints = t
+        .opt("on_taints", errs, |v| {
+            parse_list(v, |s| check_key(s).map(|_| s.to_string()))
+        })
+        .unwrap_or_default();
+    let graceful_shutdown = t
+        .opt("graceful_shutdown_secs", errs, |v| parse_int(v, 0, 3600))
+        .map(|n| Duration::from_secs(n as u64))
+        .unwrap_or(Duration::from_secs(30));
+    t.finish(errs);
+    DrainConfig {
+        on_cordon,
+        on_exclude_label,
+        on_taints,
+        graceful_shutdown,
+    }
+}
 
 /// A Node's labels, or a peer's selector over them.
 pub type Labels = BTreeMap<String, String>;
@@ -179,6 +217,27 @@ mod tests {
         assert_eq!(
             parse_labels("a=b c").unwrap_err(),
             "\"a\": \"b c\" is not a valid label value"
+        );
+    }
+
+    #[test]
+    fn drain_defaults_and_mistakes() {
+        let c = cfg("[drain]\n").unwrap();
+        let d = c.drain.unwrap();
+        assert!(d.on_cordon && d.on_exclude_label && d.on_taints.is_empty());
+        assert_eq!(d.graceful_shutdown.as_secs(), 30);
+        let c = cfg("[drain]\non_cordon = false\non_taints = [\"node.kubernetes.io/out-of-service\"]\ngraceful_shutdown_secs = 0\n").unwrap();
+        let d = c.drain.unwrap();
+        assert!(!d.on_cordon && d.on_taints == ["node.kubernetes.io/out-of-service"]);
+        assert!(d.graceful_shutdown.is_zero());
+        assert_eq!(
+            cfg("[drain]\ngraceful_shutdown_secs = 7200\non_taints = [\"bad key!\"]\nwhen = 1\n")
+                .unwrap_err(),
+            [
+                "drain.on_taints: \"bad key!\" is not a valid label key",
+                "drain.graceful_shutdown_secs: 7200 is out of range 0 to 3600",
+                "drain.when: unknown key",
+            ]
         );
     }
 }

@@ -65,6 +65,9 @@ pub struct NodeInfo {
     pub addresses: Vec<IpAddr>,
     /// Which `[[bgp.peers]]` this node gets (their `node_selector`).
     pub labels: BTreeMap<String, String>,
+    /// `spec.unschedulable`, and the keys of `spec.taints`: drains.
+    pub unschedulable: bool,
+    pub taints: Vec<String>,
 }
 
 /// A consistent view of the cluster: what the intent is computed from.

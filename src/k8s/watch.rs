@@ -120,6 +120,17 @@ pub fn node_info(n: &Node) -> NodeInfo {
             .map(|a| a.iter().filter_map(|x| x.address.parse().ok()).collect())
             .unwrap_or_default(),
         labels: n.labels().clone(),
+        unschedulable: n
+            .spec
+            .as_ref()
+            .and_then(|s| s.unschedulable)
+            .unwrap_or(false),
+        taints: n
+            .spec
+            .as_ref()
+            .and_then(|s| s.taints.as_ref())
+            .map(|t| t.iter().map(|t| t.key.clone()).collect())
+            .unwrap_or_default(),
     }
 }
 
@@ -207,9 +218,9 @@ pub enum Update {
     /// The API servers the cluster lists (`default/kubernetes`), sent when
     /// they change: the control plane's discovered backends.
     ApiServers(BTreeSet<IpAddr>),
-    /// This node's labels (empty without a Node object), sent once synced
-    /// and whenever they change: they select the node's peers.
-    NodeLabels(BTreeMap<String, String>),
+    /// What this node's Node object says of peers and drains (all empty
+    /// without one), sent once synced and whenever it changes.
+    Node(crate::drain::NodeFacts),
 }
 
 // Events pass through once each; boxing the large ones would buy nothing.
@@ -296,7 +307,7 @@ pub async fn run(
     let mut tracker = Tracker::default();
     let mut published = false;
     let mut api_servers_sent = BTreeSet::new();
-    let mut labels_sent: Option<BTreeMap<String, String>> = None;
+    let mut facts_sent: Option<crate::drain::NodeFacts> = None;
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         while let Ok(ev) = rx.try_recv() {
@@ -413,19 +424,21 @@ pub async fn run(
                 api_servers_sent = a.clone();
                 Update::ApiServers(a)
             });
-        let labels = full_pass
+        let facts = full_pass
             .then(|| {
-                snap.node
-                    .as_ref()
-                    .map(|n| n.labels.clone())
-                    .unwrap_or_default()
+                let n = snap.node.clone().unwrap_or_default();
+                crate::drain::NodeFacts {
+                    labels: n.labels,
+                    unschedulable: n.unschedulable,
+                    taints: n.taints,
+                }
             })
-            .filter(|l| labels_sent.as_ref() != Some(l))
-            .map(|l| {
-                labels_sent = Some(l.clone());
-                Update::NodeLabels(l)
+            .filter(|f| facts_sent.as_ref() != Some(f))
+            .map(|f| {
+                facts_sent = Some(f.clone());
+                Update::Node(f)
             });
-        for u in update.into_iter().chain(apis).chain(labels) {
+        for u in update.into_iter().chain(apis).chain(facts) {
             if out.send(u).await.is_err() {
                 return;
             }
