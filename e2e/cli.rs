@@ -198,3 +198,65 @@ fn check_config_shows_the_peers_a_node_gets_by_its_labels() {
         "--node-labels: \"zone\": expected KEY=VALUE"
     );
 }
+
+/// `vipd run` for about a second with `conf`, without a log flag or
+/// environment filter: what it printed.
+fn run_briefly(name: &str, conf: &str) -> String {
+    let f = tmp(name, conf);
+    let child = vipd()
+        .args(["run", "--config"])
+        .arg(&f)
+        .env_remove("RUST_LOG")
+        .env_remove("VIPD_LOG")
+        // Its graceful-stop record to itself, not the machine's default.
+        .env("VIPD_BGP__RESTART_RECORD", f.with_extension("stopped"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1000));
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
+#[test]
+fn log_format_and_level_from_the_file() {
+    let base = "[bgp]\nasn = 65010\nrouter_id = \"192.0.2.1\"\n[status]\nenabled = false\n";
+    let out = run_briefly(
+        "log-json.toml",
+        &format!("{base}[log]\nformat = \"json\"\n"),
+    );
+    let line = out
+        .lines()
+        .find(|l| l.contains("vipd starting"))
+        .unwrap_or_else(|| panic!("no start line in:\n{out}"));
+    let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    assert_eq!(v["level"], "INFO", "{line}");
+    assert_eq!(v["fields"]["message"], "vipd starting", "{line}");
+    assert!(
+        out.lines()
+            .filter(|l| !l.is_empty())
+            .all(|l| l.starts_with('{')),
+        "{out}"
+    );
+    let out = run_briefly("log-warn.toml", &format!("{base}[log]\nlevel = \"warn\"\n"));
+    assert!(!out.contains("vipd starting"), "{out}");
+    let out = run_briefly("log-text.toml", base);
+    assert!(out.contains(" INFO vipd::daemon: vipd starting"), "{out}");
+    let e = vipd()
+        .arg("check-config")
+        .arg(tmp(
+            "log-bad.toml",
+            &format!("{base}[log]\nformat = \"xml\"\nlevel = \"loud\"\n"),
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&e.stderr).lines().collect::<Vec<_>>(),
+        [
+            "log.format: \"xml\": expected \"text\" or \"json\"",
+            "log.level: \"loud\": expected LEVEL or TARGET=LEVEL, LEVEL one of trace, debug, info, warn, error, off",
+        ]
+    );
+}

@@ -44,6 +44,51 @@ pub struct Config {
     pub ipam: Option<IpamConfig>,
     /// Drain this node's VIPs gracefully (RFC 8326).
     pub drain: Option<DrainConfig>,
+    pub log: LogConfig,
+}
+
+/// `[log]`: how vipd logs (the `--log` flag and `RUST_LOG` win over `level`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogConfig {
+    /// One JSON object per line instead of text.
+    pub json: bool,
+    /// A filter such as `info` or `vipd=debug,kube=warn`.
+    pub level: Option<String>,
+}
+
+fn read_log(mut t: Tbl, errs: &mut Errs) -> LogConfig {
+    let json = t
+        .opt("format", errs, |v| match parse_str(v)?.as_str() {
+            "text" => Ok(false),
+            "json" => Ok(true),
+            other => Err(format!("{other:?}: expected \"text\" or \"json\"")),
+        })
+        .unwrap_or(false);
+    let level = t.opt("level", errs, |v| {
+        let s = parse_str(v)?;
+        check_log_filter(&s)?;
+        Ok(s)
+    });
+    t.finish(errs);
+    LogConfig { json, level }
+}
+
+/// `LEVEL` or `TARGET=LEVEL`, comma-separated (tracing's `Targets`
+/// syntax), checked here so that a typo is a configuration error.
+fn check_log_filter(s: &str) -> Result<(), String> {
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    for d in s.split(',').map(str::trim) {
+        let level = d
+            .rsplit_once('=')
+            .map_or(d, |(t, l)| if t.is_empty() { "" } else { l });
+        if !LEVELS.contains(&level.to_ascii_lowercase().as_str()) {
+            return Err(format!(
+                "{d:?}: expected LEVEL or TARGET=LEVEL, LEVEL one of {}",
+                LEVELS.join(", ")
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The status listener's address unless configured: loopback only.
@@ -296,6 +341,10 @@ impl Config {
         let control_plane = root
             .table("control_plane", &mut errs)
             .and_then(|t| read_control_plane(t, &mut errs));
+        let log = root
+            .table("log", &mut errs)
+            .map(|t| read_log(t, &mut errs))
+            .unwrap_or_default();
         let drain = root
             .table("drain", &mut errs)
             .map(|t| fleet::read_drain(t, &mut errs));
@@ -373,6 +422,7 @@ impl Config {
                 status,
                 ipam,
                 drain,
+                log,
             }),
             _ => Err(Problems(errs.0)),
         }

@@ -15,7 +15,7 @@ use tracing::{error, info, warn};
 
 use crate::bgp::rib::Table;
 use crate::bgp::{Speaker, SpeakerError};
-use crate::config::{BgpConfig, Config, Labels, Problems, RouteAttrs};
+use crate::config::{BgpConfig, Config, Labels, LogConfig, Problems, RouteAttrs};
 use crate::dataplane::ipvs;
 use crate::k8s;
 use crate::k8s::watch::{KubeStatus, Update, WatchError};
@@ -72,8 +72,12 @@ impl Daemon {
     /// Loads the configuration, puts the control plane in place, starts the
     /// speaker and the Kubernetes tasks; the receiver carries the watch's
     /// updates.
-    async fn start(path: PathBuf) -> Result<(Daemon, mpsc::Receiver<Update>), DaemonError> {
+    async fn start(
+        path: PathBuf,
+        logging: &dyn Fn(&LogConfig),
+    ) -> Result<(Daemon, mpsc::Receiver<Update>), DaemonError> {
         let (cfg, statics) = load(&path)?;
+        logging(&cfg.log);
         info!(
             config = %path.display(),
             asn = cfg.bgp.asn,
@@ -294,7 +298,7 @@ impl Daemon {
 
     /// SIGHUP: the new configuration, or the running one stays with every
     /// problem logged.
-    async fn on_reload(&mut self) {
+    async fn on_reload(&mut self, logging: &dyn Fn(&LogConfig)) {
         info!("SIGHUP: reloading {}", self.path.display());
         let (new, new_statics) = match load(&self.path) {
             Ok(x) => x,
@@ -306,6 +310,10 @@ impl Daemon {
                 return;
             }
         };
+        if new.log != self.cfg.log {
+            logging(&new.log);
+            self.cfg.log = new.log.clone();
+        }
         if new.bgp.withdraw_on_stop != self.cfg.bgp.withdraw_on_stop
             || new.bgp.graceful_restart != self.cfg.bgp.graceful_restart
         {
@@ -547,8 +555,10 @@ async fn sleep_until(at: Option<Instant>) {
     }
 }
 
-pub async fn run(path: PathBuf) -> Result<(), DaemonError> {
-    let (mut d, mut kube_rx) = Daemon::start(path).await?;
+/// Runs until SIGTERM or SIGINT. `logging` applies `[log]`, at start and
+/// on each reload that changes it (logging is set up by the caller).
+pub async fn run(path: PathBuf, logging: &dyn Fn(&LogConfig)) -> Result<(), DaemonError> {
+    let (mut d, mut kube_rx) = Daemon::start(path, logging).await?;
     let (ask_tx, mut ask_rx) = mpsc::channel::<status::Ask>(16);
     if let Some(addr) = d.cfg.status {
         // A busy port costs the report, not the announcements.
@@ -571,7 +581,7 @@ pub async fn run(path: PathBuf) -> Result<(), DaemonError> {
             Some(u) = kube_rx.recv() => d.on_kube(u, &mut kube_rx).await,
             _ = control::control_changed(&mut d.control) => d.on_control().await,
             _ = resync.tick() => d.on_resync().await,
-            _ = hup.recv() => d.on_reload().await,
+            _ = hup.recv() => d.on_reload(logging).await,
             _ = sleep_until(drain_at) => {
                 warn!("drained: VIPs withdrawn");
                 d.publish();

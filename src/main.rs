@@ -43,6 +43,36 @@ enum Cmd {
     },
 }
 
+/// Text logs at `targets` until the configuration is read; then what
+/// `[log]` asks for (its level only where neither `--log` nor the
+/// environment gave one).
+fn init_logging(targets: Targets, level_given: bool) -> impl Fn(&vipd::config::LogConfig) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{reload, Layer, Registry};
+    type Boxed = Box<dyn Layer<Registry> + Send + Sync>;
+    let text = || -> Boxed { tracing_subscriber::fmt::layer().with_ansi(false).boxed() };
+    let (format, format_handle) = reload::Layer::new(text());
+    let (filter, filter_handle) = reload::Layer::new(targets);
+    tracing_subscriber::registry()
+        .with(format)
+        .with(filter)
+        .init();
+    move |cfg: &vipd::config::LogConfig| {
+        let layer: Boxed = if cfg.json {
+            tracing_subscriber::fmt::layer().json().boxed()
+        } else {
+            text()
+        };
+        let _ = format_handle.reload(layer);
+        if let (false, Some(level)) = (level_given, &cfg.level) {
+            if let Ok(t) = Targets::from_str(level) {
+                let _ = filter_handle.reload(t);
+            }
+        }
+    }
+}
+
 /// Each peer, and whether a node with `labels` gets it.
 fn peers_for(c: &Config, labels: &vipd::config::Labels) -> String {
     let chosen = c.bgp.for_node(Some(labels));
@@ -127,28 +157,24 @@ fn main() -> ExitCode {
             }
         },
         Cmd::Run { config, log } => {
-            let filter = log
-                .or_else(|| std::env::var("VIPD_LOG").ok())
-                .unwrap_or_else(|| "info".into());
-            let targets = match Targets::from_str(&filter) {
+            // The flag, then RUST_LOG or VIPD_LOG, then [log] level.
+            let given = log
+                .or_else(|| std::env::var("RUST_LOG").ok())
+                .or_else(|| std::env::var("VIPD_LOG").ok());
+            let targets = match Targets::from_str(given.as_deref().unwrap_or("info")) {
                 Ok(t) => t,
                 Err(e) => {
                     eprintln!("--log: {e}");
                     return ExitCode::from(2);
                 }
             };
-            use tracing_subscriber::layer::SubscriberExt;
-            use tracing_subscriber::util::SubscriberInitExt;
-            tracing_subscriber::registry()
-                .with(tracing_subscriber::fmt::layer().with_ansi(false))
-                .with(targets)
-                .init();
+            let logging = init_logging(targets, given.is_some());
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
                 .build()
                 .expect("tokio runtime");
-            match rt.block_on(vipd::daemon::run(config)) {
+            match rt.block_on(vipd::daemon::run(config, &logging)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(vipd::daemon::DaemonError::Config(p)) => {
                     for line in &p.0 {
