@@ -2,10 +2,12 @@
 //! speaker. See `docs/architecture.md` for how the pieces fit.
 //!
 //! Modules depend one way, down the data flow: `config` and `bgp::wire` at
-//! the bottom; `bgp` (FSM, RIB, sessions, speaker), `k8s` (model, intent,
-//! watchers), `reconcile`, `dataplane` and `controlplane` (health checks, the
-//! API-server VIP's IPVS service) above them; `status` (serves the report the daemon renders); `daemon`
-//! on top.
+//! the bottom; `bgp` (FSM, RIB, sessions, speaker), `ipam` (address
+//! allocation, pure), `drain` (RFC 8326 drains, pure), `k8s` (model, intent,
+//! watchers, the elected allocator), `reconcile` (the table, the node's
+//! dataplanes, the control plane's), `dataplane` and `controlplane` (health
+//! checks, the API-server VIP's IPVS service) above them; `status` (serves
+//! the report the daemon renders); `daemon` on top.
 
 pub mod bgp;
 pub mod config;
