@@ -231,13 +231,18 @@ impl Daemon {
         }
     }
 
+    /// What is drained and where the drain stands, while one is under way.
+    fn drain_phase(&self) -> Option<(&drain::Drained, drain::Phase)> {
+        let (d, since) = self.draining.as_ref()?;
+        let g = self.cfg.drain.as_ref()?.graceful_shutdown;
+        Some((d, drain::phase(since.elapsed(), g)))
+    }
+
     /// When the drain's announcements change next (the withdrawal).
     fn drain_deadline(&self) -> Option<Instant> {
-        let (_, since) = self.draining.as_ref()?;
-        let g = self.cfg.drain.as_ref()?.graceful_shutdown;
-        match drain::phase(since.elapsed(), g) {
-            drain::Phase::Shutdown { .. } => Some(*since + g),
-            drain::Phase::Withdrawn => None,
+        match self.drain_phase()? {
+            (_, drain::Phase::Shutdown { left }) => Some(Instant::now() + left),
+            (_, drain::Phase::Withdrawn) => None,
         }
     }
 
@@ -247,7 +252,7 @@ impl Daemon {
         if !self.publishing() {
             return;
         }
-        let (Some((d, since)), Some(cfg)) = (&self.draining, &self.cfg.drain) else {
+        let Some((d, phase)) = self.drain_phase() else {
             self.speaker.set_table(self.table.clone());
             return;
         };
@@ -260,7 +265,6 @@ impl Daemon {
                     .map(|(p, _)| p),
             );
         }
-        let phase = drain::phase(since.elapsed(), cfg.graceful_shutdown);
         self.speaker
             .set_table(Arc::new(drain::apply(&self.table, &drained, phase)));
     }
@@ -388,14 +392,14 @@ impl Daemon {
     }
 
     fn drain_line(&self) -> Option<status::DrainLine> {
-        let cfg = self.cfg.drain.as_ref()?;
-        let Some((d, since)) = &self.draining else {
+        self.cfg.drain.as_ref()?;
+        let Some((d, phase)) = self.drain_phase() else {
             return Some(status::DrainLine::default());
         };
         Some(status::DrainLine {
             active: true,
             reason: d.reason.clone(),
-            left_secs: match drain::phase(since.elapsed(), cfg.graceful_shutdown) {
+            left_secs: match phase {
                 drain::Phase::Shutdown { left } => Some(left.as_secs()),
                 drain::Phase::Withdrawn => None,
             },

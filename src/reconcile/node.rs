@@ -21,6 +21,14 @@ pub struct Managed<D> {
 }
 
 impl<D: Dataplane> Managed<D> {
+    fn new(dp: D) -> Self {
+        Managed {
+            dp,
+            applied: None,
+            keep: BTreeSet::new(),
+        }
+    }
+
     async fn full(&mut self, want: &BTreeSet<IpNet>) -> Vec<String> {
         let errors = if self.keep.is_empty() {
             super::apply(&mut self.dp, want).await
@@ -69,21 +77,15 @@ impl NodeState {
             });
         }
         let h = dataplane::connect()?;
-        let managed = |dp| Managed {
-            dp,
-            applied: None,
-            keep: BTreeSet::new(),
-        };
         Ok(NodeState {
             addresses: dp
                 .address_interface
                 .as_deref()
-                .map(|i| managed(dataplane::Addresses::new(h.clone(), i))),
-            routes: dp.routes.clone().map(|r| Managed {
-                dp: dataplane::Routes::new(h, r),
-                applied: None,
-                keep: BTreeSet::new(),
-            }),
+                .map(|i| Managed::new(dataplane::Addresses::new(h.clone(), i))),
+            routes: dp
+                .routes
+                .clone()
+                .map(|r| Managed::new(dataplane::Routes::new(h, r))),
         })
     }
 

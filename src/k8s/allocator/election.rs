@@ -21,6 +21,7 @@ pub fn now_ms() -> i64 {
 }
 
 /// One candidate's view of the Lease.
+#[derive(Clone)]
 pub struct Election {
     pub api: Api<Lease>,
     pub name: String,

@@ -115,7 +115,7 @@ async fn run(ctx: Ctx, mut pools: watch::Receiver<Vec<Pool>>, mut stop: watch::R
             lost: AtomicBool::new(false),
         });
         let renewal = {
-            let (e, t, s) = (clone_election(&ctx.election), term.clone(), stop.clone());
+            let (e, t, s) = (ctx.election.clone(), term.clone(), stop.clone());
             tokio::spawn(async move { e.renew(t, s).await })
         };
         set(&ctx, |s| s.leader = true);
@@ -130,15 +130,6 @@ async fn run(ctx: Ctx, mut pools: watch::Receiver<Vec<Pool>>, mut stop: watch::R
             ctx.election.release().await;
             return;
         }
-    }
-}
-
-fn clone_election(e: &Election) -> Election {
-    Election {
-        api: e.api.clone(),
-        name: e.name.clone(),
-        me: e.me.clone(),
-        duration: e.duration,
     }
 }
 
@@ -197,6 +188,15 @@ struct Written {
     rv: String,
     addrs: Vec<IpAddr>,
     at: Instant,
+}
+
+impl Written {
+    /// Whether the watch's view of the Service ends this record: the echo
+    /// of the write itself, or a Service by that name that is another one
+    /// (or gone).
+    fn seen_in(&self, e: Option<&Entry>) -> bool {
+        e.is_none_or(|e| e.uid != self.uid || e.rv == self.rv)
+    }
 }
 
 struct Leader<'a> {
@@ -315,11 +315,7 @@ impl<'a> Leader<'a> {
                 let echoed: Vec<String> = self
                     .written
                     .iter()
-                    .filter(|(k, w)| {
-                        self.live
-                            .get(*k)
-                            .is_none_or(|e| e.uid != w.uid || e.rv == w.rv)
-                    })
+                    .filter(|(k, w)| w.seen_in(self.live.get(*k)))
                     .map(|(k, _)| k.clone())
                     .collect();
                 for k in echoed {
@@ -332,11 +328,7 @@ impl<'a> Leader<'a> {
                 let k = key(&s);
                 match self.entry(&s) {
                     Some(e) => {
-                        if self
-                            .written
-                            .get(&k)
-                            .is_some_and(|w| w.uid != e.uid || w.rv == e.rv)
-                        {
+                        if self.written.get(&k).is_some_and(|w| w.seen_in(Some(&e))) {
                             self.written.remove(&k);
                         }
                         self.live.insert(k, e);
