@@ -139,7 +139,7 @@ fn vip_is_announced_while_a_backend_is_healthy_and_leaves_with_the_control_plane
             "vipd_controlplane_vip_announced{vip=\"198.51.100.100\"} 1",
             "vipd_controlplane_backend_healthy{backend=\"192.0.2.11:6443\"} 1",
             "vipd_bgp_session_established{peer=\"192.0.2.2\",asn=\"65002\"} 1",
-            "vipd_bgp_prefixes_sent{peer=\"192.0.2.2\",asn=\"65002\"} 2",
+            "vipd_bgp_prefixes_announced{peer=\"192.0.2.2\",asn=\"65002\",family=\"ipv4\"} 2",
         ],
     );
     let ready = status_get(&lab.node, "/readyz");
@@ -177,7 +177,7 @@ fn vip_is_announced_while_a_backend_is_healthy_and_leaves_with_the_control_plane
         &[
             "vipd_controlplane_vip_announced{vip=\"198.51.100.100\"} 0",
             "vipd_controlplane_backend_healthy{backend=\"192.0.2.12:6443\"} 0",
-            "vipd_bgp_prefixes_sent{peer=\"192.0.2.2\",asn=\"65002\"} 1",
+            "vipd_bgp_prefixes_announced{peer=\"192.0.2.2\",asn=\"65002\",family=\"ipv4\"} 1",
         ],
     );
     // The first recovers: announced again, without a restart.

@@ -25,6 +25,10 @@ command -v strip >/dev/null || need+=(binutils)
 command -v kubectl >/dev/null || need+=(kubernetes-client)
 # The control plane's HTTPS health check is tested against openssl s_server.
 command -v openssl >/dev/null || need+=(openssl)
+# /metrics is checked by promtool and scraped by a real Prometheus server.
+command -v prometheus >/dev/null && command -v promtool >/dev/null || need+=(prometheus)
+# The container image is built FROM scratch with buildah (no registry).
+command -v buildah >/dev/null || need+=(buildah)
 if [ ${#need[@]} -gt 0 ]; then
   echo "e2e/install.sh: installing ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive

@@ -66,6 +66,8 @@ struct Daemon {
     labels: Option<Labels>,
     /// What is drained, and since when (with `[drain]`).
     draining: Option<(drain::Drained, Instant)>,
+    /// `vipd explain` asks the watch (with `[kubernetes]`).
+    explain: Option<mpsc::Sender<k8s::watch::ExplainQuery>>,
 }
 
 impl Daemon {
@@ -105,7 +107,8 @@ impl Daemon {
             None => control::drop_ipvs(&mut mgr),
         }
         let base = control::with_control(&statics, &control);
-        let (speaker, allocator) = start_speaker(&cfg, base.clone(), kube_tx, &kube_status).await?;
+        let (speaker, allocator, explain) =
+            start_speaker(&cfg, base.clone(), kube_tx, &kube_status).await?;
         let mut node = NodeState::new(&cfg).map_err(DaemonError::Dataplane)?;
         node.keep(control.as_ref().map(Control::address));
         let d = Daemon {
@@ -125,6 +128,7 @@ impl Daemon {
             allocator,
             labels: None,
             draining: None,
+            explain,
         };
         Ok((d, kube_rx))
     }
@@ -138,6 +142,7 @@ impl Daemon {
     /// one table.
     async fn on_kube(&mut self, first: Update, rx: &mut mpsc::Receiver<Update>) {
         let t = std::time::Instant::now();
+        let mut since: Option<Instant> = None;
         let mut changed = vec![];
         let mut next = Some(first);
         let mut apis = None;
@@ -148,7 +153,10 @@ impl Daemon {
                     self.kube_ready = true;
                     self.kube.set_all(&all)
                 }
-                Update::Delta(d) => self.kube.apply(&d),
+                Update::Delta(d, at) => {
+                    since = Some(since.map_or(at, |s| s.min(at)));
+                    self.kube.apply(&d)
+                }
                 Update::ApiServers(a) => {
                     apis = Some(a);
                     vec![]
@@ -168,13 +176,14 @@ impl Daemon {
             self.on_labels(f.labels).await;
         }
         reconcile::patch(&mut self.table, &self.base, &self.kube, &changed);
-        self.publish();
+        self.publish_since(since);
         tracing::debug!(
             us = t.elapsed().as_micros() as u64,
             changed = changed.len(),
             "table updated"
         );
         self.node.changes(&self.kube, &changed).await;
+        crate::telemetry::reconcile(t.elapsed());
     }
 
     /// The API servers `default/kubernetes` lists: the control plane's
@@ -249,11 +258,17 @@ impl Daemon {
     /// Hands the speaker the table, as a drain has it announced. Nothing
     /// before the readiness barrier.
     fn publish(&self) {
+        self.publish_since(None)
+    }
+
+    /// As [`Daemon::publish`], for a table made from Kubernetes events the
+    /// oldest of which arrived at `since`.
+    fn publish_since(&self, since: Option<Instant>) {
         if !self.publishing() {
             return;
         }
         let Some((d, phase)) = self.drain_phase() else {
-            self.speaker.set_table(self.table.clone());
+            self.speaker.offer(self.table.clone(), since);
             return;
         };
         let mut drained = self.kube.keys();
@@ -266,7 +281,7 @@ impl Daemon {
             );
         }
         self.speaker
-            .set_table(Arc::new(drain::apply(&self.table, &drained, phase)));
+            .offer(Arc::new(drain::apply(&self.table, &drained, phase)), since);
     }
 
     /// A backend's health changed.
@@ -391,6 +406,61 @@ impl Daemon {
         }
     }
 
+    /// A client's question: the report at once; an explanation once the
+    /// watch has looked the Service up (without holding up the loop).
+    fn on_ask(&self, ask: status::Ask) {
+        let key = match ask.query {
+            status::Query::Report => {
+                let _ = ask
+                    .reply
+                    .send(status::Answer::Report(Box::new(self.report())));
+                return;
+            }
+            status::Query::Explain(key) => key,
+        };
+        let peers = self.report().peers;
+        let drain = self
+            .drain_line()
+            .filter(|d| d.active)
+            .map(|d| match d.left_secs {
+                Some(n) => format!(
+                    "announced with GRACEFUL_SHUTDOWN ({}), withdrawn in {n}s",
+                    d.reason
+                ),
+                None => format!("withdrawn ({})", d.reason),
+            });
+        let pending = self.allocator.as_ref().and_then(|a| {
+            let st = a.status.lock().unwrap();
+            st.pending
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, why)| why.clone())
+        });
+        let explain = self.explain.clone();
+        tokio::spawn(async move {
+            let view = match explain {
+                Some(q) => {
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    if q.send((key.clone(), tx)).await.is_err() {
+                        return;
+                    }
+                    match rx.await {
+                        Ok(v) => Some(v),
+                        Err(_) => return,
+                    }
+                }
+                None => None,
+            };
+            let cx = status::explain::Context {
+                peers: &peers,
+                drain,
+                pending,
+            };
+            let e = status::explain::combine(&key, view, &cx);
+            let _ = ask.reply.send(status::Answer::Explain(Box::new(e)));
+        });
+    }
+
     fn drain_line(&self) -> Option<status::DrainLine> {
         self.cfg.drain.as_ref()?;
         let Some((d, phase)) = self.drain_phase() else {
@@ -462,19 +532,25 @@ impl Daemon {
 /// The speaker, and with `[kubernetes]` the watch and the allocator. With
 /// Kubernetes the speaker starts without a table: it gets one with the
 /// first complete intent.
+type Started = (
+    Speaker,
+    Option<k8s::allocator::Handle>,
+    Option<mpsc::Sender<k8s::watch::ExplainQuery>>,
+);
+
 async fn start_speaker(
     cfg: &Config,
     table: Arc<Table>,
     kube_tx: mpsc::Sender<Update>,
     kube_status: &Arc<Mutex<KubeStatus>>,
-) -> Result<(Speaker, Option<k8s::allocator::Handle>), DaemonError> {
+) -> Result<Started, DaemonError> {
     let restarted = take_restart_record(&cfg.bgp);
     // Peers with a node_selector wait for the Node's labels.
     let bgp = cfg.bgp.for_node(None);
     let Some(k) = &cfg.kubernetes else {
         let mut speaker = Speaker::start(&bgp, Some(table), restarted)?;
         speaker.started();
-        return Ok((speaker, None));
+        return Ok((speaker, None, None));
     };
     let (client, mut api) = k8s::watch::connect(k).await?;
     if let Some(cp) = &cfg.control_plane {
@@ -488,14 +564,16 @@ async fn start_speaker(
         .ipam
         .as_ref()
         .map(|i| k8s::allocator::spawn(i, k, client.clone()));
+    let (explain_tx, explain_rx) = mpsc::channel(8);
     tokio::spawn(k8s::watch::run(
         k.clone(),
         client,
         api,
         kube_tx,
         kube_status.clone(),
+        explain_rx,
     ));
-    Ok((speaker, allocator))
+    Ok((speaker, allocator, Some(explain_tx)))
 }
 
 fn control_line(c: &Control) -> status::ControlLine {
@@ -568,7 +646,7 @@ pub async fn run(path: PathBuf, logging: &dyn Fn(&LogConfig)) -> Result<(), Daem
         // A busy port costs the report, not the announcements.
         match tokio::net::TcpListener::bind(addr).await {
             Ok(l) => {
-                tokio::spawn(status::serve(l, ask_tx));
+                tokio::spawn(status::http::serve(l, ask_tx));
             }
             Err(e) => {
                 warn!(%addr, "status: cannot listen: {e}; vipd runs without /readyz and /status")
@@ -590,9 +668,7 @@ pub async fn run(path: PathBuf, logging: &dyn Fn(&LogConfig)) -> Result<(), Daem
                 warn!("drained: VIPs withdrawn");
                 d.publish();
             }
-            Some(reply) = ask_rx.recv() => {
-                let _ = reply.send(status::Answer::from(&d.report()));
-            }
+            Some(ask) = ask_rx.recv() => d.on_ask(ask),
             _ = term.recv() => { info!("SIGTERM: stopping"); break }
             _ = int.recv() => { info!("SIGINT: stopping"); break }
         }

@@ -19,3 +19,4 @@ pub mod ipam;
 pub mod k8s;
 pub mod reconcile;
 pub mod status;
+pub mod telemetry;

@@ -31,6 +31,22 @@ enum Cmd {
         /// The status listener ([status] listen).
         #[arg(long, default_value = vipd::config::DEFAULT_STATUS)]
         address: std::net::SocketAddr,
+        /// Output: "text" or "json".
+        #[arg(long, short, default_value = "text")]
+        output: Output,
+    },
+    /// Why a Service is or is not announced from this node, and to which
+    /// peers with which attributes (asks the running vipd). Exit 0, or 2
+    /// when vipd cannot be reached.
+    Explain {
+        /// The Service, as NAMESPACE/NAME.
+        service: String,
+        /// The status listener ([status] listen).
+        #[arg(long, default_value = vipd::config::DEFAULT_STATUS)]
+        address: std::net::SocketAddr,
+        /// Output: "text" or "json".
+        #[arg(long, short, default_value = "text")]
+        output: Output,
     },
     /// Check a configuration file: exit 0 when valid, 2 with one line per problem.
     CheckConfig {
@@ -41,6 +57,31 @@ enum Cmd {
         #[arg(long)]
         node_labels: Option<String>,
     },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Output {
+    Text,
+    Json,
+}
+
+/// Prints what vipd answered: exit 0 (or 1 where `not_ok` says the
+/// answer means "not ready"), 2 when it cannot be reached.
+fn print_answer(what: &str, got: Result<(bool, String), String>, not_ok: u8) -> ExitCode {
+    match got {
+        Ok((ok, text)) => {
+            print!("{text}");
+            if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(not_ok)
+            }
+        }
+        Err(e) => {
+            eprintln!("vipd {what}: {e}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 /// Text logs at `targets` until the configuration is read; then what
@@ -98,20 +139,24 @@ fn peers_for(c: &Config, labels: &vipd::config::Labels) -> String {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Status { address } => match vipd::status::fetch(address) {
-            Ok((ready, text)) => {
-                print!("{text}");
-                if ready {
-                    ExitCode::SUCCESS
-                } else {
-                    ExitCode::from(1)
-                }
+        Cmd::Status { address, output } => {
+            let got = vipd::status::http::fetch(address, "/status", output == Output::Json);
+            print_answer("status", got, 1)
+        }
+        Cmd::Explain {
+            service,
+            address,
+            output,
+        } => {
+            let parts: Vec<&str> = service.split('/').collect();
+            if parts.len() != 2 || parts.iter().any(|p| p.is_empty()) {
+                eprintln!("vipd explain: {service:?}: give the Service as NAMESPACE/NAME");
+                return ExitCode::from(2);
             }
-            Err(e) => {
-                eprintln!("vipd status: {e}");
-                ExitCode::from(2)
-            }
-        },
+            let path = format!("/explain/{service}");
+            let got = vipd::status::http::fetch(address, &path, output == Output::Json);
+            print_answer("explain", got, 2)
+        }
         Cmd::CheckConfig { file, node_labels } => match Config::load(&file) {
             Ok(c) => {
                 let n: usize = c.announce.iter().map(|a| a.prefixes.len()).sum();

@@ -1,32 +1,36 @@
 //! What vipd is doing, for people, probes and Prometheus: `GET /readyz`,
-//! `GET /status` and `GET /metrics` on a local HTTP listener, and
-//! `vipd status`, which prints the status.
+//! `/status`, `/metrics` and `/explain/NAMESPACE/NAME` on a local HTTP
+//! listener (`http`), and `vipd status` and `vipd explain`, which print
+//! them, as text or JSON.
 //!
-//! The report is rendered by the daemon (which owns the state) from plain
-//! values ([`Report`]); this module only serves it. Requests are read with
-//! a bound on size and time, so a stuck or hostile client costs nothing.
+//! The daemon (which owns the state) answers with plain values
+//! ([`Report`], [`explain::Explanation`]); this module renders them
+//! (`metrics` for Prometheus) and serves them.
+
+pub mod explain;
+pub mod http;
+pub mod metrics;
 
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, SystemTime};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot};
-use tokio::time::timeout;
-use tracing::{debug, info, warn};
+use serde::Serialize;
+use tokio::sync::oneshot;
 
 use crate::bgp::session::PeerStatus;
 use crate::k8s::allocator::IpamStatus;
 use crate::k8s::watch::KubeStatus;
 
 /// A backend of the control plane, as the report shows it.
+#[derive(Debug, Clone, Serialize)]
 pub struct BackendLine {
     pub addr: SocketAddr,
     pub healthy: bool,
     pub last_error: Option<String>,
 }
 
+#[derive(Debug, Clone, Serialize)]
 pub struct ControlLine {
     pub vip: IpAddr,
     pub announced: bool,
@@ -51,7 +55,7 @@ pub struct Report {
 }
 
 /// The drain's state, with `[drain]`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct DrainLine {
     pub active: bool,
     pub reason: String,
@@ -174,125 +178,6 @@ impl Report {
     }
 }
 
-impl Report {
-    /// The same state in the Prometheus text format (version 0.0.4).
-    pub fn metrics(&self) -> String {
-        let mut m = Metrics::default();
-        let b = |x: bool| u64::from(x);
-        m.gauge(
-            "vipd_ready",
-            "1 once vipd announces what it should",
-            &[],
-            b(self.ready()),
-        );
-        m.gauge(
-            "vipd_table_prefixes",
-            "Prefixes in the table offered to peers",
-            &[],
-            self.table_prefixes as u64,
-        );
-        m.gauge(
-            "vipd_static_prefixes",
-            "Prefixes from [[announce]]",
-            &[],
-            self.static_prefixes as u64,
-        );
-        for (addr, asn, p) in &self.peers {
-            let (a, n) = (addr.to_string(), asn.to_string());
-            let l = [("peer", a.as_str()), ("asn", n.as_str())];
-            m.gauge(
-                "vipd_bgp_session_established",
-                "1 while the session is Established",
-                &l,
-                b(p.established_at.is_some()),
-            );
-            m.gauge(
-                "vipd_bgp_prefixes_sent",
-                "Prefixes the peer holds from vipd",
-                &l,
-                p.prefixes_sent as u64,
-            );
-            m.counter(
-                "vipd_bgp_updates_sent_total",
-                "UPDATE messages sent in the current session",
-                &l,
-                p.updates_sent,
-            );
-        }
-        if let Some(k) = &self.kube {
-            m.gauge(
-                "vipd_kubernetes_synced",
-                "1 once every cache has been listed",
-                &[],
-                b(k.synced),
-            );
-            m.gauge(
-                "vipd_kubernetes_services",
-                "Services in the cache",
-                &[],
-                k.services as u64,
-            );
-            m.gauge(
-                "vipd_kubernetes_endpointslices",
-                "EndpointSlices in the cache",
-                &[],
-                k.endpoint_slices as u64,
-            );
-            m.gauge(
-                "vipd_kubernetes_vips",
-                "Service VIPs this node announces",
-                &[],
-                k.vips as u64,
-            );
-            m.gauge(
-                "vipd_kubernetes_api_error",
-                "1 while the last request to the API server failed",
-                &[],
-                b(k.last_error.is_some()),
-            );
-        }
-        if let Some(i) = &self.ipam {
-            ipam_metrics(&mut m, i);
-        }
-        if let Some(d) = &self.drain {
-            m.gauge(
-                "vipd_drain_active",
-                "1 while this node drains its VIPs (RFC 8326, then withdrawn)",
-                &[],
-                u64::from(d.active),
-            );
-        }
-        if let Some(c) = &self.control {
-            let vip = c.vip.to_string();
-            let l = [("vip", vip.as_str())];
-            m.gauge(
-                "vipd_controlplane_vip_announced",
-                "1 while the control-plane VIP is announced",
-                &l,
-                b(c.announced),
-            );
-            if let Some(ok) = c.ipvs_ok {
-                m.gauge(
-                    "vipd_controlplane_ipvs_ok",
-                    "1 while IPVS holds the service as wanted",
-                    &l,
-                    b(ok),
-                );
-            }
-            for be in &c.backends {
-                let a = be.addr.to_string();
-                m.gauge(
-                    "vipd_controlplane_backend_healthy",
-                    "1 while the API server passes its check",
-                    &[("backend", a.as_str())],
-                    b(be.healthy),
-                );
-            }
-        }
-        m.text
-    }
-}
-
 /// At most this many pending Services are listed one per line.
 const PENDING_SHOWN: usize = 20;
 
@@ -332,83 +217,87 @@ fn family_name(f: crate::ipam::Family) -> &'static str {
     }
 }
 
-fn ipam_metrics(m: &mut Metrics, i: &IpamStatus) {
-    m.gauge(
-        "vipd_ipam_leader",
-        "1 while this node holds the allocator lease",
-        &[],
-        u64::from(i.leader),
-    );
-    m.counter(
-        "vipd_ipam_status_writes_total",
-        "Service status writes this node made as the allocator",
-        &[],
-        i.writes,
-    );
-    for p in &i.pools {
-        let l = [("pool", p.pool.as_str()), ("family", family_name(p.family))];
-        let size = u64::try_from(p.size).unwrap_or(u64::MAX);
-        m.gauge(
-            "vipd_ipam_pool_addresses",
-            "Addresses a pool can hand out",
-            &l,
-            size,
-        );
-        m.gauge(
-            "vipd_ipam_pool_addresses_used",
-            "Addresses of a pool some Service holds",
-            &l,
-            p.used as u64,
-        );
-    }
-    if i.leader {
-        m.gauge(
-            "vipd_ipam_pending_services",
-            "Services without every address they ask for",
-            &[],
-            i.pending.len() as u64,
-        );
+/// One peer in `vipd status -o json`.
+#[derive(Serialize)]
+struct PeerJson<'a> {
+    address: IpAddr,
+    asn: u32,
+    state: &'static str,
+    uptime_secs: Option<u64>,
+    families: Vec<String>,
+    prefixes_sent: usize,
+    updates_sent: u64,
+    updates_received: u64,
+    last_error: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct ReportJson<'a> {
+    ready: bool,
+    table_prefixes: usize,
+    static_prefixes: usize,
+    kubernetes: Option<&'a KubeStatus>,
+    allocator: Option<&'a IpamStatus>,
+    drain: Option<&'a DrainLine>,
+    peers: Vec<PeerJson<'a>>,
+    control_plane: Option<&'a ControlLine>,
+}
+
+impl Report {
+    /// `vipd status -o json`: the same state as [`Report::render`].
+    pub fn json(&self) -> String {
+        let peers = self
+            .peers
+            .iter()
+            .map(|(a, asn, p)| PeerJson {
+                address: *a,
+                asn: *asn,
+                state: p.state,
+                uptime_secs: p
+                    .established_at
+                    .map(|t| self.now.duration_since(t).unwrap_or_default().as_secs()),
+                families: p.families.iter().map(|f| f.to_string()).collect(),
+                prefixes_sent: p.prefixes_sent,
+                updates_sent: p.updates_sent,
+                updates_received: p.updates_received,
+                last_error: p.last_error.as_deref(),
+            })
+            .collect();
+        let j = ReportJson {
+            ready: self.ready(),
+            table_prefixes: self.table_prefixes,
+            static_prefixes: self.static_prefixes,
+            kubernetes: self.kube.as_ref(),
+            allocator: self.ipam.as_ref(),
+            drain: self.drain.as_ref(),
+            peers,
+            control_plane: self.control.as_ref(),
+        };
+        let mut s =
+            serde_json::to_string_pretty(&j).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
+        s.push('\n');
+        s
     }
 }
 
-/// Prometheus text, each metric's HELP and TYPE once before its samples.
-#[derive(Default)]
-struct Metrics {
-    text: String,
-    seen: Vec<&'static str>,
+/// What a client asks the daemon.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Query {
+    Report,
+    /// `namespace/name`.
+    Explain(String),
 }
 
-impl Metrics {
-    fn gauge(&mut self, name: &'static str, help: &str, labels: &[(&str, &str)], v: u64) {
-        self.sample(name, "gauge", help, labels, v)
-    }
+/// The daemon's answer, as plain values; the listener renders it.
+pub enum Answer {
+    Report(Box<Report>),
+    Explain(Box<explain::Explanation>),
+}
 
-    fn counter(&mut self, name: &'static str, help: &str, labels: &[(&str, &str)], v: u64) {
-        self.sample(name, "counter", help, labels, v)
-    }
-
-    fn sample(
-        &mut self,
-        name: &'static str,
-        kind: &str,
-        help: &str,
-        labels: &[(&str, &str)],
-        v: u64,
-    ) {
-        if !self.seen.contains(&name) {
-            self.seen.push(name);
-            let _ = writeln!(self.text, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        }
-        self.text.push_str(name);
-        if !labels.is_empty() {
-            let l: Vec<String> = labels
-                .iter()
-                .map(|(k, v)| format!("{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\"")))
-                .collect();
-            let _ = write!(self.text, "{{{}}}", l.join(","));
-        }
-        let _ = writeln!(self.text, " {v}");
-    }
+/// A request to the daemon loop, with where its answer goes.
+pub struct Ask {
+    pub query: Query,
+    pub reply: oneshot::Sender<Answer>,
 }
 
 fn human(d: Duration) -> String {
@@ -420,143 +309,27 @@ fn human(d: Duration) -> String {
     }
 }
 
-/// What the daemon answers a request with.
-pub struct Answer {
-    pub ready: bool,
-    pub status: String,
-    pub metrics: String,
-}
-
-impl From<&Report> for Answer {
-    fn from(r: &Report) -> Answer {
-        Answer {
-            ready: r.ready(),
-            status: r.render(),
-            metrics: r.metrics(),
-        }
-    }
-}
-
-/// A request for the current report, answered by the daemon loop.
-pub type Ask = oneshot::Sender<Answer>;
-
-/// Serves `/readyz` and `/status` until the process ends.
-pub async fn serve(listener: TcpListener, ask: mpsc::Sender<Ask>) {
-    info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "status listener");
-    loop {
-        let (stream, from) = match listener.accept().await {
-            Ok(x) => x,
-            Err(e) => {
-                warn!("status: accept: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let ask = ask.clone();
-        tokio::spawn(async move {
-            if let Err(e) = timeout(Duration::from_secs(5), answer(stream, ask)).await {
-                debug!(%from, "status: client too slow: {e}");
-            }
-        });
-    }
-}
-
-async fn answer(mut s: TcpStream, ask: mpsc::Sender<Ask>) {
-    let mut buf = Vec::with_capacity(512);
-    let mut chunk = [0u8; 512];
-    // The request line is all that matters; headers are read and ignored.
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 8192 {
-        match s.read(&mut chunk).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    }
-    let line = buf.split(|&b| b == b'\n').next().unwrap_or_default();
-    let line = String::from_utf8_lossy(line);
-    let mut words = line.split_whitespace();
-    let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
-    let (code, body) = if method != "GET" {
-        (405, "only GET\n".to_string())
-    } else {
-        match path {
-            "/readyz" | "/status" | "/metrics" => {
-                let (tx, rx) = oneshot::channel();
-                let got = match ask.send(tx).await {
-                    Ok(()) => rx.await.ok(),
-                    Err(_) => None,
-                };
-                match got {
-                    None => (503, "vipd is stopping\n".to_string()),
-                    Some(a) if path == "/metrics" => (200, a.metrics),
-                    Some(a) if path == "/readyz" && a.ready => (200, "ready\n".to_string()),
-                    Some(a) => (if a.ready { 200 } else { 503 }, a.status),
-                }
-            }
-            _ => (
-                404,
-                "not found: try /readyz, /status or /metrics\n".to_string(),
-            ),
-        }
-    };
-    let reason = match code {
-        200 => "OK",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        _ => "Service Unavailable",
-    };
-    let head = format!(
-        "HTTP/1.1 {code} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    let _ = s.write_all(head.as_bytes()).await;
-    let _ = s.write_all(body.as_bytes()).await;
-    let _ = s.shutdown().await;
-}
-
-/// `vipd status`: fetches `/status` from a running vipd. Returns whether it
-/// is ready, and the report.
-pub fn fetch(addr: SocketAddr) -> Result<(bool, String), String> {
-    use std::io::{Read, Write};
-    let mut s =
-        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| {
-            format!("cannot reach vipd at {addr}: {e} (is it running, with [status] enabled?)")
-        })?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))
-        .map_err(|e| e.to_string())?;
-    write!(
-        s,
-        "GET /status HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(|e| format!("{addr}: {e}"))?;
-    let mut answer = Vec::new();
-    s.take(1 << 20)
-        .read_to_end(&mut answer)
-        .map_err(|e| format!("{addr}: {e}"))?;
-    let text = String::from_utf8_lossy(&answer);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| format!("{addr}: not an HTTP answer"))?;
-    let ok = head.starts_with("HTTP/1.1 200");
-    if !ok && !head.starts_with("HTTP/1.1 503") {
-        return Err(format!(
-            "{addr}: unexpected answer: {}",
-            head.lines().next().unwrap_or("")
-        ));
-    }
-    Ok((ok, body.to_string()))
-}
-
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn report() -> Report {
+    pub fn report() -> Report {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
         let up = PeerStatus {
             state: "Established",
             established_at: Some(now - Duration::from_secs(125)),
             prefixes_sent: 3,
             updates_sent: 2,
+            updates_received: 1,
+            notifications_received: [((6, 2), 1)].into(),
+            families: vec![crate::bgp::wire::Afi::Ipv4],
+            sending: vec![crate::bgp::wire::Afi::Ipv4],
+            holds: Some(std::sync::Arc::new(
+                ["203.0.113.1/32", "203.0.113.2/32", "2001:db8::1/128"]
+                    .iter()
+                    .map(|p| (p.parse().unwrap(), Default::default()))
+                    .collect(),
+            )),
             ..PeerStatus::default()
         };
         let down = PeerStatus {
@@ -573,6 +346,8 @@ mod tests {
                 services: 10,
                 endpoint_slices: 12,
                 vips: 4,
+                services_announced: 3,
+                refused: [(crate::k8s::intent::RefusalKind::NodeAddress, 2)].into(),
                 last_error: Some("connection refused".into()),
             }),
             control: Some(ControlLine {
@@ -647,41 +422,6 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "{line:?} not in:\n{text}");
         }
-    }
-
-    #[test]
-    fn metrics_carry_the_same_state() {
-        let text = report().metrics();
-        for line in [
-            "# TYPE vipd_ready gauge",
-            "vipd_ready 1",
-            "vipd_table_prefixes 6",
-            "vipd_bgp_session_established{peer=\"192.0.2.2\",asn=\"65002\"} 1",
-            "vipd_bgp_session_established{peer=\"2001:db8::2\",asn=\"65002\"} 0",
-            "vipd_bgp_prefixes_sent{peer=\"192.0.2.2\",asn=\"65002\"} 3",
-            "# TYPE vipd_bgp_updates_sent_total counter",
-            "vipd_kubernetes_vips 4",
-            "vipd_kubernetes_api_error 1",
-            "vipd_controlplane_vip_announced{vip=\"192.0.2.100\"} 1",
-            "vipd_controlplane_ipvs_ok{vip=\"192.0.2.100\"} 1",
-            "vipd_controlplane_backend_healthy{backend=\"192.0.2.12:6443\"} 0",
-            "vipd_ipam_leader 1",
-            "vipd_ipam_status_writes_total 7",
-            "vipd_ipam_pool_addresses{pool=\"public\",family=\"ipv4\"} 16",
-            "vipd_ipam_pool_addresses_used{pool=\"public\",family=\"ipv4\"} 3",
-            "vipd_ipam_pending_services 22",
-            "vipd_drain_active 1",
-        ] {
-            assert!(text.lines().any(|l| l == line), "{line:?} not in:\n{text}");
-        }
-        // HELP and TYPE once per metric, before its first sample.
-        assert_eq!(
-            text.matches("# TYPE vipd_bgp_session_established ").count(),
-            1
-        );
-        let mut m = Metrics::default();
-        m.gauge("x", "h", &[("l", "a\"b\\c")], 1);
-        assert!(m.text.ends_with("x{l=\"a\\\"b\\\\c\"} 1\n"), "{}", m.text);
     }
 
     #[test]

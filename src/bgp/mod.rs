@@ -48,7 +48,16 @@ struct Listener {
 /// ready (the Kubernetes readiness barrier): sessions may come up, but send
 /// nothing, not even End-of-RIB, so graceful-restart peers keep what they
 /// had meanwhile.
-pub type Published = Option<Arc<Table>>;
+pub type Published = Option<Offer>;
+
+/// A table offered to the sessions.
+#[derive(Debug, Clone)]
+pub struct Offer {
+    pub table: Arc<Table>,
+    /// When the oldest Kubernetes event behind this table reached vipd:
+    /// sessions measure event-to-wire latency from it.
+    pub since: Option<std::time::Instant>,
+}
 
 pub struct Speaker {
     table: watch::Sender<Published>,
@@ -88,7 +97,7 @@ impl Speaker {
         table: Option<Arc<Table>>,
         restarted: bool,
     ) -> Result<Speaker, SpeakerError> {
-        let (tx, _) = watch::channel(table);
+        let (tx, _) = watch::channel(table.map(|table| Offer { table, since: None }));
         let registry: Registry = Arc::default();
         let listener = match bgp.listen {
             Some(addr) => {
@@ -183,13 +192,19 @@ impl Speaker {
     /// The table is shared, not copied: sessions diff against it and keep
     /// it as what their peer holds.
     pub fn set_table(&self, table: Arc<Table>) {
-        self.table.send_replace(Some(table));
+        self.offer(table, None);
+    }
+
+    /// As [`Speaker::set_table`], for a table made from Kubernetes events,
+    /// the oldest received at `since`.
+    pub fn offer(&self, table: Arc<Table>, since: Option<std::time::Instant>) {
+        self.table.send_replace(Some(Offer { table, since }));
     }
 
     /// The current table, `None` before the first [`Speaker::set_table`]
     /// when started without one.
-    pub fn table(&self) -> Published {
-        self.table.borrow().clone()
+    pub fn table(&self) -> Option<Arc<Table>> {
+        self.table.borrow().as_ref().map(|o| o.table.clone())
     }
 
     /// Applies a reloaded configuration: peers added, removed or changed are

@@ -10,7 +10,7 @@
 //!                        socket ──► reader task
 //! ```
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -37,7 +37,7 @@ use super::wire::update;
 use super::wire::{
     check_header, code, keepalive, Afi, MsgType, Notification, HEADER_LEN, MAX_MESSAGE_LEN,
 };
-use super::Published;
+use super::{Offer, Published};
 use crate::config::PeerConfig;
 
 /// What a session needs to know, fixed for its lifetime.
@@ -61,7 +61,8 @@ pub enum Command {
     Deconfigure,
 }
 
-/// What `vipd` reports about a session.
+/// What `vipd` reports about a session. The counters run over the peer's
+/// life in this process, across sessions.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerStatus {
     pub state: &'static str,
@@ -69,7 +70,29 @@ pub struct PeerStatus {
     pub families: Vec<Afi>,
     pub prefixes_sent: usize,
     pub updates_sent: u64,
+    pub updates_received: u64,
+    /// By (code, subcode).
+    pub notifications_sent: BTreeMap<(u8, u8), u64>,
+    pub notifications_received: BTreeMap<(u8, u8), u64>,
     pub last_error: Option<String>,
+    /// What the peer holds from vipd (the Adj-RIB-Out, shared, not copied)
+    /// in the families it is sent (`sending`), and how this session encodes
+    /// attributes: `vipd explain` shows what was sent from them.
+    pub holds: Option<Arc<Table>>,
+    pub sending: Vec<Afi>,
+    pub ctx: Option<SendCtx>,
+}
+
+impl PeerStatus {
+    /// Prefixes the peer holds in one family.
+    pub fn prefixes_in(&self, afi: Afi) -> usize {
+        if !self.sending.contains(&afi) {
+            return 0;
+        }
+        self.holds.as_ref().map_or(0, |t| {
+            t.keys().filter(|p| super::rib::afi_of(p) == afi).count()
+        })
+    }
 }
 
 impl Default for PeerStatus {
@@ -80,7 +103,13 @@ impl Default for PeerStatus {
             families: vec![],
             prefixes_sent: 0,
             updates_sent: 0,
+            updates_received: 0,
+            notifications_sent: BTreeMap::new(),
+            notifications_received: BTreeMap::new(),
             last_error: None,
+            holds: None,
+            sending: vec![],
+            ctx: None,
         }
     }
 }
@@ -466,6 +495,13 @@ impl Session {
             Action::SendNotification(n) => {
                 warn!(peer = %self.peer(), "sending NOTIFICATION {n}");
                 self.set_error(format!("sent {n}"));
+                *self
+                    .status
+                    .lock()
+                    .unwrap()
+                    .notifications_sent
+                    .entry((n.code, n.subcode))
+                    .or_default() += 1;
                 if let Some(c) = self.conn.as_mut() {
                     let dl = Instant::now() + Duration::from_secs(1);
                     let _ = timeout_at(dl, c.writer.write_all(&n.encode())).await;
@@ -497,6 +533,9 @@ impl Session {
                 st.established_at = None;
                 st.families.clear();
                 st.prefixes_sent = 0;
+                st.holds = None;
+                st.sending.clear();
+                st.ctx = None;
             }
         }
     }
@@ -684,11 +723,21 @@ impl Session {
                 }
             },
             MsgType::Keepalive => self.queue.push_back(Event::KeepaliveReceived),
-            MsgType::Update => self.on_update(&body),
+            MsgType::Update => {
+                self.status.lock().unwrap().updates_received += 1;
+                self.on_update(&body)
+            }
             MsgType::Notification => {
                 let n = Notification::parse(&body);
                 warn!(%peer, "peer sent NOTIFICATION {n}");
                 self.set_error(format!("received {n}"));
+                *self
+                    .status
+                    .lock()
+                    .unwrap()
+                    .notifications_received
+                    .entry((n.code, n.subcode))
+                    .or_default() += 1;
                 if self.fsm.state == State::OpenSent && n.code == code::OPEN {
                     self.learn_refusal(&n);
                 }
@@ -875,6 +924,8 @@ impl Session {
             let mut st = self.status.lock().unwrap();
             st.established_at = Some(SystemTime::now());
             st.families = n.families.clone();
+            st.sending = n.send_families.clone();
+            st.ctx = Some(n.ctx.clone());
             st.last_error = None;
         }
         self.eor_pending = true;
@@ -887,7 +938,7 @@ impl Session {
         let Some(n) = self.negotiated.clone() else {
             return;
         };
-        let Some(table) = self.table.borrow_and_update().clone() else {
+        let Some(Offer { table, since }) = self.table.borrow_and_update().clone() else {
             return;
         };
         let t = std::time::Instant::now();
@@ -902,9 +953,14 @@ impl Session {
             return;
         }
         if self.send_changes(&changes, &eor).await {
+            if let Some(t) = since.filter(|_| !changes.is_empty()) {
+                crate::telemetry::event_to_wire(t.elapsed());
+            }
             self.eor_pending = false;
-            self.adj.apply(table, &n.send_families);
-            self.status.lock().unwrap().prefixes_sent = self.adj.len();
+            self.adj.apply(table.clone(), &n.send_families);
+            let mut st = self.status.lock().unwrap();
+            st.prefixes_sent = self.adj.len();
+            st.holds = Some(table);
         }
     }
 

@@ -29,7 +29,8 @@ use std::net::IpAddr;
 
 pub use crate::config::{Pool, Range};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Family {
     V4,
     V6,
@@ -358,7 +359,7 @@ fn free(
 }
 
 /// How much of one pool's family is in use.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct PoolUsage {
     pub pool: String,
     pub family: Family,

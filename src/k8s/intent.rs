@@ -26,7 +26,40 @@ pub struct Refusal {
     pub service: Key,
     pub uid: Uid,
     pub address: String,
+    pub kind: RefusalKind,
     pub reason: String,
+}
+
+/// Why an address is refused, as a metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RefusalKind {
+    NotAnAddress,
+    /// Unspecified, loopback or multicast.
+    Unusable,
+    NodeAddress,
+    ApiServer,
+    OutsideAllowedPrefixes,
+}
+
+impl RefusalKind {
+    pub const ALL: [RefusalKind; 5] = [
+        RefusalKind::NotAnAddress,
+        RefusalKind::Unusable,
+        RefusalKind::NodeAddress,
+        RefusalKind::ApiServer,
+        RefusalKind::OutsideAllowedPrefixes,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            RefusalKind::NotAnAddress => "not_an_address",
+            RefusalKind::Unusable => "unusable_address",
+            RefusalKind::NodeAddress => "node_address",
+            RefusalKind::ApiServer => "api_server",
+            RefusalKind::OutsideAllowedPrefixes => "outside_allowed_prefixes",
+        }
+    }
 }
 
 /// An annotation that could not be used: the Service is announced with
@@ -46,7 +79,7 @@ pub struct Intent {
     pub bad_annotations: Vec<BadAnnotation>,
 }
 
-fn wanted_class(svc: &ServiceInfo, k: &KubeConfig) -> bool {
+pub(crate) fn wanted_class(svc: &ServiceInfo, k: &KubeConfig) -> bool {
     match (&k.load_balancer_class, &svc.class) {
         (None, None) => true,
         (None, Some(_)) => false,
@@ -115,7 +148,7 @@ fn parse_attrs(svc: &ServiceInfo, bad: &mut Vec<BadAnnotation>) -> RouteAttrs {
 }
 
 /// The addresses no Service may take: this node's own, the API server's.
-fn forbidden(s: &Snapshot) -> HashSet<IpAddr> {
+pub(crate) fn forbidden(s: &Snapshot) -> HashSet<IpAddr> {
     let mut f: HashSet<IpAddr> = s.api_server.iter().copied().collect();
     if let Some(n) = &s.node {
         f.extend(n.addresses.iter().copied());
@@ -202,36 +235,44 @@ pub fn part(
         if ips[..n].contains(&raw) {
             continue;
         }
-        let mut refuse = |reason: String| {
+        let mut refuse = |kind: RefusalKind, reason: String| {
             out.refused.push(Refusal {
                 service: svc.key(),
                 uid: svc.uid.clone(),
                 address: raw.clone(),
+                kind,
                 reason,
             })
         };
         let Ok(ip) = raw.trim().parse::<IpAddr>() else {
-            refuse("not an IP address".into());
+            refuse(RefusalKind::NotAnAddress, "not an IP address".into());
             continue;
         };
         if ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() {
-            refuse(format!(
-                "{ip} cannot be a VIP (unspecified, loopback or multicast)"
-            ));
+            refuse(
+                RefusalKind::Unusable,
+                format!("{ip} cannot be a VIP (unspecified, loopback or multicast)"),
+            );
             continue;
         }
         if forbidden.contains(&ip) {
-            let whose = if node.is_some_and(|n| n.addresses.contains(&ip)) {
-                "this node's own address"
+            let (kind, whose) = if node.is_some_and(|n| n.addresses.contains(&ip)) {
+                (RefusalKind::NodeAddress, "this node's own address")
             } else {
-                "an address of the Kubernetes API server"
+                (
+                    RefusalKind::ApiServer,
+                    "an address of the Kubernetes API server",
+                )
             };
-            refuse(format!("{ip} is {whose}"));
+            refuse(kind, format!("{ip} is {whose}"));
             continue;
         }
         let net = IpNet::from(ip);
         if !k.allowed_prefixes.is_empty() && !k.allowed_prefixes.iter().any(|p| p.contains(&net)) {
-            refuse(format!("{ip} is outside kubernetes.allowed_prefixes"));
+            refuse(
+                RefusalKind::OutsideAllowedPrefixes,
+                format!("{ip} is outside kubernetes.allowed_prefixes"),
+            );
             continue;
         }
         out.routes.push((net, attrs.clone()));

@@ -5,6 +5,7 @@
 //! keeps the snapshot from the API server behind the readiness barrier.
 
 pub mod allocator;
+pub mod explain;
 pub mod intent;
 pub mod model;
 pub mod watch;

@@ -24,18 +24,22 @@ use kube::{Api, Client, ResourceExt};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use super::intent::{touches_forbidden, Delta, Intent, Tracker};
+use super::intent::{touches_forbidden, Delta, Intent, RefusalKind, Tracker};
 use super::model::*;
 use crate::config::KubeConfig;
 
 /// What `vipd` reports about the Kubernetes side.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct KubeStatus {
     /// Every watch has been listed completely once.
     pub synced: bool,
     pub services: usize,
     pub endpoint_slices: usize,
     pub vips: usize,
+    /// Services with at least one VIP this node announces.
+    pub services_announced: usize,
+    /// Addresses refused, by reason.
+    pub refused: BTreeMap<RefusalKind, usize>,
     pub last_error: Option<String>,
 }
 
@@ -214,7 +218,8 @@ impl<T> Store<T> {
 #[derive(Debug, Clone)]
 pub enum Update {
     Full(BTreeMap<ipnet::IpNet, super::intent::Want>),
-    Delta(Delta),
+    /// With when the oldest event behind it was received.
+    Delta(Delta, std::time::Instant),
     /// The API servers the cluster lists (`default/kubernetes`), sent when
     /// they change: the control plane's discovered backends.
     ApiServers(BTreeSet<IpAddr>),
@@ -266,17 +271,24 @@ pub async fn connect(k: &KubeConfig) -> Result<(Client, Vec<IpAddr>), WatchError
 }
 
 /// Watches until the process ends, publishing each new intent.
+/// `vipd explain`: a Service's key, and where its view goes.
+pub type ExplainQuery = (
+    Key,
+    tokio::sync::oneshot::Sender<super::explain::ServiceView>,
+);
+
 pub async fn run(
     k: KubeConfig,
     client: Client,
     api_server: Vec<IpAddr>,
     out: mpsc::Sender<Update>,
     status: Arc<Mutex<KubeStatus>>,
+    mut queries: mpsc::Receiver<ExplainQuery>,
 ) {
     let wc = watcher::Config::default();
     // One task per watcher, forwarding into one channel: the loop below
     // drains whatever is waiting as one batch, so a burst costs one update.
-    let (tx, mut rx) = mpsc::channel::<Ev>(4096);
+    let (tx, mut rx) = mpsc::channel::<(std::time::Instant, Ev)>(4096);
     forward(
         watcher(Api::<Service>::all(client.clone()), wc.clone()),
         Ev::Svc,
@@ -308,9 +320,20 @@ pub async fn run(
     let mut published = false;
     let mut api_servers_sent = BTreeSet::new();
     let mut facts_sent: Option<crate::drain::NodeFacts> = None;
-    while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
-        while let Ok(ev) = rx.try_recv() {
+    loop {
+        let first = tokio::select! {
+            ev = rx.recv() => match ev {
+                Some(ev) => ev,
+                None => return,
+            },
+            Some((key, reply)) = queries.recv() => {
+                let _ = reply.send(super::explain::explain(&snap, &k, &key));
+                continue;
+            }
+        };
+        let since = first.0;
+        let mut batch = vec![first.1];
+        while let Ok((_, ev)) = rx.try_recv() {
             batch.push(ev);
         }
         tracing::trace!(events = batch.len(), "watch batch");
@@ -405,6 +428,16 @@ pub async fn run(
             st.services = snap.services.len();
             st.endpoint_slices = snap.slices.len();
             st.vips = intent.routes.len();
+            st.services_announced = intent
+                .routes
+                .values()
+                .flat_map(|w| &w.owners)
+                .collect::<std::collections::HashSet<_>>()
+                .len();
+            st.refused.clear();
+            for r in &intent.refused {
+                *st.refused.entry(r.kind).or_default() += 1;
+            }
         }
         report(&client, intent, &mut reported);
         let update = if !published {
@@ -413,7 +446,7 @@ pub async fn run(
         } else if delta.is_empty() {
             None
         } else {
-            Some(Update::Delta(delta))
+            Some(Update::Delta(delta, since))
         };
         // After the intent: the first thing the daemon hears is the Full
         // that opens the readiness barrier.
@@ -449,7 +482,7 @@ pub async fn run(
 fn forward<K, S>(
     stream: S,
     wrap: fn(Result<watcher::Event<K>, watcher::Error>) -> Ev,
-    tx: mpsc::Sender<Ev>,
+    tx: mpsc::Sender<(std::time::Instant, Ev)>,
 ) where
     S: futures_util::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
     K: Send + 'static,
@@ -457,7 +490,11 @@ fn forward<K, S>(
     tokio::spawn(async move {
         let mut s = Box::pin(stream.default_backoff());
         while let Some(item) = s.next().await {
-            if tx.send(wrap(item)).await.is_err() {
+            if tx
+                .send((std::time::Instant::now(), wrap(item)))
+                .await
+                .is_err()
+            {
                 return;
             }
         }

@@ -31,7 +31,7 @@ use crate::ipam::service::{from_service, Class};
 use crate::ipam::{self, EventKind, FamilyPolicy, Pool, PoolUsage, Svc};
 
 /// What `vipd status` and the metrics show of the allocator.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct IpamStatus {
     /// This node holds the Lease and may allocate.
     pub leader: bool,

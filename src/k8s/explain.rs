@@ -1,0 +1,254 @@
+//! Why one Service is (or is not) announced from this node, from the same
+//! snapshot and rules as the intent: a pure function, so `vipd explain`
+//! can never disagree with what the intent decided.
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+
+use serde::Serialize;
+
+use super::intent::{forbidden, part};
+use super::model::*;
+use crate::config::KubeConfig;
+
+/// One Service as this node sees it; `found` is `None` for a name the
+/// cache does not hold, with the closest names it does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ServiceView {
+    pub service: Key,
+    pub found: Option<Found>,
+    pub closest: Vec<Key>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Found {
+    pub load_balancer: bool,
+    pub class: Option<String>,
+    pub local_policy: bool,
+    pub endpoints_ready: usize,
+    /// Ready (or serving, not terminating) endpoints on this node.
+    pub endpoints_here: usize,
+    /// Why no address of the Service is announced from this node, when
+    /// the reason is the Service's, not an address's.
+    pub skipped: Option<String>,
+    pub addresses: Vec<AddressView>,
+    /// `(annotation, reason)`: the Service is announced with the defaults.
+    pub bad_annotations: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AddressView {
+    /// As the Service lists it (status or externalIPs).
+    pub address: String,
+    /// The route the intent wants for it; `None` when refused or skipped.
+    pub route: Option<String>,
+    pub refused: Option<String>,
+}
+
+/// At most this many close names are offered for an unknown Service.
+const CLOSEST: usize = 3;
+
+pub fn explain(s: &Snapshot, k: &KubeConfig, key: &str) -> ServiceView {
+    let Some(svc) = s.services.get(key) else {
+        return ServiceView {
+            service: key.to_string(),
+            found: None,
+            closest: closest(s.services.keys(), key),
+        };
+    };
+    let slices: Vec<&SliceInfo> = s
+        .slices
+        .values()
+        .filter(|sl| super::intent::slice_owner(sl).as_deref() == Some(key))
+        .collect();
+    let eps = || slices.iter().flat_map(|sl| &sl.endpoints);
+    let endpoints_ready = eps().filter(|e| e.ready).count();
+    let endpoints_here = eps()
+        .filter(|e| e.node.as_deref() == Some(k.node_name.as_str()))
+        .filter(|e| e.ready || (e.serving && !e.terminating))
+        .count();
+    let f: HashSet<IpAddr> = forbidden(s);
+    let p = part(svc, &slices, &f, s.node.as_ref(), k);
+    let skipped = skipped(svc, k, endpoints_ready, endpoints_here);
+    let external = if k.external_ips {
+        &svc.external_ips[..]
+    } else {
+        &[]
+    };
+    let mut addresses: Vec<AddressView> = vec![];
+    for raw in svc.ingress_ips.iter().chain(external) {
+        if addresses.iter().any(|a| &a.address == raw) {
+            continue;
+        }
+        let refused = p.refused.iter().find(|r| &r.address == raw);
+        let route = raw
+            .trim()
+            .parse::<IpAddr>()
+            .ok()
+            .map(ipnet::IpNet::from)
+            .filter(|n| p.routes.iter().any(|(r, _)| r == n));
+        addresses.push(AddressView {
+            address: raw.clone(),
+            route: route.map(|r| r.to_string()),
+            refused: refused.map(|r| r.reason.clone()),
+        });
+    }
+    ServiceView {
+        service: key.to_string(),
+        found: Some(Found {
+            load_balancer: svc.load_balancer,
+            class: svc.class.clone(),
+            local_policy: svc.local_policy,
+            endpoints_ready,
+            endpoints_here,
+            skipped,
+            addresses,
+            bad_annotations: p
+                .bad_annotations
+                .into_iter()
+                .map(|b| (b.annotation, b.reason))
+                .collect(),
+        }),
+        closest: vec![],
+    }
+}
+
+/// The Service-wide reasons, in the order the intent checks them.
+fn skipped(svc: &ServiceInfo, k: &KubeConfig, ready: usize, here: usize) -> Option<String> {
+    if !svc.load_balancer {
+        return Some("not a LoadBalancer Service".into());
+    }
+    if !super::intent::wanted_class(svc, k) {
+        return Some(match (&svc.class, &k.load_balancer_class) {
+            (Some(c), Some(ours)) => {
+                format!("loadBalancerClass {c:?} is not vipd's ({ours:?})")
+            }
+            (Some(c), None) => {
+                format!("loadBalancerClass {c:?}: vipd takes only Services without a class")
+            }
+            (None, _) => "no loadBalancerClass, and kubernetes.include_unclassed is off".into(),
+        });
+    }
+    if svc.local_policy && here == 0 {
+        return Some("externalTrafficPolicy Local and no ready endpoint on this node".to_string());
+    }
+    if !svc.local_policy && ready == 0 && !k.announce_without_endpoints {
+        return Some("no ready endpoint".into());
+    }
+    None
+}
+
+/// Names within a small edit distance of `key`, closest first.
+fn closest<'a>(names: impl Iterator<Item = &'a Key>, key: &str) -> Vec<Key> {
+    let limit = (key.len() / 3).max(2);
+    let mut scored: Vec<(usize, &Key)> = names
+        .map(|n| (strsim::levenshtein(n, key), n))
+        .filter(|(d, n)| *d <= limit || n.ends_with(&format!("/{}", tail(key))))
+        .collect();
+    scored.sort();
+    scored
+        .into_iter()
+        .take(CLOSEST)
+        .map(|(_, n)| n.clone())
+        .collect()
+}
+
+/// The name part of `namespace/name`.
+fn tail(key: &str) -> &str {
+    key.rsplit('/').next().unwrap_or(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::intent::tests::{kcfg, slice, svc};
+    use super::*;
+
+    fn snap() -> Snapshot {
+        let mut s = Snapshot::default();
+        for (ns, name, ips) in [
+            ("default", "web", vec!["203.0.113.10"]),
+            ("default", "api", vec!["203.0.113.11", "192.0.2.1", "bogus"]),
+            ("shop", "web", vec!["203.0.113.12"]),
+        ] {
+            s.services
+                .insert(format!("{ns}/{name}"), svc(ns, name, &ips));
+        }
+        s.slices.insert(
+            "default/web-1".into(),
+            slice("default", "web", &[("node-a", true)]),
+        );
+        s.slices.insert(
+            "default/api-1".into(),
+            slice("default", "api", &[("node-b", true)]),
+        );
+        s.node = Some(NodeInfo {
+            name: "node-a".into(),
+            addresses: vec!["192.0.2.1".parse().unwrap()],
+            ..Default::default()
+        });
+        s
+    }
+
+    #[test]
+    fn an_announced_service_names_its_route() {
+        let v = explain(&snap(), &kcfg(), "default/web");
+        let f = v.found.unwrap();
+        assert_eq!(f.skipped, None);
+        assert_eq!(f.endpoints_ready, 1);
+        assert_eq!(f.endpoints_here, 1);
+        assert_eq!(f.addresses[0].route.as_deref(), Some("203.0.113.10/32"));
+    }
+
+    #[test]
+    fn refusals_are_per_address() {
+        let f = explain(&snap(), &kcfg(), "default/api").found.unwrap();
+        let by = |a: &str| f.addresses.iter().find(|x| x.address == a).unwrap();
+        assert!(by("203.0.113.11").route.is_some());
+        assert_eq!(
+            by("192.0.2.1").refused.as_deref(),
+            Some("192.0.2.1 is this node's own address")
+        );
+        assert_eq!(by("bogus").refused.as_deref(), Some("not an IP address"));
+    }
+
+    #[test]
+    fn service_wide_reasons_match_the_intent() {
+        let mut s = snap();
+        let k = kcfg();
+        s.slices.clear();
+        let f = explain(&s, &k, "default/web").found.unwrap();
+        assert_eq!(f.skipped.as_deref(), Some("no ready endpoint"));
+        assert!(f.addresses.iter().all(|a| a.route.is_none()));
+
+        let mut s = snap();
+        s.services.get_mut("default/web").unwrap().local_policy = true;
+        let f = explain(&s, &k, "default/api").found.unwrap();
+        assert_eq!(f.skipped, None);
+        s.services.get_mut("default/api").unwrap().local_policy = true;
+        let f = explain(&s, &k, "default/api").found.unwrap();
+        assert_eq!(
+            f.skipped.as_deref(),
+            Some("externalTrafficPolicy Local and no ready endpoint on this node")
+        );
+
+        let mut s = snap();
+        s.services.get_mut("default/web").unwrap().load_balancer = false;
+        let f = explain(&s, &k, "default/web").found.unwrap();
+        assert_eq!(f.skipped.as_deref(), Some("not a LoadBalancer Service"));
+
+        let mut s = snap();
+        s.services.get_mut("default/web").unwrap().class = Some("other".into());
+        let f = explain(&s, &k, "default/web").found.unwrap();
+        assert!(f.skipped.unwrap().contains("loadBalancerClass \"other\""));
+    }
+
+    #[test]
+    fn an_unknown_name_lists_the_closest() {
+        let v = explain(&snap(), &kcfg(), "default/wbe");
+        assert!(v.found.is_none());
+        assert_eq!(v.closest[0], "default/web");
+        let v = explain(&snap(), &kcfg(), "prod/web");
+        assert!(v.closest.contains(&"shop/web".to_string()), "{v:?}");
+        assert!(explain(&snap(), &kcfg(), "zzz/qqqqqqqq").closest.is_empty());
+    }
+}

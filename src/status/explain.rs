@@ -1,0 +1,399 @@
+//! `vipd explain NAMESPACE/NAME`: the Kubernetes side's view of one Service
+//! (`k8s::explain`) joined with what the sessions hold, the drain and the
+//! allocator, as plain values; rendered as one screen of text or as JSON.
+
+use std::fmt::Write as _;
+use std::net::IpAddr;
+
+use serde::Serialize;
+
+use crate::bgp::rib::afi_of;
+use crate::bgp::session::PeerStatus;
+use crate::config::RouteAttrs;
+use crate::k8s::explain::ServiceView;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Explanation {
+    pub service: String,
+    /// `None` without `[kubernetes]`.
+    pub view: Option<ServiceView>,
+    pub addresses: Vec<AddressLine>,
+    /// Why the allocator has not given the Service its addresses (on the
+    /// node that allocates).
+    pub allocation: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AddressLine {
+    pub address: String,
+    /// The intent wants it announced from this node.
+    pub wanted: bool,
+    pub why_not: Option<String>,
+    /// Announced, but with GRACEFUL_SHUTDOWN or withdrawn by a drain.
+    pub drain: Option<String>,
+    pub peers: Vec<PeerLine>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PeerLine {
+    pub peer: IpAddr,
+    pub asn: u32,
+    pub state: &'static str,
+    /// The peer holds the route from vipd now.
+    pub carried: bool,
+    /// As sent to this peer (its defaults merged, its next hop).
+    pub attributes: Option<String>,
+    pub why_not: Option<String>,
+}
+
+/// What the daemon adds to the Kubernetes view.
+pub struct Context<'a> {
+    pub peers: &'a [(IpAddr, u32, PeerStatus)],
+    /// The drain, while one is active: what it does to Service VIPs now.
+    pub drain: Option<String>,
+    /// The allocator's reason, when this node allocates and the Service
+    /// is pending.
+    pub pending: Option<String>,
+}
+
+pub fn combine(service: &str, view: Option<ServiceView>, cx: &Context) -> Explanation {
+    let mut addresses = vec![];
+    if let Some(f) = view.as_ref().and_then(|v| v.found.as_ref()) {
+        for a in &f.addresses {
+            let route = a
+                .route
+                .as_ref()
+                .and_then(|r| r.parse::<ipnet::IpNet>().ok());
+            let why_not = match (&route, &a.refused, &f.skipped) {
+                (Some(_), _, _) => None,
+                (None, Some(r), _) => Some(format!("refused: {r}")),
+                (None, None, Some(s)) => Some(s.clone()),
+                (None, None, None) => Some("not wanted from this node".into()),
+            };
+            let peers = route.map_or(vec![], |r| {
+                cx.peers.iter().map(|p| peer_line(p, r)).collect()
+            });
+            addresses.push(AddressLine {
+                address: a.address.clone(),
+                wanted: route.is_some(),
+                why_not,
+                drain: route.and(cx.drain.clone()),
+                peers,
+            });
+        }
+    }
+    Explanation {
+        service: service.to_string(),
+        view,
+        addresses,
+        allocation: cx.pending.clone(),
+    }
+}
+
+fn peer_line((addr, asn, p): &(IpAddr, u32, PeerStatus), route: ipnet::IpNet) -> PeerLine {
+    let held = p.holds.as_ref().and_then(|t| t.get(&route));
+    let afi = afi_of(&route);
+    let carried = held.is_some() && p.sending.contains(&afi);
+    let why_not = if carried {
+        None
+    } else if p.established_at.is_none() {
+        Some(format!("session {}", p.state))
+    } else if !p.families.contains(&afi) {
+        Some(format!("{afi} not negotiated with this peer"))
+    } else if !p.sending.contains(&afi) {
+        Some(format!("no {afi} next hop for this peer"))
+    } else {
+        Some("not sent yet".into())
+    };
+    let attributes = match (held, &p.ctx) {
+        (Some(a), Some(ctx)) if carried => Some(attributes(&ctx.seen(a), ctx, afi)),
+        _ => None,
+    };
+    PeerLine {
+        peer: *addr,
+        asn: *asn,
+        state: p.state,
+        carried,
+        attributes,
+        why_not,
+    }
+}
+
+fn attributes(
+    a: &RouteAttrs,
+    ctx: &crate::bgp::wire::encode::SendCtx,
+    afi: crate::bgp::wire::Afi,
+) -> String {
+    let mut parts = vec![];
+    let nh = match afi {
+        crate::bgp::wire::Afi::Ipv4 => ctx.next_hop_v4.map(|n| n.to_string()),
+        crate::bgp::wire::Afi::Ipv6 => ctx.next_hop_v6.map(|n| n.to_string()),
+    };
+    if let Some(n) = nh {
+        parts.push(format!("next hop {n}"));
+    }
+    if !a.communities.is_empty() {
+        let c: Vec<String> = a
+            .communities
+            .iter()
+            .map(|c| format!("{}:{}", c >> 16, c & 0xffff))
+            .collect();
+        parts.push(format!("communities {}", c.join(" ")));
+    }
+    if !a.large_communities.is_empty() {
+        let c: Vec<String> = a
+            .large_communities
+            .iter()
+            .map(|[x, y, z]| format!("{x}:{y}:{z}"))
+            .collect();
+        parts.push(format!("large communities {}", c.join(" ")));
+    }
+    if let Some(l) = a.local_pref {
+        parts.push(format!("local-pref {l}"));
+    }
+    if let Some(m) = a.med {
+        parts.push(format!("MED {m}"));
+    }
+    if parts.is_empty() {
+        "no optional attributes".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
+impl Explanation {
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        let Some(view) = &self.view else {
+            let _ = writeln!(
+                s,
+                "{}: vipd runs without [kubernetes] here: it announces only the prefixes of its file",
+                self.service
+            );
+            return s;
+        };
+        let Some(f) = &view.found else {
+            let _ = write!(s, "{}: no such Service in vipd's cache", self.service);
+            if view.closest.is_empty() {
+                s.push('\n');
+            } else {
+                let _ = writeln!(s, "; did you mean {}?", view.closest.join(", "));
+            }
+            return s;
+        };
+        let _ = writeln!(
+            s,
+            "Service {}: {}{}, externalTrafficPolicy {}",
+            self.service,
+            if f.load_balancer {
+                "LoadBalancer"
+            } else {
+                "not LoadBalancer"
+            },
+            f.class
+                .as_ref()
+                .map(|c| format!(" (class {c})"))
+                .unwrap_or_default(),
+            if f.local_policy { "Local" } else { "Cluster" },
+        );
+        let _ = writeln!(
+            s,
+            "  endpoints: {} ready, {} on this node",
+            f.endpoints_ready, f.endpoints_here
+        );
+        if let Some(why) = &f.skipped {
+            let _ = writeln!(s, "  not announced from this node: {why}");
+        }
+        for (a, why) in &f.bad_annotations {
+            let _ = writeln!(s, "  annotation {a}: {why}; announced with the defaults");
+        }
+        if f.addresses.is_empty() {
+            let _ = writeln!(
+                s,
+                "  no address yet (status.loadBalancer.ingress is empty){}",
+                self.allocation
+                    .as_ref()
+                    .map(|a| format!(": allocation pending: {a}"))
+                    .unwrap_or_default()
+            );
+        } else if let Some(a) = &self.allocation {
+            let _ = writeln!(s, "  allocation pending: {a}");
+        }
+        for a in &self.addresses {
+            render_address(&mut s, a);
+        }
+        s
+    }
+
+    pub fn json(&self) -> String {
+        let mut s = serde_json::to_string_pretty(self)
+            .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
+        s.push('\n');
+        s
+    }
+}
+
+fn render_address(s: &mut String, a: &AddressLine) {
+    match &a.why_not {
+        Some(why) => {
+            let _ = writeln!(s, "  {}: not announced: {why}", a.address);
+            return;
+        }
+        None => {
+            let _ = writeln!(s, "  {}: announced by this node", a.address);
+        }
+    }
+    if let Some(d) = &a.drain {
+        let _ = writeln!(s, "    draining: {d}");
+    }
+    if a.peers.is_empty() {
+        let _ = writeln!(s, "    no peer configured for this node");
+    }
+    for p in &a.peers {
+        match (&p.attributes, &p.why_not) {
+            (Some(attrs), _) => {
+                let _ = writeln!(s, "    to {} AS{}: {attrs}", p.peer, p.asn);
+            }
+            (None, Some(why)) => {
+                let _ = writeln!(s, "    not to {} AS{}: {why}", p.peer, p.asn);
+            }
+            (None, None) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::k8s::explain::{AddressView, Found};
+    use std::sync::Arc;
+
+    fn view(skipped: Option<&str>) -> ServiceView {
+        ServiceView {
+            service: "default/web".into(),
+            found: Some(Found {
+                load_balancer: true,
+                class: None,
+                local_policy: false,
+                endpoints_ready: 2,
+                endpoints_here: 1,
+                skipped: skipped.map(String::from),
+                addresses: vec![
+                    AddressView {
+                        address: "203.0.113.10".into(),
+                        route: skipped.is_none().then(|| "203.0.113.10/32".into()),
+                        refused: None,
+                    },
+                    AddressView {
+                        address: "192.0.2.1".into(),
+                        route: None,
+                        refused: Some("192.0.2.1 is this node's own address".into()),
+                    },
+                ],
+                bad_annotations: vec![],
+            }),
+            closest: vec![],
+        }
+    }
+
+    fn peers() -> Vec<(IpAddr, u32, PeerStatus)> {
+        let attrs = Arc::new(RouteAttrs {
+            communities: vec![65010 << 16 | 7],
+            ..Default::default()
+        });
+        let up = PeerStatus {
+            state: "Established",
+            established_at: Some(std::time::SystemTime::now()),
+            families: vec![crate::bgp::wire::Afi::Ipv4],
+            sending: vec![crate::bgp::wire::Afi::Ipv4],
+            holds: Some(Arc::new(
+                [("203.0.113.10/32".parse().unwrap(), attrs)].into(),
+            )),
+            ctx: Some(crate::bgp::wire::encode::SendCtx {
+                local_asn: 65010,
+                ebgp: true,
+                four_octet_as: true,
+                next_hop_v4: Some("192.0.2.1".parse().unwrap()),
+                next_hop_v6: None,
+                next_hop_v6_link_local: None,
+                defaults: RouteAttrs {
+                    communities: vec![65010 << 16 | 1],
+                    ..Default::default()
+                },
+            }),
+            ..PeerStatus::default()
+        };
+        let down = PeerStatus {
+            state: "Active",
+            ..PeerStatus::default()
+        };
+        vec![
+            ("192.0.2.2".parse().unwrap(), 65002, up),
+            ("198.51.100.2".parse().unwrap(), 65003, down),
+        ]
+    }
+
+    #[test]
+    fn each_address_says_where_it_goes_and_why_not() {
+        let p = peers();
+        let cx = Context {
+            peers: &p,
+            drain: None,
+            pending: None,
+        };
+        let e = combine("default/web", Some(view(None)), &cx);
+        let text = e.render();
+        for line in [
+            "Service default/web: LoadBalancer, externalTrafficPolicy Cluster",
+            "  endpoints: 2 ready, 1 on this node",
+            "  203.0.113.10: announced by this node",
+            "    to 192.0.2.2 AS65002: next hop 192.0.2.1, communities 65010:1 65010:7",
+            "    not to 198.51.100.2 AS65003: session Active",
+            "  192.0.2.1: not announced: refused: 192.0.2.1 is this node's own address",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line:?} not in:\n{text}");
+        }
+        let j: serde_json::Value = serde_json::from_str(&e.json()).unwrap();
+        assert_eq!(j["addresses"][0]["peers"][0]["carried"], true);
+        assert_eq!(j["addresses"][0]["peers"][1]["carried"], false);
+        assert_eq!(j["view"]["found"]["endpoints_ready"], 2);
+    }
+
+    #[test]
+    fn service_wide_reasons_drains_and_unknown_names() {
+        let p = peers();
+        let cx = Context {
+            peers: &p,
+            drain: Some("announced with GRACEFUL_SHUTDOWN (cordoned), withdrawn in 12s".into()),
+            pending: None,
+        };
+        let text = combine("default/web", Some(view(Some("no ready endpoint"))), &cx).render();
+        assert!(
+            text.contains("  not announced from this node: no ready endpoint\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("  203.0.113.10: not announced: no ready endpoint\n"),
+            "{text}"
+        );
+        let text = combine("default/web", Some(view(None)), &cx).render();
+        assert!(
+            text.contains(
+                "    draining: announced with GRACEFUL_SHUTDOWN (cordoned), withdrawn in 12s\n"
+            ),
+            "{text}"
+        );
+        let unknown = ServiceView {
+            service: "default/wbe".into(),
+            found: None,
+            closest: vec!["default/web".into()],
+        };
+        let text = combine("default/wbe", Some(unknown), &cx).render();
+        assert_eq!(
+            text,
+            "default/wbe: no such Service in vipd's cache; did you mean default/web?\n"
+        );
+        let text = combine("default/web", None, &cx).render();
+        assert!(text.contains("without [kubernetes]"), "{text}");
+    }
+}
