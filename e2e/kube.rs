@@ -1074,3 +1074,73 @@ fn a_cordoned_node_drains_with_graceful_shutdown_then_withdraws() {
         "stopped after only {window:?}"
     );
 }
+
+/// With `[kubernetes]`, the router ID may be left out and addresses given
+/// as "node": they come from the Node's InternalIPs (never its other
+/// addresses). A Node without the family needed is a clear error at start.
+#[test]
+fn router_id_and_node_addresses_come_from_the_node() {
+    let k = kube_lab("kn");
+    k.lab.node.ip(&[
+        "-6",
+        "addr",
+        "add",
+        "2001:db8::7/64",
+        "dev",
+        &k.lab.node.dev_of("192.0.2.1/24"),
+        "nodad",
+    ]);
+    let mut n = obj::node("node-a", &[]);
+    n["status"]["addresses"] = serde_json::json!([
+        {"type": "ExternalIP", "address": "198.51.100.77"},
+        {"type": "InternalIP", "address": "2001:db8::7"},
+        {"type": "InternalIP", "address": "192.0.2.1"}
+    ]);
+    k.api.put(n);
+    k.api.put(obj::node("node-v6", &["2001:db8::9"]));
+    put_web(&k.api);
+    let kc = k.lab.dir.write("kubeconfig", &k.api.kubeconfig());
+    let conf = |node: &str| {
+        format!(
+            "[bgp]\nasn = 65010\n\
+             [[bgp.peers]]\naddress = \"192.0.2.2\"\nasn = 65002\nconnect_retry = 1\nsource_address = \"node\"\n\
+             [[bgp.peers]]\naddress = \"2001:db8::2\"\nasn = 65002\nconnect_retry = 1\n\
+             source_address = \"2001:db8::1\"\nnext_hop_ipv6 = \"node\"\n\
+             [kubernetes]\nkubeconfig = \"{}\"\nnode_name = \"{node}\"\n",
+            kc.display()
+        )
+    };
+    let vipd = Vipd::start(&k.lab.node, &k.lab.dir, &conf("node-a"));
+    let view = || {
+        format!(
+            "{}\n{}\nvipd log:\n{}",
+            k.bird.cli("show protocols all v4"),
+            k.bird.cli("show route all"),
+            vipd.proc.log_tail(30)
+        )
+    };
+    assert!(
+        wait_until(Duration::from_secs(15), || k.bird.has("203.0.113.10/32")
+            && k.bird.has("2001:db8:ff::10/128")),
+        "{}",
+        view()
+    );
+    let proto = k.bird.cli("show protocols all v4");
+    assert!(proto.contains("Neighbor ID:      192.0.2.1"), "{}", view());
+    let r6 = k.bird.route("2001:db8:ff::10/128");
+    assert!(r6.contains("BGP.next_hop: 2001:db8::7"), "{}", view());
+    assert!(vipd.log().contains("addresses from the Node resolved"));
+
+    let mut v6 = Vipd::start_named(&k.lab.node, &k.lab.dir, &conf("node-v6"), "vipd-v6");
+    assert!(
+        wait_until(Duration::from_secs(10), || !v6.proc.alive()),
+        "vipd started without an IPv4 router ID:\n{}",
+        v6.log()
+    );
+    assert_eq!(v6.proc.child.wait().unwrap().code(), Some(2));
+    assert!(
+        v6.log().contains("bgp.router_id: \"node\" (or omitted): this Node has no IPv4 InternalIP; set an address"),
+        "{}",
+        v6.log()
+    );
+}

@@ -20,7 +20,7 @@ use ipnet::IpNet;
 mod fleet;
 #[path = "config/ipam.rs"]
 mod ipam;
-pub use fleet::{parse_labels, DrainConfig, Labels};
+pub use fleet::{parse_labels, DrainConfig, Labels, NodeAddresses};
 pub use ipam::{parse_range, IpamConfig, Pool, Range};
 
 /// The 2-octet AS number reserved by RFC 6793 to stand in for a 4-octet one.
@@ -201,6 +201,8 @@ pub struct RouteTable {
 #[derive(Debug, Clone, PartialEq)]
 pub struct BgpConfig {
     pub asn: u32,
+    /// Unspecified until resolved when `from_node.router_id` (see
+    /// [`BgpConfig::with_node_addresses`]).
     pub router_id: Ipv4Addr,
     pub listen: Option<SocketAddr>,
     pub graceful_restart: bool,
@@ -210,6 +212,8 @@ pub struct BgpConfig {
     /// Restart State bit (RFC 4724 section 3).
     pub restart_record: PathBuf,
     pub peers: Vec<PeerConfig>,
+    /// `router_id` omitted: the Node's first IPv4 InternalIP.
+    pub router_id_from_node: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -237,6 +241,17 @@ pub struct PeerConfig {
     pub defaults: RouteAttrs,
     /// Only on nodes whose labels include all of these (empty: every node).
     pub node_selector: Labels,
+    /// Addresses given as `"node"`: the Node's InternalIP of the family,
+    /// filled in by [`BgpConfig::with_node_addresses`].
+    pub from_node: FromNode,
+}
+
+/// Which of a peer's addresses are `"node"`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct FromNode {
+    pub source_address: bool,
+    pub next_hop_ipv4: bool,
+    pub next_hop_ipv6: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -389,13 +404,8 @@ impl Config {
             }
         }
         if kubernetes.is_none() {
-            for (i, p) in bgp.iter().flat_map(|b| b.peers.iter()).enumerate() {
-                if !p.node_selector.is_empty() {
-                    errs.push(
-                        format!("bgp.peers[{i}].node_selector"),
-                        "selects by the Node's labels: it needs a [kubernetes] table",
-                    );
-                }
+            if let Some(b) = &bgp {
+                fleet::check_needs_node(b, &mut errs);
             }
         }
         if kubernetes.is_none() && ipam.is_some() {
@@ -438,7 +448,8 @@ impl Config {
 
 fn read_bgp(mut t: Tbl, errs: &mut Errs) -> Option<BgpConfig> {
     let asn = t.req("asn", errs, parse_asn);
-    let router_id = t.req("router_id", errs, |v| {
+    // Omitted: the Node's address (checked against [kubernetes] later).
+    let router_id = t.opt("router_id", errs, |v| {
         let ip: Ipv4Addr = parse_str(v)?
             .parse()
             .map_err(|_| "not an IPv4 address".to_string())?;
@@ -447,6 +458,7 @@ fn read_bgp(mut t: Tbl, errs: &mut Errs) -> Option<BgpConfig> {
         }
         Ok(ip)
     });
+    let router_id_from_node = router_id.is_none() && !errs.has("bgp.router_id");
     let listen = t.opt("listen", errs, |v| {
         parse_str(v)?
             .parse::<SocketAddr>()
@@ -493,7 +505,8 @@ fn read_bgp(mut t: Tbl, errs: &mut Errs) -> Option<BgpConfig> {
     }
     Some(BgpConfig {
         asn: asn?,
-        router_id: router_id?,
+        router_id: router_id.unwrap_or(Ipv4Addr::UNSPECIFIED),
+        router_id_from_node,
         listen,
         graceful_restart,
         restart_time,
@@ -921,7 +934,10 @@ fn read_peer(mut t: Tbl, local_asn: Option<u32>, errs: &mut Errs) -> Option<Peer
         );
     }
     let ttl_security = t.opt("ttl_security", errs, parse_bool).unwrap_or(false);
-    let source_address = t.opt("source_address", errs, parse_ip);
+    let mut from_node = FromNode::default();
+    let source_address = t.opt("source_address", errs, |v| node_or(v, parse_ip));
+    from_node.source_address = matches!(source_address, Some(None));
+    let source_address = source_address.flatten();
     let families = t
         .opt("families", errs, |v| {
             let arr = match v.kind {
@@ -953,15 +969,23 @@ fn read_peer(mut t: Tbl, local_asn: Option<u32>, errs: &mut Errs) -> Option<Peer
             ipv6: true,
         });
     let next_hop_ipv4 = t.opt("next_hop_ipv4", errs, |v| {
-        parse_str(v)?
-            .parse::<Ipv4Addr>()
-            .map_err(|_| "not an IPv4 address".into())
+        node_or(v, |v| {
+            parse_str(v)?
+                .parse::<Ipv4Addr>()
+                .map_err(|_| "not an IPv4 address or \"node\"".into())
+        })
     });
+    from_node.next_hop_ipv4 = matches!(next_hop_ipv4, Some(None));
+    let next_hop_ipv4 = next_hop_ipv4.flatten();
     let next_hop_ipv6 = t.opt("next_hop_ipv6", errs, |v| {
-        parse_str(v)?
-            .parse::<Ipv6Addr>()
-            .map_err(|_| "not an IPv6 address".into())
+        node_or(v, |v| {
+            parse_str(v)?
+                .parse::<Ipv6Addr>()
+                .map_err(|_| "not an IPv6 address or \"node\"".into())
+        })
     });
+    from_node.next_hop_ipv6 = matches!(next_hop_ipv6, Some(None));
+    let next_hop_ipv6 = next_hop_ipv6.flatten();
     let link_local_next_hop = t
         .opt("link_local_next_hop", errs, parse_bool)
         .unwrap_or(true);
@@ -1037,6 +1061,7 @@ fn read_peer(mut t: Tbl, local_asn: Option<u32>, errs: &mut Errs) -> Option<Peer
         description,
         defaults,
         node_selector,
+        from_node,
     })
 }
 
@@ -1178,6 +1203,15 @@ fn parse_asn(v: Value) -> Result<u32, String> {
     Ok(n as u32)
 }
 
+/// `"node"` (`None`: the Node's address, resolved at start) or what `f`
+/// reads.
+fn node_or<T>(v: Value, f: impl Fn(Value) -> Result<T, String>) -> Result<Option<T>, String> {
+    if matches!(&v.kind, ValueKind::String(s) if s == "node") {
+        return Ok(None);
+    }
+    f(v).map(Some)
+}
+
 fn parse_ip(v: Value) -> Result<IpAddr, String> {
     let s = parse_str(v)?;
     s.parse().map_err(|_| format!("{s:?} is not an IP address"))
@@ -1286,6 +1320,9 @@ impl Errs {
             key: key.into(),
             reason: reason.into(),
         });
+    }
+    fn has(&self, key: &str) -> bool {
+        self.0.iter().any(|p| p.key == key)
     }
 }
 

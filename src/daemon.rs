@@ -15,7 +15,7 @@ use tracing::{error, info, warn};
 
 use crate::bgp::rib::Table;
 use crate::bgp::{Speaker, SpeakerError};
-use crate::config::{BgpConfig, Config, Labels, LogConfig, Problems, RouteAttrs};
+use crate::config::{BgpConfig, Config, Labels, LogConfig, NodeAddresses, Problems, RouteAttrs};
 use crate::dataplane::ipvs;
 use crate::k8s;
 use crate::k8s::watch::{KubeStatus, Update, WatchError};
@@ -68,6 +68,9 @@ struct Daemon {
     draining: Option<(drain::Drained, Instant)>,
     /// `vipd explain` asks the watch (with `[kubernetes]`).
     explain: Option<mpsc::Sender<k8s::watch::ExplainQuery>>,
+    /// The Node's InternalIPs as read at start, for `"node"` addresses
+    /// in a reloaded file.
+    node_addresses: Option<NodeAddresses>,
 }
 
 impl Daemon {
@@ -78,12 +81,17 @@ impl Daemon {
         path: PathBuf,
         logging: &dyn Fn(&LogConfig),
     ) -> Result<(Daemon, mpsc::Receiver<Update>), DaemonError> {
-        let (cfg, statics) = load(&path)?;
+        let (mut cfg, statics) = load(&path)?;
         logging(&cfg.log);
+        let router_id = if cfg.bgp.router_id_from_node {
+            "from the Node".to_string()
+        } else {
+            cfg.bgp.router_id.to_string()
+        };
         info!(
             config = %path.display(),
             asn = cfg.bgp.asn,
-            router_id = %cfg.bgp.router_id,
+            %router_id,
             peers = cfg.bgp.peers.len(),
             prefixes = statics.len(),
             "vipd starting"
@@ -107,8 +115,12 @@ impl Daemon {
             None => control::drop_ipvs(&mut mgr),
         }
         let base = control::with_control(&statics, &control);
-        let (speaker, allocator, explain) =
-            start_speaker(&cfg, base.clone(), kube_tx, &kube_status).await?;
+        let Started {
+            speaker,
+            allocator,
+            explain,
+            node: node_addresses,
+        } = start_speaker(&mut cfg, base.clone(), kube_tx, &kube_status).await?;
         let mut node = NodeState::new(&cfg).map_err(DaemonError::Dataplane)?;
         node.keep(control.as_ref().map(Control::address));
         let d = Daemon {
@@ -129,6 +141,7 @@ impl Daemon {
             labels: None,
             draining: None,
             explain,
+            node_addresses,
         };
         Ok((d, kube_rx))
     }
@@ -319,7 +332,19 @@ impl Daemon {
     /// problem logged.
     async fn on_reload(&mut self, logging: &dyn Fn(&LogConfig)) {
         info!("SIGHUP: reloading {}", self.path.display());
-        let (new, new_statics) = match load(&self.path) {
+        let loaded = load(&self.path).and_then(|(mut c, t)| {
+            if c.bgp.needs_node() {
+                let Some(n) = self.node_addresses else {
+                    return Err(Problems(vec![crate::config::Problem {
+                        key: "bgp".into(),
+                        reason: "\"node\" addresses or an omitted router_id need the Node's addresses, read at start: restart vipd".into(),
+                    }]));
+                };
+                c.bgp = c.bgp.with_node_addresses(&n)?;
+            }
+            Ok((c, t))
+        });
+        let (new, new_statics) = match loaded {
             Ok(x) => x,
             Err(p) => {
                 for line in &p.0 {
@@ -532,14 +557,19 @@ impl Daemon {
 /// The speaker, and with `[kubernetes]` the watch and the allocator. With
 /// Kubernetes the speaker starts without a table: it gets one with the
 /// first complete intent.
-type Started = (
-    Speaker,
-    Option<k8s::allocator::Handle>,
-    Option<mpsc::Sender<k8s::watch::ExplainQuery>>,
-);
+struct Started {
+    speaker: Speaker,
+    allocator: Option<k8s::allocator::Handle>,
+    explain: Option<mpsc::Sender<k8s::watch::ExplainQuery>>,
+    /// The Node's InternalIPs, when `"node"` or an omitted `router_id`
+    /// needed them.
+    node: Option<NodeAddresses>,
+}
 
+/// With `[kubernetes]`, `cfg.bgp` comes back with its `"node"` addresses
+/// (and an omitted router ID) resolved from the Node.
 async fn start_speaker(
-    cfg: &Config,
+    cfg: &mut Config,
     table: Arc<Table>,
     kube_tx: mpsc::Sender<Update>,
     kube_status: &Arc<Mutex<KubeStatus>>,
@@ -547,12 +577,26 @@ async fn start_speaker(
     let restarted = take_restart_record(&cfg.bgp);
     // Peers with a node_selector wait for the Node's labels.
     let bgp = cfg.bgp.for_node(None);
-    let Some(k) = &cfg.kubernetes else {
+    let Some(k) = cfg.kubernetes.clone() else {
         let mut speaker = Speaker::start(&bgp, Some(table), restarted)?;
         speaker.started();
-        return Ok((speaker, None, None));
+        return Ok(Started {
+            speaker,
+            allocator: None,
+            explain: None,
+            node: None,
+        });
     };
-    let (client, mut api) = k8s::watch::connect(k).await?;
+    let (client, mut api) = k8s::watch::connect(&k).await?;
+    let node = if cfg.bgp.needs_node() {
+        let n = k8s::watch::fetch_internal_ips(&client, &k.node_name).await;
+        cfg.bgp = cfg.bgp.with_node_addresses(&n)?;
+        info!(router_id = %cfg.bgp.router_id, node_ipv4 = ?n.v4, node_ipv6 = ?n.v6, "addresses from the Node resolved");
+        Some(n)
+    } else {
+        None
+    };
+    let bgp = cfg.bgp.for_node(None);
     if let Some(cp) = &cfg.control_plane {
         // The control-plane VIP and the API servers behind it are never a
         // Service's VIP.
@@ -563,7 +607,7 @@ async fn start_speaker(
     let allocator = cfg
         .ipam
         .as_ref()
-        .map(|i| k8s::allocator::spawn(i, k, client.clone()));
+        .map(|i| k8s::allocator::spawn(i, &k, client.clone()));
     let (explain_tx, explain_rx) = mpsc::channel(8);
     tokio::spawn(k8s::watch::run(
         k.clone(),
@@ -573,7 +617,12 @@ async fn start_speaker(
         kube_status.clone(),
         explain_rx,
     ));
-    Ok((speaker, allocator, Some(explain_tx)))
+    Ok(Started {
+        speaker,
+        allocator,
+        explain: Some(explain_tx),
+        node,
+    })
 }
 
 fn control_line(c: &Control) -> status::ControlLine {

@@ -2,12 +2,15 @@
 //! nodes whose labels match their `node_selector`.
 
 use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use std::time::Duration;
 
 use config::{Value, ValueKind};
 
-use super::{parse_bool, parse_int, parse_list, parse_str, BgpConfig, Errs, Tbl};
+use super::{
+    parse_bool, parse_int, parse_list, parse_str, BgpConfig, Errs, FromNode, Problems, Tbl,
+};
 
 /// `[drain]`: when this node drains its VIPs (RFC 8326 graceful shutdown,
 /// then withdrawal), see `crate::drain`.
@@ -124,6 +127,105 @@ impl BgpConfig {
     }
 }
 
+/// The Node's InternalIPs, first of each family: what `"node"` and an
+/// omitted `router_id` stand for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NodeAddresses {
+    pub v4: Option<Ipv4Addr>,
+    pub v6: Option<Ipv6Addr>,
+}
+
+impl BgpConfig {
+    /// Whether anything waits for the Node's addresses.
+    pub fn needs_node(&self) -> bool {
+        self.router_id_from_node
+            || self
+                .peers
+                .iter()
+                .any(|p| p.from_node != FromNode::default())
+    }
+
+    /// `"node"` and an omitted `router_id` resolved against the Node's
+    /// addresses; each one the Node lacks is a problem naming its key.
+    pub fn with_node_addresses(&self, n: &NodeAddresses) -> Result<BgpConfig, Problems> {
+        let mut b = self.clone();
+        let mut errs = Errs(vec![]);
+        let missing = |fam: &str| {
+            format!("\"node\" (or omitted): this Node has no {fam} InternalIP; set an address")
+        };
+        if b.router_id_from_node {
+            match n.v4 {
+                Some(a) => b.router_id = a,
+                None => errs.push("bgp.router_id", missing("IPv4")),
+            }
+        }
+        for (i, p) in b.peers.iter_mut().enumerate() {
+            let key = format!("bgp.peers[{i}]");
+            if p.from_node.source_address {
+                let a = if p.address.is_ipv4() {
+                    n.v4.map(IpAddr::from)
+                } else {
+                    n.v6.map(IpAddr::from)
+                };
+                match a {
+                    Some(a) => p.source_address = Some(a),
+                    None => {
+                        let fam = if p.address.is_ipv4() { "IPv4" } else { "IPv6" };
+                        errs.push(format!("{key}.source_address"), missing(fam))
+                    }
+                }
+            }
+            if p.from_node.next_hop_ipv4 {
+                match n.v4 {
+                    Some(a) => p.next_hop_ipv4 = Some(a),
+                    None => errs.push(format!("{key}.next_hop_ipv4"), missing("IPv4")),
+                }
+            }
+            if p.from_node.next_hop_ipv6 {
+                match n.v6 {
+                    Some(a) => p.next_hop_ipv6 = Some(a),
+                    None => errs.push(format!("{key}.next_hop_ipv6"), missing("IPv6")),
+                }
+            }
+        }
+        if errs.0.is_empty() {
+            Ok(b)
+        } else {
+            Err(Problems(errs.0))
+        }
+    }
+}
+
+/// Without `[kubernetes]` there is no Node: selectors, `"node"` addresses
+/// and an omitted `router_id` cannot be resolved.
+pub(super) fn check_needs_node(b: &BgpConfig, errs: &mut Errs) {
+    const WHY: &str = "is the Node's address: it needs a [kubernetes] table";
+    if b.router_id_from_node {
+        errs.push(
+            "bgp.router_id",
+            "missing (without [kubernetes] there is no Node to take it from)",
+        );
+    }
+    for (i, p) in b.peers.iter().enumerate() {
+        let key = format!("bgp.peers[{i}]");
+        if !p.node_selector.is_empty() {
+            errs.push(
+                format!("{key}.node_selector"),
+                "selects by the Node's labels: it needs a [kubernetes] table",
+            );
+        }
+        for (set, name) in [
+            (p.from_node.source_address, "source_address"),
+            (p.from_node.next_hop_ipv4, "next_hop_ipv4"),
+            (p.from_node.next_hop_ipv6, "next_hop_ipv6"),
+        ] {
+            if set {
+                errs.push(format!("{key}.{name}"), format!("\"node\" {WHY}"));
+            }
+        }
+    }
+}
+
 /// `k=v,k2=v2` (the `--node-labels` of `vipd check-config`).
 pub fn parse_labels(s: &str) -> Result<Labels, String> {
     let mut out = Labels::new();
@@ -237,6 +339,88 @@ mod tests {
                 "drain.on_taints: \"bad key!\" is not a valid label key",
                 "drain.graceful_shutdown_secs: 7200 is out of range 0 to 3600",
                 "drain.when: unknown key",
+            ]
+        );
+    }
+
+    #[test]
+    fn node_addresses_fill_router_id_source_and_next_hops() {
+        let c = Config::from_toml_str(
+            "[bgp]\nasn = 65010\n\
+             [[bgp.peers]]\naddress = \"192.0.2.2\"\nasn = 65002\nsource_address = \"node\"\nnext_hop_ipv4 = \"node\"\n\
+             [[bgp.peers]]\naddress = \"2001:db8::2\"\nasn = 65002\nsource_address = \"node\"\nnext_hop_ipv6 = \"node\"\n\
+             [[bgp.peers]]\naddress = \"198.51.100.2\"\nasn = 65003\n\
+             [kubernetes]\nnode_name = \"n\"\n",
+        )
+        .unwrap();
+        assert!(c.bgp.needs_node());
+        let both = NodeAddresses {
+            v4: Some("192.0.2.1".parse().unwrap()),
+            v6: Some("2001:db8::1".parse().unwrap()),
+        };
+        let b = c.bgp.with_node_addresses(&both).unwrap();
+        assert_eq!(b.router_id, both.v4.unwrap());
+        assert_eq!(
+            b.peers[0].source_address,
+            Some("192.0.2.1".parse().unwrap())
+        );
+        assert_eq!(b.peers[0].next_hop_ipv4, both.v4);
+        assert_eq!(
+            b.peers[1].source_address,
+            Some("2001:db8::1".parse().unwrap())
+        );
+        assert_eq!(b.peers[1].next_hop_ipv6, both.v6);
+        assert_eq!(b.peers[2].source_address, None);
+        // A Node without IPv4: every key that needed it is named.
+        let v6_only = NodeAddresses {
+            v4: None,
+            v6: both.v6,
+        };
+        let e: Vec<String> = c
+            .bgp
+            .with_node_addresses(&v6_only)
+            .unwrap_err()
+            .0
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
+        let why = "\"node\" (or omitted): this Node has no IPv4 InternalIP; set an address";
+        assert_eq!(
+            e,
+            [
+                format!("bgp.router_id: {why}"),
+                format!("bgp.peers[0].source_address: {why}"),
+                format!("bgp.peers[0].next_hop_ipv4: {why}"),
+            ]
+        );
+        // A router ID that is set is kept.
+        let set = Config::from_toml_str(&format!(
+            "{BASE}[[bgp.peers]]\naddress = \"192.0.2.2\"\nasn = 65002\n"
+        ))
+        .unwrap();
+        assert!(!set.bgp.needs_node());
+        assert_eq!(
+            set.bgp.with_node_addresses(&v6_only).unwrap().router_id,
+            "192.0.2.1".parse::<Ipv4Addr>().unwrap()
+        );
+    }
+
+    #[test]
+    fn node_addresses_need_kubernetes() {
+        let e: Vec<String> = Config::from_toml_str(
+            "[bgp]\nasn = 65010\n[[bgp.peers]]\naddress = \"192.0.2.2\"\nasn = 65002\nnext_hop_ipv6 = \"node\"\nsource_address = \"nod\"\n",
+        )
+        .unwrap_err()
+        .0
+        .iter()
+        .map(|p| p.to_string())
+        .collect();
+        assert_eq!(
+            e,
+            [
+                "bgp.peers[0].source_address: \"nod\" is not an IP address",
+                "bgp.router_id: missing (without [kubernetes] there is no Node to take it from)",
+                "bgp.peers[0].next_hop_ipv6: \"node\" is the Node's address: it needs a [kubernetes] table",
             ]
         );
     }

@@ -114,6 +114,48 @@ pub fn slice_info(s: &EndpointSlice) -> SliceInfo {
     }
 }
 
+/// The Node's first InternalIP of each family: what `"node"` and an
+/// omitted `router_id` stand for.
+pub fn internal_ips(n: &Node) -> crate::config::NodeAddresses {
+    let mut out = crate::config::NodeAddresses::default();
+    let addrs = n.status.as_ref().and_then(|s| s.addresses.as_ref());
+    for a in addrs
+        .into_iter()
+        .flatten()
+        .filter(|a| a.type_ == "InternalIP")
+    {
+        match a.address.parse::<IpAddr>() {
+            Ok(IpAddr::V4(v4)) if out.v4.is_none() => out.v4 = Some(v4),
+            Ok(IpAddr::V6(v6)) if out.v6.is_none() => out.v6 = Some(v6),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// This node's InternalIPs, read once at start (they select the router ID
+/// and `"node"` addresses). Waits for the Node to exist: the kubelet
+/// registers it, and nothing can be announced without a router ID.
+pub async fn fetch_internal_ips(client: &Client, node: &str) -> crate::config::NodeAddresses {
+    let api = Api::<Node>::all(client.clone());
+    let lp = kube::api::ListParams::default().fields(&format!("metadata.name={node}"));
+    let mut warned = None::<std::time::Instant>;
+    loop {
+        let why = match api.list(&lp).await {
+            Ok(l) => match l.items.first() {
+                Some(n) => return internal_ips(n),
+                None => format!("no Node named {node} yet"),
+            },
+            Err(e) => format!("cannot list Node {node}: {e}"),
+        };
+        if warned.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(30)) {
+            warn!("{why}: waiting for it (the router ID or a \"node\" address comes from its InternalIP)");
+            warned = Some(std::time::Instant::now());
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    }
+}
+
 pub fn node_info(n: &Node) -> NodeInfo {
     NodeInfo {
         name: n.name_any(),
@@ -601,4 +643,31 @@ pub(crate) async fn post_event(
 
 fn jiff_now() -> k8s_openapi::jiff::Timestamp {
     k8s_openapi::jiff::Timestamp::now()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn internal_ips_are_the_first_internal_address_of_each_family() {
+        let n: Node = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "n"},
+            "status": {"addresses": [
+                {"type": "ExternalIP", "address": "198.51.100.7"},
+                {"type": "Hostname", "address": "n"},
+                {"type": "InternalIP", "address": "2001:db8::1"},
+                {"type": "InternalIP", "address": "192.0.2.1"},
+                {"type": "InternalIP", "address": "192.0.2.9"},
+                {"type": "InternalIP", "address": "not-an-ip"}
+            ]}
+        }))
+        .unwrap();
+        let a = internal_ips(&n);
+        assert_eq!(a.v4, Some("192.0.2.1".parse().unwrap()));
+        assert_eq!(a.v6, Some("2001:db8::1".parse().unwrap()));
+        let bare: Node =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": "n"}})).unwrap();
+        assert_eq!(internal_ips(&bare), Default::default());
+    }
 }
