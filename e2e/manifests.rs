@@ -120,3 +120,115 @@ fn every_manifest_is_its_type_and_rbac_is_least_privilege() {
         ])
     );
 }
+
+/// Every rule of the shipped ClusterRole and Role.
+fn shipped_grants() -> BTreeSet<(String, String, String, String)> {
+    let mut out = BTreeSet::new();
+    for doc in documents() {
+        match doc["kind"].as_str() {
+            Some("ClusterRole") => {
+                out.extend(grants(&round_trip::<ClusterRole>(&doc).rules.unwrap()))
+            }
+            Some("Role") => out.extend(grants(&round_trip::<Role>(&doc).rules.unwrap())),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// What every test's API stand-in saw vipd ask for, across the whole suite
+/// (the stand-in appends each new (group, resource, verb, name) to this
+/// file). `e2e/test.sh` empties it before the suite and runs this test
+/// after every other: each request vipd made is granted by the shipped
+/// RBAC, and each grant was used.
+#[test]
+#[ignore = "run by e2e/test.sh after the whole suite: it audits what the other tests recorded"]
+fn rbac_grants_exactly_what_the_suite_used() {
+    let path = concat!(env!("CARGO_TARGET_TMPDIR"), "/rbac-used.log");
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| {
+        panic!(
+            "{path}: {e}: run the suite (e2e/test.sh) first; it records what vipd asked of the API"
+        )
+    });
+    let used: BTreeSet<(String, String, String, String)> = text
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            assert_eq!(f.len(), 4, "bad line {l:?}");
+            (f[0].into(), f[1].into(), f[2].into(), f[3].into())
+        })
+        .collect();
+    let granted = shipped_grants();
+    let covers = |g: &(String, String, String, String), u: &(String, String, String, String)| {
+        g.0 == u.0 && g.1 == u.1 && g.2 == u.2 && (g.3 == "*" || g.3 == u.3)
+    };
+    let denied: Vec<_> = used
+        .iter()
+        .filter(|u| !granted.iter().any(|g| covers(g, u)))
+        .collect();
+    assert!(
+        denied.is_empty(),
+        "vipd asked for what the shipped RBAC does not grant: {denied:?}"
+    );
+    let unused: Vec<_> = granted
+        .iter()
+        .filter(|g| !used.iter().any(|u| covers(g, u)))
+        .collect();
+    assert!(
+        unused.is_empty(),
+        "the shipped RBAC grants what vipd never used in the suite: {unused:?}\nused: {used:?}"
+    );
+    eprintln!(
+        "{} distinct requests, all granted; every grant used",
+        used.len()
+    );
+}
+
+/// The control-plane variant is a static pod: it starts before the API
+/// server, so it reads its file from the node and uses no ServiceAccount.
+#[test]
+fn the_control_plane_static_pod_is_a_pod_that_needs_no_api() {
+    use k8s_openapi::api::core::v1::Pod;
+    let text = include_str!("../configs/kubernetes/vipd-control-plane.yaml");
+    let doc: Value = serde_norway::from_str(text).expect("YAML");
+    let pod = round_trip::<Pod>(&doc);
+    let spec = pod.spec.unwrap();
+    assert_eq!(spec.host_network, Some(true));
+    assert_eq!(spec.service_account_name, None);
+    assert_eq!(
+        spec.priority_class_name.as_deref(),
+        Some("system-node-critical")
+    );
+    let c = &spec.containers[0];
+    let args = c.args.clone().unwrap();
+    let config = &args[args.iter().position(|a| a == "--config").unwrap() + 1];
+    let mount = c
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| &m.mount_path == config)
+        .unwrap_or_else(|| panic!("{config} is not mounted"));
+    let vol = spec
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == mount.name)
+        .unwrap();
+    let host = vol
+        .host_path
+        .as_ref()
+        .expect("the file comes from the node");
+    assert_eq!(host.type_.as_deref(), Some("File"));
+    assert!(vol.config_map.is_none());
+    // The example file in its comment is a valid control-plane config.
+    let example: String = text
+        .lines()
+        .skip_while(|l| *l != "# /etc/vipd/control-plane.toml, for example:")
+        .skip(1)
+        .take_while(|l| l.starts_with("#   "))
+        .map(|l| format!("{}\n", &l[4..]))
+        .collect();
+    let cfg =
+        vipd::config::Config::from_toml_str(&example).unwrap_or_else(|p| panic!("{example}\n{p}"));
+    assert!(cfg.control_plane.is_some() && cfg.kubernetes.is_none());
+}

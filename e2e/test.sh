@@ -14,7 +14,11 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 # Every test binary runs even after one fails; the closing line counts them all.
 status=0
+# Each API stand-in appends what vipd asked of it; the RBAC audit below
+# reads the whole suite's record.
+rm -f target/tmp/rbac-used.log
 VIPD_FUZZ_SECS="${VIPD_FUZZ_SECS:-20}" cargo test --release --no-fail-fast 2>&1 | tee "$log" || status=1
+cargo test --release --test manifests -- --ignored --exact rbac_grants_exactly_what_the_suite_used 2>&1 | tee -a "$log" || status=1
 passed=$(grep -Eo '[0-9]+ passed' "$log" | awk '{s+=$1} END {print s+0}')
 failed=$(grep -Eo '[0-9]+ failed' "$log" | awk '{s+=$1} END {print s+0}')
 # Coverage-guided: the stable toolchain accepts cargo-fuzz's nightly flags

@@ -149,6 +149,49 @@ pub fn status_error(code: u16, reason: &str, message: &str, kind: Kind, name: &s
            "details": {"name": name, "kind": plural(kind)}, "code": code})
 }
 
+/// (API group, resource, verb, object name or `*`): what RBAC must grant.
+pub type Access = (String, String, String, String);
+
+/// The RBAC check a real API server makes for this request; `None` for
+/// discovery, which every authenticated client may read.
+pub fn access(route: &Route, method: &hyper::Method, watch: bool) -> Option<Access> {
+    use hyper::Method as M;
+    let group = |k: Kind| match k {
+        Kind::Service | Kind::Node => "",
+        Kind::EndpointSlice => "discovery.k8s.io",
+        Kind::Lease => "coordination.k8s.io",
+    };
+    let verb = |m: &M, object: bool| match *m {
+        M::GET if object => "get",
+        M::GET if watch => "watch",
+        M::GET => "list",
+        M::POST => "create",
+        M::PUT => "update",
+        M::PATCH => "patch",
+        M::DELETE => "delete",
+        _ => "unknown",
+    };
+    let a = |g: &str, r: String, v: &str, n: &str| Some((g.into(), r, v.into(), n.into()));
+    match route {
+        Route::Discovery(_) => None,
+        Route::Namespace(name) => a("", "namespaces".into(), verb(method, true), name),
+        Route::Events { .. } => a("", "events".into(), verb(method, false), "*"),
+        Route::Collection { kind, .. } => {
+            a(group(*kind), plural(*kind).into(), verb(method, false), "*")
+        }
+        Route::Object {
+            kind, name, status, ..
+        } => {
+            let r = if *status {
+                format!("{}/status", plural(*kind))
+            } else {
+                plural(*kind).to_string()
+            };
+            a(group(*kind), r, verb(method, true), name)
+        }
+    }
+}
+
 pub fn plural(kind: Kind) -> &'static str {
     match kind {
         Kind::Service => "services",

@@ -488,6 +488,18 @@ impl StandIn {
         let Some(route) = api::route(&path) else {
             return status(StatusCode::NOT_FOUND, "not implemented by the stand-in");
         };
+        let agent = req
+            .headers()
+            .get("user-agent")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        // kubectl is the tests' client, not vipd.
+        if !agent.starts_with("kubectl") {
+            let watch = matches!(q.get("watch").map(String::as_str), Some("true" | "1"));
+            if let Some(used) = api::access(&route, &method, watch) {
+                record_access(used);
+            }
+        }
         if let api::Route::Collection { kind, .. } | api::Route::Object { kind, .. } = &route {
             let silent = self
                 .state
@@ -939,6 +951,35 @@ fn decode(s: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Every (API group, resource, verb, object name or `*`) vipd asked for,
+/// appended once per process to `RBAC_LOG` (in cargo's target/tmp): the
+/// suite's RBAC audit (`e2e/manifests.rs`) reads what all tests saw.
+pub const RBAC_LOG: Option<&str> = match option_env!("CARGO_TARGET_TMPDIR") {
+    Some(_) => Some(concat!(env!("CARGO_TARGET_TMPDIR"), "/rbac-used.log")),
+    None => None,
+};
+
+fn record_access(a: api::Access) {
+    static SEEN: Mutex<std::collections::BTreeSet<api::Access>> =
+        Mutex::new(std::collections::BTreeSet::new());
+    let Some(path) = RBAC_LOG else {
+        return;
+    };
+    let mut seen = SEEN.lock().unwrap();
+    if !seen.insert(a.clone()) {
+        return;
+    }
+    use std::io::Write as _;
+    let line = format!("{}\t{}\t{}\t{}\n", a.0, a.1, a.2, a.3);
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        let _ = f.write_all(line.as_bytes());
+    }
 }
 
 /// Object builders for the tests.
