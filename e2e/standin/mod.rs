@@ -954,17 +954,16 @@ fn decode(s: &str) -> String {
 }
 
 /// Every (API group, resource, verb, object name or `*`) vipd asked for,
-/// appended once per process to `RBAC_LOG` (in cargo's target/tmp): the
+/// appended once per process to [`rbac_log`] (in cargo's target/tmp): the
 /// suite's RBAC audit (`e2e/manifests.rs`) reads what all tests saw.
-pub const RBAC_LOG: Option<&str> = match option_env!("CARGO_TARGET_TMPDIR") {
-    Some(_) => Some(concat!(env!("CARGO_TARGET_TMPDIR"), "/rbac-used.log")),
-    None => None,
-};
+pub fn rbac_log() -> Option<String> {
+    option_env!("CARGO_TARGET_TMPDIR").map(|d| format!("{d}/rbac-used.log"))
+}
 
 fn record_access(a: api::Access) {
     static SEEN: Mutex<std::collections::BTreeSet<api::Access>> =
         Mutex::new(std::collections::BTreeSet::new());
-    let Some(path) = RBAC_LOG else {
+    let Some(path) = rbac_log() else {
         return;
     };
     let mut seen = SEEN.lock().unwrap();
