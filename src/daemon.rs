@@ -83,44 +83,12 @@ impl Daemon {
     ) -> Result<(Daemon, mpsc::Receiver<Update>), DaemonError> {
         let (mut cfg, statics) = load(&path)?;
         logging(&cfg.log);
-        let router_id = if cfg.bgp.router_id_from_node {
-            "from the Node".to_string()
-        } else {
-            cfg.bgp.router_id.to_string()
-        };
-        info!(
-            config = %path.display(),
-            asn = cfg.bgp.asn,
-            %router_id,
-            peers = cfg.bgp.peers.len(),
-            prefixes = statics.len(),
-            "vipd starting"
-        );
+        log_start(&path, &cfg, &statics);
         let (kube_tx, kube_rx) = mpsc::channel::<Update>(256);
         let kube_status = Arc::new(Mutex::new(KubeStatus::default()));
-        let (mut mgr, bad) = ipvs::Manager::new(&cfg.dataplane.ipvs_state);
-        for b in bad {
-            warn!("IPVS state: {b}");
-        }
-        let mut control = cfg
-            .control_plane
-            .as_ref()
-            .map(|c| Control::start(c, None))
-            .transpose()
-            .map_err(DaemonError::Dataplane)?;
-        match control.as_mut() {
-            Some(c) => c.apply(&mut mgr).await,
-            // Services a previous run created for a control plane no longer
-            // configured.
-            None => control::drop_ipvs(&mut mgr),
-        }
+        let (mgr, control) = start_control(&cfg).await?;
         let base = control::with_control(&statics, &control);
-        let Started {
-            speaker,
-            allocator,
-            explain,
-            node: node_addresses,
-        } = start_speaker(&mut cfg, base.clone(), kube_tx, &kube_status).await?;
+        let started = start_speaker(&mut cfg, base.clone(), kube_tx, &kube_status).await?;
         let mut node = NodeState::new(&cfg).map_err(DaemonError::Dataplane)?;
         node.keep(control.as_ref().map(Control::address));
         let d = Daemon {
@@ -136,12 +104,12 @@ impl Daemon {
             control,
             mgr,
             node,
-            speaker,
-            allocator,
+            speaker: started.speaker,
+            allocator: started.allocator,
             labels: None,
             draining: None,
-            explain,
-            node_addresses,
+            explain: started.explain,
+            node_addresses: started.node,
         };
         Ok((d, kube_rx))
     }
@@ -332,19 +300,7 @@ impl Daemon {
     /// problem logged.
     async fn on_reload(&mut self, logging: &dyn Fn(&LogConfig)) {
         info!("SIGHUP: reloading {}", self.path.display());
-        let loaded = load(&self.path).and_then(|(mut c, t)| {
-            if c.bgp.needs_node() {
-                let Some(n) = self.node_addresses else {
-                    return Err(Problems(vec![crate::config::Problem {
-                        key: "bgp".into(),
-                        reason: "\"node\" addresses or an omitted router_id need the Node's addresses, read at start: restart vipd".into(),
-                    }]));
-                };
-                c.bgp = c.bgp.with_node_addresses(&n)?;
-            }
-            Ok((c, t))
-        });
-        let (new, new_statics) = match loaded {
+        let (new, new_statics) = match load_for_node(&self.path, self.node_addresses) {
             Ok(x) => x,
             Err(p) => {
                 for line in &p.0 {
@@ -554,6 +510,42 @@ impl Daemon {
     }
 }
 
+fn log_start(path: &Path, cfg: &Config, statics: &Table) {
+    let router_id = if cfg.bgp.router_id_from_node {
+        "from the Node".to_string()
+    } else {
+        cfg.bgp.router_id.to_string()
+    };
+    info!(
+        config = %path.display(),
+        asn = cfg.bgp.asn,
+        %router_id,
+        peers = cfg.bgp.peers.len(),
+        prefixes = statics.len(),
+        "vipd starting"
+    );
+}
+
+/// The IPVS manager and, with `[control_plane]`, the control plane put in
+/// place; without one, IPVS services an earlier run created are removed.
+async fn start_control(cfg: &Config) -> Result<(ipvs::Manager, Option<Control>), DaemonError> {
+    let (mut mgr, bad) = ipvs::Manager::new(&cfg.dataplane.ipvs_state);
+    for b in bad {
+        warn!("IPVS state: {b}");
+    }
+    let mut control = cfg
+        .control_plane
+        .as_ref()
+        .map(|c| Control::start(c, None))
+        .transpose()
+        .map_err(DaemonError::Dataplane)?;
+    match control.as_mut() {
+        Some(c) => c.apply(&mut mgr).await,
+        None => control::drop_ipvs(&mut mgr),
+    }
+    Ok((mgr, control))
+}
+
 /// The speaker, and with `[kubernetes]` the watch and the allocator. With
 /// Kubernetes the speaker starts without a table: it gets one with the
 /// first complete intent.
@@ -659,6 +651,25 @@ pub fn static_table(cfg: &Config) -> Table {
         }
     }
     t
+}
+
+/// A reloaded file, with its `"node"` addresses resolved from those read
+/// at start (a Node's addresses are not followed while vipd runs).
+fn load_for_node(
+    path: &Path,
+    node: Option<NodeAddresses>,
+) -> Result<(Config, Arc<Table>), Problems> {
+    let (mut c, t) = load(path)?;
+    if c.bgp.needs_node() {
+        let Some(n) = node else {
+            return Err(Problems(vec![crate::config::Problem {
+                key: "bgp".into(),
+                reason: "\"node\" addresses or an omitted router_id need the Node's addresses, read at start: restart vipd".into(),
+            }]));
+        };
+        c.bgp = c.bgp.with_node_addresses(&n)?;
+    }
+    Ok((c, t))
 }
 
 /// Loads the configuration, keeping only what the daemon needs afterwards.
@@ -787,6 +798,140 @@ fn write_restart_record(bgp: &BgpConfig) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::k8s::intent::Want;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A daemon from a file with no peers, listener or dataplane: its
+    /// message methods run without a socket or netlink.
+    async fn daemon(extra: &str) -> Daemon {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "vipd-daemon-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("vipd.toml");
+        let d = dir.display();
+        std::fs::write(
+            &path,
+            format!(
+                "[bgp]\nasn = 65010\nrouter_id = \"192.0.2.1\"\nrestart_record = \"{d}/stopped\"\n\
+                 [dataplane]\nipvs_state = \"{d}/ipvs\"\n\
+                 [[announce]]\nprefix = \"198.51.100.1/32\"\n{extra}"
+            ),
+        )
+        .unwrap();
+        let d = Daemon::start(path, &|_| {}).await.unwrap().0;
+        // Read at start only (the restart record, the IPVS state).
+        let _ = std::fs::remove_dir_all(&dir);
+        d
+    }
+
+    fn want(n: u8) -> (ipnet::IpNet, Want) {
+        let p = format!("203.0.113.{n}/32").parse().unwrap();
+        let w = Want {
+            owners: [format!("uid-{n}")].into(),
+            attrs: RouteAttrs::default(),
+        };
+        (p, w)
+    }
+
+    fn offered(d: &Daemon) -> Table {
+        (*d.speaker.table().unwrap()).clone()
+    }
+
+    /// As if the watch ran: Kubernetes configured, no watch task.
+    fn with_kubernetes(d: &mut Daemon) {
+        d.cfg.kubernetes = Some(crate::k8s::intent::tests::kcfg());
+    }
+
+    #[tokio::test]
+    async fn kubernetes_routes_reach_the_speaker_only_after_the_barrier() {
+        let mut d = daemon("").await;
+        with_kubernetes(&mut d);
+        let (_tx, mut rx) = mpsc::channel(1);
+        let (p1, w1) = want(1);
+        let (p2, w2) = want(2);
+        d.on_kube(
+            Update::Delta(vec![(p1, Some(w1.clone()))], Instant::now()),
+            &mut rx,
+        )
+        .await;
+        assert!(
+            !offered(&d).contains_key(&p1),
+            "published before the barrier"
+        );
+        d.on_kube(Update::Full([(p1, w1), (p2, w2)].into()), &mut rx)
+            .await;
+        let t = offered(&d);
+        assert!(t.contains_key(&p1) && t.contains_key(&p2));
+        assert!(
+            t.contains_key(&"198.51.100.1/32".parse().unwrap()),
+            "statics kept"
+        );
+        d.on_kube(Update::Delta(vec![(p1, None)], Instant::now()), &mut rx)
+            .await;
+        assert!(!offered(&d).contains_key(&p1));
+        assert_eq!(d.report().table_prefixes, 2);
+    }
+
+    #[tokio::test]
+    async fn a_cordon_marks_the_vips_then_uncordon_restores_them() {
+        let mut d = daemon("[drain]\ngraceful_shutdown_secs = 30\n").await;
+        with_kubernetes(&mut d);
+        let (_tx, mut rx) = mpsc::channel(1);
+        let (p1, w1) = want(1);
+        d.on_kube(Update::Full([(p1, w1)].into()), &mut rx).await;
+        let cordoned = drain::NodeFacts {
+            unschedulable: true,
+            ..Default::default()
+        };
+        d.on_kube(Update::Node(cordoned), &mut rx).await;
+        let t = offered(&d);
+        assert!(
+            t[&p1].communities.contains(&drain::GRACEFUL_SHUTDOWN),
+            "{t:?}"
+        );
+        let statics: ipnet::IpNet = "198.51.100.1/32".parse().unwrap();
+        assert!(
+            t[&statics].communities.is_empty(),
+            "only Service VIPs drain"
+        );
+        let left = d.drain_deadline().unwrap() - Instant::now();
+        assert!(left > Duration::from_secs(25) && left <= Duration::from_secs(30));
+        assert!(d.report().drain.unwrap().active);
+        d.on_kube(Update::Node(Default::default()), &mut rx).await;
+        assert!(offered(&d)[&p1].communities.is_empty());
+        assert!(d.drain_deadline().is_none());
+    }
+
+    #[tokio::test]
+    async fn questions_are_answered_from_the_state() {
+        let d = daemon("").await;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        d.on_ask(status::Ask {
+            query: status::Query::Report,
+            reply: tx,
+        });
+        let Ok(status::Answer::Report(r)) = rx.await else {
+            panic!("no report");
+        };
+        assert_eq!((r.table_prefixes, r.static_prefixes), (1, 1));
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        d.on_ask(status::Ask {
+            query: status::Query::Explain("a/web".into()),
+            reply: tx,
+        });
+        let Ok(status::Answer::Explain(e)) = rx.await else {
+            panic!("no explanation");
+        };
+        assert!(
+            e.render().contains("without [kubernetes]"),
+            "{}",
+            e.render()
+        );
+    }
 
     #[test]
     fn equal_announcements_share_one_attribute_set() {

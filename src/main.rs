@@ -136,6 +136,53 @@ fn peers_for(c: &Config, labels: &vipd::config::Labels) -> String {
     out
 }
 
+fn check_config(file: &std::path::Path, node_labels: Option<&str>) -> ExitCode {
+    match Config::load(file) {
+        Ok(c) => {
+            let n: usize = c.announce.iter().map(|a| a.prefixes.len()).sum();
+            let cp = c
+                .control_plane
+                .as_ref()
+                .map(|cp| {
+                    format!(
+                        ", control-plane VIP {} over {} backends",
+                        cp.vip,
+                        cp.backends.len()
+                    )
+                })
+                .unwrap_or_default();
+            let ipam = c
+                .ipam
+                .as_ref()
+                .map(|i| format!(", {} address pools", i.pools.len()))
+                .unwrap_or_default();
+            println!(
+                "{}: valid ({} peers, {} prefixes{cp}{ipam})",
+                file.display(),
+                c.bgp.peers.len(),
+                n
+            );
+            match node_labels.map(vipd::config::parse_labels) {
+                None => ExitCode::SUCCESS,
+                Some(Ok(l)) => {
+                    print!("{}", peers_for(&c, &l));
+                    ExitCode::SUCCESS
+                }
+                Some(Err(e)) => {
+                    eprintln!("--node-labels: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Err(p) => {
+            for line in &p.0 {
+                eprintln!("{line}");
+            }
+            ExitCode::from(2)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
@@ -157,50 +204,7 @@ fn main() -> ExitCode {
             let got = vipd::status::http::fetch(address, &path, output == Output::Json);
             print_answer("explain", got, 2)
         }
-        Cmd::CheckConfig { file, node_labels } => match Config::load(&file) {
-            Ok(c) => {
-                let n: usize = c.announce.iter().map(|a| a.prefixes.len()).sum();
-                let cp = c
-                    .control_plane
-                    .as_ref()
-                    .map(|cp| {
-                        format!(
-                            ", control-plane VIP {} over {} backends",
-                            cp.vip,
-                            cp.backends.len()
-                        )
-                    })
-                    .unwrap_or_default();
-                let ipam = c
-                    .ipam
-                    .as_ref()
-                    .map(|i| format!(", {} address pools", i.pools.len()))
-                    .unwrap_or_default();
-                println!(
-                    "{}: valid ({} peers, {} prefixes{cp}{ipam})",
-                    file.display(),
-                    c.bgp.peers.len(),
-                    n
-                );
-                match node_labels.as_deref().map(vipd::config::parse_labels) {
-                    None => ExitCode::SUCCESS,
-                    Some(Ok(l)) => {
-                        print!("{}", peers_for(&c, &l));
-                        ExitCode::SUCCESS
-                    }
-                    Some(Err(e)) => {
-                        eprintln!("--node-labels: {e}");
-                        ExitCode::from(2)
-                    }
-                }
-            }
-            Err(p) => {
-                for line in &p.0 {
-                    eprintln!("{line}");
-                }
-                ExitCode::from(2)
-            }
-        },
+        Cmd::CheckConfig { file, node_labels } => check_config(&file, node_labels.as_deref()),
         Cmd::Run { config, log } => {
             // The flag, then RUST_LOG or VIPD_LOG, then [log] level.
             let given = log

@@ -70,29 +70,7 @@ pub fn explain(s: &Snapshot, k: &KubeConfig, key: &str) -> ServiceView {
     let f: HashSet<IpAddr> = forbidden(s);
     let p = part(svc, &slices, &f, s.node.as_ref(), k);
     let skipped = skipped(svc, k, endpoints_ready, endpoints_here);
-    let external = if k.external_ips {
-        &svc.external_ips[..]
-    } else {
-        &[]
-    };
-    let mut addresses: Vec<AddressView> = vec![];
-    for raw in svc.ingress_ips.iter().chain(external) {
-        if addresses.iter().any(|a| &a.address == raw) {
-            continue;
-        }
-        let refused = p.refused.iter().find(|r| &r.address == raw);
-        let route = raw
-            .trim()
-            .parse::<IpAddr>()
-            .ok()
-            .map(ipnet::IpNet::from)
-            .filter(|n| p.routes.iter().any(|(r, _)| r == n));
-        addresses.push(AddressView {
-            address: raw.clone(),
-            route: route.map(|r| r.to_string()),
-            refused: refused.map(|r| r.reason.clone()),
-        });
-    }
+    let addresses = addresses(svc, k, &p);
     ServiceView {
         service: key.to_string(),
         found: Some(Found {
@@ -111,6 +89,34 @@ pub fn explain(s: &Snapshot, k: &KubeConfig, key: &str) -> ServiceView {
         }),
         closest: vec![],
     }
+}
+
+/// Each address the Service lists (once), with the intent's verdict.
+fn addresses(svc: &ServiceInfo, k: &KubeConfig, p: &super::intent::Part) -> Vec<AddressView> {
+    let external = if k.external_ips {
+        &svc.external_ips[..]
+    } else {
+        &[]
+    };
+    let mut out: Vec<AddressView> = vec![];
+    for raw in svc.ingress_ips.iter().chain(external) {
+        if out.iter().any(|a| &a.address == raw) {
+            continue;
+        }
+        let refused = p.refused.iter().find(|r| &r.address == raw);
+        let route = raw
+            .trim()
+            .parse::<IpAddr>()
+            .ok()
+            .map(ipnet::IpNet::from)
+            .filter(|n| p.routes.iter().any(|(r, _)| r == n));
+        out.push(AddressView {
+            address: raw.clone(),
+            route: route.map(|r| r.to_string()),
+            refused: refused.map(|r| r.reason.clone()),
+        });
+    }
+    out
 }
 
 /// The Service-wide reasons, in the order the intent checks them.

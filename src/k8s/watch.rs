@@ -456,31 +456,7 @@ pub async fn run(
             full,
             "intent updated"
         );
-        {
-            let mut st = status.lock().unwrap();
-            if !st.synced {
-                info!(
-                    services = snap.services.len(),
-                    endpoint_slices = snap.slices.len(),
-                    vips = intent.routes.len(),
-                    "Kubernetes caches synced"
-                );
-            }
-            st.synced = true;
-            st.services = snap.services.len();
-            st.endpoint_slices = snap.slices.len();
-            st.vips = intent.routes.len();
-            st.services_announced = intent
-                .routes
-                .values()
-                .flat_map(|w| &w.owners)
-                .collect::<std::collections::HashSet<_>>()
-                .len();
-            st.refused.clear();
-            for r in &intent.refused {
-                *st.refused.entry(r.kind).or_default() += 1;
-            }
-        }
+        record_pass(&status, &snap, intent);
         report(&client, intent, &mut reported);
         let update = if !published {
             published = true;
@@ -518,6 +494,33 @@ pub async fn run(
                 return;
             }
         }
+    }
+}
+
+/// What a pass leaves for `vipd status` and the metrics.
+fn record_pass(status: &Mutex<KubeStatus>, snap: &Snapshot, intent: &Intent) {
+    let mut st = status.lock().unwrap();
+    if !st.synced {
+        info!(
+            services = snap.services.len(),
+            endpoint_slices = snap.slices.len(),
+            vips = intent.routes.len(),
+            "Kubernetes caches synced"
+        );
+    }
+    st.synced = true;
+    st.services = snap.services.len();
+    st.endpoint_slices = snap.slices.len();
+    st.vips = intent.routes.len();
+    st.services_announced = intent
+        .routes
+        .values()
+        .flat_map(|w| &w.owners)
+        .collect::<std::collections::HashSet<_>>()
+        .len();
+    st.refused.clear();
+    for r in &intent.refused {
+        *st.refused.entry(r.kind).or_default() += 1;
     }
 }
 

@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::bgp::rib::afi_of;
 use crate::bgp::session::PeerStatus;
 use crate::config::RouteAttrs;
-use crate::k8s::explain::ServiceView;
+use crate::k8s::explain::{Found, ServiceView};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Explanation {
@@ -181,26 +181,7 @@ impl Explanation {
             }
             return s;
         };
-        let _ = writeln!(
-            s,
-            "Service {}: {}{}, externalTrafficPolicy {}",
-            self.service,
-            if f.load_balancer {
-                "LoadBalancer"
-            } else {
-                "not LoadBalancer"
-            },
-            f.class
-                .as_ref()
-                .map(|c| format!(" (class {c})"))
-                .unwrap_or_default(),
-            if f.local_policy { "Local" } else { "Cluster" },
-        );
-        let _ = writeln!(
-            s,
-            "  endpoints: {} ready, {} on this node",
-            f.endpoints_ready, f.endpoints_here
-        );
+        render_service(&mut s, &self.service, f);
         if let Some(why) = &f.skipped {
             let _ = writeln!(s, "  not announced from this node: {why}");
         }
@@ -231,6 +212,28 @@ impl Explanation {
         s.push('\n');
         s
     }
+}
+
+fn render_service(s: &mut String, service: &str, f: &Found) {
+    let _ = writeln!(
+        s,
+        "Service {service}: {}{}, externalTrafficPolicy {}",
+        if f.load_balancer {
+            "LoadBalancer"
+        } else {
+            "not LoadBalancer"
+        },
+        f.class
+            .as_ref()
+            .map(|c| format!(" (class {c})"))
+            .unwrap_or_default(),
+        if f.local_policy { "Local" } else { "Cluster" },
+    );
+    let _ = writeln!(
+        s,
+        "  endpoints: {} ready, {} on this node",
+        f.endpoints_ready, f.endpoints_here
+    );
 }
 
 fn render_address(s: &mut String, a: &AddressLine) {
@@ -265,7 +268,7 @@ fn render_address(s: &mut String, a: &AddressLine) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::k8s::explain::{AddressView, Found};
+    use crate::k8s::explain::AddressView;
     use std::sync::Arc;
 
     fn view(skipped: Option<&str>) -> ServiceView {

@@ -96,26 +96,9 @@ async fn handle(
         .map(String::from);
     let json = accept.as_deref().is_some_and(|a| a.contains(JSON));
     let path = req.uri().path();
-    let query = match path {
-        "/readyz" | "/status" | "/metrics" => Query::Report,
-        p if p.starts_with("/explain/") => {
-            let key = &p["/explain/".len()..];
-            if key.split('/').count() != 2 || key.split('/').any(str::is_empty) {
-                return Ok(reply(
-                    StatusCode::BAD_REQUEST,
-                    TEXT,
-                    "explain takes NAMESPACE/NAME\n".into(),
-                ));
-            }
-            Query::Explain(key.to_string())
-        }
-        _ => {
-            return Ok(reply(
-                StatusCode::NOT_FOUND,
-                TEXT,
-                "not found: try /readyz, /status, /metrics or /explain/NAMESPACE/NAME\n".into(),
-            ))
-        }
+    let query = match query_of(path) {
+        Ok(q) => q,
+        Err((code, why)) => return Ok(reply(code, TEXT, why.into())),
     };
     let (tx, rx) = oneshot::channel();
     let got = match ask.send(Ask { query, reply: tx }).await {
@@ -129,11 +112,36 @@ async fn handle(
             "vipd is stopping\n".into(),
         ));
     };
-    Ok(match (answer, path) {
+    Ok(render(answer, path, json, accept.as_deref()))
+}
+
+/// What a path asks the daemon, or the answer refusing it.
+fn query_of(path: &str) -> Result<Query, (StatusCode, &'static str)> {
+    Ok(match path {
+        "/readyz" | "/status" | "/metrics" => Query::Report,
+        p if p.starts_with("/explain/") => {
+            let key = &p["/explain/".len()..];
+            if key.split('/').count() != 2 || key.split('/').any(str::is_empty) {
+                return Err((StatusCode::BAD_REQUEST, "explain takes NAMESPACE/NAME\n"));
+            }
+            Query::Explain(key.to_string())
+        }
+        _ => {
+            return Err((
+                StatusCode::NOT_FOUND,
+                "not found: try /readyz, /status, /metrics or /explain/NAMESPACE/NAME\n",
+            ))
+        }
+    })
+}
+
+/// The daemon's answer as the client asked for it.
+fn render(answer: Answer, path: &str, json: bool, accept: Option<&str>) -> Response<Full<Bytes>> {
+    match (answer, path) {
         (Answer::Explain(e), _) if json => reply(StatusCode::OK, JSON, e.json()),
         (Answer::Explain(e), _) => reply(StatusCode::OK, TEXT, e.render()),
         (Answer::Report(r), "/metrics") => {
-            let f = Format::from_accept(accept.as_deref());
+            let f = Format::from_accept(accept);
             match metrics::encode(&r, f) {
                 Ok(text) => reply(StatusCode::OK, f.content_type(), text),
                 Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, TEXT, format!("{e}\n")),
@@ -151,7 +159,7 @@ async fn handle(
                 (_, false) => reply(code, TEXT, r.render()),
             }
         }
-    })
+    }
 }
 
 /// `vipd status` and `vipd explain`: `GET path` from a running vipd.

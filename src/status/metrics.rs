@@ -279,6 +279,23 @@ fn peers(reg: &mut Reg, r: &Report) -> Result<(), String> {
         false,
         fam,
     )?;
+    messages(reg, r)
+}
+
+/// What went over each session: UPDATEs and NOTIFICATIONs.
+fn messages(reg: &mut Reg, r: &Report) -> Result<(), String> {
+    let per = |f: &dyn Fn(&crate::bgp::session::PeerStatus) -> u64| -> Vec<(PeerL, u64)> {
+        r.peers
+            .iter()
+            .map(|(a, asn, p)| {
+                let l = PeerL {
+                    peer: a.to_string(),
+                    asn: asn.to_string(),
+                };
+                (l, f(p))
+            })
+            .collect()
+    };
     reg.family(
         "vipd_bgp_updates_sent",
         "UPDATE messages sent to the peer",
