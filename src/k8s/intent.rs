@@ -311,6 +311,10 @@ pub struct Tracker {
     slices: HashMap<Key, BTreeSet<Key>>,
     forbidden: HashSet<IpAddr>,
     intent: Intent,
+    /// Services whose part has routes, and refusals by reason: kept as
+    /// parts change, so status costs nothing per event.
+    announcing: usize,
+    refused_by: BTreeMap<RefusalKind, usize>,
 }
 
 /// How the routes of the intent changed: `None` for a prefix no longer wanted.
@@ -319,6 +323,29 @@ pub type Delta = Vec<(IpNet, Option<Want>)>;
 impl Tracker {
     pub fn intent(&self) -> &Intent {
         &self.intent
+    }
+
+    /// Services with at least one route in the intent.
+    pub fn services_announced(&self) -> usize {
+        self.announcing
+    }
+
+    /// Refused addresses by reason.
+    pub fn refused_by_kind(&self) -> &BTreeMap<RefusalKind, usize> {
+        &self.refused_by
+    }
+
+    fn tally(&mut self, part: &Part, add: bool) {
+        let step = |n: &mut usize| {
+            *n = if add { *n + 1 } else { n.saturating_sub(1) };
+        };
+        if !part.routes.is_empty() {
+            step(&mut self.announcing);
+        }
+        for r in &part.refused {
+            step(self.refused_by.entry(r.kind).or_default());
+        }
+        self.refused_by.retain(|_, n| *n > 0);
     }
 
     /// Recomputes everything; returns every prefix as it now is, after the
@@ -406,6 +433,8 @@ impl Tracker {
                 }
                 continue;
             }
+            self.tally(&old, false);
+            self.tally(&new, true);
             for (p, _) in &old.routes {
                 if let Some(c) = self.contributors.get_mut(p) {
                     c.remove(key);
@@ -1009,6 +1038,15 @@ mod incremental {
                 for (p, w) in &delta {
                     prop_assert_eq!(full.routes.get(p), w.as_ref());
                 }
+                // The status counts kept as parts change equal a count of
+                // the whole intent.
+                let owners: BTreeSet<&Uid> = full.routes.values().flat_map(|w| &w.owners).collect();
+                prop_assert_eq!(t.services_announced(), owners.len());
+                let mut by: BTreeMap<RefusalKind, usize> = BTreeMap::new();
+                for r in &full.refused {
+                    *by.entry(r.kind).or_default() += 1;
+                }
+                prop_assert_eq!(t.refused_by_kind(), &by);
             }
         }
     }

@@ -456,7 +456,7 @@ pub async fn run(
             full,
             "intent updated"
         );
-        record_pass(&status, &snap, intent);
+        record_pass(&status, &snap, &tracker);
         report(&client, intent, &mut reported);
         let update = if !published {
             published = true;
@@ -498,7 +498,8 @@ pub async fn run(
 }
 
 /// What a pass leaves for `vipd status` and the metrics.
-fn record_pass(status: &Mutex<KubeStatus>, snap: &Snapshot, intent: &Intent) {
+fn record_pass(status: &Mutex<KubeStatus>, snap: &Snapshot, tracker: &Tracker) {
+    let intent = tracker.intent();
     let mut st = status.lock().unwrap();
     if !st.synced {
         info!(
@@ -512,15 +513,9 @@ fn record_pass(status: &Mutex<KubeStatus>, snap: &Snapshot, intent: &Intent) {
     st.services = snap.services.len();
     st.endpoint_slices = snap.slices.len();
     st.vips = intent.routes.len();
-    st.services_announced = intent
-        .routes
-        .values()
-        .flat_map(|w| &w.owners)
-        .collect::<std::collections::HashSet<_>>()
-        .len();
-    st.refused.clear();
-    for r in &intent.refused {
-        *st.refused.entry(r.kind).or_default() += 1;
+    st.services_announced = tracker.services_announced();
+    if st.refused != *tracker.refused_by_kind() {
+        st.refused = tracker.refused_by_kind().clone();
     }
 }
 
