@@ -31,6 +31,15 @@ else
   failed=$((failed + 1))
   status=1
 fi
+# The BFD Control packet parser, the same way (a shorter run: 24 bytes
+# and a dozen checks).
+if RUSTC_BOOTSTRAP=1 cargo fuzz run --fuzz-dir e2e/libfuzzer bfd -- \
+  -max_total_time="${VIPD_LIBFUZZER_BFD_SECS:-20}" -timeout=2 -rss_limit_mb=2048; then
+  passed=$((passed + 1))
+else
+  failed=$((failed + 1))
+  status=1
+fi
 # A failing binary whose harness never printed its summary still fails.
 if [ "$status" -ne 0 ] && [ "$failed" -eq 0 ]; then
   failed=1

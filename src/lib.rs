@@ -9,6 +9,7 @@
 //! checks, the API-server VIP's IPVS service) above them; `status` (serves
 //! the report the daemon renders); `daemon` on top.
 
+pub mod bfd;
 pub mod bgp;
 pub mod config;
 pub mod controlplane;

@@ -1,4 +1,5 @@
-//! vipd's receive path, compiled from vipd's own sources for fuzzing.
+//! vipd's receive paths (BGP and BFD), compiled from vipd's own sources
+//! for fuzzing.
 #![allow(dead_code)]
 
 #[path = "../../src/config.rs"]
@@ -6,6 +7,10 @@ pub mod config;
 
 #[path = "../../src/bgp/wire/mod.rs"]
 pub mod wire;
+
+/// BFD Control packets (std only).
+#[path = "../../src/bfd/packet.rs"]
+pub mod bfd_packet;
 
 /// The same paths as in vipd, for the modules that name `crate::bgp::wire`.
 pub mod bgp {
