@@ -1,7 +1,8 @@
 //! vipd: announces Service VIPs to top-of-rack routers with a built-in BGP
 //! speaker. See `docs/architecture.md` for how the pieces fit.
 //!
-//! Modules depend one way, down the data flow: `config` and `bgp::wire` at
+//! Modules depend one way, down the data flow: `config`, `bgp::wire` and
+//! `bfd` (packets and the session state machine, pure; not wired yet) at
 //! the bottom; `bgp` (FSM, RIB, sessions, speaker), `ipam` (address
 //! allocation, pure), `drain` (RFC 8326 drains, pure), `k8s` (model, intent,
 //! watchers, the elected allocator), `reconcile` (the table, the node's
