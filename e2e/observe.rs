@@ -180,6 +180,23 @@ fn metrics_pass_promtool_and_a_real_prometheus_scrape() {
     let _vipd = Vipd::start(&lab.node, &lab.dir, conf);
     assert!(wait_until(Duration::from_secs(15), || bird.has("203.0.113.1/32")));
 
+    // BIRD shuts the session down (Cease, Administrative Shutdown) and
+    // brings it back: the NOTIFICATION is counted by code and subcode.
+    bird.cli("disable v4");
+    let cease = "vipd_bgp_notifications_received_total{peer=\"192.0.2.2\",asn=\"65002\",code=\"6\",subcode=\"2\"} 1";
+    assert!(
+        wait_until(Duration::from_secs(10), || body(&get(
+            &lab.node,
+            "/metrics",
+            "text/plain"
+        ))
+        .lines()
+        .any(|l| l == cease)),
+        "{}",
+        body(&get(&lab.node, "/metrics", "text/plain"))
+    );
+    bird.cli("enable v4");
+    assert!(wait_until(Duration::from_secs(15), || bird.has("203.0.113.1/32")));
     let plain = get(&lab.node, "/metrics", "text/plain");
     assert!(
         plain.contains("Content-Type: text/plain; version=0.0.4")

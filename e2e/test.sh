@@ -23,23 +23,19 @@ passed=$(grep -Eo '[0-9]+ passed' "$log" | awk '{s+=$1} END {print s+0}')
 failed=$(grep -Eo '[0-9]+ failed' "$log" | awk '{s+=$1} END {print s+0}')
 # Coverage-guided: the stable toolchain accepts cargo-fuzz's nightly flags
 # with RUSTC_BOOTSTRAP=1. Any crash, hang (-timeout) or zettabgp panic on
-# checked input fails the run; it counts as one test.
-if RUSTC_BOOTSTRAP=1 cargo fuzz run --fuzz-dir e2e/libfuzzer receive -- \
-  -max_total_time="${VIPD_LIBFUZZER_SECS:-60}" -timeout=2 -rss_limit_mb=2048; then
-  passed=$((passed + 1))
-else
-  failed=$((failed + 1))
-  status=1
-fi
-# The BFD Control packet parser, the same way (a shorter run: 24 bytes
-# and a dozen checks).
-if RUSTC_BOOTSTRAP=1 cargo fuzz run --fuzz-dir e2e/libfuzzer bfd -- \
-  -max_total_time="${VIPD_LIBFUZZER_BFD_SECS:-20}" -timeout=2 -rss_limit_mb=2048; then
-  passed=$((passed + 1))
-else
-  failed=$((failed + 1))
-  status=1
-fi
+# checked input fails a run; each target counts as one test.
+libfuzz() {
+  if RUSTC_BOOTSTRAP=1 cargo fuzz run --fuzz-dir e2e/libfuzzer "$1" -- \
+    -max_total_time="$2" -timeout=2 -rss_limit_mb=2048; then
+    passed=$((passed + 1))
+  else
+    failed=$((failed + 1))
+    status=1
+  fi
+}
+libfuzz receive "${VIPD_LIBFUZZER_SECS:-60}"
+# The BFD Control packet parser: a shorter run (24 bytes, a dozen checks).
+libfuzz bfd "${VIPD_LIBFUZZER_BFD_SECS:-20}"
 # A failing binary whose harness never printed its summary still fails.
 if [ "$status" -ne 0 ] && [ "$failed" -eq 0 ]; then
   failed=1

@@ -495,13 +495,7 @@ impl Session {
             Action::SendNotification(n) => {
                 warn!(peer = %self.peer(), "sending NOTIFICATION {n}");
                 self.set_error(format!("sent {n}"));
-                *self
-                    .status
-                    .lock()
-                    .unwrap()
-                    .notifications_sent
-                    .entry((n.code, n.subcode))
-                    .or_default() += 1;
+                self.count_notification(&n, true);
                 if let Some(c) = self.conn.as_mut() {
                     let dl = Instant::now() + Duration::from_secs(1);
                     let _ = timeout_at(dl, c.writer.write_all(&n.encode())).await;
@@ -731,13 +725,7 @@ impl Session {
                 let n = Notification::parse(&body);
                 warn!(%peer, "peer sent NOTIFICATION {n}");
                 self.set_error(format!("received {n}"));
-                *self
-                    .status
-                    .lock()
-                    .unwrap()
-                    .notifications_received
-                    .entry((n.code, n.subcode))
-                    .or_default() += 1;
+                self.count_notification(&n, false);
                 if self.fsm.state == State::OpenSent && n.code == code::OPEN {
                     self.learn_refusal(&n);
                 }
@@ -763,6 +751,16 @@ impl Session {
                 self.queue.push_back(Event::UpdateReceived);
             }
         }
+    }
+
+    fn count_notification(&self, n: &Notification, sent: bool) {
+        let mut st = self.status.lock().unwrap();
+        let by = if sent {
+            &mut st.notifications_sent
+        } else {
+            &mut st.notifications_received
+        };
+        *by.entry((n.code, n.subcode)).or_default() += 1;
     }
 
     /// RFC 5492: a peer that refuses our capabilities gets an OPEN without
