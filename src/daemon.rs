@@ -410,12 +410,16 @@ impl Daemon {
                 ),
                 None => format!("withdrawn ({})", d.reason),
             });
-        let pending = self.allocator.as_ref().and_then(|a| {
+        let (pending, allocator_elsewhere) = self.allocator.as_ref().map_or((None, None), |a| {
             let st = a.status.lock().unwrap();
-            st.pending
+            let pending = st
+                .pending
                 .iter()
                 .find(|(k, _)| *k == key)
-                .map(|(_, why)| why.clone())
+                .map(|(_, why)| why.clone());
+            let elsewhere =
+                (!st.leader).then(|| st.holder.clone().unwrap_or_else(|| "none yet".into()));
+            (pending, elsewhere)
         });
         let explain = self.explain.clone();
         tokio::spawn(async move {
@@ -436,6 +440,7 @@ impl Daemon {
                 peers: &peers,
                 drain,
                 pending,
+                allocator_elsewhere,
             };
             let e = status::explain::combine(&key, view, &cx);
             let _ = ask.reply.send(status::Answer::Explain(Box::new(e)));

@@ -54,6 +54,9 @@ pub struct Context<'a> {
     /// The allocator's reason, when this node allocates and the Service
     /// is pending.
     pub pending: Option<String>,
+    /// With `[ipam]` on a node that does not allocate: who does (the Lease
+    /// holder, when known).
+    pub allocator_elsewhere: Option<String>,
 }
 
 pub fn combine(service: &str, view: Option<ServiceView>, cx: &Context) -> Explanation {
@@ -82,11 +85,22 @@ pub fn combine(service: &str, view: Option<ServiceView>, cx: &Context) -> Explan
             });
         }
     }
+    let no_address = view
+        .as_ref()
+        .and_then(|v| v.found.as_ref())
+        .is_some_and(|f| f.addresses.is_empty());
+    let allocation = match (&cx.pending, &cx.allocator_elsewhere) {
+        (Some(why), _) => Some(format!("pending: {why}")),
+        (None, Some(holder)) if no_address => Some(format!(
+            "assigned by the node holding the allocator Lease ({holder}); vipd explain there says why"
+        )),
+        _ => None,
+    };
     Explanation {
         service: service.to_string(),
         view,
         addresses,
-        allocation: cx.pending.clone(),
+        allocation,
     }
 }
 
@@ -194,11 +208,11 @@ impl Explanation {
                 "  no address yet (status.loadBalancer.ingress is empty){}",
                 self.allocation
                     .as_ref()
-                    .map(|a| format!(": allocation pending: {a}"))
+                    .map(|a| format!(": allocation {a}"))
                     .unwrap_or_default()
             );
         } else if let Some(a) = &self.allocation {
-            let _ = writeln!(s, "  allocation pending: {a}");
+            let _ = writeln!(s, "  allocation {a}");
         }
         for a in &self.addresses {
             render_address(&mut s, a);
@@ -343,6 +357,7 @@ mod tests {
             peers: &p,
             drain: None,
             pending: None,
+            allocator_elsewhere: None,
         };
         let e = combine("default/web", Some(view(None)), &cx);
         let text = e.render();
@@ -369,6 +384,7 @@ mod tests {
             peers: &p,
             drain: Some("announced with GRACEFUL_SHUTDOWN (cordoned), withdrawn in 12s".into()),
             pending: None,
+            allocator_elsewhere: None,
         };
         let text = combine("default/web", Some(view(Some("no ready endpoint"))), &cx).render();
         assert!(
@@ -398,5 +414,36 @@ mod tests {
         );
         let text = combine("default/web", None, &cx).render();
         assert!(text.contains("without [kubernetes]"), "{text}");
+    }
+
+    #[test]
+    fn a_service_without_an_address_says_who_allocates() {
+        let p = peers();
+        let mut v = view(None);
+        v.found.as_mut().unwrap().addresses.clear();
+        let here = Context {
+            peers: &p,
+            drain: None,
+            pending: Some("pool public has no free V4 address".into()),
+            allocator_elsewhere: None,
+        };
+        let text = combine("default/web", Some(v.clone()), &here).render();
+        assert!(
+            text.contains("  no address yet (status.loadBalancer.ingress is empty): allocation pending: pool public has no free V4 address\n"),
+            "{text}"
+        );
+        let elsewhere = Context {
+            pending: None,
+            allocator_elsewhere: Some("node-b".into()),
+            ..here
+        };
+        let text = combine("default/web", Some(v), &elsewhere).render();
+        assert!(
+            text.contains("allocation assigned by the node holding the allocator Lease (node-b)"),
+            "{text}"
+        );
+        // A Service with its addresses says nothing of the allocator.
+        let text = combine("default/web", Some(view(None)), &elsewhere).render();
+        assert!(!text.contains("allocat"), "{text}");
     }
 }
