@@ -102,9 +102,11 @@ fn explain_says_why_and_to_whom_and_status_speaks_json() {
         text,
         "a/wbe: no such Service in vipd's cache; did you mean a/web?\n"
     );
-    let (code, text) = vipd_cli(&lab.node, &["explain", "web"]);
-    assert_eq!(code, Some(2), "{text}");
-    assert!(text.contains("NAMESPACE/NAME"), "{text}");
+    for bad in ["web", "a/we b", "A/web", "a/web/x"] {
+        let (code, text) = vipd_cli(&lab.node, &["explain", bad]);
+        assert_eq!(code, Some(2), "{bad}: {text}");
+        assert!(text.contains("NAMESPACE/NAME"), "{text}");
+    }
 
     let (code, text) = vipd_cli(&lab.node, &["explain", "a/web", "-o", "json"]);
     assert_eq!(code, Some(0), "{text}");

@@ -195,9 +195,17 @@ fn main() -> ExitCode {
             address,
             output,
         } => {
+            // Namespaces and Service names are DNS labels: anything else
+            // names no Service (and would not fit in the request's path).
+            let label = |p: &&str| {
+                !p.is_empty()
+                    && p.bytes().all(|b| {
+                        b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.'
+                    })
+            };
             let parts: Vec<&str> = service.split('/').collect();
-            if parts.len() != 2 || parts.iter().any(|p| p.is_empty()) {
-                eprintln!("vipd explain: {service:?}: give the Service as NAMESPACE/NAME");
+            if parts.len() != 2 || !parts.iter().all(label) {
+                eprintln!("vipd explain: {service:?}: give the Service as NAMESPACE/NAME (lowercase letters, digits, '-' and '.')");
                 return ExitCode::from(2);
             }
             let path = format!("/explain/{service}");
