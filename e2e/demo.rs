@@ -84,6 +84,13 @@ fn main() {
         })
         .collect();
     section("Kubernetes Events vipd created", &events.join("\n"));
+    for svc in ["shop/web", "shop/oops"] {
+        let out = lab.node.exec(&vipd_bin(), &["explain", svc]);
+        section(
+            &format!("vipd explain {svc}"),
+            &String::from_utf8_lossy(&out.stdout),
+        );
+    }
 
     api.delete(Kind::Service, "shop", "web");
     wait_until(Duration::from_secs(10), || !bird.has("203.0.113.10/32"));

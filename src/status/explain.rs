@@ -141,7 +141,10 @@ fn attributes(
     let mut parts = vec![];
     let nh = match afi {
         crate::bgp::wire::Afi::Ipv4 => ctx.next_hop_v4.map(|n| n.to_string()),
-        crate::bgp::wire::Afi::Ipv6 => ctx.next_hop_v6.map(|n| n.to_string()),
+        crate::bgp::wire::Afi::Ipv6 => ctx.next_hop_v6.map(|n| match ctx.next_hop_v6_link_local {
+            Some(ll) => format!("{n} {ll}"),
+            None => n.to_string(),
+        }),
     };
     if let Some(n) = nh {
         parts.push(format!("next hop {n}"));
