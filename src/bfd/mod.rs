@@ -1,7 +1,11 @@
 //! BFD (RFC 5880, 5881 single hop, 5883 multihop) for vipd's BGP peers:
 //! `packet` (the Control packet and the session-free reception checks)
-//! and `machine` (one session's state machine and timers), both pure. The
-//! I/O task and the BGP integration (RFC 5882) are not built yet.
+//! and `machine` (one session's state machine and timers), both pure;
+//! `io` (the UDP tasks: TTL 255, the receive checks, one task per session)
+//! and `net` (the socket calls for TTLs). The BGP integration (RFC 5882)
+//! and the configuration keys are not built yet.
 
+pub mod io;
 pub mod machine;
+mod net;
 pub mod packet;

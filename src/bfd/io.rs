@@ -1,0 +1,326 @@
+//! BFD on the wire: one receive task per (family, port) that checks each
+//! datagram (TTL for single hop, `packet::parse`) and hands it to its
+//! session by Your Discriminator (or by source while the remote does not
+//! know ours yet), and one task per session that runs `machine::Session`:
+//! periodic jittered packets, the detection time, Finals, and AdminDown
+//! when told to stop. Each session publishes its `Status` on a watch.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::Interest;
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use super::machine::{Action, Config, Session};
+use super::net;
+use super::packet::{self, diag, Drop, Packet, State};
+
+/// RFC 5881 (single hop) and RFC 5883 (multihop) destination ports.
+pub const PORT_SINGLE_HOP: u16 = 3784;
+pub const PORT_MULTIHOP: u16 = 4784;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    pub remote: IpAddr,
+    /// The address packets leave from (the BGP session's own).
+    pub local: IpAddr,
+    pub multihop: bool,
+    pub cfg: Config,
+}
+
+/// What a session shows: its state, why it last changed, and the
+/// negotiated timers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    pub state: State,
+    pub diag: u8,
+    pub tx: Duration,
+    pub rx: Duration,
+    pub detection: Option<Duration>,
+}
+
+/// Packets dropped by each check, over every session.
+pub type Drops = Arc<Mutex<BTreeMap<Drop, u64>>>;
+
+#[derive(Default)]
+struct Routes {
+    by_disc: HashMap<u32, mpsc::Sender<Packet>>,
+    by_peer: HashMap<IpAddr, u32>,
+}
+
+/// The BFD sessions of one process.
+#[derive(Default)]
+pub struct Bfd {
+    routes: Arc<Mutex<Routes>>,
+    receivers: Mutex<HashMap<(bool, u16), JoinHandle<()>>>,
+    pub drops: Drops,
+}
+
+pub struct Handle {
+    pub status: watch::Receiver<Status>,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl Handle {
+    /// A planned stop: AdminDown is sent, so the remote takes it for what
+    /// it is, not a failure (RFC 5880 section 6.8.16).
+    pub async fn admin_down(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.task).await;
+    }
+}
+
+impl std::ops::Drop for Handle {
+    fn drop(&mut self) {
+        if self.stop.is_some() {
+            self.task.abort();
+        }
+    }
+}
+
+fn count(drops: &Drops, d: Drop) {
+    *drops.lock().unwrap().entry(d).or_default() += 1;
+}
+
+impl Bfd {
+    pub fn new() -> Bfd {
+        Bfd::default()
+    }
+
+    /// Starts a session with `peer`.
+    pub async fn add(&self, peer: Peer) -> io::Result<Handle> {
+        let v6 = peer.remote.is_ipv6();
+        let port = if peer.multihop {
+            PORT_MULTIHOP
+        } else {
+            PORT_SINGLE_HOP
+        };
+        self.ensure_receiver(v6, port, !peer.multihop)?;
+        let sock = sender(&peer, port).await?;
+        let (tx, rx) = mpsc::channel(16);
+        let disc = {
+            let mut r = self.routes.lock().unwrap();
+            let mut d = 0;
+            while d == 0 || r.by_disc.contains_key(&d) {
+                d = fastrand::u32(1..);
+            }
+            r.by_disc.insert(d, tx);
+            r.by_peer.insert(peer.remote, d);
+            d
+        };
+        let s = Session::new(peer.cfg, disc);
+        let (status_tx, status) = watch::channel(status_of(&s));
+        let (stop_tx, stop) = oneshot::channel();
+        let routes = self.routes.clone();
+        let task = tokio::spawn(async move {
+            run(peer.clone(), s, sock, rx, status_tx, stop).await;
+            let mut r = routes.lock().unwrap();
+            r.by_disc.remove(&disc);
+            if r.by_peer.get(&peer.remote) == Some(&disc) {
+                r.by_peer.remove(&peer.remote);
+            }
+        });
+        Ok(Handle {
+            status,
+            stop: Some(stop_tx),
+            task,
+        })
+    }
+
+    fn ensure_receiver(&self, v6: bool, port: u16, single_hop: bool) -> io::Result<()> {
+        let mut rx = self.receivers.lock().unwrap();
+        if rx.contains_key(&(v6, port)) {
+            return Ok(());
+        }
+        let any: IpAddr = if v6 {
+            Ipv6Addr::UNSPECIFIED.into()
+        } else {
+            Ipv4Addr::UNSPECIFIED.into()
+        };
+        // The IPv6 receiver takes IPv6 only: the IPv4 one has the port there.
+        let domain = if v6 {
+            socket2::Domain::IPV6
+        } else {
+            socket2::Domain::IPV4
+        };
+        let raw = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
+        if v6 {
+            raw.set_only_v6(true)?;
+        }
+        raw.bind(&SocketAddr::new(any, port).into())?;
+        raw.set_nonblocking(true)?;
+        let std_sock: std::net::UdpSocket = raw.into();
+        net::receive_ttl(&std_sock, v6)?;
+        let sock = UdpSocket::from_std(std_sock)?;
+        let task = tokio::spawn(receive(
+            sock,
+            single_hop,
+            self.routes.clone(),
+            self.drops.clone(),
+        ));
+        rx.insert((v6, port), task);
+        Ok(())
+    }
+}
+
+impl std::ops::Drop for Bfd {
+    fn drop(&mut self) {
+        for (_, t) in self.receivers.lock().unwrap().drain() {
+            t.abort();
+        }
+    }
+}
+
+/// The session's sending socket: from the local address and a source
+/// port in 49152-65535 (RFC 5881 section 4), TTL 255, to the peer.
+async fn sender(peer: &Peer, port: u16) -> io::Result<UdpSocket> {
+    let mut last = None;
+    for _ in 0..64 {
+        let src = SocketAddr::new(peer.local, fastrand::u16(49152..=65535));
+        match UdpSocket::bind(src).await {
+            Ok(s) => {
+                net::send_ttl_255(&s, peer.remote.is_ipv6())?;
+                s.connect(SocketAddr::new(peer.remote, port)).await?;
+                return Ok(s);
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| io::Error::other("no free source port")))
+}
+
+async fn receive(sock: UdpSocket, single_hop: bool, routes: Arc<Mutex<Routes>>, drops: Drops) {
+    let mut buf = [0u8; 256];
+    loop {
+        if let Err(e) = sock.readable().await {
+            warn!("BFD: {e}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
+        let got = sock.try_io(Interest::READABLE, || net::recv_with_ttl(&sock, &mut buf));
+        let (n, from, ttl) = match got {
+            Ok(x) => x,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => {
+                warn!("BFD: receive: {e}");
+                continue;
+            }
+        };
+        if single_hop && ttl != Some(255) {
+            count(&drops, Drop::Ttl);
+            continue;
+        }
+        let p = match packet::parse(&buf[..n]) {
+            Ok(p) => p,
+            Err(d) => {
+                count(&drops, d);
+                continue;
+            }
+        };
+        let to = {
+            let r = routes.lock().unwrap();
+            let disc = if p.your_disc != 0 {
+                Some(p.your_disc)
+            } else {
+                r.by_peer.get(&from.ip()).copied()
+            };
+            disc.and_then(|d| r.by_disc.get(&d).cloned())
+        };
+        match to {
+            Some(tx) => {
+                let _ = tx.try_send(p);
+            }
+            None => count(&drops, Drop::NoSession),
+        }
+    }
+}
+
+fn status_of(s: &Session) -> Status {
+    let (tx, rx) = s.intervals();
+    Status {
+        state: s.state,
+        diag: s.diag,
+        tx,
+        rx,
+        detection: s.detection_time(),
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn send(sock: &UdpSocket, p: &Packet) {
+    // A send that fails (no route yet, the link down) is a lost packet:
+    // the detection time on the other side is what BFD is for.
+    let _ = sock.send(&p.encode()).await;
+}
+
+/// One session until stopped.
+async fn run(
+    peer: Peer,
+    mut s: Session,
+    sock: UdpSocket,
+    mut rx: mpsc::Receiver<Packet>,
+    status: watch::Sender<Status>,
+    mut stop: oneshot::Receiver<()>,
+) {
+    let mut next_tx = Instant::now();
+    let mut detect: Option<Instant> = None;
+    loop {
+        let actions = tokio::select! {
+            _ = tokio::time::sleep_until(next_tx) => {
+                send(&sock, &s.packet()).await;
+                next_tx = Instant::now() + s.jittered(fastrand::f64());
+                continue;
+            }
+            _ = sleep_until(detect) => {
+                detect = None;
+                s.expired()
+            }
+            Some(p) = rx.recv() => {
+                let a = s.receive(&p);
+                detect = s.detection_time().map(|d| Instant::now() + d);
+                a
+            }
+            _ = &mut stop => break,
+        };
+        for a in actions {
+            match a {
+                Action::SendFinal(f) => send(&sock, &f).await,
+                Action::SendNow => next_tx = Instant::now(),
+                Action::StateChanged { from, to, diag } => {
+                    info!(peer = %peer.remote, from = from.name(), to = to.name(),
+                        diag = diag::name(diag), "BFD session state");
+                }
+            }
+        }
+        status.send_if_modified(|st| {
+            let now = status_of(&s);
+            let changed = *st != now;
+            *st = now;
+            changed
+        });
+    }
+    s.admin_down();
+    let _ = status.send(status_of(&s));
+    // AdminDown for a detection time's worth of packets, so the remote
+    // hears it even if one is lost.
+    for _ in 0..s.packet().detect_mult.max(3) {
+        send(&sock, &s.packet()).await;
+        tokio::time::sleep(s.tx_interval().min(Duration::from_secs(1))).await;
+    }
+}
