@@ -1,10 +1,12 @@
-//! vipd's BFD (`vipd::bfd::io`, driven here as a library: it is not wired
-//! to the BGP sessions yet) against BIRD's BFD over IPv4 and IPv6: the
+//! vipd's BFD against BIRD's. First `vipd::bfd::io` driven as a library,
+//! over IPv4 and IPv6: the
 //! sessions come Up with the configured 300 ms x 3 as BIRD reports them;
 //! malformed packets are dropped and counted by check while they stay Up;
 //! BIRD frozen (SIGSTOP) takes vipd's side Down within the detection time,
 //! diagnosed as such, and SIGCONT brings it back; vipd's AdminDown takes
-//! BIRD's side Down at once, well inside a detection time.
+//! BIRD's side Down at once, well inside a detection time. Then vipd
+//! itself with `bfd = true` against BIRD's `bfd on`: frozen, it loses its
+//! route within the detection time, not the hold time.
 
 #[path = "lab/mod.rs"]
 mod lab;
@@ -121,11 +123,9 @@ fn sessions_with_bird_come_up_drop_garbage_detect_a_frozen_peer_and_go_admin_dow
             };
             let h4 = bfd
                 .add(peer("192.0.2.2", "192.0.2.1"))
-                .await
                 .map_err(|e| e.to_string())?;
             let h6 = bfd
                 .add(peer("2001:db8::2", "2001:db8::1"))
-                .await
                 .map_err(|e| e.to_string())?;
             for h in [&h4, &h6] {
                 wait_state(h, State::Up, Duration::from_secs(10))
@@ -240,4 +240,105 @@ fn sessions_with_bird_come_up_drop_garbage_detect_a_frozen_peer_and_go_admin_dow
         panic!("{e}");
     }
     drop(bird);
+}
+
+/// vipd with `bfd = true` against BIRD with `bfd on` in its BGP protocol:
+/// vipd frozen (what a dead node looks like to its router) loses its
+/// route at BIRD within the detection time, not the 90 s hold time; a
+/// graceful stop sends AdminDown first, which BIRD sees at once.
+#[test]
+fn a_frozen_vipd_loses_its_routes_within_the_detection_time() {
+    let lab = Lab::new("bg");
+    let conf = format!(
+        "router id 192.0.2.2;\nlog \"{}\" all;\nprotocol device {{ scan time 10; }}\n\
+         protocol bfd {{ interface \"*\" {{ min rx interval 300 ms; min tx interval 300 ms; multiplier 3; }}; }}\n\
+         protocol bgp v4 {{\n  local 192.0.2.2 as 65002;\n  neighbor 192.0.2.1 as 65010;\n  bfd on;\n\
+           graceful restart on;\n  error wait time 1, 5;\n  ipv4 {{ import all; export none; }};\n}}\n",
+        lab.dir.path("bird.log").display()
+    );
+    let bird = Bird::start(&lab.router, &lab.dir, &conf);
+    let vipd_conf = "[bgp]\nasn = 65010\nrouter_id = \"192.0.2.1\"\n\
+         [[bgp.peers]]\naddress = \"192.0.2.2\"\nasn = 65002\nconnect_retry = 1\n\
+         bfd = true\nbfd_interval_ms = 300\nbfd_multiplier = 3\n\
+         [[announce]]\nprefix = \"203.0.113.1/32\"\n";
+    let mut vipd = Vipd::start(&lab.node, &lab.dir, vipd_conf);
+    let view = |what: &str| {
+        format!(
+            "{what}\n{}\n{}\n{}",
+            bird.cli("show bfd sessions"),
+            bird.cli("show protocols all v4"),
+            bird.cli("show route all")
+        )
+    };
+    let up = wait_until(Duration::from_secs(20), || {
+        bird.has("203.0.113.1/32")
+            && bird_session(&bird.ctl, "192.0.2.1")
+                .split_whitespace()
+                .nth(2)
+                == Some("Up")
+    });
+    assert!(up, "{}", view("no route or no BFD session at BIRD"));
+    assert!(vipd.log().contains("BFD session configured"));
+
+    vipd.proc.signal(libc::SIGSTOP);
+    let t = Instant::now();
+    let gone = wait_until(Duration::from_secs(10), || !bird.has("203.0.113.1/32"));
+    let took = t.elapsed();
+    vipd.proc.signal(libc::SIGCONT);
+    assert!(
+        gone,
+        "{}",
+        view("the route stayed at BIRD with vipd frozen")
+    );
+    eprintln!(
+        "vipd frozen -> route gone at BIRD in {took:?} (detection time 900 ms, hold time 90 s)"
+    );
+    assert!(
+        took < Duration::from_millis(2000),
+        "{}",
+        view(&format!("gone after {took:?}: not BFD's detection time"))
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || bird.has("203.0.113.1/32")),
+        "{}",
+        view("the route never came back after SIGCONT")
+    );
+
+    // A graceful stop sends AdminDown first: BIRD's BFD session goes Down
+    // at once, not after its detection time. BIRD 2.0 then closes its BGP
+    // session ("BFD session down") as for a failure: its BFD requests do
+    // not tell a neighbour's AdminDown from a failure (BIRD 3 does, as RFC
+    // 5882 asks), so with this BIRD a vipd restart with BFD on loses the
+    // routes for the restart; docs/configuration.md says so.
+    assert!(wait_until(Duration::from_secs(10), || bird_session(
+        &bird.ctl,
+        "192.0.2.1"
+    )
+    .split_whitespace()
+    .nth(2)
+        == Some("Up")));
+    vipd.proc.signal(libc::SIGTERM);
+    let t = Instant::now();
+    let down = wait_until(Duration::from_secs(3), || {
+        bird_session(&bird.ctl, "192.0.2.1")
+            .split_whitespace()
+            .nth(2)
+            == Some("Down")
+    });
+    let took = t.elapsed();
+    assert!(
+        down,
+        "{}",
+        view("BIRD never saw the BFD session go down on a stop")
+    );
+    eprintln!("vipd SIGTERM -> BIRD's BFD session Down in {took:?}");
+    assert!(
+        took < Duration::from_millis(600),
+        "{}",
+        view(&format!(
+            "Down after {took:?}: an expiry, not vipd's AdminDown"
+        ))
+    );
+    vipd.proc.stop(Duration::from_secs(10));
+    drop(vipd);
 }

@@ -244,6 +244,16 @@ pub struct PeerConfig {
     /// Addresses given as `"node"`: the Node's InternalIP of the family,
     /// filled in by [`BgpConfig::with_node_addresses`].
     pub from_node: FromNode,
+    /// `bfd = true`: a BFD session with the peer (RFC 5880/5881/5883).
+    pub bfd: Option<BfdSettings>,
+}
+
+/// A peer's BFD timers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct BfdSettings {
+    /// Desired minimum TX and required minimum RX interval.
+    pub interval: Duration,
+    pub multiplier: u8,
 }
 
 /// Which of a peer's addresses are `"node"`.
@@ -989,6 +999,7 @@ fn read_peer(mut t: Tbl, local_asn: Option<u32>, errs: &mut Errs) -> Option<Peer
     let link_local_next_hop = t
         .opt("link_local_next_hop", errs, parse_bool)
         .unwrap_or(true);
+    let bfd = read_bfd(&mut t, &key, errs);
     let description = t.opt("description", errs, parse_str);
     let node_selector = t
         .opt("node_selector", errs, fleet::parse_selector)
@@ -1062,6 +1073,7 @@ fn read_peer(mut t: Tbl, local_asn: Option<u32>, errs: &mut Errs) -> Option<Peer
         defaults,
         node_selector,
         from_node,
+        bfd,
     })
 }
 
@@ -1201,6 +1213,31 @@ fn parse_asn(v: Value) -> Result<u32, String> {
         return Err("ASN 23456 is AS_TRANS, reserved (RFC 6793)".into());
     }
     Ok(n as u32)
+}
+
+/// `bfd`, `bfd_interval_ms`, `bfd_multiplier` of one peer.
+fn read_bfd(t: &mut Tbl, key: &str, errs: &mut Errs) -> Option<BfdSettings> {
+    let on = t.opt("bfd", errs, parse_bool).unwrap_or(false);
+    let interval = t.opt("bfd_interval_ms", errs, |v| parse_int(v, 10, 60_000));
+    let multiplier = t.opt("bfd_multiplier", errs, |v| parse_int(v, 1, 255));
+    if !on {
+        for (given, name) in [
+            (interval.is_some(), "bfd_interval_ms"),
+            (multiplier.is_some(), "bfd_multiplier"),
+        ] {
+            if given {
+                errs.push(
+                    format!("{key}.{name}"),
+                    "applies to a BFD session: set bfd = true",
+                );
+            }
+        }
+        return None;
+    }
+    Some(BfdSettings {
+        interval: Duration::from_millis(interval.unwrap_or(300) as u64),
+        multiplier: multiplier.unwrap_or(3) as u8,
+    })
 }
 
 /// `"node"` (`None`: the Node's address, resolved at start) or what `f`

@@ -2,8 +2,8 @@
 //! speaker. See `docs/architecture.md` for how the pieces fit.
 //!
 //! Modules depend one way, down the data flow: `config`, `bgp::wire` and
-//! `bfd` (packets and the session state machine, pure; its UDP tasks; not
-//! wired to the BGP sessions yet) at the bottom; `bgp` (FSM, RIB, sessions, speaker), `ipam` (address
+//! `bfd` (packets and the session state machine, pure; its UDP tasks) at
+//! the bottom; `bgp` (FSM, RIB, sessions, speaker), `ipam` (address
 //! allocation, pure), `drain` (RFC 8326 drains, pure), `k8s` (model, intent,
 //! watchers, the elected allocator), `reconcile` (the table, the node's
 //! dataplanes, the control plane's), `dataplane` and `controlplane` (health

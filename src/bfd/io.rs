@@ -98,7 +98,7 @@ impl Bfd {
     }
 
     /// Starts a session with `peer`.
-    pub async fn add(&self, peer: Peer) -> io::Result<Handle> {
+    pub fn add(&self, peer: Peer) -> io::Result<Handle> {
         let v6 = peer.remote.is_ipv6();
         let port = if peer.multihop {
             PORT_MULTIHOP
@@ -106,7 +106,7 @@ impl Bfd {
             PORT_SINGLE_HOP
         };
         self.ensure_receiver(v6, port, !peer.multihop)?;
-        let sock = sender(&peer, port).await?;
+        let sock = sender(&peer, port)?;
         let (tx, rx) = mpsc::channel(16);
         let disc = {
             let mut r = self.routes.lock().unwrap();
@@ -183,15 +183,16 @@ impl std::ops::Drop for Bfd {
 
 /// The session's sending socket: from the local address and a source
 /// port in 49152-65535 (RFC 5881 section 4), TTL 255, to the peer.
-async fn sender(peer: &Peer, port: u16) -> io::Result<UdpSocket> {
+fn sender(peer: &Peer, port: u16) -> io::Result<UdpSocket> {
     let mut last = None;
     for _ in 0..64 {
         let src = SocketAddr::new(peer.local, fastrand::u16(49152..=65535));
-        match UdpSocket::bind(src).await {
+        match std::net::UdpSocket::bind(src) {
             Ok(s) => {
                 net::send_ttl_255(&s, peer.remote.is_ipv6())?;
-                s.connect(SocketAddr::new(peer.remote, port)).await?;
-                return Ok(s);
+                s.connect(SocketAddr::new(peer.remote, port))?;
+                s.set_nonblocking(true)?;
+                return UdpSocket::from_std(s);
             }
             Err(e) => last = Some(e),
         }
@@ -321,6 +322,6 @@ async fn run(
     // hears it even if one is lost.
     for _ in 0..s.packet().detect_mult.max(3) {
         send(&sock, &s.packet()).await;
-        tokio::time::sleep(s.tx_interval().min(Duration::from_secs(1))).await;
+        tokio::time::sleep(peer.cfg.interval.min(Duration::from_secs(1))).await;
     }
 }

@@ -2,8 +2,9 @@
 //! `packet` (the Control packet and the session-free reception checks)
 //! and `machine` (one session's state machine and timers), both pure;
 //! `io` (the UDP tasks: TTL 255, the receive checks, one task per session)
-//! and `net` (the socket calls for TTLs). The BGP integration (RFC 5882)
-//! and the configuration keys are not built yet.
+//! and `net` (the socket calls for TTLs). The speaker starts a session
+//! per peer with `bfd = true`; the BGP session acting on BFD Down (RFC
+//! 5882) is not built yet.
 
 pub mod io;
 pub mod machine;

@@ -36,6 +36,8 @@ struct Peer {
     tx: mpsc::Sender<Command>,
     task: JoinHandle<()>,
     status: Arc<Mutex<PeerStatus>>,
+    /// The peer's BFD session, with `bfd = true`.
+    bfd: Option<crate::bfd::io::Handle>,
 }
 
 struct Listener {
@@ -68,6 +70,8 @@ pub struct Speaker {
     router_id: std::net::Ipv4Addr,
     /// Back from a graceful stop, and still starting (see [`Speaker::started`]).
     restarted: bool,
+    /// The BFD sessions, once a peer has one.
+    bfd: Option<crate::bfd::io::Bfd>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -118,6 +122,7 @@ impl Speaker {
             asn: bgp.asn,
             router_id: bgp.router_id,
             restarted,
+            bfd: None,
         };
         for st in settings(bgp) {
             s.add_peer(st, restarted);
@@ -162,6 +167,7 @@ impl Speaker {
             restarted,
         ));
         info!(peer = %addr, asn = settings.peer.asn, passive = settings.peer.passive, "peer configured");
+        let bfd = self.start_bfd(&settings.peer);
         self.peers.insert(
             addr,
             Peer {
@@ -169,8 +175,43 @@ impl Speaker {
                 tx,
                 task,
                 status,
+                bfd,
             },
         );
+    }
+
+    /// A BFD session with the peer, when it asks for one: from its source
+    /// address (or the kernel's choice), single hop unless it is
+    /// configured more than one hop away.
+    fn start_bfd(&mut self, p: &crate::config::PeerConfig) -> Option<crate::bfd::io::Handle> {
+        let b = p.bfd?;
+        let local = p.source_address.unwrap_or(match p.address {
+            IpAddr::V4(_) => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+            IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+        });
+        let peer = crate::bfd::io::Peer {
+            remote: p.address,
+            local,
+            multihop: p.ttl.is_some_and(|t| t > 1),
+            cfg: crate::bfd::machine::Config {
+                interval: b.interval,
+                detect_mult: b.multiplier,
+            },
+        };
+        match self
+            .bfd
+            .get_or_insert_with(crate::bfd::io::Bfd::new)
+            .add(peer)
+        {
+            Ok(h) => {
+                info!(peer = %p.address, interval_ms = b.interval.as_millis() as u64, multiplier = b.multiplier, "BFD session configured");
+                Some(h)
+            }
+            Err(e) => {
+                warn!(peer = %p.address, "BFD: cannot start the session: {e}");
+                None
+            }
+        }
     }
 
     async fn remove_peer(&mut self, addr: IpAddr) {
@@ -178,6 +219,9 @@ impl Speaker {
             return;
         };
         self.registry.lock().unwrap().remove(&addr);
+        if let Some(b) = p.bfd {
+            b.admin_down().await;
+        }
         let _ = p.tx.send(Command::Deconfigure).await;
         let _ = tokio::time::timeout(Duration::from_secs(3), p.task).await;
         if let Some(l) = &self.listener {
@@ -257,6 +301,14 @@ impl Speaker {
         if let Some(l) = self.listener.take() {
             l.task.abort();
         }
+        // BFD first: AdminDown tells the peers this stop is planned, so
+        // the sessions' close is not taken for a failure (RFC 5882 4.3).
+        let bfd: Vec<_> = self
+            .peers
+            .values_mut()
+            .filter_map(|p| p.bfd.take())
+            .collect();
+        futures_util::future::join_all(bfd.into_iter().map(|b| b.admin_down())).await;
         for p in self.peers.values() {
             let _ = p.tx.send(Command::Shutdown { withdraw }).await;
         }

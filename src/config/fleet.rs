@@ -424,4 +424,23 @@ mod tests {
             ]
         );
     }
+
+    #[test]
+    fn bfd_keys_need_bfd_on_and_stay_in_range() {
+        let c = cfg("[[bgp.peers]]\naddress = \"192.0.2.2\"\nasn = 65002\nbfd = true\n").unwrap();
+        let b = c.bgp.peers[0].bfd.unwrap();
+        assert_eq!((b.interval, b.multiplier), (Duration::from_millis(300), 3));
+        let c = cfg("[[bgp.peers]]\naddress = \"192.0.2.2\"\nasn = 65002\nbfd = true\nbfd_interval_ms = 100\nbfd_multiplier = 5\n").unwrap();
+        let b = c.bgp.peers[0].bfd.unwrap();
+        assert_eq!((b.interval, b.multiplier), (Duration::from_millis(100), 5));
+        assert_eq!(
+            cfg("[[bgp.peers]]\naddress = \"192.0.2.2\"\nasn = 65002\nbfd_interval_ms = 100\n")
+                .unwrap_err(),
+            ["bgp.peers[0].bfd_interval_ms: applies to a BFD session: set bfd = true"]
+        );
+        let e = cfg("[[bgp.peers]]\naddress = \"192.0.2.2\"\nasn = 65002\nbfd = true\nbfd_interval_ms = 5\nbfd_multiplier = 0\n").unwrap_err();
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert!(e[0].starts_with("bgp.peers[0].bfd_interval_ms: "), "{e:?}");
+        assert!(e[1].starts_with("bgp.peers[0].bfd_multiplier: "), "{e:?}");
+    }
 }
