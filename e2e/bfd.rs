@@ -303,6 +303,25 @@ fn a_frozen_vipd_loses_its_routes_within_the_detection_time() {
         "{}",
         view("the route never came back after SIGCONT")
     );
+    // BIRD frozen: vipd's BFD goes down and vipd closes its BGP session at
+    // once (BIRD's hold time is 90 s), sending Cease, BFD Down (RFC 9384).
+    let pid = bird.proc.pid();
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let closed = wait_until(Duration::from_secs(5), || {
+        vipd.log().contains("BFD Down: closing the session")
+    });
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    assert!(closed, "{}", vipd.proc.log_tail(30));
+    assert!(
+        vipd.log().contains("sending NOTIFICATION") && vipd.log().contains("Cease"),
+        "{}",
+        vipd.proc.log_tail(30)
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || bird.has("203.0.113.1/32")),
+        "{}",
+        view("the route never came back after BIRD's freeze")
+    );
 
     // A graceful stop sends AdminDown first: BIRD's BFD session goes Down
     // at once, not after its detection time. BIRD 2.0 then closes its BGP
@@ -341,4 +360,40 @@ fn a_frozen_vipd_loses_its_routes_within_the_detection_time() {
     );
     vipd.proc.stop(Duration::from_secs(10));
     drop(vipd);
+}
+
+/// RFC 5882: with `bfd = true`, the BGP session does not come up while the
+/// BFD session is down (here BIRD runs no BFD at all).
+#[test]
+fn no_session_while_bfd_is_down() {
+    let lab = Lab::new("bn");
+    let conf = format!(
+        "router id 192.0.2.2;\nlog \"{}\" all;\nprotocol device {{ scan time 10; }}\n\
+         protocol bgp v4 {{\n  local 192.0.2.2 as 65002;\n  neighbor 192.0.2.1 as 65010;\n\
+           ipv4 {{ import all; export none; }};\n}}\n",
+        lab.dir.path("bird.log").display()
+    );
+    let bird = Bird::start(&lab.router, &lab.dir, &conf);
+    let with = |bfd: bool| {
+        format!(
+            "[bgp]\nasn = 65010\nrouter_id = \"192.0.2.1\"\n\
+             [[bgp.peers]]\naddress = \"192.0.2.2\"\nasn = 65002\nconnect_retry = 1\nbfd = {bfd}\n\
+             [[announce]]\nprefix = \"203.0.113.1/32\"\n"
+        )
+    };
+    let vipd = Vipd::start(&lab.node, &lab.dir, &with(true));
+    holds_for(Duration::from_secs(4), || {
+        assert!(
+            !bird.established("v4"),
+            "established without BFD: {}",
+            vipd.proc.log_tail(20)
+        )
+    });
+    drop(vipd);
+    let _vipd = Vipd::start_named(&lab.node, &lab.dir, &with(false), "vipd-nobfd");
+    assert!(
+        wait_until(Duration::from_secs(15), || bird.has("203.0.113.1/32")),
+        "{}",
+        bird.cli("show protocols all v4")
+    );
 }

@@ -3,8 +3,7 @@
 //! and `machine` (one session's state machine and timers), both pure;
 //! `io` (the UDP tasks: TTL 255, the receive checks, one task per session)
 //! and `net` (the socket calls for TTLs). The speaker starts a session
-//! per peer with `bfd = true`; the BGP session acting on BFD Down (RFC
-//! 5882) is not built yet.
+//! per peer with `bfd = true`; `bgp::session` follows its state (RFC 5882).
 
 pub mod io;
 pub mod machine;

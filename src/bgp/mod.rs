@@ -159,15 +159,16 @@ impl Speaker {
         // Registered before the task can dial: otherwise the peer's own
         // connection, answering ours, could find no session and be closed.
         self.registry.lock().unwrap().insert(addr, tx.clone());
+        let bfd = self.start_bfd(&settings.peer);
         let task = tokio::spawn(session::run(
             settings.clone(),
             self.table.subscribe(),
             rx,
             status.clone(),
             restarted,
+            bfd.as_ref().map(|b| b.status.clone()),
         ));
         info!(peer = %addr, asn = settings.peer.asn, passive = settings.peer.passive, "peer configured");
-        let bfd = self.start_bfd(&settings.peer);
         self.peers.insert(
             addr,
             Peer {

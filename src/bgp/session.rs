@@ -231,6 +231,10 @@ struct Session {
     table: watch::Receiver<Published>,
     status: Arc<Mutex<PeerStatus>>,
     stopping: bool,
+    /// The peer's BFD session, with `bfd = true`: the BGP session starts
+    /// only while it is Up and closes when it goes down (RFC 5882).
+    bfd: Option<watch::Receiver<crate::bfd::io::Status>>,
+    bfd_up: bool,
     /// End-of-RIB still owed for this session's initial table.
     eor_pending: bool,
     seed: u64,
@@ -243,6 +247,7 @@ pub async fn run(
     mut cmds: mpsc::Receiver<Command>,
     status: Arc<Mutex<PeerStatus>>,
     restarted: bool,
+    bfd: Option<watch::Receiver<crate::bfd::io::Status>>,
 ) {
     let p = &s.peer;
     let mut families = vec![];
@@ -281,7 +286,12 @@ pub async fn run(
         hold: None,
         keepalive: None,
         auto_start: None,
-        queue: VecDeque::from([Event::Start]),
+        // With BFD, the first start waits for it to come Up.
+        queue: if bfd.is_some() {
+            VecDeque::new()
+        } else {
+            VecDeque::from([Event::Start])
+        },
         peer_open: None,
         negotiated: None,
         adj: AdjRibOut::default(),
@@ -290,6 +300,8 @@ pub async fn run(
         stopping: false,
         eor_pending: false,
         seed,
+        bfd,
+        bfd_up: false,
     };
     let peer = me.s.peer.address;
     loop {
@@ -307,7 +319,7 @@ pub async fn run(
                 continue;
             }
         }
-        if me.fsm.state == State::Idle && me.auto_start.is_none() {
+        if me.fsm.state == State::Idle && me.auto_start.is_none() && me.bfd_allows() {
             let d = me.backoff();
             debug!(%peer, "next attempt in {:.1}s", d.as_secs_f64());
             me.auto_start = Some(Instant::now() + d);
@@ -349,6 +361,7 @@ pub async fn run(
             _ = at(me.keepalive) => { me.keepalive = None; me.queue.push_back(Event::KeepaliveTimerExpires) }
             _ = at(me.connect_retry) => { me.connect_retry = None; me.queue.push_back(Event::ConnectRetryTimerExpires) }
             _ = at(me.auto_start) => { me.auto_start = None; me.queue.push_back(Event::Start) }
+            st = bfd_changed(me.bfd.as_mut()) => me.on_bfd(st),
             _ = at(cand_deadline) => {
                 debug!(%peer, "second connection sent no OPEN in time");
                 me.cand = None;
@@ -753,6 +766,39 @@ impl Session {
         }
     }
 
+    fn bfd_allows(&self) -> bool {
+        self.bfd.is_none() || self.bfd_up
+    }
+
+    /// RFC 5882: BFD Down closes the session at once (Cease, BFD Down,
+    /// RFC 9384); it comes back through the usual start once BFD is Up.
+    fn on_bfd(&mut self, st: Option<crate::bfd::packet::State>) {
+        // Gone (the peer removed), or AdminDown: vipd's own planned stop,
+        // which the session's own shutdown handles (silently, for
+        // graceful restart).
+        let Some(st) = st.filter(|s| *s != crate::bfd::packet::State::AdminDown) else {
+            self.bfd = None;
+            return;
+        };
+        let up = st == crate::bfd::packet::State::Up;
+        if up == self.bfd_up {
+            return;
+        }
+        self.bfd_up = up;
+        if up {
+            info!(peer = %self.peer(), "BFD Up: the session may start");
+            return;
+        }
+        self.auto_start = None;
+        if self.fsm.state != State::Idle {
+            warn!(peer = %self.peer(), "BFD Down: closing the session (Cease, BFD Down)");
+            self.set_error("BFD Down".into());
+            self.queue.push_back(Event::Stop {
+                notification: Some(Notification::new(code::CEASE, code::BFD_DOWN)),
+            });
+        }
+    }
+
     fn count_notification(&self, n: &Notification, sent: bool) {
         let mut st = self.status.lock().unwrap();
         let by = if sent {
@@ -1039,6 +1085,19 @@ impl Session {
             ))
         };
         self.queue.push_back(Event::Stop { notification });
+    }
+}
+
+/// The BFD state once it changes; `None` when the session is gone.
+async fn bfd_changed(
+    rx: Option<&mut watch::Receiver<crate::bfd::io::Status>>,
+) -> Option<crate::bfd::packet::State> {
+    match rx {
+        Some(rx) => match rx.changed().await {
+            Ok(()) => Some(rx.borrow_and_update().state),
+            Err(_) => None,
+        },
+        None => std::future::pending().await,
     }
 }
 

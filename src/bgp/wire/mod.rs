@@ -100,6 +100,8 @@ pub mod code {
     pub const OTHER_CONFIG_CHANGE: u8 = 6;
     pub const COLLISION_RESOLUTION: u8 = 7;
     pub const OUT_OF_RESOURCES: u8 = 8;
+    /// RFC 9384.
+    pub const BFD_DOWN: u8 = 10;
     // Route-Refresh Message Error (RFC 7313)
     pub const INVALID_RR_LENGTH: u8 = 1;
 }
