@@ -322,6 +322,23 @@ fn a_frozen_vipd_loses_its_routes_within_the_detection_time() {
         "{}",
         view("the route never came back after BIRD's freeze")
     );
+    // The operator's view: the session, its timers and why it last went
+    // down, in `vipd status` and `/metrics`.
+    let mut text = String::new();
+    let shown = wait_until(Duration::from_secs(10), || {
+        text = vipd_status(&lab.node).1;
+        text.contains("    BFD Up: TX 300 ms, RX 300 ms, detection 900 ms; last down: ")
+    });
+    assert!(shown, "{text}");
+    let metrics = status_get(&lab.node, "/metrics");
+    assert!(
+        metrics.contains("vipd_bfd_up{peer=\"192.0.2.2\",asn=\"65002\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("vipd_bfd_detection_time_seconds{peer=\"192.0.2.2\",asn=\"65002\"} 0.9"),
+        "{metrics}"
+    );
 
     // A graceful stop sends AdminDown first: BIRD's BFD session goes Down
     // at once, not after its detection time. BIRD 2.0 then closes its BGP

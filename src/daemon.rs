@@ -384,6 +384,7 @@ impl Daemon {
                 .as_ref()
                 .map(|a| a.status.lock().unwrap().clone()),
             drain: self.drain_line(),
+            bfd_drops: self.speaker.bfd_drops(),
         }
     }
 

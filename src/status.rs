@@ -52,6 +52,8 @@ pub struct Report {
     pub ipam: Option<IpamStatus>,
     /// `None` without `[drain]`.
     pub drain: Option<DrainLine>,
+    /// BFD packets dropped by check, over every session.
+    pub bfd_drops: std::collections::BTreeMap<crate::bfd::packet::Drop, u64>,
 }
 
 /// The drain's state, with `[drain]`.
@@ -138,6 +140,17 @@ impl Report {
                 let _ = write!(s, "; last error: {e}");
             }
             s.push('\n');
+            if let Some(b) = &p.bfd {
+                render_bfd(&mut s, b);
+            }
+        }
+        if self.bfd_drops.values().any(|n| *n > 0) {
+            let d: Vec<String> = self
+                .bfd_drops
+                .iter()
+                .map(|(k, n)| format!("{} {n}", k.label()))
+                .collect();
+            let _ = writeln!(s, "  BFD packets dropped: {}", d.join(", "));
         }
         if let Some(c) = &self.control {
             let _ = write!(
@@ -210,6 +223,24 @@ fn render_ipam(s: &mut String, i: &IpamStatus) {
     }
 }
 
+fn render_bfd(s: &mut String, b: &crate::bfd::io::Status) {
+    let ms = |d: Duration| d.as_millis();
+    let _ = write!(
+        s,
+        "    BFD {}: TX {} ms, RX {} ms",
+        b.state.name(),
+        ms(b.tx),
+        ms(b.rx)
+    );
+    if let Some(d) = b.detection {
+        let _ = write!(s, ", detection {} ms", ms(d));
+    }
+    if let Some(d) = b.last_down {
+        let _ = write!(s, "; last down: {}", crate::bfd::packet::diag::name(d));
+    }
+    s.push('\n');
+}
+
 fn family_name(f: crate::ipam::Family) -> &'static str {
     match f {
         crate::ipam::Family::V4 => "ipv4",
@@ -229,6 +260,16 @@ struct PeerJson<'a> {
     updates_sent: u64,
     updates_received: u64,
     last_error: Option<&'a str>,
+    bfd: Option<BfdJson>,
+}
+
+#[derive(Serialize)]
+struct BfdJson {
+    state: &'static str,
+    tx_ms: u128,
+    rx_ms: u128,
+    detection_ms: Option<u128>,
+    last_down: Option<&'static str>,
 }
 
 #[derive(Serialize)]
@@ -261,6 +302,13 @@ impl Report {
                 updates_sent: p.updates_sent,
                 updates_received: p.updates_received,
                 last_error: p.last_error.as_deref(),
+                bfd: p.bfd.as_ref().map(|b| BfdJson {
+                    state: b.state.name(),
+                    tx_ms: b.tx.as_millis(),
+                    rx_ms: b.rx.as_millis(),
+                    detection_ms: b.detection.map(|d| d.as_millis()),
+                    last_down: b.last_down.map(crate::bfd::packet::diag::name),
+                }),
             })
             .collect();
         let j = ReportJson {
@@ -322,6 +370,14 @@ pub(crate) mod tests {
             updates_sent: 2,
             updates_received: 1,
             notifications_received: [((6, 2), 1)].into(),
+            bfd: Some(crate::bfd::io::Status {
+                state: crate::bfd::packet::State::Up,
+                diag: 0,
+                tx: Duration::from_millis(300),
+                rx: Duration::from_millis(300),
+                detection: Some(Duration::from_millis(900)),
+                last_down: Some(crate::bfd::packet::diag::DETECTION_EXPIRED),
+            }),
             families: vec![crate::bgp::wire::Afi::Ipv4],
             sending: vec![crate::bgp::wire::Afi::Ipv4],
             holds: Some(std::sync::Arc::new(
@@ -395,6 +451,7 @@ pub(crate) mod tests {
                 reason: "cordoned".into(),
                 left_secs: Some(12),
             }),
+            bfd_drops: [(crate::bfd::packet::Drop::Ttl, 2)].into(),
         }
     }
 
@@ -419,6 +476,8 @@ pub(crate) mod tests {
             "    a/s0: pool public has no free V4 address",
             "    ... and 2 more",
             "drain: draining (cordoned): VIPs announced with GRACEFUL_SHUTDOWN, withdrawn in 12s",
+            "    BFD Up: TX 300 ms, RX 300 ms, detection 900 ms; last down: control detection time expired",
+            "  BFD packets dropped: ttl 2",
         ] {
             assert!(text.lines().any(|l| l == line), "{line:?} not in:\n{text}");
         }

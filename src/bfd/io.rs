@@ -44,6 +44,8 @@ pub struct Status {
     pub tx: Duration,
     pub rx: Duration,
     pub detection: Option<Duration>,
+    /// The diagnostic of the last time the session went down.
+    pub last_down: Option<u8>,
 }
 
 /// Packets dropped by each check, over every session.
@@ -119,7 +121,7 @@ impl Bfd {
             d
         };
         let s = Session::new(peer.cfg, disc);
-        let (status_tx, status) = watch::channel(status_of(&s));
+        let (status_tx, status) = watch::channel(status_of(&s, None));
         let (stop_tx, stop) = oneshot::channel();
         let routes = self.routes.clone();
         let task = tokio::spawn(async move {
@@ -246,7 +248,7 @@ async fn receive(sock: UdpSocket, single_hop: bool, routes: Arc<Mutex<Routes>>, 
     }
 }
 
-fn status_of(s: &Session) -> Status {
+fn status_of(s: &Session, last_down: Option<u8>) -> Status {
     let (tx, rx) = s.intervals();
     Status {
         state: s.state,
@@ -254,6 +256,7 @@ fn status_of(s: &Session) -> Status {
         tx,
         rx,
         detection: s.detection_time(),
+        last_down,
     }
 }
 
@@ -281,6 +284,7 @@ async fn run(
 ) {
     let mut next_tx = Instant::now();
     let mut detect: Option<Instant> = None;
+    let mut last_down = None;
     loop {
         let actions = tokio::select! {
             _ = tokio::time::sleep_until(next_tx) => {
@@ -306,18 +310,21 @@ async fn run(
                 Action::StateChanged { from, to, diag } => {
                     info!(peer = %peer.remote, from = from.name(), to = to.name(),
                         diag = diag::name(diag), "BFD session state");
+                    if to == State::Down {
+                        last_down = Some(diag);
+                    }
                 }
             }
         }
         status.send_if_modified(|st| {
-            let now = status_of(&s);
+            let now = status_of(&s, last_down);
             let changed = *st != now;
             *st = now;
             changed
         });
     }
     s.admin_down();
-    let _ = status.send(status_of(&s));
+    let _ = status.send(status_of(&s, last_down));
     // AdminDown for a detection time's worth of packets, so the remote
     // hears it even if one is lost.
     for _ in 0..s.packet().detect_mult.max(3) {

@@ -290,10 +290,22 @@ impl Speaker {
         let mut v: Vec<_> = self
             .peers
             .iter()
-            .map(|(a, p)| (*a, p.status.lock().unwrap().clone()))
+            .map(|(a, p)| {
+                let mut st = p.status.lock().unwrap().clone();
+                st.bfd = p.bfd.as_ref().map(|b| b.status.borrow().clone());
+                (*a, st)
+            })
             .collect();
         v.sort_by_key(|(a, _)| *a);
         v
+    }
+
+    /// BFD packets dropped, by the check they failed.
+    pub fn bfd_drops(&self) -> std::collections::BTreeMap<crate::bfd::packet::Drop, u64> {
+        self.bfd
+            .as_ref()
+            .map(|b| b.drops.lock().unwrap().clone())
+            .unwrap_or_default()
     }
 
     /// Stops every session: withdrawing first, or (graceful restart) leaving

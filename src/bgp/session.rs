@@ -81,6 +81,8 @@ pub struct PeerStatus {
     pub holds: Option<Arc<Table>>,
     pub sending: Vec<Afi>,
     pub ctx: Option<SendCtx>,
+    /// The peer's BFD session, with `bfd = true` (filled by the speaker).
+    pub bfd: Option<crate::bfd::io::Status>,
 }
 
 impl PeerStatus {
@@ -110,6 +112,7 @@ impl Default for PeerStatus {
             holds: None,
             sending: vec![],
             ctx: None,
+            bfd: None,
         }
     }
 }

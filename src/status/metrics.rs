@@ -77,6 +77,7 @@ label_set!(NotificationL {
     subcode
 });
 label_set!(ReasonL { reason });
+label_set!(CheckL { check });
 label_set!(VipL { vip });
 label_set!(BackendL { backend });
 label_set!(PoolL { pool, family });
@@ -118,6 +119,29 @@ impl Reg {
         let full = self.counter_name(name);
         self.0
             .register(full, help, c)
+            .map(|_| ())
+            .map_err(|e| format!("{name}: {e}"))
+    }
+
+    /// A labelled gauge of seconds; nothing when empty.
+    fn seconds<L>(
+        &mut self,
+        name: &'static str,
+        help: &'static str,
+        samples: Vec<(L, f64)>,
+    ) -> Result<(), String>
+    where
+        L: LabelSetSchema + EncodeLabelSet + Clone + Eq + std::hash::Hash + Send + Sync + 'static,
+    {
+        if samples.is_empty() {
+            return Ok(());
+        }
+        let f = Family::<L, Gauge<f64>>::default();
+        for (l, v) in &samples {
+            f.with_or_new(l, |g| g.set(*v));
+        }
+        self.0
+            .register_with_unit(name, help, Unit::Seconds, f)
             .map(|_| ())
             .map_err(|e| format!("{name}: {e}"))
     }
@@ -279,7 +303,76 @@ fn peers(reg: &mut Reg, r: &Report) -> Result<(), String> {
         false,
         fam,
     )?;
-    messages(reg, r)
+    messages(reg, r)?;
+    bfd(reg, r)
+}
+
+/// Each peer's BFD session (with `bfd = true`) and the drops by check.
+fn bfd(reg: &mut Reg, r: &Report) -> Result<(), String> {
+    let with: Vec<(PeerL, &crate::bfd::io::Status)> = r
+        .peers
+        .iter()
+        .filter_map(|(a, asn, p)| {
+            let l = PeerL {
+                peer: a.to_string(),
+                asn: asn.to_string(),
+            };
+            p.bfd.as_ref().map(|b| (l, b))
+        })
+        .collect();
+    let up = with
+        .iter()
+        .map(|(l, b)| {
+            (
+                l.clone(),
+                u64::from(b.state == crate::bfd::packet::State::Up),
+            )
+        })
+        .collect();
+    reg.family(
+        "vipd_bfd_up",
+        "1 while the peer's BFD session is Up",
+        false,
+        up,
+    )?;
+    let secs = |f: &dyn Fn(&crate::bfd::io::Status) -> Option<std::time::Duration>| {
+        with.iter()
+            .filter_map(|(l, b)| f(b).map(|d| (l.clone(), d.as_secs_f64())))
+            .collect::<Vec<_>>()
+    };
+    reg.seconds(
+        "vipd_bfd_tx_interval",
+        "The BFD transmit interval in effect (before jitter)",
+        secs(&|b| Some(b.tx)),
+    )?;
+    reg.seconds(
+        "vipd_bfd_rx_interval",
+        "The BFD receive interval in effect",
+        secs(&|b| Some(b.rx)),
+    )?;
+    reg.seconds(
+        "vipd_bfd_detection_time",
+        "How long without a packet before the BFD session is declared down",
+        secs(&|b| b.detection),
+    )?;
+    if with.is_empty() && r.bfd_drops.is_empty() {
+        return Ok(());
+    }
+    let drops = crate::bfd::packet::Drop::ALL
+        .iter()
+        .map(|d| {
+            let l = CheckL {
+                check: d.label().to_string(),
+            };
+            (l, r.bfd_drops.get(d).copied().unwrap_or(0))
+        })
+        .collect();
+    reg.family(
+        "vipd_bfd_packets_dropped",
+        "BFD packets dropped, by the check they failed (RFC 5880 6.8.6, RFC 5881 TTL)",
+        true,
+        drops,
+    )
 }
 
 /// What went over each session: UPDATEs and NOTIFICATIONs.
@@ -524,6 +617,11 @@ mod tests {
             "vipd_drain_active 1",
             "# TYPE vipd_event_to_wire_seconds histogram",
             "# TYPE vipd_reconcile_duration_seconds histogram",
+            "vipd_bfd_up{peer=\"192.0.2.2\",asn=\"65002\"} 1",
+            "vipd_bfd_detection_time_seconds{peer=\"192.0.2.2\",asn=\"65002\"} 0.9",
+            "vipd_bfd_tx_interval_seconds{peer=\"192.0.2.2\",asn=\"65002\"} 0.3",
+            "vipd_bfd_packets_dropped_total{check=\"ttl\"} 2",
+            "vipd_bfd_packets_dropped_total{check=\"version\"} 0",
         ] {
             has(&text, line);
         }
