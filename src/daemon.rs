@@ -355,21 +355,8 @@ impl Daemon {
 
     /// What `vipd status` and `/metrics` show, as plain values.
     fn report(&self) -> status::Report {
-        let asn = |a: IpAddr| {
-            self.cfg
-                .bgp
-                .peers
-                .iter()
-                .find(|p| p.address == a)
-                .map_or(0, |p| p.asn)
-        };
         status::Report {
-            peers: self
-                .speaker
-                .status()
-                .into_iter()
-                .map(|(a, s)| (a, asn(a), s))
-                .collect(),
+            peers: self.peers(),
             kube: self
                 .cfg
                 .kubernetes
@@ -388,6 +375,23 @@ impl Daemon {
         }
     }
 
+    /// Each session's status with its peer's AS number.
+    fn peers(&self) -> Vec<(IpAddr, u32, crate::bgp::session::PeerStatus)> {
+        let asn = |a: IpAddr| {
+            self.cfg
+                .bgp
+                .peers
+                .iter()
+                .find(|p| p.address == a)
+                .map_or(0, |p| p.asn)
+        };
+        self.speaker
+            .status()
+            .into_iter()
+            .map(|(a, s)| (a, asn(a), s))
+            .collect()
+    }
+
     /// A client's question: the report at once; an explanation once the
     /// watch has looked the Service up (without holding up the loop).
     fn on_ask(&self, ask: status::Ask) {
@@ -400,7 +404,7 @@ impl Daemon {
             }
             status::Query::Explain(key) => key,
         };
-        let peers = self.report().peers;
+        let peers = self.peers();
         let drain = self
             .drain_line()
             .filter(|d| d.active)

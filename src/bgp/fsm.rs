@@ -25,6 +25,15 @@ pub enum State {
 }
 
 impl State {
+    pub const ALL: [State; 6] = [
+        State::Idle,
+        State::Connect,
+        State::Active,
+        State::OpenSent,
+        State::OpenConfirm,
+        State::Established,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             State::Idle => "Idle",

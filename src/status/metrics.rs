@@ -14,6 +14,7 @@ use fastmetrics::raw::LabelSetSchema;
 use fastmetrics::registry::{Registry, Unit};
 
 use super::Report;
+use crate::bgp::session::PeerStatus;
 use crate::bgp::wire::Afi;
 
 /// The exposition format a scraper asked for.
@@ -81,15 +82,6 @@ label_set!(CheckL { check });
 label_set!(VipL { vip });
 label_set!(BackendL { backend });
 label_set!(PoolL { pool, family });
-
-const SESSION_STATES: [&str; 6] = [
-    "Idle",
-    "Connect",
-    "Active",
-    "OpenSent",
-    "OpenConfirm",
-    "Established",
-];
 
 /// Registers metrics on one registry, turning the crate's (programming)
 /// errors into one message.
@@ -242,17 +234,23 @@ fn general(reg: &mut Reg, r: &Report) -> Result<(), String> {
     Ok(())
 }
 
-fn peers(reg: &mut Reg, r: &Report) -> Result<(), String> {
-    let pl = |a: &std::net::IpAddr, asn: &u32| PeerL {
+fn peer_label(a: &std::net::IpAddr, asn: &u32) -> PeerL {
+    PeerL {
         peer: a.to_string(),
         asn: asn.to_string(),
-    };
-    let per = |f: &dyn Fn(&crate::bgp::session::PeerStatus) -> u64| -> Vec<(PeerL, u64)> {
-        r.peers
-            .iter()
-            .map(|(a, asn, p)| (pl(a, asn), f(p)))
-            .collect()
-    };
+    }
+}
+
+/// One sample per peer.
+fn per_peer(r: &Report, f: &dyn Fn(&PeerStatus) -> u64) -> Vec<(PeerL, u64)> {
+    r.peers
+        .iter()
+        .map(|(a, asn, p)| (peer_label(a, asn), f(p)))
+        .collect()
+}
+
+fn peers(reg: &mut Reg, r: &Report) -> Result<(), String> {
+    let per = |f: &dyn Fn(&PeerStatus) -> u64| per_peer(r, f);
     reg.family(
         "vipd_bgp_session_established",
         "1 while the session is Established",
@@ -261,7 +259,7 @@ fn peers(reg: &mut Reg, r: &Report) -> Result<(), String> {
     )?;
     let mut states = vec![];
     for (a, asn, p) in &r.peers {
-        for s in SESSION_STATES {
+        for s in crate::bgp::fsm::State::ALL.map(|s| s.name()) {
             let l = PeerStateL {
                 peer: a.to_string(),
                 asn: asn.to_string(),
@@ -312,13 +310,7 @@ fn bfd(reg: &mut Reg, r: &Report) -> Result<(), String> {
     let with: Vec<(PeerL, &crate::bfd::io::Status)> = r
         .peers
         .iter()
-        .filter_map(|(a, asn, p)| {
-            let l = PeerL {
-                peer: a.to_string(),
-                asn: asn.to_string(),
-            };
-            p.bfd.as_ref().map(|b| (l, b))
-        })
+        .filter_map(|(a, asn, p)| p.bfd.as_ref().map(|b| (peer_label(a, asn), b)))
         .collect();
     let up = with
         .iter()
@@ -377,18 +369,7 @@ fn bfd(reg: &mut Reg, r: &Report) -> Result<(), String> {
 
 /// What went over each session: UPDATEs and NOTIFICATIONs.
 fn messages(reg: &mut Reg, r: &Report) -> Result<(), String> {
-    let per = |f: &dyn Fn(&crate::bgp::session::PeerStatus) -> u64| -> Vec<(PeerL, u64)> {
-        r.peers
-            .iter()
-            .map(|(a, asn, p)| {
-                let l = PeerL {
-                    peer: a.to_string(),
-                    asn: asn.to_string(),
-                };
-                (l, f(p))
-            })
-            .collect()
-    };
+    let per = |f: &dyn Fn(&PeerStatus) -> u64| per_peer(r, f);
     reg.family(
         "vipd_bgp_updates_sent",
         "UPDATE messages sent to the peer",
