@@ -11,6 +11,8 @@ command -v gobgpd >/dev/null && command -v gobgp >/dev/null || need+=(gobgpd)
 [ -x /usr/lib/frr/bgpd ] && command -v vtysh >/dev/null || need+=(frr)
 command -v exabgp >/dev/null || need+=(exabgp)
 command -v ip >/dev/null || need+=(iproute2)
+# The BFD tests black out a namespace with an nftables drop rule.
+command -v nft >/dev/null || need+=(nftables)
 [ -x /usr/bin/python3 ] || need+=(python3)
 # For validating the containerlab topologies against their schema.
 /usr/bin/python3 -c 'import yaml, jsonschema' 2>/dev/null || need+=(python3-yaml python3-jsonschema)

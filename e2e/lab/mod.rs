@@ -148,6 +148,25 @@ impl Netns {
             .to_string()
     }
 
+    /// Drops every packet on `hook` ("output" or "input") in this namespace
+    /// with an nftables rule, until `pass_all`; the rule goes with the
+    /// namespace.
+    pub fn drop_all(&self, hook: &str) {
+        let chain = format!("{{ type filter hook {hook} priority 0; policy drop; }}");
+        for args in [
+            vec!["add", "table", "inet", "lab"],
+            vec!["add", "chain", "inet", "lab", hook, &chain],
+        ] {
+            let out = self.exec("nft", &args);
+            assert!(out.status.success(), "nft {args:?}: {out:?}");
+        }
+    }
+    /// Removes what `drop_all` added.
+    pub fn pass_all(&self) {
+        let out = self.exec("nft", &["delete", "table", "inet", "lab"]);
+        assert!(out.status.success(), "nft delete table: {out:?}");
+    }
+
     pub fn command(&self, cmd: &str) -> Command {
         let mut c = Command::new("ip");
         c.args(["netns", "exec", &self.name, cmd]);
@@ -579,6 +598,10 @@ impl Drop for Bird {
                 "===== birdc show route count =====\n{}",
                 self.cli("show route count")
             );
+            eprintln!(
+                "===== birdc show bfd sessions =====\n{}",
+                self.cli("show bfd sessions")
+            );
         }
     }
 }
@@ -758,6 +781,8 @@ impl Drop for Gobgp {
 pub struct Frr {
     pub proc: Proc,
     pub zebra: Proc,
+    /// bfdd, when started with `start_with_bfd`.
+    pub bfdd: Option<Proc>,
     pub ns: String,
     pub sock: PathBuf,
 }
@@ -820,6 +845,31 @@ impl Frr {
         Frr {
             proc,
             zebra,
+            bfdd: None,
+            ns: ns.name.clone(),
+            sock,
+        }
+    }
+    /// zebra, bfdd (its own control socket in `dir/frr`) and bgpd.
+    pub fn start_with_bfd(ns: &Netns, dir: &Dir, bgpd: &str, bfdd: &str) -> Frr {
+        let ctl = dir.path("frr/bfdd.sock");
+        let ctl = ctl.to_str().unwrap();
+        let (sock, mut procs) = frr_daemons(
+            ns,
+            dir,
+            &[
+                ("zebra", "", &[]),
+                ("bfdd", bfdd, &["--bfdctl", ctl]),
+                ("bgpd", bgpd, &["-n", "-P", "0"]),
+            ],
+        );
+        let proc = procs.pop().unwrap();
+        let bfdd = procs.pop();
+        let zebra = procs.pop().unwrap();
+        Frr {
+            proc,
+            zebra,
+            bfdd,
             ns: ns.name.clone(),
             sock,
         }
@@ -852,6 +902,12 @@ impl Drop for Frr {
                 "===== vtysh show bgp ipv4 unicast (first 30) =====\n{}",
                 head.join("\n")
             );
+            if self.bfdd.is_some() {
+                eprintln!(
+                    "===== vtysh show bfd peers =====\n{}",
+                    self.vtysh("show bfd peers")
+                );
+            }
         }
     }
 }

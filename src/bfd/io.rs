@@ -283,13 +283,15 @@ async fn run(
     mut stop: oneshot::Receiver<()>,
 ) {
     let mut next_tx = Instant::now();
+    let mut last_tx = next_tx;
     let mut detect: Option<Instant> = None;
     let mut last_down = None;
     loop {
         let actions = tokio::select! {
             _ = tokio::time::sleep_until(next_tx) => {
                 send(&sock, &s.packet()).await;
-                next_tx = Instant::now() + s.jittered(fastrand::f64());
+                last_tx = Instant::now();
+                next_tx = last_tx + s.jittered(fastrand::f64());
                 continue;
             }
             _ = sleep_until(detect) => {
@@ -307,6 +309,9 @@ async fn run(
             match a {
                 Action::SendFinal(f) => send(&sock, &f).await,
                 Action::SendNow => next_tx = Instant::now(),
+                Action::Reschedule => {
+                    next_tx = next_tx.min(last_tx + s.jittered(fastrand::f64()));
+                }
                 Action::StateChanged { from, to, diag } => {
                     info!(peer = %peer.remote, from = from.name(), to = to.name(),
                         diag = diag::name(diag), "BFD session state");
@@ -324,6 +329,7 @@ async fn run(
         });
     }
     s.admin_down();
+    info!(peer = %peer.remote, "BFD session state AdminDown: vipd stops it");
     let _ = status.send(status_of(&s, last_down));
     // AdminDown for a detection time's worth of packets, so the remote
     // hears it even if one is lost.

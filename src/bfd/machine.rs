@@ -26,6 +26,11 @@ pub enum Action {
     SendFinal(Packet),
     /// Send the periodic packet now instead of waiting (a state change).
     SendNow,
+    /// The interval between periodic packets shrank (the remote lowered
+    /// its Required Min RX, as FRR does on reaching Up from its 1 s while
+    /// Down): the next packet is due that much sooner after the last one,
+    /// or the remote's new, shorter detection time can expire before it.
+    Reschedule,
     StateChanged {
         from: State,
         to: State,
@@ -184,6 +189,7 @@ impl Session {
         if self.state == State::AdminDown {
             return out;
         }
+        let before = self.tx_interval();
         self.remote_disc = p.my_disc;
         self.remote_state = p.state;
         self.remote_min_rx = p.required_min_rx;
@@ -211,6 +217,9 @@ impl Session {
             f.poll = false;
             f.fin = true;
             out.push(Action::SendFinal(f));
+        }
+        if self.tx_interval() < before {
+            out.push(Action::Reschedule);
         }
         out
     }
@@ -418,6 +427,26 @@ mod tests {
             Some(Duration::from_millis(1500)),
             "the remote's multiplier times our RX (300 ms beats its 100 ms TX)"
         );
+    }
+
+    #[test]
+    fn a_remote_that_speeds_up_reschedules_the_next_packet() {
+        // FRR asks for 1 s while Down or Init, 300 ms once Up.
+        let mut s = Session::new(CFG, 9);
+        let mut p = from_remote(State::Init, 0);
+        p.required_min_rx = 1_000_000;
+        let a = s.receive(&p);
+        assert_eq!(s.state, State::Up);
+        assert_eq!(s.tx_interval(), Duration::from_secs(1));
+        assert!(!a.contains(&Action::Reschedule), "{a:?}");
+        let mut p = from_remote(State::Up, 9);
+        p.poll = true;
+        let a = s.receive(&p);
+        assert_eq!(s.tx_interval(), Duration::from_millis(300));
+        assert!(a.contains(&Action::Reschedule), "{a:?}");
+        // The same rate again: nothing to move.
+        let a = s.receive(&from_remote(State::Up, 9));
+        assert!(!a.contains(&Action::Reschedule), "{a:?}");
     }
 
     #[test]

@@ -220,11 +220,11 @@ impl Speaker {
             return;
         };
         self.registry.lock().unwrap().remove(&addr);
+        let _ = p.tx.send(Command::Deconfigure).await;
+        let _ = tokio::time::timeout(Duration::from_secs(3), p.task).await;
         if let Some(b) = p.bfd {
             b.admin_down().await;
         }
-        let _ = p.tx.send(Command::Deconfigure).await;
-        let _ = tokio::time::timeout(Duration::from_secs(3), p.task).await;
         if let Some(l) = &self.listener {
             if p.settings.peer.password.is_some() {
                 let _ = net::set_md5(&l.sock.as_raw_fd_ref(), l.addr.is_ipv6(), addr, None);
@@ -314,17 +314,10 @@ impl Speaker {
         if let Some(l) = self.listener.take() {
             l.task.abort();
         }
-        // BFD first: AdminDown tells the peers this stop is planned, so
-        // the sessions' close is not taken for a failure (RFC 5882 4.3).
-        let bfd: Vec<_> = self
-            .peers
-            .values_mut()
-            .filter_map(|p| p.bfd.take())
-            .collect();
-        futures_util::future::join_all(bfd.into_iter().map(|b| b.admin_down())).await;
         for p in self.peers.values() {
             let _ = p.tx.send(Command::Shutdown { withdraw }).await;
         }
+        let mut bfd = vec![];
         for (addr, p) in self.peers.drain() {
             if tokio::time::timeout(Duration::from_secs(5), p.task)
                 .await
@@ -332,7 +325,16 @@ impl Speaker {
             {
                 warn!(peer = %addr, "session did not stop within 5 s");
             }
+            bfd.extend(p.bfd);
         }
+        // BFD last, AdminDown (RFC 5880 6.8.16): by then each peer has seen
+        // the BGP session close without a NOTIFICATION and is keeping the
+        // routes for the restart. RFC 5882 4.3 asks a restarting system to
+        // send nothing that takes BFD down before its neighbours know a
+        // restart is under way: BIRD 2.0 and FRR 8 both take a
+        // neighbour's AdminDown for a failure, and FRR then keeps the
+        // routes only if it is already helping a restart.
+        futures_util::future::join_all(bfd.into_iter().map(|b| b.admin_down())).await;
     }
 }
 

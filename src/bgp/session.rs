@@ -237,6 +237,7 @@ struct Session {
     /// The peer's BFD session, with `bfd = true`: the BGP session starts
     /// only while it is Up and closes when it goes down (RFC 5882).
     bfd: Option<watch::Receiver<crate::bfd::io::Status>>,
+    bfd_required: bool,
     bfd_up: bool,
     /// End-of-RIB still owed for this session's initial table.
     eor_pending: bool,
@@ -303,6 +304,7 @@ pub async fn run(
         stopping: false,
         eor_pending: false,
         seed,
+        bfd_required: bfd.is_some(),
         bfd,
         bfd_up: false,
     };
@@ -602,6 +604,12 @@ impl Session {
                 return;
             }
         };
+        if !self.bfd_allows() {
+            // RFC 5882: no session while its BFD session is not Up, from
+            // whichever side the connection comes.
+            debug!(%peer, "connection refused: BFD is not Up");
+            return reject(conn, code::CONNECTION_REJECTED).await;
+        }
         match self.fsm.state {
             State::Idle | State::Connect | State::Active => {
                 debug!(%peer, "accepted connection");
@@ -770,7 +778,7 @@ impl Session {
     }
 
     fn bfd_allows(&self) -> bool {
-        self.bfd.is_none() || self.bfd_up
+        !self.bfd_required || self.bfd_up
     }
 
     /// RFC 5882: BFD Down closes the session at once (Cease, BFD Down,
@@ -778,9 +786,11 @@ impl Session {
     fn on_bfd(&mut self, st: Option<crate::bfd::packet::State>) {
         // Gone (the peer removed), or AdminDown: vipd's own planned stop,
         // which the session's own shutdown handles (silently, for
-        // graceful restart).
+        // graceful restart). Nothing starts again until then.
         let Some(st) = st.filter(|s| *s != crate::bfd::packet::State::AdminDown) else {
             self.bfd = None;
+            self.bfd_up = false;
+            self.auto_start = None;
             return;
         };
         let up = st == crate::bfd::packet::State::Up;
