@@ -254,6 +254,10 @@ pub struct BfdSettings {
     /// Desired minimum TX and required minimum RX interval.
     pub interval: Duration,
     pub multiplier: u8,
+    /// The lowest TTL or hop limit accepted: 255 for single hop; for
+    /// multihop `bfd_min_ttl`, 1 (any) unless set, since senders differ
+    /// (BIRD sends 64, FRR 255).
+    pub min_ttl: u8,
 }
 
 /// Which of a peer's addresses are `"node"`.
@@ -999,7 +1003,7 @@ fn read_peer(mut t: Tbl, local_asn: Option<u32>, errs: &mut Errs) -> Option<Peer
     let link_local_next_hop = t
         .opt("link_local_next_hop", errs, parse_bool)
         .unwrap_or(true);
-    let bfd = read_bfd(&mut t, &key, errs);
+    let bfd = read_bfd(&mut t, &key, ttl.is_some_and(|t| t > 1), errs);
     let description = t.opt("description", errs, parse_str);
     let node_selector = t
         .opt("node_selector", errs, fleet::parse_selector)
@@ -1215,15 +1219,24 @@ fn parse_asn(v: Value) -> Result<u32, String> {
     Ok(n as u32)
 }
 
-/// `bfd`, `bfd_interval_ms`, `bfd_multiplier` of one peer.
-fn read_bfd(t: &mut Tbl, key: &str, errs: &mut Errs) -> Option<BfdSettings> {
+/// `bfd`, `bfd_interval_ms`, `bfd_multiplier`, `bfd_min_ttl` of one peer;
+/// `multihop`: its `ttl` is above 1.
+fn read_bfd(t: &mut Tbl, key: &str, multihop: bool, errs: &mut Errs) -> Option<BfdSettings> {
     let on = t.opt("bfd", errs, parse_bool).unwrap_or(false);
     let interval = t.opt("bfd_interval_ms", errs, |v| parse_int(v, 10, 60_000));
     let multiplier = t.opt("bfd_multiplier", errs, |v| parse_int(v, 1, 255));
+    let min_ttl = t.opt("bfd_min_ttl", errs, |v| parse_int(v, 1, 255));
+    if min_ttl.is_some() && !multihop {
+        errs.push(
+            format!("{key}.bfd_min_ttl"),
+            "applies to a multihop BFD session (ttl above 1); single hop always requires 255 (RFC 5881)",
+        );
+    }
     if !on {
         for (given, name) in [
             (interval.is_some(), "bfd_interval_ms"),
             (multiplier.is_some(), "bfd_multiplier"),
+            (min_ttl.is_some() && multihop, "bfd_min_ttl"),
         ] {
             if given {
                 errs.push(
@@ -1237,6 +1250,11 @@ fn read_bfd(t: &mut Tbl, key: &str, errs: &mut Errs) -> Option<BfdSettings> {
     Some(BfdSettings {
         interval: Duration::from_millis(interval.unwrap_or(300) as u64),
         multiplier: multiplier.unwrap_or(3) as u8,
+        min_ttl: if multihop {
+            min_ttl.unwrap_or(1) as u8
+        } else {
+            255
+        },
     })
 }
 

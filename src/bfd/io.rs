@@ -32,6 +32,10 @@ pub struct Peer {
     /// The address packets leave from (the BGP session's own).
     pub local: IpAddr,
     pub multihop: bool,
+    /// The lowest TTL or hop limit accepted from the peer: 255 for single
+    /// hop (RFC 5881 section 5); for multihop, configured (RFC 5883
+    /// leaves it to the deployment).
+    pub min_ttl: u8,
     pub cfg: Config,
 }
 
@@ -53,7 +57,8 @@ pub type Drops = Arc<Mutex<BTreeMap<Drop, u64>>>;
 
 #[derive(Default)]
 struct Routes {
-    by_disc: HashMap<u32, mpsc::Sender<Packet>>,
+    /// Each session's queue and the lowest TTL it accepts.
+    by_disc: HashMap<u32, (mpsc::Sender<Packet>, u8)>,
     by_peer: HashMap<IpAddr, u32>,
 }
 
@@ -116,7 +121,7 @@ impl Bfd {
             while d == 0 || r.by_disc.contains_key(&d) {
                 d = fastrand::u32(1..);
             }
-            r.by_disc.insert(d, tx);
+            r.by_disc.insert(d, (tx, peer.min_ttl));
             r.by_peer.insert(peer.remote, d);
             d
         };
@@ -240,7 +245,8 @@ async fn receive(sock: UdpSocket, single_hop: bool, routes: Arc<Mutex<Routes>>, 
             disc.and_then(|d| r.by_disc.get(&d).cloned())
         };
         match to {
-            Some(tx) => {
+            Some((_, min)) if ttl.unwrap_or(0) < min => count(&drops, Drop::Ttl),
+            Some((tx, _)) => {
                 let _ = tx.try_send(p);
             }
             None => count(&drops, Drop::NoSession),

@@ -111,7 +111,8 @@ pub enum Drop {
     ZeroYourDiscriminator,
     /// No session has that Your Discriminator, or none for the source.
     NoSession,
-    /// Single hop: a TTL or hop limit below 255 (RFC 5881 section 5).
+    /// A TTL or hop limit below the session's floor: 255 for single hop
+    /// (RFC 5881 section 5), set by the peer's `ttl` for multihop.
     Ttl,
 }
 

@@ -194,6 +194,7 @@ impl Speaker {
             remote: p.address,
             local,
             multihop: p.ttl.is_some_and(|t| t > 1),
+            min_ttl: b.min_ttl,
             cfg: crate::bfd::machine::Config {
                 interval: b.interval,
                 detect_mult: b.multiplier,

@@ -442,5 +442,18 @@ mod tests {
         assert_eq!(e.len(), 2, "{e:?}");
         assert!(e[0].starts_with("bgp.peers[0].bfd_interval_ms: "), "{e:?}");
         assert!(e[1].starts_with("bgp.peers[0].bfd_multiplier: "), "{e:?}");
+        assert_eq!(b.min_ttl, 255, "single hop");
+        let peer = "[[bgp.peers]]\naddress = \"192.0.2.2\"\nasn = 65002\nbfd = true\n";
+        let min = |extra: &str| {
+            cfg(&format!("{peer}{extra}")).map(|c| c.bgp.peers[0].bfd.unwrap().min_ttl)
+        };
+        assert_eq!(min("ttl = 3\n"), Ok(1), "multihop: any TTL unless set");
+        assert_eq!(min("ttl = 3\nbfd_min_ttl = 254\n"), Ok(254));
+        assert_eq!(
+            min("bfd_min_ttl = 254\n").unwrap_err(),
+            ["bgp.peers[0].bfd_min_ttl: applies to a multihop BFD session (ttl above 1); single hop always requires 255 (RFC 5881)"]
+        );
+        assert!(min("ttl = 3\nbfd_min_ttl = 0\n").unwrap_err()[0]
+            .starts_with("bgp.peers[0].bfd_min_ttl: "));
     }
 }

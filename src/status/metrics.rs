@@ -361,7 +361,7 @@ fn bfd(reg: &mut Reg, r: &Report) -> Result<(), String> {
         .collect();
     reg.family(
         "vipd_bfd_packets_dropped",
-        "BFD packets dropped, by the check they failed (RFC 5880 6.8.6, RFC 5881 TTL)",
+        "BFD packets dropped, by the check they failed (RFC 5880 6.8.6, RFC 5881 and 5883 TTL)",
         true,
         drops,
     )
