@@ -54,6 +54,43 @@ async fn wait_state(h: &Handle, want: State, limit: Duration) -> Option<Duration
     r.ok().and_then(|r| r.ok()).map(|_| t.elapsed())
 }
 
+/// Runs `body` with a fresh `Bfd` on a runtime of its own in network
+/// namespace `ns`, and fails the test with the error it returns.
+fn with_bfd_in<F>(ns: &str, body: impl FnOnce(Bfd) -> F + Send + 'static)
+where
+    F: std::future::Future<Output = Result<(), String>>,
+{
+    let r = in_netns(ns, move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(body(Bfd::new()))
+    });
+    if let Err(e) = r {
+        panic!("{e}");
+    }
+}
+
+/// A well-formed Down from a session vipd has not heard of: the base the
+/// malformed packets are made from.
+fn a_down() -> vipd::bfd::packet::Packet {
+    vipd::bfd::packet::Packet {
+        diag: 0,
+        state: State::Down,
+        poll: false,
+        fin: false,
+        cpi: false,
+        demand: false,
+        detect_mult: 3,
+        my_disc: 77,
+        your_disc: 0,
+        desired_min_tx: 1_000_000,
+        required_min_rx: 300_000,
+        required_min_echo_rx: 0,
+    }
+}
+
 /// Malformed or stray packets to vipd's receiver from `from` (with TTL
 /// 255), one for each check, and then `good` with a TTL below 255.
 fn send_garbage(good: [u8; 24], from: &str) {
@@ -115,138 +152,112 @@ fn sessions_with_bird_come_up_drop_garbage_detect_a_frozen_peer_and_go_admin_dow
         )
     };
     let ctl = bird.ctl.clone();
-    let result: Result<(), String> = in_netns(&lab.node.name, move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
+    with_bfd_in(&lab.node.name, move |bfd| async move {
+        let peer = |remote: &str, local: &str| Peer {
+            remote: remote.parse().unwrap(),
+            local: local.parse().unwrap(),
+            multihop: false,
+            min_ttl: 255,
+            cfg: CFG,
+        };
+        let h4 = bfd
+            .add(peer("192.0.2.2", "192.0.2.1"))
+            .map_err(|e| e.to_string())?;
+        let h6 = bfd
+            .add(peer("2001:db8::2", "2001:db8::1"))
+            .map_err(|e| e.to_string())?;
+        for h in [&h4, &h6] {
+            wait_state(h, State::Up, Duration::from_secs(10))
+                .await
+                .ok_or_else(|| report("a session never came Up"))?;
+        }
+        // The Final to vipd's Poll settles the fast rate.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let st = h4.status.borrow().clone();
+        if (st.tx, st.rx, st.detection)
+            != (
+                Duration::from_millis(300),
+                Duration::from_millis(300),
+                Some(Duration::from_millis(900)),
+            )
+        {
+            return Err(report(&format!("vipd's timers: {st:?}")));
+        }
+        for addr in ["192.0.2.1", "2001:db8::1"] {
+            let l = bird_session(&ctl, addr);
+            let w: Vec<&str> = l.split_whitespace().collect();
+            // Address, interface, state, since (two words), interval, timeout.
+            if !(w.get(2) == Some(&"Up") && w.contains(&"0.300") && w.contains(&"0.900")) {
+                return Err(report(&format!("BIRD's view of {addr}: {l:?}")));
+            }
+        }
+
+        tokio::task::spawn_blocking(move || send_garbage(a_down().encode(), "192.0.2.1"))
+            .await
             .unwrap();
-        rt.block_on(async move {
-            let bfd = Bfd::new();
-            let peer = |remote: &str, local: &str| Peer {
-                remote: remote.parse().unwrap(),
-                local: local.parse().unwrap(),
-                multihop: false,
-                min_ttl: 255,
-                cfg: CFG,
-            };
-            let h4 = bfd
-                .add(peer("192.0.2.2", "192.0.2.1"))
-                .map_err(|e| e.to_string())?;
-            let h6 = bfd
-                .add(peer("2001:db8::2", "2001:db8::1"))
-                .map_err(|e| e.to_string())?;
-            for h in [&h4, &h6] {
-                wait_state(h, State::Up, Duration::from_secs(10))
-                    .await
-                    .ok_or_else(|| report("a session never came Up"))?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let drops = bfd.drops.lock().unwrap().clone();
+        for d in [
+            Drop::Short,
+            Drop::Version,
+            Drop::ZeroMultiplier,
+            Drop::Length,
+            Drop::Multipoint,
+            Drop::Authentication,
+            Drop::NoSession,
+            Drop::Ttl,
+        ] {
+            if drops.get(&d).copied().unwrap_or(0) == 0 {
+                return Err(format!("{} not counted: {drops:?}", d.label()));
             }
-            // The Final to vipd's Poll settles the fast rate.
-            tokio::time::sleep(Duration::from_secs(2)).await;
-            let st = h4.status.borrow().clone();
-            if (st.tx, st.rx, st.detection)
-                != (
-                    Duration::from_millis(300),
-                    Duration::from_millis(300),
-                    Some(Duration::from_millis(900)),
-                )
-            {
-                return Err(report(&format!("vipd's timers: {st:?}")));
-            }
-            for addr in ["192.0.2.1", "2001:db8::1"] {
-                let l = bird_session(&ctl, addr);
-                let w: Vec<&str> = l.split_whitespace().collect();
-                // Address, interface, state, since (two words), interval, timeout.
-                if !(w.get(2) == Some(&"Up") && w.contains(&"0.300") && w.contains(&"0.900")) {
-                    return Err(report(&format!("BIRD's view of {addr}: {l:?}")));
-                }
-            }
+        }
+        if h4.status.borrow().state != State::Up || h6.status.borrow().state != State::Up {
+            return Err(report("garbage took a session down"));
+        }
 
-            let template = vipd::bfd::packet::Packet {
-                diag: 0,
-                state: State::Up,
-                poll: false,
-                fin: false,
-                cpi: false,
-                demand: false,
-                detect_mult: 3,
-                my_disc: 77,
-                your_disc: 0,
-                desired_min_tx: 300_000,
-                required_min_rx: 300_000,
-                required_min_echo_rx: 0,
-            };
-            let mut down = template;
-            down.state = State::Down;
-            tokio::task::spawn_blocking(move || send_garbage(down.encode(), "192.0.2.1"))
-                .await
-                .unwrap();
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            let drops = bfd.drops.lock().unwrap().clone();
-            for d in [
-                Drop::Short,
-                Drop::Version,
-                Drop::ZeroMultiplier,
-                Drop::Length,
-                Drop::Multipoint,
-                Drop::Authentication,
-                Drop::NoSession,
-                Drop::Ttl,
-            ] {
-                if drops.get(&d).copied().unwrap_or(0) == 0 {
-                    return Err(format!("{} not counted: {drops:?}", d.label()));
-                }
-            }
-            if h4.status.borrow().state != State::Up || h6.status.borrow().state != State::Up {
-                return Err(report("garbage took a session down"));
-            }
+        // BIRD frozen: silence, and vipd's detection time.
+        unsafe { libc::kill(pid, libc::SIGSTOP) };
+        let took = wait_state(&h4, State::Down, Duration::from_secs(5)).await;
+        unsafe { libc::kill(pid, libc::SIGCONT) };
+        let took = took.ok_or_else(|| report("vipd never noticed BIRD frozen"))?;
+        eprintln!("BIRD frozen -> vipd's session Down in {took:?} (detection time 900 ms)");
+        if took > Duration::from_millis(1400) {
+            return Err(format!("Down after {took:?}, detection time 900 ms"));
+        }
+        if h4.status.borrow().diag != diag::DETECTION_EXPIRED {
+            return Err(format!("diagnostic {:?}", h4.status.borrow()));
+        }
+        wait_state(&h4, State::Up, Duration::from_secs(10))
+            .await
+            .ok_or_else(|| report("not Up again after SIGCONT"))?;
 
-            // BIRD frozen: silence, and vipd's detection time.
-            unsafe { libc::kill(pid, libc::SIGSTOP) };
-            let took = wait_state(&h4, State::Down, Duration::from_secs(5)).await;
-            unsafe { libc::kill(pid, libc::SIGCONT) };
-            let took = took.ok_or_else(|| report("vipd never noticed BIRD frozen"))?;
-            eprintln!("BIRD frozen -> vipd's session Down in {took:?} (detection time 900 ms)");
-            if took > Duration::from_millis(1400) {
-                return Err(format!("Down after {took:?}, detection time 900 ms"));
+        // A planned stop: AdminDown, which BIRD acts on at once.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let t = Instant::now();
+        let stop = tokio::spawn(h4.admin_down());
+        let mut seen = None;
+        while t.elapsed() < Duration::from_secs(3) {
+            let l = bird_session(&ctl, "192.0.2.1");
+            if l.split_whitespace().nth(2) == Some("Down") {
+                seen = Some(t.elapsed());
+                break;
             }
-            if h4.status.borrow().diag != diag::DETECTION_EXPIRED {
-                return Err(format!("diagnostic {:?}", h4.status.borrow()));
-            }
-            wait_state(&h4, State::Up, Duration::from_secs(10))
-                .await
-                .ok_or_else(|| report("not Up again after SIGCONT"))?;
-
-            // A planned stop: AdminDown, which BIRD acts on at once.
-            tokio::time::sleep(Duration::from_secs(2)).await;
-            let t = Instant::now();
-            let stop = tokio::spawn(h4.admin_down());
-            let mut seen = None;
-            while t.elapsed() < Duration::from_secs(3) {
-                let l = bird_session(&ctl, "192.0.2.1");
-                if l.split_whitespace().nth(2) == Some("Down") {
-                    seen = Some(t.elapsed());
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            let _ = stop.await;
-            let seen = seen.ok_or_else(|| report("BIRD never saw vipd's AdminDown"))?;
-            eprintln!("vipd AdminDown -> BIRD's session Down in {seen:?}");
-            if seen > Duration::from_millis(600) {
-                return Err(report(&format!(
-                    "BIRD went Down after {seen:?}: an expiry, not the AdminDown"
-                )));
-            }
-            if h6.status.borrow().state != State::Up {
-                return Err(report("the IPv6 session went down with the IPv4 one"));
-            }
-            h6.admin_down().await;
-            Ok(())
-        })
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let _ = stop.await;
+        let seen = seen.ok_or_else(|| report("BIRD never saw vipd's AdminDown"))?;
+        eprintln!("vipd AdminDown -> BIRD's session Down in {seen:?}");
+        if seen > Duration::from_millis(600) {
+            return Err(report(&format!(
+                "BIRD went Down after {seen:?}: an expiry, not the AdminDown"
+            )));
+        }
+        if h6.status.borrow().state != State::Up {
+            return Err(report("the IPv6 session went down with the IPv4 one"));
+        }
+        h6.admin_down().await;
+        Ok(())
     });
-    if let Err(e) = result {
-        panic!("{e}");
-    }
     drop(bird);
 }
 
@@ -266,77 +277,54 @@ fn a_multihop_session_with_bird_keeps_its_ttl_floor() {
     );
     let bird = Bird::start(&lab.router, &lab.dir, &conf);
     let (ctl, router) = (bird.ctl.clone(), lab.router.name.clone());
-    let result: Result<(), String> = in_netns(&lab.node.name, move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let bfd = Bfd::new();
-            let h = bfd
-                .add(Peer {
-                    remote: "192.0.2.2".parse().unwrap(),
-                    local: "192.0.2.1".parse().unwrap(),
-                    multihop: true,
-                    min_ttl: 64,
-                    cfg: CFG,
-                })
-                .map_err(|e| e.to_string())?;
-            let show = |ctl: &Path| bird_session(ctl, "192.0.2.1");
-            wait_state(&h, State::Up, Duration::from_secs(10))
-                .await
-                .ok_or_else(|| {
-                    format!(
-                        "never Up; BIRD: {:?}; drops {:?}",
-                        show(&ctl),
-                        bfd.drops.lock().unwrap()
-                    )
-                })?;
-            tokio::time::sleep(Duration::from_secs(2)).await;
-            let w: Vec<String> = show(&ctl).split_whitespace().map(String::from).collect();
-            if !(w.get(2).map(String::as_str) == Some("Up")
-                && w.iter().any(|x| x == "0.300")
-                && w.iter().any(|x| x == "0.900"))
-            {
-                return Err(format!("BIRD's view: {w:?}"));
-            }
-            // A Down from the peer's address, 14 hops further out than
-            // BIRD: were it taken, it would take the session down.
-            let down = vipd::bfd::packet::Packet {
-                diag: 0,
-                state: State::Down,
-                poll: false,
-                fin: false,
-                cpi: false,
-                demand: false,
-                detect_mult: 3,
-                my_disc: 99,
-                your_disc: 0,
-                desired_min_tx: 1_000_000,
-                required_min_rx: 300_000,
-                required_min_echo_rx: 0,
-            };
-            tokio::task::spawn_blocking(move || {
-                in_netns(&router, move || {
-                    let s = UdpSocket::bind("192.0.2.2:0").unwrap();
-                    s.set_ttl(50).unwrap();
-                    s.send_to(&down.encode(), "192.0.2.1:4784").unwrap();
-                })
+    with_bfd_in(&lab.node.name, move |bfd| async move {
+        let h = bfd
+            .add(Peer {
+                remote: "192.0.2.2".parse().unwrap(),
+                local: "192.0.2.1".parse().unwrap(),
+                multihop: true,
+                min_ttl: 64,
+                cfg: CFG,
             })
+            .map_err(|e| e.to_string())?;
+        let show = |ctl: &Path| bird_session(ctl, "192.0.2.1");
+        wait_state(&h, State::Up, Duration::from_secs(10))
             .await
-            .unwrap();
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            let ttl = bfd.drops.lock().unwrap().get(&Drop::Ttl).copied();
-            if ttl != Some(1) || h.status.borrow().state != State::Up {
-                return Err(format!("TTL drops {ttl:?}, state {:?}", h.status.borrow()));
-            }
-            h.admin_down().await;
-            Ok(())
+            .ok_or_else(|| {
+                format!(
+                    "never Up; BIRD: {:?}; drops {:?}",
+                    show(&ctl),
+                    bfd.drops.lock().unwrap()
+                )
+            })?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let w: Vec<String> = show(&ctl).split_whitespace().map(String::from).collect();
+        if !(w.get(2).map(String::as_str) == Some("Up")
+            && w.iter().any(|x| x == "0.300")
+            && w.iter().any(|x| x == "0.900"))
+        {
+            return Err(format!("BIRD's view: {w:?}"));
+        }
+        // A Down from the peer's address, 14 hops further out than
+        // BIRD: were it taken, it would take the session down.
+        let down = a_down();
+        tokio::task::spawn_blocking(move || {
+            in_netns(&router, move || {
+                let s = UdpSocket::bind("192.0.2.2:0").unwrap();
+                s.set_ttl(50).unwrap();
+                s.send_to(&down.encode(), "192.0.2.1:4784").unwrap();
+            })
         })
+        .await
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let ttl = bfd.drops.lock().unwrap().get(&Drop::Ttl).copied();
+        if ttl != Some(1) || h.status.borrow().state != State::Up {
+            return Err(format!("TTL drops {ttl:?}, state {:?}", h.status.borrow()));
+        }
+        h.admin_down().await;
+        Ok(())
     });
-    if let Err(e) = result {
-        panic!("{e}");
-    }
 }
 
 /// vipd's side of a BFD + BGP lab: one peer at 192.0.2.2 with BFD at
@@ -437,22 +425,7 @@ fn bird_drops_a_dark_node_within_the_detection_time() {
     // its check and counted, the session untouched.
     let downs = |v: &Vipd| v.log().matches("to=\"Down\"").count();
     let before = downs(&vipd);
-    let mut garbage = vipd::bfd::packet::Packet {
-        diag: 0,
-        state: State::Up,
-        poll: false,
-        fin: false,
-        cpi: false,
-        demand: false,
-        detect_mult: 3,
-        my_disc: 77,
-        your_disc: 0,
-        desired_min_tx: 300_000,
-        required_min_rx: 300_000,
-        required_min_echo_rx: 0,
-    };
-    garbage.state = State::Down;
-    let bytes = garbage.encode();
+    let bytes = a_down().encode();
     in_netns(&lab.router.name, move || send_garbage(bytes, "192.0.2.2"));
     let metrics = |lab: &Lab| status_get(&lab.node, "/metrics");
     let mut m = String::new();
