@@ -279,9 +279,14 @@ fn request(
     body: Option<&serde_json::Value>,
 ) -> Option<(u16, serde_json::Value)> {
     let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let ct = if method == "PATCH" {
+        "application/merge-patch+json"
+    } else {
+        "application/json"
+    };
     let req = format!(
         "{method} {path} HTTP/1.1\r\nHost: standin\r\nConnection: close\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+         Content-Type: {ct}\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
     let from: std::net::SocketAddr = format!("{from}:0").parse().unwrap();
@@ -367,4 +372,60 @@ fn leases_with_optimistic_concurrency_and_a_partitioned_client() {
         request(&k, "192.0.2.101", "GET", &one, None).unwrap().0,
         200
     );
+}
+
+/// Two clients racing on one Lease, their writes held to overlap: exactly
+/// one create wins (the other gets AlreadyExists), exactly one update from
+/// the same resourceVersion wins (the other gets Conflict), and two merge
+/// patches without a resourceVersion both land, as a real API server
+/// does. A stand-in that let both win would show two allocators where a
+/// cluster has one.
+#[test]
+fn racing_writes_to_one_lease_have_one_winner() {
+    let k = Kubectl::new();
+    k.ns.ip(&["addr", "add", "192.0.2.101/24", "dev", "lo"]);
+    k.api.set_write_delay(Duration::from_millis(300));
+    let path = "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases";
+    let one = format!("{path}/vipd-ipam");
+    let race = |method: &str, path: &str, bodies: [serde_json::Value; 2]| {
+        let k = &k;
+        let mut codes: Vec<(u16, String)> = std::thread::scope(|s| {
+            let hs: Vec<_> = ["192.0.2.100", "192.0.2.101"]
+                .into_iter()
+                .zip(bodies)
+                .map(|(from, b)| s.spawn(move || request(k, from, method, path, Some(&b)).unwrap()))
+                .collect();
+            hs.into_iter()
+                .map(|h| {
+                    let (c, v) = h.join().unwrap();
+                    (c, v["reason"].as_str().unwrap_or("").to_string())
+                })
+                .collect()
+        });
+        codes.sort();
+        codes
+    };
+    let lease = |holder: &str| {
+        serde_json::json!({"metadata": {"name": "vipd-ipam"},
+            "spec": {"holderIdentity": holder, "leaseDurationSeconds": 15}})
+    };
+    let created = race("POST", path, [lease("node-a"), lease("node-b")]);
+    assert_eq!(
+        created,
+        [(201, String::new()), (409, "AlreadyExists".into())]
+    );
+    let (_, read) = request(&k, "192.0.2.100", "GET", &one, None).unwrap();
+    let take = |holder: &str| {
+        let mut t = read.clone();
+        t["spec"]["holderIdentity"] = holder.into();
+        t
+    };
+    let updated = race("PUT", &one, [take("node-a"), take("node-b")]);
+    assert_eq!(updated, [(200, String::new()), (409, "Conflict".into())]);
+    let label = |l: &str| serde_json::json!({"metadata": {"labels": {l: "x"}}});
+    let patched = race("PATCH", &one, [label("a"), label("b")]);
+    assert_eq!(patched, [(200, String::new()), (200, String::new())]);
+    let (_, read) = request(&k, "192.0.2.100", "GET", &one, None).unwrap();
+    let labels = &read["metadata"]["labels"];
+    assert!(labels["a"] == "x" && labels["b"] == "x", "{read}");
 }

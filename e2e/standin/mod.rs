@@ -134,6 +134,9 @@ struct State {
     /// How often an open watch gets a BOOKMARK (a real server: about once
     /// a minute).
     bookmark_every: Duration,
+    /// A pause between a write's read and its store (default none), so a
+    /// test can make two clients' writes overlap.
+    write_delay: Duration,
     events: Vec<Value>,
     down: bool,
     /// Accepts connections and never answers; open watches go silent.
@@ -214,6 +217,7 @@ impl StandIn {
                         pages: BTreeMap::new(),
                         next_snapshot: 0,
                         bookmark_every: Duration::from_secs(60),
+                        write_delay: Duration::ZERO,
                     })),
                     changes,
                     held: Arc::new(Mutex::new(held)),
@@ -285,12 +289,29 @@ impl StandIn {
     }
 
     /// Creates or replaces an object; returns it as stored.
-    pub fn put(&self, mut obj: Value) -> Value {
+    pub fn put(&self, obj: Value) -> Value {
+        self.put_if(obj, |_| true)
+            .unwrap_or_else(|_| unreachable!("no precondition"))
+    }
+
+    /// `put` only if `ok` accepts what is stored under that key now
+    /// (`None`: nothing), checked under the same lock as the write, as the
+    /// real server's storage does; otherwise `Err` with what is there. A
+    /// check and a write under two locks let two clients both win: two
+    /// creates of one Lease, or two updates from one resourceVersion.
+    fn put_if(
+        &self,
+        mut obj: Value,
+        ok: impl FnOnce(Option<&Value>) -> bool,
+    ) -> Result<Value, Option<Value>> {
         let k = key(&obj);
         let mut st = self.state.lock().unwrap();
+        let existing = st.objects.get(&k).cloned();
+        if !ok(existing.as_ref()) {
+            return Err(existing);
+        }
         st.rv += 1;
         let rv = st.rv;
-        let existing = st.objects.get(&k).cloned();
         let uid = match existing
             .as_ref()
             .and_then(|e| e["metadata"]["uid"].as_str())
@@ -324,7 +345,7 @@ impl StandIn {
         };
         st.history.push(c.clone());
         let _ = self.changes.send(c);
-        obj
+        Ok(obj)
     }
 
     pub fn delete(&self, kind: Kind, namespace: &str, name: &str) -> bool {
@@ -374,6 +395,18 @@ impl StandIn {
     }
 
     /// How often open watches get a BOOKMARK (default: every 60 s).
+    /// Holds every create and update this long between its read and its
+    /// store: two clients racing then overlap for certain.
+    pub fn set_write_delay(&self, d: Duration) {
+        self.state.lock().unwrap().write_delay = d;
+    }
+    fn write_pause(&self) {
+        let d = self.state.lock().unwrap().write_delay;
+        if !d.is_zero() {
+            std::thread::sleep(d);
+        }
+    }
+
     pub fn set_bookmark_interval(&self, every: Duration) {
         self.state.lock().unwrap().bookmark_every = every;
     }
@@ -607,18 +640,20 @@ impl StandIn {
         let Some(name) = obj["metadata"]["name"].as_str().map(String::from) else {
             return status(StatusCode::BAD_REQUEST, "metadata.name is required");
         };
-        if self.get(kind, ns, &name).is_some() {
-            let msg = format!("{} \"{name}\" already exists", api::plural(kind));
-            return json_response(
-                StatusCode::CONFLICT,
-                &api::status_error(409, "AlreadyExists", &msg, kind, &name),
-            );
-        }
         obj["metadata"]["namespace"] = json!(ns);
         obj["kind"] = json!(kind.name());
         obj["apiVersion"] = json!(kind.list_kind().1);
-        let stored = self.put(obj);
-        json_response(StatusCode::CREATED, &stored)
+        self.write_pause();
+        match self.put_if(obj, |there| there.is_none()) {
+            Ok(stored) => json_response(StatusCode::CREATED, &stored),
+            Err(_) => {
+                let msg = format!("{} \"{name}\" already exists", api::plural(kind));
+                json_response(
+                    StatusCode::CONFLICT,
+                    &api::status_error(409, "AlreadyExists", &msg, kind, &name),
+                )
+            }
+        }
     }
 
     fn create_event(&self, body: &[u8]) -> Response<BoxBody> {
@@ -642,7 +677,9 @@ impl StandIn {
     /// PUT (`patch` None) or PATCH of one object, or of its status alone:
     /// a stale `metadata.resourceVersion` is a 409 Conflict, as with a real
     /// server; the status subresource changes only `status`, the object
-    /// itself everything but `status`.
+    /// itself everything but `status`. As the real server does, the write
+    /// is stored only if nothing changed since the read it was made from;
+    /// one without a resourceVersion is then made again from a new read.
     fn write(
         &self,
         kind: Kind,
@@ -654,55 +691,40 @@ impl StandIn {
         let Ok(given) = serde_json::from_slice::<Value>(body) else {
             return status(StatusCode::BAD_REQUEST, "not JSON");
         };
-        let Some(current) = self.get(kind, ns, name) else {
-            return not_found(kind, name);
-        };
-        if let Some(rv) = given["metadata"]["resourceVersion"].as_str() {
-            if rv
-                != current["metadata"]["resourceVersion"]
-                    .as_str()
-                    .unwrap_or("")
-            {
-                let msg = format!(
-                    "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
-                    api::plural(kind)
-                );
-                return json_response(
-                    StatusCode::CONFLICT,
-                    &api::status_error(409, "Conflict", &msg, kind, name),
-                );
-            }
-        }
-        let mut next = if patch.is_some() {
-            let mut n = current.clone();
-            api::merge_patch(&mut n, &given);
-            n
-        } else {
-            given
-        };
-        if next["metadata"]["name"].as_str() != Some(name) {
-            return status(
-                StatusCode::BAD_REQUEST,
-                "metadata.name does not match the path",
+        let conflict = || {
+            let msg = format!(
+                "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
+                api::plural(kind)
             );
-        }
-        let keep = next["status"].take();
-        if status_only {
-            next = current.clone();
-            next["status"] = keep;
-        } else if current["status"].is_null() {
-            // A kind without status (a Lease): none is added.
-            if let Some(m) = next.as_object_mut() {
-                m.remove("status");
+            json_response(
+                StatusCode::CONFLICT,
+                &api::status_error(409, "Conflict", &msg, kind, name),
+            )
+        };
+        let rv_of = |o: &Value| o["metadata"]["resourceVersion"].as_str().map(String::from);
+        let wanted = given["metadata"]["resourceVersion"].as_str();
+        let stored = loop {
+            let Some(current) = self.get(kind, ns, name) else {
+                return not_found(kind, name);
+            };
+            let read_at = rv_of(&current);
+            if wanted.is_some_and(|rv| Some(rv) != read_at.as_deref()) {
+                return conflict();
             }
-        } else {
-            next["status"] = current["status"].clone();
-        }
-        next["metadata"]["creationTimestamp"] = current["metadata"]["creationTimestamp"].clone();
-        next["metadata"]["namespace"] = current["metadata"]["namespace"].clone();
-        next["kind"] = json!(kind.name());
-        next["apiVersion"] = json!(kind.list_kind().1);
-        let stored = self.put(next);
+            let Some(next) = merged(kind, name, status_only, &given, patch, &current) else {
+                return status(
+                    StatusCode::BAD_REQUEST,
+                    "metadata.name does not match the path",
+                );
+            };
+            self.write_pause();
+            match self.put_if(next, |now| now.and_then(rv_of) == read_at) {
+                Ok(s) => break s,
+                Err(Some(_)) if wanted.is_none() => continue,
+                Err(Some(_)) => return conflict(),
+                Err(None) => return not_found(kind, name),
+            }
+        };
         self.state.lock().unwrap().writes.push(Write {
             kind,
             namespace: ns.to_string(),
@@ -901,6 +923,46 @@ fn json_response(code: StatusCode, v: &Value) -> Response<BoxBody> {
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from(serde_json::to_vec(v).unwrap())).boxed())
         .unwrap()
+}
+
+/// The object a PUT (`patch` None) or PATCH of `given` makes of `current`:
+/// the status subresource changes only `status`, the object itself
+/// everything but `status`. `None` when the name is not the path's.
+fn merged(
+    kind: Kind,
+    name: &str,
+    status_only: bool,
+    given: &Value,
+    patch: Option<()>,
+    current: &Value,
+) -> Option<Value> {
+    let mut next = if patch.is_some() {
+        let mut n = current.clone();
+        api::merge_patch(&mut n, given);
+        n
+    } else {
+        given.clone()
+    };
+    if next["metadata"]["name"].as_str() != Some(name) {
+        return None;
+    }
+    let keep = next["status"].take();
+    if status_only {
+        next = current.clone();
+        next["status"] = keep;
+    } else if current["status"].is_null() {
+        // A kind without status (a Lease): none is added.
+        if let Some(m) = next.as_object_mut() {
+            m.remove("status");
+        }
+    } else {
+        next["status"] = current["status"].clone();
+    }
+    next["metadata"]["creationTimestamp"] = current["metadata"]["creationTimestamp"].clone();
+    next["metadata"]["namespace"] = current["metadata"]["namespace"].clone();
+    next["kind"] = json!(kind.name());
+    next["apiVersion"] = json!(kind.list_kind().1);
+    Some(next)
 }
 
 fn not_found(kind: Kind, name: &str) -> Response<BoxBody> {
