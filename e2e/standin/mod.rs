@@ -19,6 +19,9 @@
 //!   stale resourceVersion); see `api.rs` for the paths and discovery.
 //! - Objects and their status subresource: PUT, and PATCH as a JSON merge
 //!   patch; a stale `metadata.resourceVersion` in either is 409 Conflict.
+//!   Creates and updates are compare-and-swap, as the real server's
+//!   storage: of two racing, one wins; an update without a
+//!   resourceVersion is made again from a fresh read, so both land.
 //!   Every write is recorded with the client's address
 //!   ([`StandIn::writes`]), so a test can audit every status ever written
 //!   and by whom.
