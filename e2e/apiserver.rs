@@ -286,7 +286,8 @@ fn request(
     };
     let req = format!(
         "{method} {path} HTTP/1.1\r\nHost: standin\r\nConnection: close\r\n\
-         Content-Type: {ct}\r\nContent-Length: {}\r\n\r\n{body}",
+         User-Agent: {}\r\nContent-Type: {ct}\r\nContent-Length: {}\r\n\r\n{body}",
+        standin::TEST_AGENT,
         body.len()
     );
     let from: std::net::SocketAddr = format!("{from}:0").parse().unwrap();

@@ -334,10 +334,20 @@ impl Speaker {
         // send nothing that takes BFD down before its neighbours know a
         // restart is under way: BIRD 2.0 and FRR 8 both take a
         // neighbour's AdminDown for a failure, and FRR then keeps the
-        // routes only if it is already helping a restart.
+        // routes only if it is already helping a restart. The close and the
+        // AdminDown race to the peer's event loop: without a pause, BIRD
+        // was seen to take the AdminDown first. BFD keeps running through
+        // the pause, so nothing expires.
+        if !bfd.is_empty() {
+            tokio::time::sleep(AFTER_CLOSE).await;
+        }
         futures_util::future::join_all(bfd.into_iter().map(|b| b.admin_down())).await;
     }
 }
+
+/// From the BGP sessions' close to BFD's AdminDown on a stop: time for the
+/// peers to read the close (a LAN delivers it in well under a millisecond).
+const AFTER_CLOSE: Duration = Duration::from_millis(200);
 
 /// `AsRawFd` for an `Arc<TcpListener>` without taking it apart.
 trait RawFdRef {
