@@ -20,5 +20,6 @@ pub mod drain;
 pub mod ipam;
 pub mod k8s;
 pub mod reconcile;
+pub mod sockopt;
 pub mod status;
 pub mod telemetry;

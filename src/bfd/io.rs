@@ -196,7 +196,7 @@ fn sender(peer: &Peer, port: u16) -> io::Result<UdpSocket> {
         let src = SocketAddr::new(peer.local, fastrand::u16(49152..=65535));
         match std::net::UdpSocket::bind(src) {
             Ok(s) => {
-                net::send_ttl_255(&s, peer.remote.is_ipv6())?;
+                crate::sockopt::set_ttl(&s, peer.remote.is_ipv6(), 255)?;
                 s.connect(SocketAddr::new(peer.remote, port))?;
                 s.set_nonblocking(true)?;
                 return UdpSocket::from_std(s);

@@ -1,49 +1,25 @@
-//! The socket calls BFD needs that tokio lacks: TTL 255 on what it sends,
-//! and the TTL (hop limit) of what it receives, read per datagram from the
-//! control message the kernel attaches (RFC 5881 section 5).
+//! The socket calls BFD needs that tokio lacks: the TTL (hop limit) of
+//! what it receives, read per datagram from the control message the kernel
+//! attaches (RFC 5881 section 5). TTL 255 on what it sends is
+//! `sockopt::set_ttl`, shared with the BGP speaker.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::AsRawFd;
 
-fn setsockopt(
-    fd: &impl AsRawFd,
-    level: libc::c_int,
-    name: libc::c_int,
-    v: libc::c_int,
-) -> io::Result<()> {
-    // SAFETY: `v` is a live c_int and its size is passed.
-    let r = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            level,
-            name,
-            &v as *const libc::c_int as *const libc::c_void,
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
-/// Outgoing packets leave with TTL (hop limit) 255.
-pub fn send_ttl_255(fd: &impl AsRawFd, v6: bool) -> io::Result<()> {
-    if v6 {
-        setsockopt(fd, libc::IPPROTO_IPV6, libc::IPV6_UNICAST_HOPS, 255)
-    } else {
-        setsockopt(fd, libc::IPPROTO_IP, libc::IP_TTL, 255)
-    }
-}
+use crate::sockopt;
 
 /// Each received datagram carries its TTL (hop limit).
 pub fn receive_ttl(fd: &impl AsRawFd, v6: bool) -> io::Result<()> {
     if v6 {
-        setsockopt(fd, libc::IPPROTO_IPV6, libc::IPV6_RECVHOPLIMIT, 1)
+        sockopt::set(
+            fd,
+            libc::IPPROTO_IPV6,
+            libc::IPV6_RECVHOPLIMIT,
+            &(1 as libc::c_int),
+        )
     } else {
-        setsockopt(fd, libc::IPPROTO_IP, libc::IP_RECVTTL, 1)
+        sockopt::set(fd, libc::IPPROTO_IP, libc::IP_RECVTTL, &(1 as libc::c_int))
     }
 }
 

@@ -8,6 +8,9 @@ use std::os::fd::AsRawFd;
 
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
+use crate::sockopt;
+pub use crate::sockopt::set_ttl;
+
 const TCP_MD5SIG: libc::c_int = 14;
 const TCP_MD5SIG_MAXKEYLEN: usize = 80;
 const IP_MINTTL: libc::c_int = 21;
@@ -22,29 +25,6 @@ struct TcpMd5Sig {
     keylen: u16,
     ifindex: i32,
     key: [u8; TCP_MD5SIG_MAXKEYLEN],
-}
-
-fn setsockopt<T>(
-    fd: &impl AsRawFd,
-    level: libc::c_int,
-    name: libc::c_int,
-    v: &T,
-) -> io::Result<()> {
-    // SAFETY: `v` points to a live value of the size passed.
-    let r = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            level,
-            name,
-            v as *const T as *const libc::c_void,
-            std::mem::size_of::<T>() as libc::socklen_t,
-        )
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
 }
 
 /// Installs (or with `key = None`, removes) the MD5 key for `peer` on a
@@ -85,26 +65,16 @@ pub fn set_md5(
     }
     sig.keylen = key.len() as u16;
     sig.key[..key.len()].copy_from_slice(key);
-    setsockopt(fd, libc::IPPROTO_TCP, TCP_MD5SIG, &sig)
-}
-
-/// Sets the TTL (IPv4) or hop limit (IPv6) of outgoing packets.
-pub fn set_ttl(fd: &impl AsRawFd, v6: bool, ttl: u8) -> io::Result<()> {
-    let v = ttl as libc::c_int;
-    if v6 {
-        setsockopt(fd, libc::IPPROTO_IPV6, libc::IPV6_UNICAST_HOPS, &v)
-    } else {
-        setsockopt(fd, libc::IPPROTO_IP, libc::IP_TTL, &v)
-    }
+    sockopt::set(fd, libc::IPPROTO_TCP, TCP_MD5SIG, &sig)
 }
 
 /// GTSM: drop segments that arrive with a TTL below `min`.
 pub fn set_min_ttl(fd: &impl AsRawFd, v6: bool, min: u8) -> io::Result<()> {
     let v = min as libc::c_int;
     if v6 {
-        setsockopt(fd, libc::IPPROTO_IPV6, IPV6_MINHOPCOUNT, &v)
+        sockopt::set(fd, libc::IPPROTO_IPV6, IPV6_MINHOPCOUNT, &v)
     } else {
-        setsockopt(fd, libc::IPPROTO_IP, IP_MINTTL, &v)
+        sockopt::set(fd, libc::IPPROTO_IP, IP_MINTTL, &v)
     }
 }
 
