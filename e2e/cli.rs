@@ -260,3 +260,39 @@ fn log_format_and_level_from_the_file() {
         ]
     );
 }
+
+/// Issue 19: what a tenant or a hurried operator could send past a router
+/// is refused before vipd starts. An `[[announce]]` entry with 1,500
+/// communities (one UPDATE would be 6 KB: BIRD resets the session, and
+/// every route on it goes, for as long as the entry exists); external IPs
+/// without `allowed_prefixes` (any Service could announce any address);
+/// a `service_communities` pattern that does not parse.
+#[test]
+fn check_config_refuses_what_would_reach_past_a_tenants_routes() {
+    let communities: Vec<String> = (0..1500).map(|i| format!("\"65010:{i}\"")).collect();
+    let text = format!(
+        "[bgp]\nasn = 65010\nrouter_id = \"192.0.2.1\"\n\
+         [[bgp.peers]]\naddress = \"192.0.2.2\"\nasn = 65002\ncommunities = [\"65010:1\", \"65010:2\"]\n\
+         [[announce]]\nprefix = \"203.0.113.1/32\"\n\
+         [[announce]]\nprefix = \"203.0.113.2/32\"\ncommunities = [{}]\n\
+         [kubernetes]\nnode_name = \"n\"\nexternal_ips = true\nservice_communities = [\"65010:1-\"]\n",
+        communities.join(", ")
+    );
+    let out = vipd()
+        .arg("check-config")
+        .arg(tmp("tenant.toml", &text))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let mut got: Vec<&str> = err.lines().collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            "announce[1].communities: these communities take 6000 bytes; beside the peers' default communities and the drain's GRACEFUL_SHUTDOWN, one 4,096-byte UPDATE has room for 3961 (at most 990 communities, or 330 large communities)",
+            "kubernetes.external_ips: needs allowed_prefixes: without it any Service's spec.externalIPs, any address at all, would be announced",
+            "kubernetes.service_communities: \"65010:1-\": \"\" is not *, a number from 0 to 65535, or LOW-HIGH",
+        ]
+    );
+}

@@ -20,8 +20,13 @@ use ipnet::IpNet;
 mod fleet;
 #[path = "config/ipam.rs"]
 mod ipam;
+mod tenant;
 pub use fleet::{parse_labels, DrainConfig, Labels, NodeAddresses};
 pub use ipam::{parse_range, IpamConfig, Pool, Range};
+pub use tenant::{
+    community_bytes, CommunityPattern, LargePattern, ServiceAttrPolicy, Span, COMMUNITY_ROOM,
+    DRAIN_RESERVE, MAX_ANNOTATION_COMMUNITIES, MAX_ANNOTATION_LARGE_COMMUNITIES,
+};
 
 /// The 2-octet AS number reserved by RFC 6793 to stand in for a 4-octet one.
 pub const AS_TRANS: u32 = 23456;
@@ -157,8 +162,19 @@ pub struct KubeConfig {
     pub external_ips: bool,
     /// Announce Cluster-policy Services that have no ready endpoint.
     pub announce_without_endpoints: bool,
-    /// When not empty, VIPs outside these prefixes are refused.
+    /// When not empty, VIPs outside these prefixes (and outside `pools`)
+    /// are refused.
     pub allowed_prefixes: Vec<IpNet>,
+    /// With `[ipam]`, its pools' ranges: addresses inside are announced
+    /// as those inside `allowed_prefixes` are, and with `[ipam]` an
+    /// address outside both is refused even when `allowed_prefixes` is
+    /// empty (filled in by `Config::load`).
+    pub pools: Option<Vec<Range>>,
+    /// What Services' annotations may set.
+    pub service_attrs: ServiceAttrPolicy,
+    /// Bytes of community values a Service's route may carry (see
+    /// `tenant::check_room`; filled in by `Config::load`).
+    pub community_room: usize,
     /// Connecting to the API server takes at most this long.
     pub connect_timeout: Duration,
     /// An answer (a list page, or anything on a watch, where the server's
@@ -402,6 +418,21 @@ impl Config {
         }
         root.finish(&mut errs);
         check_duplicate_prefixes(&announce, &mut errs);
+        let room = tenant::check_room(
+            &announce,
+            bgp.as_ref().map_or(&[][..], |b| &b.peers[..]),
+            &mut errs,
+        );
+        let mut kubernetes = kubernetes;
+        if let Some(k) = &mut kubernetes {
+            k.community_room = room;
+            k.pools = ipam.as_ref().map(|i| {
+                i.pools
+                    .iter()
+                    .flat_map(|p| p.ranges.iter().copied())
+                    .collect()
+            });
+        }
         if let Some(cp) = &control_plane {
             if cp.discover && kubernetes.is_none() {
                 errs.push(
@@ -605,7 +636,7 @@ fn read_kubernetes(mut t: Tbl, node_env: Option<String>, errs: &mut Errs) -> Opt
     let announce_without_endpoints = t
         .opt("announce_without_endpoints", errs, parse_bool)
         .unwrap_or(false);
-    let allowed_prefixes = t
+    let allowed_prefixes: Vec<IpNet> = t
         .opt("allowed_prefixes", errs, |v| match v.kind {
             ValueKind::Array(a) => a
                 .into_iter()
@@ -615,6 +646,7 @@ fn read_kubernetes(mut t: Tbl, node_env: Option<String>, errs: &mut Errs) -> Opt
             _ => Err("expected an array of prefixes".into()),
         })
         .unwrap_or_default();
+    let service_attrs = tenant::read_policy(&mut t, errs);
     let secs = |v| parse_int(v, 1, 3600).map(|n| Duration::from_secs(n as u64));
     let connect_timeout = t
         .opt("connect_timeout_secs", errs, secs)
@@ -623,6 +655,16 @@ fn read_kubernetes(mut t: Tbl, node_env: Option<String>, errs: &mut Errs) -> Opt
         .opt("read_timeout_secs", errs, secs)
         .unwrap_or(Duration::from_secs(90));
     t.finish(errs);
+    if external_ips && allowed_prefixes.is_empty() && !errs.has(&format!("{key}.allowed_prefixes"))
+    {
+        // Any user who can create a Service could otherwise announce any
+        // address, a public resolver's say, into the fabric: the BGP form
+        // of CVE-2020-8554.
+        errs.push(
+            format!("{key}.external_ips"),
+            "needs allowed_prefixes: without it any Service's spec.externalIPs, any address at all, would be announced",
+        );
+    }
     if include_unclassed && load_balancer_class.is_none() {
         errs.push(
             format!("{key}.include_unclassed"),
@@ -644,6 +686,9 @@ fn read_kubernetes(mut t: Tbl, node_env: Option<String>, errs: &mut Errs) -> Opt
         external_ips,
         announce_without_endpoints,
         allowed_prefixes,
+        pools: None,
+        service_attrs,
+        community_room: COMMUNITY_ROOM - DRAIN_RESERVE,
         connect_timeout,
         read_timeout,
     })

@@ -329,21 +329,41 @@ mod tests {
         }
     }
 
-    /// The model: a VIP is wanted when some Service with it has a ready
-    /// endpoint (on this node, for Local policy).
+    /// The model: the Services that want a VIP here are those of Cluster
+    /// policy with a ready endpoint and those of Local policy (ready here
+    /// or not); the oldest (here: lowest UID) decides the policy, and the
+    /// others of that policy share it. Cluster: wanted. Local: wanted
+    /// while every one of them has a ready endpoint on this node.
     fn model(s: &Snapshot) -> BTreeSet<IpNet> {
-        let mut out = BTreeSet::new();
+        let mut by_ip: BTreeMap<IpNet, Vec<(&str, bool, bool)>> = BTreeMap::new();
         for svc in s.services.values() {
             let slice = s.slices.get(&format!("ns/{}-slice", svc.name));
-            let ok = slice.is_some_and(|sl| {
-                sl.endpoints
-                    .iter()
-                    .any(|e| e.ready && (!svc.local_policy || e.node.as_deref() == Some("node-a")))
-            });
-            if ok {
-                out.insert(IpNet::from(
-                    svc.ingress_ips[0].parse::<std::net::IpAddr>().unwrap(),
-                ));
+            let ready = |here: bool| {
+                slice.is_some_and(|sl| {
+                    sl.endpoints
+                        .iter()
+                        .any(|e| e.ready && (!here || e.node.as_deref() == Some("node-a")))
+                })
+            };
+            let (wants, ok) = if svc.local_policy {
+                (true, ready(true))
+            } else {
+                (ready(false), true)
+            };
+            if wants {
+                let ip = IpNet::from(svc.ingress_ips[0].parse::<std::net::IpAddr>().unwrap());
+                by_ip
+                    .entry(ip)
+                    .or_default()
+                    .push((&svc.uid, svc.local_policy, ok));
+            }
+        }
+        let mut out = BTreeSet::new();
+        for (ip, mut owners) in by_ip {
+            owners.sort();
+            let local = owners[0].1;
+            if owners.iter().filter(|o| o.1 == local).all(|o| o.2) {
+                out.insert(ip);
             }
         }
         out

@@ -136,6 +136,13 @@ impl Report {
                     p.updates_sent
                 );
             }
+            if p.refused_too_large > 0 {
+                let _ = write!(
+                    s,
+                    "; {} prefixes not sent (attributes too large for one UPDATE)",
+                    p.refused_too_large
+                );
+            }
             if let Some(e) = &p.last_error {
                 let _ = write!(s, "; last error: {e}");
             }
@@ -257,6 +264,7 @@ struct PeerJson<'a> {
     uptime_secs: Option<u64>,
     families: Vec<String>,
     prefixes_sent: usize,
+    prefixes_refused: usize,
     updates_sent: u64,
     updates_received: u64,
     last_error: Option<&'a str>,
@@ -299,6 +307,7 @@ impl Report {
                     .map(|t| self.now.duration_since(t).unwrap_or_default().as_secs()),
                 families: p.families.iter().map(|f| f.to_string()).collect(),
                 prefixes_sent: p.prefixes_sent,
+                prefixes_refused: p.refused_too_large,
                 updates_sent: p.updates_sent,
                 updates_received: p.updates_received,
                 last_error: p.last_error.as_deref(),

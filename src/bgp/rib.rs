@@ -19,10 +19,13 @@ use crate::config::RouteAttrs;
 pub type Table = BTreeMap<IpNet, Arc<RouteAttrs>>;
 
 /// The attributes as one peer receives them (for an eBGP peer, no
-/// LOCAL_PREF; the peer's default communities merged in). The diff compares
-/// and groups on this, so entries that differ only where the peer cannot
-/// see are neither re-sent nor split into separate UPDATEs.
-pub type Seen<'a> = &'a dyn Fn(&RouteAttrs) -> RouteAttrs;
+/// LOCAL_PREF; the peer's default communities merged in), or `None` where
+/// the peer cannot receive the route at all (its attributes would not fit
+/// in one UPDATE): such a route is left out for that peer alone, as if
+/// the table did not hold it. The diff compares and groups on this, so
+/// entries that differ only where the peer cannot see are neither re-sent
+/// nor split into separate UPDATEs.
+pub type Seen<'a> = &'a dyn Fn(&RouteAttrs, Afi) -> Option<RouteAttrs>;
 
 pub fn afi_of(p: &IpNet) -> Afi {
     match p {
@@ -39,6 +42,8 @@ pub fn afi_of(p: &IpNet) -> Afi {
 pub struct AdjRibOut {
     sent: Arc<Table>,
     families: Vec<Afi>,
+    /// Prefixes of `sent` the peer was not sent (see [`Seen`]).
+    refused: usize,
 }
 
 /// Prefixes that share one set of attributes and family.
@@ -55,6 +60,8 @@ pub struct Changes {
     pub announce: Vec<Group>,
     pub withdraw_v4: Vec<IpNet>,
     pub withdraw_v6: Vec<IpNet>,
+    /// Prefixes of the wanted table the peer cannot be sent (see [`Seen`]).
+    pub refused: usize,
 }
 
 impl Changes {
@@ -70,7 +77,10 @@ impl Changes {
 
     fn add(&mut self, g: &mut Grouper, p: IpNet, a: &Arc<RouteAttrs>) {
         let afi = afi_of(&p);
-        let id = g.id(a);
+        let Some(id) = g.id(a, afi) else {
+            self.refused += 1;
+            return;
+        };
         let i = *g.groups.entry((id, afi)).or_insert_with(|| {
             self.announce.push(Group {
                 attrs: a.clone(),
@@ -82,6 +92,13 @@ impl Changes {
         self.announce[i].prefixes.push(p);
     }
 
+    /// The peer holds `p` as `had`: withdrawn, unless it was never sent.
+    fn withdraw(&mut self, g: &mut Grouper, p: IpNet, had: &Arc<RouteAttrs>) {
+        if g.sent(had, afi_of(&p)) {
+            self.remove(p);
+        }
+    }
+
     fn remove(&mut self, p: IpNet) {
         match afi_of(&p) {
             Afi::Ipv4 => self.withdraw_v4.push(p),
@@ -90,13 +107,13 @@ impl Changes {
     }
 }
 
-/// Numbers each distinct attribute set as a peer sees it. Looked up by
-/// pointer first: a table holds few distinct `Arc`s, so `seen` runs once
-/// per `Arc`, not once per prefix. The pointers stay valid because both
-/// tables outlive the diff.
+/// Numbers each distinct attribute set as a peer sees it (`None`: the
+/// peer cannot receive it). Looked up by pointer first: a table holds few
+/// distinct `Arc`s, so `seen` runs once per `Arc` and family, not once per
+/// prefix. The pointers stay valid because both tables outlive the diff.
 struct Grouper<'a> {
     seen: Seen<'a>,
-    by_ptr: HashMap<*const RouteAttrs, usize>,
+    by_ptr: HashMap<(*const RouteAttrs, Afi), Option<usize>>,
     by_value: HashMap<RouteAttrs, usize>,
     groups: HashMap<(usize, Afi), usize>,
 }
@@ -110,17 +127,22 @@ impl<'a> Grouper<'a> {
             groups: HashMap::new(),
         }
     }
-    fn id(&mut self, a: &Arc<RouteAttrs>) -> usize {
-        if let Some(i) = self.by_ptr.get(&Arc::as_ptr(a)) {
+    fn id(&mut self, a: &Arc<RouteAttrs>, afi: Afi) -> Option<usize> {
+        if let Some(i) = self.by_ptr.get(&(Arc::as_ptr(a), afi)) {
             return *i;
         }
         let n = self.by_value.len();
-        let i = *self.by_value.entry((self.seen)(a)).or_insert(n);
-        self.by_ptr.insert(Arc::as_ptr(a), i);
+        let i = (self.seen)(a, afi).map(|v| *self.by_value.entry(v).or_insert(n));
+        self.by_ptr.insert((Arc::as_ptr(a), afi), i);
         i
     }
-    fn same(&mut self, a: &Arc<RouteAttrs>, b: &Arc<RouteAttrs>) -> bool {
-        Arc::ptr_eq(a, b) || self.id(a) == self.id(b)
+    /// Whether the peer was sent `had` (as it holds the prefix now).
+    fn sent(&mut self, had: &Arc<RouteAttrs>, afi: Afi) -> bool {
+        self.id(had, afi).is_some()
+    }
+    /// Whether the peer, holding `had`, needs no UPDATE to hold `want`.
+    fn same(&mut self, had: &Arc<RouteAttrs>, want: &Arc<RouteAttrs>, afi: Afi) -> bool {
+        Arc::ptr_eq(had, want) || self.id(had, afi) == self.id(want, afi)
     }
 }
 
@@ -131,6 +153,11 @@ impl AdjRibOut {
             .keys()
             .filter(|p| self.families.contains(&afi_of(p)))
             .count()
+            .saturating_sub(self.refused)
+    }
+    /// Prefixes of the table the peer could not be sent.
+    pub fn refused(&self) -> usize {
+        self.refused
     }
     pub fn is_empty(&self) -> bool {
         self.len() == 0
@@ -152,8 +179,8 @@ impl AdjRibOut {
         loop {
             match (h.peek(), w.peek()) {
                 (None, None) => break,
-                (Some((hp, _)), None) => {
-                    c.remove(**hp);
+                (Some((hp, ha)), None) => {
+                    c.withdraw(&mut groups, **hp, ha);
                     h.next();
                 }
                 (None, Some((wp, wa))) => {
@@ -162,7 +189,7 @@ impl AdjRibOut {
                 }
                 (Some((hp, ha)), Some((wp, wa))) => match hp.cmp(wp) {
                     std::cmp::Ordering::Less => {
-                        c.remove(**hp);
+                        c.withdraw(&mut groups, **hp, ha);
                         h.next();
                     }
                     std::cmp::Ordering::Greater => {
@@ -170,7 +197,12 @@ impl AdjRibOut {
                         w.next();
                     }
                     std::cmp::Ordering::Equal => {
-                        if !groups.same(ha, wa) {
+                        let afi = afi_of(wp);
+                        if groups.id(wa, afi).is_none() {
+                            // Sent before, too large now: not left as it was.
+                            c.withdraw(&mut groups, **hp, ha);
+                            c.refused += 1;
+                        } else if !groups.same(ha, wa, afi) {
                             c.add(&mut groups, **wp, wa);
                         }
                         h.next();
@@ -182,10 +214,12 @@ impl AdjRibOut {
         c
     }
 
-    /// Records that the peer now holds `want` in `families`.
-    pub fn apply(&mut self, want: Arc<Table>, families: &[Afi]) {
+    /// Records that the peer now holds `want` in `families`, less the
+    /// `refused` prefixes it could not be sent (from the diff's [`Changes`]).
+    pub fn apply(&mut self, want: Arc<Table>, families: &[Afi], refused: usize) {
         self.sent = want;
         self.families = families.to_vec();
+        self.refused = refused;
     }
 
     /// Everything the peer holds in one family, grouped as for a first send
@@ -219,16 +253,16 @@ mod tests {
     const BOTH: [Afi; 2] = [Afi::Ipv4, Afi::Ipv6];
 
     /// A peer that sees every attribute.
-    fn same(a: &RouteAttrs) -> RouteAttrs {
-        a.clone()
+    fn same(a: &RouteAttrs, _: Afi) -> Option<RouteAttrs> {
+        Some(a.clone())
     }
 
     /// An eBGP peer: LOCAL_PREF is not on its wire.
-    fn ebgp(a: &RouteAttrs) -> RouteAttrs {
-        RouteAttrs {
+    fn ebgp(a: &RouteAttrs, _: Afi) -> Option<RouteAttrs> {
+        Some(RouteAttrs {
             local_pref: None,
             ..a.clone()
-        }
+        })
     }
 
     fn lp(v: u32) -> Arc<RouteAttrs> {
@@ -265,7 +299,7 @@ mod tests {
         let mut rib = AdjRibOut::default();
         let c = rib.diff(&t1, &BOTH, &ebgp);
         assert_eq!((c.announce.len(), c.announced()), (1, 2));
-        rib.apply(Arc::new(t1), &BOTH);
+        rib.apply(Arc::new(t1), &BOTH, 0);
         assert!(rib.diff(&t2, &BOTH, &ebgp).is_empty());
         let c = rib.diff(&t2, &BOTH, &same);
         assert_eq!((c.announce.len(), c.announced()), (1, 2));
@@ -296,7 +330,7 @@ mod tests {
         let t1 = table(&[("203.0.113.1/32", &a), ("2001:db8::1/128", &a)]);
         let c = rib.diff(&t1, &BOTH, &same);
         assert_eq!(c.announced(), 2);
-        rib.apply(Arc::new(t1.clone()), &BOTH);
+        rib.apply(Arc::new(t1.clone()), &BOTH, 0);
         assert!(rib.diff(&t1, &BOTH, &same).is_empty());
         // An equal value in a different Arc is still "already sent".
         let t1b = table(&[("203.0.113.1/32", &attrs(1)), ("2001:db8::1/128", &a)]);
@@ -308,11 +342,11 @@ mod tests {
             c.withdraw_v6,
             vec!["2001:db8::1/128".parse::<IpNet>().unwrap()]
         );
-        rib.apply(Arc::new(t2), &BOTH);
+        rib.apply(Arc::new(t2), &BOTH, 0);
         assert_eq!(rib.len(), 1);
         let c = rib.diff(&Table::new(), &BOTH, &same);
         assert_eq!(c.withdraw_v4.len(), 1);
-        rib.apply(Arc::default(), &BOTH);
+        rib.apply(Arc::default(), &BOTH, 0);
         assert!(rib.is_empty());
     }
 
@@ -330,11 +364,11 @@ mod tests {
         let a = attrs(1);
         let t = table(&[("203.0.113.1/32", &a), ("2001:db8::1/128", &a)]);
         let mut rib = AdjRibOut::default();
-        rib.apply(Arc::new(t.clone()), &BOTH);
+        rib.apply(Arc::new(t.clone()), &BOTH, 0);
         let c = rib.diff(&t, &[Afi::Ipv4], &same);
         assert_eq!((c.announced(), c.withdraw_v6.len()), (0, 1));
         // And only the families the peer holds count.
-        rib.apply(Arc::new(t), &[Afi::Ipv6]);
+        rib.apply(Arc::new(t), &[Afi::Ipv6], 0);
         assert_eq!(rib.len(), 1);
     }
 
@@ -354,7 +388,7 @@ mod tests {
             };
             let (t0, t1) = (mk(&old), mk(&new));
             let mut rib = AdjRibOut::default();
-            rib.apply(Arc::new(t0.clone()), &BOTH);
+            rib.apply(Arc::new(t0.clone()), &BOTH, 0);
             let c = rib.diff(&t1, &BOTH, &same);
             // Applying the changes to the old table gives the new one.
             let mut model = t0.clone();
@@ -373,6 +407,38 @@ mod tests {
         });
     }
 
+    /// A peer that cannot take a MED of 9 (as a route too large for one
+    /// UPDATE): that route is left out, withdrawn when its attributes grow
+    /// past the limit, sent again when they shrink; the others go on.
+    fn no_nine(a: &RouteAttrs, _: Afi) -> Option<RouteAttrs> {
+        (a.med != Some(9)).then(|| a.clone())
+    }
+
+    #[test]
+    fn a_route_the_peer_cannot_take_is_left_out_and_withdrawn() {
+        let (ok, big) = (attrs(1), attrs(9));
+        let mut rib = AdjRibOut::default();
+        let t1 = table(&[("203.0.113.1/32", &ok), ("203.0.113.2/32", &big)]);
+        let c = rib.diff(&t1, &BOTH, &no_nine);
+        assert_eq!((c.announced(), c.refused), (1, 1));
+        assert_eq!(c.announce[0].prefixes[0], "203.0.113.1/32".parse().unwrap());
+        rib.apply(Arc::new(t1.clone()), &BOTH, c.refused);
+        assert_eq!((rib.len(), rib.refused()), (1, 1));
+        // Never sent, so never withdrawn when it goes.
+        let t0 = table(&[("203.0.113.1/32", &ok)]);
+        assert!(rib.diff(&t0, &BOTH, &no_nine).is_empty());
+        // Sent, then grown past the limit: withdrawn, not left stale.
+        let t2 = table(&[("203.0.113.1/32", &big), ("203.0.113.2/32", &big)]);
+        let c = rib.diff(&t2, &BOTH, &no_nine);
+        assert_eq!(c.withdraw_v4, ["203.0.113.1/32".parse::<IpNet>().unwrap()]);
+        assert_eq!((c.announced(), c.refused), (0, 2));
+        rib.apply(Arc::new(t2), &BOTH, c.refused);
+        assert!(rib.is_empty());
+        // Shrunk again: announced.
+        let c = rib.diff(&t1, &BOTH, &no_nine);
+        assert_eq!((c.announced(), c.refused, c.withdrawn()), (1, 1, 0));
+    }
+
     #[test]
     fn resend_covers_one_family() {
         let a = attrs(1);
@@ -382,7 +448,7 @@ mod tests {
             ("2001:db8::1/128", &a),
             ("2001:db8::2/128", &a),
         ]);
-        rib.apply(Arc::new(t), &BOTH);
+        rib.apply(Arc::new(t), &BOTH, 0);
         let c = rib.resend(Afi::Ipv6, &same);
         assert_eq!(c.announced(), 2);
         assert!(c.announce.iter().all(|g| g.afi == Afi::Ipv6));

@@ -75,6 +75,9 @@ pub struct PeerStatus {
     pub notifications_sent: BTreeMap<(u8, u8), u64>,
     pub notifications_received: BTreeMap<(u8, u8), u64>,
     pub last_error: Option<String>,
+    /// Prefixes of the table this peer cannot be sent: their attributes,
+    /// as it would receive them, do not fit in one UPDATE.
+    pub refused_too_large: usize,
     /// What the peer holds from vipd (the Adj-RIB-Out, shared, not copied)
     /// in the families it is sent (`sending`), and how this session encodes
     /// attributes: `vipd explain` shows what was sent from them.
@@ -91,9 +94,22 @@ impl PeerStatus {
         if !self.sending.contains(&afi) {
             return 0;
         }
-        self.holds.as_ref().map_or(0, |t| {
-            t.keys().filter(|p| super::rib::afi_of(p) == afi).count()
-        })
+        let Some(t) = &self.holds else {
+            return 0;
+        };
+        // One fit check per distinct attribute set, not per prefix.
+        let mut fits: std::collections::HashMap<*const crate::config::RouteAttrs, bool> =
+            Default::default();
+        t.iter()
+            .filter(|(p, _)| super::rib::afi_of(p) == afi)
+            .filter(|(_, a)| {
+                *fits.entry(Arc::as_ptr(a)).or_insert_with(|| {
+                    self.ctx
+                        .as_ref()
+                        .is_none_or(|c| c.receives(a, afi).is_some())
+                })
+            })
+            .count()
     }
 }
 
@@ -109,6 +125,7 @@ impl Default for PeerStatus {
             notifications_sent: BTreeMap::new(),
             notifications_received: BTreeMap::new(),
             last_error: None,
+            refused_too_large: 0,
             holds: None,
             sending: vec![],
             ctx: None,
@@ -545,6 +562,7 @@ impl Session {
                 st.established_at = None;
                 st.families.clear();
                 st.prefixes_sent = 0;
+                st.refused_too_large = 0;
                 st.holds = None;
                 st.sending.clear();
                 st.ctx = None;
@@ -767,7 +785,7 @@ impl Session {
                         let n = self.negotiated.clone();
                         if let Some(n) = n.filter(|n| n.families.contains(&afi)) {
                             info!(%peer, "route refresh for {afi}: re-sending {} routes", self.adj.len());
-                            let c = self.adj.resend(afi, &|a| n.ctx.seen(a));
+                            let c = self.adj.resend(afi, &|a, f| n.ctx.receives(a, f));
                             self.send_changes(&c, &[]).await;
                         }
                     }
@@ -999,7 +1017,9 @@ impl Session {
             return;
         };
         let t = std::time::Instant::now();
-        let changes = self.adj.diff(&table, &n.send_families, &|a| n.ctx.seen(a));
+        let changes = self
+            .adj
+            .diff(&table, &n.send_families, &|a, f| n.ctx.receives(a, f));
         debug!(peer = %self.peer(), us = t.elapsed().as_micros() as u64, "diffed");
         let eor: Vec<Afi> = if self.eor_pending {
             n.families.clone()
@@ -1014,9 +1034,15 @@ impl Session {
                 crate::telemetry::event_to_wire(t.elapsed());
             }
             self.eor_pending = false;
-            self.adj.apply(table.clone(), &n.send_families);
+            if changes.refused != self.adj.refused() {
+                warn!(peer = %self.peer(), refused = changes.refused,
+                    "prefixes not sent: their attributes do not fit in one 4,096-byte UPDATE");
+            }
+            self.adj
+                .apply(table.clone(), &n.send_families, changes.refused);
             let mut st = self.status.lock().unwrap();
             st.prefixes_sent = self.adj.len();
+            st.refused_too_large = changes.refused;
             st.holds = Some(table);
         }
     }
@@ -1050,6 +1076,8 @@ impl Session {
         }
         for (g, prefixes, afi) in work {
             msgs += match g {
+                // The diff left out what the peer cannot take; an error
+                // here appends nothing, so no message can be oversized.
                 Some(g) => encode::announce(&mut buf, prefixes, &g.attrs, afi, &n.ctx).unwrap_or(0),
                 None => encode::withdraw(&mut buf, prefixes, afi),
             } as u64;
@@ -1079,9 +1107,13 @@ impl Session {
         self.stopping = true;
         let gr = self.negotiated.as_ref().is_some_and(|n| n.graceful_restart);
         if self.fsm.state == State::Established && withdraw {
+            let ctx = self.negotiated.as_ref().map(|n| n.ctx.clone());
             let c = self
                 .adj
-                .diff(&Table::new(), &[Afi::Ipv4, Afi::Ipv6], &|a| a.clone());
+                .diff(&Table::new(), &[Afi::Ipv4, Afi::Ipv6], &|a, f| match &ctx {
+                    Some(ctx) => ctx.receives(a, f),
+                    None => Some(a.clone()),
+                });
             info!(peer = %self.peer(), "withdrawing {} routes before stopping", c.withdrawn());
             self.send_changes(&c, &[]).await;
         }

@@ -15,8 +15,12 @@
 //!   for it (requested addresses, if any, include it; its family is still
 //!   wanted), whoever wrote it; outside every pool it is kept with a
 //!   warning.
-//! - Two Services hold one address only with the same sharing key and no
-//!   (protocol, port) in common.
+//! - Two Services hold one address only with the same sharing key, no
+//!   (protocol, port) in common, the same namespace (or each naming the
+//!   other's in `vipd.io/sharing-namespaces`, or `*`), the same traffic
+//!   policy, and under Local the same pod selector (otherwise a node would
+//!   announce the address for one owner's endpoints and receive the
+//!   other's traffic too).
 //! - Missing families are filled from the requested addresses, or else the
 //!   lowest free address of the Service's pool (its annotation, or the
 //!   first auto-assign pool open to its namespace).
@@ -72,6 +76,12 @@ pub struct Svc {
     pub sharing_key: Option<String>,
     /// (protocol, port) of `spec.ports`.
     pub ports: Vec<(String, u16)>,
+    /// `vipd.io/sharing-namespaces` (`*`: any).
+    pub sharing_namespaces: Vec<String>,
+    /// `spec.externalTrafficPolicy == "Local"`.
+    pub local: bool,
+    /// `spec.selector`.
+    pub selector: BTreeMap<String, String>,
     /// The addresses `status.loadBalancer.ingress` holds now.
     pub current: Vec<IpAddr>,
 }
@@ -151,16 +161,36 @@ struct Holders<'a> {
     by_addr: BTreeMap<IpAddr, Vec<&'a Svc>>,
 }
 
+/// Why `s` may not share an address with `h`, or `None` where it may.
+pub fn why_not_shared(h: &Svc, s: &Svc) -> Option<&'static str> {
+    let allows = |x: &Svc, ns: &str| x.sharing_namespaces.iter().any(|n| n == "*" || n == ns);
+    Some(
+        if s.sharing_key.is_none() || h.sharing_key != s.sharing_key {
+            "no common vipd.io/sharing-key"
+        } else if h.ports.iter().any(|p| s.ports.contains(p)) {
+            "a (protocol, port) in common"
+        } else if h.namespace != s.namespace
+            && !(allows(h, &s.namespace) && allows(s, &h.namespace))
+        {
+            "another namespace, and not both name each other in vipd.io/sharing-namespaces"
+        } else if h.local != s.local {
+            "another externalTrafficPolicy"
+        } else if s.local && h.selector != s.selector {
+            "externalTrafficPolicy Local with another pod selector"
+        } else {
+            return None;
+        },
+    )
+}
+
 impl<'a> Holders<'a> {
-    /// Why `s` may not hold `a`, naming the holder that stands in the way.
-    fn refuses(&self, s: &Svc, a: &IpAddr) -> Option<&'a Svc> {
+    /// Why `s` may not hold `a`: the holder that stands in the way, and why.
+    fn refuses(&self, s: &Svc, a: &IpAddr) -> Option<(&'a Svc, &'static str)> {
         let hs = self.by_addr.get(a)?;
-        hs.iter().copied().find(|h| {
-            h.key != s.key
-                && !(s.sharing_key.is_some()
-                    && h.sharing_key == s.sharing_key
-                    && !h.ports.iter().any(|p| s.ports.contains(p)))
-        })
+        hs.iter()
+            .copied()
+            .filter(|h| h.key != s.key)
+            .find_map(|h| why_not_shared(h, s).map(|why| (h, why)))
     }
     fn add(&mut self, s: &'a Svc, a: IpAddr) {
         self.by_addr.entry(a).or_default().push(s);
@@ -195,11 +225,14 @@ pub fn allocate(pools: &[Pool], svcs: &[Svc]) -> Outcome {
             if !still_asked {
                 continue;
             }
-            if let Some(h) = holders.refuses(s, a) {
+            if let Some((h, why)) = holders.refuses(s, a) {
                 out.events.push(Event {
                     service: s.key.clone(),
                     kind: EventKind::AddressConflict,
-                    message: format!("{a} is also held by {}, which is older and keeps it", h.key),
+                    message: format!(
+                        "{a} is also held by {}, which is older and keeps it ({why})",
+                        h.key
+                    ),
                 });
                 continue;
             }
@@ -207,7 +240,9 @@ pub fn allocate(pools: &[Pool], svcs: &[Svc]) -> Outcome {
                 out.events.push(Event {
                     service: s.key.clone(),
                     kind: EventKind::AddressOutsidePools,
-                    message: format!("{a} is in no pool; kept, but no new Service gets it"),
+                    message: format!(
+                        "{a} is in no pool; kept, but not announced unless kubernetes.allowed_prefixes covers it"
+                    ),
                 });
             }
             holders.add(s, *a);
@@ -270,7 +305,9 @@ fn fill<'a>(
                 .any(|p| in_pool(p, a) && s.pool.as_ref().is_none_or(|n| *n == p.name));
             match (allowed, holders.refuses(s, a)) {
                 (false, _) => fail(events, format!("{a} is not in a pool this Service may use")),
-                (true, Some(h)) => fail(events, format!("{a} is taken by {}", h.key)),
+                (true, Some((h, why))) => {
+                    fail(events, format!("{a} is taken by {} ({why})", h.key))
+                }
                 (true, None) => {
                     holders.add(s, *a);
                     mine.push(*a);

@@ -9,6 +9,7 @@ use super::{Family, FamilyPolicy, Svc};
 pub const POOL: &str = "vipd.io/pool";
 pub const LOAD_BALANCER_IPS: &str = "vipd.io/load-balancer-ips";
 pub const SHARING_KEY: &str = "vipd.io/sharing-key";
+pub const SHARING_NAMESPACES: &str = "vipd.io/sharing-namespaces";
 
 /// Which Services are vipd's: type LoadBalancer, and of its class.
 #[derive(Debug, Clone, Copy, Default)]
@@ -115,6 +116,19 @@ fn build(s: &Service) -> Result<Svc, String> {
         requested,
         sharing_key: a.get(SHARING_KEY).cloned(),
         ports,
+        sharing_namespaces: a
+            .get(SHARING_NAMESPACES)
+            .map(|v| {
+                v.split([',', ' '])
+                    .map(str::trim)
+                    .filter(|x| !x.is_empty())
+                    .take(64)
+                    .map(String::from)
+                    .collect()
+            })
+            .unwrap_or_default(),
+        local: spec.external_traffic_policy.as_deref() == Some("Local"),
+        selector: spec.selector.clone().unwrap_or_default(),
         current,
     })
 }

@@ -34,6 +34,9 @@ fn svc(name: &str, created: i64) -> Svc {
         requested: vec![],
         sharing_key: None,
         ports: vec![("TCP".into(), 80)],
+        sharing_namespaces: vec![],
+        local: false,
+        selector: Default::default(),
         current: vec![],
     }
 }
@@ -339,4 +342,102 @@ proptest! {
         }
         prop_assert_eq!(allocate(&pools, &rotated).status, o.status);
     }
+}
+
+/// Issue 19, part 2: a Service in another namespace that copies a sharing
+/// key and asks for the holder's address is refused, never given it; with
+/// both sides naming each other it shares.
+#[test]
+fn sharing_across_namespaces_needs_consent_on_both_sides() {
+    let p = pool("p", &[range("198.51.100.10", "198.51.100.20")]);
+    let mk = |ns: &str, name: &str, created, port, allow: &[&str]| {
+        let mut s = svc(name, created);
+        s.key = format!("{ns}/{name}");
+        s.namespace = ns.into();
+        s.sharing_key = Some("k".into());
+        s.ports = vec![("TCP".into(), port)];
+        s.requested = vec![ip("198.51.100.12")];
+        s.sharing_namespaces = allow.iter().map(|x| x.to_string()).collect();
+        s
+    };
+    let o = allocate(
+        std::slice::from_ref(&p),
+        &[mk("a", "web", 1, 80, &[]), mk("b", "copy", 2, 443, &["*"])],
+    );
+    assert_eq!(o.status["a/web"], [ip("198.51.100.12")]);
+    assert!(o.status["b/copy"].is_empty());
+    assert!(o
+        .events
+        .iter()
+        .any(|e| e.service == "b/copy" && e.message.contains("taken by a/web (another namespace")));
+    // One side only is not enough, either way round.
+    let o = allocate(
+        std::slice::from_ref(&p),
+        &[mk("a", "web", 1, 80, &["b"]), mk("b", "copy", 2, 443, &[])],
+    );
+    assert!(o.status["b/copy"].is_empty());
+    let o = allocate(
+        &[p],
+        &[
+            mk("a", "web", 1, 80, &["b"]),
+            mk("b", "copy", 2, 443, &["a"]),
+        ],
+    );
+    assert_eq!(o.status["b/copy"], [ip("198.51.100.12")]);
+}
+
+/// Owners of one address have one traffic policy; under Local, the same
+/// pod selector. And the DNS case: TCP 53 and UDP 53 share.
+#[test]
+fn sharing_needs_one_policy_one_selector_and_distinct_protocol_ports() {
+    let p = pool("p", &[range("198.51.100.10", "198.51.100.20")]);
+    let mk = |name: &str, created, proto: &str, local, app: &str| {
+        let mut s = svc(name, created);
+        s.sharing_key = Some("k".into());
+        s.ports = vec![(proto.into(), 53)];
+        s.requested = vec![ip("198.51.100.12")];
+        s.local = local;
+        s.selector = [("app".to_string(), app.to_string())].into();
+        s
+    };
+    let o = allocate(
+        std::slice::from_ref(&p),
+        &[
+            mk("tcp", 1, "TCP", false, "dns"),
+            mk("udp", 2, "UDP", false, "dns"),
+        ],
+    );
+    assert_eq!(o.status["a/udp"], [ip("198.51.100.12")], "{:?}", o.events);
+    let o = allocate(
+        std::slice::from_ref(&p),
+        &[
+            mk("tcp", 1, "TCP", false, "dns"),
+            mk("udp", 2, "UDP", true, "dns"),
+        ],
+    );
+    assert!(o.status["a/udp"].is_empty());
+    assert!(o
+        .events
+        .iter()
+        .any(|e| e.message.contains("another externalTrafficPolicy")));
+    let o = allocate(
+        std::slice::from_ref(&p),
+        &[
+            mk("tcp", 1, "TCP", true, "dns"),
+            mk("udp", 2, "UDP", true, "other"),
+        ],
+    );
+    assert!(o.status["a/udp"].is_empty());
+    assert!(o
+        .events
+        .iter()
+        .any(|e| e.message.contains("another pod selector")));
+    let o = allocate(
+        &[p],
+        &[
+            mk("tcp", 1, "TCP", true, "dns"),
+            mk("udp", 2, "UDP", true, "dns"),
+        ],
+    );
+    assert_eq!(o.status["a/udp"], [ip("198.51.100.12")]);
 }

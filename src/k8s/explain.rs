@@ -32,7 +32,8 @@ pub struct Found {
     /// the reason is the Service's, not an address's.
     pub skipped: Option<String>,
     pub addresses: Vec<AddressView>,
-    /// `(annotation, reason)`: the Service is announced with the defaults.
+    /// `(annotation, reason)`: a value the platform does not allow Services
+    /// to set, dropped (the rest of the attributes apply).
     pub bad_annotations: Vec<(String, String)>,
 }
 
@@ -48,7 +49,11 @@ pub struct AddressView {
 /// At most this many close names are offered for an unknown Service.
 const CLOSEST: usize = 3;
 
-pub fn explain(s: &Snapshot, k: &KubeConfig, key: &str) -> ServiceView {
+/// What the sharing rules decided for one Service's addresses (from
+/// `Tracker::sharing_view`): refusals, and addresses held back.
+pub type Sharing = (Vec<super::intent::Refusal>, Vec<(ipnet::IpNet, String)>);
+
+pub fn explain(s: &Snapshot, k: &KubeConfig, key: &str, sharing: &Sharing) -> ServiceView {
     let Some(svc) = s.services.get(key) else {
         return ServiceView {
             service: key.to_string(),
@@ -70,7 +75,7 @@ pub fn explain(s: &Snapshot, k: &KubeConfig, key: &str) -> ServiceView {
     let f: HashSet<IpAddr> = forbidden(s);
     let p = part(svc, &slices, &f, s.node.as_ref(), k);
     let skipped = skipped(svc, k, endpoints_ready, endpoints_here);
-    let addresses = addresses(svc, k, &p);
+    let addresses = addresses(svc, k, &p, sharing);
     ServiceView {
         service: key.to_string(),
         found: Some(Found {
@@ -92,7 +97,12 @@ pub fn explain(s: &Snapshot, k: &KubeConfig, key: &str) -> ServiceView {
 }
 
 /// Each address the Service lists (once), with the intent's verdict.
-fn addresses(svc: &ServiceInfo, k: &KubeConfig, p: &super::intent::Part) -> Vec<AddressView> {
+fn addresses(
+    svc: &ServiceInfo,
+    k: &KubeConfig,
+    p: &super::intent::Part,
+    (shared_refused, held): &Sharing,
+) -> Vec<AddressView> {
     let external = if k.external_ips {
         &svc.external_ips[..]
     } else {
@@ -103,17 +113,29 @@ fn addresses(svc: &ServiceInfo, k: &KubeConfig, p: &super::intent::Part) -> Vec<
         if out.iter().any(|a| &a.address == raw) {
             continue;
         }
-        let refused = p.refused.iter().find(|r| &r.address == raw);
-        let route = raw
-            .trim()
-            .parse::<IpAddr>()
-            .ok()
-            .map(ipnet::IpNet::from)
-            .filter(|n| p.routes.iter().any(|(r, _)| r == n));
+        let net = raw.trim().parse::<IpAddr>().ok().map(ipnet::IpNet::from);
+        let refused = p
+            .refused
+            .iter()
+            .find(|r| &r.address == raw)
+            .map(|r| r.reason.clone())
+            .or_else(|| {
+                let n = net?;
+                let by_sharing = shared_refused
+                    .iter()
+                    .find(|r| r.address == n.addr().to_string());
+                by_sharing.map(|r| r.reason.clone()).or_else(|| {
+                    let h = held.iter().find(|(q, _)| *q == n)?;
+                    Some(format!("held back: {}", h.1))
+                })
+            });
+        let route = net
+            .filter(|n| p.routes.iter().any(|(r, _)| r == n))
+            .filter(|_| refused.is_none());
         out.push(AddressView {
             address: raw.clone(),
             route: route.map(|r| r.to_string()),
-            refused: refused.map(|r| r.reason.clone()),
+            refused,
         });
     }
     out
@@ -197,7 +219,7 @@ mod tests {
 
     #[test]
     fn an_announced_service_names_its_route() {
-        let v = explain(&snap(), &kcfg(), "default/web");
+        let v = explain(&snap(), &kcfg(), "default/web", &Default::default());
         let f = v.found.unwrap();
         assert_eq!(f.skipped, None);
         assert_eq!(f.endpoints_ready, 1);
@@ -207,7 +229,9 @@ mod tests {
 
     #[test]
     fn refusals_are_per_address() {
-        let f = explain(&snap(), &kcfg(), "default/api").found.unwrap();
+        let f = explain(&snap(), &kcfg(), "default/api", &Default::default())
+            .found
+            .unwrap();
         let by = |a: &str| f.addresses.iter().find(|x| x.address == a).unwrap();
         assert!(by("203.0.113.11").route.is_some());
         assert_eq!(
@@ -222,16 +246,22 @@ mod tests {
         let mut s = snap();
         let k = kcfg();
         s.slices.clear();
-        let f = explain(&s, &k, "default/web").found.unwrap();
+        let f = explain(&s, &k, "default/web", &Default::default())
+            .found
+            .unwrap();
         assert_eq!(f.skipped.as_deref(), Some("no ready endpoint"));
         assert!(f.addresses.iter().all(|a| a.route.is_none()));
 
         let mut s = snap();
         s.services.get_mut("default/web").unwrap().local_policy = true;
-        let f = explain(&s, &k, "default/api").found.unwrap();
+        let f = explain(&s, &k, "default/api", &Default::default())
+            .found
+            .unwrap();
         assert_eq!(f.skipped, None);
         s.services.get_mut("default/api").unwrap().local_policy = true;
-        let f = explain(&s, &k, "default/api").found.unwrap();
+        let f = explain(&s, &k, "default/api", &Default::default())
+            .found
+            .unwrap();
         assert_eq!(
             f.skipped.as_deref(),
             Some("externalTrafficPolicy Local and no ready endpoint on this node")
@@ -239,22 +269,30 @@ mod tests {
 
         let mut s = snap();
         s.services.get_mut("default/web").unwrap().load_balancer = false;
-        let f = explain(&s, &k, "default/web").found.unwrap();
+        let f = explain(&s, &k, "default/web", &Default::default())
+            .found
+            .unwrap();
         assert_eq!(f.skipped.as_deref(), Some("not a LoadBalancer Service"));
 
         let mut s = snap();
         s.services.get_mut("default/web").unwrap().class = Some("other".into());
-        let f = explain(&s, &k, "default/web").found.unwrap();
+        let f = explain(&s, &k, "default/web", &Default::default())
+            .found
+            .unwrap();
         assert!(f.skipped.unwrap().contains("loadBalancerClass \"other\""));
     }
 
     #[test]
     fn an_unknown_name_lists_the_closest() {
-        let v = explain(&snap(), &kcfg(), "default/wbe");
+        let v = explain(&snap(), &kcfg(), "default/wbe", &Default::default());
         assert!(v.found.is_none());
         assert_eq!(v.closest[0], "default/web");
-        let v = explain(&snap(), &kcfg(), "prod/web");
+        let v = explain(&snap(), &kcfg(), "prod/web", &Default::default());
         assert!(v.closest.contains(&"shop/web".to_string()), "{v:?}");
-        assert!(explain(&snap(), &kcfg(), "zzz/qqqqqqqq").closest.is_empty());
+        assert!(
+            explain(&snap(), &kcfg(), "zzz/qqqqqqqq", &Default::default())
+                .closest
+                .is_empty()
+        );
     }
 }

@@ -10,7 +10,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 use super::model::*;
-use crate::config::{parse_community, parse_large_community, KubeConfig, RouteAttrs};
+use crate::config::{KubeConfig, RouteAttrs};
 
 /// One VIP this node should announce.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -39,16 +39,27 @@ pub enum RefusalKind {
     Unusable,
     NodeAddress,
     ApiServer,
+    /// Outside `allowed_prefixes` (and, with `[ipam]`, every pool).
     OutsideAllowedPrefixes,
+    /// An attribute annotation does not parse: not announced at all.
+    BadAnnotation,
+    /// Over the bound of an annotation, or the owners' communities do not
+    /// fit in one UPDATE.
+    AttributesTooLarge,
+    /// Held by a Service it may not share with.
+    SharingNotAllowed,
 }
 
 impl RefusalKind {
-    pub const ALL: [RefusalKind; 5] = [
+    pub const ALL: [RefusalKind; 8] = [
         RefusalKind::NotAnAddress,
         RefusalKind::Unusable,
         RefusalKind::NodeAddress,
         RefusalKind::ApiServer,
         RefusalKind::OutsideAllowedPrefixes,
+        RefusalKind::BadAnnotation,
+        RefusalKind::AttributesTooLarge,
+        RefusalKind::SharingNotAllowed,
     ];
 
     pub fn label(self) -> &'static str {
@@ -58,12 +69,25 @@ impl RefusalKind {
             RefusalKind::NodeAddress => "node_address",
             RefusalKind::ApiServer => "api_server",
             RefusalKind::OutsideAllowedPrefixes => "outside_allowed_prefixes",
+            RefusalKind::BadAnnotation => "bad_annotation",
+            RefusalKind::AttributesTooLarge => "attributes_too_large",
+            RefusalKind::SharingNotAllowed => "sharing_not_allowed",
+        }
+    }
+
+    /// The reason of the Kubernetes Event that reports it.
+    pub fn event_reason(self) -> &'static str {
+        match self {
+            RefusalKind::BadAnnotation => "BadAnnotation",
+            RefusalKind::AttributesTooLarge => "AttributesTooLarge",
+            RefusalKind::SharingNotAllowed => "SharingRefused",
+            _ => "VIPRefused",
         }
     }
 }
 
-/// An annotation that could not be used: the Service is announced with
-/// the defaults instead.
+/// An attribute value the platform does not allow Services to set: dropped,
+/// the rest of the Service's attributes apply.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct BadAnnotation {
     pub service: Key,
@@ -96,55 +120,6 @@ fn has_endpoints(svc: &ServiceInfo, slices: &[&SliceInfo], node: &str, k: &KubeC
     } else {
         k.announce_without_endpoints || eps.any(|e| e.ready)
     }
-}
-
-fn parse_attrs(svc: &ServiceInfo, bad: &mut Vec<BadAnnotation>) -> RouteAttrs {
-    let mut a = RouteAttrs::default();
-    let mut fail = |annotation: &str, reason: String| {
-        bad.push(BadAnnotation {
-            service: svc.key(),
-            uid: svc.uid.clone(),
-            annotation: annotation.to_string(),
-            reason,
-        })
-    };
-    let list = |v: &str| -> Vec<String> {
-        v.split([',', ' '])
-            .map(str::trim)
-            .filter(|x| !x.is_empty())
-            .map(String::from)
-            .collect()
-    };
-    if svc.annotations.is_empty() {
-        return a;
-    }
-    if let Some(v) = svc.annotations.get(ANNOTATION_COMMUNITIES) {
-        match list(v).iter().map(|c| parse_community(c)).collect() {
-            Ok(c) => a.communities = c,
-            Err(e) => fail(ANNOTATION_COMMUNITIES, e),
-        }
-    }
-    if let Some(v) = svc.annotations.get(ANNOTATION_LARGE_COMMUNITIES) {
-        match list(v).iter().map(|c| parse_large_community(c)).collect() {
-            Ok(c) => a.large_communities = c,
-            Err(e) => fail(ANNOTATION_LARGE_COMMUNITIES, e),
-        }
-    }
-    if let Some(v) = svc.annotations.get(ANNOTATION_LOCAL_PREF) {
-        match v.trim().parse::<u32>() {
-            Ok(n) => a.local_pref = Some(n),
-            Err(_) => fail(
-                ANNOTATION_LOCAL_PREF,
-                format!("{v:?} is not a 32-bit number"),
-            ),
-        }
-    }
-    // One bad annotation and the Service gets the defaults, not a mix.
-    if bad.iter().any(|b| b.uid == svc.uid) {
-        return RouteAttrs::default();
-    }
-    a.normalize();
-    a
 }
 
 /// The addresses no Service may take: this node's own, the API server's.
@@ -197,14 +172,74 @@ pub fn api_endpoints(s: &Snapshot) -> BTreeSet<IpAddr> {
 pub struct Part {
     pub uid: Uid,
     pub routes: Vec<(IpNet, RouteAttrs)>,
+    /// Addresses of a Local Service without a ready endpoint here: not
+    /// announced for it, and they hold back an address it shares.
+    pub waiting: Vec<IpNet>,
     pub refused: Vec<Refusal>,
     pub bad_annotations: Vec<BadAnnotation>,
+    /// What the sharing rules need: namespace, age, policy, consent.
+    pub namespace: String,
+    pub created: i64,
+    pub local: bool,
+    pub sharing: Vec<String>,
 }
 
 impl Part {
     fn is_empty(&self) -> bool {
-        self.routes.is_empty() && self.refused.is_empty() && self.bad_annotations.is_empty()
+        self.routes.is_empty()
+            && self.waiting.is_empty()
+            && self.refused.is_empty()
+            && self.bad_annotations.is_empty()
     }
+
+    fn owner<'a>(&'a self, key: &'a str, p: &IpNet) -> super::sharing::Owner<'a> {
+        super::sharing::Owner {
+            key,
+            uid: &self.uid,
+            namespace: &self.namespace,
+            created: self.created,
+            local: self.local,
+            sharing: &self.sharing,
+            attrs: self.routes.iter().find(|(q, _)| q == p).map(|(_, a)| a),
+        }
+    }
+}
+
+/// Whether an address may be announced at all: inside `allowed_prefixes`
+/// or, with `[ipam]`, a pool; anything where neither is set.
+fn allowed(ip: IpAddr, k: &KubeConfig) -> Result<(), String> {
+    let net = IpNet::from(ip);
+    let in_prefixes = k.allowed_prefixes.iter().any(|p| p.contains(&net));
+    let in_pools = k
+        .pools
+        .iter()
+        .flatten()
+        .any(|r| r.first.is_ipv4() == ip.is_ipv4() && r.first <= ip && ip <= r.last);
+    match (k.allowed_prefixes.is_empty(), &k.pools) {
+        (true, None) => Ok(()),
+        _ if in_prefixes || in_pools => Ok(()),
+        (false, None) => Err(format!("{ip} is outside kubernetes.allowed_prefixes")),
+        (_, Some(_)) => Err(format!(
+            "{ip} is in no [ipam] pool and outside kubernetes.allowed_prefixes: nobody gave it out"
+        )),
+    }
+}
+
+/// The addresses a Service lists (status, and spec.externalIPs where
+/// configured), each once.
+fn listed<'a>(svc: &'a ServiceInfo, k: &KubeConfig) -> Vec<&'a String> {
+    let external = if k.external_ips {
+        &svc.external_ips[..]
+    } else {
+        &[]
+    };
+    let mut ips: Vec<&String> = vec![];
+    for ip in svc.ingress_ips.iter().chain(external) {
+        if !ips.contains(&ip) {
+            ips.push(ip);
+        }
+    }
+    ips
 }
 
 /// What one Service asks of this node, given its EndpointSlices and the
@@ -220,21 +255,43 @@ pub fn part(
         uid: svc.uid.clone(),
         ..Default::default()
     };
-    if !svc.load_balancer || !wanted_class(svc, k) || !has_endpoints(svc, slices, &k.node_name, k) {
+    if !svc.load_balancer || !wanted_class(svc, k) {
         return out;
     }
-    let attrs = parse_attrs(svc, &mut out.bad_annotations);
-    let external = if k.external_ips {
-        &svc.external_ips[..]
-    } else {
-        &[]
-    };
-    let ips: Vec<&String> = svc.ingress_ips.iter().chain(external).collect();
-    for (n, raw) in ips.iter().enumerate() {
-        let raw = *raw;
-        if ips[..n].contains(&raw) {
-            continue;
+    out.namespace = svc.namespace.clone();
+    out.created = svc.created;
+    out.local = svc.local_policy;
+    out.sharing = svc.sharing_namespaces();
+    if !has_endpoints(svc, slices, &k.node_name, k) {
+        if svc.local_policy {
+            out.waiting = listed(svc, k)
+                .iter()
+                .filter_map(|ip| ip.trim().parse::<IpAddr>().ok())
+                .map(IpNet::from)
+                .collect();
         }
+        if out.waiting.is_empty() {
+            return Part {
+                uid: out.uid,
+                ..Default::default()
+            };
+        }
+        return out;
+    }
+    let mut dropped = vec![];
+    let attrs = super::attrs::parse(svc, &k.service_attrs, &mut dropped);
+    if attrs.is_ok() {
+        out.bad_annotations = dropped
+            .into_iter()
+            .map(|(annotation, reason)| BadAnnotation {
+                service: svc.key(),
+                uid: svc.uid.clone(),
+                annotation: annotation.to_string(),
+                reason,
+            })
+            .collect();
+    }
+    for raw in listed(svc, k) {
         let mut refuse = |kind: RefusalKind, reason: String| {
             out.refused.push(Refusal {
                 service: svc.key(),
@@ -244,40 +301,52 @@ pub fn part(
                 reason,
             })
         };
-        let Ok(ip) = raw.trim().parse::<IpAddr>() else {
-            refuse(RefusalKind::NotAnAddress, "not an IP address".into());
-            continue;
-        };
-        if ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() {
-            refuse(
-                RefusalKind::Unusable,
-                format!("{ip} cannot be a VIP (unspecified, loopback or multicast)"),
-            );
-            continue;
+        match address(raw, forbidden, node, k) {
+            Err((kind, reason)) => refuse(kind, reason),
+            Ok(net) => match &attrs {
+                Ok(a) => out.routes.push((net, a.clone())),
+                Err(super::attrs::AttrError::Unreadable(r)) => {
+                    refuse(RefusalKind::BadAnnotation, format!("{r}; not announced"))
+                }
+                Err(super::attrs::AttrError::TooMany(r)) => refuse(
+                    RefusalKind::AttributesTooLarge,
+                    format!("{r}; not announced"),
+                ),
+            },
         }
-        if forbidden.contains(&ip) {
-            let (kind, whose) = if node.is_some_and(|n| n.addresses.contains(&ip)) {
-                (RefusalKind::NodeAddress, "this node's own address")
-            } else {
-                (
-                    RefusalKind::ApiServer,
-                    "an address of the Kubernetes API server",
-                )
-            };
-            refuse(kind, format!("{ip} is {whose}"));
-            continue;
-        }
-        let net = IpNet::from(ip);
-        if !k.allowed_prefixes.is_empty() && !k.allowed_prefixes.iter().any(|p| p.contains(&net)) {
-            refuse(
-                RefusalKind::OutsideAllowedPrefixes,
-                format!("{ip} is outside kubernetes.allowed_prefixes"),
-            );
-            continue;
-        }
-        out.routes.push((net, attrs.clone()));
     }
     out
+}
+
+/// One listed address as a VIP, or why it cannot be one.
+fn address(
+    raw: &str,
+    forbidden: &HashSet<IpAddr>,
+    node: Option<&NodeInfo>,
+    k: &KubeConfig,
+) -> Result<IpNet, (RefusalKind, String)> {
+    let Ok(ip) = raw.trim().parse::<IpAddr>() else {
+        return Err((RefusalKind::NotAnAddress, "not an IP address".into()));
+    };
+    if ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() {
+        return Err((
+            RefusalKind::Unusable,
+            format!("{ip} cannot be a VIP (unspecified, loopback or multicast)"),
+        ));
+    }
+    if forbidden.contains(&ip) {
+        let (kind, whose) = if node.is_some_and(|n| n.addresses.contains(&ip)) {
+            (RefusalKind::NodeAddress, "this node's own address")
+        } else {
+            (
+                RefusalKind::ApiServer,
+                "an address of the Kubernetes API server",
+            )
+        };
+        return Err((kind, format!("{ip} is {whose}")));
+    }
+    allowed(ip, k).map_err(|e| (RefusalKind::OutsideAllowedPrefixes, e))?;
+    Ok(IpNet::from(ip))
 }
 
 /// The Service key (`namespace/name`) an EndpointSlice belongs to.
@@ -311,9 +380,14 @@ pub struct Tracker {
     slices: HashMap<Key, BTreeSet<Key>>,
     forbidden: HashSet<IpAddr>,
     intent: Intent,
-    /// Services whose part has routes, and refusals by reason: kept as
-    /// parts change, so status costs nothing per event.
-    announcing: usize,
+    /// Refusals the sharing rules made, by address.
+    shared_refused: HashMap<IpNet, Vec<Refusal>>,
+    /// Why this node holds back an address an owner without a ready local
+    /// endpoint shares (for `vipd explain`).
+    held: HashMap<IpNet, String>,
+    /// For each Service announced, at how many addresses; and refusals by
+    /// reason: kept as the intent changes, so status costs nothing per event.
+    announcing: HashMap<Uid, usize>,
     refused_by: BTreeMap<RefusalKind, usize>,
 }
 
@@ -327,7 +401,30 @@ impl Tracker {
 
     /// Services with at least one route in the intent.
     pub fn services_announced(&self) -> usize {
-        self.announcing
+        self.announcing.len()
+    }
+
+    /// Refusals and the hold-back reason the sharing rules give for one
+    /// Service's addresses (for `vipd explain`).
+    pub fn sharing_view(&self, uid: &str) -> (Vec<Refusal>, Vec<(IpNet, String)>) {
+        let refused = self
+            .shared_refused
+            .values()
+            .flatten()
+            .filter(|r| r.uid == uid)
+            .cloned()
+            .collect();
+        let held = self
+            .held
+            .iter()
+            .filter(|(p, _)| {
+                self.contributors
+                    .get(*p)
+                    .is_some_and(|c| c.iter().any(|k| self.parts[k].uid == uid))
+            })
+            .map(|(p, w)| (*p, w.clone()))
+            .collect();
+        (refused, held)
     }
 
     /// Refused addresses by reason.
@@ -335,17 +432,27 @@ impl Tracker {
         &self.refused_by
     }
 
-    fn tally(&mut self, part: &Part, add: bool) {
-        let step = |n: &mut usize| {
+    fn tally(&mut self, refused: &[Refusal], add: bool) {
+        for r in refused {
+            let n = self.refused_by.entry(r.kind).or_default();
             *n = if add { *n + 1 } else { n.saturating_sub(1) };
-        };
-        if !part.routes.is_empty() {
-            step(&mut self.announcing);
-        }
-        for r in &part.refused {
-            step(self.refused_by.entry(r.kind).or_default());
         }
         self.refused_by.retain(|_, n| *n > 0);
+    }
+
+    /// Counts the Services announced as one address's owners change.
+    fn count_owners(&mut self, before: Option<&Want>, after: Option<&Want>) {
+        for u in before.iter().flat_map(|w| &w.owners) {
+            if let Some(n) = self.announcing.get_mut(u) {
+                *n -= 1;
+                if *n == 0 {
+                    self.announcing.remove(u);
+                }
+            }
+        }
+        for u in after.iter().flat_map(|w| &w.owners) {
+            *self.announcing.entry(u.clone()).or_default() += 1;
+        }
     }
 
     /// Recomputes everything; returns every prefix as it now is, after the
@@ -433,15 +540,15 @@ impl Tracker {
                 }
                 continue;
             }
-            self.tally(&old, false);
-            self.tally(&new, true);
-            for (p, _) in &old.routes {
+            self.tally(&old.refused, false);
+            self.tally(&new.refused, true);
+            for p in old.routes.iter().map(|(p, _)| p).chain(&old.waiting) {
                 if let Some(c) = self.contributors.get_mut(p) {
                     c.remove(key);
                 }
                 affected.insert(*p);
             }
-            for (p, _) in &new.routes {
+            for p in new.routes.iter().map(|(p, _)| p).chain(&new.waiting) {
                 self.contributors.entry(*p).or_default().insert(key.clone());
                 affected.insert(*p);
             }
@@ -461,67 +568,92 @@ impl Tracker {
         }
         let mut delta = Delta::new();
         for p in affected {
-            let want = self.want(&p);
-            let before = self.intent.routes.get(&p);
-            if before == want.as_ref() {
+            let (want, refused) = self.want(&p, k);
+            problems_changed |= self.set_shared_refused(p, refused);
+            let before = self.intent.routes.get(&p).cloned();
+            if before == want {
                 continue;
             }
+            self.count_owners(before.as_ref(), want.as_ref());
             match &want {
                 Some(w) => {
                     self.intent.routes.insert(p, w.clone());
                 }
                 None => {
                     self.intent.routes.remove(&p);
-                    self.contributors.remove(&p);
                 }
             }
             delta.push((p, want));
         }
         if problems_changed {
-            self.intent.refused = self
-                .problems
-                .iter()
-                .flat_map(|k| self.parts[k].refused.clone())
-                .collect();
-            self.intent.refused.sort();
-            self.intent.bad_annotations = self
-                .problems
-                .iter()
-                .flat_map(|k| self.parts[k].bad_annotations.clone())
-                .collect();
-            self.intent.bad_annotations.sort();
+            self.collect_problems();
         }
         delta
     }
 
-    /// What the Services contributing a prefix want of it together.
-    fn want(&self, p: &IpNet) -> Option<Want> {
-        let keys = self.contributors.get(p).filter(|c| !c.is_empty())?;
-        let mut w = Want::default();
-        for k in keys {
-            let part = &self.parts[k];
-            w.owners.insert(part.uid.clone());
-            for (q, a) in &part.routes {
-                if q == p && *a != RouteAttrs::default() {
-                    merge(&mut w.attrs, a);
-                }
-            }
+    fn set_shared_refused(&mut self, p: IpNet, refused: Vec<Refusal>) -> bool {
+        let old = self.shared_refused.remove(&p).unwrap_or_default();
+        let changed = old != refused;
+        self.tally(&old, false);
+        self.tally(&refused, true);
+        if !refused.is_empty() {
+            self.shared_refused.insert(p, refused);
         }
-        Some(w)
+        if self.contributors.get(&p).is_some_and(|c| c.is_empty()) {
+            self.contributors.remove(&p);
+        }
+        changed
     }
-}
 
-/// Several owners of one VIP: their communities add up, the highest
-/// LOCAL_PREF wins; the result does not depend on the order of owners.
-fn merge(into: &mut RouteAttrs, a: &RouteAttrs) {
-    into.communities.extend_from_slice(&a.communities);
-    into.large_communities
-        .extend_from_slice(&a.large_communities);
-    into.local_pref = match (into.local_pref, a.local_pref) {
-        (Some(x), Some(y)) => Some(x.max(y)),
-        (x, y) => x.or(y),
-    };
-    into.normalize();
+    fn collect_problems(&mut self) {
+        self.intent.refused = self
+            .problems
+            .iter()
+            .flat_map(|k| self.parts[k].refused.clone())
+            .chain(self.shared_refused.values().flatten().cloned())
+            .collect();
+        self.intent.refused.sort();
+        self.intent.bad_annotations = self
+            .problems
+            .iter()
+            .flat_map(|k| self.parts[k].bad_annotations.clone())
+            .collect();
+        self.intent.bad_annotations.sort();
+    }
+
+    /// What the Services contributing a prefix want of it together, by
+    /// the sharing rules, and whom those rules refuse.
+    fn want(&mut self, p: &IpNet, k: &KubeConfig) -> (Option<Want>, Vec<Refusal>) {
+        self.held.remove(p);
+        let Some(keys) = self.contributors.get(p).filter(|c| !c.is_empty()) else {
+            return (None, vec![]);
+        };
+        let owners: Vec<super::sharing::Owner> = keys
+            .iter()
+            .map(|key| self.parts[key].owner(key, p))
+            .collect();
+        let addr = p.addr().to_string();
+        let d = super::sharing::decide(&addr, &owners, k.community_room);
+        let refused = d
+            .refused
+            .into_iter()
+            .map(|(key, why, reason)| Refusal {
+                uid: self.parts[&key].uid.clone(),
+                service: key,
+                address: addr.clone(),
+                kind: match why {
+                    super::sharing::Why::NotShared => RefusalKind::SharingNotAllowed,
+                    super::sharing::Why::TooLarge => RefusalKind::AttributesTooLarge,
+                },
+                reason,
+            })
+            .collect();
+        if let Some(h) = d.held {
+            self.held.insert(*p, h);
+        }
+        let want = d.announce.map(|(owners, attrs)| Want { owners, attrs });
+        (want, refused)
+    }
 }
 
 #[cfg(test)]
@@ -537,6 +669,9 @@ pub(crate) mod tests {
             external_ips: false,
             announce_without_endpoints: false,
             allowed_prefixes: vec![],
+            pools: None,
+            service_attrs: Default::default(),
+            community_room: crate::config::COMMUNITY_ROOM - crate::config::DRAIN_RESERVE,
             connect_timeout: std::time::Duration::from_secs(10),
             read_timeout: std::time::Duration::from_secs(90),
         }
@@ -809,7 +944,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn annotations_set_attributes_and_bad_ones_fall_back_to_defaults() {
+    fn annotations_set_attributes_and_unreadable_ones_keep_the_service_off_the_wire() {
         let mut web = svc("a", "web", &["203.0.113.10"]);
         web.annotations
             .insert(ANNOTATION_COMMUNITIES.into(), "65010:2, 65010:1".into());
@@ -834,13 +969,17 @@ pub(crate) mod tests {
         assert_eq!(a.communities, vec![(65010 << 16) | 1, (65010 << 16) | 2]);
         assert_eq!(a.large_communities, vec![[65010, 1, 2]]);
         assert_eq!(a.local_pref, Some(300));
-        let b = &i.routes[&"203.0.113.11/32".parse::<IpNet>().unwrap()].attrs;
-        assert_eq!(*b, RouteAttrs::default(), "announced, with the defaults");
-        assert_eq!(i.bad_annotations.len(), 1);
-        assert_eq!(i.bad_annotations[0].annotation, ANNOTATION_LOCAL_PREF);
+        // Fail closed: without the attributes its owner asked for (a
+        // NO_EXPORT, say) the route could leak where it must not.
+        assert!(!i
+            .routes
+            .contains_key(&"203.0.113.11/32".parse::<IpNet>().unwrap()));
+        assert!(i.bad_annotations.is_empty());
+        assert_eq!(i.refused.len(), 1);
+        assert_eq!(i.refused[0].kind, RefusalKind::BadAnnotation);
         assert_eq!(
-            i.bad_annotations[0].reason,
-            "\"high\" is not a 32-bit number"
+            i.refused[0].reason,
+            "vipd.io/local-preference: \"high\" is not a 32-bit number; not announced"
         );
     }
 

@@ -5,7 +5,9 @@
 //! keeps the snapshot from the API server behind the readiness barrier.
 
 pub mod allocator;
+pub mod attrs;
 pub mod explain;
 pub mod intent;
 pub mod model;
+pub mod sharing;
 pub mod watch;

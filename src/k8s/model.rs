@@ -15,12 +15,19 @@ pub type Key = String;
 pub const ANNOTATION_COMMUNITIES: &str = "vipd.io/communities";
 pub const ANNOTATION_LARGE_COMMUNITIES: &str = "vipd.io/large-communities";
 pub const ANNOTATION_LOCAL_PREF: &str = "vipd.io/local-preference";
+pub const ANNOTATION_MED: &str = "vipd.io/med";
+/// Namespaces whose Services may share this Service's addresses
+/// (`"b, c"` or `"*"`); both sides must name each other.
+pub const ANNOTATION_SHARING_NAMESPACES: &str = "vipd.io/sharing-namespaces";
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ServiceInfo {
     pub uid: Uid,
     pub namespace: String,
     pub name: String,
+    /// creationTimestamp, seconds since the epoch: of the owners of one
+    /// address, the oldest holds it.
+    pub created: i64,
     /// `spec.type == "LoadBalancer"`.
     pub load_balancer: bool,
     pub class: Option<String>,
@@ -37,6 +44,21 @@ pub struct ServiceInfo {
 impl ServiceInfo {
     pub fn key(&self) -> Key {
         format!("{}/{}", self.namespace, self.name)
+    }
+
+    /// The namespaces `vipd.io/sharing-namespaces` names (`*`: any).
+    pub fn sharing_namespaces(&self) -> Vec<String> {
+        self.annotations
+            .get(ANNOTATION_SHARING_NAMESPACES)
+            .map(|v| {
+                v.split([',', ' '])
+                    .map(str::trim)
+                    .filter(|x| !x.is_empty())
+                    .take(64)
+                    .map(String::from)
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 }
 

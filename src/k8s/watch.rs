@@ -68,6 +68,11 @@ pub fn service_info(s: &Service) -> Option<ServiceInfo> {
         uid: s.uid()?,
         namespace: s.namespace()?,
         name: s.name_any(),
+        created: s
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map_or(0, |t| t.0.as_second()),
         load_balancer: spec.and_then(|s| s.type_.as_deref()) == Some("LoadBalancer"),
         class: spec.and_then(|s| s.load_balancer_class.clone()),
         ingress_ips: s
@@ -369,7 +374,9 @@ pub async fn run(
                 None => return,
             },
             Some((key, reply)) = queries.recv() => {
-                let _ = reply.send(super::explain::explain(&snap, &k, &key));
+                let uid = snap.services.get(&key).map(|s| s.uid.as_str()).unwrap_or_default();
+                let sharing = tracker.sharing_view(uid);
+                let _ = reply.send(super::explain::explain(&snap, &k, &key, &sharing));
                 continue;
             }
         };
@@ -553,7 +560,7 @@ fn report(client: &Client, intent: &Intent, reported: &mut BTreeSet<String>) {
                 client,
                 r.service.clone(),
                 r.uid.clone(),
-                "VIPRefused",
+                r.kind.event_reason(),
                 format!("vipd will not announce {}: {}", r.address, r.reason),
             );
         }
@@ -562,14 +569,14 @@ fn report(client: &Client, intent: &Intent, reported: &mut BTreeSet<String>) {
     for b in &intent.bad_annotations {
         let id = format!("{}|{}|{}", b.uid, b.annotation, b.reason);
         if !reported.contains(&id) {
-            warn!(service = %b.service, annotation = %b.annotation, "annotation ignored: {}", b.reason);
+            warn!(service = %b.service, annotation = %b.annotation, "attribute value dropped: {}", b.reason);
             post(
                 client,
                 b.service.clone(),
                 b.uid.clone(),
-                "BadAnnotation",
+                "AttributeNotAllowed",
                 format!(
-                    "{}: {}; announced with the default attributes",
+                    "{}: {}; dropped, the Service's other attributes apply",
                     b.annotation, b.reason
                 ),
             );

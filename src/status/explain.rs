@@ -107,9 +107,15 @@ pub fn combine(service: &str, view: Option<ServiceView>, cx: &Context) -> Explan
 fn peer_line((addr, asn, p): &(IpAddr, u32, PeerStatus), route: ipnet::IpNet) -> PeerLine {
     let held = p.holds.as_ref().and_then(|t| t.get(&route));
     let afi = afi_of(&route);
-    let carried = held.is_some() && p.sending.contains(&afi);
+    let too_large = match (held, &p.ctx) {
+        (Some(a), Some(ctx)) => crate::bgp::wire::encode::fits(a, afi, ctx).err(),
+        _ => None,
+    };
+    let carried = held.is_some() && p.sending.contains(&afi) && too_large.is_none();
     let why_not = if carried {
         None
+    } else if let Some(e) = too_large.filter(|_| p.sending.contains(&afi)) {
+        Some(format!("not sent: {e}"))
     } else if p.established_at.is_none() {
         Some(format!("session {}", p.state))
     } else if !p.families.contains(&afi) {
@@ -203,7 +209,10 @@ impl Explanation {
             let _ = writeln!(s, "  not announced from this node: {why}");
         }
         for (a, why) in &f.bad_annotations {
-            let _ = writeln!(s, "  annotation {a}: {why}; announced with the defaults");
+            let _ = writeln!(
+                s,
+                "  annotation {a}: {why}; dropped, the other attributes apply"
+            );
         }
         if f.addresses.is_empty() {
             let _ = writeln!(

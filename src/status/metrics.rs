@@ -301,6 +301,12 @@ fn peers(reg: &mut Reg, r: &Report) -> Result<(), String> {
         false,
         fam,
     )?;
+    reg.family(
+        "vipd_bgp_prefixes_refused",
+        "Prefixes of the table not sent to the peer: their attributes, as it would receive them, do not fit in one 4,096-byte UPDATE",
+        false,
+        per(&|p| p.refused_too_large as u64),
+    )?;
     messages(reg, r)?;
     bfd(reg, r)
 }

@@ -46,6 +46,47 @@ impl SendCtx {
     }
 }
 
+/// Why a route cannot be encoded for a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum EncodeError {
+    #[error("the session has no next hop for the family")]
+    NoNextHop,
+    /// The attributes with one prefix would make a message longer than
+    /// 4,096 bytes.
+    #[error("its attributes take {need} bytes of the {room} one UPDATE has beside the prefix")]
+    TooLarge { need: usize, room: usize },
+}
+
+/// Bytes of one UPDATE left for path attributes and NLRI (header, and the
+/// two length fields, taken off).
+pub const ATTR_ROOM: usize = MAX_MESSAGE_LEN - HEADER_LEN - 4;
+
+/// What every attribute but the communities may take in the worst session
+/// context, with one /128 beside them: ORIGIN 4, AS_PATH 7 plus AS4_PATH 9
+/// (eBGP to a 2-octet peer from a 4-octet AS), MP_REACH_NLRI 41 with a
+/// link-local next hop and a 17-byte /128, MED 7, LOCAL_PREF 7, and the
+/// 4-byte headers of COMMUNITIES and LARGE_COMMUNITIES.
+pub const FIXED_WORST: usize = 4 + 7 + 9 + 41 + 17 + 7 + 7 + 4 + 4;
+
+/// The bytes of community values (4 a standard one, 12 a large one) that
+/// fit in one UPDATE beside everything else in any session context:
+/// 3,973, e.g. 993 communities or 331 large ones.
+pub const COMMUNITY_ROOM: usize = ATTR_ROOM - FIXED_WORST;
+
+// The configuration checks routes against its own copy of the figure.
+const _: () = assert!(crate::config::COMMUNITY_ROOM == COMMUNITY_ROOM);
+
+pub use crate::config::community_bytes;
+
+impl SendCtx {
+    /// The attributes as this peer receives a route of family `afi`, or
+    /// `None` where it cannot receive it (see [`fits`]): the Adj-RIB-Out's
+    /// view of this peer.
+    pub fn receives(&self, a: &RouteAttrs, afi: Afi) -> Option<RouteAttrs> {
+        fits(a, afi, self).ok().map(|()| self.seen(a))
+    }
+}
+
 fn push_attr(out: &mut Vec<u8>, flags: u8, t: u8, v: &[u8]) {
     if v.len() > 255 {
         out.extend_from_slice(&[flags | FLAG_EXTENDED, t]);
@@ -57,9 +98,19 @@ fn push_attr(out: &mut Vec<u8>, flags: u8, t: u8, v: &[u8]) {
 }
 
 /// Path attributes shared by a group, except MP_REACH_NLRI; NEXT_HOP is
-/// included for IPv4.
-pub fn path_attrs(a: &RouteAttrs, afi: Afi, ctx: &SendCtx) -> Option<Vec<u8>> {
+/// included for IPv4. Refused when they would not fit in one UPDATE with
+/// the longest prefix of the family (see [`fits`]).
+pub fn path_attrs(a: &RouteAttrs, afi: Afi, ctx: &SendCtx) -> Result<Vec<u8>, EncodeError> {
     let a = &ctx.seen(a);
+    // Checked before anything is built: a value past 65,535 bytes could
+    // not even be written, and no allocation follows a tenant's count.
+    let room = ATTR_ROOM - reach_overhead(afi, ctx) - max_nlri_len(afi);
+    if community_bytes(a) > room {
+        return Err(EncodeError::TooLarge {
+            need: community_bytes(a),
+            room,
+        });
+    }
     let mut out = Vec::with_capacity(64);
     push_attr(&mut out, FLAG_TRANSITIVE, ORIGIN, &[0]);
     if ctx.ebgp {
@@ -86,7 +137,7 @@ pub fn path_attrs(a: &RouteAttrs, afi: Afi, ctx: &SendCtx) -> Option<Vec<u8>> {
             &mut out,
             FLAG_TRANSITIVE,
             NEXT_HOP,
-            &ctx.next_hop_v4?.octets(),
+            &ctx.next_hop_v4.ok_or(EncodeError::NoNextHop)?.octets(),
         );
     }
     if let Some(m) = a.med {
@@ -117,7 +168,41 @@ pub fn path_attrs(a: &RouteAttrs, afi: Afi, ctx: &SendCtx) -> Option<Vec<u8>> {
             &v,
         );
     }
-    Some(out)
+    if out.len() > room {
+        return Err(EncodeError::TooLarge {
+            need: out.len(),
+            room,
+        });
+    }
+    Ok(out)
+}
+
+/// Whether a route with these attributes reaches this peer in one UPDATE:
+/// the Adj-RIB-Out diff leaves out what does not, for this peer alone.
+pub fn fits(a: &RouteAttrs, afi: Afi, ctx: &SendCtx) -> Result<(), EncodeError> {
+    path_attrs(a, afi, ctx).map(drop)
+}
+
+/// The MP_REACH_NLRI attribute without its NLRI: header, AFI, SAFI, next
+/// hop length, next hop (16 or 32 bytes), reserved byte. None for IPv4.
+fn reach_overhead(afi: Afi, ctx: &SendCtx) -> usize {
+    match afi {
+        Afi::Ipv4 => 0,
+        Afi::Ipv6 => {
+            4 + 3
+                + 1
+                + 1
+                + if ctx.next_hop_v6_link_local.is_some() {
+                    32
+                } else {
+                    16
+                }
+        }
+    }
+}
+
+fn max_nlri_len(afi: Afi) -> usize {
+    1 + usize::from(afi.max_len()).div_ceil(8)
 }
 
 fn merged<T: Ord + Copy>(a: &[T], b: &[T]) -> Vec<T> {
@@ -140,21 +225,23 @@ fn push_nlri(out: &mut Vec<u8>, p: &IpNet) {
     }
 }
 
-/// Space left for NLRI in one message after fixed parts of `fixed` bytes.
+/// Space left for NLRI in one message after fixed parts of `fixed` bytes
+/// ([`path_attrs`] keeps `fixed` below [`ATTR_ROOM`]).
 const fn room(fixed: usize) -> usize {
-    MAX_MESSAGE_LEN - HEADER_LEN - 4 - fixed
+    ATTR_ROOM - fixed
 }
 
 /// Appends UPDATEs announcing `prefixes` (all of family `afi`) with one set
-/// of attributes, as few messages as fit. Returns the number of messages, or
-/// `None` where the session has no next hop for the family.
+/// of attributes, as few messages as fit. Returns the number of messages;
+/// nothing is appended when the attributes cannot be sent (no next hop for
+/// the family, or too large for one message).
 pub fn announce(
     out: &mut Vec<u8>,
     prefixes: &[IpNet],
     a: &RouteAttrs,
     afi: Afi,
     ctx: &SendCtx,
-) -> Option<usize> {
+) -> Result<usize, EncodeError> {
     let attrs = path_attrs(a, afi, ctx)?;
     let mut msgs = 0;
     match afi {
@@ -171,12 +258,12 @@ pub fn announce(
             }
         }
         Afi::Ipv6 => {
-            let nh = ctx.next_hop_v6?;
+            let nh = ctx.next_hop_v6.ok_or(EncodeError::NoNextHop)?;
             // MP_REACH goes first (RFC 7606 5.1): 4-byte attribute header,
             // AFI, SAFI, next-hop length, next hop, reserved byte.
             let ll = ctx.next_hop_v6_link_local;
             let nh_len = if ll.is_some() { 32 } else { 16 };
-            let mp_fixed = 4 + 3 + 1 + nh_len + 1;
+            let mp_fixed = reach_overhead(afi, ctx);
             let cap = room(attrs.len() + mp_fixed);
             for chunk in chunks(prefixes, cap) {
                 let nl: usize = chunk.iter().map(nlri_len).sum();
@@ -199,7 +286,7 @@ pub fn announce(
             }
         }
     }
-    Some(msgs)
+    Ok(msgs)
 }
 
 /// Appends UPDATEs withdrawing `prefixes` (all of family `afi`).

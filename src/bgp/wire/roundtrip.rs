@@ -297,9 +297,140 @@ fn no_next_hop_means_nothing_encoded() {
     let mut out = vec![];
     assert_eq!(
         encode::announce(&mut out, &v6(3), &attrs(), Afi::Ipv6, &c),
-        None
+        Err(encode::EncodeError::NoNextHop)
     );
     assert!(out.is_empty());
+}
+
+fn many(n: u32) -> RouteAttrs {
+    RouteAttrs {
+        communities: (0..n).map(|i| (65010 << 16) | i).collect(),
+        ..Default::default()
+    }
+}
+
+/// The report behind issue 19: 1,500 communities made one UPDATE of
+/// 6,000-odd bytes (or a panic in a debug build), and BIRD reset the
+/// session for as long as the entry existed. Now nothing is encoded.
+#[test]
+fn attributes_past_one_message_are_refused_and_nothing_is_written() {
+    for afi in [Afi::Ipv4, Afi::Ipv6] {
+        let prefixes = if afi == Afi::Ipv4 { v4(3) } else { v6(3) };
+        let mut out = vec![];
+        let e = encode::announce(
+            &mut out,
+            &prefixes,
+            &many(1500),
+            afi,
+            &ctx(true, true, 65010),
+        );
+        assert!(
+            matches!(e, Err(encode::EncodeError::TooLarge { .. })),
+            "{e:?}"
+        );
+        assert!(out.is_empty());
+        // 70,000 communities: past what a 2-byte attribute length can say.
+        let e = encode::fits(&many(70_000), afi, &ctx(false, true, 65010));
+        assert!(matches!(e, Err(encode::EncodeError::TooLarge { .. })));
+    }
+}
+
+/// The worst session context (eBGP to a 2-octet peer from a 4-octet AS,
+/// IPv6 with a link-local next hop, MED): exactly as many communities as
+/// the budget allows fit in one message of at most 4,096 bytes; one more
+/// does not fit in this context.
+#[test]
+fn the_community_budget_is_exact_in_the_worst_context() {
+    let mut c = ctx(true, false, 4_200_000_000);
+    c.next_hop_v6_link_local = Some("fe80::1".parse().unwrap());
+    let fit = (encode::COMMUNITY_ROOM / 4) as u32;
+    let mut a = many(fit);
+    a.med = Some(1);
+    a.local_pref = Some(1);
+    let mut out = vec![];
+    assert_eq!(encode::announce(&mut out, &v6(1), &a, Afi::Ipv6, &c), Ok(1));
+    // What this context leaves out of the worst case (eBGP: no LOCAL_PREF,
+    // 7 bytes; no LARGE_COMMUNITIES header, 4; the budget's odd byte, 1)
+    // is room for exactly 3 more: a message of exactly 4,096 bytes.
+    assert_eq!(out.len(), MAX_MESSAGE_LEN - 12);
+    a.communities.extend((0..3).map(|i| (65011 << 16) | i));
+    out.clear();
+    assert_eq!(encode::announce(&mut out, &v6(1), &a, Afi::Ipv6, &c), Ok(1));
+    assert_eq!(out.len(), MAX_MESSAGE_LEN);
+    a.communities.push(65012 << 16);
+    assert!(encode::fits(&a, Afi::Ipv6, &c).is_err());
+}
+
+/// Arbitrary attributes, prefixes and session contexts: every message the
+/// encoder writes is at most 4,096 bytes and passes vipd's own receive
+/// checks with every prefix announced; what it refuses writes nothing; and
+/// whatever is within the community budget is never refused.
+#[test]
+fn every_encoded_message_fits_and_passes_our_own_checks() {
+    use proptest::prelude::*;
+    let attrs = (
+        0usize..1200,
+        0usize..400,
+        proptest::option::of(any::<u32>()),
+        proptest::option::of(any::<u32>()),
+    );
+    let session = (
+        any::<bool>(),
+        any::<bool>(),
+        any::<u32>(),
+        any::<bool>(),
+        0u8..3,
+    );
+    let prefixes = proptest::collection::vec((any::<u128>(), 0u8..=128), 1..400);
+    proptest!(ProptestConfig::with_cases(200), |(a in attrs, s in session, ps in prefixes, v6 in any::<bool>())| {
+        let (nc, nl, med, local_pref) = a;
+        let (ebgp, four, asn, ll, ndef) = s;
+        let a = RouteAttrs {
+            communities: (0..nc as u32).map(|i| i.wrapping_mul(2_654_435_761)).collect(),
+            large_communities: (0..nl as u32).map(|i| [i, i ^ asn, 7]).collect(),
+            med,
+            local_pref,
+        };
+        let mut c = ctx(ebgp, four, asn.max(1));
+        if ll {
+            c.next_hop_v6_link_local = Some("fe80::1".parse().unwrap());
+        }
+        c.defaults.communities = (0..ndef as u32).collect();
+        let afi = if v6 { Afi::Ipv6 } else { Afi::Ipv4 };
+        let prefixes: Vec<IpNet> = ps.iter().map(|(bits, len)| {
+            if v6 {
+                ipnet::Ipv6Net::new(Ipv6Addr::from(*bits), *len).unwrap().trunc().into()
+            } else {
+                ipnet::Ipv4Net::new(Ipv4Addr::from(*bits as u32), len % 33).unwrap().trunc().into()
+            }
+        }).collect();
+        let rx = Ctx { four_octet_as: four, ebgp };
+        let mut out = vec![];
+        let within = encode::community_bytes(&c.seen(&a)) <= encode::COMMUNITY_ROOM;
+        match encode::announce(&mut out, &prefixes, &a, afi, &c) {
+            Ok(n) => {
+                let msgs = split(&out);
+                prop_assert_eq!(msgs.len(), n);
+                let mut announced = 0;
+                for m in msgs {
+                    let chk = update::check(m, rx).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                    prop_assert_eq!(chk.treat_as_withdraw, None);
+                    announced += chk.announced;
+                }
+                prop_assert_eq!(announced, prefixes.len());
+            }
+            Err(e) => {
+                prop_assert!(out.is_empty());
+                prop_assert!(!within, "refused within the budget: {}", e);
+            }
+        }
+        let mut out = vec![];
+        encode::withdraw(&mut out, &prefixes, afi);
+        encode::end_of_rib(&mut out, afi);
+        for m in split(&out) {
+            update::check(m, rx).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        }
+    });
 }
 
 /// Builds an UPDATE body from withdrawn bytes, attribute bytes and NLRI.
