@@ -809,3 +809,62 @@ fn addresses_already_assigned_are_adopted_and_duplicates_repaired() {
         BTreeSet::from(["young".to_string(), "new".to_string()])
     );
 }
+
+/// Issue 19, part 2, through the allocator: a Service in namespace b copies
+/// a's sharing key and asks for a's address. It gets nothing, with an Event
+/// saying why, and BIRD's route for a's address carries exactly a's
+/// communities. Once both Services name each other's namespace, they share
+/// it and the communities add up.
+#[test]
+fn another_namespace_gets_an_address_only_with_consent_on_both_sides() {
+    let pools = "[[ipam.pools]]\nname = \"p\"\naddresses = [\"203.0.113.0/29\"]\n";
+    let mut c = cluster("ix", 1);
+    c.start(0, "", pools);
+    let svc = |ns: &str, name: &str, port: u16, community: &str, allow: &str| {
+        let mut s = lb(ns, name);
+        s["spec"]["ports"] = json!([{"port": port, "protocol": "TCP"}]);
+        s["metadata"]["annotations"] = json!({
+            "vipd.io/sharing-key": "k", "vipd.io/load-balancer-ips": "203.0.113.5",
+            "vipd.io/communities": community, "vipd.io/sharing-namespaces": allow});
+        c.api.put(s);
+        c.api.put(obj::slice(ns, &format!("{name}-1"), name, &[("node-b", true)]));
+    };
+    let communities = || {
+        c.bird
+            .route("203.0.113.5/32")
+            .lines()
+            .find(|l| l.contains("BGP.community"))
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    };
+    svc("a", "web", 80, "65010:1", "");
+    assert!(
+        wait_until(Duration::from_secs(20), || communities() == "BGP.community: (65010,1)"),
+        "{}",
+        c.context()
+    );
+    svc("b", "copy", 443, "65010:99", "*");
+    assert!(
+        wait_until(Duration::from_secs(10), || events_for(&c.api, "copy", "AllocationFailed")
+            .iter()
+            .any(|m| m.contains("203.0.113.5 is taken by a/web (another namespace"))),
+        "{:?}\n{}",
+        events_for(&c.api, "copy", "AllocationFailed"),
+        c.context()
+    );
+    holds_for(Duration::from_secs(2), || {
+        assert!(ips(&c.api, "b", "copy").is_empty());
+        assert_eq!(communities(), "BGP.community: (65010,1)", "{}", c.context());
+    });
+    assert_eq!(ips(&c.api, "a", "web"), ["203.0.113.5"]);
+    svc("a", "web", 80, "65010:1", "b");
+    assert!(
+        wait_until(Duration::from_secs(10), || ips(&c.api, "b", "copy") == ["203.0.113.5"]
+            && communities() == "BGP.community: (65010,1) (65010,99)"),
+        "{:?} {}\n{}",
+        ips(&c.api, "b", "copy"),
+        communities(),
+        c.context()
+    );
+}

@@ -271,50 +271,55 @@ fn local_owners_are_announced_only_where_each_has_an_endpoint() {
     );
 }
 
-/// Part 3: BLACKHOLE (65535:666) on a Service, and a MED outside the
-/// platform's range: BIRD's route carries neither, the rest of the
-/// Service's attributes apply, and an Event names each dropped value.
-#[test]
-fn disallowed_attributes_never_reach_the_router() {
-    let k = kube_lab("tn4");
-    k.service(
-        "a/web",
-        "203.0.113.40",
-        false,
-        1,
-        json!({"vipd.io/communities": "65535:666, 65010:5", "vipd.io/med": "500",
-               "vipd.io/local-preference": "900"}),
-        &["node-b"],
-    );
-    let v = k.start("service_med = \"0-100\"\nservice_local_pref = \"0-200\"\n");
-    k.wait_route(&v, "203.0.113.40/32");
-    let r = k.bird.route("203.0.113.40/32");
-    assert!(
-        r.contains("BGP.community: (65010,5)") && !r.contains("65535"),
-        "{}",
-        k.views(&v)
-    );
-    assert!(!r.contains("BGP.med"), "{}", k.views(&v));
-    assert!(
-        wait_until(Duration::from_secs(10), || k
-            .api
-            .events()
-            .iter()
-            .filter(|e| e["reason"] == "AttributeNotAllowed")
-            .count()
-            == 3),
-        "{:?}",
-        k.api.events()
-    );
-    let msgs: Vec<String> = k
-        .api
+fn not_allowed(k: &KubeLab) -> Vec<String> {
+    k.api
         .events()
         .iter()
         .filter(|e| e["reason"] == "AttributeNotAllowed")
         .map(|e| e["message"].as_str().unwrap().to_string())
-        .collect();
+        .collect()
+}
+
+/// Part 3, the default: BLACKHOLE (65535:666) on a Service's VIP would make routers drop its traffic; NO_EXPORT and the
+/// other well-known communities change how the fabric treats it. With no
+/// `service_communities` set, none reaches BIRD; the Service's other
+/// communities do, and an Event names the dropped one.
+#[test]
+fn well_known_communities_never_reach_the_router() {
+    let k = kube_lab("tn4");
+    k.service("a/web", "203.0.113.40", false, 1,
+        json!({"vipd.io/communities": "65535:666, 65010:5, 65535:65281"}), &["node-b"]);
+    let v = k.start("");
+    k.wait_route(&v, "203.0.113.40/32");
+    let r = k.bird.route("203.0.113.40/32");
+    assert!(r.contains("BGP.community: (65010,5)") && !r.contains("65535"), "{}", k.views(&v));
+    assert!(
+        wait_until(Duration::from_secs(10), || not_allowed(&k).len() == 2),
+        "{:?}",
+        k.api.events()
+    );
+    assert!(not_allowed(&k).contains(&"vipd.io/communities: 65535:666 is not allowed (kubernetes.service_communities); dropped, the Service's other attributes apply".to_string()));
+}
+
+/// Part 3, the platform's ranges: a MED and a LOCAL_PREF outside them are
+/// dropped (BIRD's route has no MED), each with an Event.
+#[test]
+fn values_outside_the_platforms_ranges_are_dropped() {
+    let k = kube_lab("tn6");
+    k.service("a/web", "203.0.113.41", false, 1,
+        json!({"vipd.io/communities": "65010:5", "vipd.io/med": "500",
+               "vipd.io/local-preference": "900"}), &["node-b"]);
+    let v = k.start("service_med = \"0-100\"\nservice_local_pref = \"0-200\"\n");
+    k.wait_route(&v, "203.0.113.41/32");
+    let r = k.bird.route("203.0.113.41/32");
+    assert!(r.contains("BGP.community: (65010,5)") && !r.contains("BGP.med"), "{}", k.views(&v));
+    assert!(
+        wait_until(Duration::from_secs(10), || not_allowed(&k).len() == 2),
+        "{:?}",
+        k.api.events()
+    );
+    let msgs = not_allowed(&k);
     for want in [
-        "vipd.io/communities: 65535:666 is not allowed (kubernetes.service_communities); dropped, the Service's other attributes apply",
         "vipd.io/med: 500 is not allowed (kubernetes.service_med); dropped, the Service's other attributes apply",
         "vipd.io/local-preference: 900 is not allowed (kubernetes.service_local_pref); dropped, the Service's other attributes apply",
     ] {

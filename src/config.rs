@@ -20,6 +20,7 @@ use ipnet::IpNet;
 mod fleet;
 #[path = "config/ipam.rs"]
 mod ipam;
+#[path = "config/tenant.rs"]
 mod tenant;
 pub use fleet::{parse_labels, DrainConfig, Labels, NodeAddresses};
 pub use ipam::{parse_range, IpamConfig, Pool, Range};

@@ -389,6 +389,28 @@ mod tests {
         assert_eq!(j["view"]["found"]["endpoints_ready"], 2);
     }
 
+    /// A route whose attributes, with this peer's defaults, do not fit in
+    /// one UPDATE: explain names the peer and the reason, not "announced".
+    #[test]
+    fn a_route_too_large_for_a_peer_says_so_for_that_peer() {
+        let mut p = peers();
+        if let Some(ctx) = &mut p[0].2.ctx {
+            ctx.defaults.communities = (0..1020).collect();
+        }
+        let cx = Context {
+            peers: &p,
+            drain: None,
+            pending: None,
+            allocator_elsewhere: None,
+        };
+        let text = combine("default/web", Some(view(None)), &cx).render();
+        assert!(
+            text.lines().any(|l| l
+                == "    not to 192.0.2.2 AS65002: not sent: its attributes need 4084 bytes; one UPDATE has room for 4068 beside the prefix"),
+            "{text}"
+        );
+    }
+
     #[test]
     fn service_wide_reasons_drains_and_unknown_names() {
         let p = peers();

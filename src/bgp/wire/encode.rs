@@ -53,7 +53,7 @@ pub enum EncodeError {
     NoNextHop,
     /// The attributes with one prefix would make a message longer than
     /// 4,096 bytes.
-    #[error("its attributes take {need} bytes of the {room} one UPDATE has beside the prefix")]
+    #[error("its attributes need {need} bytes; one UPDATE has room for {room} beside the prefix")]
     TooLarge { need: usize, room: usize },
 }
 
