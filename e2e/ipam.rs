@@ -827,7 +827,12 @@ fn another_namespace_gets_an_address_only_with_consent_on_both_sides() {
             "vipd.io/sharing-key": "k", "vipd.io/load-balancer-ips": "203.0.113.5",
             "vipd.io/communities": community, "vipd.io/sharing-namespaces": allow});
         c.api.put(s);
-        c.api.put(obj::slice(ns, &format!("{name}-1"), name, &[("node-b", true)]));
+        c.api.put(obj::slice(
+            ns,
+            &format!("{name}-1"),
+            name,
+            &[("node-b", true)],
+        ));
     };
     let communities = || {
         c.bird
@@ -840,15 +845,18 @@ fn another_namespace_gets_an_address_only_with_consent_on_both_sides() {
     };
     svc("a", "web", 80, "65010:1", "");
     assert!(
-        wait_until(Duration::from_secs(20), || communities() == "BGP.community: (65010,1)"),
+        wait_until(Duration::from_secs(20), || communities()
+            == "BGP.community: (65010,1)"),
         "{}",
         c.context()
     );
     svc("b", "copy", 443, "65010:99", "*");
     assert!(
-        wait_until(Duration::from_secs(10), || events_for(&c.api, "copy", "AllocationFailed")
-            .iter()
-            .any(|m| m.contains("203.0.113.5 is taken by a/web (another namespace"))),
+        wait_until(Duration::from_secs(10), || {
+            events_for(&c.api, "copy", "AllocationFailed")
+                .iter()
+                .any(|m| m.contains("203.0.113.5 is taken by a/web (another namespace"))
+        }),
         "{:?}\n{}",
         events_for(&c.api, "copy", "AllocationFailed"),
         c.context()
@@ -860,7 +868,8 @@ fn another_namespace_gets_an_address_only_with_consent_on_both_sides() {
     assert_eq!(ips(&c.api, "a", "web"), ["203.0.113.5"]);
     svc("a", "web", 80, "65010:1", "b");
     assert!(
-        wait_until(Duration::from_secs(10), || ips(&c.api, "b", "copy") == ["203.0.113.5"]
+        wait_until(Duration::from_secs(10), || ips(&c.api, "b", "copy")
+            == ["203.0.113.5"]
             && communities() == "BGP.community: (65010,1) (65010,99)"),
         "{:?} {}\n{}",
         ips(&c.api, "b", "copy"),

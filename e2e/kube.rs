@@ -112,6 +112,9 @@ fn endpoints_before_services_at_startup_delay_nothing() {
     );
     assert!(text.starts_with("ready: no"), "{text}");
     assert!(text.contains("kubernetes: not synced yet"), "{text}");
+    // What a kubelet's readiness probe reads: not ready either.
+    let probe = status_get(&k.lab.node, "/readyz");
+    assert!(probe.starts_with("HTTP/1.1 503"), "{probe}");
     let released = Instant::now();
     k.api.release(Kind::Service);
     assert!(
@@ -131,6 +134,8 @@ fn endpoints_before_services_at_startup_delay_nothing() {
     assert!(k.bird.has("2001:db8:ff::99/128"));
     let (code, text) = vipd_status(&k.lab.node);
     assert_eq!(code, Some(0), "{text}");
+    let probe = status_get(&k.lab.node, "/readyz");
+    assert!(probe.starts_with("HTTP/1.1 200"), "{probe}");
     for want in [
         "ready: yes",
         "kubernetes: synced, 21 Services, 21 EndpointSlices, 22 VIPs for this node",

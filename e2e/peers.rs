@@ -102,6 +102,68 @@ fn bird_receives_both_families_with_attributes_and_reload_withdraws_half() {
     );
 }
 
+/// BIRD's line for a session: its state and when it entered it.
+fn session_line(b: &Bird, proto: &str) -> String {
+    b.cli(&format!("show protocols {proto}"))
+        .lines()
+        .find(|l| l.starts_with(proto))
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The README's promise: a reload that changes one peer restarts that
+/// session only. BIRD's own record of the other session (state and the
+/// time it entered it) is the same before and after.
+#[test]
+fn a_reload_that_changes_one_peer_leaves_the_other_session_up() {
+    let lab = Lab::new("rl");
+    let bird = lab.dual_bird("");
+    let vipd = Vipd::start(
+        &lab.node,
+        &lab.dir,
+        &vipd_conf(TWO_PEERS, &announcements(10, false)),
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || bird.count("master4") == 5
+            && bird.count("master6") == 5),
+        "{}
+{}",
+        bird.cli("show protocols all"),
+        vipd.proc.log_tail(20)
+    );
+    // BIRD shows when a session entered its state to the second.
+    std::thread::sleep(Duration::from_millis(1100));
+    let v4 = session_line(&bird, "v4");
+    assert!(v4.contains("Established"), "{v4}");
+    let changed = TWO_PEERS.replacen(
+        "address = \"2001:db8::2\"\nasn = 65002\nhold_time = 30",
+        "address = \"2001:db8::2\"\nasn = 65002\nhold_time = 60",
+        1,
+    );
+    assert_ne!(changed, TWO_PEERS);
+    vipd.reload(&vipd_conf(&changed, &announcements(10, false)));
+    assert!(
+        wait_until(Duration::from_secs(20), || vipd
+            .log()
+            .matches("session established")
+            .count()
+            >= 3
+            && bird.established("v6")),
+        "the changed peer's session did not restart\n{}\n{}",
+        bird.cli("show protocols all"),
+        vipd.proc.log_tail(30)
+    );
+    holds_for(Duration::from_secs(2), || {
+        assert_eq!(
+            session_line(&bird, "v4"),
+            v4,
+            "the untouched session restarted\n{}",
+            vipd.proc.log_tail(30)
+        );
+    });
+    assert_eq!(bird.count("master4"), 5);
+}
+
 #[test]
 fn bird_gets_ipv6_over_an_ipv4_session_with_configured_next_hop() {
     let lab = Lab::new("mx");

@@ -287,12 +287,22 @@ fn not_allowed(k: &KubeLab) -> Vec<String> {
 #[test]
 fn well_known_communities_never_reach_the_router() {
     let k = kube_lab("tn4");
-    k.service("a/web", "203.0.113.40", false, 1,
-        json!({"vipd.io/communities": "65535:666, 65010:5, 65535:65281"}), &["node-b"]);
+    k.service(
+        "a/web",
+        "203.0.113.40",
+        false,
+        1,
+        json!({"vipd.io/communities": "65535:666, 65010:5, 65535:65281"}),
+        &["node-b"],
+    );
     let v = k.start("");
     k.wait_route(&v, "203.0.113.40/32");
     let r = k.bird.route("203.0.113.40/32");
-    assert!(r.contains("BGP.community: (65010,5)") && !r.contains("65535"), "{}", k.views(&v));
+    assert!(
+        r.contains("BGP.community: (65010,5)") && !r.contains("65535"),
+        "{}",
+        k.views(&v)
+    );
     assert!(
         wait_until(Duration::from_secs(10), || not_allowed(&k).len() == 2),
         "{:?}",
@@ -306,13 +316,23 @@ fn well_known_communities_never_reach_the_router() {
 #[test]
 fn values_outside_the_platforms_ranges_are_dropped() {
     let k = kube_lab("tn6");
-    k.service("a/web", "203.0.113.41", false, 1,
+    k.service(
+        "a/web",
+        "203.0.113.41",
+        false,
+        1,
         json!({"vipd.io/communities": "65010:5", "vipd.io/med": "500",
-               "vipd.io/local-preference": "900"}), &["node-b"]);
+               "vipd.io/local-preference": "900"}),
+        &["node-b"],
+    );
     let v = k.start("service_med = \"0-100\"\nservice_local_pref = \"0-200\"\n");
     k.wait_route(&v, "203.0.113.41/32");
     let r = k.bird.route("203.0.113.41/32");
-    assert!(r.contains("BGP.community: (65010,5)") && !r.contains("BGP.med"), "{}", k.views(&v));
+    assert!(
+        r.contains("BGP.community: (65010,5)") && !r.contains("BGP.med"),
+        "{}",
+        k.views(&v)
+    );
     assert!(
         wait_until(Duration::from_secs(10), || not_allowed(&k).len() == 2),
         "{:?}",

@@ -168,6 +168,24 @@ mod tests {
         );
     }
 
+    /// Each spelling Kubernetes uses maps to its policy; anything else is
+    /// single stack (the API server rejects other values).
+    #[test]
+    fn family_policies_as_kubernetes_spells_them() {
+        for (given, want) in [
+            ("PreferDualStack", FamilyPolicy::PreferDualStack),
+            ("RequireDualStack", FamilyPolicy::RequireDualStack),
+            ("SingleStack", FamilyPolicy::SingleStack),
+        ] {
+            let s = service(serde_json::json!({
+                "metadata": {"namespace": "a", "name": "s"},
+                "spec": {"type": "LoadBalancer", "ipFamilyPolicy": given}
+            }));
+            let v = from_service(&s, Class::default()).unwrap().unwrap();
+            assert_eq!(v.policy, want, "{given}");
+        }
+    }
+
     #[test]
     fn only_vipds_services_and_a_clear_error_for_a_bad_annotation() {
         let mk = |ty: &str, class: Option<&str>, ann: serde_json::Value| {

@@ -441,3 +441,23 @@ fn sharing_needs_one_policy_one_selector_and_distinct_protocol_ports() {
     );
     assert_eq!(o.status["a/udp"], [ip("198.51.100.12")]);
 }
+
+/// Exactly one /24 (256 addresses, the smallest size the rule covers):
+/// never .0 nor .255, and the pool's size says 254.
+#[test]
+fn a_single_slash_24_never_hands_out_network_or_broadcast() {
+    let mut p = pool("p", &[range("198.51.100.0", "198.51.100.255")]);
+    p.avoid_network_and_broadcast = true;
+    let svcs: Vec<Svc> = (0..255).map(|i| svc(&format!("s{i}"), i)).collect();
+    let o = allocate(std::slice::from_ref(&p), &svcs);
+    let all: Vec<IpAddr> = o.status.values().flatten().copied().collect();
+    assert_eq!(all.len(), 254);
+    assert!(!all.contains(&ip("198.51.100.0")) && !all.contains(&ip("198.51.100.255")));
+    assert_eq!(kinds(&o, "s254"), [EventKind::AllocationFailed]);
+    assert_eq!(usage(&[p], &o.status)[0].size, 254);
+    // 255 addresses: below the rule, every address is given out.
+    let mut q = pool("q", &[range("198.51.100.0", "198.51.100.254")]);
+    q.avoid_network_and_broadcast = true;
+    let o = allocate(&[q], &svcs[..1]);
+    assert_eq!(got(&o, "s0"), ["198.51.100.0"]);
+}
