@@ -877,3 +877,95 @@ fn another_namespace_gets_an_address_only_with_consent_on_both_sides() {
         c.context()
     );
 }
+
+/// The allocator's status write carries the resourceVersion it decided on.
+/// While its write is held in the stand-in, someone else writes the
+/// Service's status (a hand edit to another pool address): the held write
+/// is refused (409), the allocator decides again from the watch and keeps
+/// the hand-written address. A write without the resourceVersion would
+/// overwrite it.
+#[test]
+fn a_status_write_decided_on_a_stale_view_is_refused_and_decided_again() {
+    let pools = "[[ipam.pools]]\nname = \"p\"\naddresses = [\"203.0.113.0/29\"]\n";
+    let mut c = cluster("iv", 1);
+    c.start(0, "", pools);
+    c.api.put(lb("a", "first"));
+    assert!(
+        wait_until(Duration::from_secs(20), || ips(&c.api, "a", "first").len()
+            == 1),
+        "no allocator\n{}",
+        c.context()
+    );
+    let writes = || c.api.status_writes(Kind::Service);
+    let before = writes();
+    c.api.set_write_delay(Duration::from_secs(2));
+    c.api.put(lb("a", "web"));
+    // The allocator has decided and its write is held: edit meanwhile.
+    assert!(
+        c.vipd(0)
+            .wait_log("writing the status service=a/web", Duration::from_secs(10)),
+        "the allocator never wrote\n{}",
+        c.context()
+    );
+    let mut edit = c.api.get(Kind::Service, "a", "web").unwrap();
+    edit["status"] = json!({"loadBalancer": {"ingress": [{"ip": "203.0.113.5"}]}});
+    c.api.put(edit);
+    std::thread::sleep(Duration::from_secs(2));
+    c.api.set_write_delay(Duration::ZERO);
+    holds_for(Duration::from_secs(3), || {
+        assert_eq!(
+            ips(&c.api, "a", "web"),
+            ["203.0.113.5"],
+            "the hand-written address was overwritten\n{}",
+            c.context()
+        );
+    });
+    // The allocator did try: its write was the one refused.
+    assert!(
+        c.vipd(0).log().contains("status write conflict"),
+        "{}",
+        c.context()
+    );
+    assert_eq!(writes(), before, "a status write landed");
+}
+
+/// A leader that reads another holder in the Lease (its renewal lost to
+/// another node, say) writes nothing more: a Service created after that
+/// gets no address from it.
+#[test]
+fn a_leader_that_reads_another_holder_writes_nothing_more() {
+    let pools = "[[ipam.pools]]\nname = \"p\"\naddresses = [\"203.0.113.0/29\"]\n";
+    let mut c = cluster("il", 1);
+    c.start(0, "", pools);
+    c.api.put(lb("a", "first"));
+    assert!(
+        wait_until(Duration::from_secs(20), || ips(&c.api, "a", "first").len()
+            == 1),
+        "no allocator\n{}",
+        c.context()
+    );
+    let mut lease = c.api.get(Kind::Lease, "kube-system", "vipd-ipam").unwrap();
+    lease["spec"]["holderIdentity"] = json!("node-z");
+    lease["spec"]["leaseDurationSeconds"] = json!(300);
+    lease["spec"]["renewTime"] = json!(k8s_openapi::jiff::Timestamp::now().to_string());
+    c.api.put(lease);
+    assert!(
+        c.vipd(0).wait_log(
+            "allocator lease taken by another node",
+            Duration::from_secs(10)
+        ),
+        "{}",
+        c.context()
+    );
+    let before = c.api.status_writes(Kind::Service);
+    c.api.put(lb("a", "after"));
+    holds_for(Duration::from_secs(3), || {
+        assert!(ips(&c.api, "a", "after").is_empty(), "{}", c.context());
+        assert_eq!(
+            c.api.status_writes(Kind::Service),
+            before,
+            "{}",
+            c.context()
+        );
+    });
+}

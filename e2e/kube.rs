@@ -1031,6 +1031,16 @@ fn a_cordoned_node_drains_with_graceful_shutdown_then_withdraws() {
         ),
         "{text}"
     );
+    // What an operator asks about one Service says the same.
+    let explain = || {
+        let out = t.nodes[0].exec(&vipd_bin(), &["explain", "a/cluster"]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let why = explain();
+    assert!(
+        why.contains("    draining: announced with GRACEFUL_SHUTDOWN (cordoned), withdrawn in"),
+        "{why}"
+    );
     assert!(
         wait_until(Duration::from_secs(8), || t.bird.next_hops(p)
             == ["192.0.2.12"]),
@@ -1046,6 +1056,8 @@ fn a_cordoned_node_drains_with_graceful_shutdown_then_withdraws() {
     assert!(vipd_status(&t.nodes[0])
         .1
         .contains("drain: draining (cordoned): VIPs withdrawn"));
+    let why = explain();
+    assert!(why.contains("    draining: withdrawn (cordoned)"), "{why}");
     t.api.put(obj::node("node-a", &["192.0.2.11"]));
     assert!(
         wait_until(Duration::from_secs(5), || t.bird.next_hops(p) == both),

@@ -487,6 +487,7 @@ impl<'a> Leader<'a> {
         let limit =
             Duration::from_millis(ipam::lease::renew_every(self.ctx.election.duration) as u64);
         let (pp, patch) = (PatchParams::default(), Patch::Merge(&patch));
+        debug!(service = %key, addresses = ?addrs, "writing the status");
         let call = api.patch_status(name, &pp, &patch);
         match tokio::time::timeout(limit, call).await {
             Ok(Ok(s)) => {
