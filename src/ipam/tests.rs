@@ -376,6 +376,15 @@ fn sharing_across_namespaces_needs_consent_on_both_sides() {
         &[mk("a", "web", 1, 80, &["b"]), mk("b", "copy", 2, 443, &[])],
     );
     assert!(o.status["b/copy"].is_empty());
+    // Naming a third namespace is no consent to the second.
+    let o = allocate(
+        std::slice::from_ref(&p),
+        &[
+            mk("a", "web", 1, 80, &["c"]),
+            mk("b", "copy", 2, 443, &["a"]),
+        ],
+    );
+    assert!(o.status["b/copy"].is_empty());
     let o = allocate(
         &[p],
         &[

@@ -195,6 +195,17 @@ mod tests {
         );
         assert!(d.refused.is_empty());
         assert_eq!(d.announce.unwrap().1.communities, [1, 2]);
+        // Naming a third namespace is no consent to the second.
+        let to_c = vec!["c".to_string()];
+        let d = decide(
+            "198.51.100.1",
+            &[
+                owner("a/web", 1, false, &to_c, Some(&a)),
+                owner("b/copy", 2, false, &any, Some(&b)),
+            ],
+            3000,
+        );
+        assert_eq!(d.refused.len(), 1);
         // One namespace shares without asking.
         let d = decide(
             "x",
