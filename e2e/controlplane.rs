@@ -358,3 +358,40 @@ fn backends_are_discovered_from_default_kubernetes() {
     api.put(api_slice(&[]));
     assert!(wait_until(t, || !bird.has(VIP)), "the VIP stayed");
 }
+
+/// The VIP already on lo as someone else's address (added by hand, without
+/// vipd's mark): vipd takes it as serving (no warning, announced) and
+/// leaves it where it was after the control plane goes.
+#[test]
+fn a_vip_address_someone_else_put_there_is_used_and_left_alone() {
+    let lab = Lab::new("cpf");
+    add_lo(&lab.node, "192.0.2.11/32");
+    add_lo(&lab.node, "198.51.100.100/32");
+    let _b1 = Backend::start(&lab.node, "192.0.2.11:6443");
+    let bird = bird(&lab);
+    let vipd = Vipd::start(
+        &lab.node,
+        &lab.dir,
+        &conf(&lab, "\"192.0.2.11\"", "http", false),
+    );
+    let t = Duration::from_secs(20);
+    assert!(
+        wait_until(t, || bird.has(VIP)),
+        "the VIP never arrived\n{}\n{}",
+        bird.cli("show route all"),
+        vipd.proc.log_tail(20)
+    );
+    assert!(
+        !vipd.log().contains("adding the VIP address"),
+        "{}",
+        vipd.proc.log_tail(20)
+    );
+    let plain = "[bgp]\nasn = 65010\nrouter_id = \"192.0.2.1\"\n\
+                 [[bgp.peers]]\naddress = \"192.0.2.2\"\nasn = 65002\n\
+                 [[announce]]\nprefix = \"203.0.113.1/32\"\n";
+    vipd.reload(plain);
+    assert!(wait_until(t, || !bird.has(VIP)), "the VIP stayed announced");
+    holds_for(Duration::from_secs(1), || {
+        assert!(vip_on_lo(&lab.node), "someone else's address was removed")
+    });
+}

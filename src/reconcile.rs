@@ -9,7 +9,6 @@
 //! restart by vipd's marks), never anyone else's.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::future::Future;
 use std::sync::Arc;
 
 use ipnet::IpNet;
@@ -133,14 +132,7 @@ pub fn dataplane_diff(
     )
 }
 
-/// One kind of node state vipd manages: addresses on an interface, or
-/// routes in a table.
-pub trait Dataplane {
-    /// What vipd created and is still there, by vipd's own marks.
-    fn owned(&mut self) -> impl Future<Output = Result<BTreeSet<IpNet>, String>> + Send;
-    fn add(&mut self, p: IpNet) -> impl Future<Output = Result<(), String>> + Send;
-    fn remove(&mut self, p: IpNet) -> impl Future<Output = Result<(), String>> + Send;
-}
+pub use crate::dataplane::Dataplane;
 
 /// Brings one dataplane to `want`, reading what vipd owns first so that a
 /// restart picks up where the last run left off. Returns the errors, one
@@ -174,6 +166,7 @@ pub fn dataplane_want(intent: &Intent) -> BTreeSet<IpNet> {
 #[cfg(test)]
 pub mod fake {
     use super::*;
+    use crate::dataplane::Error;
 
     /// An in-memory dataplane as the kernel holds it: one entry per prefix,
     /// vipd's (marked) or someone else's. As with the kernel, adding where
@@ -208,26 +201,26 @@ pub mod fake {
     }
 
     impl Dataplane for Fake {
-        async fn owned(&mut self) -> Result<BTreeSet<IpNet>, String> {
+        async fn owned(&mut self) -> Result<BTreeSet<IpNet>, Error> {
             Ok(self.ours())
         }
-        async fn add(&mut self, p: IpNet) -> Result<(), String> {
+        async fn add(&mut self, p: IpNet) -> Result<(), Error> {
             match self.entries.get(&p) {
-                Some(false) => Err("exists, and is not vipd's".into()),
+                Some(false) => Err(Error::Exists(p)),
                 _ => {
                     self.entries.insert(p, true);
                     Ok(())
                 }
             }
         }
-        async fn remove(&mut self, p: IpNet) -> Result<(), String> {
+        async fn remove(&mut self, p: IpNet) -> Result<(), Error> {
             match self.entries.get(&p) {
                 Some(true) => {
                     self.entries.remove(&p);
                     Ok(())
                 }
                 Some(false) => panic!("removed {p}, which vipd did not create"),
-                None => Err("no such entry".into()),
+                None => Err(Error::Netlink("no such entry".into())),
             }
         }
     }
@@ -242,7 +235,7 @@ mod tests {
     use crate::k8s::model::*;
     use proptest::prelude::*;
 
-    fn block_on<F: Future>(f: F) -> F::Output {
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
         tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap()

@@ -10,6 +10,7 @@
 pub mod ipvs;
 
 use std::collections::BTreeSet;
+use std::future::Future;
 use std::net::IpAddr;
 
 use futures_util::TryStreamExt;
@@ -22,10 +23,42 @@ use netlink_packet_route::AddressFamily;
 use rtnetlink::{Handle, IpVersion, RouteMessageBuilder};
 
 use crate::config::RouteTable;
-use crate::reconcile::Dataplane;
 
 /// The `IFA_PROTO` value marking vipd's addresses (the kernel uses 0-3).
 pub const ADDRESS_PROTOCOL: u8 = 249;
+
+/// Why a dataplane call failed, where a caller decides on it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// The kernel holds an entry at this prefix already, one vipd did not
+    /// create (EEXIST): it stays theirs.
+    #[error("{0} is there already, and is not vipd's")]
+    Exists(IpNet),
+    #[error("interface {0} not found")]
+    NoInterface(String),
+    #[error("netlink: {0}")]
+    Netlink(String),
+}
+
+impl Error {
+    fn netlink(e: rtnetlink::Error, p: Option<IpNet>) -> Error {
+        if let (rtnetlink::Error::NetlinkError(m), Some(p)) = (&e, p) {
+            if m.raw_code() == -libc::EEXIST {
+                return Error::Exists(p);
+            }
+        }
+        Error::Netlink(e.to_string())
+    }
+}
+
+/// One kind of node state vipd manages: addresses on an interface, or
+/// routes in a table. `reconcile` drives it; the fake in its tests too.
+pub trait Dataplane {
+    /// What vipd created and is still there, by vipd's own marks.
+    fn owned(&mut self) -> impl Future<Output = Result<BTreeSet<IpNet>, Error>> + Send;
+    fn add(&mut self, p: IpNet) -> impl Future<Output = Result<(), Error>> + Send;
+    fn remove(&mut self, p: IpNet) -> impl Future<Output = Result<(), Error>> + Send;
+}
 
 /// A netlink connection for this process's network namespace.
 pub fn connect() -> Result<Handle, String> {
@@ -34,12 +67,16 @@ pub fn connect() -> Result<Handle, String> {
     Ok(handle)
 }
 
-async fn ifindex(h: &Handle, name: &str) -> Result<u32, String> {
+async fn ifindex(h: &Handle, name: &str) -> Result<u32, Error> {
     let mut links = h.link().get().match_name(name.to_string()).execute();
     match links.try_next().await {
         Ok(Some(l)) => Ok(l.header.index),
-        Ok(None) => Err(format!("interface {name} not found")),
-        Err(e) => Err(format!("interface {name}: {e}")),
+        Ok(None) => Err(Error::NoInterface(name.to_string())),
+        // The kernel answers ENODEV for a name it does not know.
+        Err(rtnetlink::Error::NetlinkError(m)) if m.raw_code() == -libc::ENODEV => {
+            Err(Error::NoInterface(name.to_string()))
+        }
+        Err(e) => Err(Error::netlink(e, None)),
     }
 }
 
@@ -75,10 +112,10 @@ impl Addresses {
         IpNet::new(ip, m.header.prefix_len).ok()
     }
 
-    async fn find(&self, p: IpNet) -> Result<Option<AddressMessage>, String> {
+    async fn find(&self, p: IpNet) -> Result<Option<AddressMessage>, Error> {
         let idx = ifindex(&self.h, &self.ifname).await?;
         let mut s = self.h.address().get().execute();
-        while let Some(m) = s.try_next().await.map_err(|e| e.to_string())? {
+        while let Some(m) = s.try_next().await.map_err(|e| Error::netlink(e, None))? {
             if m.header.index == idx && Self::ours(&m) == Some(p) {
                 return Ok(Some(m));
             }
@@ -88,11 +125,11 @@ impl Addresses {
 }
 
 impl Dataplane for Addresses {
-    async fn owned(&mut self) -> Result<BTreeSet<IpNet>, String> {
+    async fn owned(&mut self) -> Result<BTreeSet<IpNet>, Error> {
         let idx = ifindex(&self.h, &self.ifname).await?;
         let mut out = BTreeSet::new();
         let mut s = self.h.address().get().execute();
-        while let Some(m) = s.try_next().await.map_err(|e| e.to_string())? {
+        while let Some(m) = s.try_next().await.map_err(|e| Error::netlink(e, None))? {
             if m.header.index == idx {
                 out.extend(Self::ours(&m));
             }
@@ -100,7 +137,7 @@ impl Dataplane for Addresses {
         Ok(out)
     }
 
-    async fn add(&mut self, p: IpNet) -> Result<(), String> {
+    async fn add(&mut self, p: IpNet) -> Result<(), Error> {
         let idx = ifindex(&self.h, &self.ifname).await?;
         let mut req = self.h.address().add(idx, p.addr(), p.prefix_len());
         let m = req.message_mut();
@@ -114,10 +151,10 @@ impl Dataplane for Addresses {
             m.attributes
                 .push(AddressAttribute::Flags(AddressFlags::Nodad));
         }
-        req.execute().await.map_err(|e| e.to_string())
+        req.execute().await.map_err(|e| Error::netlink(e, Some(p)))
     }
 
-    async fn remove(&mut self, p: IpNet) -> Result<(), String> {
+    async fn remove(&mut self, p: IpNet) -> Result<(), Error> {
         match self.find(p).await? {
             Some(m) => self
                 .h
@@ -125,7 +162,7 @@ impl Dataplane for Addresses {
                 .del(m)
                 .execute()
                 .await
-                .map_err(|e| e.to_string()),
+                .map_err(|e| Error::netlink(e, Some(p))),
             None => Ok(()),
         }
     }
@@ -166,11 +203,11 @@ impl Routes {
         })
     }
 
-    async fn message(&self, p: IpNet) -> Result<RouteMessage, String> {
+    async fn message(&self, p: IpNet) -> Result<RouteMessage, Error> {
         let idx = ifindex(&self.h, &self.cfg.interface).await?;
         let m = RouteMessageBuilder::<IpAddr>::new()
             .destination_prefix(p.addr(), p.prefix_len())
-            .map_err(|e| e.to_string())?
+            .map_err(|e| Error::Netlink(e.to_string()))?
             .output_interface(idx)
             .table_id(self.cfg.table)
             .protocol(RouteProtocol::from(self.cfg.protocol))
@@ -181,7 +218,7 @@ impl Routes {
 }
 
 impl Dataplane for Routes {
-    async fn owned(&mut self) -> Result<BTreeSet<IpNet>, String> {
+    async fn owned(&mut self) -> Result<BTreeSet<IpNet>, Error> {
         let mut out = BTreeSet::new();
         for v in [IpVersion::V4, IpVersion::V6] {
             let mut req = self
@@ -193,7 +230,7 @@ impl Dataplane for Routes {
                 IpVersion::V6 => AddressFamily::Inet6,
             };
             let mut s = req.execute();
-            while let Some(m) = s.try_next().await.map_err(|e| e.to_string())? {
+            while let Some(m) = s.try_next().await.map_err(|e| Error::netlink(e, None))? {
                 if Self::table_of(&m) == self.cfg.table
                     && u8::from(m.header.protocol) == self.cfg.protocol
                 {
@@ -204,7 +241,7 @@ impl Dataplane for Routes {
         Ok(out)
     }
 
-    async fn add(&mut self, p: IpNet) -> Result<(), String> {
+    async fn add(&mut self, p: IpNet) -> Result<(), Error> {
         let m = self.message(p).await?;
         self.h
             .route()
@@ -212,16 +249,16 @@ impl Dataplane for Routes {
             .replace()
             .execute()
             .await
-            .map_err(|e| e.to_string())
+            .map_err(|e| Error::netlink(e, Some(p)))
     }
 
-    async fn remove(&mut self, p: IpNet) -> Result<(), String> {
+    async fn remove(&mut self, p: IpNet) -> Result<(), Error> {
         let m = self.message(p).await?;
         self.h
             .route()
             .del(m)
             .execute()
             .await
-            .map_err(|e| e.to_string())
+            .map_err(|e| Error::netlink(e, Some(p)))
     }
 }

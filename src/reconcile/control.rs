@@ -60,7 +60,7 @@ impl Control {
                     info!(vip = %p, interface = %self.cp.cfg.interface, "control plane: VIP address added")
                 }
                 // Someone else's address: it serves as well, and stays theirs.
-                Err(e) if e.contains("os error 17") => {}
+                Err(crate::dataplane::Error::Exists(_)) => {}
                 Err(e) => warn!(vip = %p, "control plane: adding the VIP address: {e}"),
             },
             Err(e) => warn!(vip = %p, "control plane: {e}"),
