@@ -29,8 +29,7 @@ pub use tenant::{
     DRAIN_RESERVE, MAX_ANNOTATION_COMMUNITIES, MAX_ANNOTATION_LARGE_COMMUNITIES,
 };
 
-/// The 2-octet AS number reserved by RFC 6793 to stand in for a 4-octet one.
-pub const AS_TRANS: u32 = 23456;
+pub use crate::bgp::attrs::{RouteAttrs, AS_TRANS};
 /// RFC 2385 keys are limited by the kernel's `TCP_MD5SIG_MAXKEYLEN`.
 pub const MD5_MAX_KEY: usize = 80;
 
@@ -289,15 +288,6 @@ pub struct FromNode {
 pub struct Families {
     pub ipv4: bool,
     pub ipv6: bool,
-}
-
-/// Attributes a group of announced prefixes shares.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct RouteAttrs {
-    pub communities: Vec<u32>,
-    pub large_communities: Vec<[u32; 3]>,
-    pub med: Option<u32>,
-    pub local_pref: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -1191,16 +1181,6 @@ fn read_attrs(t: &mut Tbl, errs: &mut Errs) -> RouteAttrs {
     };
     a.normalize();
     a
-}
-
-impl RouteAttrs {
-    /// Sorted, without duplicates: equal sets compare equal.
-    pub fn normalize(&mut self) {
-        self.communities.sort_unstable();
-        self.communities.dedup();
-        self.large_communities.sort_unstable();
-        self.large_communities.dedup();
-    }
 }
 
 /// "ASN:VALUE", each half 0 to 65535.

@@ -14,7 +14,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 
 use crate::bgp::rib::Table;
-use crate::config::{DrainConfig, Labels, RouteAttrs};
+use crate::config::{DrainConfig, RouteAttrs};
 
 /// RFC 8326 section 2: the well-known GRACEFUL_SHUTDOWN community.
 pub const GRACEFUL_SHUTDOWN: u32 = 0xFFFF_0000;
@@ -22,15 +22,7 @@ pub const GRACEFUL_SHUTDOWN: u32 = 0xFFFF_0000;
 /// The node-exclusion label kubeadm and others set.
 pub const EXCLUDE_LABEL: &str = "node.kubernetes.io/exclude-from-external-load-balancers";
 
-/// What of its Node object decides a drain.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct NodeFacts {
-    pub labels: Labels,
-    /// `spec.unschedulable` (cordoned).
-    pub unschedulable: bool,
-    /// The keys of `spec.taints`.
-    pub taints: Vec<String>,
-}
+pub use crate::k8s::model::NodeFacts;
 
 /// What is drained, and why (for the log and the status).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

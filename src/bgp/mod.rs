@@ -6,6 +6,7 @@
 //! address; the listener passes a connection to the task of the peer it
 //! comes from and closes any other.
 
+pub mod attrs;
 pub mod fsm;
 pub mod net;
 pub mod restart;

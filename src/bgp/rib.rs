@@ -12,7 +12,7 @@ use std::sync::Arc;
 use ipnet::IpNet;
 
 use super::wire::Afi;
-use crate::config::RouteAttrs;
+use crate::bgp::attrs::RouteAttrs;
 
 /// Prefix -> attributes. Prefixes that share attributes usually share one
 /// `Arc`; the diff groups by value all the same (see [`Seen`]).

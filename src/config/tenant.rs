@@ -7,13 +7,8 @@
 
 use config::Value;
 
-use super::{parse_list, parse_str, Errs, RouteAttrs};
-
-/// Bytes of community values (4 a standard community, 12 a large one) that
-/// fit in one UPDATE beside every other attribute vipd sends and one /128,
-/// in the worst session context. `bgp::wire::encode` derives the same
-/// figure from the wire format and checks it at compile time.
-pub const COMMUNITY_ROOM: usize = 3973;
+use super::{parse_list, parse_str, Errs};
+pub use crate::bgp::attrs::{community_bytes, COMMUNITY_ROOM};
 
 /// Kept free in every route for the drain's GRACEFUL_SHUTDOWN (65535:0).
 pub const DRAIN_RESERVE: usize = 4;
@@ -22,11 +17,6 @@ pub const DRAIN_RESERVE: usize = 4;
 pub const MAX_ANNOTATION_COMMUNITIES: usize = 64;
 /// The most values one `vipd.io/large-communities` annotation may carry.
 pub const MAX_ANNOTATION_LARGE_COMMUNITIES: usize = 32;
-
-/// The bytes a route's community values take in an UPDATE.
-pub fn community_bytes(a: &RouteAttrs) -> usize {
-    4 * a.communities.len() + 12 * a.large_communities.len()
-}
 
 /// One field of a pattern: a value, an inclusive range, or `*`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

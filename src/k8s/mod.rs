@@ -6,6 +6,7 @@
 
 pub mod allocator;
 pub mod attrs;
+pub mod events;
 pub mod explain;
 pub mod intent;
 pub mod model;

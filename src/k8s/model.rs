@@ -92,6 +92,17 @@ pub struct NodeInfo {
     pub taints: Vec<String>,
 }
 
+/// What of this node's Node object decides a drain (`drain::drained`):
+/// the watch sends it as a plain value, so it needs nothing of the drain.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeFacts {
+    pub labels: BTreeMap<String, String>,
+    /// `spec.unschedulable` (cordoned).
+    pub unschedulable: bool,
+    /// The keys of `spec.taints`.
+    pub taints: Vec<String>,
+}
+
 /// A consistent view of the cluster: what the intent is computed from.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Snapshot {

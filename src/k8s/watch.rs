@@ -14,10 +14,9 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
 use futures_util::StreamExt;
-use k8s_openapi::api::core::v1::{Event as KubeEvent, EventSource, Node, ObjectReference, Service};
+use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
-use kube::api::PostParams;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, ResourceExt};
@@ -272,7 +271,7 @@ pub enum Update {
     ApiServers(BTreeSet<IpAddr>),
     /// What this node's Node object says of peers and drains (all empty
     /// without one), sent once synced and whenever it changes.
-    Node(crate::drain::NodeFacts),
+    Node(super::model::NodeFacts),
 }
 
 // Events pass through once each; boxing the large ones would buy nothing.
@@ -366,7 +365,7 @@ pub async fn run(
     let mut tracker = Tracker::default();
     let mut published = false;
     let mut api_servers_sent = BTreeSet::new();
-    let mut facts_sent: Option<crate::drain::NodeFacts> = None;
+    let mut facts_sent: Option<super::model::NodeFacts> = None;
     loop {
         let first = tokio::select! {
             ev = rx.recv() => match ev {
@@ -485,7 +484,7 @@ pub async fn run(
         let facts = full_pass
             .then(|| {
                 let n = snap.node.clone().unwrap_or_default();
-                crate::drain::NodeFacts {
+                super::model::NodeFacts {
                     labels: n.labels,
                     unschedulable: n.unschedulable,
                     taints: n.taints,
@@ -588,7 +587,7 @@ fn report(client: &Client, intent: &Intent, reported: &mut BTreeSet<String>) {
 
 fn post(client: &Client, service: Key, uid: Uid, reason: &'static str, message: String) {
     let client = client.clone();
-    tokio::spawn(post_event(
+    tokio::spawn(super::events::post(
         client,
         service,
         uid,
@@ -596,58 +595,6 @@ fn post(client: &Client, service: Key, uid: Uid, reason: &'static str, message: 
         message,
         true,
     ));
-}
-
-/// Records an Event on a Service (`warning`: of type Warning, else Normal);
-/// a failure is logged, never retried.
-pub(crate) async fn post_event(
-    client: Client,
-    service: Key,
-    uid: Uid,
-    reason: String,
-    message: String,
-    warning: bool,
-) {
-    {
-        let (ns, name) = service.split_once('/').unwrap_or(("default", &service));
-        let now = Time(jiff_now());
-        let ev = KubeEvent {
-            metadata: ObjectMeta {
-                generate_name: Some(format!("{name}.vipd-")),
-                namespace: Some(ns.to_string()),
-                ..Default::default()
-            },
-            involved_object: ObjectReference {
-                api_version: Some("v1".into()),
-                kind: Some("Service".into()),
-                namespace: Some(ns.to_string()),
-                name: Some(name.to_string()),
-                uid: Some(uid),
-                ..Default::default()
-            },
-            reason: Some(reason),
-            message: Some(message),
-            type_: Some(if warning { "Warning" } else { "Normal" }.into()),
-            source: Some(EventSource {
-                component: Some("vipd".into()),
-                host: None,
-            }),
-            first_timestamp: Some(now.clone()),
-            last_timestamp: Some(now),
-            count: Some(1),
-            ..Default::default()
-        };
-        if let Err(e) = Api::<KubeEvent>::namespaced(client, ns)
-            .create(&PostParams::default(), &ev)
-            .await
-        {
-            warn!(service = %service, "could not create the Event: {e}");
-        }
-    }
-}
-
-fn jiff_now() -> k8s_openapi::jiff::Timestamp {
-    k8s_openapi::jiff::Timestamp::now()
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use libfuzzer_sys::fuzz_target;
-use vipd_fuzz::config::RouteAttrs;
+use vipd_fuzz::attrs::RouteAttrs;
 use vipd_fuzz::wire::encode::{self, SendCtx};
 use vipd_fuzz::wire::update::{check, Ctx};
 use vipd_fuzz::wire::{check_header, Afi, MsgType, HEADER_LEN, MAX_MESSAGE_LEN};

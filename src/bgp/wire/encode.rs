@@ -14,7 +14,7 @@ use super::update::{
     LARGE_COMMUNITIES, LOCAL_PREF, MED, MP_REACH, MP_UNREACH, NEXT_HOP, ORIGIN,
 };
 use super::{push_header, Afi, MsgType, HEADER_LEN, MAX_MESSAGE_LEN, SAFI_UNICAST};
-use crate::config::{RouteAttrs, AS_TRANS};
+use crate::bgp::attrs::{RouteAttrs, AS_TRANS};
 
 /// What the encoding depends on, per session.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,10 +73,10 @@ pub const FIXED_WORST: usize = 4 + 7 + 9 + 41 + 17 + 7 + 7 + 4 + 4;
 /// 3,973, e.g. 993 communities or 331 large ones.
 pub const COMMUNITY_ROOM: usize = ATTR_ROOM - FIXED_WORST;
 
-// The configuration checks routes against its own copy of the figure.
-const _: () = assert!(crate::config::COMMUNITY_ROOM == COMMUNITY_ROOM);
+// The figure the configuration and the intent check routes against.
+const _: () = assert!(crate::bgp::attrs::COMMUNITY_ROOM == COMMUNITY_ROOM);
 
-pub use crate::config::community_bytes;
+pub use crate::bgp::attrs::community_bytes;
 
 impl SendCtx {
     /// The attributes as this peer receives a route of family `afi`, or

@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 use zettabgp::prelude::{BgpCapGR, BgpCapability, BgpMessage, BgpSessionParams, BgpTransportMode};
 
 use super::{code, push_header, Afi, MsgType, Notification, HEADER_LEN};
-use crate::config::AS_TRANS;
+use crate::bgp::attrs::AS_TRANS;
 
 pub const CAP_MP: u8 = 1;
 pub const CAP_ROUTE_REFRESH: u8 = 2;

@@ -9,7 +9,7 @@ use zettabgp::prelude::{BgpAddrs, BgpAttrItem};
 use super::encode::{self, SendCtx};
 use super::update::{self, Ctx};
 use super::{check_header, Afi, MsgType, Notification, HEADER_LEN, MAX_MESSAGE_LEN};
-use crate::config::RouteAttrs;
+use crate::bgp::attrs::RouteAttrs;
 
 fn ctx(ebgp: bool, four: bool, asn: u32) -> SendCtx {
     SendCtx {
@@ -358,7 +358,32 @@ fn the_community_budget_is_exact_in_the_worst_context() {
     assert_eq!(encode::announce(&mut out, &v6(1), &a, Afi::Ipv6, &c), Ok(1));
     assert_eq!(out.len(), MAX_MESSAGE_LEN);
     a.communities.push(65012 << 16);
-    assert!(encode::fits(&a, Afi::Ipv6, &c).is_err());
+    // The room is exact to the byte: 4,096 less the header and two length
+    // fields (4,073), the /128 (17) and MP_REACH with both next hops (41).
+    assert!(matches!(
+        encode::fits(&a, Afi::Ipv6, &c),
+        Err(encode::EncodeError::TooLarge { room: 4015, .. })
+    ));
+    // IPv4: 4,073 less the /32 (5).
+    assert!(matches!(
+        encode::fits(&many(1100), Afi::Ipv4, &c),
+        Err(encode::EncodeError::TooLarge { room: 4068, .. })
+    ));
+}
+
+/// What the Adj-RIB-Out sees of a peer: the attributes as it receives them
+/// (its defaults merged, no LOCAL_PREF over eBGP), or nothing where they do
+/// not fit.
+#[test]
+fn a_peer_receives_its_view_or_nothing() {
+    let mut c = ctx(true, true, 65010);
+    c.defaults.communities = vec![9];
+    let got = c.receives(&attrs(), Afi::Ipv4).unwrap();
+    assert_eq!(got.communities, [9, (65010 << 16) | 100]);
+    assert_eq!(got.local_pref, None);
+    assert_eq!(got.med, Some(10));
+    assert_eq!(c.receives(&many(1100), Afi::Ipv4), None);
+    assert_eq!(c.receives(&many(1100), Afi::Ipv6), None);
 }
 
 /// Arbitrary attributes, prefixes and session contexts: every message the

@@ -567,14 +567,7 @@ impl<'a> Leader<'a> {
                     let uid = uids.get(&e.service).cloned().unwrap_or_default();
                     let reason = format!("{:?}", e.kind);
                     let warning = e.kind != EventKind::AddressAssigned;
-                    super::watch::post_event(
-                        client.clone(),
-                        e.service,
-                        uid,
-                        reason,
-                        e.message,
-                        warning,
-                    )
+                    super::events::post(client.clone(), e.service, uid, reason, e.message, warning)
                 })
                 .await;
         });
