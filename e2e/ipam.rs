@@ -878,6 +878,25 @@ fn another_namespace_gets_an_address_only_with_consent_on_both_sides() {
     );
 }
 
+/// One node allocating from 203.0.113.0/29, its first Service given an
+/// address: the leader is in place.
+fn leading(tag: &str) -> Cluster {
+    let mut c = cluster(tag, 1);
+    c.start(
+        0,
+        "",
+        "[[ipam.pools]]\nname = \"p\"\naddresses = [\"203.0.113.0/29\"]\n",
+    );
+    c.api.put(lb("a", "first"));
+    assert!(
+        wait_until(Duration::from_secs(20), || ips(&c.api, "a", "first").len()
+            == 1),
+        "no allocator\n{}",
+        c.context()
+    );
+    c
+}
+
 /// The allocator's status write carries the resourceVersion it decided on.
 /// While its write is held in the stand-in, someone else writes the
 /// Service's status (a hand edit to another pool address): the held write
@@ -886,16 +905,7 @@ fn another_namespace_gets_an_address_only_with_consent_on_both_sides() {
 /// overwrite it.
 #[test]
 fn a_status_write_decided_on_a_stale_view_is_refused_and_decided_again() {
-    let pools = "[[ipam.pools]]\nname = \"p\"\naddresses = [\"203.0.113.0/29\"]\n";
-    let mut c = cluster("iv", 1);
-    c.start(0, "", pools);
-    c.api.put(lb("a", "first"));
-    assert!(
-        wait_until(Duration::from_secs(20), || ips(&c.api, "a", "first").len()
-            == 1),
-        "no allocator\n{}",
-        c.context()
-    );
+    let c = leading("iv");
     let writes = || c.api.status_writes(Kind::Service);
     let before = writes();
     c.api.set_write_delay(Duration::from_secs(2));
@@ -934,16 +944,7 @@ fn a_status_write_decided_on_a_stale_view_is_refused_and_decided_again() {
 /// gets no address from it.
 #[test]
 fn a_leader_that_reads_another_holder_writes_nothing_more() {
-    let pools = "[[ipam.pools]]\nname = \"p\"\naddresses = [\"203.0.113.0/29\"]\n";
-    let mut c = cluster("il", 1);
-    c.start(0, "", pools);
-    c.api.put(lb("a", "first"));
-    assert!(
-        wait_until(Duration::from_secs(20), || ips(&c.api, "a", "first").len()
-            == 1),
-        "no allocator\n{}",
-        c.context()
-    );
+    let c = leading("il");
     let mut lease = c.api.get(Kind::Lease, "kube-system", "vipd-ipam").unwrap();
     lease["spec"]["holderIdentity"] = json!("node-z");
     lease["spec"]["leaseDurationSeconds"] = json!(300);

@@ -2,6 +2,8 @@
 //! the readiness barrier, shared VIPs, deletions, refusals with Events,
 //! watch resets and an unreachable API server.
 
+#[path = "kubelab.rs"]
+mod kubelab;
 #[path = "lab/mod.rs"]
 mod lab;
 #[path = "standin/mod.rs"]
@@ -9,32 +11,9 @@ mod standin;
 
 use std::time::{Duration, Instant};
 
+use kubelab::*;
 use lab::*;
 use standin::{obj, Kind, StandIn};
-
-const API: &str = "192.0.2.100:6443";
-
-struct KubeLab {
-    lab: Lab,
-    api: StandIn,
-    bird: Bird,
-}
-
-/// A lab with BIRD and the stand-in (192.0.2.100) in the router namespace,
-/// and this node's Node object (node-a, 192.0.2.1).
-fn kube_lab(tag: &str) -> KubeLab {
-    let lab = Lab::new(tag);
-    lab.add_router_address("192.0.2.100/24");
-    let api = StandIn::start(API.parse().unwrap(), Some(&lab.router.name));
-    api.put(obj::node("node-a", &["192.0.2.1"]));
-    let bird = lab.dual_bird("graceful restart on;");
-    KubeLab { lab, api, bird }
-}
-
-fn vipd_conf(k: &KubeLab, extra: &str) -> String {
-    let kc = k.lab.dir.write("kubeconfig", &k.api.kubeconfig());
-    kube_vipd_conf(&kc, extra)
-}
 
 /// Service a/web (203.0.113.10 and 2001:db8:ff::10, Cluster policy) with a
 /// ready endpoint on node-b.

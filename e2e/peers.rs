@@ -102,15 +102,6 @@ fn bird_receives_both_families_with_attributes_and_reload_withdraws_half() {
     );
 }
 
-/// BIRD's line for a session: its state and when it entered it.
-fn session_line(b: &Bird, proto: &str) -> String {
-    b.cli(&format!("show protocols {proto}"))
-        .lines()
-        .find(|l| l.starts_with(proto))
-        .unwrap_or_default()
-        .to_string()
-}
-
 /// The README's promise: a reload that changes one peer restarts that
 /// session only. BIRD's own record of the other session (state and the
 /// time it entered it) is the same before and after.
@@ -133,7 +124,7 @@ fn a_reload_that_changes_one_peer_leaves_the_other_session_up() {
     );
     // BIRD shows when a session entered its state to the second.
     std::thread::sleep(Duration::from_millis(1100));
-    let v4 = session_line(&bird, "v4");
+    let v4 = bird.session_line("v4");
     assert!(v4.contains("Established"), "{v4}");
     let changed = TWO_PEERS.replacen(
         "address = \"2001:db8::2\"\nasn = 65002\nhold_time = 30",
@@ -155,7 +146,7 @@ fn a_reload_that_changes_one_peer_leaves_the_other_session_up() {
     );
     holds_for(Duration::from_secs(2), || {
         assert_eq!(
-            session_line(&bird, "v4"),
+            bird.session_line("v4"),
             v4,
             "the untouched session restarted\n{}",
             vipd.proc.log_tail(30)

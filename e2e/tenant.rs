@@ -5,6 +5,8 @@
 //! endpoint, disallowed attributes never reach the router, and with
 //! `[ipam]` an address nobody gave out is not announced.
 
+#[path = "kubelab.rs"]
+mod kubelab;
 #[path = "lab/mod.rs"]
 mod lab;
 #[path = "standin/mod.rs"]
@@ -12,31 +14,14 @@ mod standin;
 
 use std::time::Duration;
 
+use kubelab::*;
 use lab::*;
 use serde_json::{json, Value};
-use standin::{obj, StandIn};
-
-const API: &str = "192.0.2.100:6443";
-
-struct KubeLab {
-    lab: Lab,
-    api: StandIn,
-    bird: Bird,
-}
-
-fn kube_lab(tag: &str) -> KubeLab {
-    let lab = Lab::new(tag);
-    lab.add_router_address("192.0.2.100/24");
-    let api = StandIn::start(API.parse().unwrap(), Some(&lab.router.name));
-    api.put(obj::node("node-a", &["192.0.2.1"]));
-    let bird = lab.dual_bird("graceful restart on;");
-    KubeLab { lab, api, bird }
-}
+use standin::obj;
 
 impl KubeLab {
     fn start(&self, extra: &str) -> Vipd {
-        let kc = self.lab.dir.write("kubeconfig", &self.api.kubeconfig());
-        Vipd::start(&self.lab.node, &self.lab.dir, &kube_vipd_conf(&kc, extra))
+        Vipd::start(&self.lab.node, &self.lab.dir, &vipd_conf(self, extra))
     }
 
     /// A Cluster or Local Service with one address in its status, created
@@ -102,15 +87,6 @@ fn cli(ns: &Netns, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
 }
 
-/// BIRD's line for a session: state and the time it entered it.
-fn session_line(b: &Bird, proto: &str) -> String {
-    b.cli(&format!("show protocols {proto}"))
-        .lines()
-        .find(|l| l.starts_with(proto))
-        .unwrap_or_default()
-        .to_string()
-}
-
 /// The report behind the issue: one Service with 1,100 communities (a
 /// 13 KB annotation) made every node send an UPDATE BIRD answered with
 /// Bad Message Length, taking down the session and every other route on
@@ -137,14 +113,14 @@ fn an_oversized_service_takes_no_session_down() {
         "vipd will not announce 203.0.113.11: vipd.io/communities carries more than 64 values, \
          the most one annotation may; not announced"
     );
-    let before = session_line(&k.bird, "v4");
+    let before = k.bird.session_line("v4");
     assert!(before.contains("Established"), "{}", k.views(&v));
     holds_for(Duration::from_secs(4), || {
         assert!(!k.bird.has("203.0.113.11/32"), "{}", k.views(&v));
         assert!(k.bird.has("203.0.113.10/32"), "{}", k.views(&v));
     });
     assert_eq!(
-        session_line(&k.bird, "v4"),
+        k.bird.session_line("v4"),
         before,
         "the session restarted\n{}",
         k.views(&v)
@@ -280,6 +256,18 @@ fn not_allowed(k: &KubeLab) -> Vec<String> {
         .collect()
 }
 
+/// Waits for `prefix` at BIRD and `drops` AttributeNotAllowed Events;
+/// BIRD's route and the Events' messages.
+fn route_and_drops(k: &KubeLab, v: &Vipd, prefix: &str, drops: usize) -> (String, Vec<String>) {
+    k.wait_route(v, prefix);
+    assert!(
+        wait_until(Duration::from_secs(10), || not_allowed(k).len() == drops),
+        "{:?}",
+        k.api.events()
+    );
+    (k.bird.route(prefix), not_allowed(k))
+}
+
 /// Part 3, the default: BLACKHOLE (65535:666) on a Service's VIP would make routers drop its traffic; NO_EXPORT and the
 /// other well-known communities change how the fabric treats it. With no
 /// `service_communities` set, none reaches BIRD; the Service's other
@@ -296,19 +284,13 @@ fn well_known_communities_never_reach_the_router() {
         &["node-b"],
     );
     let v = k.start("");
-    k.wait_route(&v, "203.0.113.40/32");
-    let r = k.bird.route("203.0.113.40/32");
+    let (r, msgs) = route_and_drops(&k, &v, "203.0.113.40/32", 2);
     assert!(
         r.contains("BGP.community: (65010,5)") && !r.contains("65535"),
         "{}",
         k.views(&v)
     );
-    assert!(
-        wait_until(Duration::from_secs(10), || not_allowed(&k).len() == 2),
-        "{:?}",
-        k.api.events()
-    );
-    assert!(not_allowed(&k).contains(&"vipd.io/communities: 65535:666 is not allowed (kubernetes.service_communities); dropped, the Service's other attributes apply".to_string()));
+    assert!(msgs.contains(&"vipd.io/communities: 65535:666 is not allowed (kubernetes.service_communities); dropped, the Service's other attributes apply".to_string()), "{msgs:?}");
 }
 
 /// Part 3, the platform's ranges: a MED and a LOCAL_PREF outside them are
@@ -326,19 +308,12 @@ fn values_outside_the_platforms_ranges_are_dropped() {
         &["node-b"],
     );
     let v = k.start("service_med = \"0-100\"\nservice_local_pref = \"0-200\"\n");
-    k.wait_route(&v, "203.0.113.41/32");
-    let r = k.bird.route("203.0.113.41/32");
+    let (r, msgs) = route_and_drops(&k, &v, "203.0.113.41/32", 2);
     assert!(
         r.contains("BGP.community: (65010,5)") && !r.contains("BGP.med"),
         "{}",
         k.views(&v)
     );
-    assert!(
-        wait_until(Duration::from_secs(10), || not_allowed(&k).len() == 2),
-        "{:?}",
-        k.api.events()
-    );
-    let msgs = not_allowed(&k);
     for want in [
         "vipd.io/med: 500 is not allowed (kubernetes.service_med); dropped, the Service's other attributes apply",
         "vipd.io/local-preference: 900 is not allowed (kubernetes.service_local_pref); dropped, the Service's other attributes apply",

@@ -66,8 +66,8 @@ struct Daemon {
     labels: Option<Labels>,
     /// What is drained, and since when (with `[drain]`).
     draining: Option<(drain::Drained, Instant)>,
-    /// `vipd explain` asks the watch (with `[kubernetes]`).
-    explain: Option<mpsc::Sender<k8s::watch::ExplainQuery>>,
+    /// The watch task (with `[kubernetes]`), which `vipd explain` asks.
+    watch: Option<k8s::watch::Handle>,
     /// The Node's InternalIPs as read at start, for `"node"` addresses
     /// in a reloaded file.
     node_addresses: Option<NodeAddresses>,
@@ -108,7 +108,7 @@ impl Daemon {
             allocator: started.allocator,
             labels: None,
             draining: None,
-            explain: started.explain,
+            watch: started.watch,
             node_addresses: started.node,
         };
         Ok((d, kube_rx))
@@ -426,7 +426,7 @@ impl Daemon {
                 (!st.leader).then(|| st.holder.clone().unwrap_or_else(|| "none yet".into()));
             (pending, elsewhere)
         });
-        let explain = self.explain.clone();
+        let explain = self.watch.as_ref().map(|w| w.queries.clone());
         tokio::spawn(async move {
             let view = match explain {
                 Some(q) => {
@@ -562,7 +562,7 @@ async fn start_control(cfg: &Config) -> Result<(ipvs::Manager, Option<Control>),
 struct Started {
     speaker: Speaker,
     allocator: Option<k8s::allocator::Handle>,
-    explain: Option<mpsc::Sender<k8s::watch::ExplainQuery>>,
+    watch: Option<k8s::watch::Handle>,
     /// The Node's InternalIPs, when `"node"` or an omitted `router_id`
     /// needed them.
     node: Option<NodeAddresses>,
@@ -585,7 +585,7 @@ async fn start_speaker(
         return Ok(Started {
             speaker,
             allocator: None,
-            explain: None,
+            watch: None,
             node: None,
         });
     };
@@ -611,7 +611,7 @@ async fn start_speaker(
         .as_ref()
         .map(|i| k8s::allocator::spawn(i, &k, client.clone()));
     let (explain_tx, explain_rx) = mpsc::channel(8);
-    tokio::spawn(k8s::watch::run(
+    let watch = crate::task::Owned::spawn(k8s::watch::run(
         k.clone(),
         client,
         api,
@@ -622,7 +622,10 @@ async fn start_speaker(
     Ok(Started {
         speaker,
         allocator,
-        explain: Some(explain_tx),
+        watch: Some(k8s::watch::Handle {
+            queries: explain_tx,
+            task: watch,
+        }),
         node,
     })
 }
@@ -712,17 +715,18 @@ async fn sleep_until(at: Option<Instant>) {
 pub async fn run(path: PathBuf, logging: &dyn Fn(&LogConfig)) -> Result<(), DaemonError> {
     let (mut d, mut kube_rx) = Daemon::start(path, logging).await?;
     let (ask_tx, mut ask_rx) = mpsc::channel::<status::Ask>(16);
-    if let Some(addr) = d.cfg.status {
+    // Ends with this function: nothing answers for a stopped daemon.
+    let _listener = match d.cfg.status {
         // A busy port costs the report, not the announcements.
-        match tokio::net::TcpListener::bind(addr).await {
-            Ok(l) => {
-                tokio::spawn(status::http::serve(l, ask_tx));
-            }
+        Some(addr) => match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => Some(crate::task::Owned::spawn(status::http::serve(l, ask_tx))),
             Err(e) => {
-                warn!(%addr, "status: cannot listen: {e}; vipd runs without /readyz and /status")
+                warn!(%addr, "status: cannot listen: {e}; vipd runs without /readyz and /status");
+                None
             }
-        }
-    }
+        },
+        None => None,
+    };
     let mut resync = tokio::time::interval(std::time::Duration::from_secs(30));
     let mut hup = signal(SignalKind::hangup()).map_err(DaemonError::Signal)?;
     let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signal)?;

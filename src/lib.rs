@@ -22,4 +22,5 @@ pub mod k8s;
 pub mod reconcile;
 pub mod sockopt;
 pub mod status;
+pub mod task;
 pub mod telemetry;

@@ -22,11 +22,6 @@ use lab::*;
 
 const ROUTE: &str = "203.0.113.1/32";
 
-fn pct(v: &mut [f64], p: f64) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[((v.len() as f64 - 1.0) * p).round() as usize]
-}
-
 /// One way to lose a dead node's route: BFD at an interval, or the hold
 /// time alone.
 #[derive(Clone, Copy)]
@@ -205,7 +200,7 @@ fn main() {
         Detect::Hold { secs: 9 },
     ] {
         let mut v = failover(d, runs);
-        let (p50, p99) = (pct(&mut v, 0.5), pct(&mut v, 0.99));
+        let (p50, p99) = (lab::percentile(&mut v, 0.5), lab::percentile(&mut v, 0.99));
         println!(
             "| {} | {:.0} ms | {p50:.0} ms | {p99:.0} ms | {:.2} |",
             d.name(),

@@ -20,11 +20,6 @@ mod vm;
 
 use std::time::Duration;
 
-fn pct(v: &mut [f64], p: f64) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[((v.len() as f64 - 1.0) * p).round() as usize]
-}
-
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
@@ -91,7 +86,7 @@ echo "=== end"
         ("failing -> out of IPVS", &mut down, fl),
         ("recovered -> back in IPVS", &mut up, rl),
     ] {
-        let (p50, p99) = (pct(v, 0.5), pct(v, 0.99));
+        let (p50, p99) = (lab::percentile(v, 0.5), lab::percentile(v, 0.99));
         println!(
             "  {name}: p50 {p50:.0} ms, p99 {p99:.0} ms; bound from the checks {bound:.0} ms; p50/bound {:.2}",
             p50 / bound

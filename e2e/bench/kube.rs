@@ -23,11 +23,6 @@ use std::time::{Duration, Instant};
 use lab::*;
 use standin::{obj, Kind, StandIn};
 
-fn pct(v: &mut [Duration], p: f64) -> Duration {
-    v.sort();
-    v[((v.len() as f64 - 1.0) * p).round() as usize]
-}
-
 fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1000.0)
 }
@@ -147,18 +142,18 @@ fn main() {
     println!("\nevent latency over {changes} changes (EndpointSlice put -> BIRD's table), with {n} Services");
     println!(
         "  ready -> announced:    p50 {}  p99 {}",
-        ms(pct(&mut up, 0.5)),
-        ms(pct(&mut up, 0.99))
+        ms(lab::percentile(&mut up, 0.5)),
+        ms(lab::percentile(&mut up, 0.99))
     );
     println!(
         "  not ready -> withdrawn: p50 {}  p99 {}",
-        ms(pct(&mut down, 0.5)),
-        ms(pct(&mut down, 0.99))
+        ms(lab::percentile(&mut down, 0.5)),
+        ms(lab::percentile(&mut down, 0.99))
     );
     println!(
         "  all:                   p50 {}  p99 {}   (target p99 under 20 ms)",
-        ms(pct(&mut all, 0.5)),
-        ms(pct(&mut all, 0.99))
+        ms(lab::percentile(&mut all, 0.5)),
+        ms(lab::percentile(&mut all, 0.99))
     );
     if std::env::var_os("VIPD_BENCH_TRACE").is_some() {
         for l in vipd

@@ -192,9 +192,8 @@ fn secs(d: Duration) -> String {
     format!("{:.3}", d.as_secs_f64())
 }
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
+fn median(v: impl Iterator<Item = Duration>) -> Duration {
+    lab::percentile(&mut v.collect::<Vec<_>>(), 0.5)
 }
 
 fn main() {
@@ -308,9 +307,9 @@ fn main() {
 
     let m = |v: &[Timing]| {
         (
-            median(v.iter().map(|t| t.v4).collect()),
-            median(v.iter().map(|t| t.v6).collect()),
-            median(v.iter().map(|t| t.slower()).collect()),
+            median(v.iter().map(|t| t.v4)),
+            median(v.iter().map(|t| t.v6)),
+            median(v.iter().map(|t| t.slower())),
         )
     };
     let (v4, v6, vs) = m(&t_vipd);

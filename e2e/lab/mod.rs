@@ -353,6 +353,13 @@ pub fn vtysh(ns: &str, sock: &Path, command: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The value at quantile `q` (0.5: the median) of `v`, nearest rank;
+/// sorts `v`. The one percentile every benchmark reports with.
+pub fn percentile<T: PartialOrd + Copy>(v: &mut [T], q: f64) -> T {
+    v.sort_by(|a, b| a.partial_cmp(b).expect("comparable figures"));
+    v[((v.len() as f64 - 1.0) * q).round() as usize]
+}
+
 /// A benchmark knob: the environment variable `name` parsed, or `default`.
 pub fn knob<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
@@ -568,6 +575,15 @@ impl Bird {
     }
     pub fn established(&self, proto: &str) -> bool {
         self.state(proto).contains("Established")
+    }
+    /// BIRD's line for a session: its state and when it entered it (to
+    /// the second). Unchanged across an event: the session never restarted.
+    pub fn session_line(&self, proto: &str) -> String {
+        self.state(proto)
+            .lines()
+            .find(|l| l.starts_with(proto))
+            .unwrap_or_default()
+            .to_string()
     }
     /// The next hops of the routes BIRD holds for `prefix`, sorted.
     pub fn next_hops(&self, prefix: &str) -> Vec<String> {

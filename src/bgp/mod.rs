@@ -23,7 +23,6 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
-use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use crate::config::BgpConfig;
@@ -35,7 +34,7 @@ type Registry = Arc<Mutex<HashMap<IpAddr, mpsc::Sender<Command>>>>;
 struct Peer {
     settings: Settings,
     tx: mpsc::Sender<Command>,
-    task: JoinHandle<()>,
+    task: crate::task::Owned<()>,
     status: Arc<Mutex<PeerStatus>>,
     /// The peer's BFD session, with `bfd = true`.
     bfd: Option<crate::bfd::io::Handle>,
@@ -44,7 +43,8 @@ struct Peer {
 struct Listener {
     addr: SocketAddr,
     sock: Arc<TcpListener>,
-    task: JoinHandle<()>,
+    /// Held only: the accept loop ends with the listener.
+    _accept: crate::task::Owned<()>,
 }
 
 /// The table sessions converge to; `None` until the daemon's sources are
@@ -110,8 +110,12 @@ impl Speaker {
                     net::listen(addr).map_err(|source| SpeakerError::Listen { addr, source })?;
                 let sock = Arc::new(sock);
                 info!(%addr, "listening for BGP connections");
-                let task = tokio::spawn(accept_loop(sock.clone(), registry.clone()));
-                Some(Listener { addr, sock, task })
+                let task = crate::task::Owned::spawn(accept_loop(sock.clone(), registry.clone()));
+                Some(Listener {
+                    addr,
+                    sock,
+                    _accept: task,
+                })
             }
             None => None,
         };
@@ -161,7 +165,7 @@ impl Speaker {
         // connection, answering ours, could find no session and be closed.
         self.registry.lock().unwrap().insert(addr, tx.clone());
         let bfd = self.start_bfd(&settings.peer);
-        let task = tokio::spawn(session::run(
+        let task = crate::task::Owned::spawn(session::run(
             settings.clone(),
             self.table.subscribe(),
             rx,
@@ -218,12 +222,13 @@ impl Speaker {
     }
 
     async fn remove_peer(&mut self, addr: IpAddr) {
-        let Some(p) = self.peers.remove(&addr) else {
+        let Some(mut p) = self.peers.remove(&addr) else {
             return;
         };
         self.registry.lock().unwrap().remove(&addr);
         let _ = p.tx.send(Command::Deconfigure).await;
-        let _ = tokio::time::timeout(Duration::from_secs(3), p.task).await;
+        // A session that has not ended by then is aborted with `p`.
+        let _ = tokio::time::timeout(Duration::from_secs(3), p.task.join()).await;
         if let Some(b) = p.bfd {
             b.admin_down().await;
         }
@@ -313,15 +318,13 @@ impl Speaker {
     /// Stops every session: withdrawing first, or (graceful restart) leaving
     /// the routes to the peers until vipd is back.
     pub async fn shutdown(mut self, withdraw: bool) {
-        if let Some(l) = self.listener.take() {
-            l.task.abort();
-        }
+        drop(self.listener.take());
         for p in self.peers.values() {
             let _ = p.tx.send(Command::Shutdown { withdraw }).await;
         }
         let mut bfd = vec![];
-        for (addr, p) in self.peers.drain() {
-            if tokio::time::timeout(Duration::from_secs(5), p.task)
+        for (addr, mut p) in self.peers.drain() {
+            if tokio::time::timeout(Duration::from_secs(5), p.task.join())
                 .await
                 .is_err()
             {

@@ -434,6 +434,7 @@ mod tests {
         assert_eq!((c.announced(), c.refused), (0, 2));
         rib.apply(Arc::new(t2), &BOTH, c.refused);
         assert!(rib.is_empty());
+        assert_eq!(rib.refused(), 2);
         // Shrunk again: announced.
         let c = rib.diff(&t1, &BOTH, &no_nine);
         assert_eq!((c.announced(), c.refused, c.withdrawn()), (1, 1, 0));

@@ -9,7 +9,7 @@ use super::{Family, FamilyPolicy, Svc};
 pub const POOL: &str = "vipd.io/pool";
 pub const LOAD_BALANCER_IPS: &str = "vipd.io/load-balancer-ips";
 pub const SHARING_KEY: &str = "vipd.io/sharing-key";
-pub const SHARING_NAMESPACES: &str = "vipd.io/sharing-namespaces";
+pub use crate::k8s::model::ANNOTATION_SHARING_NAMESPACES as SHARING_NAMESPACES;
 
 /// Which Services are vipd's: type LoadBalancer, and of its class.
 #[derive(Debug, Clone, Copy, Default)]
@@ -118,14 +118,7 @@ fn build(s: &Service) -> Result<Svc, String> {
         ports,
         sharing_namespaces: a
             .get(SHARING_NAMESPACES)
-            .map(|v| {
-                v.split([',', ' '])
-                    .map(str::trim)
-                    .filter(|x| !x.is_empty())
-                    .take(64)
-                    .map(String::from)
-                    .collect()
-            })
+            .map(|v| crate::k8s::model::namespace_list(v))
             .unwrap_or_default(),
         local: spec.external_traffic_policy.as_deref() == Some("Local"),
         selector: spec.selector.clone().unwrap_or_default(),

@@ -20,6 +20,17 @@ pub const ANNOTATION_MED: &str = "vipd.io/med";
 /// (`"b, c"` or `"*"`); both sides must name each other.
 pub const ANNOTATION_SHARING_NAMESPACES: &str = "vipd.io/sharing-namespaces";
 
+/// A `vipd.io/sharing-namespaces` value: names separated by commas or
+/// spaces, at most 64 of them (one namespace per Service is the usual).
+pub fn namespace_list(v: &str) -> Vec<String> {
+    v.split([',', ' '])
+        .map(str::trim)
+        .filter(|x| !x.is_empty())
+        .take(64)
+        .map(String::from)
+        .collect()
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ServiceInfo {
     pub uid: Uid,
@@ -50,14 +61,7 @@ impl ServiceInfo {
     pub fn sharing_namespaces(&self) -> Vec<String> {
         self.annotations
             .get(ANNOTATION_SHARING_NAMESPACES)
-            .map(|v| {
-                v.split([',', ' '])
-                    .map(str::trim)
-                    .filter(|x| !x.is_empty())
-                    .take(64)
-                    .map(String::from)
-                    .collect()
-            })
+            .map(|v| namespace_list(v))
             .unwrap_or_default()
     }
 }

@@ -318,6 +318,13 @@ pub async fn connect(k: &KubeConfig) -> Result<(Client, Vec<IpAddr>), WatchError
 
 /// Watches until the process ends, publishing each new intent.
 /// `vipd explain`: a Service's key, and where its view goes.
+/// The running watch, owned by the daemon: where `vipd explain` asks, and
+/// the task itself (ended when this is dropped).
+pub struct Handle {
+    pub queries: mpsc::Sender<ExplainQuery>,
+    pub task: crate::task::Owned<()>,
+}
+
 pub type ExplainQuery = (
     Key,
     tokio::sync::oneshot::Sender<super::explain::ServiceView>,
@@ -335,24 +342,27 @@ pub async fn run(
     // One task per watcher, forwarding into one channel: the loop below
     // drains whatever is waiting as one batch, so a burst costs one update.
     let (tx, mut rx) = mpsc::channel::<(std::time::Instant, Ev)>(4096);
-    forward(
-        watcher(Api::<Service>::all(client.clone()), wc.clone()),
-        Ev::Svc,
-        tx.clone(),
-    );
-    forward(
-        watcher(Api::<EndpointSlice>::all(client.clone()), wc.clone()),
-        Ev::Slice,
-        tx.clone(),
-    );
-    forward(
-        watcher(
-            Api::<Node>::all(client.clone()),
-            wc.fields(&format!("metadata.name={}", k.node_name)),
+    // Held for the life of the loop: they end with it.
+    let _forwarders = [
+        forward(
+            watcher(Api::<Service>::all(client.clone()), wc.clone()),
+            Ev::Svc,
+            tx.clone(),
         ),
-        Ev::Node,
-        tx,
-    );
+        forward(
+            watcher(Api::<EndpointSlice>::all(client.clone()), wc.clone()),
+            Ev::Slice,
+            tx.clone(),
+        ),
+        forward(
+            watcher(
+                Api::<Node>::all(client.clone()),
+                wc.fields(&format!("metadata.name={}", k.node_name)),
+            ),
+            Ev::Node,
+            tx,
+        ),
+    ];
     let mut snap = Snapshot {
         api_server,
         ..Default::default()
@@ -529,11 +539,12 @@ fn forward<K, S>(
     stream: S,
     wrap: fn(Result<watcher::Event<K>, watcher::Error>) -> Ev,
     tx: mpsc::Sender<(std::time::Instant, Ev)>,
-) where
+) -> crate::task::Owned<()>
+where
     S: futures_util::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
     K: Send + 'static,
 {
-    tokio::spawn(async move {
+    crate::task::Owned::spawn(async move {
         let mut s = Box::pin(stream.default_backoff());
         while let Some(item) = s.next().await {
             if tx
@@ -544,7 +555,7 @@ fn forward<K, S>(
                 return;
             }
         }
-    });
+    })
 }
 
 /// Logs and records as Kubernetes Events the refusals and bad annotations

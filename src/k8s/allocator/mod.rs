@@ -116,11 +116,11 @@ async fn run(ctx: Ctx, mut pools: watch::Receiver<Vec<Pool>>, mut stop: watch::R
         });
         let renewal = {
             let (e, t, s) = (ctx.election.clone(), term.clone(), stop.clone());
-            tokio::spawn(async move { e.renew(t, s).await })
+            crate::task::Owned::spawn(async move { e.renew(t, s).await })
         };
         set(&ctx, |s| s.leader = true);
         let stopped = Leader::new(&ctx, &term).lead(&mut pools, &mut stop).await;
-        renewal.abort();
+        drop(renewal);
         set(&ctx, |s| {
             s.leader = false;
             s.pools.clear();
@@ -244,16 +244,15 @@ impl<'a> Leader<'a> {
         let mut stream = watcher(self.api.clone(), watcher::Config::default())
             .default_backoff()
             .boxed();
-        let forward = tokio::spawn(async move {
+        // Owned: if this future is dropped midway, the forwarder goes too.
+        let _forward = crate::task::Owned::spawn(async move {
             while let Some(ev) = stream.next().await {
                 if tx.send(ev).await.is_err() {
                     return;
                 }
             }
         });
-        let stopped = self.run(&mut rx, pools, stop).await;
-        forward.abort();
-        stopped
+        self.run(&mut rx, pools, stop).await
     }
 
     async fn run(
