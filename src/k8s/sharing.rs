@@ -241,7 +241,10 @@ mod tests {
         ];
         let d = decide("x", &mixed, 3000);
         assert_eq!(d.announce.unwrap().0, ["a/x".to_string()].into());
-        assert!(d.refused[0].2.contains("same policy"));
+        assert_eq!(
+            d.refused[0].2,
+            "x is held by a/x with externalTrafficPolicy Local; owners of one address must have the same policy"
+        );
         // Alone and waiting: nothing, and nothing to explain.
         let d = decide("x", &[owner("a/x", 1, true, &none, None)], 3000);
         assert_eq!(d, Decision::default());
