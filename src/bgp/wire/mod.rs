@@ -313,6 +313,25 @@ mod tests {
         h
     }
 
+    /// No NOTIFICATION is longer than 4,096 bytes, whatever its data (an
+    /// echoed attribute, say), and an RFC 9003 text is cut at 255 bytes on
+    /// a character boundary.
+    #[test]
+    fn notifications_stay_within_one_message() {
+        let big = Notification::with_data(code::UPDATE, 1, vec![7u8; 10_000]).encode();
+        assert_eq!(big.len(), MAX_MESSAGE_LEN);
+        assert_eq!(
+            check_header(big[..HEADER_LEN].try_into().unwrap()),
+            Ok((MsgType::Notification, MAX_MESSAGE_LEN))
+        );
+        let text = "é".repeat(200);
+        let n = Notification::shutdown(code::ADMIN_SHUTDOWN, &text);
+        assert_eq!(n.data[0], 254, "cut on a character boundary");
+        assert_eq!(n.shutdown_message().unwrap(), "é".repeat(127));
+        assert!(n.encode().len() <= MAX_MESSAGE_LEN);
+        assert_eq!(route_refresh(Afi::Ipv6).len(), 23);
+    }
+
     #[test]
     fn header_checks_map_to_rfc4271_subcodes() {
         assert_eq!(check_header(&hdr(19, 4)), Ok((MsgType::Keepalive, 19)));
