@@ -628,14 +628,7 @@ fn read_kubernetes(mut t: Tbl, node_env: Option<String>, errs: &mut Errs) -> Opt
         .opt("announce_without_endpoints", errs, parse_bool)
         .unwrap_or(false);
     let allowed_prefixes: Vec<IpNet> = t
-        .opt("allowed_prefixes", errs, |v| match v.kind {
-            ValueKind::Array(a) => a
-                .into_iter()
-                .enumerate()
-                .map(|(i, x)| parse_prefix(x).map_err(|e| format!("[{i}]: {e}")))
-                .collect(),
-            _ => Err("expected an array of prefixes".into()),
-        })
+        .opt("allowed_prefixes", errs, parse_prefixes)
         .unwrap_or_default();
     let service_attrs = tenant::read_policy(&mut t, errs);
     let secs = |v| parse_int(v, 1, 3600).map(|n| Duration::from_secs(n as u64));
@@ -646,16 +639,7 @@ fn read_kubernetes(mut t: Tbl, node_env: Option<String>, errs: &mut Errs) -> Opt
         .opt("read_timeout_secs", errs, secs)
         .unwrap_or(Duration::from_secs(90));
     t.finish(errs);
-    if external_ips && allowed_prefixes.is_empty() && !errs.has(&format!("{key}.allowed_prefixes"))
-    {
-        // Any user who can create a Service could otherwise announce any
-        // address, a public resolver's say, into the fabric: the BGP form
-        // of CVE-2020-8554.
-        errs.push(
-            format!("{key}.external_ips"),
-            "needs allowed_prefixes: without it any Service's spec.externalIPs, any address at all, would be announced",
-        );
-    }
+    tenant::check_external_ips(&key, external_ips, &allowed_prefixes, errs);
     if include_unclassed && load_balancer_class.is_none() {
         errs.push(
             format!("{key}.include_unclassed"),
@@ -683,6 +667,18 @@ fn read_kubernetes(mut t: Tbl, node_env: Option<String>, errs: &mut Errs) -> Opt
         connect_timeout,
         read_timeout,
     })
+}
+
+/// An array of prefixes, each error naming its index.
+fn parse_prefixes(v: Value) -> Result<Vec<IpNet>, String> {
+    match v.kind {
+        ValueKind::Array(a) => a
+            .into_iter()
+            .enumerate()
+            .map(|(i, x)| parse_prefix(x).map_err(|e| format!("[{i}]: {e}")))
+            .collect(),
+        _ => Err("expected an array of prefixes".into()),
+    }
 }
 
 fn read_dataplane(mut t: Tbl, errs: &mut Errs) -> Dataplane {

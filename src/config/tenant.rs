@@ -173,6 +173,23 @@ pub(super) fn read_policy(t: &mut super::Tbl, errs: &mut Errs) -> ServiceAttrPol
     }
 }
 
+/// `external_ips` needs `allowed_prefixes`: any user who can create a
+/// Service could otherwise announce any address, a public resolver's say,
+/// into the fabric (the BGP form of CVE-2020-8554).
+pub(super) fn check_external_ips(
+    key: &str,
+    external_ips: bool,
+    allowed: &[ipnet::IpNet],
+    errs: &mut Errs,
+) {
+    if external_ips && allowed.is_empty() && !errs.has(&format!("{key}.allowed_prefixes")) {
+        errs.push(
+            format!("{key}.external_ips"),
+            "needs allowed_prefixes: without it any Service's spec.externalIPs, any address at all, would be announced",
+        );
+    }
+}
+
 /// `check-config`: each `[[announce]]` entry's communities, with the
 /// largest peer defaults and the drain's reserve, must fit in one UPDATE.
 /// Returns the room left for a Service's communities.

@@ -1,6 +1,8 @@
 //! From a Kubernetes Service to what the allocator needs of it
 //! ([`super::Svc`]), or nothing for a Service vipd is not responsible for.
 
+use std::net::IpAddr;
+
 use k8s_openapi::api::core::v1::Service;
 use kube::ResourceExt;
 
@@ -46,23 +48,7 @@ pub fn from_service(s: &Service, class: Class) -> Option<Result<Svc, String>> {
 fn build(s: &Service) -> Result<Svc, String> {
     let spec = s.spec.as_ref().expect("checked by the caller");
     let a = s.annotations();
-    let requested = match a.get(LOAD_BALANCER_IPS) {
-        Some(list) => list
-            .split(',')
-            .map(str::trim)
-            .filter(|x| !x.is_empty())
-            .map(|x| {
-                x.parse()
-                    .map_err(|_| format!("{LOAD_BALANCER_IPS}: {x:?} is not an IP address"))
-            })
-            .collect::<Result<Vec<_>, _>>()?,
-        None => match spec.load_balancer_ip.as_deref().filter(|x| !x.is_empty()) {
-            Some(x) => vec![x
-                .parse()
-                .map_err(|_| format!("spec.loadBalancerIP: {x:?} is not an IP address"))?],
-            None => vec![],
-        },
-    };
+    let requested = requested(a.get(LOAD_BALANCER_IPS), spec.load_balancer_ip.as_deref())?;
     let families = spec
         .ip_families
         .iter()
@@ -124,6 +110,28 @@ fn build(s: &Service) -> Result<Svc, String> {
         selector: spec.selector.clone().unwrap_or_default(),
         current,
     })
+}
+
+/// `vipd.io/load-balancer-ips`, or else the deprecated
+/// `spec.loadBalancerIP`: each an address, or a clear error.
+fn requested(annotation: Option<&String>, field: Option<&str>) -> Result<Vec<IpAddr>, String> {
+    match annotation {
+        Some(list) => list
+            .split(',')
+            .map(str::trim)
+            .filter(|x| !x.is_empty())
+            .map(|x| {
+                x.parse()
+                    .map_err(|_| format!("{LOAD_BALANCER_IPS}: {x:?} is not an IP address"))
+            })
+            .collect(),
+        None => match field.filter(|x| !x.is_empty()) {
+            Some(x) => Ok(vec![x.parse().map_err(|_| {
+                format!("spec.loadBalancerIP: {x:?} is not an IP address")
+            })?]),
+            None => Ok(vec![]),
+        },
+    }
 }
 
 #[cfg(test)]

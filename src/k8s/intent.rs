@@ -263,13 +263,7 @@ pub fn part(
     out.local = svc.local_policy;
     out.sharing = svc.sharing_namespaces();
     if !has_endpoints(svc, slices, &k.node_name, k) {
-        if svc.local_policy {
-            out.waiting = listed(svc, k)
-                .iter()
-                .filter_map(|ip| ip.trim().parse::<IpAddr>().ok())
-                .map(IpNet::from)
-                .collect();
-        }
+        out.waiting = waiting(svc, k);
         if out.waiting.is_empty() {
             return Part {
                 uid: out.uid,
@@ -279,7 +273,10 @@ pub fn part(
         return out;
     }
     let mut dropped = vec![];
-    let attrs = super::attrs::parse(svc, &k.service_attrs, &mut dropped);
+    let attrs = super::attrs::parse(svc, &k.service_attrs, &mut dropped).map_err(|e| match e {
+        super::attrs::AttrError::Unreadable(r) => (RefusalKind::BadAnnotation, r),
+        super::attrs::AttrError::TooMany(r) => (RefusalKind::AttributesTooLarge, r),
+    });
     if attrs.is_ok() {
         out.bad_annotations = dropped
             .into_iter()
@@ -301,21 +298,26 @@ pub fn part(
                 reason,
             })
         };
-        match address(raw, forbidden, node, k) {
-            Err((kind, reason)) => refuse(kind, reason),
-            Ok(net) => match &attrs {
-                Ok(a) => out.routes.push((net, a.clone())),
-                Err(super::attrs::AttrError::Unreadable(r)) => {
-                    refuse(RefusalKind::BadAnnotation, format!("{r}; not announced"))
-                }
-                Err(super::attrs::AttrError::TooMany(r)) => refuse(
-                    RefusalKind::AttributesTooLarge,
-                    format!("{r}; not announced"),
-                ),
-            },
+        match (address(raw, forbidden, node, k), &attrs) {
+            (Err((kind, reason)), _) => refuse(kind, reason),
+            (Ok(net), Ok(a)) => out.routes.push((net, a.clone())),
+            (Ok(_), Err((kind, r))) => refuse(*kind, format!("{r}; not announced")),
         }
     }
     out
+}
+
+/// A Local Service without a ready endpoint here: the addresses it holds
+/// back where it shares them (the sharing rules decide).
+fn waiting(svc: &ServiceInfo, k: &KubeConfig) -> Vec<IpNet> {
+    if !svc.local_policy {
+        return vec![];
+    }
+    listed(svc, k)
+        .iter()
+        .filter_map(|ip| ip.trim().parse::<IpAddr>().ok())
+        .map(IpNet::from)
+        .collect()
 }
 
 /// One listed address as a VIP, or why it cannot be one.

@@ -113,25 +113,7 @@ pub fn path_attrs(a: &RouteAttrs, afi: Afi, ctx: &SendCtx) -> Result<Vec<u8>, En
     }
     let mut out = Vec::with_capacity(64);
     push_attr(&mut out, FLAG_TRANSITIVE, ORIGIN, &[0]);
-    if ctx.ebgp {
-        // An AS_SEQUENCE of one: segment type 2, count 1.
-        if ctx.four_octet_as {
-            let mut v = vec![2, 1];
-            v.extend_from_slice(&ctx.local_asn.to_be_bytes());
-            push_attr(&mut out, FLAG_TRANSITIVE, AS_PATH, &v);
-        } else {
-            let two = if ctx.local_asn > 0xffff {
-                AS_TRANS as u16
-            } else {
-                ctx.local_asn as u16
-            };
-            let mut v = vec![2, 1];
-            v.extend_from_slice(&two.to_be_bytes());
-            push_attr(&mut out, FLAG_TRANSITIVE, AS_PATH, &v);
-        }
-    } else {
-        push_attr(&mut out, FLAG_TRANSITIVE, AS_PATH, &[]);
-    }
+    push_attr(&mut out, FLAG_TRANSITIVE, AS_PATH, &as_path(ctx));
     if afi == Afi::Ipv4 {
         push_attr(
             &mut out,
@@ -151,9 +133,12 @@ pub fn path_attrs(a: &RouteAttrs, afi: Afi, ctx: &SendCtx) -> Result<Vec<u8>, En
         push_attr(&mut out, FLAG_OPTIONAL | FLAG_TRANSITIVE, COMMUNITIES, &v);
     }
     if ctx.ebgp && !ctx.four_octet_as && ctx.local_asn > 0xffff {
-        let mut v = vec![2, 1];
-        v.extend_from_slice(&ctx.local_asn.to_be_bytes());
-        push_attr(&mut out, FLAG_OPTIONAL | FLAG_TRANSITIVE, AS4_PATH, &v);
+        push_attr(
+            &mut out,
+            FLAG_OPTIONAL | FLAG_TRANSITIVE,
+            AS4_PATH,
+            &sequence(&ctx.local_asn.to_be_bytes()),
+        );
     }
     if !a.large_communities.is_empty() {
         let v: Vec<u8> = a
@@ -175,6 +160,25 @@ pub fn path_attrs(a: &RouteAttrs, afi: Afi, ctx: &SendCtx) -> Result<Vec<u8>, En
         });
     }
     Ok(out)
+}
+
+/// AS_PATH as the peer receives it: empty over iBGP; over eBGP an
+/// AS_SEQUENCE of our AS, as AS_TRANS to a 2-octet peer from a 4-octet AS
+/// (the real one then goes in AS4_PATH).
+fn as_path(ctx: &SendCtx) -> Vec<u8> {
+    match (ctx.ebgp, ctx.four_octet_as) {
+        (false, _) => vec![],
+        (true, true) => sequence(&ctx.local_asn.to_be_bytes()),
+        (true, false) => {
+            let two = u16::try_from(ctx.local_asn).unwrap_or(AS_TRANS as u16);
+            sequence(&two.to_be_bytes())
+        }
+    }
+}
+
+/// An AS_SEQUENCE segment (type 2) of one AS.
+fn sequence(asn: &[u8]) -> Vec<u8> {
+    [&[2, 1][..], asn].concat()
 }
 
 /// Whether a route with these attributes reaches this peer in one UPDATE:
