@@ -945,6 +945,31 @@ pub(crate) mod tests {
         assert_eq!(vips(&compute(&s, &k)), ["198.51.100.5/32"]);
     }
 
+    /// The Event reasons and metric labels docs/operations.md lists: what
+    /// alerts and `kubectl get events --field-selector reason=...` match.
+    #[test]
+    fn each_refusal_has_its_documented_event_reason_and_label() {
+        use RefusalKind::*;
+        let got: Vec<(&str, &str)> = RefusalKind::ALL
+            .iter()
+            .map(|k| (k.event_reason(), k.label()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("VIPRefused", "not_an_address"),
+                ("VIPRefused", "unusable_address"),
+                ("VIPRefused", "node_address"),
+                ("VIPRefused", "api_server"),
+                ("VIPRefused", "outside_allowed_prefixes"),
+                ("BadAnnotation", "bad_annotation"),
+                ("AttributesTooLarge", "attributes_too_large"),
+                ("SharingRefused", "sharing_not_allowed"),
+            ]
+        );
+        assert_eq!(RefusalKind::ALL[5], BadAnnotation);
+    }
+
     #[test]
     fn annotations_set_attributes_and_unreadable_ones_keep_the_service_off_the_wire() {
         let mut web = svc("a", "web", &["203.0.113.10"]);
