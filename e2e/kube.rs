@@ -1011,10 +1011,7 @@ fn a_cordoned_node_drains_with_graceful_shutdown_then_withdraws() {
         "{text}"
     );
     // What an operator asks about one Service says the same.
-    let explain = || {
-        let out = t.nodes[0].exec(&vipd_bin(), &["explain", "a/cluster"]);
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let explain = || vipd_cli(&t.nodes[0], &["explain", "a/cluster"]).1;
     let why = explain();
     assert!(
         why.contains("    draining: announced with GRACEFUL_SHUTDOWN (cordoned), withdrawn in"),

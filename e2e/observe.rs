@@ -17,14 +17,6 @@ use standin::{obj, StandIn};
 
 const API: &str = "192.0.2.100:6443";
 
-/// `vipd ARGS` in the node namespace: exit code and stdout (stderr after).
-fn vipd_cli(ns: &Netns, args: &[&str]) -> (Option<i32>, String) {
-    let out = ns.exec(&vipd_bin(), args);
-    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text += &String::from_utf8_lossy(&out.stderr);
-    (out.status.code(), text)
-}
-
 /// One raw request to the status listener in `ns`; the whole answer.
 fn raw(ns: &Netns, req: Vec<u8>) -> String {
     in_netns(&ns.name, move || {

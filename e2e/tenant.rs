@@ -81,12 +81,6 @@ impl KubeLab {
     }
 }
 
-/// `vipd ARGS` in the node namespace: its output.
-fn cli(ns: &Netns, args: &[&str]) -> String {
-    let out = ns.exec(&vipd_bin(), args);
-    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
-}
-
 /// The report behind the issue: one Service with 1,100 communities (a
 /// 13 KB annotation) made every node send an UPDATE BIRD answered with
 /// Bad Message Length, taking down the session and every other route on
@@ -130,7 +124,7 @@ fn an_oversized_service_takes_no_session_down() {
         "{}",
         k.views(&v)
     );
-    let why = cli(&k.lab.node, &["explain", "a/huge"]);
+    let why = vipd_cli(&k.lab.node, &["explain", "a/huge"]).1;
     assert!(why.contains("more than 64 values"), "{why}");
     let m = status_get(&k.lab.node, "/metrics");
     assert!(
@@ -178,7 +172,7 @@ fn another_namespace_joins_an_address_only_with_consent_on_both_sides() {
         "{}",
         k.views(&v)
     );
-    let why = cli(&k.lab.node, &["explain", "b/copy"]);
+    let why = vipd_cli(&k.lab.node, &["explain", "b/copy"]).1;
     assert!(why.contains("held by a/web in another namespace"), "{why}");
     // Both sides consent: they share.
     k.service("a/web", "203.0.113.20", false, 1, a("b"), &["node-b"]);
@@ -229,7 +223,7 @@ fn local_owners_are_announced_only_where_each_has_an_endpoint() {
             k.views(&v)
         );
     });
-    let why = cli(&k.lab.node, &["explain", "a/x"]);
+    let why = vipd_cli(&k.lab.node, &["explain", "a/x"]).1;
     assert!(why.contains("held back: shared with a/y"), "{why}");
     k.api.put(obj::slice(
         "a",
@@ -349,6 +343,6 @@ fn with_ipam_an_address_nobody_gave_out_is_not_announced() {
     holds_for(Duration::from_secs(2), || {
         assert!(!k.bird.has("203.0.113.99/32"), "{}", k.views(&v));
     });
-    let why = cli(&k.lab.node, &["explain", "a/handmade"]);
+    let why = vipd_cli(&k.lab.node, &["explain", "a/handmade"]).1;
     assert!(why.contains("nobody gave it out"), "{why}");
 }

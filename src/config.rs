@@ -165,10 +165,10 @@ pub struct KubeConfig {
     /// When not empty, VIPs outside these prefixes (and outside `pools`)
     /// are refused.
     pub allowed_prefixes: Vec<IpNet>,
-    /// With `[ipam]`, its pools' ranges: addresses inside are announced
-    /// as those inside `allowed_prefixes` are, and with `[ipam]` an
-    /// address outside both is refused even when `allowed_prefixes` is
-    /// empty (filled in by `Config::load`).
+    /// With `[ipam]`, its pools' ranges (filled in by `Config::load`). An
+    /// address inside one is allowed as one inside `allowed_prefixes` is;
+    /// an address outside both is refused, even with `allowed_prefixes`
+    /// empty.
     pub pools: Option<Vec<Range>>,
     /// What Services' annotations may set.
     pub service_attrs: ServiceAttrPolicy,

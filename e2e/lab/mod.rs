@@ -501,7 +501,12 @@ impl Vipd {
 
 /// `vipd status` run in `ns` against the vipd there: exit code and output.
 pub fn vipd_status(ns: &Netns) -> (Option<i32>, String) {
-    let out = ns.exec(&vipd_bin(), &["status"]);
+    vipd_cli(ns, &["status"])
+}
+
+/// `vipd ARGS` run in `ns`: exit code and stdout (stderr after).
+pub fn vipd_cli(ns: &Netns, args: &[&str]) -> (Option<i32>, String) {
+    let out = ns.exec(&vipd_bin(), args);
     let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
     text += &String::from_utf8_lossy(&out.stderr);
     (out.status.code(), text)

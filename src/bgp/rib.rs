@@ -155,6 +155,10 @@ impl AdjRibOut {
             .count()
             .saturating_sub(self.refused)
     }
+    /// Whether the peer was last brought up to this very table.
+    pub fn is_at(&self, t: &Arc<Table>) -> bool {
+        Arc::ptr_eq(&self.sent, t)
+    }
     /// Prefixes of the table the peer could not be sent.
     pub fn refused(&self) -> usize {
         self.refused

@@ -98,7 +98,7 @@ impl PeerStatus {
             return 0;
         };
         // One fit check per distinct attribute set, not per prefix.
-        let mut fits: std::collections::HashMap<*const crate::config::RouteAttrs, bool> =
+        let mut fits: std::collections::HashMap<*const super::attrs::RouteAttrs, bool> =
             Default::default();
         t.iter()
             .filter(|(p, _)| super::rib::afi_of(p) == afi)
@@ -1026,25 +1026,32 @@ impl Session {
         } else {
             vec![]
         };
-        if changes.is_empty() && eor.is_empty() {
+        // Nothing to write can still be news: a route added or grown past
+        // one UPDATE is refused without an UPDATE, and status and explain
+        // must say so.
+        let quiet = changes.is_empty() && eor.is_empty();
+        if quiet && self.adj.is_at(&table) {
             return;
         }
-        if self.send_changes(&changes, &eor).await {
+        if !quiet {
+            if !self.send_changes(&changes, &eor).await {
+                return;
+            }
             if let Some(t) = since.filter(|_| !changes.is_empty()) {
                 crate::telemetry::event_to_wire(t.elapsed());
             }
             self.eor_pending = false;
-            if changes.refused != self.adj.refused() {
-                warn!(peer = %self.peer(), refused = changes.refused,
-                    "prefixes not sent: their attributes do not fit in one 4,096-byte UPDATE");
-            }
-            self.adj
-                .apply(table.clone(), &n.send_families, changes.refused);
-            let mut st = self.status.lock().unwrap();
-            st.prefixes_sent = self.adj.len();
-            st.refused_too_large = changes.refused;
-            st.holds = Some(table);
         }
+        if changes.refused != self.adj.refused() {
+            warn!(peer = %self.peer(), refused = changes.refused,
+                "prefixes not sent: their attributes do not fit in one 4,096-byte UPDATE");
+        }
+        self.adj
+            .apply(table.clone(), &n.send_families, changes.refused);
+        let mut st = self.status.lock().unwrap();
+        st.prefixes_sent = self.adj.len();
+        st.refused_too_large = changes.refused;
+        st.holds = Some(table);
     }
 
     /// Encodes and writes `changes`, a bounded buffer at a time, so that a

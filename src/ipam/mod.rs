@@ -163,15 +163,17 @@ struct Holders<'a> {
 
 /// Why `s` may not share an address with `h`, or `None` where it may.
 pub fn why_not_shared(h: &Svc, s: &Svc) -> Option<&'static str> {
-    let allows = |x: &Svc, ns: &str| x.sharing_namespaces.iter().any(|n| n == "*" || n == ns);
     Some(
         if s.sharing_key.is_none() || h.sharing_key != s.sharing_key {
             "no common vipd.io/sharing-key"
         } else if h.ports.iter().any(|p| s.ports.contains(p)) {
             "a (protocol, port) in common"
-        } else if h.namespace != s.namespace
-            && !(allows(h, &s.namespace) && allows(s, &h.namespace))
-        {
+        } else if !crate::k8s::model::namespaces_share(
+            &h.namespace,
+            &h.sharing_namespaces,
+            &s.namespace,
+            &s.sharing_namespaces,
+        ) {
             "another namespace, and not both name each other in vipd.io/sharing-namespaces"
         } else if h.local != s.local {
             "another externalTrafficPolicy"

@@ -103,16 +103,8 @@ fn addresses(
     p: &super::intent::Part,
     (shared_refused, held): &Sharing,
 ) -> Vec<AddressView> {
-    let external = if k.external_ips {
-        &svc.external_ips[..]
-    } else {
-        &[]
-    };
     let mut out: Vec<AddressView> = vec![];
-    for raw in svc.ingress_ips.iter().chain(external) {
-        if out.iter().any(|a| &a.address == raw) {
-            continue;
-        }
+    for raw in super::intent::listed(svc, k) {
         let net = raw.trim().parse::<IpAddr>().ok().map(ipnet::IpNet::from);
         let refused = p
             .refused

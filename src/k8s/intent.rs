@@ -227,7 +227,7 @@ fn allowed(ip: IpAddr, k: &KubeConfig) -> Result<(), String> {
 
 /// The addresses a Service lists (status, and spec.externalIPs where
 /// configured), each once.
-fn listed<'a>(svc: &'a ServiceInfo, k: &KubeConfig) -> Vec<&'a String> {
+pub(crate) fn listed<'a>(svc: &'a ServiceInfo, k: &KubeConfig) -> Vec<&'a String> {
     let external = if k.external_ips {
         &svc.external_ips[..]
     } else {

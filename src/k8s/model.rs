@@ -31,6 +31,15 @@ pub fn namespace_list(v: &str) -> Vec<String> {
         .collect()
 }
 
+/// Whether Services of namespaces `a` and `b`, each naming the namespaces
+/// it shares with (`vipd.io/sharing-namespaces`), may share an address:
+/// one namespace always; two only when each names the other (or `*`). The
+/// announcer's sharing rules and the allocator's both ask this.
+pub fn namespaces_share(a: &str, a_allows: &[String], b: &str, b_allows: &[String]) -> bool {
+    let names = |list: &[String], ns: &str| list.iter().any(|n| n == "*" || n == ns);
+    a == b || (names(a_allows, b) && names(b_allows, a))
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ServiceInfo {
     pub uid: Uid,

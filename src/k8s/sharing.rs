@@ -46,10 +46,6 @@ pub struct Decision {
     pub held: Option<String>,
 }
 
-fn allows(o: &Owner, ns: &str) -> bool {
-    o.sharing.iter().any(|n| n == "*" || n == ns)
-}
-
 fn policy(local: bool) -> &'static str {
     if local {
         "Local"
@@ -67,8 +63,9 @@ pub fn conflict(held: &Owner, new: &Owner, addr: &str) -> Option<String> {
             policy(held.local)
         ));
     }
-    let consent = allows(held, new.namespace) && allows(new, held.namespace);
-    (held.namespace != new.namespace && !consent).then(|| {
+    let shared =
+        super::model::namespaces_share(held.namespace, held.sharing, new.namespace, new.sharing);
+    (!shared).then(|| {
         format!(
             "{addr} is held by {} in another namespace; sharing across namespaces needs {} on both Services",
             held.key,

@@ -192,16 +192,17 @@ pub fn fits(a: &RouteAttrs, afi: Afi, ctx: &SendCtx) -> Result<(), EncodeError> 
 fn reach_overhead(afi: Afi, ctx: &SendCtx) -> usize {
     match afi {
         Afi::Ipv4 => 0,
-        Afi::Ipv6 => {
-            4 + 3
-                + 1
-                + 1
-                + if ctx.next_hop_v6_link_local.is_some() {
-                    32
-                } else {
-                    16
-                }
-        }
+        Afi::Ipv6 => 4 + 3 + 1 + v6_next_hop_len(ctx) + 1,
+    }
+}
+
+/// The global IPv6 next hop, and the link-local after it when the peer
+/// shares the link (RFC 2545 section 3).
+fn v6_next_hop_len(ctx: &SendCtx) -> usize {
+    if ctx.next_hop_v6_link_local.is_some() {
+        32
+    } else {
+        16
     }
 }
 
@@ -266,7 +267,7 @@ pub fn announce(
             // MP_REACH goes first (RFC 7606 5.1): 4-byte attribute header,
             // AFI, SAFI, next-hop length, next hop, reserved byte.
             let ll = ctx.next_hop_v6_link_local;
-            let nh_len = if ll.is_some() { 32 } else { 16 };
+            let nh_len = v6_next_hop_len(ctx);
             let mp_fixed = reach_overhead(afi, ctx);
             let cap = room(attrs.len() + mp_fixed);
             for chunk in chunks(prefixes, cap) {
