@@ -9,7 +9,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 
@@ -103,6 +103,148 @@ pub fn apply(table: &Table, drained: &BTreeSet<IpNet>, phase: Phase) -> Table {
     out
 }
 
+/// The drain's state, as `vipd status` and `/status` show it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Line {
+    pub active: bool,
+    pub reason: String,
+    /// Seconds until the withdrawal; `None` once withdrawn.
+    pub left_secs: Option<u64>,
+}
+
+/// What a change of the Node's facts did to the drain (for the log).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    Began {
+        reason: String,
+        graceful: Duration,
+    },
+    Ended,
+    /// Nothing began or ended (what is drained may still have changed).
+    Same,
+}
+
+/// The drain as a state machine: `[drain]` and the Node's facts in; the
+/// phase, the next deadline, the status line and the table to announce
+/// out. Time is an argument, so every transition is a plain test.
+#[derive(Debug, Default)]
+pub struct Drain {
+    cfg: Option<DrainConfig>,
+    /// What is drained, and since when.
+    since: Option<(Drained, Instant)>,
+}
+
+impl Drain {
+    pub fn new(cfg: Option<DrainConfig>) -> Drain {
+        Drain { cfg, since: None }
+    }
+
+    /// A reloaded `[drain]`: applies from the next change of the Node.
+    pub fn set_config(&mut self, cfg: Option<DrainConfig>) {
+        self.cfg = cfg;
+    }
+
+    pub fn on_facts(&mut self, f: &NodeFacts, now: Instant) -> Change {
+        let Some(cfg) = &self.cfg else {
+            return Change::Same;
+        };
+        let d = drained(cfg, f);
+        match (self.since.take(), d.services) {
+            (None, true) => {
+                let c = Change::Began {
+                    reason: d.reason.clone(),
+                    graceful: cfg.graceful_shutdown,
+                };
+                self.since = Some((d, now));
+                c
+            }
+            (Some(_), false) => Change::Ended,
+            // Still draining; what is drained may change (a cordon on top
+            // of the exclusion label adds the control-plane VIP).
+            (Some((_, since)), true) => {
+                self.since = Some((d, since));
+                Change::Same
+            }
+            (None, false) => Change::Same,
+        }
+    }
+
+    /// What is drained and where the drain stands, while one is under way.
+    pub fn phase(&self, now: Instant) -> Option<(&Drained, Phase)> {
+        let (d, since) = self.since.as_ref()?;
+        let g = self.cfg.as_ref()?.graceful_shutdown;
+        Some((d, phase(now.saturating_duration_since(*since), g)))
+    }
+
+    /// When the announcements change next (the withdrawal).
+    pub fn deadline(&self, now: Instant) -> Option<Instant> {
+        match self.phase(now)? {
+            (_, Phase::Shutdown { left }) => Some(now + left),
+            (_, Phase::Withdrawn) => None,
+        }
+    }
+
+    /// `None` without `[drain]`.
+    pub fn line(&self, now: Instant) -> Option<Line> {
+        self.cfg.as_ref()?;
+        let Some((d, phase)) = self.phase(now) else {
+            return Some(Line::default());
+        };
+        Some(Line {
+            active: true,
+            reason: d.reason.clone(),
+            left_secs: match phase {
+                Phase::Shutdown { left } => Some(left.as_secs()),
+                Phase::Withdrawn => None,
+            },
+        })
+    }
+
+    /// What `vipd explain` says of a drained VIP.
+    pub fn explain(&self, now: Instant) -> Option<String> {
+        let l = self.line(now).filter(|l| l.active)?;
+        Some(match l.left_secs {
+            Some(n) => format!(
+                "announced with GRACEFUL_SHUTDOWN ({}), withdrawn in {n}s",
+                l.reason
+            ),
+            None => format!("withdrawn ({})", l.reason),
+        })
+    }
+
+    /// The table to announce: `table` itself unless draining; then the
+    /// Service VIPs (`services`), and the control-plane VIP when a cordon
+    /// or a taint drains it, marked or withdrawn.
+    pub fn announce(
+        &self,
+        table: &Arc<Table>,
+        services: BTreeSet<IpNet>,
+        control_plane: Option<IpNet>,
+        now: Instant,
+    ) -> Arc<Table> {
+        let Some((d, phase)) = self.phase(now) else {
+            return table.clone();
+        };
+        let mut drained = services;
+        if d.control_plane {
+            drained.extend(control_plane);
+        }
+        Arc::new(apply(table, &drained, phase))
+    }
+
+    /// Stopping with `withdraw_on_stop`: every route of `table` marked,
+    /// and how long to wait before the withdrawal. `None` without `[drain]`
+    /// or with no time to give.
+    pub fn on_stop(&self, table: &Table) -> Option<(Table, Duration)> {
+        let g = self.cfg.as_ref()?.graceful_shutdown;
+        if g.is_zero() {
+            return None;
+        }
+        let all = table.keys().copied().collect();
+        Some((apply(table, &all, phase(Duration::ZERO, g)), g))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,5 +333,140 @@ mod tests {
         assert_eq!(s[&p("198.51.100.1/32")], shared, "not drained: unchanged");
         let w = apply(&t, &drained, Phase::Withdrawn);
         assert_eq!(w.keys().collect::<Vec<_>>(), [&p("198.51.100.1/32")]);
+    }
+
+    fn table() -> Arc<Table> {
+        let mut t = Table::new();
+        for s in ["203.0.113.1/32", "192.0.2.10/32", "198.51.100.1/32"] {
+            t.insert(s.parse().unwrap(), Arc::new(RouteAttrs::default()));
+        }
+        Arc::new(t)
+    }
+
+    fn net(s: &str) -> IpNet {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_drain_begins_marks_withdraws_and_ends() {
+        let mut d = Drain::new(Some(cfg()));
+        let t0 = Instant::now();
+        let svc: BTreeSet<IpNet> = [net("203.0.113.1/32")].into();
+        let cp = Some(net("192.0.2.10/32"));
+        assert_eq!(d.on_facts(&NodeFacts::default(), t0), Change::Same);
+        assert_eq!(d.line(t0), Some(Line::default()));
+        let same = table();
+        assert!(
+            Arc::ptr_eq(&d.announce(&same, svc.clone(), cp, t0), &same),
+            "not draining: the table itself"
+        );
+        let cordoned = NodeFacts {
+            unschedulable: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            d.on_facts(&cordoned, t0),
+            Change::Began {
+                reason: "cordoned".into(),
+                graceful: Duration::from_secs(30)
+            }
+        );
+        let t10 = t0 + Duration::from_secs(10);
+        assert_eq!(d.deadline(t10), Some(t0 + Duration::from_secs(30)));
+        assert_eq!(
+            d.line(t10),
+            Some(Line {
+                active: true,
+                reason: "cordoned".into(),
+                left_secs: Some(20)
+            })
+        );
+        assert_eq!(
+            d.explain(t10).unwrap(),
+            "announced with GRACEFUL_SHUTDOWN (cordoned), withdrawn in 20s"
+        );
+        let a = d.announce(&table(), svc.clone(), cp, t10);
+        assert!(a[&net("203.0.113.1/32")]
+            .communities
+            .contains(&GRACEFUL_SHUTDOWN));
+        assert!(
+            a[&net("192.0.2.10/32")]
+                .communities
+                .contains(&GRACEFUL_SHUTDOWN),
+            "a cordon drains the control plane"
+        );
+        assert!(
+            a[&net("198.51.100.1/32")].communities.is_empty(),
+            "statics stay"
+        );
+        // The facts again: the drain keeps its start.
+        assert_eq!(d.on_facts(&cordoned, t10), Change::Same);
+        let t30 = t0 + Duration::from_secs(30);
+        assert_eq!(d.deadline(t30), None);
+        assert_eq!(d.explain(t30).unwrap(), "withdrawn (cordoned)");
+        let w = d.announce(&table(), svc.clone(), cp, t30);
+        assert_eq!(w.keys().collect::<Vec<_>>(), [&net("198.51.100.1/32")]);
+        assert_eq!(d.on_facts(&NodeFacts::default(), t30), Change::Ended);
+        assert_eq!(d.line(t30), Some(Line::default()));
+        assert_eq!(d.announce(&table(), svc, cp, t30).len(), 3);
+    }
+
+    #[test]
+    fn the_exclusion_label_spares_the_control_plane_until_a_cordon() {
+        let mut d = Drain::new(Some(cfg()));
+        let t0 = Instant::now();
+        let label = NodeFacts {
+            labels: [(EXCLUDE_LABEL.to_string(), String::new())].into(),
+            ..Default::default()
+        };
+        assert!(matches!(d.on_facts(&label, t0), Change::Began { .. }));
+        let cp = Some(net("192.0.2.10/32"));
+        let a = d.announce(&table(), BTreeSet::new(), cp, t0);
+        assert!(a[&net("192.0.2.10/32")].communities.is_empty());
+        let both = NodeFacts {
+            unschedulable: true,
+            ..label
+        };
+        let t5 = t0 + Duration::from_secs(5);
+        assert_eq!(d.on_facts(&both, t5), Change::Same);
+        let a = d.announce(&table(), BTreeSet::new(), cp, t5);
+        assert!(a[&net("192.0.2.10/32")]
+            .communities
+            .contains(&GRACEFUL_SHUTDOWN));
+        assert_eq!(
+            d.line(t5).unwrap().left_secs,
+            Some(25),
+            "the drain kept its start"
+        );
+    }
+
+    #[test]
+    fn without_drain_config_nothing_drains() {
+        let mut d = Drain::new(None);
+        let t0 = Instant::now();
+        let cordoned = NodeFacts {
+            unschedulable: true,
+            ..Default::default()
+        };
+        assert_eq!(d.on_facts(&cordoned, t0), Change::Same);
+        assert_eq!(
+            (d.line(t0), d.deadline(t0), d.explain(t0)),
+            (None, None, None)
+        );
+        assert!(d.on_stop(&table()).is_none());
+    }
+
+    #[test]
+    fn a_stop_marks_every_route_for_the_graceful_time() {
+        let d = Drain::new(Some(cfg()));
+        let (t, wait) = d.on_stop(&table()).unwrap();
+        assert_eq!(wait, Duration::from_secs(30));
+        assert_eq!(t.len(), 3);
+        assert!(t.values().all(|a| a.communities == [GRACEFUL_SHUTDOWN]));
+        let none = Drain::new(Some(DrainConfig {
+            graceful_shutdown: Duration::ZERO,
+            ..cfg()
+        }));
+        assert!(none.on_stop(&table()).is_none());
     }
 }

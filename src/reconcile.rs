@@ -114,6 +114,102 @@ pub fn patch(table: &mut Arc<Table>, statics: &Table, kube: &KubeRoutes, changed
     }
 }
 
+/// A route outside the table's own: the control-plane VIP while it serves.
+pub type Route = (IpNet, Arc<RouteAttrs>);
+
+/// The speaker's table and what it is made of, recomputed in one place:
+/// the static announcements, the control-plane VIP while it serves, and the
+/// Kubernetes VIPs. With Kubernetes it is not ready before the first
+/// complete intent (the readiness barrier): nothing is announced before.
+#[derive(Debug)]
+pub struct Tables {
+    statics: Arc<Table>,
+    control: Option<Route>,
+    kube: KubeRoutes,
+    ready: bool,
+    /// `statics` with `control`: what takes precedence over a Service.
+    base: Arc<Table>,
+    table: Arc<Table>,
+}
+
+impl Tables {
+    pub fn new(statics: Arc<Table>, control: Option<Route>, waits_for_kube: bool) -> Tables {
+        let mut t = Tables {
+            table: statics.clone(),
+            base: statics.clone(),
+            statics,
+            control,
+            kube: KubeRoutes::default(),
+            ready: !waits_for_kube,
+        };
+        t.rebuild();
+        t
+    }
+
+    fn rebuild(&mut self) {
+        self.base = match &self.control {
+            Some((p, a)) => {
+                let mut t = (*self.statics).clone();
+                t.insert(*p, a.clone());
+                Arc::new(t)
+            }
+            None => self.statics.clone(),
+        };
+        self.table = merged(&self.base, &self.kube);
+    }
+
+    pub fn set_statics(&mut self, statics: Arc<Table>) {
+        self.statics = statics;
+        self.rebuild();
+    }
+
+    /// Whether the table changed.
+    pub fn set_control(&mut self, route: Option<Route>) -> bool {
+        if route == self.control {
+            return false;
+        }
+        self.control = route;
+        self.rebuild();
+        true
+    }
+
+    /// The first or a re-listed complete intent: the barrier is passed.
+    /// Returns the prefixes that may have changed.
+    pub fn kube_full(&mut self, all: &BTreeMap<IpNet, Want>) -> Vec<IpNet> {
+        self.ready = true;
+        let changed = self.kube.set_all(all);
+        patch(&mut self.table, &self.base, &self.kube, &changed);
+        changed
+    }
+
+    pub fn kube_delta(&mut self, delta: &Delta) -> Vec<IpNet> {
+        let changed = self.kube.apply(delta);
+        patch(&mut self.table, &self.base, &self.kube, &changed);
+        changed
+    }
+
+    /// Whether the table may be announced (the barrier).
+    pub fn ready(&self) -> bool {
+        self.ready
+    }
+
+    pub fn table(&self) -> &Arc<Table> {
+        &self.table
+    }
+
+    pub fn kube(&self) -> &KubeRoutes {
+        &self.kube
+    }
+
+    pub fn statics(&self) -> &Arc<Table> {
+        &self.statics
+    }
+
+    pub fn control_prefix(&self) -> Option<IpNet> {
+        self.control.as_ref().map(|(p, _)| *p)
+    }
+}
+
 /// [`merged`] straight from an intent (tests and tools).
 pub fn table(statics: &Arc<Table>, intent: &Intent) -> Arc<Table> {
     let mut k = KubeRoutes::default();
@@ -468,5 +564,93 @@ mod tests {
         let a = &t[&"203.0.113.2/32".parse::<IpNet>().unwrap()];
         let b = &t[&"203.0.113.3/32".parse::<IpNet>().unwrap()];
         assert!(Arc::ptr_eq(a, b));
+    }
+
+    fn attrs(med: u32) -> Arc<RouteAttrs> {
+        Arc::new(RouteAttrs {
+            med: Some(med),
+            ..Default::default()
+        })
+    }
+
+    fn want_med(med: u32) -> Want {
+        Want {
+            owners: ["uid".to_string()].into(),
+            attrs: (*attrs(med)).clone(),
+        }
+    }
+
+    fn net(s: &str) -> IpNet {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn tables_keep_statics_and_the_control_plane_over_services() {
+        let statics: Table = [(net("198.51.100.1/32"), attrs(1))].into();
+        let cp = (net("192.0.2.10/32"), attrs(2));
+        let mut t = Tables::new(Arc::new(statics), Some(cp.clone()), true);
+        assert!(!t.ready(), "waits for the first complete intent");
+        t.kube_delta(&vec![(net("203.0.113.1/32"), Some(want_med(3)))]);
+        assert!(!t.ready());
+        let all = [
+            (net("198.51.100.1/32"), want_med(9)),
+            (net("192.0.2.10/32"), want_med(9)),
+            (net("203.0.113.1/32"), want_med(3)),
+        ]
+        .into();
+        t.kube_full(&all);
+        assert!(t.ready());
+        let med = |t: &Tables, p: &str| t.table().get(&net(p)).map(|a| a.med.unwrap());
+        assert_eq!(med(&t, "198.51.100.1/32"), Some(1), "a static wins");
+        assert_eq!(med(&t, "192.0.2.10/32"), Some(2), "the control plane wins");
+        assert_eq!(med(&t, "203.0.113.1/32"), Some(3));
+        // The control plane stops serving: the Service's own route shows.
+        assert!(t.set_control(None));
+        assert!(!t.set_control(None), "no change, no new table");
+        assert_eq!(med(&t, "192.0.2.10/32"), Some(9));
+        // A delta removing a VIP a static also has leaves the static.
+        t.kube_delta(&vec![(net("198.51.100.1/32"), None)]);
+        assert_eq!(med(&t, "198.51.100.1/32"), Some(1));
+        // New statics keep the Kubernetes VIPs.
+        t.set_statics(Arc::new(Table::new()));
+        assert_eq!(med(&t, "198.51.100.1/32"), None);
+        assert_eq!(med(&t, "203.0.113.1/32"), Some(3));
+        assert_eq!(t.table().len(), 2);
+        assert_eq!(t.control_prefix(), None);
+    }
+
+    #[test]
+    fn without_kubernetes_tables_are_ready_at_once() {
+        let t = Tables::new(Arc::new(Table::new()), None, false);
+        assert!(t.ready());
+    }
+
+    proptest! {
+        #[test]
+        fn patched_tables_equal_tables_built_from_scratch(
+            ops in proptest::collection::vec((0..6u8, 0..4u8, proptest::option::of(0..3u32)), 1..30)
+        ) {
+            let statics: Table = [(net("203.0.113.0/32"), attrs(100))].into();
+            let mut t = Tables::new(Arc::new(statics.clone()), None, true);
+            let mut cp = None;
+            for (kind, i, med) in ops {
+                let p = net(&format!("203.0.113.{i}/32"));
+                match kind {
+                    0 | 1 => { t.kube_delta(&vec![(p, med.map(want_med))]); }
+                    2 => {
+                        let all = med.map(|m| [(p, want_med(m))].into()).unwrap_or_default();
+                        t.kube_full(&all);
+                    }
+                    3 => { cp = med.map(|m| (p, attrs(m))); t.set_control(cp.clone()); }
+                    _ => { t.set_statics(Arc::new(statics.clone())); }
+                }
+                let fresh = Tables::new(Arc::new(statics.clone()), cp.clone(), false);
+                let mut expect = (**fresh.table()).clone();
+                for (p, a) in &t.kube().routes {
+                    expect.entry(*p).or_insert_with(|| a.clone());
+                }
+                prop_assert_eq!(&**t.table(), &expect);
+            }
+        }
     }
 }

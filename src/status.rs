@@ -57,13 +57,7 @@ pub struct Report {
 }
 
 /// The drain's state, with `[drain]`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct DrainLine {
-    pub active: bool,
-    pub reason: String,
-    /// Seconds until the withdrawal; `None` once withdrawn.
-    pub left_secs: Option<u64>,
-}
+pub use crate::drain::Line as DrainLine;
 
 impl Report {
     /// Ready once vipd announces what it should: with Kubernetes, after

@@ -3,9 +3,13 @@
 //! set in the OPEN. vipd knows it from a record it writes when it stops
 //! gracefully and consumes when it starts.
 //!
-//! The decision is pure; reading and writing the record is the daemon's.
+//! The decision is pure ([`restarted`]); [`take`] and [`leave`] read and
+//! write the file.
 
+use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tracing::{info, warn};
 
 /// The record's text for a graceful stop at `at`.
 pub fn record(at: SystemTime) -> String {
@@ -30,6 +34,33 @@ pub fn restarted(record: Option<&str>, now: SystemTime, restart_time: u16) -> bo
     }
 }
 
+/// Reads and removes the record at `path`: whether this start is a
+/// restart within `restart_time` (always no without graceful restart).
+pub fn take(path: &Path, graceful_restart: bool, restart_time: u16) -> bool {
+    let text = std::fs::read_to_string(path).ok();
+    if text.is_some() {
+        if let Err(e) = std::fs::remove_file(path) {
+            warn!(path = %path.display(), "cannot remove the restart record: {e}");
+        }
+    }
+    let r = graceful_restart && restarted(text.as_deref(), SystemTime::now(), restart_time);
+    if r {
+        info!("restarting within the restart time: OPENs carry the Restart State bit");
+    }
+    r
+}
+
+/// Writes the record of a graceful stop now.
+pub fn leave(path: &Path) {
+    let written = path
+        .parent()
+        .map_or(Ok(()), std::fs::create_dir_all)
+        .and_then(|_| std::fs::write(path, record(SystemTime::now())));
+    if let Err(e) = written {
+        warn!(path = %path.display(), "cannot write the restart record: {e}");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -47,5 +78,18 @@ mod tests {
         assert!(!restarted(None, after(1), 120));
         assert!(!restarted(Some("stopped_at=soon"), after(1), 120));
         assert!(!restarted(Some(""), after(1), 120));
+    }
+
+    #[test]
+    fn a_record_left_at_stop_is_taken_once_at_start() {
+        let dir = std::env::temp_dir().join(format!("vipd-restart-{}", std::process::id()));
+        let path = dir.join("sub/stopped");
+        leave(&path);
+        assert!(!take(&path, false, 120), "without graceful restart: never");
+        assert!(!path.exists(), "taken even so");
+        leave(&path);
+        assert!(take(&path, true, 120));
+        assert!(!take(&path, true, 120), "consumed");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -402,7 +402,8 @@ pub fn parse_dest(payload: &[u8], service_af: u16) -> Option<KernelDest> {
 
 // ---- the socket ------------------------------------------------------------
 
-/// Why an IPVS request failed.
+/// Why an IPVS request failed. Callers decide on the kind: a foreign
+/// service is left alone, a broken socket is reopened.
 #[derive(Debug, thiserror::Error)]
 pub enum IpvsError {
     #[error("IPVS is not available in this kernel (the kernel found no ip_vs module to load)")]
@@ -413,6 +414,17 @@ pub enum IpvsError {
     Kernel(io::Error),
     #[error("malformed netlink answer")]
     Malformed,
+    /// The service exists and vipd did not create it.
+    #[error("{0} exists and was not created by vipd: left alone")]
+    Foreign(ServiceKey),
+    /// The kernel refused one change.
+    #[error("{op}: {err}")]
+    Refused { op: String, err: io::Error },
+    #[error("{op}: the kernel has no scheduler {scheduler:?} (module ip_vs_{scheduler})")]
+    NoScheduler { op: String, scheduler: String },
+    /// The IPVS thread is gone (vipd is stopping).
+    #[error("the IPVS thread has stopped")]
+    Stopped,
 }
 
 /// A generic netlink socket bound to the IPVS family.
@@ -631,13 +643,13 @@ impl Manager {
     /// Brings the kernel to `want` (or to none of vipd's services) and
     /// returns what it changed. A service that exists but that vipd did
     /// not create is an error and is left exactly as it is.
-    pub fn sync(&mut self, want: Option<&Service>) -> Result<Vec<Op>, String> {
+    pub fn sync(&mut self, want: Option<&Service>) -> Result<Vec<Op>, IpvsError> {
         let r = self.try_sync(want);
         if let Err(IpvsError::Io(_) | IpvsError::Malformed) = &r {
             // Start over on a fresh socket next time.
             self.ipvs = None;
         }
-        r.map_err(|e| e.to_string())
+        r
     }
 
     fn try_sync(&mut self, want: Option<&Service>) -> Result<Vec<Op>, IpvsError> {
@@ -666,10 +678,7 @@ impl Manager {
         let Some(w) = want else { return Ok(done) };
         let have = present.into_iter().find(|p| p.key == w.key);
         if have.is_some() && !self.owned.keys.contains(&w.key) {
-            return Err(IpvsError::Kernel(io::Error::new(
-                io::ErrorKind::AlreadyExists,
-                format!("{} exists and was not created by vipd: left alone", w.key),
-            )));
+            return Err(IpvsError::Foreign(w.key));
         }
         let current = match have {
             Some(svc) => {
@@ -693,22 +702,118 @@ impl Manager {
 }
 
 fn context(op: &Op, e: IpvsError) -> IpvsError {
-    match e {
+    match (e, op) {
         // The kernel's answer when it cannot load ip_vs_<scheduler>.
-        IpvsError::Kernel(k)
-            if k.raw_os_error() == Some(libc::ENOENT)
-                && matches!(op, Op::AddService(..) | Op::SetService(..)) =>
+        (IpvsError::Kernel(k), Op::AddService(_, s) | Op::SetService(_, s))
+            if k.raw_os_error() == Some(libc::ENOENT) =>
         {
-            let (Op::AddService(_, s) | Op::SetService(_, s)) = op else {
-                unreachable!()
-            };
-            IpvsError::Kernel(io::Error::new(
-                k.kind(),
-                format!("{op}: the kernel has no scheduler {s:?} (module ip_vs_{s})"),
-            ))
+            IpvsError::NoScheduler {
+                op: op.to_string(),
+                scheduler: s.clone(),
+            }
         }
-        IpvsError::Kernel(k) => IpvsError::Kernel(io::Error::new(k.kind(), format!("{op}: {k}"))),
-        other => other,
+        (IpvsError::Kernel(err), _) => IpvsError::Refused {
+            op: op.to_string(),
+            err,
+        },
+        (other, _) => other,
+    }
+}
+
+// ---- the thread ------------------------------------------------------------
+
+/// A sync's outcome, for the service it wanted.
+#[derive(Debug)]
+pub struct Synced {
+    pub want: Option<ServiceKey>,
+    pub result: Result<Vec<Op>, IpvsError>,
+}
+
+enum Reply {
+    /// Into the daemon's loop, as a message.
+    Message(tokio::sync::mpsc::UnboundedSender<Synced>),
+    Once(tokio::sync::oneshot::Sender<Synced>),
+}
+
+struct Job {
+    want: Option<Service>,
+    reply: Reply,
+}
+
+/// The [`Manager`] on a thread of its own: netlink waits (bounded at 2 s
+/// by `SO_RCVTIMEO`) block that thread, never the runtime, so sessions
+/// and the status listener carry on while the kernel answers. Dropping
+/// the handle ends the thread after the job under way.
+pub struct Worker {
+    jobs: std::sync::mpsc::Sender<Job>,
+    results: tokio::sync::mpsc::UnboundedSender<Synced>,
+}
+
+impl Worker {
+    /// The thread, the receiver of [`Worker::request`]'s outcomes, and the
+    /// ownership file's lines that did not parse.
+    pub fn spawn(
+        state_file: &Path,
+    ) -> (
+        Worker,
+        tokio::sync::mpsc::UnboundedReceiver<Synced>,
+        Vec<String>,
+    ) {
+        let (mut mgr, bad) = Manager::new(state_file);
+        let (jobs, rx) = std::sync::mpsc::channel::<Job>();
+        let (results, results_rx) = tokio::sync::mpsc::unbounded_channel();
+        std::thread::Builder::new()
+            .name("vipd-ipvs".into())
+            .spawn(move || {
+                while let Ok(job) = rx.recv() {
+                    let done = run_job(&mut mgr, job.want.as_ref());
+                    let _ = match job.reply {
+                        Reply::Message(tx) => tx.send(done).ok(),
+                        Reply::Once(tx) => tx.send(done).ok(),
+                    };
+                }
+            })
+            .expect("spawning the IPVS thread");
+        (Worker { jobs, results }, results_rx, bad)
+    }
+
+    /// Brings the kernel to `want`; the outcome arrives on the receiver.
+    pub fn request(&self, want: Option<Service>) {
+        let _ = self.jobs.send(Job {
+            want,
+            reply: Reply::Message(self.results.clone()),
+        });
+    }
+
+    /// As [`Worker::request`], waiting for the outcome (at start and stop).
+    pub async fn sync(&self, want: Option<Service>) -> Synced {
+        let key = want.as_ref().map(|w| w.key);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let sent = self.jobs.send(Job {
+            want,
+            reply: Reply::Once(tx),
+        });
+        match (sent, rx.await) {
+            (Ok(()), Ok(s)) => s,
+            _ => Synced {
+                want: key,
+                result: Err(IpvsError::Stopped),
+            },
+        }
+    }
+}
+
+/// Removing everything when vipd owns nothing touches no socket, so a
+/// kernel without IPVS costs nothing to a node that never used it.
+fn run_job(mgr: &mut Manager, want: Option<&Service>) -> Synced {
+    let result = if want.is_none() && !mgr.owns_any() {
+        Ok(vec![])
+    } else {
+        mgr.sync(want)
+    };
+    Synced {
+        want: want.map(|w| w.key),
+        result,
     }
 }
 

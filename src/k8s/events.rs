@@ -14,7 +14,33 @@ use kube::api::PostParams;
 use kube::{Api, Client};
 use tracing::warn;
 
+use std::collections::BTreeSet;
+
 use super::model::{Key, Uid};
+
+/// Report once: of what stands now, what was not standing at the last
+/// pass. Something that goes away and comes back is reported again; one
+/// that stays is reported once, however many passes see it.
+#[derive(Debug, Default)]
+pub struct Once<I> {
+    standing: BTreeSet<I>,
+}
+
+impl<I: Ord> Once<I> {
+    /// `now`: everything standing at this pass, with what to report for it.
+    pub fn fresh<T>(&mut self, now: impl IntoIterator<Item = (I, T)>) -> Vec<T> {
+        let mut standing = BTreeSet::new();
+        let mut fresh = vec![];
+        for (id, t) in now {
+            if !self.standing.contains(&id) {
+                fresh.push(t);
+            }
+            standing.insert(id);
+        }
+        self.standing = standing;
+        fresh
+    }
+}
 
 /// Records an Event on a Service (`warning`: of type Warning, else Normal);
 /// a failure is logged, never retried.
@@ -64,4 +90,20 @@ pub async fn post(
 
 fn jiff_now() -> k8s_openapi::jiff::Timestamp {
     k8s_openapi::jiff::Timestamp::now()
+}
+
+#[cfg(test)]
+mod once_tests {
+    use super::Once;
+
+    #[test]
+    fn reported_once_until_it_goes_away_and_comes_back() {
+        let mut o = Once::default();
+        assert_eq!(o.fresh([("a", 1), ("b", 2)]), [1, 2]);
+        assert_eq!(o.fresh([("a", 1), ("b", 2)]), Vec::<i32>::new());
+        assert_eq!(o.fresh([("a", 1)]), Vec::<i32>::new());
+        assert_eq!(o.fresh([("a", 1), ("b", 3)]), [3], "b came back");
+        assert_eq!(o.fresh(Vec::<(&str, i32)>::new()), Vec::<i32>::new());
+        assert_eq!(o.fresh([("a", 4)]), [4]);
+    }
 }

@@ -11,4 +11,5 @@ pub mod explain;
 pub mod intent;
 pub mod model;
 pub mod sharing;
+pub mod store;
 pub mod watch;

@@ -16,15 +16,16 @@ use std::sync::{Arc, Mutex};
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, ResourceExt};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use super::intent::{touches_forbidden, Delta, Intent, RefusalKind, Tracker};
+use super::events::Once;
+use super::intent::{touches_forbidden, Delta, RefusalKind, Tracker};
 use super::model::*;
+use super::store::{Change, Store};
 use crate::config::KubeConfig;
 
 /// What `vipd` reports about the Kubernetes side.
@@ -184,81 +185,6 @@ pub fn node_info(n: &Node) -> NodeInfo {
     }
 }
 
-fn key_of(m: &ObjectMeta) -> Key {
-    format!(
-        "{}/{}",
-        m.namespace.as_deref().unwrap_or(""),
-        m.name.as_deref().unwrap_or("")
-    )
-}
-
-/// One watched kind: the live map, and a re-list in progress.
-struct Store<T> {
-    pending: Option<BTreeMap<Key, T>>,
-    synced: bool,
-}
-
-impl<T> Default for Store<T> {
-    fn default() -> Self {
-        Store {
-            pending: None,
-            synced: false,
-        }
-    }
-}
-
-/// What one watcher event did to a store.
-enum Change<T> {
-    Nothing,
-    /// A complete re-list replaced the store.
-    All,
-    /// One object changed; its value before.
-    One(Key, Option<T>),
-}
-
-impl<T> Store<T> {
-    /// Applies one watcher event to `live`.
-    fn apply<K: kube::Resource>(
-        &mut self,
-        live: &mut BTreeMap<Key, T>,
-        ev: watcher::Event<K>,
-        conv: impl Fn(&K) -> Option<T>,
-    ) -> Change<T> {
-        match ev {
-            watcher::Event::Init => {
-                self.pending = Some(BTreeMap::new());
-                Change::Nothing
-            }
-            watcher::Event::InitApply(o) => {
-                if let (Some(p), Some(v)) = (self.pending.as_mut(), conv(&o)) {
-                    p.insert(key_of(o.meta()), v);
-                }
-                Change::Nothing
-            }
-            watcher::Event::InitDone => {
-                if let Some(p) = self.pending.take() {
-                    *live = p;
-                }
-                self.synced = true;
-                Change::All
-            }
-            watcher::Event::Apply(o) => {
-                let k = key_of(o.meta());
-                let old = match conv(&o) {
-                    Some(v) => live.insert(k.clone(), v),
-                    None => live.remove(&k),
-                };
-                Change::One(k, old)
-            }
-            watcher::Event::Delete(o) => {
-                let k = key_of(o.meta());
-                let old = live.remove(&k);
-                Change::One(k, old)
-            }
-        }
-    }
-}
-
 /// What the watcher sends: the first complete set of routes (the readiness
 /// barrier has passed), then only what changed.
 #[derive(Debug, Clone)]
@@ -274,9 +200,10 @@ pub enum Update {
     Node(super::model::NodeFacts),
 }
 
+/// One watcher's event, as the forwarders hand it to the watch.
 // Events pass through once each; boxing the large ones would buy nothing.
 #[allow(clippy::large_enum_variant)]
-enum Ev {
+pub enum Ev {
     Svc(Result<watcher::Event<Service>, watcher::Error>),
     Slice(Result<watcher::Event<EndpointSlice>, watcher::Error>),
     Node(Result<watcher::Event<Node>, watcher::Error>),
@@ -316,196 +243,335 @@ pub async fn connect(k: &KubeConfig) -> Result<(Client, Vec<IpAddr>), WatchError
     Ok((Client::try_from(config)?, api_server))
 }
 
-/// Watches until the process ends, publishing each new intent.
-/// `vipd explain`: a Service's key, and where its view goes.
-/// The running watch, owned by the daemon: where `vipd explain` asks, and
-/// the task itself (ended when this is dropped).
+/// The running watch, owned by the daemon: where `vipd explain` and a
+/// reload reach it, and the task itself (ended when this is dropped).
 pub struct Handle {
-    pub queries: mpsc::Sender<ExplainQuery>,
+    pub requests: mpsc::Sender<Request>,
     pub task: crate::task::Owned<()>,
 }
 
-pub type ExplainQuery = (
-    Key,
-    tokio::sync::oneshot::Sender<super::explain::ServiceView>,
-);
+/// What the daemon asks of the running watch.
+pub enum Request {
+    /// `vipd explain`: a Service's key, and where its view goes.
+    Explain(
+        Key,
+        tokio::sync::oneshot::Sender<super::explain::ServiceView>,
+    ),
+    /// A reload changed the `[ipam]` pools the intent accepts addresses from.
+    Pools(Option<Vec<crate::config::Range>>),
+}
 
+/// An Event to record on a Service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Post {
+    pub service: Key,
+    pub uid: Uid,
+    pub reason: &'static str,
+    pub message: String,
+    /// The line vipd logs for it.
+    pub log: String,
+}
+
+/// What a pass hands on: updates for the daemon, Events for the API
+/// server, and the figures for `vipd status`.
+#[derive(Debug, Default)]
+pub struct Pass {
+    pub updates: Vec<Update>,
+    pub posts: Vec<Post>,
+    pub status: Option<KubeStatus>,
+}
+
+/// The watch's state and decisions, with no I/O: watcher events in
+/// ([`Watch::apply`]), updates out ([`Watch::pass`]). The barrier, the
+/// re-list and what is reported once all live here, tested with synthetic
+/// events; [`run`] is the task around it.
+pub struct Watch {
+    k: KubeConfig,
+    snap: Snapshot,
+    services: Store<ServiceInfo>,
+    slices: Store<SliceInfo>,
+    node_store: Store<NodeInfo>,
+    nodes: BTreeMap<Key, NodeInfo>,
+    tracker: Tracker,
+    reported: Once<String>,
+    last_error: Option<String>,
+    warned_no_node: bool,
+    published: bool,
+    api_servers_sent: BTreeSet<IpAddr>,
+    facts_sent: Option<NodeFacts>,
+    /// Since the last pass: a full pass is due, and the Services touched.
+    full: bool,
+    touched: BTreeSet<Key>,
+}
+
+impl Watch {
+    pub fn new(k: KubeConfig, api_server: Vec<IpAddr>) -> Watch {
+        Watch {
+            k,
+            snap: Snapshot {
+                api_server,
+                ..Default::default()
+            },
+            services: Store::default(),
+            slices: Store::default(),
+            node_store: Store::default(),
+            nodes: BTreeMap::new(),
+            tracker: Tracker::default(),
+            reported: Once::default(),
+            last_error: None,
+            warned_no_node: false,
+            published: false,
+            api_servers_sent: BTreeSet::new(),
+            facts_sent: None,
+            full: false,
+            touched: BTreeSet::new(),
+        }
+    }
+
+    /// One watcher event (or error). Returns the API error to show in the
+    /// status when it changed: `Some(None)` once the API is back.
+    pub fn apply(&mut self, ev: Ev) -> Option<Option<String>> {
+        let r = match ev {
+            Ev::Svc(r) => r.map(|e| self.on_service(e)),
+            Ev::Slice(r) => r.map(|e| self.on_slice(e)),
+            Ev::Node(r) => r.map(|e| {
+                let c = self
+                    .node_store
+                    .apply(&mut self.nodes, e, |n| Some(node_info(n)));
+                self.full |= c != Change::Nothing;
+            }),
+        };
+        let now = r.err().map(|e| e.to_string());
+        if now == self.last_error {
+            return None;
+        }
+        match &now {
+            Some(msg) => {
+                warn!("Kubernetes API: {msg}; current announcements stay until it is back")
+            }
+            None => info!("Kubernetes API reachable again"),
+        }
+        self.last_error = now.clone();
+        Some(now)
+    }
+
+    fn on_service(&mut self, e: watcher::Event<Service>) {
+        match self
+            .services
+            .apply(&mut self.snap.services, e, service_info)
+        {
+            Change::Nothing => {}
+            Change::All => self.full = true,
+            Change::One(key, _) => {
+                self.full |= touches_forbidden(&key);
+                self.touched.insert(key);
+            }
+        }
+    }
+
+    fn on_slice(&mut self, e: watcher::Event<EndpointSlice>) {
+        match self
+            .slices
+            .apply(&mut self.snap.slices, e, |s| Some(slice_info(s)))
+        {
+            Change::Nothing => {}
+            Change::All => self.full = true,
+            Change::One(key, old) => {
+                let new = self.snap.slices.get(&key);
+                for svc in self.tracker.slice_changed(&key, old.as_ref(), new) {
+                    self.full |= touches_forbidden(&svc);
+                    self.touched.insert(svc);
+                }
+            }
+        }
+    }
+
+    /// New pools from a reload: every Service decided again.
+    pub fn set_pools(&mut self, pools: Option<Vec<crate::config::Range>>) {
+        self.k.pools = pools;
+        self.full = true;
+    }
+
+    /// Whether Services, EndpointSlices and the Node have all been listed.
+    pub fn synced(&self) -> bool {
+        self.services.synced() && self.slices.synced() && self.node_store.synced()
+    }
+
+    /// The intent brought up to date with what was applied since the last
+    /// pass; `since` is when the oldest of those events arrived. Nothing
+    /// before the barrier, nothing when nothing changed.
+    pub fn pass(&mut self, since: std::time::Instant) -> Option<Pass> {
+        let idle = !self.full && self.touched.is_empty() && self.published;
+        if !self.synced() || idle {
+            return None;
+        }
+        // default/kubernetes changing makes a full pass (it changes the
+        // forbidden addresses), so only a full pass can change the API list.
+        let full_pass = self.full || !self.published;
+        let delta = if full_pass {
+            self.node_changed();
+            self.tracker.reset(&self.snap, &self.k)
+        } else {
+            self.tracker
+                .update(&self.snap, &self.k, self.touched.iter())
+        };
+        self.full = false;
+        self.touched.clear();
+        let update = if !std::mem::replace(&mut self.published, true) {
+            Some(Update::Full(self.tracker.intent().routes.clone()))
+        } else {
+            (!delta.is_empty()).then_some(Update::Delta(delta, since))
+        };
+        // After the intent: the first thing the daemon hears is the Full
+        // that opens the readiness barrier.
+        let mut updates: Vec<Update> = update.into_iter().collect();
+        if full_pass {
+            updates.extend(self.api_servers_changed());
+            updates.extend(self.facts_changed());
+        }
+        Some(Pass {
+            updates,
+            posts: self.posts(),
+            status: Some(self.status()),
+        })
+    }
+
+    fn node_changed(&mut self) {
+        self.snap.node = self.nodes.values().next().cloned();
+        if self.snap.node.is_none() && !self.warned_no_node {
+            self.warned_no_node = true;
+            warn!(node = %self.k.node_name, "no Node object by this name: Local-policy Services and this node's own addresses cannot be matched; check kubernetes.node_name");
+        }
+    }
+
+    fn api_servers_changed(&mut self) -> Option<Update> {
+        let a = super::intent::api_endpoints(&self.snap);
+        (a != self.api_servers_sent).then(|| {
+            self.api_servers_sent = a.clone();
+            Update::ApiServers(a)
+        })
+    }
+
+    fn facts_changed(&mut self) -> Option<Update> {
+        let n = self.snap.node.clone().unwrap_or_default();
+        let f = NodeFacts {
+            labels: n.labels,
+            unschedulable: n.unschedulable,
+            taints: n.taints,
+        };
+        (self.facts_sent.as_ref() != Some(&f)).then(|| {
+            self.facts_sent = Some(f.clone());
+            Update::Node(f)
+        })
+    }
+
+    /// The refusals and dropped attribute values not reported before (each
+    /// once, until it goes away and comes back).
+    fn posts(&mut self) -> Vec<Post> {
+        let intent = self.tracker.intent();
+        let refused = intent.refused.iter().map(|r| {
+            let id = format!("{}|{}|{}", r.uid, r.address, r.reason);
+            (
+                id,
+                Post {
+                    service: r.service.clone(),
+                    uid: r.uid.clone(),
+                    reason: r.kind.event_reason(),
+                    message: format!("vipd will not announce {}: {}", r.address, r.reason),
+                    log: format!("VIP refused: {}", r.reason),
+                },
+            )
+        });
+        let dropped = intent.bad_annotations.iter().map(|b| {
+            let id = format!("{}|{}|{}", b.uid, b.annotation, b.reason);
+            (
+                id,
+                Post {
+                    service: b.service.clone(),
+                    uid: b.uid.clone(),
+                    reason: "AttributeNotAllowed",
+                    message: format!(
+                        "{}: {}; dropped, the Service's other attributes apply",
+                        b.annotation, b.reason
+                    ),
+                    log: format!("{}: attribute value dropped: {}", b.annotation, b.reason),
+                },
+            )
+        });
+        self.reported.fresh(refused.chain(dropped))
+    }
+
+    /// What a pass leaves for `vipd status` and the metrics.
+    fn status(&self) -> KubeStatus {
+        let intent = self.tracker.intent();
+        KubeStatus {
+            synced: true,
+            services: self.snap.services.len(),
+            endpoint_slices: self.snap.slices.len(),
+            vips: intent.routes.len(),
+            services_announced: self.tracker.services_announced(),
+            refused: self.tracker.refused_by_kind().clone(),
+            last_error: self.last_error.clone(),
+        }
+    }
+
+    pub fn explain(&self, key: &Key) -> super::explain::ServiceView {
+        let uid = self
+            .snap
+            .services
+            .get(key)
+            .map(|s| s.uid.as_str())
+            .unwrap_or_default();
+        let sharing = self.tracker.sharing_view(uid);
+        super::explain::explain(&self.snap, &self.k, key, &sharing)
+    }
+}
+
+/// Watches until the daemon drops the task, publishing each new intent.
 pub async fn run(
     k: KubeConfig,
     client: Client,
     api_server: Vec<IpAddr>,
     out: mpsc::Sender<Update>,
     status: Arc<Mutex<KubeStatus>>,
-    mut queries: mpsc::Receiver<ExplainQuery>,
+    mut requests: mpsc::Receiver<Request>,
 ) {
-    let wc = watcher::Config::default();
     // One task per watcher, forwarding into one channel: the loop below
     // drains whatever is waiting as one batch, so a burst costs one update.
     let (tx, mut rx) = mpsc::channel::<(std::time::Instant, Ev)>(4096);
     // Held for the life of the loop: they end with it.
-    let _forwarders = [
-        forward(
-            watcher(Api::<Service>::all(client.clone()), wc.clone()),
-            Ev::Svc,
-            tx.clone(),
-        ),
-        forward(
-            watcher(Api::<EndpointSlice>::all(client.clone()), wc.clone()),
-            Ev::Slice,
-            tx.clone(),
-        ),
-        forward(
-            watcher(
-                Api::<Node>::all(client.clone()),
-                wc.fields(&format!("metadata.name={}", k.node_name)),
-            ),
-            Ev::Node,
-            tx,
-        ),
-    ];
-    let mut snap = Snapshot {
-        api_server,
-        ..Default::default()
-    };
-    let (mut ss, mut es, mut ns) = (Store::default(), Store::default(), Store::default());
-    let mut nodes: BTreeMap<Key, NodeInfo> = BTreeMap::new();
-    let mut reported: BTreeSet<String> = BTreeSet::new();
-    let mut last_error: Option<String> = None;
-    let mut warned_no_node = false;
-    let mut tracker = Tracker::default();
-    let mut published = false;
-    let mut api_servers_sent = BTreeSet::new();
-    let mut facts_sent: Option<super::model::NodeFacts> = None;
+    let _forwarders = forwarders(&client, &k.node_name, tx);
+    let mut w = Watch::new(k, api_server);
     loop {
-        let first = tokio::select! {
+        let since = tokio::select! {
             ev = rx.recv() => match ev {
-                Some(ev) => ev,
+                Some((at, ev)) => { apply(&mut w, ev, &status); at }
                 None => return,
             },
-            Some((key, reply)) = queries.recv() => {
-                let uid = snap.services.get(&key).map(|s| s.uid.as_str()).unwrap_or_default();
-                let sharing = tracker.sharing_view(uid);
-                let _ = reply.send(super::explain::explain(&snap, &k, &key, &sharing));
-                continue;
-            }
+            Some(r) = requests.recv() => match r {
+                Request::Explain(key, reply) => { let _ = reply.send(w.explain(&key)); continue }
+                Request::Pools(p) => { w.set_pools(p); std::time::Instant::now() }
+            },
         };
-        let since = first.0;
-        let mut batch = vec![first.1];
         while let Ok((_, ev)) = rx.try_recv() {
-            batch.push(ev);
+            apply(&mut w, ev, &status);
         }
-        tracing::trace!(events = batch.len(), "watch batch");
-        let mut full = false;
-        let mut touched: BTreeSet<Key> = BTreeSet::new();
-        for ev in batch {
-            let r = match ev {
-                Ev::Svc(r) => r.map(|e| match ss.apply(&mut snap.services, e, service_info) {
-                    Change::Nothing => {}
-                    Change::All => full = true,
-                    Change::One(key, _) => {
-                        full |= touches_forbidden(&key);
-                        touched.insert(key);
-                    }
-                }),
-                Ev::Slice(r) => {
-                    r.map(
-                        |e| match es.apply(&mut snap.slices, e, |s| Some(slice_info(s))) {
-                            Change::Nothing => {}
-                            Change::All => full = true,
-                            Change::One(key, old) => {
-                                let new = snap.slices.get(&key);
-                                for svc in tracker.slice_changed(&key, old.as_ref(), new) {
-                                    full |= touches_forbidden(&svc);
-                                    touched.insert(svc);
-                                }
-                            }
-                        },
-                    )
-                }
-                Ev::Node(r) => r.map(|e| {
-                    if !matches!(
-                        ns.apply(&mut nodes, e, |n| Some(node_info(n))),
-                        Change::Nothing
-                    ) {
-                        full = true;
-                    }
-                }),
-            };
-            match r {
-                Ok(()) => {
-                    if last_error.take().is_some() {
-                        info!("Kubernetes API reachable again");
-                        status.lock().unwrap().last_error = None;
-                    }
-                }
-                Err(e) => {
-                    let msg = e.to_string();
-                    if last_error.as_deref() != Some(msg.as_str()) {
-                        warn!("Kubernetes API: {msg}; current announcements stay until it is back");
-                    }
-                    status.lock().unwrap().last_error = Some(msg.clone());
-                    last_error = Some(msg);
-                }
-            }
+        let Some(pass) = w.pass(since) else { continue };
+        if let Some(st) = pass.status {
+            record(&status, st);
         }
-        if !(ss.synced && es.synced && ns.synced) || (!full && touched.is_empty() && published) {
-            continue;
+        for p in pass.posts {
+            warn!(service = %p.service, "{}", p.log);
+            tokio::spawn(super::events::post(
+                client.clone(),
+                p.service,
+                p.uid,
+                p.reason.into(),
+                p.message,
+                true,
+            ));
         }
-        let t = std::time::Instant::now();
-        // default/kubernetes changing makes a full pass (it changes the
-        // forbidden addresses), so only a full pass can change the API list.
-        let full_pass = full || !published;
-        let delta = if full_pass {
-            snap.node = nodes.values().next().cloned();
-            if snap.node.is_none() && !warned_no_node {
-                warned_no_node = true;
-                warn!(node = %k.node_name, "no Node object by this name: Local-policy Services and this node's own addresses cannot be matched; check kubernetes.node_name");
-            }
-            tracker.reset(&snap, &k)
-        } else {
-            tracker.update(&snap, &k, touched.iter())
-        };
-        let intent = tracker.intent();
-        tracing::debug!(
-            us = t.elapsed().as_micros() as u64,
-            changed = delta.len(),
-            full,
-            "intent updated"
-        );
-        record_pass(&status, &snap, &tracker);
-        report(&client, intent, &mut reported);
-        let update = if !published {
-            published = true;
-            Some(Update::Full(intent.routes.clone()))
-        } else if delta.is_empty() {
-            None
-        } else {
-            Some(Update::Delta(delta, since))
-        };
-        // After the intent: the first thing the daemon hears is the Full
-        // that opens the readiness barrier.
-        let apis = full_pass
-            .then(|| super::intent::api_endpoints(&snap))
-            .filter(|a| *a != api_servers_sent)
-            .map(|a| {
-                api_servers_sent = a.clone();
-                Update::ApiServers(a)
-            });
-        let facts = full_pass
-            .then(|| {
-                let n = snap.node.clone().unwrap_or_default();
-                super::model::NodeFacts {
-                    labels: n.labels,
-                    unschedulable: n.unschedulable,
-                    taints: n.taints,
-                }
-            })
-            .filter(|f| facts_sent.as_ref() != Some(f))
-            .map(|f| {
-                facts_sent = Some(f.clone());
-                Update::Node(f)
-            });
-        for u in update.into_iter().chain(apis).chain(facts) {
+        for u in pass.updates {
             if out.send(u).await.is_err() {
                 return;
             }
@@ -513,26 +579,49 @@ pub async fn run(
     }
 }
 
-/// What a pass leaves for `vipd status` and the metrics.
-fn record_pass(status: &Mutex<KubeStatus>, snap: &Snapshot, tracker: &Tracker) {
-    let intent = tracker.intent();
+fn apply(w: &mut Watch, ev: Ev, status: &Mutex<KubeStatus>) {
+    if let Some(e) = w.apply(ev) {
+        status.lock().unwrap().last_error = e;
+    }
+}
+
+fn record(status: &Mutex<KubeStatus>, next: KubeStatus) {
     let mut st = status.lock().unwrap();
     if !st.synced {
         info!(
-            services = snap.services.len(),
-            endpoint_slices = snap.slices.len(),
-            vips = intent.routes.len(),
+            services = next.services,
+            endpoint_slices = next.endpoint_slices,
+            vips = next.vips,
             "Kubernetes caches synced"
         );
     }
-    st.synced = true;
-    st.services = snap.services.len();
-    st.endpoint_slices = snap.slices.len();
-    st.vips = intent.routes.len();
-    st.services_announced = tracker.services_announced();
-    if st.refused != *tracker.refused_by_kind() {
-        st.refused = tracker.refused_by_kind().clone();
-    }
+    *st = next;
+}
+
+fn forwarders(
+    client: &Client,
+    node: &str,
+    tx: mpsc::Sender<(std::time::Instant, Ev)>,
+) -> [crate::task::Owned<()>; 3] {
+    let wc = watcher::Config::default();
+    let node = wc.clone().fields(&format!("metadata.name={node}"));
+    [
+        forward(
+            watcher(Api::<Service>::all(client.clone()), wc.clone()),
+            Ev::Svc,
+            tx.clone(),
+        ),
+        forward(
+            watcher(Api::<EndpointSlice>::all(client.clone()), wc),
+            Ev::Slice,
+            tx.clone(),
+        ),
+        forward(
+            watcher(Api::<Node>::all(client.clone()), node),
+            Ev::Node,
+            tx,
+        ),
+    ]
 }
 
 fn forward<K, S>(
@@ -556,56 +645,6 @@ where
             }
         }
     })
-}
-
-/// Logs and records as Kubernetes Events the refusals and bad annotations
-/// not reported before (each once, until it goes away and comes back).
-fn report(client: &Client, intent: &Intent, reported: &mut BTreeSet<String>) {
-    let mut now = BTreeSet::new();
-    for r in &intent.refused {
-        let id = format!("{}|{}|{}", r.uid, r.address, r.reason);
-        if !reported.contains(&id) {
-            warn!(service = %r.service, address = %r.address, "VIP refused: {}", r.reason);
-            post(
-                client,
-                r.service.clone(),
-                r.uid.clone(),
-                r.kind.event_reason(),
-                format!("vipd will not announce {}: {}", r.address, r.reason),
-            );
-        }
-        now.insert(id);
-    }
-    for b in &intent.bad_annotations {
-        let id = format!("{}|{}|{}", b.uid, b.annotation, b.reason);
-        if !reported.contains(&id) {
-            warn!(service = %b.service, annotation = %b.annotation, "attribute value dropped: {}", b.reason);
-            post(
-                client,
-                b.service.clone(),
-                b.uid.clone(),
-                "AttributeNotAllowed",
-                format!(
-                    "{}: {}; dropped, the Service's other attributes apply",
-                    b.annotation, b.reason
-                ),
-            );
-        }
-        now.insert(id);
-    }
-    *reported = now;
-}
-
-fn post(client: &Client, service: Key, uid: Uid, reason: &'static str, message: String) {
-    let client = client.clone();
-    tokio::spawn(super::events::post(
-        client,
-        service,
-        uid,
-        reason.into(),
-        message,
-        true,
-    ));
 }
 
 #[cfg(test)]
@@ -632,5 +671,187 @@ mod tests {
         let bare: Node =
             serde_json::from_value(serde_json::json!({"metadata": {"name": "n"}})).unwrap();
         assert_eq!(internal_ips(&bare), Default::default());
+    }
+
+    use crate::k8s::intent::tests::kcfg;
+    use std::time::Instant;
+    use watcher::Event::{Apply, Delete, Init, InitApply, InitDone};
+
+    fn service(name: &str, ip: &str) -> Service {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "namespace": "ns", "uid": format!("uid-{name}")},
+            "spec": {"type": "LoadBalancer"},
+            "status": {"loadBalancer": {"ingress": [{"ip": ip}]}}
+        }))
+        .unwrap()
+    }
+
+    fn slice(name: &str) -> EndpointSlice {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": format!("{name}-1"), "namespace": "ns",
+                         "labels": {"kubernetes.io/service-name": name}},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": ["10.0.0.1"], "nodeName": "node-b",
+                           "conditions": {"ready": true}}]
+        }))
+        .unwrap()
+    }
+
+    fn node(unschedulable: bool) -> Node {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "node-a", "labels": {"rack": "r1"}},
+            "spec": {"unschedulable": unschedulable}
+        }))
+        .unwrap()
+    }
+
+    fn net(s: &str) -> ipnet::IpNet {
+        s.parse().unwrap()
+    }
+
+    /// Lists each kind completely with the objects given.
+    fn listed(w: &mut Watch, svcs: Vec<Service>, slices: Vec<EndpointSlice>) {
+        w.apply(Ev::Svc(Ok(Init)));
+        for s in svcs {
+            w.apply(Ev::Svc(Ok(InitApply(s))));
+        }
+        w.apply(Ev::Svc(Ok(InitDone)));
+        w.apply(Ev::Slice(Ok(Init)));
+        for s in slices {
+            w.apply(Ev::Slice(Ok(InitApply(s))));
+        }
+        w.apply(Ev::Slice(Ok(InitDone)));
+    }
+
+    fn list_node(w: &mut Watch, n: Node) {
+        w.apply(Ev::Node(Ok(Init)));
+        w.apply(Ev::Node(Ok(InitApply(n))));
+        w.apply(Ev::Node(Ok(InitDone)));
+    }
+
+    #[test]
+    fn nothing_is_published_before_all_three_kinds_are_listed() {
+        let mut w = Watch::new(kcfg(), vec![]);
+        listed(
+            &mut w,
+            vec![service("web", "203.0.113.1")],
+            vec![slice("web")],
+        );
+        assert!(
+            w.pass(Instant::now()).is_none(),
+            "the Node is not listed yet"
+        );
+        w.apply(Ev::Svc(Ok(Apply(service("db", "203.0.113.2")))));
+        assert!(w.pass(Instant::now()).is_none());
+        list_node(&mut w, node(false));
+        let p = w.pass(Instant::now()).expect("the barrier passed");
+        let Update::Full(routes) = &p.updates[0] else {
+            panic!("the first update is the Full: {:?}", p.updates);
+        };
+        assert!(routes.contains_key(&net("203.0.113.1/32")));
+        assert!(
+            !routes.contains_key(&net("203.0.113.2/32")),
+            "db has no endpoints"
+        );
+        assert!(matches!(&p.updates[1], Update::Node(f) if f.labels["rack"] == "r1"));
+        let st = p.status.unwrap();
+        assert!(st.synced && st.services == 2 && st.vips == 1, "{st:?}");
+        assert!(w.pass(Instant::now()).is_none(), "nothing changed since");
+    }
+
+    #[test]
+    fn a_relist_replaces_and_applies_deletions_made_across_it() {
+        let mut w = Watch::new(kcfg(), vec![]);
+        let both = vec![service("web", "203.0.113.1"), service("db", "203.0.113.2")];
+        listed(&mut w, both, vec![slice("web"), slice("db")]);
+        list_node(&mut w, node(false));
+        w.pass(Instant::now()).unwrap();
+        // 410 Gone: a new list in which db no longer exists.
+        w.apply(Ev::Svc(Ok(Init)));
+        w.apply(Ev::Svc(Ok(InitApply(service("web", "203.0.113.1")))));
+        assert!(
+            w.pass(Instant::now()).is_none(),
+            "the old list stays in force meanwhile"
+        );
+        w.apply(Ev::Svc(Ok(InitDone)));
+        let p = w.pass(Instant::now()).unwrap();
+        let Update::Delta(d, _) = &p.updates[0] else {
+            panic!("{:?}", p.updates);
+        };
+        assert_eq!(d, &vec![(net("203.0.113.2/32"), None)]);
+        assert_eq!(p.status.unwrap().services, 1);
+        // A change of one object after the re-list is a delta of its own.
+        w.apply(Ev::Svc(Ok(Delete(service("web", "203.0.113.1")))));
+        let p = w.pass(Instant::now()).unwrap();
+        assert!(
+            matches!(&p.updates[..], [Update::Delta(d, _)] if d == &vec![(net("203.0.113.1/32"), None)])
+        );
+    }
+
+    #[test]
+    fn a_refusal_is_reported_once_until_its_reason_changes() {
+        let k = KubeConfig {
+            allowed_prefixes: vec![net("203.0.113.0/24")],
+            ..kcfg()
+        };
+        let mut w = Watch::new(k, vec![]);
+        listed(
+            &mut w,
+            vec![service("web", "198.51.100.1")],
+            vec![slice("web")],
+        );
+        list_node(&mut w, node(false));
+        let p = w.pass(Instant::now()).unwrap();
+        assert_eq!(p.posts.len(), 1, "{:?}", p.posts);
+        assert_eq!(p.posts[0].service, "ns/web");
+        assert!(p.posts[0].message.contains("198.51.100.1"), "{:?}", p.posts);
+        // The same refusal on the next pass: not again.
+        w.apply(Ev::Slice(Ok(Apply(slice("web")))));
+        w.apply(Ev::Svc(Ok(Apply(service("web", "198.51.100.1")))));
+        let p = w.pass(Instant::now()).unwrap();
+        assert!(p.posts.is_empty(), "{:?}", p.posts);
+        // A new reason (another address): reported.
+        w.apply(Ev::Svc(Ok(Apply(service("web", "198.51.100.2")))));
+        let p = w.pass(Instant::now()).unwrap();
+        assert_eq!(p.posts.len(), 1);
+        assert!(p.posts[0].message.contains("198.51.100.2"));
+    }
+
+    #[test]
+    fn reloaded_pools_decide_every_service_again() {
+        let k = KubeConfig {
+            pools: Some(vec![]),
+            ..kcfg()
+        };
+        let mut w = Watch::new(k, vec![]);
+        listed(
+            &mut w,
+            vec![service("web", "203.0.113.1")],
+            vec![slice("web")],
+        );
+        list_node(&mut w, node(false));
+        let p = w.pass(Instant::now()).unwrap();
+        assert!(
+            matches!(&p.updates[0], Update::Full(r) if r.is_empty()),
+            "nobody gave it out"
+        );
+        let range = crate::config::Range {
+            first: "203.0.113.0".parse().unwrap(),
+            last: "203.0.113.15".parse().unwrap(),
+        };
+        w.set_pools(Some(vec![range]));
+        let p = w.pass(Instant::now()).unwrap();
+        assert!(matches!(&p.updates[0], Update::Delta(d, _) if d.len() == 1 && d[0].1.is_some()));
+    }
+
+    #[test]
+    fn api_errors_show_until_the_api_answers_again() {
+        let mut w = Watch::new(kcfg(), vec![]);
+        let err = || Ev::Svc(Err(watcher::Error::NoResourceVersion));
+        let shown = w.apply(err()).expect("a new error");
+        assert!(shown.is_some());
+        assert_eq!(w.apply(err()), None, "the same error: no change");
+        assert_eq!(w.apply(Ev::Svc(Ok(Init))), Some(None), "back");
+        assert_eq!(w.apply(Ev::Svc(Ok(InitDone))), None);
     }
 }

@@ -29,6 +29,8 @@ use self::election::{now_ms, Election, Outcome, Term};
 use crate::config::{IpamConfig, KubeConfig};
 use crate::ipam::service::{from_service, Class};
 use crate::ipam::{self, EventKind, FamilyPolicy, Pool, PoolUsage, Svc};
+use crate::k8s::events::Once;
+use crate::k8s::store::{Change, Store};
 
 /// What `vipd status` and the metrics show of the allocator.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -204,11 +206,10 @@ struct Leader<'a> {
     term: &'a Term,
     api: Api<Service>,
     live: BTreeMap<String, Entry>,
-    relist: Option<BTreeMap<String, Entry>>,
-    synced: bool,
+    store: Store<Entry>,
     written: BTreeMap<String, Written>,
     /// Failures already told in an Event, until they go away.
-    reported: BTreeSet<(String, String)>,
+    reported: Once<(String, String)>,
 }
 
 /// What one pass decided to write.
@@ -224,10 +225,9 @@ impl<'a> Leader<'a> {
             term,
             api: Api::all(ctx.client.clone()),
             live: BTreeMap::new(),
-            relist: None,
-            synced: false,
+            store: Store::default(),
             written: BTreeMap::new(),
-            reported: BTreeSet::new(),
+            reported: Once::default(),
         }
     }
 
@@ -278,7 +278,7 @@ impl<'a> Leader<'a> {
             if self.term.lost.load(Ordering::SeqCst) {
                 return false;
             }
-            if !(dirty && self.synced && self.may_allocate()) {
+            if !(dirty && self.store.synced() && self.may_allocate()) {
                 continue;
             }
             let pools_now = pools.borrow().clone();
@@ -301,69 +301,23 @@ impl<'a> Leader<'a> {
                 return false;
             }
         };
-        match ev {
-            watcher::Event::Init => self.relist = Some(BTreeMap::new()),
-            watcher::Event::InitApply(s) => {
-                let e = self.entry(&s);
-                if let (Some(r), Some(e)) = (self.relist.as_mut(), e) {
-                    r.insert(key(&s), e);
-                }
+        let ctx = self.ctx;
+        match self.store.apply(&mut self.live, ev, |s| entry(ctx, s)) {
+            Change::Nothing => false,
+            Change::All => {
+                let live = &self.live;
+                self.written.retain(|k, w| !w.seen_in(live.get(k)));
+                true
             }
-            watcher::Event::InitDone => {
-                self.live = self.relist.take().unwrap_or_default();
-                let echoed: Vec<String> = self
-                    .written
-                    .iter()
-                    .filter(|(k, w)| w.seen_in(self.live.get(*k)))
-                    .map(|(k, _)| k.clone())
-                    .collect();
-                for k in echoed {
+            Change::One(k, _) => {
+                // Forgotten once the watch shows it, or the Service is gone.
+                let now = self.live.get(&k);
+                if now.is_none() || self.written.get(&k).is_some_and(|w| w.seen_in(now)) {
                     self.written.remove(&k);
                 }
-                self.synced = true;
-                return true;
-            }
-            watcher::Event::Apply(s) => {
-                let k = key(&s);
-                match self.entry(&s) {
-                    Some(e) => {
-                        if self.written.get(&k).is_some_and(|w| w.seen_in(Some(&e))) {
-                            self.written.remove(&k);
-                        }
-                        self.live.insert(k, e);
-                    }
-                    None => {
-                        self.written.remove(&k);
-                        self.live.remove(&k);
-                    }
-                }
-                return true;
-            }
-            watcher::Event::Delete(s) => {
-                let k = key(&s);
-                self.written.remove(&k);
-                self.live.remove(&k);
-                return true;
+                true
             }
         }
-        false
-    }
-
-    fn entry(&self, s: &Service) -> Option<Entry> {
-        let class = Class {
-            name: self.ctx.class.0.as_deref(),
-            include_unclassed: self.ctx.class.1,
-        };
-        let (svc, bad) = match from_service(s, class)? {
-            Ok(svc) => (Some(svc), None),
-            Err(why) => (frozen(s, class), Some(why)),
-        };
-        Some(Entry {
-            uid: s.uid().unwrap_or_default(),
-            rv: s.resource_version().unwrap_or_default(),
-            svc,
-            bad,
-        })
     }
 
     /// Allocates over every Service and writes what changed; true if
@@ -521,40 +475,33 @@ impl<'a> Leader<'a> {
     /// Events: an assignment or a repair once written; a failure or an
     /// address outside the pools once, until it goes away.
     fn tell(&mut self, out: &ipam::Outcome, done: &BTreeSet<String>) {
-        let mut now = BTreeSet::new();
-        let mut posts = vec![];
-        for e in &out.events {
-            let once = matches!(
+        let once = |e: &ipam::Event| {
+            matches!(
                 e.kind,
                 EventKind::AllocationFailed | EventKind::AddressOutsidePools
-            );
-            let id = (e.service.clone(), e.message.clone());
-            let post = if once {
-                !self.reported.contains(&id)
-            } else {
-                done.contains(&e.service)
+            )
+        };
+        let standing = out
+            .events
+            .iter()
+            .filter(|e| once(e))
+            .map(|e| ((e.service.clone(), e.message.clone()), e.clone()));
+        let unreadable = self.live.iter().filter_map(|(k, entry)| {
+            let why = entry.bad.as_ref()?;
+            let e = ipam::Event {
+                service: k.clone(),
+                kind: EventKind::AllocationFailed,
+                message: format!("{why}; the Service is left as it is"),
             };
-            if once {
-                now.insert(id);
-            }
-            if post {
-                posts.push(e.clone());
-            }
-        }
-        for (k, entry) in &self.live {
-            if let Some(why) = &entry.bad {
-                let id = (k.clone(), why.clone());
-                if !self.reported.contains(&id) {
-                    posts.push(ipam::Event {
-                        service: k.clone(),
-                        kind: EventKind::AllocationFailed,
-                        message: format!("{why}; the Service is left as it is"),
-                    });
-                }
-                now.insert(id);
-            }
-        }
-        self.reported = now;
+            Some(((k.clone(), why.clone()), e))
+        });
+        let mut posts: Vec<ipam::Event> = out
+            .events
+            .iter()
+            .filter(|e| !once(e) && done.contains(&e.service))
+            .cloned()
+            .collect();
+        posts.extend(self.reported.fresh(standing.chain(unreadable)));
         let uids: BTreeMap<String, String> = posts
             .iter()
             .filter_map(|e| Some((e.service.clone(), self.live.get(&e.service)?.uid.clone())))
@@ -573,8 +520,21 @@ impl<'a> Leader<'a> {
     }
 }
 
-fn key(s: &Service) -> String {
-    format!("{}/{}", s.namespace().unwrap_or_default(), s.name_any())
+fn entry(ctx: &Ctx, s: &Service) -> Option<Entry> {
+    let class = Class {
+        name: ctx.class.0.as_deref(),
+        include_unclassed: ctx.class.1,
+    };
+    let (svc, bad) = match from_service(s, class)? {
+        Ok(svc) => (Some(svc), None),
+        Err(why) => (frozen(s, class), Some(why)),
+    };
+    Some(Entry {
+        uid: s.uid().unwrap_or_default(),
+        rv: s.resource_version().unwrap_or_default(),
+        svc,
+        bad,
+    })
 }
 
 /// A Service whose annotations cannot be read keeps what it holds, and

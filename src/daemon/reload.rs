@@ -1,0 +1,245 @@
+//! A reload as a plan: the running configuration and a newly read one in,
+//! what is applied live and what waits for a process restart out. The
+//! daemon carries the plan out and then replaces its configuration whole
+//! with [`Plan::next`], which is the new file except where a section
+//! needs a restart: there it keeps what is actually running, so the
+//! applied configuration always says what vipd does.
+
+use crate::config::{Config, KubeConfig};
+
+#[derive(Debug)]
+pub struct Plan {
+    /// The configuration in force once the plan is carried out.
+    pub next: Config,
+    /// `[log]` changed: set up logging again.
+    pub log: bool,
+    /// `[control_plane]` changed: replace it.
+    pub control_plane: bool,
+    /// `[ipam]` pools changed: hand them to the allocator, and to the
+    /// watch, which announces only addresses from a pool.
+    pub pools: bool,
+    /// `[drain]` changed: applies from the next change of the Node.
+    pub drain: bool,
+    /// Changed keys that take effect only when vipd restarts; the running
+    /// values stay in `next`.
+    pub restart: Vec<&'static str>,
+    /// Changed keys applied to new sessions and the next stop.
+    pub later: Vec<&'static str>,
+}
+
+/// What reloading `new` over `applied` does. Peers are always handed to
+/// the speaker, which restarts only the sessions whose settings changed.
+pub fn plan(applied: &Config, new: Config) -> Plan {
+    let mut next = new;
+    let mut restart = vec![];
+    let mut keep = |changed: bool, key: &'static str| {
+        if changed {
+            restart.push(key);
+        }
+        changed
+    };
+    // The pools the intent accepts addresses from follow `[ipam]` below;
+    // the rest of `[kubernetes]` is the watch's, set at start.
+    let unpooled = |k: &Option<KubeConfig>| k.clone().map(|k| KubeConfig { pools: None, ..k });
+    if keep(
+        unpooled(&next.kubernetes) != unpooled(&applied.kubernetes),
+        "kubernetes",
+    ) {
+        let pools = next.kubernetes.as_mut().and_then(|k| k.pools.take());
+        next.kubernetes = applied.kubernetes.clone();
+        if let Some(k) = next.kubernetes.as_mut() {
+            k.pools = pools;
+        }
+    }
+    if keep(next.dataplane != applied.dataplane, "dataplane") {
+        next.dataplane = applied.dataplane.clone();
+    }
+    if keep(next.status != applied.status, "status") {
+        next.status = applied.status;
+    }
+    let (b, a) = (&mut next.bgp, &applied.bgp);
+    if keep(b.asn != a.asn, "bgp.asn") {
+        b.asn = a.asn;
+    }
+    if keep(
+        (b.router_id, b.router_id_from_node) != (a.router_id, a.router_id_from_node),
+        "bgp.router_id",
+    ) {
+        (b.router_id, b.router_id_from_node) = (a.router_id, a.router_id_from_node);
+    }
+    if keep(b.listen != a.listen, "bgp.listen") {
+        b.listen = a.listen;
+    }
+    let pools = match (&mut next.ipam, &applied.ipam) {
+        (Some(n), Some(o)) => {
+            let lease = (&n.lease_namespace, &n.lease_name, n.lease_duration)
+                != (&o.lease_namespace, &o.lease_name, o.lease_duration);
+            let pools = n.pools != o.pools;
+            if keep(lease, "ipam lease") {
+                let p = std::mem::take(&mut n.pools);
+                *n = o.clone();
+                n.pools = p;
+            }
+            pools
+        }
+        (None, None) => false,
+        _ => {
+            keep(true, "ipam");
+            next.ipam = applied.ipam.clone();
+            if let (Some(n), Some(a)) = (next.kubernetes.as_mut(), &applied.kubernetes) {
+                n.pools = a.pools.clone();
+            }
+            false
+        }
+    };
+    let b = &next.bgp;
+    let later = [
+        (
+            b.graceful_restart != applied.bgp.graceful_restart,
+            "bgp.graceful_restart",
+        ),
+        (
+            b.restart_time != applied.bgp.restart_time,
+            "bgp.restart_time",
+        ),
+        (
+            b.withdraw_on_stop != applied.bgp.withdraw_on_stop,
+            "bgp.withdraw_on_stop",
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(c, k)| c.then_some(k))
+    .collect();
+    Plan {
+        log: next.log != applied.log,
+        control_plane: next.control_plane != applied.control_plane,
+        drain: next.drain != applied.drain,
+        pools,
+        restart,
+        later,
+        next,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = "[bgp]\nasn = 65010\nrouter_id = \"192.0.2.1\"\n\
+        [[bgp.peers]]\naddress = \"192.0.2.2\"\nasn = 65000\n";
+
+    fn cfg(extra: &str) -> Config {
+        Config::from_toml_str(&format!("{BASE}{extra}")).unwrap()
+    }
+
+    const KUBE: &str = "[kubernetes]\nnode_name = \"n1\"\n";
+    const IPAM: &str = "[ipam]\n[[ipam.pools]]\nname = \"a\"\naddresses = [\"203.0.113.0/28\"]\n";
+
+    #[test]
+    fn nothing_changed_nothing_to_do() {
+        let p = plan(&cfg(""), cfg(""));
+        assert!(!p.log && !p.control_plane && !p.pools && !p.drain);
+        assert!(p.restart.is_empty() && p.later.is_empty());
+        assert_eq!(p.next, cfg(""));
+    }
+
+    #[test]
+    fn peers_statics_log_drain_and_control_plane_apply_live() {
+        let new = cfg(
+            "[[bgp.peers]]\naddress = \"192.0.2.3\"\nasn = 65000\n\
+             [log]\nformat = \"json\"\n[drain]\n\
+             [control_plane]\nvip = \"192.0.2.100\"\ninterface = \"lo\"\nbackends = [\"192.0.2.5:6443\"]\n",
+        );
+        let p = plan(&cfg(""), new.clone());
+        assert!(p.log && p.drain && p.control_plane && !p.pools);
+        assert!(p.restart.is_empty(), "{:?}", p.restart);
+        assert_eq!(p.next, new, "replaced whole");
+        assert_eq!(p.next.bgp.peers.len(), 2);
+    }
+
+    #[test]
+    fn sections_that_need_a_restart_keep_the_running_values() {
+        let applied = cfg(&format!("{KUBE}[status]\nlisten = \"127.0.0.1:9000\"\n"));
+        let new = Config::from_toml_str(
+            "[status]\nlisten = \"127.0.0.1:9001\"\n[bgp]\nasn = 65011\nrouter_id = \"192.0.2.9\"\n\
+             listen = \"0.0.0.0:1179\"\n[[bgp.peers]]\naddress = \"192.0.2.2\"\nasn = 65000\n\
+             [kubernetes]\nnode_name = \"n2\"\n[dataplane]\naddress_interface = \"eth9\"\n",
+        );
+        let Ok(new) = new else { panic!("{new:?}") };
+        let p = plan(&applied, new);
+        assert_eq!(
+            p.restart,
+            [
+                "kubernetes",
+                "dataplane",
+                "status",
+                "bgp.asn",
+                "bgp.router_id",
+                "bgp.listen"
+            ]
+        );
+        assert_eq!(p.next.kubernetes, applied.kubernetes);
+        assert_eq!(p.next.dataplane, applied.dataplane);
+        assert_eq!(p.next.status, applied.status);
+        assert_eq!(
+            (p.next.bgp.asn, p.next.bgp.router_id, p.next.bgp.listen),
+            (65010, applied.bgp.router_id, None)
+        );
+    }
+
+    #[test]
+    fn pools_apply_live_the_lease_and_ipam_itself_need_a_restart() {
+        let applied = cfg(&format!("{KUBE}{IPAM}"));
+        let more = cfg(&format!(
+            "{KUBE}{IPAM}[[ipam.pools]]\nname = \"b\"\naddresses = [\"203.0.113.16/28\"]\n"
+        ));
+        let p = plan(&applied, more.clone());
+        assert!(p.pools && p.restart.is_empty(), "{:?}", p.restart);
+        assert_eq!(p.next, more);
+        let pools = |c: &Config| c.kubernetes.as_ref().unwrap().pools.clone().unwrap();
+        assert_eq!(pools(&p.next).len(), 2, "the watch's pools too");
+
+        let lease = cfg(&format!(
+            "{KUBE}[ipam]\nlease_name = \"other\"\n[[ipam.pools]]\nname = \"a\"\naddresses = [\"203.0.113.0/27\"]\n"
+        ));
+        let p = plan(&applied, lease);
+        assert_eq!(p.restart, ["ipam lease"]);
+        assert!(p.pools);
+        let (n, o) = (p.next.ipam.unwrap(), applied.ipam.clone().unwrap());
+        assert_eq!(n.lease_name, o.lease_name, "the running Lease stays");
+        assert_ne!(n.pools, o.pools, "the new pools apply");
+
+        let p = plan(&applied, cfg(KUBE));
+        assert_eq!(p.restart, ["ipam"]);
+        assert!(!p.pools);
+        assert_eq!(p.next.ipam, applied.ipam, "the allocator keeps running");
+        assert_eq!(
+            p.next.kubernetes, applied.kubernetes,
+            "and its pools stay announced"
+        );
+        let p = plan(&cfg(KUBE), applied.clone());
+        assert_eq!((p.restart, p.next.ipam), (vec!["ipam"], None));
+    }
+
+    #[test]
+    fn session_settings_apply_to_new_sessions_and_the_next_stop() {
+        let p = plan(
+            &cfg(""),
+            Config::from_toml_str(&format!(
+                "{}graceful_restart = false\nrestart_time = 60\nwithdraw_on_stop = true\n\
+                 [[bgp.peers]]\naddress = \"192.0.2.2\"\nasn = 65000\n",
+                "[bgp]\nasn = 65010\nrouter_id = \"192.0.2.1\"\n"
+            ))
+            .unwrap(),
+        );
+        assert_eq!(
+            p.later,
+            [
+                "bgp.graceful_restart",
+                "bgp.restart_time",
+                "bgp.withdraw_on_stop"
+            ]
+        );
+        assert!(p.next.bgp.withdraw_on_stop && p.restart.is_empty());
+    }
+}

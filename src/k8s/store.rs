@@ -1,0 +1,154 @@
+//! The re-listing store both watches use (the announcer's and the
+//! allocator's): one kube watcher's events applied to a map of plain
+//! values. A re-list is buffered and swapped in whole at its end, so the
+//! previous map stays in force meanwhile and deletions that happened
+//! across it are applied by the swap.
+
+use std::collections::BTreeMap;
+
+use kube::runtime::watcher;
+use kube::Resource;
+
+use super::model::Key;
+
+/// `namespace/name`, the key of every map vipd keeps of the cluster.
+pub fn key_of<K: Resource>(o: &K) -> Key {
+    let m = o.meta();
+    format!(
+        "{}/{}",
+        m.namespace.as_deref().unwrap_or(""),
+        m.name.as_deref().unwrap_or("")
+    )
+}
+
+/// What one watcher event did to a store.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Change<T> {
+    Nothing,
+    /// A complete re-list replaced the map.
+    All,
+    /// One object changed; its value before.
+    One(Key, Option<T>),
+}
+
+/// One watched kind's re-list in progress, and whether it was ever listed
+/// completely (the readiness barrier's part for this kind).
+#[derive(Debug)]
+pub struct Store<T> {
+    pending: Option<BTreeMap<Key, T>>,
+    synced: bool,
+}
+
+impl<T> Default for Store<T> {
+    fn default() -> Self {
+        Store {
+            pending: None,
+            synced: false,
+        }
+    }
+}
+
+impl<T> Store<T> {
+    pub fn synced(&self) -> bool {
+        self.synced
+    }
+
+    /// Applies one watcher event to `live`; `conv` keeps what vipd reads of
+    /// an object (`None`: not wanted, treated as gone).
+    pub fn apply<K: Resource>(
+        &mut self,
+        live: &mut BTreeMap<Key, T>,
+        ev: watcher::Event<K>,
+        conv: impl Fn(&K) -> Option<T>,
+    ) -> Change<T> {
+        match ev {
+            watcher::Event::Init => {
+                self.pending = Some(BTreeMap::new());
+                Change::Nothing
+            }
+            watcher::Event::InitApply(o) => {
+                if let (Some(p), Some(v)) = (self.pending.as_mut(), conv(&o)) {
+                    p.insert(key_of(&o), v);
+                }
+                Change::Nothing
+            }
+            watcher::Event::InitDone => {
+                if let Some(p) = self.pending.take() {
+                    *live = p;
+                }
+                self.synced = true;
+                Change::All
+            }
+            watcher::Event::Apply(o) => {
+                let k = key_of(&o);
+                let old = match conv(&o) {
+                    Some(v) => live.insert(k.clone(), v),
+                    None => live.remove(&k),
+                };
+                Change::One(k, old)
+            }
+            watcher::Event::Delete(o) => {
+                let k = key_of(&o);
+                let old = live.remove(&k);
+                Change::One(k, old)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::ConfigMap;
+
+    fn obj(name: &str, v: &str) -> ConfigMap {
+        let mut c = ConfigMap::default();
+        c.metadata.namespace = Some("ns".into());
+        c.metadata.name = Some(name.into());
+        c.data = Some([("v".to_string(), v.to_string())].into());
+        c
+    }
+
+    fn value(c: &ConfigMap) -> Option<String> {
+        c.data.as_ref()?.get("v").filter(|v| !v.is_empty()).cloned()
+    }
+
+    #[test]
+    fn a_relist_replaces_the_map_only_at_its_end() {
+        let mut s = Store::default();
+        let mut live = BTreeMap::new();
+        use watcher::Event::*;
+        assert_eq!(s.apply(&mut live, Init, value), Change::Nothing);
+        s.apply(&mut live, InitApply(obj("a", "1")), value);
+        s.apply(&mut live, InitApply(obj("b", "2")), value);
+        assert!(
+            live.is_empty() && !s.synced(),
+            "nothing before the list ends"
+        );
+        assert_eq!(s.apply(&mut live, InitDone, value), Change::All);
+        assert!(s.synced());
+        assert_eq!(live.len(), 2);
+        assert_eq!(
+            s.apply(&mut live, Apply(obj("a", "3")), value),
+            Change::One("ns/a".into(), Some("1".into()))
+        );
+        // Not wanted any more: gone from the map.
+        assert_eq!(
+            s.apply(&mut live, Apply(obj("b", "")), value),
+            Change::One("ns/b".into(), Some("2".into()))
+        );
+        assert!(!live.contains_key("ns/b"));
+        // A re-list: the old map stays in force until it ends, and what was
+        // deleted across it is gone after.
+        s.apply(&mut live, Init, value);
+        s.apply(&mut live, InitApply(obj("c", "4")), value);
+        assert_eq!(live.get("ns/a").map(String::as_str), Some("3"));
+        s.apply(&mut live, InitDone, value);
+        assert_eq!(live.keys().collect::<Vec<_>>(), ["ns/c"]);
+        assert_eq!(
+            s.apply(&mut live, Delete(obj("c", "4")), value),
+            Change::One("ns/c".into(), Some("4".into()))
+        );
+        assert!(live.is_empty());
+    }
+}
