@@ -83,37 +83,22 @@ impl Report {
             self.table_prefixes, self.static_prefixes
         );
         if let Some(k) = &self.kube {
-            let _ = writeln!(
-                s,
-                "kubernetes: {}, {} Services, {} EndpointSlices, {} VIPs for this node",
-                if k.synced { "synced" } else { "not synced yet" },
-                k.services,
-                k.endpoint_slices,
-                k.vips
-            );
-            if let Some(e) = &k.last_error {
-                let _ = writeln!(
-                    s,
-                    "  API server: {e} (current announcements stay until it is back)"
-                );
-            }
+            render_kube(&mut s, k);
         }
         if let Some(i) = &self.ipam {
             render_ipam(&mut s, i);
         }
-        match &self.drain {
-            Some(d) if d.active => {
-                let what = match d.left_secs {
-                    Some(n) => format!("VIPs announced with GRACEFUL_SHUTDOWN, withdrawn in {n}s"),
-                    None => "VIPs withdrawn".to_string(),
-                };
-                let _ = writeln!(s, "drain: draining ({}): {what}", d.reason);
-            }
-            Some(_) => {
-                let _ = writeln!(s, "drain: not draining");
-            }
-            None => {}
+        if let Some(d) = &self.drain {
+            render_drain(&mut s, d);
         }
+        self.render_peers(&mut s);
+        if let Some(c) = &self.control {
+            render_control(&mut s, c);
+        }
+        s
+    }
+
+    fn render_peers(&self, s: &mut String) {
         let _ = writeln!(s, "peers:");
         if self.peers.is_empty() {
             let _ = writeln!(s, "  (none configured)");
@@ -142,7 +127,7 @@ impl Report {
             }
             s.push('\n');
             if let Some(b) = &p.bfd {
-                render_bfd(&mut s, b);
+                render_bfd(s, b);
             }
         }
         if self.bfd_drops.values().any(|n| *n > 0) {
@@ -153,42 +138,63 @@ impl Report {
                 .collect();
             let _ = writeln!(s, "  BFD packets dropped: {}", d.join(", "));
         }
-        if let Some(c) = &self.control {
-            let _ = write!(
-                s,
-                "control plane: VIP {} {}",
-                c.vip,
-                if c.announced {
-                    "announced"
-                } else {
-                    "not announced"
-                }
-            );
-            match c.ipvs_ok {
-                None => s.push_str(", IPVS not used\n"),
-                Some(true) => s.push_str(", IPVS service in place\n"),
-                Some(false) => s.push_str(", IPVS failing (see the log)\n"),
+    }
+}
+
+fn render_kube(s: &mut String, k: &KubeStatus) {
+    let _ = writeln!(
+        s,
+        "kubernetes: {}, {} Services, {} EndpointSlices, {} VIPs for this node",
+        if k.synced { "synced" } else { "not synced yet" },
+        k.services,
+        k.endpoint_slices,
+        k.vips
+    );
+    if let Some(e) = &k.last_error {
+        let _ = writeln!(
+            s,
+            "  API server: {e} (current announcements stay until it is back)"
+        );
+    }
+}
+
+fn render_drain(s: &mut String, d: &DrainLine) {
+    if !d.active {
+        let _ = writeln!(s, "drain: not draining");
+        return;
+    }
+    let what = match d.left_secs {
+        Some(n) => format!("VIPs announced with GRACEFUL_SHUTDOWN, withdrawn in {n}s"),
+        None => "VIPs withdrawn".to_string(),
+    };
+    let _ = writeln!(s, "drain: draining ({}): {what}", d.reason);
+}
+
+fn render_control(s: &mut String, c: &ControlLine) {
+    let announced = if c.announced {
+        "announced"
+    } else {
+        "not announced"
+    };
+    let _ = write!(s, "control plane: VIP {} {announced}", c.vip);
+    match c.ipvs_ok {
+        None => s.push_str(", IPVS not used\n"),
+        Some(true) => s.push_str(", IPVS service in place\n"),
+        Some(false) => s.push_str(", IPVS failing (see the log)\n"),
+    }
+    for b in &c.backends {
+        let health = if b.healthy { "healthy" } else { "failing" };
+        let _ = write!(s, "  {} {health}", b.addr);
+        match (&b.last_error, b.healthy) {
+            (Some(e), false) => {
+                let _ = write!(s, ": {e}");
             }
-            for b in &c.backends {
-                let _ = write!(
-                    s,
-                    "  {} {}",
-                    b.addr,
-                    if b.healthy { "healthy" } else { "failing" }
-                );
-                match (&b.last_error, b.healthy) {
-                    (Some(e), false) => {
-                        let _ = write!(s, ": {e}");
-                    }
-                    (Some(e), true) => {
-                        let _ = write!(s, " (last check: {e})");
-                    }
-                    _ => {}
-                }
-                s.push('\n');
+            (Some(e), true) => {
+                let _ = write!(s, " (last check: {e})");
             }
+            _ => {}
         }
-        s
+        s.push('\n');
     }
 }
 

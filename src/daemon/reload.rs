@@ -32,78 +32,17 @@ pub struct Plan {
 pub fn plan(applied: &Config, new: Config) -> Plan {
     let mut next = new;
     let mut restart = vec![];
-    let mut keep = |changed: bool, key: &'static str| {
-        if changed {
-            restart.push(key);
-        }
-        changed
-    };
-    // The pools the intent accepts addresses from follow `[ipam]` below;
-    // the rest of `[kubernetes]` is the watch's, set at start.
-    let unpooled = |k: &Option<KubeConfig>| k.clone().map(|k| KubeConfig { pools: None, ..k });
-    if keep(
-        unpooled(&next.kubernetes) != unpooled(&applied.kubernetes),
-        "kubernetes",
-    ) {
-        let pools = next.kubernetes.as_mut().and_then(|k| k.pools.take());
-        next.kubernetes = applied.kubernetes.clone();
-        if let Some(k) = next.kubernetes.as_mut() {
-            k.pools = pools;
-        }
-    }
-    if keep(next.dataplane != applied.dataplane, "dataplane") {
-        next.dataplane = applied.dataplane.clone();
-    }
-    if keep(next.status != applied.status, "status") {
-        next.status = applied.status;
-    }
-    let (b, a) = (&mut next.bgp, &applied.bgp);
-    if keep(b.asn != a.asn, "bgp.asn") {
-        b.asn = a.asn;
-    }
-    if keep(
-        (b.router_id, b.router_id_from_node) != (a.router_id, a.router_id_from_node),
-        "bgp.router_id",
-    ) {
-        (b.router_id, b.router_id_from_node) = (a.router_id, a.router_id_from_node);
-    }
-    if keep(b.listen != a.listen, "bgp.listen") {
-        b.listen = a.listen;
-    }
-    let pools = match (&mut next.ipam, &applied.ipam) {
-        (Some(n), Some(o)) => {
-            let lease = (&n.lease_namespace, &n.lease_name, n.lease_duration)
-                != (&o.lease_namespace, &o.lease_name, o.lease_duration);
-            let pools = n.pools != o.pools;
-            if keep(lease, "ipam lease") {
-                let p = std::mem::take(&mut n.pools);
-                *n = o.clone();
-                n.pools = p;
-            }
-            pools
-        }
-        (None, None) => false,
-        _ => {
-            keep(true, "ipam");
-            next.ipam = applied.ipam.clone();
-            if let (Some(n), Some(a)) = (next.kubernetes.as_mut(), &applied.kubernetes) {
-                n.pools = a.pools.clone();
-            }
-            false
-        }
-    };
-    let b = &next.bgp;
+    keep_running(&mut next, applied, &mut restart);
+    let pools = ipam(&mut next, applied, &mut restart);
+    let (b, a) = (&next.bgp, &applied.bgp);
     let later = [
         (
-            b.graceful_restart != applied.bgp.graceful_restart,
+            b.graceful_restart != a.graceful_restart,
             "bgp.graceful_restart",
         ),
+        (b.restart_time != a.restart_time, "bgp.restart_time"),
         (
-            b.restart_time != applied.bgp.restart_time,
-            "bgp.restart_time",
-        ),
-        (
-            b.withdraw_on_stop != applied.bgp.withdraw_on_stop,
+            b.withdraw_on_stop != a.withdraw_on_stop,
             "bgp.withdraw_on_stop",
         ),
     ]
@@ -118,6 +57,77 @@ pub fn plan(applied: &Config, new: Config) -> Plan {
         restart,
         later,
         next,
+    }
+}
+
+/// Records `key` when `changed`, and says whether it did.
+fn changed(restart: &mut Vec<&'static str>, changed: bool, key: &'static str) -> bool {
+    if changed {
+        restart.push(key);
+    }
+    changed
+}
+
+/// The sections only a restart applies keep their running values.
+fn keep_running(next: &mut Config, applied: &Config, restart: &mut Vec<&'static str>) {
+    // The pools the intent accepts addresses from follow `[ipam]`; the
+    // rest of `[kubernetes]` is the watch's, set at start.
+    let unpooled = |k: &Option<KubeConfig>| k.clone().map(|k| KubeConfig { pools: None, ..k });
+    let kube = unpooled(&next.kubernetes) != unpooled(&applied.kubernetes);
+    if changed(restart, kube, "kubernetes") {
+        let pools = next.kubernetes.as_mut().and_then(|k| k.pools.take());
+        next.kubernetes = applied.kubernetes.clone();
+        if let Some(k) = next.kubernetes.as_mut() {
+            k.pools = pools;
+        }
+    }
+    if changed(restart, next.dataplane != applied.dataplane, "dataplane") {
+        next.dataplane = applied.dataplane.clone();
+    }
+    if changed(restart, next.status != applied.status, "status") {
+        next.status = applied.status;
+    }
+    let (b, a) = (&mut next.bgp, &applied.bgp);
+    if changed(restart, b.asn != a.asn, "bgp.asn") {
+        b.asn = a.asn;
+    }
+    let id = |c: &crate::config::BgpConfig| (c.router_id, c.router_id_from_node);
+    if changed(restart, id(b) != id(a), "bgp.router_id") {
+        (b.router_id, b.router_id_from_node) = id(a);
+    }
+    if changed(restart, b.listen != a.listen, "bgp.listen") {
+        b.listen = a.listen;
+    }
+}
+
+/// New pools apply live; the Lease, or `[ipam]` itself appearing or
+/// going, need a restart. Returns whether the pools changed.
+fn ipam(next: &mut Config, applied: &Config, restart: &mut Vec<&'static str>) -> bool {
+    match (&mut next.ipam, &applied.ipam) {
+        (Some(n), Some(o)) => {
+            let lease = |i: &crate::config::IpamConfig| {
+                (
+                    i.lease_namespace.clone(),
+                    i.lease_name.clone(),
+                    i.lease_duration,
+                )
+            };
+            if changed(restart, lease(n) != lease(o), "ipam lease") {
+                let p = std::mem::take(&mut n.pools);
+                *n = o.clone();
+                n.pools = p;
+            }
+            n.pools != o.pools
+        }
+        (None, None) => false,
+        _ => {
+            changed(restart, true, "ipam");
+            next.ipam = applied.ipam.clone();
+            if let (Some(n), Some(a)) = (next.kubernetes.as_mut(), &applied.kubernetes) {
+                n.pools = a.pools.clone();
+            }
+            false
+        }
     }
 }
 

@@ -519,6 +519,8 @@ impl Ipvs {
         }
         let mut out = vec![];
         let mut buf = vec![0u8; 64 * 1024];
+        // GETFAMILY answers with one message and no ACK.
+        let single = !dump && family == GENL_ID_CTRL;
         loop {
             // SAFETY: recv(2) into a buffer we own, within its length.
             let n =
@@ -526,43 +528,8 @@ impl Ipvs {
             if n < 0 {
                 return Err(io::Error::last_os_error().into());
             }
-            let mut b = &buf[..n as usize];
-            while b.len() >= 16 {
-                let mlen = u32::from_ne_bytes(b[0..4].try_into().unwrap()) as usize;
-                let mtype = u16::from_ne_bytes([b[4], b[5]]);
-                let mseq = u32::from_ne_bytes(b[8..12].try_into().unwrap());
-                if mlen < 16 || mlen > b.len() {
-                    return Err(IpvsError::Malformed);
-                }
-                let body = &b[16..mlen];
-                b = &b[((mlen + 3) & !3).min(b.len())..];
-                if mseq != seq {
-                    // An answer to an earlier request that timed out.
-                    continue;
-                }
-                match mtype {
-                    NLMSG_DONE => return Ok(out),
-                    NLMSG_ERROR => {
-                        let code = body
-                            .get(..4)
-                            .map(|c| i32::from_ne_bytes(c.try_into().unwrap()))
-                            .ok_or(IpvsError::Malformed)?;
-                        if code == 0 {
-                            return Ok(out);
-                        }
-                        return Err(IpvsError::Kernel(io::Error::from_raw_os_error(-code)));
-                    }
-                    _ => {
-                        if body.len() < 4 {
-                            return Err(IpvsError::Malformed);
-                        }
-                        out.push(body[4..].to_vec());
-                        if !dump && family == GENL_ID_CTRL {
-                            // GETFAMILY answers with one message and no ACK.
-                            return Ok(out);
-                        }
-                    }
-                }
+            if answers(&buf[..n as usize], seq, single, &mut out)? {
+                return Ok(out);
             }
         }
     }
@@ -605,6 +572,51 @@ impl Ipvs {
             Op::DelDest(k, d) => self.cmd(CMD_DEL_DEST, &dest_attrs(*k, *d, None)),
         }
     }
+}
+
+/// Reads one datagram of answers to request `seq` into `out`; true once
+/// the answer is complete.
+fn answers(
+    mut b: &[u8],
+    seq: u32,
+    single: bool,
+    out: &mut Vec<Vec<u8>>,
+) -> Result<bool, IpvsError> {
+    while b.len() >= 16 {
+        let mlen = u32::from_ne_bytes(b[0..4].try_into().unwrap()) as usize;
+        let mtype = u16::from_ne_bytes([b[4], b[5]]);
+        let mseq = u32::from_ne_bytes(b[8..12].try_into().unwrap());
+        if mlen < 16 || mlen > b.len() {
+            return Err(IpvsError::Malformed);
+        }
+        let body = &b[16..mlen];
+        b = &b[((mlen + 3) & !3).min(b.len())..];
+        if mseq != seq {
+            // An answer to an earlier request that timed out.
+            continue;
+        }
+        match mtype {
+            NLMSG_DONE => return Ok(true),
+            NLMSG_ERROR => {
+                let code = body
+                    .get(..4)
+                    .map(|c| i32::from_ne_bytes(c.try_into().unwrap()))
+                    .ok_or(IpvsError::Malformed)?;
+                if code == 0 {
+                    return Ok(true);
+                }
+                return Err(IpvsError::Kernel(io::Error::from_raw_os_error(-code)));
+            }
+            _ => {
+                let payload = body.get(4..).ok_or(IpvsError::Malformed)?;
+                out.push(payload.to_vec());
+                if single {
+                    return Ok(true);
+                }
+            }
+        }
+    }
+    Ok(false)
 }
 
 // ---- reconciling ------------------------------------------------------------
@@ -1080,5 +1092,63 @@ mod tests {
         assert_eq!(again.keys.len(), 1);
         assert_eq!(bad.len(), 2, "{bad:?}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn msg(ty: u16, seq: u32, body: &[u8]) -> Vec<u8> {
+        let len = 16 + body.len();
+        let mut m = (len as u32).to_ne_bytes().to_vec();
+        m.extend_from_slice(&ty.to_ne_bytes());
+        m.extend_from_slice(&0u16.to_ne_bytes());
+        m.extend_from_slice(&seq.to_ne_bytes());
+        m.extend_from_slice(&0u32.to_ne_bytes());
+        m.extend_from_slice(body);
+        while m.len() % 4 != 0 {
+            m.push(0);
+        }
+        m
+    }
+
+    #[test]
+    fn answers_are_read_to_their_end_and_errors_are_the_kernels() {
+        let mut out = vec![];
+        // A part of a dump, a stale answer to an earlier request, then DONE.
+        let mut d = msg(0x20, 7, &[1, 0, 0, 0, 9, 9]);
+        d.extend(msg(NLMSG_ERROR, 6, &(-libc::EEXIST).to_ne_bytes()));
+        assert!(
+            !answers(&d, 7, false, &mut out).unwrap(),
+            "not finished yet"
+        );
+        assert_eq!(out, [vec![9, 9]]);
+        assert!(answers(&msg(NLMSG_DONE, 7, &[]), 7, false, &mut out).unwrap());
+        // An ACK, and a refusal.
+        assert!(answers(
+            &msg(NLMSG_ERROR, 8, &0i32.to_ne_bytes()),
+            8,
+            false,
+            &mut out
+        )
+        .unwrap());
+        let e = answers(
+            &msg(NLMSG_ERROR, 9, &(-libc::EEXIST).to_ne_bytes()),
+            9,
+            false,
+            &mut out,
+        );
+        assert!(matches!(e, Err(IpvsError::Kernel(k)) if k.raw_os_error() == Some(libc::EEXIST)));
+        // GETFAMILY's single answer; and lengths that lie.
+        let mut one = vec![];
+        assert!(answers(&msg(0x10, 1, &[3, 1, 0, 0, 5]), 1, true, &mut one).unwrap());
+        assert_eq!(one, [vec![5]]);
+        let mut bad = msg(0x20, 1, &[0; 8]);
+        bad[0] = 200;
+        assert!(matches!(
+            answers(&bad, 1, false, &mut one),
+            Err(IpvsError::Malformed)
+        ));
+        let short = msg(0x20, 1, &[1, 2]);
+        assert!(matches!(
+            answers(&short, 1, false, &mut one),
+            Err(IpvsError::Malformed)
+        ));
     }
 }

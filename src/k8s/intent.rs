@@ -535,38 +535,7 @@ impl Tracker {
                 }
                 None => Part::default(),
             };
-            let old = self.parts.remove(key).unwrap_or_default();
-            if old == new {
-                if !new.is_empty() {
-                    self.parts.insert(key.clone(), new);
-                }
-                continue;
-            }
-            self.tally(&old.refused, false);
-            self.tally(&new.refused, true);
-            for p in old.routes.iter().map(|(p, _)| p).chain(&old.waiting) {
-                if let Some(c) = self.contributors.get_mut(p) {
-                    c.remove(key);
-                }
-                affected.insert(*p);
-            }
-            for p in new.routes.iter().map(|(p, _)| p).chain(&new.waiting) {
-                self.contributors.entry(*p).or_default().insert(key.clone());
-                affected.insert(*p);
-            }
-            let had = !old.refused.is_empty() || !old.bad_annotations.is_empty();
-            let has = !new.refused.is_empty() || !new.bad_annotations.is_empty();
-            if had || has {
-                problems_changed = true;
-                if has {
-                    self.problems.insert(key.clone());
-                } else {
-                    self.problems.remove(key);
-                }
-            }
-            if !new.is_empty() {
-                self.parts.insert(key.clone(), new);
-            }
+            problems_changed |= self.replace_part(key, new, &mut affected);
         }
         let mut delta = Delta::new();
         for p in affected {
@@ -578,19 +547,51 @@ impl Tracker {
             }
             self.count_owners(before.as_ref(), want.as_ref());
             match &want {
-                Some(w) => {
-                    self.intent.routes.insert(p, w.clone());
-                }
-                None => {
-                    self.intent.routes.remove(&p);
-                }
-            }
+                Some(w) => self.intent.routes.insert(p, w.clone()),
+                None => self.intent.routes.remove(&p),
+            };
             delta.push((p, want));
         }
         if problems_changed {
             self.collect_problems();
         }
         delta
+    }
+
+    /// Puts a Service's new part in place of its old one, adding the
+    /// addresses either names to `affected`; returns whether its problems
+    /// (refusals, dropped values) may have changed.
+    fn replace_part(&mut self, key: &Key, new: Part, affected: &mut BTreeSet<IpNet>) -> bool {
+        let old = self.parts.remove(key).unwrap_or_default();
+        if old == new {
+            if !new.is_empty() {
+                self.parts.insert(key.clone(), new);
+            }
+            return false;
+        }
+        self.tally(&old.refused, false);
+        self.tally(&new.refused, true);
+        for p in old.routes.iter().map(|(p, _)| p).chain(&old.waiting) {
+            if let Some(c) = self.contributors.get_mut(p) {
+                c.remove(key);
+            }
+            affected.insert(*p);
+        }
+        for p in new.routes.iter().map(|(p, _)| p).chain(&new.waiting) {
+            self.contributors.entry(*p).or_default().insert(key.clone());
+            affected.insert(*p);
+        }
+        let had = !old.refused.is_empty() || !old.bad_annotations.is_empty();
+        let has = !new.refused.is_empty() || !new.bad_annotations.is_empty();
+        if has {
+            self.problems.insert(key.clone());
+        } else {
+            self.problems.remove(key);
+        }
+        if !new.is_empty() {
+            self.parts.insert(key.clone(), new);
+        }
+        had || has
     }
 
     fn set_shared_refused(&mut self, p: IpNet, refused: Vec<Refusal>) -> bool {
