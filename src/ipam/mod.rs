@@ -281,13 +281,6 @@ fn fill<'a>(
     cursors: &mut BTreeMap<(usize, usize), IpAddr>,
     events: &mut Vec<Event>,
 ) {
-    let fail = |events: &mut Vec<Event>, why: String| {
-        events.push(Event {
-            service: s.key.clone(),
-            kind: EventKind::AllocationFailed,
-            message: why,
-        })
-    };
     let pool = match &s.pool {
         Some(name) => pools.iter().position(|p| &p.name == name),
         None => pools
@@ -300,49 +293,51 @@ fn fill<'a>(
             continue;
         }
         let optional = s.policy == FamilyPolicy::PreferDualStack && !s.families.contains(&f);
-        if let Some(a) = s.requested.iter().find(|a| family(a) == f) {
-            let allowed = pools
-                .iter()
-                .filter(|p| open_to(p, &s.namespace))
-                .any(|p| in_pool(p, a) && s.pool.as_ref().is_none_or(|n| *n == p.name));
-            match (allowed, holders.refuses(s, a)) {
-                (false, _) => fail(events, format!("{a} is not in a pool this Service may use")),
-                (true, Some((h, why))) => {
-                    fail(events, format!("{a} is taken by {} ({why})", h.key))
-                }
-                (true, None) => {
-                    holders.add(s, *a);
-                    mine.push(*a);
-                    assigned(events, s, a);
-                }
+        let got = if let Some(a) = s.requested.iter().find(|a| family(a) == f) {
+            requested(pools, s, a, holders)
+        } else if let Some(pi) = pool.filter(|_| pool_ok) {
+            match free(&pools[pi], pi, f, s, holders, cursors) {
+                Some(a) => Ok(a),
+                None if optional => continue,
+                None => Err(format!("pool {} has no free {f:?} address", pools[pi].name)),
             }
+        } else if optional {
             continue;
-        }
-        let Some(pi) = pool.filter(|_| pool_ok) else {
-            if !optional {
-                let why = match &s.pool {
-                    Some(n) => format!(
-                        "pool {n} does not exist or is closed to namespace {}",
-                        s.namespace
-                    ),
-                    None => format!("no auto-assign pool is open to namespace {}", s.namespace),
-                };
-                fail(events, why);
-            }
-            continue;
+        } else {
+            Err(match &s.pool {
+                Some(n) => format!(
+                    "pool {n} does not exist or is closed to namespace {}",
+                    s.namespace
+                ),
+                None => format!("no auto-assign pool is open to namespace {}", s.namespace),
+            })
         };
-        match free(&pools[pi], pi, f, s, holders, cursors) {
-            Some(a) => {
+        match got {
+            Ok(a) => {
                 holders.add(s, a);
                 mine.push(a);
                 assigned(events, s, &a);
             }
-            None if optional => {}
-            None => fail(
-                events,
-                format!("pool {} has no free {f:?} address", pools[pi].name),
-            ),
+            Err(why) => events.push(Event {
+                service: s.key.clone(),
+                kind: EventKind::AllocationFailed,
+                message: why,
+            }),
         }
+    }
+}
+
+/// An address the Service asked for by name: its, if a pool it may use
+/// holds it and nobody who may not share it has it.
+fn requested(pools: &[Pool], s: &Svc, a: &IpAddr, holders: &Holders) -> Result<IpAddr, String> {
+    let allowed = pools
+        .iter()
+        .filter(|p| open_to(p, &s.namespace))
+        .any(|p| in_pool(p, a) && s.pool.as_ref().is_none_or(|n| *n == p.name));
+    match (allowed, holders.refuses(s, a)) {
+        (false, _) => Err(format!("{a} is not in a pool this Service may use")),
+        (true, Some((h, why))) => Err(format!("{a} is taken by {} ({why})", h.key)),
+        (true, None) => Ok(*a),
     }
 }
 

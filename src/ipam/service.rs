@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Service, ServiceSpec};
 use kube::ResourceExt;
 
 use super::{Family, FamilyPolicy, Svc};
@@ -49,21 +49,7 @@ fn build(s: &Service) -> Result<Svc, String> {
     let spec = s.spec.as_ref().expect("checked by the caller");
     let a = s.annotations();
     let requested = requested(a.get(LOAD_BALANCER_IPS), spec.load_balancer_ip.as_deref())?;
-    let families = spec
-        .ip_families
-        .iter()
-        .flatten()
-        .filter_map(|f| match f.as_str() {
-            "IPv4" => Some(Family::V4),
-            "IPv6" => Some(Family::V6),
-            _ => None,
-        })
-        .collect();
-    let policy = match spec.ip_family_policy.as_deref() {
-        Some("PreferDualStack") => FamilyPolicy::PreferDualStack,
-        Some("RequireDualStack") => FamilyPolicy::RequireDualStack,
-        _ => FamilyPolicy::SingleStack,
-    };
+    let (families, policy) = families(spec);
     let ports = spec
         .ports
         .iter()
@@ -93,8 +79,7 @@ fn build(s: &Service) -> Result<Svc, String> {
             .metadata
             .creation_timestamp
             .as_ref()
-            .map(|t| t.0.as_second())
-            .unwrap_or(0),
+            .map_or(0, |t| t.0.as_second()),
         namespace: s.namespace().unwrap_or_default(),
         families,
         policy,
@@ -110,6 +95,27 @@ fn build(s: &Service) -> Result<Svc, String> {
         selector: spec.selector.clone().unwrap_or_default(),
         current,
     })
+}
+
+/// `spec.ipFamilies` and `spec.ipFamilyPolicy` (unknown spellings: one
+/// family, as the API server defaults them).
+fn families(spec: &ServiceSpec) -> (Vec<Family>, FamilyPolicy) {
+    let families = spec
+        .ip_families
+        .iter()
+        .flatten()
+        .filter_map(|f| match f.as_str() {
+            "IPv4" => Some(Family::V4),
+            "IPv6" => Some(Family::V6),
+            _ => None,
+        })
+        .collect();
+    let policy = match spec.ip_family_policy.as_deref() {
+        Some("PreferDualStack") => FamilyPolicy::PreferDualStack,
+        Some("RequireDualStack") => FamilyPolicy::RequireDualStack,
+        _ => FamilyPolicy::SingleStack,
+    };
+    (families, policy)
 }
 
 /// `vipd.io/load-balancer-ips`, or else the deprecated

@@ -408,6 +408,7 @@ impl Watch {
         // default/kubernetes changing makes a full pass (it changes the
         // forbidden addresses), so only a full pass can change the API list.
         let full_pass = self.full || !self.published;
+        let t = std::time::Instant::now();
         let delta = if full_pass {
             self.node_changed();
             self.tracker.reset(&self.snap, &self.k)
@@ -415,6 +416,12 @@ impl Watch {
             self.tracker
                 .update(&self.snap, &self.k, self.touched.iter())
         };
+        tracing::debug!(
+            us = t.elapsed().as_micros() as u64,
+            changed = delta.len(),
+            full = full_pass,
+            "intent updated"
+        );
         self.full = false;
         self.touched.clear();
         let update = if !std::mem::replace(&mut self.published, true) {
