@@ -8,6 +8,7 @@
 
 pub mod attrs;
 pub mod fsm;
+pub mod negotiate;
 pub mod net;
 pub mod restart;
 pub mod rib;

@@ -29,6 +29,7 @@ use tokio::time::{sleep_until, timeout_at, Instant};
 use tracing::{debug, info, warn};
 
 use super::fsm::{Action, Event, Fsm, State};
+use super::negotiate::{negotiate, Negotiated};
 use super::net::{self, SocketOpts};
 use super::rib::{AdjRibOut, Changes, Group, Table};
 use super::wire::encode::{self, SendCtx};
@@ -219,17 +220,6 @@ struct Candidate {
     deadline: Instant,
 }
 
-/// What the two OPENs agreed on.
-#[derive(Debug, Clone)]
-struct Negotiated {
-    families: Vec<Afi>,
-    /// The negotiated families that also have a next hop: the ones routes
-    /// are sent in.
-    send_families: Vec<Afi>,
-    ctx: SendCtx,
-    graceful_restart: bool,
-}
-
 type Connecting = Pin<Box<dyn Future<Output = io::Result<TcpStream>> + Send>>;
 
 struct Session {
@@ -253,12 +243,12 @@ struct Session {
     stopping: bool,
     /// The peer's BFD session, with `bfd = true`: the BGP session starts
     /// only while it is Up and closes when it goes down (RFC 5882).
-    bfd: Option<watch::Receiver<crate::bfd::io::Status>>,
-    bfd_required: bool,
-    bfd_up: bool,
+    bfd: BfdGate,
     /// End-of-RIB still owed for this session's initial table.
     eor_pending: bool,
-    seed: u64,
+    /// Spreads reconnects; seeded per peer so that nodes started together
+    /// do not retry in step.
+    rng: fastrand::Rng,
 }
 
 /// Runs one peer until it is shut down or deconfigured.
@@ -270,61 +260,7 @@ pub async fn run(
     restarted: bool,
     bfd: Option<watch::Receiver<crate::bfd::io::Status>>,
 ) {
-    let p = &s.peer;
-    let mut families = vec![];
-    if p.families.ipv4 {
-        families.push(Afi::Ipv4);
-    }
-    if p.families.ipv6 {
-        families.push(Afi::Ipv6);
-    }
-    let local_open = LocalOpen {
-        asn: s.local_asn,
-        hold_time: p.hold_time,
-        router_id: s.router_id,
-        families,
-        capabilities: true,
-        refused: vec![],
-        graceful_restart: s.graceful_restart,
-        restart_state: restarted && s.graceful_restart.is_some(),
-    };
-    let opts = SocketOpts {
-        password: p.password.clone(),
-        ttl: p.ttl,
-        ttl_security: p.ttl_security,
-        source: p.source_address,
-    };
-    let seed = u32::from(s.router_id) as u64 ^ hash_ip(p.address) ^ now_nanos();
-    let mut me = Session {
-        fsm: Fsm::new(p.passive, p.hold_time, p.keepalive),
-        s,
-        opts,
-        local_open,
-        conn: None,
-        cand: None,
-        connecting: None,
-        connect_retry: None,
-        hold: None,
-        keepalive: None,
-        auto_start: None,
-        // With BFD, the first start waits for it to come Up.
-        queue: if bfd.is_some() {
-            VecDeque::new()
-        } else {
-            VecDeque::from([Event::Start])
-        },
-        peer_open: None,
-        negotiated: None,
-        adj: AdjRibOut::default(),
-        table,
-        status,
-        stopping: false,
-        eor_pending: false,
-        seed,
-        bfd_required: bfd.is_some(),
-        bfd,
-        bfd_up: false,
-    };
+    let mut me = Session::new(s, table, status, restarted, bfd);
     let peer = me.s.peer.address;
     loop {
         while let Some(ev) = me.queue.pop_front() {
@@ -383,7 +319,7 @@ pub async fn run(
             _ = at(me.keepalive) => { me.keepalive = None; me.queue.push_back(Event::KeepaliveTimerExpires) }
             _ = at(me.connect_retry) => { me.connect_retry = None; me.queue.push_back(Event::ConnectRetryTimerExpires) }
             _ = at(me.auto_start) => { me.auto_start = None; me.queue.push_back(Event::Start) }
-            st = bfd_changed(me.bfd.as_mut()) => me.on_bfd(st),
+            st = me.bfd.changed() => me.on_bfd(st),
             _ = at(cand_deadline) => {
                 debug!(%peer, "second connection sent no OPEN in time");
                 me.cand = None;
@@ -451,18 +387,70 @@ pub fn backoff(base_secs: u16, failures: u32, rand: u64) -> Duration {
 }
 
 impl Session {
-    fn rand(&mut self) -> u64 {
-        // xorshift64: enough to spread reconnects, no dependency needed.
-        let mut x = self.seed.max(1);
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.seed = x;
-        x
+    fn new(
+        s: Settings,
+        table: watch::Receiver<Published>,
+        status: Arc<Mutex<PeerStatus>>,
+        restarted: bool,
+        bfd: Option<watch::Receiver<crate::bfd::io::Status>>,
+    ) -> Session {
+        let p = &s.peer;
+        let mut families = vec![];
+        if p.families.ipv4 {
+            families.push(Afi::Ipv4);
+        }
+        if p.families.ipv6 {
+            families.push(Afi::Ipv6);
+        }
+        let local_open = LocalOpen {
+            asn: s.local_asn,
+            hold_time: p.hold_time,
+            router_id: s.router_id,
+            families,
+            capabilities: true,
+            refused: vec![],
+            graceful_restart: s.graceful_restart,
+            restart_state: restarted && s.graceful_restart.is_some(),
+        };
+        let opts = SocketOpts {
+            password: p.password.clone(),
+            ttl: p.ttl,
+            ttl_security: p.ttl_security,
+            source: p.source_address,
+        };
+        let seed = u32::from(s.router_id) as u64 ^ hash_ip(p.address) ^ now_nanos();
+        Session {
+            fsm: Fsm::new(p.passive, p.hold_time, p.keepalive),
+            s,
+            opts,
+            local_open,
+            conn: None,
+            cand: None,
+            connecting: None,
+            connect_retry: None,
+            hold: None,
+            keepalive: None,
+            auto_start: None,
+            // With BFD, the first start waits for it to come Up.
+            queue: if bfd.is_some() {
+                VecDeque::new()
+            } else {
+                VecDeque::from([Event::Start])
+            },
+            peer_open: None,
+            negotiated: None,
+            adj: AdjRibOut::default(),
+            table,
+            status,
+            stopping: false,
+            eor_pending: false,
+            rng: fastrand::Rng::with_seed(seed),
+            bfd: bfd.map_or(BfdGate::Off, BfdGate::Down),
+        }
     }
 
     fn backoff(&mut self) -> Duration {
-        let r = self.rand();
+        let r = self.rng.u64(..);
         // The first attempt after a session ends goes out at once-ish.
         if self.fsm.connect_retry_counter == 0 {
             return Duration::from_millis(100 + r % 400);
@@ -511,19 +499,7 @@ impl Session {
                 }
                 self.peer_open = None;
             }
-            Action::SendOpen => {
-                // A connection adopted after collision detection has had
-                // our OPEN since it was accepted.
-                if self.conn.as_ref().is_some_and(|c| c.open_sent) {
-                    return;
-                }
-                let m = self.local_open.encode();
-                if self.send(&m).await {
-                    if let Some(c) = self.conn.as_mut() {
-                        c.open_sent = true;
-                    }
-                }
-            }
+            Action::SendOpen => self.send_open().await,
             Action::SendKeepalive => {
                 self.send(&keepalive()).await;
             }
@@ -554,18 +530,34 @@ impl Session {
             }
             Action::StopKeepaliveTimer => self.keepalive = None,
             Action::SessionUp => self.session_up().await,
-            Action::SessionDown => {
-                info!(peer = %self.peer(), "session down");
-                self.adj.clear();
-                self.negotiated = None;
-                let mut st = self.status.lock().unwrap();
-                st.established_at = None;
-                st.families.clear();
-                st.prefixes_sent = 0;
-                st.refused_too_large = 0;
-                st.holds = None;
-                st.sending.clear();
-                st.ctx = None;
+            Action::SessionDown => self.session_down(),
+        }
+    }
+
+    fn session_down(&mut self) {
+        info!(peer = %self.peer(), "session down");
+        self.adj.clear();
+        self.negotiated = None;
+        let mut st = self.status.lock().unwrap();
+        st.established_at = None;
+        st.families.clear();
+        st.prefixes_sent = 0;
+        st.refused_too_large = 0;
+        st.holds = None;
+        st.sending.clear();
+        st.ctx = None;
+    }
+
+    async fn send_open(&mut self) {
+        // A connection adopted after collision detection has had our OPEN
+        // since it was accepted.
+        if self.conn.as_ref().is_some_and(|c| c.open_sent) {
+            return;
+        }
+        let m = self.local_open.encode();
+        if self.send(&m).await {
+            if let Some(c) = self.conn.as_mut() {
+                c.open_sent = true;
             }
         }
     }
@@ -763,70 +755,69 @@ impl Session {
                 self.status.lock().unwrap().updates_received += 1;
                 self.on_update(&body)
             }
-            MsgType::Notification => {
-                let n = Notification::parse(&body);
-                warn!(%peer, "peer sent NOTIFICATION {n}");
-                self.set_error(format!("received {n}"));
-                self.count_notification(&n, false);
-                if self.fsm.state == State::OpenSent && n.code == code::OPEN {
-                    self.learn_refusal(&n);
-                }
-                self.queue.push_back(
-                    if n.code == code::OPEN && n.subcode == code::UNSUPPORTED_VERSION {
-                        Event::NotificationVersionError
-                    } else {
-                        Event::NotificationReceived
-                    },
-                );
-            }
-            MsgType::RouteRefresh => {
-                if self.fsm.state == State::Established {
-                    if let Some(afi) = update::route_refresh_afi(&body) {
-                        let n = self.negotiated.clone();
-                        if let Some(n) = n.filter(|n| n.families.contains(&afi)) {
-                            info!(%peer, "route refresh for {afi}: re-sending {} routes", self.adj.len());
-                            let c = self.adj.resend(afi, &|a, f| n.ctx.receives(a, f));
-                            self.send_changes(&c, &[]).await;
-                        }
-                    }
-                }
-                self.queue.push_back(Event::UpdateReceived);
-            }
+            MsgType::Notification => self.on_notification(&body),
+            MsgType::RouteRefresh => self.on_route_refresh(&body).await,
         }
     }
 
+    fn on_notification(&mut self, body: &[u8]) {
+        let n = Notification::parse(body);
+        warn!(peer = %self.peer(), "peer sent NOTIFICATION {n}");
+        self.set_error(format!("received {n}"));
+        self.count_notification(&n, false);
+        if self.fsm.state == State::OpenSent && n.code == code::OPEN {
+            self.learn_refusal(&n);
+        }
+        self.queue.push_back(
+            if n.code == code::OPEN && n.subcode == code::UNSUPPORTED_VERSION {
+                Event::NotificationVersionError
+            } else {
+                Event::NotificationReceived
+            },
+        );
+    }
+
+    async fn on_route_refresh(&mut self, body: &[u8]) {
+        let afi = update::route_refresh_afi(body);
+        let n = self.negotiated.clone();
+        if let (State::Established, Some(afi)) = (self.fsm.state, afi) {
+            if let Some(n) = n.filter(|n| n.families.contains(&afi)) {
+                info!(peer = %self.peer(), "route refresh for {afi}: re-sending {} routes", self.adj.len());
+                let c = self.adj.resend(afi, &|a, f| n.ctx.receives(a, f));
+                self.send_changes(&c, &[]).await;
+            }
+        }
+        self.queue.push_back(Event::UpdateReceived);
+    }
+
     fn bfd_allows(&self) -> bool {
-        !self.bfd_required || self.bfd_up
+        self.bfd.allows()
     }
 
     /// RFC 5882: BFD Down closes the session at once (Cease, BFD Down,
     /// RFC 9384); it comes back through the usual start once BFD is Up.
     fn on_bfd(&mut self, st: Option<crate::bfd::packet::State>) {
-        // Gone (the peer removed), or AdminDown: vipd's own planned stop,
-        // which the session's own shutdown handles (silently, for
-        // graceful restart). Nothing starts again until then.
-        let Some(st) = st.filter(|s| *s != crate::bfd::packet::State::AdminDown) else {
-            self.bfd = None;
-            self.bfd_up = false;
-            self.auto_start = None;
-            return;
-        };
-        let up = st == crate::bfd::packet::State::Up;
-        if up == self.bfd_up {
-            return;
-        }
-        self.bfd_up = up;
-        if up {
-            info!(peer = %self.peer(), "BFD Up: the session may start");
-            return;
-        }
-        self.auto_start = None;
-        if self.fsm.state != State::Idle {
-            warn!(peer = %self.peer(), "BFD Down: closing the session (Cease, BFD Down)");
-            self.set_error("BFD Down".into());
-            self.queue.push_back(Event::Stop {
-                notification: Some(Notification::new(code::CEASE, code::BFD_DOWN)),
-            });
+        let was_up = self.bfd.allows();
+        self.bfd.next(st);
+        match (was_up, &self.bfd) {
+            (false, BfdGate::Up(_)) => {
+                info!(peer = %self.peer(), "BFD Up: the session may start");
+            }
+            // Gone (the peer removed), or AdminDown: vipd's own planned
+            // stop, which the session's own shutdown handles (silently, for
+            // graceful restart). Nothing starts again until then.
+            (_, BfdGate::Gone) => self.auto_start = None,
+            (true, BfdGate::Down(_)) => {
+                self.auto_start = None;
+                if self.fsm.state != State::Idle {
+                    warn!(peer = %self.peer(), "BFD Down: closing the session (Cease, BFD Down)");
+                    self.set_error("BFD Down".into());
+                    self.queue.push_back(Event::Stop {
+                        notification: Some(Notification::new(code::CEASE, code::BFD_DOWN)),
+                    });
+                }
+            }
+            _ => {}
         }
     }
 
@@ -864,78 +855,23 @@ impl Session {
     }
 
     async fn open_received(&mut self, o: Open) {
-        let ours = &self.local_open;
-        let our_families: Vec<Afi> = if ours.capabilities && !ours.refused.contains(&open::CAP_MP) {
-            ours.families.clone()
-        } else {
-            vec![Afi::Ipv4]
-        };
-        let theirs: Vec<Afi> = if o.caps.any_mp {
-            o.caps.families.clone()
-        } else {
-            vec![Afi::Ipv4]
-        };
-        let families: Vec<Afi> = our_families
-            .into_iter()
-            .filter(|f| theirs.contains(f))
-            .collect();
-        let sent_asn4 = ours.capabilities && !ours.refused.contains(&open::CAP_ASN4);
-        let sent_gr = ours.capabilities
-            && ours.graceful_restart.is_some()
-            && !ours.refused.contains(&open::CAP_GRACEFUL_RESTART);
-        let local = self.conn.as_ref().map(|c| c.local.ip().to_canonical());
+        let local = self.conn.as_ref().map(|c| c.local.ip());
         let p = &self.s.peer;
-        let ctx = SendCtx {
-            local_asn: self.s.local_asn,
-            ebgp: p.asn != self.s.local_asn,
-            four_octet_as: sent_asn4 && o.caps.asn4.is_some(),
-            next_hop_v4: p.next_hop_ipv4.or(match local {
-                Some(IpAddr::V4(v)) => Some(v),
-                _ => None,
-            }),
-            next_hop_v6: p.next_hop_ipv6.or(match local {
-                Some(IpAddr::V6(v)) => Some(v),
-                _ => None,
-            }),
-            next_hop_v6_link_local: None,
-            defaults: p.defaults.clone(),
+        // getifaddrs only where a link-local next hop may be added.
+        let addrs = if p.link_local_next_hop {
+            net::interface_addresses()
+        } else {
+            vec![]
         };
-        let ctx = SendCtx {
-            next_hop_v6_link_local: self.link_local(&ctx, local),
-            ..ctx
-        };
-        let send_families = families
-            .iter()
-            .copied()
-            .filter(|f| match f {
-                Afi::Ipv4 => ctx.next_hop_v4.is_some(),
-                Afi::Ipv6 => ctx.next_hop_v6.is_some(),
-            })
-            .collect();
-        self.negotiated = Some(Negotiated {
-            families,
-            send_families,
-            ctx,
-            graceful_restart: sent_gr && o.caps.graceful_restart.is_some(),
-        });
+        let n = negotiate(&self.local_open, &o, p, local, &addrs);
+        if let Some(ll) = n.ctx.next_hop_v6_link_local {
+            debug!(peer = %self.peer(), %ll, "IPv6 next hop with its link-local address");
+        }
+        self.negotiated = Some(n);
         let hold = o.hold_time;
         self.peer_open = Some(o);
         self.queue
             .push_back(Event::OpenReceived { hold_time: hold });
-    }
-
-    /// The link-local address to add to the IPv6 next hop, where the peer
-    /// shares the session's link and the key allows it.
-    fn link_local(&self, ctx: &SendCtx, local: Option<IpAddr>) -> Option<std::net::Ipv6Addr> {
-        if !self.s.peer.link_local_next_hop {
-            return None;
-        }
-        let addrs = net::interface_addresses();
-        let ll = net::link_local_for(&addrs, local?, self.s.peer.address, ctx.next_hop_v6?);
-        if let Some(ll) = ll {
-            debug!(peer = %self.peer(), %ll, "IPv6 next hop with its link-local address");
-        }
-        ll
     }
 
     fn on_update(&mut self, body: &[u8]) {
@@ -1141,15 +1077,48 @@ impl Session {
 }
 
 /// The BFD state once it changes; `None` when the session is gone.
-async fn bfd_changed(
-    rx: Option<&mut watch::Receiver<crate::bfd::io::Status>>,
-) -> Option<crate::bfd::packet::State> {
-    match rx {
-        Some(rx) => match rx.changed().await {
-            Ok(()) => Some(rx.borrow_and_update().state),
-            Err(_) => None,
-        },
-        None => std::future::pending().await,
+/// The BGP session's gate on its BFD session: the invalid combinations
+/// (required but unknown, Up without a session) cannot be written.
+enum BfdGate {
+    /// No BFD for this peer: always open.
+    Off,
+    Down(watch::Receiver<crate::bfd::io::Status>),
+    Up(watch::Receiver<crate::bfd::io::Status>),
+    /// The BFD session ended (removed, or AdminDown at vipd's own stop):
+    /// closed until the peer is configured again.
+    Gone,
+}
+
+impl BfdGate {
+    fn allows(&self) -> bool {
+        matches!(self, BfdGate::Off | BfdGate::Up(_))
+    }
+
+    /// The BFD session's next state (`None`: it ended).
+    fn next(&mut self, st: Option<crate::bfd::packet::State>) {
+        use crate::bfd::packet::State as B;
+        let rx = match std::mem::replace(self, BfdGate::Gone) {
+            BfdGate::Down(rx) | BfdGate::Up(rx) => rx,
+            other => {
+                *self = other;
+                return;
+            }
+        };
+        *self = match st {
+            None | Some(B::AdminDown) => BfdGate::Gone,
+            Some(B::Up) => BfdGate::Up(rx),
+            Some(_) => BfdGate::Down(rx),
+        };
+    }
+
+    async fn changed(&mut self) -> Option<crate::bfd::packet::State> {
+        match self {
+            BfdGate::Down(rx) | BfdGate::Up(rx) => match rx.changed().await {
+                Ok(()) => Some(rx.borrow_and_update().state),
+                Err(_) => None,
+            },
+            BfdGate::Off | BfdGate::Gone => std::future::pending().await,
+        }
     }
 }
 
@@ -1177,5 +1146,40 @@ mod tests {
         assert!(backoff(5, 10, 999) <= MAX_BACKOFF);
         // A configured interval above the cap is honoured.
         assert_eq!(backoff(120, 3, 0), Duration::from_secs(90));
+    }
+
+    fn bfd_status() -> crate::bfd::io::Status {
+        crate::bfd::io::Status {
+            state: crate::bfd::packet::State::Down,
+            diag: 0,
+            tx: Duration::from_secs(1),
+            rx: Duration::from_secs(1),
+            detection: None,
+            last_down: None,
+        }
+    }
+
+    #[test]
+    fn the_bfd_gate_opens_only_while_bfd_is_up_and_closes_for_good_when_it_ends() {
+        use crate::bfd::packet::State as B;
+        assert!(BfdGate::Off.allows());
+        let (_tx, rx) = watch::channel(bfd_status());
+        let mut g = BfdGate::Down(rx);
+        assert!(!g.allows(), "required and not yet Up");
+        g.next(Some(B::Init));
+        assert!(!g.allows());
+        g.next(Some(B::Up));
+        assert!(g.allows());
+        g.next(Some(B::Down));
+        assert!(!g.allows());
+        g.next(Some(B::Up));
+        g.next(Some(B::AdminDown));
+        assert!(matches!(g, BfdGate::Gone) && !g.allows(), "vipd's own stop");
+        g.next(Some(B::Up));
+        assert!(!g.allows(), "nothing reopens a gate whose session ended");
+        let (_tx, rx) = watch::channel(bfd_status());
+        let mut g = BfdGate::Up(rx);
+        g.next(None);
+        assert!(matches!(g, BfdGate::Gone));
     }
 }

@@ -42,12 +42,76 @@ pub struct Checked {
     /// End-of-RIB marker (RFC 4724) for this family.
     pub end_of_rib: Option<Afi>,
     /// RFC 7606 treat-as-withdraw: the announced routes are void, with why.
-    pub treat_as_withdraw: Option<String>,
+    pub treat_as_withdraw: Option<Finding>,
     /// Attributes dropped under RFC 7606 "attribute discard", with why.
-    pub discarded: Vec<String>,
+    pub discarded: Vec<Finding>,
     /// The message rebuilt from the attributes that passed, with duplicates
     /// and discarded attributes removed: the only bytes zettabgp sees.
     pub sanitized: Vec<u8>,
+}
+
+/// A problem RFC 7606 answers without a reset (attribute discard or
+/// treat-as-withdraw): which attribute, and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    /// The attribute's type code; `None` for the attribute list itself.
+    pub attr: Option<u8>,
+    pub reason: Reason,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reason {
+    /// The list ends inside an attribute, this many octets before its end.
+    ListEndsInside {
+        left: usize,
+    },
+    Duplicate,
+    Flags(u8),
+    /// LOCAL_PREF, ORIGINATOR_ID or CLUSTER_LIST from an external peer.
+    FromExternalPeer,
+    /// A length the attribute cannot have.
+    Length(usize),
+    /// A value it cannot have, as the attribute's own text says.
+    Value(String),
+    /// Mandatory attributes absent from a message that announces.
+    Missing(Vec<&'static str>),
+}
+
+impl std::fmt::Display for Finding {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        let t = self.attr.unwrap_or(0);
+        match &self.reason {
+            Reason::ListEndsInside { left } => write!(
+                f,
+                "attribute list ends inside an attribute ({left} octets left)"
+            ),
+            Reason::Duplicate => write!(f, "duplicate attribute {t}"),
+            Reason::Flags(flags) => write!(f, "attribute {t} has flags {flags:#04x}"),
+            Reason::FromExternalPeer => write!(f, "attribute {t} from an external peer"),
+            Reason::Length(len) => write!(f, "{} length {len}", attr_name(t)),
+            Reason::Value(v) => write!(f, "{v}"),
+            Reason::Missing(m) => write!(f, "missing {}", m.join(", ")),
+        }
+    }
+}
+
+fn attr_name(t: u8) -> String {
+    match t {
+        ORIGIN => "ORIGIN".into(),
+        NEXT_HOP => "NEXT_HOP".into(),
+        CLUSTER_LIST => "CLUSTER_LIST".into(),
+        COMMUNITIES => "COMMUNITIES".into(),
+        EXT_COMMUNITIES => "EXTENDED COMMUNITIES".into(),
+        LARGE_COMMUNITIES => "LARGE_COMMUNITIES".into(),
+        _ => format!("attribute {t}"),
+    }
+}
+
+fn finding(t: u8, reason: Reason) -> Finding {
+    Finding {
+        attr: Some(t),
+        reason,
+    }
 }
 
 /// The session's view needed to read an UPDATE.
@@ -84,70 +148,115 @@ fn attr_err(sub: u8, data: &[u8]) -> Notification {
     Notification::with_data(code::UPDATE, sub, data)
 }
 
-/// Checks an UPDATE body (after the 19-byte header).
-pub fn check(body: &[u8], ctx: Ctx) -> Result<Checked, Notification> {
+/// What to do with one attribute whose flags are right.
+enum Verdict {
+    /// Valid: handed on to zettabgp.
+    Keep,
+    /// Valid, but vipd has no use for it: not handed on.
+    Skip,
+    Discard(Reason),
+    TreatAsWithdraw(Reason),
+}
+
+/// The parts of an UPDATE body, each length checked.
+struct Parts<'a> {
+    withdrawn: &'a [u8],
+    attrs: &'a [u8],
+    nlri: &'a [u8],
+}
+
+fn parts(body: &[u8]) -> Result<Parts<'_>, Notification> {
     let malformed_list = || Notification::new(code::UPDATE, code::MALFORMED_ATTR_LIST);
     let wlen = u16::from_be_bytes([body[0], body[1]]) as usize;
     if 2 + wlen + 2 > body.len() {
         return Err(malformed_list());
     }
-    let withdrawn = &body[2..2 + wlen];
     let alen = u16::from_be_bytes([body[2 + wlen], body[3 + wlen]]) as usize;
     let attrs_at = 4 + wlen;
     if attrs_at + alen > body.len() {
         return Err(malformed_list());
     }
-    let attrs = &body[attrs_at..attrs_at + alen];
-    let nlri = &body[attrs_at + alen..];
-    let invalid_net = || Notification::new(code::UPDATE, code::INVALID_NETWORK);
+    Ok(Parts {
+        withdrawn: &body[2..2 + wlen],
+        attrs: &body[attrs_at..attrs_at + alen],
+        nlri: &body[attrs_at + alen..],
+    })
+}
 
-    let mut out = Checked {
-        withdrawn: walk_prefixes(withdrawn, Afi::Ipv4, |_, _| {}).map_err(|_| invalid_net())?,
-        announced: walk_prefixes(nlri, Afi::Ipv4, |_, _| {}).map_err(|_| invalid_net())?,
+/// The walk over one attribute list: what was seen, kept and found.
+struct Walk<'a> {
+    parts: Parts<'a>,
+    ctx: Ctx,
+    out: Checked,
+    seen: [bool; 256],
+    kept: Vec<u8>,
+    taw: Option<Finding>,
+    mp_reach: bool,
+}
+
+/// Checks an UPDATE body (after the 19-byte header).
+pub fn check(body: &[u8], ctx: Ctx) -> Result<Checked, Notification> {
+    let parts = parts(body)?;
+    let invalid_net = |_| Notification::new(code::UPDATE, code::INVALID_NETWORK);
+    let out = Checked {
+        withdrawn: walk_prefixes(parts.withdrawn, Afi::Ipv4, |_, _| {}).map_err(invalid_net)?,
+        announced: walk_prefixes(parts.nlri, Afi::Ipv4, |_, _| {}).map_err(invalid_net)?,
         ..Default::default()
     };
+    let mut w = Walk {
+        kept: Vec::with_capacity(parts.attrs.len()),
+        parts,
+        ctx,
+        out,
+        seen: [false; 256],
+        taw: None,
+        mp_reach: false,
+    };
+    w.attributes()?;
+    w.missing();
+    Ok(w.finish(body))
+}
 
-    let mut seen = [false; 256];
-    let mut kept: Vec<u8> = Vec::with_capacity(attrs.len());
-    let mut taw: Option<String> = None;
-    let mut mp_reach = false;
-    let mut p = attrs;
-    while !p.is_empty() {
-        let Some((flags, t, hl, len)) = attr_header(p) else {
-            // RFC 7606 4: an attribute that runs past the list, or too few
-            // octets left for one, is treat-as-withdraw, the NLRI field
-            // being located by the total attribute length. Nothing after
-            // this point can be another attribute, so every MP_REACH or
-            // MP_UNREACH was found, unless this is one: then its NLRI cannot
-            // be located and only a reset is left (RFC 7606 5.3).
-            if p.len() >= 2 && (p[1] == MP_REACH || p[1] == MP_UNREACH) {
-                return Err(malformed_list());
-            }
-            taw.get_or_insert(format!(
-                "attribute list ends inside an attribute ({} octets left)",
-                p.len()
-            ));
-            break;
-        };
-        let whole = &p[..hl + len];
-        let v = &p[hl..hl + len];
-        p = &p[hl + len..];
-
-        if seen[t as usize] {
-            if t == MP_REACH || t == MP_UNREACH {
-                return Err(malformed_list());
-            }
-            out.discarded.push(format!("duplicate attribute {t}"));
-            continue;
+impl Walk<'_> {
+    fn attributes(&mut self) -> Result<(), Notification> {
+        let mut p = self.parts.attrs;
+        while !p.is_empty() {
+            let Some((flags, t, hl, len)) = attr_header(p) else {
+                // RFC 7606 4: an attribute that runs past the list, or too
+                // few octets left for one, is treat-as-withdraw, the NLRI
+                // field being located by the total attribute length. Nothing
+                // after this point can be another attribute, so every
+                // MP_REACH or MP_UNREACH was found, unless this is one: then
+                // its NLRI cannot be located and only a reset is left (RFC
+                // 7606 5.3).
+                if p.len() >= 2 && (p[1] == MP_REACH || p[1] == MP_UNREACH) {
+                    return Err(Notification::new(code::UPDATE, code::MALFORMED_ATTR_LIST));
+                }
+                let reason = Reason::ListEndsInside { left: p.len() };
+                self.taw.get_or_insert(Finding { attr: None, reason });
+                return Ok(());
+            };
+            self.attribute(flags, t, &p[..hl + len], hl)?;
+            p = &p[hl + len..];
         }
-        seen[t as usize] = true;
+        Ok(())
+    }
 
+    /// One attribute (`whole`: header and value).
+    fn attribute(&mut self, flags: u8, t: u8, whole: &[u8], hl: usize) -> Result<(), Notification> {
+        if std::mem::replace(&mut self.seen[t as usize], true) {
+            if t == MP_REACH || t == MP_UNREACH {
+                return Err(Notification::new(code::UPDATE, code::MALFORMED_ATTR_LIST));
+            }
+            self.out.discarded.push(finding(t, Reason::Duplicate));
+            return Ok(());
+        }
         let Some(want) = expected_flags(t) else {
             if flags & FLAG_OPTIONAL == 0 {
                 return Err(attr_err(code::UNRECOGNIZED_WELL_KNOWN, whole));
             }
             // Unknown optional attributes are valid; vipd has no use for them.
-            continue;
+            return Ok(());
         };
         let bad_flags = flags & (FLAG_OPTIONAL | FLAG_TRANSITIVE) != want
             || (want & FLAG_OPTIONAL == 0 && flags & FLAG_PARTIAL != 0);
@@ -155,136 +264,158 @@ pub fn check(body: &[u8], ctx: Ctx) -> Result<Checked, Notification> {
             // RFC 7606 3(c): treat-as-withdraw. MP_REACH/MP_UNREACH are
             // still walked below: their NLRI are what gets withdrawn, and a
             // syntax error there still resets (RFC 7606 5.3).
-            taw.get_or_insert(format!("attribute {t} has flags {flags:#04x}"));
+            self.taw.get_or_insert(finding(t, Reason::Flags(flags)));
             if t != MP_REACH && t != MP_UNREACH {
-                continue;
+                return Ok(());
             }
         }
-        let asn_size = if ctx.four_octet_as { 4 } else { 2 };
-        let verdict: Result<(), String> = match t {
-            ORIGIN => match v {
-                [0..=2] => Ok(()),
-                [x] => Err(format!("ORIGIN value {x}")),
-                _ => Err(format!("ORIGIN length {len}")),
-            },
-            AS_PATH => check_as_path(v, asn_size, ctx.ebgp),
-            NEXT_HOP => match v {
-                [a, b, c, d] => {
-                    let ip = std::net::Ipv4Addr::new(*a, *b, *c, *d);
-                    if ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast() {
-                        Err(format!("NEXT_HOP {ip}"))
-                    } else {
-                        Ok(())
-                    }
-                }
-                _ => Err(format!("NEXT_HOP length {len}")),
-            },
-            // RFC 7606 7.5: from an external peer, discarded whatever its
-            // length; 7.9 and 7.10 likewise for ORIGINATOR_ID, CLUSTER_LIST.
-            LOCAL_PREF | ORIGINATOR_ID | CLUSTER_LIST if ctx.ebgp => {
-                out.discarded
-                    .push(format!("attribute {t} from an external peer"));
-                continue;
-            }
-            MED | LOCAL_PREF | ORIGINATOR_ID if len != 4 => {
-                Err(format!("attribute {t} length {len}"))
-            }
-            // Checked, but never handed on: zettabgp has no use for them.
-            ORIGINATOR_ID => continue,
-            CLUSTER_LIST if len == 0 || len % 4 != 0 => Err(format!("CLUSTER_LIST length {len}")),
-            CLUSTER_LIST => continue,
-            COMMUNITIES if len == 0 || len % 4 != 0 => Err(format!("COMMUNITIES length {len}")),
-            EXT_COMMUNITIES if len == 0 || len % 8 != 0 => {
-                Err(format!("EXTENDED COMMUNITIES length {len}"))
-            }
-            LARGE_COMMUNITIES if len == 0 || len % 12 != 0 => {
-                Err(format!("LARGE_COMMUNITIES length {len}"))
-            }
-            ATOMIC_AGGREGATE | AGGREGATOR | AS4_AGGREGATOR | AS4_PATH => {
-                let ok = match t {
-                    ATOMIC_AGGREGATE => len == 0,
-                    AGGREGATOR => len == asn_size + 4,
-                    // RFC 6793 4.1: only a 2-octet speaker may send it.
-                    AS4_AGGREGATOR => !ctx.four_octet_as && len == 8,
-                    // RFC 6793 4.1: only a 2-octet speaker may send AS4_PATH.
-                    _ => !ctx.four_octet_as && check_as_path(v, 4, false).is_ok(),
-                };
-                if !ok {
-                    out.discarded
-                        .push(format!("malformed attribute {t} (length {len})"));
-                    continue;
-                }
-                Ok(())
-            }
-            MP_REACH => {
-                let n =
-                    check_mp_reach(v).map_err(|_| attr_err(code::OPTIONAL_ATTR_ERROR, whole))?;
-                // A family that was never negotiated is ignored (RFC 4760 7),
-                // and kept from zettabgp, which has no business parsing it.
-                let Some(n) = n else { continue };
-                mp_reach = true;
-                out.announced += n;
-                Ok(())
-            }
-            MP_UNREACH => {
-                let (n, afi) =
-                    check_mp_unreach(v).map_err(|_| attr_err(code::OPTIONAL_ATTR_ERROR, whole))?;
-                let Some(afi) = afi else { continue };
-                out.withdrawn += n;
-                if n == 0 && alen == whole.len() && nlri.is_empty() && withdrawn.is_empty() {
-                    out.end_of_rib = Some(afi);
-                }
-                Ok(())
-            }
-            _ => Ok(()),
+        let v = &whole[hl..];
+        let verdict = match t {
+            MP_REACH | MP_UNREACH => self.multiprotocol(t, whole, v)?,
+            _ => verdict(t, v, self.ctx),
         };
         match verdict {
             // Walked for its NLRI, but not handed on.
-            Ok(()) if bad_flags => {}
-            Ok(()) if t == MP_REACH => {
+            Verdict::Keep if bad_flags => {}
+            Verdict::Keep if t == MP_REACH => {
                 // RFC 4760 3: the byte after the next hop is reserved and
                 // ignored on receipt; zettabgp would read it as an RFC 2858
                 // SNPA count, so it goes to zettabgp as zero.
-                let at = kept.len() + hl + 4 + v[3] as usize;
-                kept.extend_from_slice(whole);
-                kept[at] = 0;
+                let at = self.kept.len() + hl + 4 + v[3] as usize;
+                self.kept.extend_from_slice(whole);
+                self.kept[at] = 0;
             }
-            Ok(()) => kept.extend_from_slice(whole),
-            Err(why) => {
-                taw.get_or_insert(why);
+            Verdict::Keep => self.kept.extend_from_slice(whole),
+            Verdict::Skip => {}
+            Verdict::Discard(r) => self.out.discarded.push(finding(t, r)),
+            Verdict::TreatAsWithdraw(r) => {
+                self.taw.get_or_insert(finding(t, r));
             }
         }
+        Ok(())
     }
-    if !nlri.is_empty() || mp_reach {
-        let mut missing = vec![];
-        if !seen[ORIGIN as usize] {
-            missing.push("ORIGIN");
+
+    /// MP_REACH_NLRI and MP_UNREACH_NLRI: a syntax error resets (RFC 7606
+    /// 5.3); a family never negotiated is ignored (RFC 4760 7) and kept
+    /// from zettabgp, which has no business parsing it.
+    fn multiprotocol(&mut self, t: u8, whole: &[u8], v: &[u8]) -> Result<Verdict, Notification> {
+        let err = |_| attr_err(code::OPTIONAL_ATTR_ERROR, whole);
+        if t == MP_REACH {
+            let Some(n) = check_mp_reach(v).map_err(err)? else {
+                return Ok(Verdict::Skip);
+            };
+            self.mp_reach = true;
+            self.out.announced += n;
+            return Ok(Verdict::Keep);
         }
-        if !seen[AS_PATH as usize] {
-            missing.push("AS_PATH");
+        let (n, afi) = check_mp_unreach(v).map_err(err)?;
+        let Some(afi) = afi else {
+            return Ok(Verdict::Skip);
+        };
+        self.out.withdrawn += n;
+        let p = &self.parts;
+        if n == 0 && p.attrs.len() == whole.len() && p.nlri.is_empty() && p.withdrawn.is_empty() {
+            self.out.end_of_rib = Some(afi);
         }
-        if !nlri.is_empty() && !seen[NEXT_HOP as usize] {
-            missing.push("NEXT_HOP");
+        Ok(Verdict::Keep)
+    }
+
+    /// RFC 7606 3(d): a message that announces without ORIGIN, AS_PATH
+    /// or (for IPv4 NLRI) NEXT_HOP is treat-as-withdraw.
+    fn missing(&mut self) {
+        let nlri = !self.parts.nlri.is_empty();
+        if !nlri && !self.mp_reach {
+            return;
         }
-        if !missing.is_empty() {
-            taw.get_or_insert(format!("missing {}", missing.join(", ")));
+        let m: Vec<&'static str> = [
+            (ORIGIN, "ORIGIN", true),
+            (AS_PATH, "AS_PATH", true),
+            (NEXT_HOP, "NEXT_HOP", nlri),
+        ]
+        .into_iter()
+        .filter(|(t, _, needed)| *needed && !self.seen[*t as usize])
+        .map(|(_, name, _)| name)
+        .collect();
+        if !m.is_empty() {
+            let reason = Reason::Missing(m);
+            self.taw.get_or_insert(Finding { attr: None, reason });
         }
     }
-    if body.len() == 4 {
-        out.end_of_rib = Some(Afi::Ipv4);
+
+    fn finish(mut self, body: &[u8]) -> Checked {
+        if body.len() == 4 {
+            self.out.end_of_rib = Some(Afi::Ipv4);
+        }
+        if self.out.announced > 0 {
+            self.out.treat_as_withdraw = self.taw;
+        }
+        if self.out.treat_as_withdraw.is_none() {
+            let p = &self.parts;
+            let mut s = Vec::with_capacity(body.len());
+            s.extend_from_slice(&((p.withdrawn.len()) as u16).to_be_bytes());
+            s.extend_from_slice(p.withdrawn);
+            s.extend_from_slice(&(self.kept.len() as u16).to_be_bytes());
+            s.extend_from_slice(&self.kept);
+            s.extend_from_slice(p.nlri);
+            self.out.sanitized = s;
+        }
+        self.out
     }
-    if taw.is_some() && out.announced > 0 {
-        out.treat_as_withdraw = taw;
+}
+
+/// One attribute's value, other than MP_REACH and MP_UNREACH.
+fn verdict(t: u8, v: &[u8], ctx: Ctx) -> Verdict {
+    use Verdict::{Discard, Keep, Skip, TreatAsWithdraw as Taw};
+    let len = v.len();
+    let asn_size = if ctx.four_octet_as { 4 } else { 2 };
+    match t {
+        ORIGIN => match v {
+            [0..=2] => Keep,
+            [x] => Taw(Reason::Value(format!("ORIGIN value {x}"))),
+            _ => Taw(Reason::Length(len)),
+        },
+        AS_PATH => {
+            check_as_path(v, asn_size, ctx.ebgp).map_or_else(|e| Taw(Reason::Value(e)), |_| Keep)
+        }
+        NEXT_HOP => match v {
+            [a, b, c, d] => {
+                let ip = std::net::Ipv4Addr::new(*a, *b, *c, *d);
+                if ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast() {
+                    Taw(Reason::Value(format!("NEXT_HOP {ip}")))
+                } else {
+                    Keep
+                }
+            }
+            _ => Taw(Reason::Length(len)),
+        },
+        // RFC 7606 7.5: from an external peer, discarded whatever its
+        // length; 7.9 and 7.10 likewise for ORIGINATOR_ID, CLUSTER_LIST.
+        LOCAL_PREF | ORIGINATOR_ID | CLUSTER_LIST if ctx.ebgp => Discard(Reason::FromExternalPeer),
+        MED | LOCAL_PREF | ORIGINATOR_ID if len != 4 => Taw(Reason::Length(len)),
+        // Checked, but never handed on: zettabgp has no use for them.
+        ORIGINATOR_ID => Skip,
+        CLUSTER_LIST if len == 0 || len % 4 != 0 => Taw(Reason::Length(len)),
+        CLUSTER_LIST => Skip,
+        COMMUNITIES if len == 0 || len % 4 != 0 => Taw(Reason::Length(len)),
+        EXT_COMMUNITIES if len == 0 || len % 8 != 0 => Taw(Reason::Length(len)),
+        LARGE_COMMUNITIES if len == 0 || len % 12 != 0 => Taw(Reason::Length(len)),
+        ATOMIC_AGGREGATE | AGGREGATOR | AS4_AGGREGATOR | AS4_PATH => {
+            let ok = match t {
+                ATOMIC_AGGREGATE => len == 0,
+                AGGREGATOR => len == asn_size + 4,
+                // RFC 6793 4.1: only a 2-octet speaker may send it.
+                AS4_AGGREGATOR => !ctx.four_octet_as && len == 8,
+                // RFC 6793 4.1: only a 2-octet speaker may send AS4_PATH.
+                _ => !ctx.four_octet_as && check_as_path(v, 4, false).is_ok(),
+            };
+            if ok {
+                Keep
+            } else {
+                Discard(Reason::Length(len))
+            }
+        }
+        _ => Keep,
     }
-    if out.treat_as_withdraw.is_none() {
-        let mut s = Vec::with_capacity(body.len());
-        s.extend_from_slice(&body[..2 + wlen]);
-        s.extend_from_slice(&(kept.len() as u16).to_be_bytes());
-        s.extend_from_slice(&kept);
-        s.extend_from_slice(nlri);
-        out.sanitized = s;
-    }
-    Ok(out)
 }
 
 fn check_as_path(mut v: &[u8], asn_size: usize, ebgp: bool) -> Result<(), String> {
