@@ -22,6 +22,7 @@ mod fleet;
 mod ipam;
 #[path = "config/tenant.rs"]
 mod tenant;
+mod validate;
 pub use fleet::{parse_labels, DrainConfig, Labels, NodeAddresses};
 pub use ipam::{parse_range, IpamConfig, Pool, Range};
 pub use tenant::{
@@ -290,6 +291,13 @@ pub struct Families {
     pub ipv6: bool,
 }
 
+impl Families {
+    pub const BOTH: Families = Families {
+        ipv4: true,
+        ipv6: true,
+    };
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Announce {
     pub prefixes: Vec<IpNet>,
@@ -408,68 +416,19 @@ impl Config {
             }
         }
         root.finish(&mut errs);
-        check_duplicate_prefixes(&announce, &mut errs);
-        let room = tenant::check_room(
-            &announce,
-            bgp.as_ref().map_or(&[][..], |b| &b.peers[..]),
-            &mut errs,
-        );
-        let mut kubernetes = kubernetes;
-        if let Some(k) = &mut kubernetes {
-            k.community_room = room;
-            k.pools = ipam.as_ref().map(|i| {
-                i.pools
-                    .iter()
-                    .flat_map(|p| p.ranges.iter().copied())
-                    .collect()
-            });
-        }
-        if let Some(cp) = &control_plane {
-            if cp.discover && kubernetes.is_none() {
-                errs.push(
-                    "control_plane.discover",
-                    "reads default/kubernetes: it needs a [kubernetes] table",
-                );
-            }
-            let vip = IpNet::from(cp.vip);
-            if announce.iter().any(|a| a.prefixes.contains(&vip)) {
-                errs.push(
-                    "control_plane.vip",
-                    format!("{vip} is also in [[announce]]: the control plane announces it only while a backend is healthy"),
-                );
-            }
-        }
-        if kubernetes.is_none() {
-            if let Some(b) = &bgp {
-                fleet::check_needs_node(b, &mut errs);
-            }
-        }
-        if kubernetes.is_none() && ipam.is_some() {
-            errs.push(
-                "ipam",
-                "assigns addresses to Services: it needs a [kubernetes] table",
-            );
-        }
-        if kubernetes.is_none()
-            && (dataplane.address_interface.is_some() || dataplane.routes.is_some())
-        {
-            errs.push(
-                "dataplane",
-                "applies to Kubernetes VIPs: it needs a [kubernetes] table",
-            );
-        }
-        match (bgp, errs.0.is_empty()) {
-            (Some(bgp), true) => Ok(Config {
-                bgp,
-                announce,
-                kubernetes,
-                dataplane,
-                control_plane,
-                status,
-                ipam,
-                drain,
-                log,
-            }),
+        let parsed = validate::Parsed {
+            bgp,
+            announce,
+            kubernetes,
+            dataplane,
+            control_plane,
+            status,
+            ipam,
+            drain,
+            log,
+        };
+        match (parsed.validate(&mut errs), errs.0.is_empty()) {
+            (Some(c), true) => Ok(c),
             _ => Err(Problems(errs.0)),
         }
     }
@@ -482,18 +441,20 @@ impl Config {
     }
 }
 
+fn parse_router_id(v: Value) -> Result<Ipv4Addr, String> {
+    let ip: Ipv4Addr = parse_str(v)?
+        .parse()
+        .map_err(|_| "not an IPv4 address".to_string())?;
+    if ip.is_unspecified() {
+        return Err("0.0.0.0 is not a valid BGP identifier (RFC 4271 6.2)".into());
+    }
+    Ok(ip)
+}
+
 fn read_bgp(mut t: Tbl, errs: &mut Errs) -> Option<BgpConfig> {
     let asn = t.req("asn", errs, parse_asn);
     // Omitted: the Node's address (checked against [kubernetes] later).
-    let router_id = t.opt("router_id", errs, |v| {
-        let ip: Ipv4Addr = parse_str(v)?
-            .parse()
-            .map_err(|_| "not an IPv4 address".to_string())?;
-        if ip.is_unspecified() {
-            return Err("0.0.0.0 is not a valid BGP identifier (RFC 4271 6.2)".into());
-        }
-        Ok(ip)
-    });
+    let router_id = t.opt("router_id", errs, parse_router_id);
     let router_id_from_node = router_id.is_none() && !errs.has("bgp.router_id");
     let listen = t.opt("listen", errs, |v| {
         parse_str(v)?
@@ -522,23 +483,7 @@ fn read_bgp(mut t: Tbl, errs: &mut Errs) -> Option<BgpConfig> {
         }
     }
     t.finish(errs);
-    let mut seen: HashMap<IpAddr, String> = HashMap::new();
-    for (key, p) in &peers {
-        if let Some(first) = seen.get(&p.address) {
-            errs.push(
-                format!("{key}.address"),
-                format!("duplicate peer {} (also {first})", p.address),
-            );
-        } else {
-            seen.insert(p.address, key.clone());
-        }
-        if p.passive && listen.is_none() {
-            errs.push(
-                format!("{key}.passive"),
-                "a passive peer needs bgp.listen, or vipd never accepts its connection",
-            );
-        }
-    }
+    validate::peers(&peers, listen.is_some(), errs);
     Some(BgpConfig {
         asn: asn?,
         router_id: router_id.unwrap_or(Ipv4Addr::UNSPECIFIED),
@@ -754,15 +699,10 @@ pub const DEFAULT_IPVS_STATE: &str = "/run/vipd/ipvs-services";
 /// Where vipd records a graceful stop, unless configured.
 pub const DEFAULT_RESTART_RECORD: &str = "/run/vipd/bgp-stopped";
 
-fn read_control_plane(mut t: Tbl, errs: &mut Errs) -> Option<ControlPlane> {
-    let key = t.path.clone();
-    let vip = t.req("vip", errs, parse_ip);
-    let port = t
-        .opt("port", errs, |v| parse_int(v, 1, 65535).map(|n| n as u16))
-        .unwrap_or(6443);
-    let discover = t.opt("discover", errs, parse_bool).unwrap_or(false);
-    let given = t.map.contains_key("backends");
-    let backends = t.opt("backends", errs, |v| match v.kind {
+/// API servers as `address` (on `port`) or `address:port`; none only
+/// where they are discovered.
+fn parse_backends(v: Value, port: u16, discover: bool) -> Result<Vec<SocketAddr>, String> {
+    match v.kind {
         ValueKind::Array(a) if !a.is_empty() || discover => a
             .into_iter()
             .enumerate()
@@ -772,12 +712,43 @@ fn read_control_plane(mut t: Tbl, errs: &mut Errs) -> Option<ControlPlane> {
                     .or_else(|_| s.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, port)))
                     .map_err(|_| format!("[{i}]: {s:?} is not an address or address:port"))
             })
-            .collect::<Result<Vec<_>, _>>(),
+            .collect(),
         ValueKind::Array(_) => {
             Err("is empty: name at least one API server, or set discover = true".into())
         }
         _ => Err("expected an array of \"address\" or \"address:port\"".into()),
-    });
+    }
+}
+
+fn parse_scheduler(v: Value) -> Result<String, String> {
+    let s = parse_str(v)?;
+    // The kernel loads ip_vs_<name>; anything else is a typo.
+    if s.is_empty() || s.len() > 15 || !s.bytes().all(|b| b.is_ascii_lowercase()) {
+        return Err(format!(
+            "{s:?} is not an IPVS scheduler name (mh, sh, rr, wrr, lc, ...)"
+        ));
+    }
+    Ok(s)
+}
+
+fn parse_forwarding(v: Value) -> Result<Forwarding, String> {
+    match parse_str(v)?.as_str() {
+        "masquerade" => Ok(Forwarding::Masquerade),
+        "direct" => Ok(Forwarding::Direct),
+        "tunnel" => Ok(Forwarding::Tunnel),
+        other => Err(format!("{other:?}: expected masquerade, direct or tunnel")),
+    }
+}
+
+fn read_control_plane(mut t: Tbl, errs: &mut Errs) -> Option<ControlPlane> {
+    let key = t.path.clone();
+    let vip = t.req("vip", errs, parse_ip);
+    let port = t
+        .opt("port", errs, |v| parse_int(v, 1, 65535).map(|n| n as u16))
+        .unwrap_or(6443);
+    let discover = t.flag("discover", errs, false);
+    let given = t.map.contains_key("backends");
+    let backends = t.opt("backends", errs, |v| parse_backends(v, port, discover));
     let interface = t
         .opt("interface", errs, |v| {
             let s = parse_str(v)?;
@@ -785,26 +756,12 @@ fn read_control_plane(mut t: Tbl, errs: &mut Errs) -> Option<ControlPlane> {
             Ok(s)
         })
         .unwrap_or_else(|| "lo".into());
-    let ipvs = t.opt("ipvs", errs, parse_bool).unwrap_or(true);
+    let ipvs = t.flag("ipvs", errs, true);
     let scheduler = t
-        .opt("scheduler", errs, |v| {
-            let s = parse_str(v)?;
-            // The kernel loads ip_vs_<name>; anything else is a typo.
-            if s.is_empty() || s.len() > 15 || !s.bytes().all(|b| b.is_ascii_lowercase()) {
-                return Err(format!(
-                    "{s:?} is not an IPVS scheduler name (mh, sh, rr, wrr, lc, ...)"
-                ));
-            }
-            Ok(s)
-        })
+        .opt("scheduler", errs, parse_scheduler)
         .unwrap_or_else(|| "mh".into());
     let forwarding = t
-        .opt("forwarding", errs, |v| match parse_str(v)?.as_str() {
-            "masquerade" => Ok(Forwarding::Masquerade),
-            "direct" => Ok(Forwarding::Direct),
-            "tunnel" => Ok(Forwarding::Tunnel),
-            other => Err(format!("{other:?}: expected masquerade, direct or tunnel")),
-        })
+        .opt("forwarding", errs, parse_forwarding)
         .unwrap_or(Forwarding::Masquerade);
     let health = match t.table("health_check", errs) {
         Some(h) => read_health(h, errs),
@@ -826,27 +783,7 @@ fn read_control_plane(mut t: Tbl, errs: &mut Errs) -> Option<ControlPlane> {
         }
     };
     let vip = vip?;
-    let mut bad = false;
-    for (i, b) in backends.iter().enumerate() {
-        if b.ip() == vip {
-            errs.push(
-                format!("{key}.backends[{i}]"),
-                format!(
-                    "{} is the VIP itself: a backend must be an API server's own address",
-                    b.ip()
-                ),
-            );
-            bad = true;
-        }
-        if backends[..i].contains(b) {
-            errs.push(
-                format!("{key}.backends[{i}]"),
-                format!("{b} is listed twice"),
-            );
-            bad = true;
-        }
-    }
-    if bad {
+    if !validate::backends(&key, vip, &backends, errs) {
         return None;
     }
     Some(ControlPlane {
@@ -946,95 +883,22 @@ fn read_peer(mut t: Tbl, local_asn: Option<u32>, errs: &mut Errs) -> Option<Peer
     let port = t
         .opt("port", errs, |v| parse_int(v, 1, 65535).map(|n| n as u16))
         .unwrap_or(179);
-    let passive = t.opt("passive", errs, parse_bool).unwrap_or(false);
-    let hold_time = t.opt("hold_time", errs, |v| {
-        let n = parse_int(v, 0, 65535)?;
-        if n == 1 || n == 2 {
-            return Err(format!(
-                "{n} is not allowed: 0 or at least 3 (RFC 4271 4.2)"
-            ));
-        }
-        Ok(n as u16)
-    });
-    let keepalive = t.opt("keepalive", errs, |v| {
-        parse_int(v, 0, 21845).map(|n| n as u16)
-    });
-    let connect_retry = t
-        .opt("connect_retry", errs, |v| {
-            parse_int(v, 1, 3600).map(|n| n as u16)
-        })
-        .unwrap_or(2);
-    let password = t.opt("password", errs, |v| {
-        let s = parse_str(v)?;
-        if s.is_empty() || s.len() > MD5_MAX_KEY {
-            return Err(format!("must be 1 to {MD5_MAX_KEY} bytes (TCP MD5 key)"));
-        }
-        Ok(s)
-    });
-    let ttl = t.opt("ttl", errs, |v| parse_int(v, 1, 255).map(|n| n as u8));
-    let multihop = t.opt("multihop", errs, |v| parse_int(v, 1, 255).map(|n| n as u8));
-    if ttl.is_some() && multihop.is_some() {
-        errs.push(
-            format!("{key}.multihop"),
-            "set either ttl or multihop (they are the same setting), not both",
-        );
-    }
-    let ttl_security = t.opt("ttl_security", errs, parse_bool).unwrap_or(false);
+    let passive = t.flag("passive", errs, false);
+    let hold_time = t.opt("hold_time", errs, parse_hold_time).unwrap_or(90);
+    let u16_in = |lo, hi| move |v| parse_int(v, lo, hi).map(|n| n as u16);
+    let keepalive = t.opt("keepalive", errs, u16_in(0, 21845));
+    let connect_retry = t.opt("connect_retry", errs, u16_in(1, 3600)).unwrap_or(2);
+    let password = t.opt("password", errs, parse_password);
+    let ttl = read_ttl(&mut t, errs);
+    let ttl_security = t.flag("ttl_security", errs, false);
     let mut from_node = FromNode::default();
     let source_address = t.opt("source_address", errs, |v| node_or(v, parse_ip));
     from_node.source_address = matches!(source_address, Some(None));
-    let source_address = source_address.flatten();
     let families = t
-        .opt("families", errs, |v| {
-            let arr = match v.kind {
-                ValueKind::Array(a) => a,
-                _ => return Err("expected an array such as [\"ipv4\", \"ipv6\"]".into()),
-            };
-            let mut f = Families {
-                ipv4: false,
-                ipv6: false,
-            };
-            for item in arr {
-                match parse_str(item)?.as_str() {
-                    "ipv4" => f.ipv4 = true,
-                    "ipv6" => f.ipv6 = true,
-                    other => {
-                        return Err(format!(
-                            "unknown family {other:?}: expected \"ipv4\" or \"ipv6\""
-                        ))
-                    }
-                }
-            }
-            if !f.ipv4 && !f.ipv6 {
-                return Err("at least one family is needed".into());
-            }
-            Ok(f)
-        })
-        .unwrap_or(Families {
-            ipv4: true,
-            ipv6: true,
-        });
-    let next_hop_ipv4 = t.opt("next_hop_ipv4", errs, |v| {
-        node_or(v, |v| {
-            parse_str(v)?
-                .parse::<Ipv4Addr>()
-                .map_err(|_| "not an IPv4 address or \"node\"".into())
-        })
-    });
-    from_node.next_hop_ipv4 = matches!(next_hop_ipv4, Some(None));
-    let next_hop_ipv4 = next_hop_ipv4.flatten();
-    let next_hop_ipv6 = t.opt("next_hop_ipv6", errs, |v| {
-        node_or(v, |v| {
-            parse_str(v)?
-                .parse::<Ipv6Addr>()
-                .map_err(|_| "not an IPv6 address or \"node\"".into())
-        })
-    });
-    from_node.next_hop_ipv6 = matches!(next_hop_ipv6, Some(None));
-    let next_hop_ipv6 = next_hop_ipv6.flatten();
-    let link_local_next_hop = t
-        .opt("link_local_next_hop", errs, parse_bool)
-        .unwrap_or(true);
+        .opt("families", errs, parse_families)
+        .unwrap_or(Families::BOTH);
+    let (next_hop_ipv4, next_hop_ipv6) = read_next_hops(&mut t, &mut from_node, errs);
+    let link_local_next_hop = t.flag("link_local_next_hop", errs, true);
     let bfd = read_bfd(&mut t, &key, ttl.is_some_and(|t| t > 1), errs);
     let description = t.opt("description", errs, parse_str);
     let node_selector = t
@@ -1048,59 +912,20 @@ fn read_peer(mut t: Tbl, local_asn: Option<u32>, errs: &mut Errs) -> Option<Peer
         );
     }
     t.finish(errs);
-
-    let hold = hold_time.unwrap_or(90);
-    let keepalive = match keepalive {
-        Some(k) => {
-            if hold == 0 && k != 0 {
-                errs.push(
-                    format!("{key}.keepalive"),
-                    "hold_time 0 disables keepalives: set keepalive to 0 or remove it",
-                );
-            } else if hold != 0 && (k == 0 || k >= hold) {
-                errs.push(
-                    format!("{key}.keepalive"),
-                    format!("must be at least 1 and less than hold_time ({hold}); got {k}"),
-                );
-            }
-            k
-        }
-        None => {
-            if hold == 0 {
-                0
-            } else {
-                (hold / 3).clamp(1, 30)
-            }
-        }
-    };
-    if let (Some(src), Some(addr)) = (source_address, address) {
-        if src.is_ipv4() != addr.is_ipv4() {
-            errs.push(
-                format!("{key}.source_address"),
-                format!("{src} is not of the same family as the peer address {addr}"),
-            );
-        }
-    }
-    let ibgp = matches!((local_asn, asn), (Some(a), Some(b)) if a == b);
-    if ttl_security && ibgp && ttl.or(multihop).is_none() {
-        // GTSM is usually meant for directly connected eBGP; for iBGP a hop count is needed.
-        errs.push(
-            format!("{key}.ttl_security"),
-            "for an iBGP peer, also set ttl to the number of hops",
-        );
-    }
-    Some(PeerConfig {
+    // Before the required keys' `?`: a file with problems gets them all.
+    let keepalive = validate::keepalive(&key, hold_time, keepalive, errs);
+    let peer = PeerConfig {
         address: address?,
         asn: asn?,
         port,
         passive,
-        hold_time: hold,
+        hold_time,
         keepalive,
         connect_retry,
         password,
-        ttl: ttl.or(multihop),
+        ttl,
         ttl_security,
-        source_address,
+        source_address: source_address.flatten(),
         families,
         next_hop_ipv4,
         next_hop_ipv6,
@@ -1110,7 +935,92 @@ fn read_peer(mut t: Tbl, local_asn: Option<u32>, errs: &mut Errs) -> Option<Peer
         node_selector,
         from_node,
         bfd,
-    })
+    };
+    validate::peer(&key, &peer, local_asn, errs);
+    Some(peer)
+}
+
+fn parse_hold_time(v: Value) -> Result<u16, String> {
+    let n = parse_int(v, 0, 65535)?;
+    if n == 1 || n == 2 {
+        return Err(format!(
+            "{n} is not allowed: 0 or at least 3 (RFC 4271 4.2)"
+        ));
+    }
+    Ok(n as u16)
+}
+
+fn parse_password(v: Value) -> Result<String, String> {
+    let s = parse_str(v)?;
+    if s.is_empty() || s.len() > MD5_MAX_KEY {
+        return Err(format!("must be 1 to {MD5_MAX_KEY} bytes (TCP MD5 key)"));
+    }
+    Ok(s)
+}
+
+/// `ttl`, or its other name `multihop` (one of them).
+fn read_ttl(t: &mut Tbl, errs: &mut Errs) -> Option<u8> {
+    let ttl = t.opt("ttl", errs, |v| parse_int(v, 1, 255).map(|n| n as u8));
+    let multihop = t.opt("multihop", errs, |v| parse_int(v, 1, 255).map(|n| n as u8));
+    if ttl.is_some() && multihop.is_some() {
+        errs.push(
+            format!("{}.multihop", t.path),
+            "set either ttl or multihop (they are the same setting), not both",
+        );
+    }
+    ttl.or(multihop)
+}
+
+fn parse_families(v: Value) -> Result<Families, String> {
+    let arr = match v.kind {
+        ValueKind::Array(a) => a,
+        _ => return Err("expected an array such as [\"ipv4\", \"ipv6\"]".into()),
+    };
+    let mut f = Families {
+        ipv4: false,
+        ipv6: false,
+    };
+    for item in arr {
+        match parse_str(item)?.as_str() {
+            "ipv4" => f.ipv4 = true,
+            "ipv6" => f.ipv6 = true,
+            other => {
+                return Err(format!(
+                    "unknown family {other:?}: expected \"ipv4\" or \"ipv6\""
+                ))
+            }
+        }
+    }
+    if !f.ipv4 && !f.ipv6 {
+        return Err("at least one family is needed".into());
+    }
+    Ok(f)
+}
+
+/// `next_hop_ipv4` and `next_hop_ipv6`: an address, or `"node"` (noted in
+/// `from_node`, resolved from the Node later).
+fn read_next_hops(
+    t: &mut Tbl,
+    from_node: &mut FromNode,
+    errs: &mut Errs,
+) -> (Option<Ipv4Addr>, Option<Ipv6Addr>) {
+    let v4 = t.opt("next_hop_ipv4", errs, |v| {
+        node_or(v, |v| {
+            parse_str(v)?
+                .parse::<Ipv4Addr>()
+                .map_err(|_| "not an IPv4 address or \"node\"".into())
+        })
+    });
+    from_node.next_hop_ipv4 = matches!(v4, Some(None));
+    let v6 = t.opt("next_hop_ipv6", errs, |v| {
+        node_or(v, |v| {
+            parse_str(v)?
+                .parse::<Ipv6Addr>()
+                .map_err(|_| "not an IPv6 address or \"node\"".into())
+        })
+    });
+    from_node.next_hop_ipv6 = matches!(v6, Some(None));
+    (v4.flatten(), v6.flatten())
 }
 
 fn read_announce(mut t: Tbl, errs: &mut Errs) -> Option<Announce> {
@@ -1424,6 +1334,11 @@ impl Tbl {
         } else {
             format!("{}.{k}", self.path)
         }
+    }
+
+    /// A boolean key, `default` when absent.
+    fn flag(&mut self, k: &str, errs: &mut Errs, default: bool) -> bool {
+        self.opt(k, errs, parse_bool).unwrap_or(default)
     }
 
     fn opt<T>(

@@ -469,4 +469,21 @@ mod tests {
         }));
         assert!(none.on_stop(&table()).is_none());
     }
+
+    #[test]
+    fn a_reloaded_drain_config_applies_from_the_next_facts() {
+        let cordoned = NodeFacts {
+            unschedulable: true,
+            ..Default::default()
+        };
+        let t0 = Instant::now();
+        let mut d = Drain::new(None);
+        assert_eq!(d.on_facts(&cordoned, t0), Change::Same);
+        d.set_config(Some(cfg()));
+        assert_eq!(d.line(t0), Some(Line::default()), "[drain] now shows");
+        assert!(matches!(d.on_facts(&cordoned, t0), Change::Began { .. }));
+        d.set_config(None);
+        assert_eq!(d.line(t0), None);
+        assert_eq!(d.deadline(t0), None, "no [drain]: nothing withdrawn later");
+    }
 }

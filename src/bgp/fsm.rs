@@ -186,6 +186,8 @@ impl Fsm {
         self.enter_idle(acts, true)
     }
 
+    // One match over state and event, as RFC 4271 8.2.2 tabulates it.
+    #[allow(clippy::too_many_lines)]
     pub fn handle(&mut self, ev: Event) -> Vec<Action> {
         use Event as E;
         match (self.state, ev) {

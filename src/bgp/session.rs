@@ -285,36 +285,10 @@ pub async fn run(
         let established = me.fsm.state == State::Established;
         let cand_deadline = me.cand.as_ref().map(|c| c.deadline);
         tokio::select! {
-            cmd = cmds.recv() => match cmd {
-                Some(Command::Incoming(stream)) => me.incoming(stream).await,
-                Some(Command::Shutdown { withdraw }) => me.shutdown(withdraw).await,
-                Some(Command::Deconfigure) | None => {
-                    me.stopping = true;
-                    me.queue.push_back(Event::Stop {
-                        notification: Some(Notification::shutdown(
-                            code::PEER_DECONFIGURED,
-                            "peer removed from vipd's configuration",
-                        )),
-                    });
-                }
-            },
+            cmd = cmds.recv() => me.on_command(cmd).await,
             r = recv(me.conn.as_mut()) => me.on_message(r).await,
             r = recv(me.cand.as_mut().map(|c| &mut c.conn)) => me.on_candidate(r).await,
-            r = poll_connect(me.connecting.as_mut()) => {
-                me.connecting = None;
-                match r.and_then(|st| Conn::new(st, true)) {
-                    Ok(c) => {
-                        debug!(%peer, local = %c.local, "connected");
-                        me.conn = Some(c);
-                        me.queue.push_back(Event::TcpConnected);
-                    }
-                    Err(e) => {
-                        debug!(%peer, "connect failed: {e}");
-                        me.set_error(format!("connect: {e}"));
-                        me.queue.push_back(Event::TcpFails);
-                    }
-                }
-            }
+            r = poll_connect(me.connecting.as_mut()) => me.on_connect(r),
             _ = at(me.hold) => { me.hold = None; me.queue.push_back(Event::HoldTimerExpires) }
             _ = at(me.keepalive) => { me.keepalive = None; me.queue.push_back(Event::KeepaliveTimerExpires) }
             _ = at(me.connect_retry) => { me.connect_retry = None; me.queue.push_back(Event::ConnectRetryTimerExpires) }
@@ -446,6 +420,39 @@ impl Session {
             eor_pending: false,
             rng: fastrand::Rng::with_seed(seed),
             bfd: bfd.map_or(BfdGate::Off, BfdGate::Down),
+        }
+    }
+
+    async fn on_command(&mut self, cmd: Option<Command>) {
+        match cmd {
+            Some(Command::Incoming(stream)) => self.incoming(stream).await,
+            Some(Command::Shutdown { withdraw }) => self.shutdown(withdraw).await,
+            Some(Command::Deconfigure) | None => {
+                self.stopping = true;
+                self.queue.push_back(Event::Stop {
+                    notification: Some(Notification::shutdown(
+                        code::PEER_DECONFIGURED,
+                        "peer removed from vipd's configuration",
+                    )),
+                });
+            }
+        }
+    }
+
+    fn on_connect(&mut self, r: io::Result<TcpStream>) {
+        self.connecting = None;
+        let peer = self.peer();
+        match r.and_then(|st| Conn::new(st, true)) {
+            Ok(c) => {
+                debug!(%peer, local = %c.local, "connected");
+                self.conn = Some(c);
+                self.queue.push_back(Event::TcpConnected);
+            }
+            Err(e) => {
+                debug!(%peer, "connect failed: {e}");
+                self.set_error(format!("connect: {e}"));
+                self.queue.push_back(Event::TcpFails);
+            }
         }
     }
 
