@@ -331,7 +331,7 @@ fn a_multihop_session_with_bird_keeps_its_ttl_floor() {
 /// `interval_ms` x 3, announcing 203.0.113.1/32.
 fn vipd_bfd_conf(interval_ms: u64) -> String {
     format!(
-        "[bgp]\nasn = 65010\nrouter_id = \"192.0.2.1\"\n\
+        "{BGP}\
          [[bgp.peers]]\naddress = \"192.0.2.2\"\nasn = 65002\nconnect_retry = 1\n\
          bfd = true\nbfd_interval_ms = {interval_ms}\nbfd_multiplier = 3\n\
          [[announce]]\nprefix = \"203.0.113.1/32\"\n"
@@ -562,7 +562,7 @@ fn no_session_while_bfd_is_down() {
     let bird = Bird::start(&lab.router, &lab.dir, &conf);
     let with = |bfd: bool| {
         format!(
-            "[bgp]\nasn = 65010\nrouter_id = \"192.0.2.1\"\nlisten = \"192.0.2.1:179\"\n\
+            "{BGP}listen = \"192.0.2.1:179\"\n\
              [[bgp.peers]]\naddress = \"192.0.2.2\"\nasn = 65002\nconnect_retry = 1\nbfd = {bfd}\n\
              [[announce]]\nprefix = \"203.0.113.1/32\"\n"
         )

@@ -3,6 +3,10 @@
 
 use std::process::Command;
 
+#[path = "lab/mod.rs"]
+mod lab;
+use lab::BGP;
+
 fn vipd() -> Command {
     Command::new(env!("CARGO_BIN_EXE_vipd"))
 }
@@ -107,10 +111,7 @@ fn unreadable_or_broken_toml_is_a_clear_error() {
 
 #[test]
 fn environment_overrides_a_key() {
-    let f = tmp(
-        "env.toml",
-        "[bgp]\nasn = 65010\nrouter_id = \"192.0.2.1\"\n",
-    );
+    let f = tmp("env.toml", BGP);
     let out = vipd()
         .arg("check-config")
         .arg(&f)
@@ -126,8 +127,7 @@ fn environment_overrides_a_key() {
 
 #[test]
 fn ipam_pools_are_counted_and_their_mistakes_named() {
-    let base =
-        "[bgp]\nasn = 65010\nrouter_id = \"192.0.2.1\"\n[kubernetes]\nnode_name = \"n\"\n[ipam]\n";
+    let base = &format!("{BGP}[kubernetes]\nnode_name = \"n\"\n[ipam]\n");
     let good = format!(
         "{base}[[ipam.pools]]\nname = \"a\"\naddresses = [\"198.51.100.0/28\"]\n[[ipam.pools]]\nname = \"b\"\naddresses = [\"2001:db8:100::/120\"]\n"
     );
@@ -159,11 +159,11 @@ fn ipam_pools_are_counted_and_their_mistakes_named() {
 
 #[test]
 fn check_config_shows_the_peers_a_node_gets_by_its_labels() {
-    let conf = "[bgp]\nasn = 65010\nrouter_id = \"192.0.2.1\"\n\
-        [[bgp.peers]]\naddress = \"192.0.2.2\"\nasn = 65002\nnode_selector = { \"topology.kubernetes.io/zone\" = \"rack-1\" }\n\
-        [[bgp.peers]]\naddress = \"192.0.2.3\"\nasn = 65003\nnode_selector = { \"topology.kubernetes.io/zone\" = \"rack-2\" }\n\
+    let conf = &format!("{BGP}\
+        [[bgp.peers]]\naddress = \"192.0.2.2\"\nasn = 65002\nnode_selector = {{ \"topology.kubernetes.io/zone\" = \"rack-1\" }}\n\
+        [[bgp.peers]]\naddress = \"192.0.2.3\"\nasn = 65003\nnode_selector = {{ \"topology.kubernetes.io/zone\" = \"rack-2\" }}\n\
         [[bgp.peers]]\naddress = \"192.0.2.4\"\nasn = 65004\n\
-        [kubernetes]\nnode_name = \"n\"\n";
+        [kubernetes]\nnode_name = \"n\"\n");
     let f = tmp("fleet.toml", conf);
     let out = vipd()
         .arg("check-config")
@@ -222,7 +222,7 @@ fn run_briefly(name: &str, conf: &str) -> String {
 
 #[test]
 fn log_format_and_level_from_the_file() {
-    let base = "[bgp]\nasn = 65010\nrouter_id = \"192.0.2.1\"\n[status]\nenabled = false\n";
+    let base = &format!("{BGP}[status]\nenabled = false\n");
     let out = run_briefly(
         "log-json.toml",
         &format!("{base}[log]\nformat = \"json\"\n"),
@@ -274,7 +274,7 @@ fn log_format_and_level_from_the_file() {
 fn check_config_refuses_what_would_reach_past_a_tenants_routes() {
     let communities: Vec<String> = (0..1500).map(|i| format!("\"65010:{i}\"")).collect();
     let text = format!(
-        "[bgp]\nasn = 65010\nrouter_id = \"192.0.2.1\"\n\
+        "{BGP}\
          [[bgp.peers]]\naddress = \"192.0.2.2\"\nasn = 65002\ncommunities = [\"65010:1\", \"65010:2\"]\n\
          [[announce]]\nprefix = \"203.0.113.1/32\"\n\
          [[announce]]\nprefix = \"203.0.113.2/32\"\ncommunities = [{}]\n\

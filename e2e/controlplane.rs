@@ -78,7 +78,7 @@ impl Drop for Backend {
 
 fn conf(lab: &Lab, backends: &str, kind: &str, ipvs: bool) -> String {
     format!(
-        "[bgp]\nasn = 65010\nrouter_id = \"192.0.2.1\"\n\
+        "{BGP}\
          [[bgp.peers]]\naddress = \"192.0.2.2\"\nasn = 65002\n\
          [[announce]]\nprefix = \"203.0.113.1/32\"\n\
          [dataplane]\nipvs_state = \"{}\"\n\
@@ -386,9 +386,11 @@ fn a_vip_address_someone_else_put_there_is_used_and_left_alone() {
         "{}",
         vipd.proc.log_tail(20)
     );
-    let plain = "[bgp]\nasn = 65010\nrouter_id = \"192.0.2.1\"\n\
+    let plain = &format!(
+        "{BGP}\
                  [[bgp.peers]]\naddress = \"192.0.2.2\"\nasn = 65002\n\
-                 [[announce]]\nprefix = \"203.0.113.1/32\"\n";
+                 [[announce]]\nprefix = \"203.0.113.1/32\"\n"
+    );
     vipd.reload(plain);
     assert!(wait_until(t, || !bird.has(VIP)), "the VIP stayed announced");
     holds_for(Duration::from_secs(1), || {

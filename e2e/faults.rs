@@ -10,7 +10,7 @@ use lab::*;
 
 fn conf(peer_extra: &str, bgp_extra: &str, n: u32) -> String {
     format!(
-        "[bgp]\nasn = 65010\nrouter_id = \"192.0.2.1\"\nlisten = \"[::]:179\"\n{bgp_extra}\n[[bgp.peers]]\naddress = \"192.0.2.2\"\nasn = 65002\nconnect_retry = 1\n{peer_extra}\n[[announce]]\nprefixes = [{}]\n",
+        "{BGP}listen = \"[::]:179\"\n{bgp_extra}\n[[bgp.peers]]\naddress = \"192.0.2.2\"\nasn = 65002\nconnect_retry = 1\n{peer_extra}\n[[announce]]\nprefixes = [{}]\n",
         v4_list(0, n)
     )
 }
@@ -404,7 +404,7 @@ fn multihop_ttl_reaches_a_peer_two_hops_away() {
     let b = Bird::start(&far, &lab.dir, &conf);
     let vipd = |ttl: u8| {
         format!(
-            "[bgp]\nasn = 65010\nrouter_id = \"192.0.2.1\"\n[[bgp.peers]]\naddress = \"198.51.100.2\"\n\
+            "{BGP}[[bgp.peers]]\naddress = \"198.51.100.2\"\n\
              asn = 65002\nconnect_retry = 1\nttl = {ttl}\n[[announce]]\nprefixes = [{}]\n",
             v4_list(0, 5)
         )

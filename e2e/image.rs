@@ -130,7 +130,7 @@ fn the_image_is_vipd_alone_and_runs_from_its_own_root() {
     let ns = Netns::new("img");
     std::fs::write(
         root.join("etc/vipd/vipd.toml"),
-        "[bgp]\nasn = 65010\nrouter_id = \"192.0.2.1\"\n[[announce]]\nprefix = \"203.0.113.1/32\"\n",
+        format!("{BGP}[[announce]]\nprefix = \"203.0.113.1/32\"\n"),
     )
     .unwrap();
     let mut cmd = ns.command("chroot");

@@ -5,6 +5,7 @@
 mod lab;
 mod vm;
 
+use lab::BGP;
 use std::time::Duration;
 
 use vm::{has_vip, ipvs, step, table};
@@ -13,13 +14,13 @@ const BOOT_LIMIT: Duration = Duration::from_secs(150);
 
 fn config(backends: &str) -> String {
     format!(
-        "[bgp]\nasn = 65010\nrouter_id = \"192.0.2.1\"\n\
+        "{BGP}\
          [control_plane]\nvip = \"192.0.2.100\"\nbackends = [{backends}]\n\
          [control_plane.health_check]\nkind = \"http\"\ninterval_ms = 200\ntimeout_ms = 200\nrise = 2\nfall = 2\n"
     )
 }
 
-const NO_CONTROL_PLANE: &str = "[bgp]\nasn = 65010\nrouter_id = \"192.0.2.1\"\n";
+const NO_CONTROL_PLANE: &str = BGP;
 
 fn run_vm(tag: &str, script: &str, files: &[(&str, &str)]) -> String {
     vm::require();

@@ -881,7 +881,7 @@ fn peers_follow_the_nodes_labels() {
     put_web(&k.api);
     let kc = k.lab.dir.write("kubeconfig", &k.api.kubeconfig());
     let conf = format!(
-        "[bgp]\nasn = 65010\nrouter_id = \"192.0.2.1\"\nlisten = \"[::]:179\"\n\
+        "{BGP}listen = \"[::]:179\"\n\
          [[bgp.peers]]\naddress = \"192.0.2.2\"\nasn = 65002\nconnect_retry = 1\n\
          node_selector = {{ \"topology.kubernetes.io/zone\" = \"rack-1\" }}\n\
          [[bgp.peers]]\naddress = \"2001:db8::2\"\nasn = 65002\nconnect_retry = 1\n\

@@ -502,7 +502,7 @@ fn malformed_messages_get_rfc_notifications_and_other_sessions_keep_running() {
         &bird_conf(&lab.dir, &[("v4", ROUTER4, NODE4, "ipv4", "")]),
     );
     let conf = format!(
-        "[bgp]\nasn = 65010\nrouter_id = \"192.0.2.1\"\nlisten = \"192.0.2.1:179\"\n\
+        "{BGP}listen = \"192.0.2.1:179\"\n\
          [[bgp.peers]]\naddress = \"192.0.2.2\"\nasn = 65002\n\
          [[bgp.peers]]\naddress = \"{RAW}\"\nasn = 65003\npassive = true\n\
          [[announce]]\nprefixes = [{}]\n",
@@ -569,7 +569,7 @@ fn collision(remote_id: [u8; 4]) -> (Vec<Got>, Vec<Got>, String) {
     // The raw peer's listener must exist before vipd dials it.
     let listener = in_netns(&ns, || TcpListener::bind(format!("{RAW}:179")).unwrap());
     let conf = format!(
-        "[bgp]\nasn = 65010\nrouter_id = \"192.0.2.1\"\nlisten = \"192.0.2.1:179\"\n\
+        "{BGP}listen = \"192.0.2.1:179\"\n\
          [[bgp.peers]]\naddress = \"{RAW}\"\nasn = 65003\n\
          [[announce]]\nprefix = \"203.0.113.1/32\"\n"
     );
@@ -660,7 +660,7 @@ fn refused_capabilities_are_left_out_of_the_next_open() {
     let lab = Lab::new("rc");
     lab.add_router_address("192.0.2.3/24");
     let conf = format!(
-        "[bgp]\nasn = 65010\nrouter_id = \"192.0.2.1\"\nlisten = \"192.0.2.1:179\"\n\
+        "{BGP}listen = \"192.0.2.1:179\"\n\
          [[bgp.peers]]\naddress = \"{RAW}\"\nasn = 65003\npassive = true\n\
          [[announce]]\nprefix = \"203.0.113.1/32\"\n"
     );

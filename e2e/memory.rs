@@ -26,7 +26,7 @@ fn vipd_with_200k_static_prefixes_stays_under_its_memory_bound() {
     let dir = Dir::new("mem");
     let n = 100_000;
     let conf = format!(
-        "[bgp]\nasn = 65010\nrouter_id = \"192.0.2.1\"\n\
+        "{BGP}\
          [[bgp.peers]]\naddress = \"192.0.2.2\"\nasn = 65002\n\
          [[bgp.peers]]\naddress = \"2001:db8::2\"\nasn = 65002\n\
          [[announce]]\nprefixes = [{}]\n[[announce]]\nprefixes = [{}]\n",

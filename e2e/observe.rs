@@ -168,9 +168,11 @@ impl Prometheus {
 fn metrics_pass_promtool_and_a_real_prometheus_scrape() {
     let lab = Lab::new("om");
     let bird = lab.dual_bird("");
-    let conf = "[bgp]\nasn = 65010\nrouter_id = \"192.0.2.1\"\n\
+    let conf = &format!(
+        "{BGP}\
          [[bgp.peers]]\naddress = \"192.0.2.2\"\nasn = 65002\nconnect_retry = 1\n\
-         [[announce]]\nprefix = \"203.0.113.1/32\"\n";
+         [[announce]]\nprefix = \"203.0.113.1/32\"\n"
+    );
     let _vipd = Vipd::start(&lab.node, &lab.dir, conf);
     assert!(wait_until(Duration::from_secs(15), || bird.has("203.0.113.1/32")));
 
@@ -259,7 +261,7 @@ fn metrics_pass_promtool_and_a_real_prometheus_scrape() {
 #[test]
 fn the_status_listener_bounds_slow_and_oversized_clients() {
     let lab = Lab::new("ob");
-    let conf = "[bgp]\nasn = 65010\nrouter_id = \"192.0.2.1\"\n";
+    let conf = BGP;
     let _vipd = Vipd::start(&lab.node, &lab.dir, conf);
     assert!(wait_until(Duration::from_secs(10), || get(
         &lab.node, "/readyz", "*/*"

@@ -13,9 +13,7 @@ use lab::*;
 const N: u32 = 1000;
 
 fn vipd_conf(peers: &str, announce: &str) -> String {
-    format!(
-        "[bgp]\nasn = 65010\nrouter_id = \"192.0.2.1\"\nlisten = \"[::]:179\"\n{peers}\n{announce}"
-    )
+    format!("{BGP}listen = \"[::]:179\"\n{peers}\n{announce}")
 }
 
 const TWO_PEERS: &str = "[[bgp.peers]]\naddress = \"192.0.2.2\"\nasn = 65002\nhold_time = 30\n[[bgp.peers]]\naddress = \"2001:db8::2\"\nasn = 65002\nhold_time = 30\n";

@@ -603,6 +603,7 @@ mod tests {
         let med = |t: &Tables, p: &str| t.table().get(&net(p)).map(|a| a.med.unwrap());
         assert_eq!(med(&t, "198.51.100.1/32"), Some(1), "a static wins");
         assert_eq!(med(&t, "192.0.2.10/32"), Some(2), "the control plane wins");
+        assert_eq!(t.control_prefix(), Some(net("192.0.2.10/32")));
         assert_eq!(med(&t, "203.0.113.1/32"), Some(3));
         // The control plane stops serving: the Service's own route shows.
         assert!(t.set_control(None));

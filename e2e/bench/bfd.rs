@@ -69,7 +69,7 @@ impl Detect {
             Detect::Hold { secs } => format!("hold_time = {secs}\n"),
         };
         format!(
-            "[bgp]\nasn = 65010\nrouter_id = \"192.0.2.1\"\n\
+            "{BGP}\
              [[bgp.peers]]\naddress = \"192.0.2.2\"\nasn = 65002\nconnect_retry = 1\n{extra}\
              [[announce]]\nprefix = \"{ROUTE}\"\n"
         )
@@ -129,7 +129,7 @@ fn ten_sessions(bfd: bool, secs: u64) -> (f64, f64) {
          protocol bfd {{ interface \"*\" {{ min rx interval 100 ms; min tx interval 100 ms; multiplier 3; }}; }}\n",
         lab.dir.path("bird.log").display()
     );
-    let mut vipd = "[bgp]\nasn = 65010\nrouter_id = \"192.0.2.1\"\n".to_string();
+    let mut vipd = BGP.to_string();
     for i in 0..10 {
         let (node, router) = (
             format!("192.0.2.{}", 100 + i),

@@ -18,6 +18,7 @@ mod lab;
 #[path = "../vm/mod.rs"]
 mod vm;
 
+use lab::BGP;
 use std::time::Duration;
 
 fn main() {
@@ -28,7 +29,7 @@ fn main() {
     let interval: u64 = lab::knob("VIPD_BENCH_INTERVAL_MS", 200);
     let (rise, fall) = (2u64, 2u64);
     let conf = format!(
-        "[bgp]\nasn = 65010\nrouter_id = \"192.0.2.1\"\n\
+        "{BGP}\
          [control_plane]\nvip = \"192.0.2.100\"\nbackends = [\"192.0.2.11\", \"192.0.2.12\"]\n\
          [control_plane.health_check]\nkind = \"http\"\ninterval_ms = {interval}\ntimeout_ms = {interval}\n\
          rise = {rise}\nfall = {fall}\n"

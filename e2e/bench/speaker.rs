@@ -97,10 +97,12 @@ fn v6(i: u32) -> Ipv6Addr {
 
 fn vipd_config(dir: &Dir, n: u32) -> PathBuf {
     let mut s = String::with_capacity(n as usize * 40);
-    s += "[bgp]\nasn = 65010\nrouter_id = \"192.0.2.1\"\n\
+    s += &format!(
+        "{BGP}\
           [[bgp.peers]]\naddress = \"192.0.2.2\"\nasn = 65002\n\
           [[bgp.peers]]\naddress = \"2001:db8::2\"\nasn = 65002\n\
-          [[announce]]\nprefixes = [";
+          [[announce]]\nprefixes = ["
+    );
     for i in 0..n {
         s += &format!("\"{}/32\",", v4(i));
     }
