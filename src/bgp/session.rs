@@ -222,18 +222,135 @@ struct Candidate {
 
 type Connecting = Pin<Box<dyn Future<Output = io::Result<TcpStream>> + Send>>;
 
+/// The session's timers (RFC 4271 10) and the next automatic start.
+#[derive(Default)]
+struct Timers {
+    connect_retry: Option<Instant>,
+    hold: Option<Instant>,
+    keepalive: Option<Instant>,
+    auto_start: Option<Instant>,
+}
+
+/// The session's transport. What cannot happen cannot be written: a
+/// connect in flight beside an open connection, or two second connections.
+enum Link {
+    None,
+    Connecting(Connecting),
+    Up(Conn),
+    /// The peer opened a second connection while this one is open; its
+    /// OPEN decides which stays (RFC 4271 6.8), or its deadline passes.
+    Racing(Conn, Candidate),
+    /// The main connection went while a second one waited: it takes over
+    /// once the session is Idle.
+    Orphan(Candidate),
+}
+
+impl Link {
+    fn conn(&self) -> Option<&Conn> {
+        match self {
+            Link::Up(c) | Link::Racing(c, _) => Some(c),
+            _ => None,
+        }
+    }
+
+    fn conn_mut(&mut self) -> Option<&mut Conn> {
+        match self {
+            Link::Up(c) | Link::Racing(c, _) => Some(c),
+            _ => None,
+        }
+    }
+
+    fn has_cand(&self) -> bool {
+        matches!(self, Link::Racing(..) | Link::Orphan(_))
+    }
+
+    fn cand_deadline(&self) -> Option<Instant> {
+        match self {
+            Link::Racing(_, k) | Link::Orphan(k) => Some(k.deadline),
+            _ => None,
+        }
+    }
+
+    /// What the session's loop waits on: the connection, the second one,
+    /// the connect in flight.
+    fn parts(
+        &mut self,
+    ) -> (
+        Option<&mut Conn>,
+        Option<&mut Candidate>,
+        Option<&mut Connecting>,
+    ) {
+        match self {
+            Link::None => (None, None, None),
+            Link::Connecting(f) => (None, None, Some(f)),
+            Link::Up(c) => (Some(c), None, None),
+            Link::Racing(c, k) => (Some(c), Some(k), None),
+            Link::Orphan(k) => (None, Some(k), None),
+        }
+    }
+
+    /// A connect starts where there is no connection (the FSM asks for one
+    /// only then); a second connection left over from a lost race goes.
+    fn connect(&mut self, f: Connecting) {
+        if matches!(self, Link::None | Link::Connecting(_) | Link::Orphan(_)) {
+            *self = Link::Connecting(f);
+        }
+    }
+
+    fn connect_failed(&mut self) {
+        if matches!(self, Link::Connecting(_)) {
+            *self = Link::None;
+        }
+    }
+
+    /// `conn` becomes the connection (a connect that succeeded, or one
+    /// adopted): any connect in flight is dropped, a waiting second
+    /// connection stays.
+    fn set_conn(&mut self, conn: Conn) {
+        *self = match std::mem::replace(self, Link::None) {
+            Link::Racing(_, k) | Link::Orphan(k) => Link::Racing(conn, k),
+            _ => Link::Up(conn),
+        };
+    }
+
+    /// The connection closed (and any connect in flight dropped); a second
+    /// connection stays.
+    fn drop_conn(&mut self) -> Option<Conn> {
+        let (next, conn) = match std::mem::replace(self, Link::None) {
+            Link::Up(c) => (Link::None, Some(c)),
+            Link::Racing(c, k) => (Link::Orphan(k), Some(c)),
+            Link::Orphan(k) => (Link::Orphan(k), None),
+            Link::None | Link::Connecting(_) => (Link::None, None),
+        };
+        *self = next;
+        conn
+    }
+
+    fn set_cand(&mut self, k: Candidate) {
+        *self = match std::mem::replace(self, Link::None) {
+            Link::Up(c) | Link::Racing(c, _) => Link::Racing(c, k),
+            _ => Link::Orphan(k),
+        };
+    }
+
+    fn take_cand(&mut self) -> Option<Candidate> {
+        let (next, k) = match std::mem::replace(self, Link::None) {
+            Link::Racing(c, k) => (Link::Up(c), Some(k)),
+            Link::Orphan(k) => (Link::None, Some(k)),
+            other => (other, None),
+        };
+        *self = next;
+        k
+    }
+}
+
 struct Session {
     s: Settings,
     fsm: Fsm,
     opts: SocketOpts,
     local_open: LocalOpen,
-    conn: Option<Conn>,
-    cand: Option<Candidate>,
-    connecting: Option<Connecting>,
-    connect_retry: Option<Instant>,
-    hold: Option<Instant>,
-    keepalive: Option<Instant>,
-    auto_start: Option<Instant>,
+    link: Link,
+    timers: Timers,
     queue: VecDeque<Event>,
     peer_open: Option<Open>,
     negotiated: Option<Negotiated>,
@@ -269,34 +386,35 @@ pub async fn run(
         if me.stopping {
             break;
         }
-        if me.fsm.state == State::Idle && me.conn.is_none() {
+        if me.fsm.state == State::Idle && me.link.conn().is_none() {
             // The connection that lost a race may outlive the winner.
-            if let Some(c) = me.cand.take() {
+            if let Some(c) = me.link.take_cand() {
                 debug!(%peer, "main connection gone: continuing on the second one");
                 me.adopt(c.conn).await;
                 continue;
             }
         }
-        if me.fsm.state == State::Idle && me.auto_start.is_none() && me.bfd_allows() {
+        if me.fsm.state == State::Idle && me.timers.auto_start.is_none() && me.bfd_allows() {
             let d = me.backoff();
             debug!(%peer, "next attempt in {:.1}s", d.as_secs_f64());
-            me.auto_start = Some(Instant::now() + d);
+            me.timers.auto_start = Some(Instant::now() + d);
         }
         let established = me.fsm.state == State::Established;
-        let cand_deadline = me.cand.as_ref().map(|c| c.deadline);
+        let cand_deadline = me.link.cand_deadline();
+        let (conn, cand, connecting) = me.link.parts();
         tokio::select! {
             cmd = cmds.recv() => me.on_command(cmd).await,
-            r = recv(me.conn.as_mut()) => me.on_message(r).await,
-            r = recv(me.cand.as_mut().map(|c| &mut c.conn)) => me.on_candidate(r).await,
-            r = poll_connect(me.connecting.as_mut()) => me.on_connect(r),
-            _ = at(me.hold) => { me.hold = None; me.queue.push_back(Event::HoldTimerExpires) }
-            _ = at(me.keepalive) => { me.keepalive = None; me.queue.push_back(Event::KeepaliveTimerExpires) }
-            _ = at(me.connect_retry) => { me.connect_retry = None; me.queue.push_back(Event::ConnectRetryTimerExpires) }
-            _ = at(me.auto_start) => { me.auto_start = None; me.queue.push_back(Event::Start) }
+            r = recv(conn) => me.on_message(r).await,
+            r = recv(cand.map(|c| &mut c.conn)) => me.on_candidate(r).await,
+            r = poll_connect(connecting) => me.on_connect(r),
+            _ = at(me.timers.hold) => { me.timers.hold = None; me.queue.push_back(Event::HoldTimerExpires) }
+            _ = at(me.timers.keepalive) => { me.timers.keepalive = None; me.queue.push_back(Event::KeepaliveTimerExpires) }
+            _ = at(me.timers.connect_retry) => { me.timers.connect_retry = None; me.queue.push_back(Event::ConnectRetryTimerExpires) }
+            _ = at(me.timers.auto_start) => { me.timers.auto_start = None; me.queue.push_back(Event::Start) }
             st = me.bfd.changed() => me.on_bfd(st),
             _ = at(cand_deadline) => {
                 debug!(%peer, "second connection sent no OPEN in time");
-                me.cand = None;
+                me.link.take_cand();
             }
             r = me.table.changed(), if established => {
                 if r.is_ok() { me.sync().await }
@@ -398,13 +516,8 @@ impl Session {
             s,
             opts,
             local_open,
-            conn: None,
-            cand: None,
-            connecting: None,
-            connect_retry: None,
-            hold: None,
-            keepalive: None,
-            auto_start: None,
+            link: Link::None,
+            timers: Timers::default(),
             // With BFD, the first start waits for it to come Up.
             queue: if bfd.is_some() {
                 VecDeque::new()
@@ -440,15 +553,15 @@ impl Session {
     }
 
     fn on_connect(&mut self, r: io::Result<TcpStream>) {
-        self.connecting = None;
         let peer = self.peer();
         match r.and_then(|st| Conn::new(st, true)) {
             Ok(c) => {
                 debug!(%peer, local = %c.local, "connected");
-                self.conn = Some(c);
+                self.link.set_conn(c);
                 self.queue.push_back(Event::TcpConnected);
             }
             Err(e) => {
+                self.link.connect_failed();
                 debug!(%peer, "connect failed: {e}");
                 self.set_error(format!("connect: {e}"));
                 self.queue.push_back(Event::TcpFails);
@@ -497,11 +610,11 @@ impl Session {
                 }
                 let addr = SocketAddr::new(self.peer(), self.s.peer.port);
                 let opts = self.opts.clone();
-                self.connecting = Some(Box::pin(async move { net::connect(addr, &opts).await }));
+                self.link
+                    .connect(Box::pin(async move { net::connect(addr, &opts).await }));
             }
             Action::Drop => {
-                self.connecting = None;
-                if let Some(mut c) = self.conn.take() {
+                if let Some(mut c) = self.link.drop_conn() {
                     let _ = c.writer.shutdown().await;
                 }
                 self.peer_open = None;
@@ -514,7 +627,7 @@ impl Session {
                 warn!(peer = %self.peer(), "sending NOTIFICATION {n}");
                 self.set_error(format!("sent {n}"));
                 self.count_notification(&n, true);
-                if let Some(c) = self.conn.as_mut() {
+                if let Some(c) = self.link.conn_mut() {
                     let dl = Instant::now() + Duration::from_secs(1);
                     let _ = timeout_at(dl, c.writer.write_all(&n.encode())).await;
                 }
@@ -525,17 +638,18 @@ impl Session {
                 } else {
                     self.backoff()
                 };
-                self.connect_retry = Some(Instant::now() + d);
+                self.timers.connect_retry = Some(Instant::now() + d);
             }
-            Action::StopConnectRetryTimer => self.connect_retry = None,
+            Action::StopConnectRetryTimer => self.timers.connect_retry = None,
             Action::StartHoldTimer(s) => {
-                self.hold = Some(Instant::now() + Duration::from_secs(s as u64))
+                self.timers.hold = Some(Instant::now() + Duration::from_secs(s as u64))
             }
-            Action::StopHoldTimer => self.hold = None,
+            Action::StopHoldTimer => self.timers.hold = None,
             Action::StartKeepaliveTimer(s) => {
-                self.keepalive = (s > 0).then(|| Instant::now() + Duration::from_secs(s as u64))
+                self.timers.keepalive =
+                    (s > 0).then(|| Instant::now() + Duration::from_secs(s as u64))
             }
-            Action::StopKeepaliveTimer => self.keepalive = None,
+            Action::StopKeepaliveTimer => self.timers.keepalive = None,
             Action::SessionUp => self.session_up().await,
             Action::SessionDown => self.session_down(),
         }
@@ -558,12 +672,12 @@ impl Session {
     async fn send_open(&mut self) {
         // A connection adopted after collision detection has had our OPEN
         // since it was accepted.
-        if self.conn.as_ref().is_some_and(|c| c.open_sent) {
+        if self.link.conn().is_some_and(|c| c.open_sent) {
             return;
         }
         let m = self.local_open.encode();
         if self.send(&m).await {
-            if let Some(c) = self.conn.as_mut() {
+            if let Some(c) = self.link.conn_mut() {
                 c.open_sent = true;
             }
         }
@@ -573,16 +687,17 @@ impl Session {
     /// the hold timer would expire counts as that expiry: a peer that stops
     /// reading is as dead as one that stops talking.
     async fn send(&mut self, bytes: &[u8]) -> bool {
-        let Some(c) = self.conn.as_mut() else {
+        let Some(c) = self.link.conn_mut() else {
             return false;
         };
         let dl = self
+            .timers
             .hold
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(240));
         match timeout_at(dl, c.writer.write_all(bytes)).await {
             Ok(Ok(())) => {
                 if let Some(k) = self.fsm_keepalive_secs() {
-                    self.keepalive = Some(Instant::now() + Duration::from_secs(k as u64));
+                    self.timers.keepalive = Some(Instant::now() + Duration::from_secs(k as u64));
                 }
                 true
             }
@@ -593,7 +708,7 @@ impl Session {
                 false
             }
             Err(_) => {
-                self.hold = None;
+                self.timers.hold = None;
                 self.queue.push_back(Event::HoldTimerExpires);
                 false
             }
@@ -633,7 +748,7 @@ impl Session {
                 self.adopt(conn).await;
             }
             _ => {
-                if self.cand.is_some() {
+                if self.link.has_cand() {
                     debug!(%peer, "third connection refused");
                     reject(conn, code::CONNECTION_REJECTED).await;
                 } else {
@@ -649,7 +764,7 @@ impl Session {
                     ) {
                         conn.open_sent = true;
                     }
-                    self.cand = Some(Candidate {
+                    self.link.set_cand(Candidate {
                         conn,
                         deadline: Instant::now() + CANDIDATE_OPEN_WAIT,
                     });
@@ -662,7 +777,7 @@ impl Session {
     async fn adopt(&mut self, conn: Conn) {
         match self.fsm.state {
             State::Idle => {
-                self.auto_start = None;
+                self.timers.auto_start = None;
                 self.fsm.state = State::Active;
             }
             State::Connect | State::Active => {}
@@ -671,14 +786,15 @@ impl Session {
                 self.fsm.state = State::Active;
             }
         }
-        self.connecting = None;
-        self.conn = Some(conn);
+        self.link.set_conn(conn);
         self.step(Event::TcpConnected).await;
     }
 
     async fn on_candidate(&mut self, r: Received) {
         let peer = self.peer();
-        let Some(cand) = self.cand.take() else { return };
+        let Some(cand) = self.link.take_cand() else {
+            return;
+        };
         let body = match r {
             Ok((MsgType::Open, body)) => body,
             Ok((t, _)) => {
@@ -695,7 +811,7 @@ impl Session {
                 return;
             }
         };
-        let current_outbound = self.conn.as_ref().map(|c| c.outbound).unwrap_or(false);
+        let current_outbound = self.link.conn().is_some_and(|c| c.outbound);
         let keep_new = self.fsm.state == State::Established
             || !current_outbound
             || u32::from(self.s.router_id) < u32::from(open.bgp_id);
@@ -745,7 +861,7 @@ impl Session {
         match t {
             MsgType::Open => match self.check_open(&body) {
                 Ok(o) => {
-                    if let Some(c) = self.cand.take() {
+                    if let Some(c) = self.link.take_cand() {
                         // Their OPEN arrived here first; the second
                         // connection is the redundant one.
                         reject(c.conn, code::COLLISION_RESOLUTION).await;
@@ -813,9 +929,9 @@ impl Session {
             // Gone (the peer removed), or AdminDown: vipd's own planned
             // stop, which the session's own shutdown handles (silently, for
             // graceful restart). Nothing starts again until then.
-            (_, BfdGate::Gone) => self.auto_start = None,
+            (_, BfdGate::Gone) => self.timers.auto_start = None,
             (true, BfdGate::Down(_)) => {
-                self.auto_start = None;
+                self.timers.auto_start = None;
                 if self.fsm.state != State::Idle {
                     warn!(peer = %self.peer(), "BFD Down: closing the session (Cease, BFD Down)");
                     self.set_error("BFD Down".into());
@@ -862,7 +978,7 @@ impl Session {
     }
 
     async fn open_received(&mut self, o: Open) {
-        let local = self.conn.as_ref().map(|c| c.local.ip());
+        let local = self.link.conn().map(|c| c.local.ip());
         let p = &self.s.peer;
         // getifaddrs only where a link-local next hop may be added.
         let addrs = if p.link_local_next_hop {
@@ -1188,5 +1304,49 @@ mod tests {
         let mut g = BfdGate::Up(rx);
         g.next(None);
         assert!(matches!(g, BfdGate::Gone));
+    }
+
+    #[tokio::test]
+    async fn the_link_keeps_a_second_connection_until_decided() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let conn = |outbound| async move {
+            let s = TcpStream::connect(addr).await.unwrap();
+            Conn::new(s, outbound).unwrap()
+        };
+        let cand = |c| Candidate {
+            conn: c,
+            deadline: Instant::now(),
+        };
+        let mut link = Link::None;
+        link.connect(Box::pin(std::future::pending()));
+        assert!(matches!(link, Link::Connecting(_)));
+        link.set_conn(conn(true).await);
+        assert!(link.conn().is_some_and(|c| c.outbound) && !link.has_cand());
+        link.connect(Box::pin(std::future::pending()));
+        assert!(
+            matches!(link, Link::Up(_)),
+            "no connect beside a connection"
+        );
+        link.set_cand(cand(conn(false).await));
+        assert!(link.has_cand() && link.conn().is_some());
+        // The main connection closes: the second one waits alone.
+        assert!(link.drop_conn().is_some());
+        assert!(matches!(link, Link::Orphan(_)) && link.conn().is_none());
+        // Adopting a connection keeps it waiting beside.
+        link.set_conn(conn(true).await);
+        assert!(matches!(link, Link::Racing(..)));
+        let k = link.take_cand().expect("the second connection");
+        assert!(!k.conn.outbound && matches!(link, Link::Up(_)));
+        assert!(link.take_cand().is_none());
+        link.set_cand(cand(conn(false).await));
+        link.drop_conn();
+        link.connect(Box::pin(std::future::pending()));
+        assert!(
+            matches!(link, Link::Connecting(_)),
+            "a leftover second connection goes"
+        );
+        link.connect_failed();
+        assert!(matches!(link, Link::None));
     }
 }
