@@ -11,10 +11,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::task::Owned;
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
@@ -66,14 +66,14 @@ struct Routes {
 #[derive(Default)]
 pub struct Bfd {
     routes: Arc<Mutex<Routes>>,
-    receivers: Mutex<HashMap<(bool, u16), JoinHandle<()>>>,
+    receivers: Mutex<HashMap<(bool, u16), Owned<()>>>,
     pub drops: Drops,
 }
 
 pub struct Handle {
     pub status: watch::Receiver<Status>,
     stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<()>,
+    task: Owned<()>,
 }
 
 impl Handle {
@@ -83,15 +83,7 @@ impl Handle {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }
-        let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.task).await;
-    }
-}
-
-impl std::ops::Drop for Handle {
-    fn drop(&mut self) {
-        if self.stop.is_some() {
-            self.task.abort();
-        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.task.join()).await;
     }
 }
 
@@ -129,7 +121,7 @@ impl Bfd {
         let (status_tx, status) = watch::channel(status_of(&s, None));
         let (stop_tx, stop) = oneshot::channel();
         let routes = self.routes.clone();
-        let task = tokio::spawn(async move {
+        let task = Owned::spawn(async move {
             run(peer.clone(), s, sock, rx, status_tx, stop).await;
             let mut r = routes.lock().unwrap();
             r.by_disc.remove(&disc);
@@ -169,7 +161,7 @@ impl Bfd {
         let std_sock: std::net::UdpSocket = raw.into();
         net::receive_ttl(&std_sock, v6)?;
         let sock = UdpSocket::from_std(std_sock)?;
-        let task = tokio::spawn(receive(
+        let task = Owned::spawn(receive(
             sock,
             single_hop,
             self.routes.clone(),
@@ -177,14 +169,6 @@ impl Bfd {
         ));
         rx.insert((v6, port), task);
         Ok(())
-    }
-}
-
-impl std::ops::Drop for Bfd {
-    fn drop(&mut self) {
-        for (_, t) in self.receivers.lock().unwrap().drain() {
-            t.abort();
-        }
     }
 }
 

@@ -24,7 +24,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
-use tokio::task::JoinHandle;
 use tokio::time::{sleep_until, timeout_at, Instant};
 use tracing::{debug, info, warn};
 
@@ -153,17 +152,12 @@ type Received = Result<(MsgType, Vec<u8>), ReadEnd>;
 struct Conn {
     writer: OwnedWriteHalf,
     rx: mpsc::Receiver<Received>,
-    reader: JoinHandle<()>,
+    /// Ends with the connection.
+    _reader: crate::task::Owned<()>,
     local: SocketAddr,
     outbound: bool,
     /// Our OPEN already went out on this connection.
     open_sent: bool,
-}
-
-impl Drop for Conn {
-    fn drop(&mut self) {
-        self.reader.abort();
-    }
 }
 
 impl Conn {
@@ -172,11 +166,11 @@ impl Conn {
         stream.set_nodelay(true)?;
         let (r, w) = stream.into_split();
         let (tx, rx) = mpsc::channel(READ_QUEUE);
-        let reader = tokio::spawn(read_loop(r, tx));
+        let reader = crate::task::Owned::spawn(read_loop(r, tx));
         Ok(Conn {
             writer: w,
             rx,
-            reader,
+            _reader: reader,
             local,
             outbound,
             open_sent: false,

@@ -14,9 +14,9 @@ pub mod probe;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 
+use crate::task::Owned;
 use ipnet::IpNet;
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 use tracing::{info, warn};
 
@@ -31,7 +31,7 @@ pub struct ControlPlane {
     health: Vec<Health>,
     last_error: Vec<Option<String>>,
     rx: mpsc::Receiver<Result_>,
-    tasks: Vec<JoinHandle<()>>,
+    _tasks: Vec<Owned<()>>,
 }
 
 impl ControlPlane {
@@ -47,7 +47,7 @@ impl ControlPlane {
             .enumerate()
             .map(|(i, &addr)| {
                 let (tx, checker, every) = (tx.clone(), checker.clone(), cfg.health.interval);
-                tokio::spawn(async move {
+                Owned::spawn(async move {
                     let mut tick = tokio::time::interval(every);
                     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
                     loop {
@@ -83,7 +83,7 @@ impl ControlPlane {
             last_error,
             cfg,
             rx,
-            tasks,
+            _tasks: tasks,
         }
     }
 
@@ -174,14 +174,6 @@ impl ControlPlane {
     }
 }
 
-impl Drop for ControlPlane {
-    fn drop(&mut self) {
-        for t in &self.tasks {
-            t.abort();
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -205,7 +197,7 @@ mod tests {
             last_error: vec![None; 2],
             cfg,
             rx,
-            tasks: vec![],
+            _tasks: vec![],
         }
     }
 

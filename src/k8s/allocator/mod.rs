@@ -52,7 +52,7 @@ pub struct IpamStatus {
 pub struct Handle {
     pools: watch::Sender<Vec<Pool>>,
     stop: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<()>,
+    task: crate::task::Owned<()>,
     pub status: Arc<Mutex<IpamStatus>>,
 }
 
@@ -65,9 +65,9 @@ impl Handle {
 
     /// Stops allocating and releases the Lease, so that another node takes
     /// over at once; bounded, so a dead API server cannot hold up a stop.
-    pub async fn stop(self) {
+    pub async fn stop(mut self) {
         self.stop.send_replace(true);
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.task).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.task.join()).await;
     }
 }
 
@@ -97,7 +97,7 @@ pub fn spawn(cfg: &IpamConfig, k: &KubeConfig, client: Client) -> Handle {
         class: (k.load_balancer_class.clone(), k.include_unclassed),
         status: status.clone(),
     };
-    let task = tokio::spawn(run(ctx, pools_rx, stop_rx));
+    let task = crate::task::Owned::spawn(run(ctx, pools_rx, stop_rx));
     Handle {
         pools,
         stop,
