@@ -41,7 +41,7 @@ pub enum DaemonError {
     #[error(transparent)]
     Kubernetes(#[from] WatchError),
     #[error("dataplane: {0}")]
-    Dataplane(String),
+    Dataplane(#[from] crate::dataplane::Error),
 }
 
 /// The configuration in force, replaced whole on a reload.

@@ -31,12 +31,11 @@ pub(super) async fn start(
     logging(&cfg.log);
     log_start(&path, &cfg, &statics);
     let (kube_tx, kube_rx) = mpsc::channel::<Update>(256);
-    let (control, ipvs_rx) = Plane::start(cfg.control_plane.as_ref(), &cfg.dataplane.ipvs_state)
-        .await
-        .map_err(DaemonError::Dataplane)?;
+    let (control, ipvs_rx) =
+        Plane::start(cfg.control_plane.as_ref(), &cfg.dataplane.ipvs_state).await?;
     let tables = Tables::new(statics, control.route(), cfg.kubernetes.is_some());
     let (speaker, kube, node_addresses) = start_speaker(&mut cfg, &tables, kube_tx).await?;
-    let mut node = NodeState::new(&cfg).map_err(DaemonError::Dataplane)?;
+    let mut node = NodeState::new(&cfg)?;
     node.keep(control.address());
     let d = Daemon {
         drain: drain::Drain::new(cfg.drain.clone()),

@@ -61,8 +61,9 @@ pub trait Dataplane {
 }
 
 /// A netlink connection for this process's network namespace.
-pub fn connect() -> Result<Handle, String> {
-    let (conn, handle, _) = rtnetlink::new_connection().map_err(|e| format!("netlink: {e}"))?;
+pub fn connect() -> Result<Handle, Error> {
+    let (conn, handle, _) =
+        rtnetlink::new_connection().map_err(|e| Error::Netlink(e.to_string()))?;
     tokio::spawn(conn);
     Ok(handle)
 }

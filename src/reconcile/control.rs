@@ -32,7 +32,10 @@ pub struct Control {
 }
 
 impl Control {
-    fn start(cfg: &config::ControlPlane, previous: Option<&Control>) -> Result<Control, String> {
+    fn start(
+        cfg: &config::ControlPlane,
+        previous: Option<&Control>,
+    ) -> Result<Control, dataplane::Error> {
         let h = dataplane::connect()?;
         Ok(Control {
             addr: dataplane::Addresses::new(h, &cfg.interface),
@@ -119,7 +122,7 @@ impl Plane {
     pub async fn start(
         cfg: Option<&config::ControlPlane>,
         ipvs_state: &Path,
-    ) -> Result<(Plane, UnboundedReceiver<ipvs::Synced>), String> {
+    ) -> Result<(Plane, UnboundedReceiver<ipvs::Synced>), dataplane::Error> {
         let (ipvs, results, bad) = ipvs::Worker::spawn(ipvs_state);
         for b in bad {
             warn!("IPVS state: {b}");

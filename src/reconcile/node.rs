@@ -68,7 +68,7 @@ pub struct NodeState {
 }
 
 impl NodeState {
-    pub fn new(cfg: &Config) -> Result<NodeState, String> {
+    pub fn new(cfg: &Config) -> Result<NodeState, dataplane::Error> {
         let dp = &cfg.dataplane;
         if dp.address_interface.is_none() && dp.routes.is_none() {
             return Ok(NodeState {
