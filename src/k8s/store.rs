@@ -6,8 +6,10 @@
 
 use std::collections::BTreeMap;
 
-use kube::runtime::watcher;
+use futures_util::{Stream, StreamExt};
+use kube::runtime::{watcher, WatchStreamExt};
 use kube::Resource;
+use tokio::sync::mpsc;
 
 use super::model::Key;
 
@@ -94,6 +96,30 @@ impl<T> Store<T> {
             }
         }
     }
+}
+
+/// A watcher's events into a channel, from a task of its own (with kube's
+/// default backoff on errors): the receiver drains whatever waited into one
+/// batch, where the stream itself yields one event per poll. The task ends
+/// with the returned handle, or when the receiver is gone.
+pub fn forward<K, T, S>(
+    stream: S,
+    tx: mpsc::Sender<T>,
+    wrap: impl Fn(Result<watcher::Event<K>, watcher::Error>) -> T + Send + 'static,
+) -> crate::task::Owned<()>
+where
+    S: Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+    K: Send + 'static,
+    T: Send + 'static,
+{
+    crate::task::Owned::spawn(async move {
+        let mut s = Box::pin(stream.default_backoff());
+        while let Some(item) = s.next().await {
+            if tx.send(wrap(item)).await.is_err() {
+                return;
+            }
+        }
+    })
 }
 
 #[cfg(test)]

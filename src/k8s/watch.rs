@@ -13,11 +13,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
-use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::runtime::{watcher, WatchStreamExt};
+use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
@@ -25,7 +24,7 @@ use tracing::{info, warn};
 use super::events::Once;
 use super::intent::{touches_forbidden, Delta, RefusalKind, Tracker};
 use super::model::*;
-use super::store::{Change, Store};
+use super::store::{forward, Change, Store};
 use crate::config::KubeConfig;
 
 /// What `vipd` reports about the Kubernetes side.
@@ -615,43 +614,18 @@ fn forwarders(
     [
         forward(
             watcher(Api::<Service>::all(client.clone()), wc.clone()),
-            Ev::Svc,
             tx.clone(),
+            |e| (std::time::Instant::now(), Ev::Svc(e)),
         ),
         forward(
             watcher(Api::<EndpointSlice>::all(client.clone()), wc),
-            Ev::Slice,
             tx.clone(),
+            |e| (std::time::Instant::now(), Ev::Slice(e)),
         ),
-        forward(
-            watcher(Api::<Node>::all(client.clone()), node),
-            Ev::Node,
-            tx,
-        ),
+        forward(watcher(Api::<Node>::all(client.clone()), node), tx, |e| {
+            (std::time::Instant::now(), Ev::Node(e))
+        }),
     ]
-}
-
-fn forward<K, S>(
-    stream: S,
-    wrap: fn(Result<watcher::Event<K>, watcher::Error>) -> Ev,
-    tx: mpsc::Sender<(std::time::Instant, Ev)>,
-) -> crate::task::Owned<()>
-where
-    S: futures_util::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
-    K: Send + 'static,
-{
-    crate::task::Owned::spawn(async move {
-        let mut s = Box::pin(stream.default_backoff());
-        while let Some(item) = s.next().await {
-            if tx
-                .send((std::time::Instant::now(), wrap(item)))
-                .await
-                .is_err()
-            {
-                return;
-            }
-        }
-    })
 }
 
 #[cfg(test)]

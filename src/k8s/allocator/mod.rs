@@ -20,7 +20,7 @@ use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::{LoadBalancerIngress, LoadBalancerStatus, Service, ServiceStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Patch, PatchParams};
-use kube::runtime::{watcher, WatchStreamExt};
+use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
@@ -241,17 +241,9 @@ impl<'a> Leader<'a> {
         // pass was writing is then drained at once into the next pass (the
         // watcher stream itself yields one event per poll).
         let (tx, mut rx) = tokio::sync::mpsc::channel(4096);
-        let mut stream = watcher(self.api.clone(), watcher::Config::default())
-            .default_backoff()
-            .boxed();
+        let stream = watcher(self.api.clone(), watcher::Config::default());
         // Owned: if this future is dropped midway, the forwarder goes too.
-        let _forward = crate::task::Owned::spawn(async move {
-            while let Some(ev) = stream.next().await {
-                if tx.send(ev).await.is_err() {
-                    return;
-                }
-            }
-        });
+        let _forward = crate::k8s::store::forward(stream, tx, |e| e);
         self.run(&mut rx, pools, stop).await
     }
 
