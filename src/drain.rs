@@ -213,19 +213,20 @@ impl Drain {
     }
 
     /// The table to announce: `table` itself unless draining; then the
-    /// Service VIPs (`services`), and the control-plane VIP when a cordon
-    /// or a taint drains it, marked or withdrawn.
+    /// Service VIPs (`services`, asked for only then: listing them costs a
+    /// walk over every VIP), and the control-plane VIP when a cordon or a
+    /// taint drains it, marked or withdrawn.
     pub fn announce(
         &self,
         table: &Arc<Table>,
-        services: BTreeSet<IpNet>,
+        services: impl FnOnce() -> BTreeSet<IpNet>,
         control_plane: Option<IpNet>,
         now: Instant,
     ) -> Arc<Table> {
         let Some((d, phase)) = self.phase(now) else {
             return table.clone();
         };
-        let mut drained = services;
+        let mut drained = services();
         if d.control_plane {
             drained.extend(control_plane);
         }
@@ -357,7 +358,7 @@ mod tests {
         assert_eq!(d.line(t0), Some(Line::default()));
         let same = table();
         assert!(
-            Arc::ptr_eq(&d.announce(&same, svc.clone(), cp, t0), &same),
+            Arc::ptr_eq(&d.announce(&same, || svc.clone(), cp, t0), &same),
             "not draining: the table itself"
         );
         let cordoned = NodeFacts {
@@ -385,7 +386,7 @@ mod tests {
             d.explain(t10).unwrap(),
             "announced with GRACEFUL_SHUTDOWN (cordoned), withdrawn in 20s"
         );
-        let a = d.announce(&table(), svc.clone(), cp, t10);
+        let a = d.announce(&table(), || svc.clone(), cp, t10);
         assert!(a[&net("203.0.113.1/32")]
             .communities
             .contains(&GRACEFUL_SHUTDOWN));
@@ -404,11 +405,11 @@ mod tests {
         let t30 = t0 + Duration::from_secs(30);
         assert_eq!(d.deadline(t30), None);
         assert_eq!(d.explain(t30).unwrap(), "withdrawn (cordoned)");
-        let w = d.announce(&table(), svc.clone(), cp, t30);
+        let w = d.announce(&table(), || svc.clone(), cp, t30);
         assert_eq!(w.keys().collect::<Vec<_>>(), [&net("198.51.100.1/32")]);
         assert_eq!(d.on_facts(&NodeFacts::default(), t30), Change::Ended);
         assert_eq!(d.line(t30), Some(Line::default()));
-        assert_eq!(d.announce(&table(), svc, cp, t30).len(), 3);
+        assert_eq!(d.announce(&table(), || svc, cp, t30).len(), 3);
     }
 
     #[test]
@@ -421,7 +422,7 @@ mod tests {
         };
         assert!(matches!(d.on_facts(&label, t0), Change::Began { .. }));
         let cp = Some(net("192.0.2.10/32"));
-        let a = d.announce(&table(), BTreeSet::new(), cp, t0);
+        let a = d.announce(&table(), BTreeSet::new, cp, t0);
         assert!(a[&net("192.0.2.10/32")].communities.is_empty());
         let both = NodeFacts {
             unschedulable: true,
@@ -429,7 +430,7 @@ mod tests {
         };
         let t5 = t0 + Duration::from_secs(5);
         assert_eq!(d.on_facts(&both, t5), Change::Same);
-        let a = d.announce(&table(), BTreeSet::new(), cp, t5);
+        let a = d.announce(&table(), BTreeSet::new, cp, t5);
         assert!(a[&net("192.0.2.10/32")]
             .communities
             .contains(&GRACEFUL_SHUTDOWN));

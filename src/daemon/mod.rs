@@ -98,7 +98,7 @@ impl Daemon {
         }
         let t = self.drain.announce(
             self.tables.table(),
-            self.tables.kube().keys(),
+            || self.tables.kube().keys(),
             self.tables.control_prefix(),
             Instant::now(),
         );
