@@ -655,4 +655,20 @@ mod tests {
                 .join("\n")
         );
     }
+
+    #[test]
+    fn bfd_up_follows_the_session_down() {
+        let mut r = report();
+        let bfd = r.peers[0].2.bfd.as_mut().expect("the sample has BFD");
+        bfd.state = crate::bfd::packet::State::Down;
+        let text = encode(&r, Format::Prometheus).unwrap();
+        has(&text, "vipd_bfd_up{peer=\"192.0.2.2\",asn=\"65002\"} 0");
+        bfd_status_init(&mut r);
+        let text = encode(&r, Format::Prometheus).unwrap();
+        has(&text, "vipd_bfd_up{peer=\"192.0.2.2\",asn=\"65002\"} 0");
+    }
+
+    fn bfd_status_init(r: &mut Report) {
+        r.peers[0].2.bfd.as_mut().unwrap().state = crate::bfd::packet::State::Init;
+    }
 }
