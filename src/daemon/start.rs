@@ -63,7 +63,10 @@ fn log_start(path: &Path, cfg: &Config, statics: &Table) {
     } else {
         cfg.bgp.router_id.to_string()
     };
+    // Under the daemon's name, as before the split: log filters and
+    // searches for this line keep working.
     info!(
+        target: "vipd::daemon",
         config = %path.display(),
         asn = cfg.bgp.asn,
         %router_id,
