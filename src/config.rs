@@ -1005,19 +1005,11 @@ fn read_next_hops(
     errs: &mut Errs,
 ) -> (Option<Ipv4Addr>, Option<Ipv6Addr>) {
     let v4 = t.opt("next_hop_ipv4", errs, |v| {
-        node_or(v, |v| {
-            parse_str(v)?
-                .parse::<Ipv4Addr>()
-                .map_err(|_| "not an IPv4 address or \"node\"".into())
-        })
+        node_or_addr::<Ipv4Addr>(v, "IPv4")
     });
     from_node.next_hop_ipv4 = matches!(v4, Some(None));
     let v6 = t.opt("next_hop_ipv6", errs, |v| {
-        node_or(v, |v| {
-            parse_str(v)?
-                .parse::<Ipv6Addr>()
-                .map_err(|_| "not an IPv6 address or \"node\"".into())
-        })
+        node_or_addr::<Ipv6Addr>(v, "IPv6")
     });
     from_node.next_hop_ipv6 = matches!(v6, Some(None));
     (v4.flatten(), v6.flatten())
@@ -1197,6 +1189,15 @@ fn node_or<T>(v: Value, f: impl Fn(Value) -> Result<T, String>) -> Result<Option
         return Ok(None);
     }
     f(v).map(Some)
+}
+
+/// An address of one family, or `"node"` (`None`).
+fn node_or_addr<A: std::str::FromStr>(v: Value, family: &str) -> Result<Option<A>, String> {
+    node_or(v, |v| {
+        parse_str(v)?
+            .parse::<A>()
+            .map_err(|_| format!("not an {family} address or \"node\""))
+    })
 }
 
 fn parse_ip(v: Value) -> Result<IpAddr, String> {
@@ -1735,5 +1736,23 @@ communities = ["65010:x"]
             "{e}"
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn next_hops_are_an_address_of_their_family_or_node() {
+        let e = Config::from_toml_str(
+            "[bgp]\nasn = 65010\nrouter_id = \"192.0.2.1\"\n[[bgp.peers]]\naddress = \"192.0.2.2\"\n\
+             asn = 65000\nnext_hop_ipv4 = \"2001:db8::1\"\nnext_hop_ipv6 = \"x\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("next_hop_ipv4: not an IPv4 address or \"node\""),
+            "{e}"
+        );
+        assert!(
+            e.contains("next_hop_ipv6: not an IPv6 address or \"node\""),
+            "{e}"
+        );
     }
 }

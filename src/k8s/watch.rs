@@ -277,7 +277,7 @@ pub struct Post {
 pub struct Pass {
     pub updates: Vec<Update>,
     pub posts: Vec<Post>,
-    pub status: Option<KubeStatus>,
+    pub status: KubeStatus,
 }
 
 /// The watch's state and decisions, with no I/O: watcher events in
@@ -438,7 +438,7 @@ impl Watch {
         Some(Pass {
             updates,
             posts: self.posts(),
-            status: Some(self.status()),
+            status: self.status(),
         })
     }
 
@@ -563,9 +563,7 @@ pub async fn run(
             apply(&mut w, ev, &status);
         }
         let Some(pass) = w.pass(since) else { continue };
-        if let Some(st) = pass.status {
-            record(&status, st);
-        }
+        record(&status, pass.status);
         for p in pass.posts {
             warn!(service = %p.service, "{}", p.log);
             tokio::spawn(super::events::post(
@@ -735,7 +733,7 @@ mod tests {
             "db has no endpoints"
         );
         assert!(matches!(&p.updates[1], Update::Node(f) if f.labels["rack"] == "r1"));
-        let st = p.status.unwrap();
+        let st = p.status;
         assert!(st.synced && st.services == 2 && st.vips == 1, "{st:?}");
         assert!(w.pass(Instant::now()).is_none(), "nothing changed since");
     }
@@ -760,7 +758,7 @@ mod tests {
             panic!("{:?}", p.updates);
         };
         assert_eq!(d, &vec![(net("203.0.113.2/32"), None)]);
-        assert_eq!(p.status.unwrap().services, 1);
+        assert_eq!(p.status.services, 1);
         // A change of one object after the re-list is a delta of its own.
         w.apply(Ev::Svc(Ok(Delete(service("web", "203.0.113.1")))));
         let p = w.pass(Instant::now()).unwrap();
