@@ -908,7 +908,10 @@ fn a_status_write_decided_on_a_stale_view_is_refused_and_decided_again() {
     let c = leading("iv");
     let writes = || c.api.status_writes(Kind::Service);
     let before = writes();
-    c.api.set_write_delay(Duration::from_secs(2));
+    // Shorter than the allocator's own limit on a write (a third of the
+    // lease, 2 s): held as long as that, the write times out instead of
+    // being refused.
+    c.api.set_write_delay(Duration::from_millis(1000));
     c.api.put(lb("a", "web"));
     // The allocator has decided and its write is held: edit meanwhile.
     assert!(
@@ -920,7 +923,7 @@ fn a_status_write_decided_on_a_stale_view_is_refused_and_decided_again() {
     let mut edit = c.api.get(Kind::Service, "a", "web").unwrap();
     edit["status"] = json!({"loadBalancer": {"ingress": [{"ip": "203.0.113.5"}]}});
     c.api.put(edit);
-    std::thread::sleep(Duration::from_secs(2));
+    std::thread::sleep(Duration::from_secs(1));
     c.api.set_write_delay(Duration::ZERO);
     holds_for(Duration::from_secs(3), || {
         assert_eq!(

@@ -647,20 +647,32 @@ fn node_routes(k: &KubeLab) -> String {
 }
 
 /// Lesson 3 on the node: a deleted Service leaves no address and no route;
-/// entries vipd did not create are never touched; after a restart vipd
+/// entries vipd did not create are never touched; after a crash vipd
 /// recognises its own stale entries by their mark and removes them.
 #[test]
 fn deleted_service_leaves_no_address_or_route_and_others_stay() {
-    let k = kube_lab("kn");
+    leaves_nothing_behind("kn", "mark");
+}
+
+/// The same with the ownership record of kernels before 5.18 (forced here:
+/// this kernel keeps the mark).
+#[test]
+fn on_kernels_without_the_mark_the_record_finds_vipds_addresses_after_a_crash() {
+    leaves_nothing_behind("kr", "record");
+}
+
+fn leaves_nothing_behind(tag: &str, ownership: &str) {
+    let k = kube_lab(tag);
     // No dummy driver on every kernel: a veth pair serves as well.
     k.lab.node.ip(&[
         "link", "add", "vip0", "type", "veth", "peer", "name", "vip0p",
     ]);
     k.lab.node.ip(&["link", "set", "vip0", "up"]);
-    // Someone else's address and route, where vipd works.
-    k.lab
-        .node
-        .ip(&["addr", "add", "198.51.100.200/32", "dev", "vip0"]);
+    // Someone else's addresses and route, where vipd works: one of them at
+    // the very VIP of a Service (vipd cannot add it, and must not take it).
+    for a in ["198.51.100.200/32", "203.0.113.12/32"] {
+        k.lab.node.ip(&["addr", "add", a, "dev", "vip0"]);
+    }
     k.lab.node.ip(&[
         "route",
         "add",
@@ -673,11 +685,19 @@ fn deleted_service_leaves_no_address_or_route_and_others_stay() {
         "static",
     ]);
     put_web(&k.api);
-    k.api.put(obj::service("a", "db", &["203.0.113.11"], false));
-    k.api
-        .put(obj::slice("a", "db-1", "db", &[("node-b", true)]));
-    let extra = "[dataplane]\naddress_interface = \"vip0\"\n[dataplane.routes]\ntable = 100\ninterface = \"vip0\"\n";
-    let mut v = start_synced(&k, extra, 3);
+    for (name, vip) in [("db", "203.0.113.11"), ("cache", "203.0.113.12")] {
+        k.api.put(obj::service("a", name, &[vip], false));
+        let slice = format!("{name}-1");
+        k.api.put(obj::slice("a", &slice, name, &[("node-b", true)]));
+    }
+    let extra = format!(
+        "[dataplane]\naddress_interface = \"vip0\"\naddress_ownership = \"{ownership}\"\n\
+         address_record = \"{}\"\n[dataplane.routes]\ntable = 100\ninterface = \"vip0\"\n",
+        k.lab.dir.path("addresses").display()
+    );
+    let mut v = start_synced(&k, &extra, 4);
+    let want = if ownership == "mark" { "IFA_PROTO mark" } else { "the record file" };
+    assert!(v.log().contains(want), "{}", v.proc.log_tail(20));
     let has_all = |k: &KubeLab| {
         let (a, r) = (node_addrs(k), node_routes(k));
         ["203.0.113.10/32", "203.0.113.11/32", "2001:db8:ff::10/128"]
@@ -709,31 +729,32 @@ fn deleted_service_leaves_no_address_or_route_and_others_stay() {
         node_addrs(&k),
         node_routes(&k)
     );
-    assert!(wait_until(Duration::from_secs(10), || routes(&k.bird) == 1));
+    assert!(wait_until(Duration::from_secs(10), || routes(&k.bird) == 2));
 
-    // vipd stops without cleaning up (graceful restart keeps VIPs working);
-    // db is deleted while it is down; the restarted vipd removes db's entries.
-    v.proc.stop(Duration::from_secs(5));
+    // vipd is killed (no cleanup at all); db and cache are deleted while it
+    // is down; the restarted vipd removes db's entries and only those.
+    v.proc.signal(libc::SIGKILL);
+    let _ = v.proc.child.wait();
     assert!(
         node_addrs(&k).contains("203.0.113.11/32"),
-        "addresses must survive a graceful stop"
+        "the address went with the process"
     );
     k.api.delete(Kind::Service, "a", "db");
-    let _v2 = Vipd::start(&k.lab.node, &k.lab.dir, &vipd_conf(&k, extra));
+    k.api.delete(Kind::Service, "a", "cache");
+    let v2 = Vipd::start(&k.lab.node, &k.lab.dir, &vipd_conf(&k, &extra));
     assert!(
         wait_until(Duration::from_secs(15), || !node_addrs(&k)
             .contains("203.0.113.11/32")
             && !node_routes(&k).contains("203.0.113.11 ")),
-        "the stale entry of a Service deleted while vipd was down stayed:\n{}\n{}",
+        "the stale entry of a Service deleted while vipd was down stayed:\n{}\n{}\n{}",
         node_addrs(&k),
-        node_routes(&k)
+        node_routes(&k),
+        v2.proc.log_tail(20)
     );
-    // Never touched: the other address and route.
-    assert!(
-        node_addrs(&k).contains("198.51.100.200/32"),
-        "{}",
-        node_addrs(&k)
-    );
+    // Never touched: the other addresses and route.
+    let a = node_addrs(&k);
+    assert!(a.contains("198.51.100.200/32"), "{a}");
+    assert!(a.contains("203.0.113.12/32"), "a foreign address at a VIP was removed: {a}");
     assert!(
         node_routes(&k).contains("198.51.100.201 "),
         "{}",

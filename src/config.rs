@@ -195,6 +195,10 @@ pub struct Dataplane {
     /// control plane's table: a vipd started without one must still find
     /// (and remove) the services an earlier run created.
     pub ipvs_state: PathBuf,
+    /// How vipd knows its addresses: the kernel's mark or a record file.
+    pub address_ownership: crate::dataplane::record::Setting,
+    /// The record file, when the record is in use.
+    pub address_record: PathBuf,
 }
 
 impl Default for Dataplane {
@@ -203,6 +207,8 @@ impl Default for Dataplane {
             address_interface: None,
             routes: None,
             ipvs_state: PathBuf::from(DEFAULT_IPVS_STATE),
+            address_ownership: Default::default(),
+            address_record: PathBuf::from(DEFAULT_ADDRESS_RECORD),
         }
     }
 }
@@ -664,11 +670,27 @@ fn read_dataplane(mut t: Tbl, errs: &mut Errs) -> Dataplane {
     let ipvs_state = t
         .opt("ipvs_state", errs, parse_abs_path)
         .unwrap_or_else(|| PathBuf::from(DEFAULT_IPVS_STATE));
+    let address_ownership = t
+        .opt("address_ownership", errs, |v| {
+            use crate::dataplane::record::Setting;
+            match parse_str(v)?.as_str() {
+                "auto" => Ok(Setting::Auto),
+                "mark" => Ok(Setting::Mark),
+                "record" => Ok(Setting::Record),
+                o => Err(format!("{o:?} is not one of \"auto\", \"mark\", \"record\"")),
+            }
+        })
+        .unwrap_or_default();
+    let address_record = t
+        .opt("address_record", errs, parse_abs_path)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_ADDRESS_RECORD));
     t.finish(errs);
     Dataplane {
         address_interface,
         routes,
         ipvs_state,
+        address_ownership,
+        address_record,
     }
 }
 
@@ -695,6 +717,9 @@ fn read_status(mut t: Tbl, errs: &mut Errs) -> Option<SocketAddr> {
 
 /// Where vipd records the IPVS services it created, unless configured.
 pub const DEFAULT_IPVS_STATE: &str = "/run/vipd/ipvs-services";
+
+/// Where vipd records its addresses on a kernel without `IFA_PROTO`.
+pub const DEFAULT_ADDRESS_RECORD: &str = "/run/vipd/addresses";
 
 /// Where vipd records a graceful stop, unless configured.
 pub const DEFAULT_RESTART_RECORD: &str = "/run/vipd/bgp-stopped";

@@ -31,11 +31,16 @@ pub(super) async fn start(
     logging(&cfg.log);
     log_start(&path, &cfg, &statics);
     let (kube_tx, kube_rx) = mpsc::channel::<Update>(256);
-    let (control, ipvs_rx) =
-        Plane::start(cfg.control_plane.as_ref(), &cfg.dataplane.ipvs_state).await?;
+    let marks = address_marks(&cfg)?;
+    let (control, ipvs_rx) = Plane::start(
+        cfg.control_plane.as_ref(),
+        &cfg.dataplane.ipvs_state,
+        marks.clone(),
+    )
+    .await?;
     let tables = Tables::new(statics, control.route(), cfg.kubernetes.is_some());
     let (speaker, kube, node_addresses) = start_speaker(&mut cfg, &tables, kube_tx).await?;
-    let mut node = NodeState::new(&cfg)?;
+    let mut node = NodeState::new(&cfg, &marks)?;
     node.keep(control.address());
     let d = Daemon {
         drain: drain::Drain::new(cfg.drain.clone()),
@@ -55,6 +60,26 @@ pub(super) async fn start(
         ipvs: ipvs_rx,
     };
     Ok((d, inbox))
+}
+
+/// How vipd will know its addresses on this kernel, said once at start.
+fn address_marks(cfg: &Config) -> Result<crate::dataplane::Marks, DaemonError> {
+    let marks = crate::dataplane::marks(&cfg.dataplane)
+        .map_err(|reason| {
+            let key = "dataplane.address_ownership".to_string();
+            DaemonError::Config(Problems(vec![crate::config::Problem { key, reason }]))
+        })?;
+    if cfg.dataplane.address_interface.is_some() || cfg.control_plane.is_some() {
+        match marks.ownership {
+            crate::dataplane::Ownership::Mark => {
+                info!(kernel = %crate::dataplane::kernel_release(), "vipd's addresses known by their IFA_PROTO mark")
+            }
+            crate::dataplane::Ownership::Record => {
+                info!(kernel = %crate::dataplane::kernel_release(), record = %marks.record.display(), "vipd's addresses known by the record file")
+            }
+        }
+    }
+    Ok(marks)
 }
 
 fn log_start(path: &Path, cfg: &Config, statics: &Table) {

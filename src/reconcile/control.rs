@@ -35,10 +35,11 @@ impl Control {
     fn start(
         cfg: &config::ControlPlane,
         previous: Option<&Control>,
+        marks: &dataplane::Marks,
     ) -> Result<Control, dataplane::Error> {
         let h = dataplane::connect()?;
         Ok(Control {
-            addr: dataplane::Addresses::new(h, &cfg.interface),
+            addr: dataplane::Addresses::new(h, &cfg.interface, &marks.for_control_plane())?,
             ipvs_ok: !cfg.ipvs,
             cp: ControlPlane::start(cfg.clone(), previous.map(|p| &p.cp)),
         })
@@ -113,6 +114,7 @@ pub struct Plane {
     cfg: Option<config::ControlPlane>,
     ipvs: ipvs::Worker,
     discovered: BTreeSet<IpAddr>,
+    marks: dataplane::Marks,
 }
 
 impl Plane {
@@ -122,13 +124,15 @@ impl Plane {
     pub async fn start(
         cfg: Option<&config::ControlPlane>,
         ipvs_state: &Path,
+        marks: dataplane::Marks,
     ) -> Result<(Plane, UnboundedReceiver<ipvs::Synced>), dataplane::Error> {
         let (ipvs, results, bad) = ipvs::Worker::spawn(ipvs_state);
         for b in bad {
             warn!("IPVS state: {b}");
         }
-        let current = cfg.map(|c| Control::start(c, None)).transpose()?;
+        let current = cfg.map(|c| Control::start(c, None, &marks)).transpose()?;
         let mut plane = Plane {
+            marks,
             current,
             cfg: cfg.cloned(),
             ipvs,
@@ -211,7 +215,10 @@ impl Plane {
             .as_ref()
             .map(|c| with_discovered(c, &self.discovered));
         let old = self.current.take();
-        match next.map(|c| Control::start(&c, old.as_ref())).transpose() {
+        match next
+            .map(|c| Control::start(&c, old.as_ref(), &self.marks))
+            .transpose()
+        {
             Ok(c) => self.current = c,
             Err(e) => error!("control plane: {e}"),
         }

@@ -68,7 +68,7 @@ pub struct NodeState {
 }
 
 impl NodeState {
-    pub fn new(cfg: &Config) -> Result<NodeState, dataplane::Error> {
+    pub fn new(cfg: &Config, marks: &dataplane::Marks) -> Result<NodeState, dataplane::Error> {
         let dp = &cfg.dataplane;
         if dp.address_interface.is_none() && dp.routes.is_none() {
             return Ok(NodeState {
@@ -81,7 +81,8 @@ impl NodeState {
             addresses: dp
                 .address_interface
                 .as_deref()
-                .map(|i| Managed::new(dataplane::Addresses::new(h.clone(), i))),
+                .map(|i| dataplane::Addresses::new(h.clone(), i, marks).map(Managed::new))
+                .transpose()?,
             routes: dp
                 .routes
                 .clone()
@@ -94,7 +95,7 @@ impl NodeState {
     pub fn keep(&mut self, cp: Option<(&str, IpNet)>) {
         if let Some(a) = self.addresses.as_mut() {
             a.keep = cp
-                .filter(|(i, _)| *i == a.dp.interface())
+                .filter(|(i, _)| *i == a.dp.interface() && a.dp.shares_marks())
                 .map(|(_, p)| p)
                 .into_iter()
                 .collect();
