@@ -44,8 +44,7 @@ pub struct Config {
     /// The API-server VIP: announced while a backend is healthy, and
     /// balanced over the healthy backends with IPVS.
     pub control_plane: Option<ControlPlane>,
-    /// Where `/readyz` and `/status` are served; `None`: not at all.
-    pub status: Option<SocketAddr>,
+    pub status: StatusConfig,
     /// Assign LoadBalancer addresses (needs `[kubernetes]`).
     pub ipam: Option<IpamConfig>,
     /// Drain this node's VIPs gracefully (RFC 8326).
@@ -239,6 +238,23 @@ pub struct BgpConfig {
     pub router_id_from_node: bool,
 }
 
+/// A TCP MD5 key. Its `Debug` says only that it is there, so no log line,
+/// status, explanation or error that prints a peer can show it.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(redacted)")
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PeerConfig {
     pub address: IpAddr,
@@ -248,7 +264,10 @@ pub struct PeerConfig {
     pub hold_time: u16,
     pub keepalive: u16,
     pub connect_retry: u16,
-    pub password: Option<String>,
+    /// From `password`, or read from `password_file` at each load.
+    pub password: Option<Secret>,
+    /// Where the password was read from (watched for changes).
+    pub password_file: Option<PathBuf>,
     pub ttl: Option<u8>,
     pub ttl_security: bool,
     pub source_address: Option<IpAddr>,
@@ -401,10 +420,10 @@ impl Config {
         let ipam = root
             .table("ipam", &mut errs)
             .and_then(|t| ipam::read_ipam(t, &mut errs));
-        let status = match root.table("status", &mut errs) {
-            Some(t) => read_status(t, &mut errs),
-            None => Some(DEFAULT_STATUS.parse().expect("a valid address")),
-        };
+        let status = root
+            .table("status", &mut errs)
+            .map(|t| read_status(t, &mut errs))
+            .unwrap_or_default();
         let bgp = match root.table("bgp", &mut errs) {
             Some(t) => read_bgp(t, &mut errs),
             None => {
@@ -702,17 +721,49 @@ fn parse_abs_path(v: Value) -> Result<PathBuf, String> {
     Ok(PathBuf::from(s))
 }
 
-fn read_status(mut t: Tbl, errs: &mut Errs) -> Option<SocketAddr> {
+/// `[status]`: the local listener for people and probes, the metrics
+/// listener for Prometheus, and what ready means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatusConfig {
+    /// Where `/readyz`, `/livez`, `/status`, `/metrics`, `/explain` and
+    /// `/reload` are served; `None`: not at all.
+    pub listen: Option<SocketAddr>,
+    /// Where `/metrics` alone is served for Prometheus; off by default.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Ready only while a session is Established.
+    pub ready_needs_peer: bool,
+}
+
+impl Default for StatusConfig {
+    fn default() -> Self {
+        StatusConfig {
+            listen: Some(DEFAULT_STATUS.parse().expect("a valid address")),
+            metrics_listen: None,
+            ready_needs_peer: true,
+        }
+    }
+}
+
+fn parse_socket(v: Value) -> Result<SocketAddr, String> {
+    let s = parse_str(v)?;
+    s.parse::<SocketAddr>()
+        .map_err(|_| format!("{s:?} is not an address:port"))
+}
+
+fn read_status(mut t: Tbl, errs: &mut Errs) -> StatusConfig {
+    let d = StatusConfig::default();
     let enabled = t.opt("enabled", errs, parse_bool).unwrap_or(true);
-    let listen = t
-        .opt("listen", errs, |v| {
-            let s = parse_str(v)?;
-            s.parse::<SocketAddr>()
-                .map_err(|_| format!("{s:?} is not an address:port"))
-        })
-        .unwrap_or_else(|| DEFAULT_STATUS.parse().expect("a valid address"));
+    let listen = t.opt("listen", errs, parse_socket).or(d.listen);
+    let metrics_listen = t.opt("metrics_listen", errs, parse_socket);
+    let ready_needs_peer = t
+        .opt("ready_needs_peer", errs, parse_bool)
+        .unwrap_or(d.ready_needs_peer);
     t.finish(errs);
-    enabled.then_some(listen)
+    StatusConfig {
+        listen: listen.filter(|_| enabled),
+        metrics_listen,
+        ready_needs_peer,
+    }
 }
 
 /// Where vipd records the IPVS services it created, unless configured.
@@ -913,7 +964,7 @@ fn read_peer(mut t: Tbl, local_asn: Option<u32>, errs: &mut Errs) -> Option<Peer
     let u16_in = |lo, hi| move |v| parse_int(v, lo, hi).map(|n| n as u16);
     let keepalive = t.opt("keepalive", errs, u16_in(0, 21845));
     let connect_retry = t.opt("connect_retry", errs, u16_in(1, 3600)).unwrap_or(2);
-    let password = t.opt("password", errs, parse_password);
+    let password = read_password(&mut t, errs);
     let ttl = read_ttl(&mut t, errs);
     let ttl_security = t.flag("ttl_security", errs, false);
     let mut from_node = FromNode::default();
@@ -947,7 +998,8 @@ fn read_peer(mut t: Tbl, local_asn: Option<u32>, errs: &mut Errs) -> Option<Peer
         hold_time,
         keepalive,
         connect_retry,
-        password,
+        password: password.0,
+        password_file: password.1,
         ttl,
         ttl_security,
         source_address: source_address.flatten(),
@@ -976,11 +1028,48 @@ fn parse_hold_time(v: Value) -> Result<u16, String> {
 }
 
 fn parse_password(v: Value) -> Result<String, String> {
-    let s = parse_str(v)?;
+    check_password(parse_str(v)?)
+}
+
+fn check_password(s: String) -> Result<String, String> {
     if s.is_empty() || s.len() > MD5_MAX_KEY {
         return Err(format!("must be 1 to {MD5_MAX_KEY} bytes (TCP MD5 key)"));
     }
     Ok(s)
+}
+
+/// `password`, or `password_file` (a mounted Secret) read now; one final
+/// newline in the file is not part of the key. No message here says
+/// anything of the key but its length bounds.
+fn read_password(t: &mut Tbl, errs: &mut Errs) -> (Option<Secret>, Option<PathBuf>) {
+    let inline = t.opt("password", errs, parse_password);
+    let file = t.opt("password_file", errs, parse_abs_path);
+    let key = format!("{}.password_file", t.path);
+    match (inline, file) {
+        (Some(_), Some(_)) => {
+            errs.push(key, "set either password or password_file, not both");
+            (None, None)
+        }
+        (Some(p), None) => (Some(Secret(p)), None),
+        (None, Some(f)) => {
+            let read = std::fs::read(&f)
+                .map_err(|e| format!("cannot read {}: {}", f.display(), e.kind()))
+                .and_then(|b| String::from_utf8(b).map_err(|_| "is not UTF-8 text".to_string()))
+                .map(|s| {
+                    let s = s.strip_suffix('\n').unwrap_or(&s);
+                    s.strip_suffix('\r').unwrap_or(s).to_string()
+                })
+                .and_then(check_password);
+            match read {
+                Ok(p) => (Some(Secret(p)), Some(f)),
+                Err(why) => {
+                    errs.push(key, why);
+                    (None, Some(f))
+                }
+            }
+        }
+        (None, None) => (None, None),
+    }
 }
 
 /// `ttl`, or its other name `multihop` (one of them).
@@ -1616,12 +1705,18 @@ communities = ["65010:x"]
     fn status_listener() {
         let base = "[bgp]\nasn = 65010\nrouter_id = \"192.0.2.1\"\n";
         let c = Config::from_toml_str(base).unwrap();
-        assert_eq!(c.status, Some(DEFAULT_STATUS.parse().unwrap()));
-        let c =
-            Config::from_toml_str(&format!("{base}[status]\nlisten = \"[::1]:9000\"\n")).unwrap();
-        assert_eq!(c.status, Some("[::1]:9000".parse().unwrap()));
+        assert_eq!(c.status.listen, Some(DEFAULT_STATUS.parse().unwrap()));
+        assert_eq!(c.status.metrics_listen, None, "off unless asked for");
+        assert!(c.status.ready_needs_peer);
+        let c = Config::from_toml_str(&format!(
+            "{base}[status]\nlisten = \"[::1]:9000\"\nmetrics_listen = \"0.0.0.0:9180\"\nready_needs_peer = false\n"
+        ))
+        .unwrap();
+        assert_eq!(c.status.listen, Some("[::1]:9000".parse().unwrap()));
+        assert_eq!(c.status.metrics_listen, Some("0.0.0.0:9180".parse().unwrap()));
+        assert!(!c.status.ready_needs_peer);
         let c = Config::from_toml_str(&format!("{base}[status]\nenabled = false\n")).unwrap();
-        assert_eq!(c.status, None);
+        assert_eq!(c.status.listen, None);
         assert_eq!(
             problems(&format!("{base}[status]\nlisten = \"9000\"\nport = 1\n")),
             [

@@ -8,7 +8,8 @@
 //! watchers, the elected allocator), `reconcile` (the table, the node's
 //! dataplanes, the control plane's), `dataplane` and `controlplane` (health
 //! checks, the API-server VIP's IPVS service) above them; `status` (serves
-//! the report the daemon renders); `daemon` on top.
+//! the report the daemon renders), `confwatch` (the configuration files
+//! watched for changes); `daemon` on top.
 
 // With clippy.toml's threshold: no function longer than a screen.
 #![cfg_attr(not(test), warn(clippy::too_many_lines))]
@@ -16,6 +17,7 @@
 pub mod bfd;
 pub mod bgp;
 pub mod config;
+pub mod confwatch;
 pub mod controlplane;
 pub mod daemon;
 pub mod dataplane;
@@ -27,3 +29,7 @@ pub mod sockopt;
 pub mod status;
 pub mod task;
 pub mod telemetry;
+
+/// The commit this binary was built from (`git rev-parse`), or "unknown"
+/// when built outside a git checkout.
+pub const COMMIT: &str = env!("VIPD_COMMIT");

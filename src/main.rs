@@ -50,6 +50,15 @@ enum Cmd {
         #[arg(long, short, default_value = "text")]
         output: Output,
     },
+    /// Ask the running vipd to read its configuration again (as SIGHUP, for
+    /// an image without a shell: `kubectl exec ds/vipd -- vipd reload`).
+    /// Exit 0 when applied, 1 when refused (the running one stays), 2 when
+    /// vipd cannot be reached.
+    Reload {
+        /// The status listener ([status] listen).
+        #[arg(long, default_value = vipd::config::DEFAULT_STATUS)]
+        address: std::net::SocketAddr,
+    },
     /// Check a configuration file: exit 0 when valid, 2 with one line per problem.
     CheckConfig {
         /// The TOML configuration file.
@@ -214,6 +223,7 @@ fn main() -> ExitCode {
             let got = vipd::status::http::fetch(address, &path, output == Output::Json);
             print_answer("explain", got, 2)
         }
+        Cmd::Reload { address } => print_answer("reload", vipd::status::http::reload(address), 1),
         Cmd::CheckConfig { file, node_labels } => check_config(&file, node_labels.as_deref()),
         Cmd::Run { config, log } => {
             // The flag, then RUST_LOG or VIPD_LOG, then [log] level.

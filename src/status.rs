@@ -54,29 +54,68 @@ pub struct Report {
     pub drain: Option<DrainLine>,
     /// BFD packets dropped by check, over every session.
     pub bfd_drops: std::collections::BTreeMap<crate::bfd::packet::Drop, u64>,
+    pub config: ConfigLine,
+    /// `[status] ready_needs_peer`: ready only with a session Established.
+    pub ready_needs_peer: bool,
+}
+
+/// The configuration file as last read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigLine {
+    /// The last reload applied (true too when none was tried yet).
+    pub last_reload_ok: bool,
+    /// When a configuration was last loaded whole (start or reload).
+    pub last_success: SystemTime,
+    /// The problems of the last reload refused.
+    pub problems: Vec<String>,
 }
 
 /// The drain's state, with `[drain]`.
 pub use crate::drain::Line as DrainLine;
 
 impl Report {
-    /// Ready once vipd announces what it should: with Kubernetes, after
-    /// the caches have synced (before that nothing is announced).
+    /// Ready once vipd announces what it should to someone: the
+    /// configuration loaded (it is, or nothing would answer), with
+    /// Kubernetes the caches synced (before that nothing is announced), and
+    /// unless `ready_needs_peer` is off, a session Established. Otherwise
+    /// why not, for people and the probe's body.
+    pub fn readiness(&self) -> Result<(), String> {
+        if self.kube.as_ref().is_some_and(|k| !k.synced) {
+            return Err(
+                "waiting for the Kubernetes caches to sync; nothing is announced until then".into(),
+            );
+        }
+        if !self.ready_needs_peer || self.peers.iter().any(|(_, _, p)| p.established_at.is_some()) {
+            return Ok(());
+        }
+        if self.peers.is_empty() {
+            return Err("no BGP peer for this node ([status] ready_needs_peer = false if none is intended)".into());
+        }
+        Err(format!(
+            "no BGP session Established yet (of {} peers)",
+            self.peers.len()
+        ))
+    }
+
     pub fn ready(&self) -> bool {
-        self.kube.as_ref().is_none_or(|k| k.synced)
+        self.readiness().is_ok()
     }
 
     pub fn render(&self) -> String {
         let mut s = String::new();
-        let _ = writeln!(
-            s,
-            "ready: {}",
-            if self.ready() {
-                "yes"
-            } else {
-                "no (waiting for the Kubernetes caches to sync; nothing is announced until then)"
+        let _ = match self.readiness() {
+            Ok(()) => writeln!(s, "ready: yes"),
+            Err(why) => writeln!(s, "ready: no ({why})"),
+        };
+        if !self.config.last_reload_ok {
+            let _ = writeln!(
+                s,
+                "configuration: the last reload was refused; the one loaded before stays in force"
+            );
+            for p in self.config.problems.iter().take(PENDING_SHOWN) {
+                let _ = writeln!(s, "  {p}");
             }
-        );
+        }
         let _ = writeln!(
             s,
             "table: {} prefixes ({} static)",
@@ -343,12 +382,59 @@ pub enum Query {
     Report,
     /// `namespace/name`.
     Explain(String),
+    /// `vipd reload`: read the configuration again.
+    Reload,
 }
 
 /// The daemon's answer, as plain values; the listener renders it.
 pub enum Answer {
     Report(Box<Report>),
     Explain(Box<explain::Explanation>),
+    Reloaded(Reloaded),
+}
+
+/// What a reload did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Reloaded {
+    pub applied: bool,
+    /// `key: reason`, when refused.
+    pub problems: Vec<String>,
+    /// Changed keys that wait for a restart.
+    pub restart: Vec<String>,
+    /// Changed keys that apply to new sessions and the next stop.
+    pub later: Vec<String>,
+}
+
+impl Reloaded {
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        if !self.applied {
+            let _ = writeln!(
+                s,
+                "configuration refused; the running one stays in force:"
+            );
+            for p in &self.problems {
+                let _ = writeln!(s, "  {p}");
+            }
+            return s;
+        }
+        let _ = writeln!(s, "configuration reloaded");
+        if !self.restart.is_empty() {
+            let _ = writeln!(
+                s,
+                "  take effect only when vipd restarts: {}",
+                self.restart.join(", ")
+            );
+        }
+        if !self.later.is_empty() {
+            let _ = writeln!(
+                s,
+                "  apply to new sessions and the next stop: {}",
+                self.later.join(", ")
+            );
+        }
+        s
+    }
 }
 
 /// A request to the daemon loop, with where its answer goes.
@@ -461,6 +547,12 @@ pub(crate) mod tests {
                 left_secs: Some(12),
             }),
             bfd_drops: [(crate::bfd::packet::Drop::Ttl, 2)].into(),
+            config: ConfigLine {
+                last_reload_ok: true,
+                last_success: SystemTime::UNIX_EPOCH,
+                problems: vec![],
+            },
+            ready_needs_peer: true,
         }
     }
 
@@ -502,5 +594,40 @@ pub(crate) mod tests {
             .starts_with("ready: no (waiting for the Kubernetes caches"));
         r.kube = None;
         assert!(r.ready(), "static announcements alone are ready at once");
+    }
+
+    /// A node whose routers hear nothing is not ready: a rollout of a
+    /// broken configuration stops at the first node.
+    #[test]
+    fn not_ready_without_an_established_session_unless_told_so() {
+        let mut r = report();
+        r.peers.retain(|(_, _, p)| p.established_at.is_none());
+        assert_eq!(r.peers.len(), 1);
+        assert!(!r.ready());
+        assert!(
+            r.render()
+                .starts_with("ready: no (no BGP session Established yet (of 1 peers))"),
+            "{}",
+            r.render()
+        );
+        r.peers.clear();
+        assert!(r.render().starts_with("ready: no (no BGP peer for this node"));
+        r.ready_needs_peer = false;
+        assert!(r.ready(), "a node meant to have no peers");
+        let mut r = report();
+        r.kube.as_mut().unwrap().synced = false;
+        r.ready_needs_peer = false;
+        assert!(!r.ready(), "the caches come first, whatever the key");
+    }
+
+    #[test]
+    fn a_refused_reload_is_shown_with_its_problems() {
+        let mut r = report();
+        assert!(!r.render().contains("configuration:"));
+        r.config.last_reload_ok = false;
+        r.config.problems = vec!["bgp.asn: 0 is not an AS number".into()];
+        let text = r.render();
+        assert!(r.ready(), "the running configuration still works");
+        assert!(text.contains("configuration: the last reload was refused; the one loaded before stays in force\n  bgp.asn: 0 is not an AS number\n"), "{text}");
     }
 }

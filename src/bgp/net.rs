@@ -81,7 +81,7 @@ pub fn set_min_ttl(fd: &impl AsRawFd, v6: bool, min: u8) -> io::Result<()> {
 /// How a session's sockets are set up.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SocketOpts {
-    pub password: Option<String>,
+    pub password: Option<crate::config::Secret>,
     pub ttl: Option<u8>,
     pub ttl_security: bool,
     pub source: Option<IpAddr>,
@@ -125,7 +125,7 @@ pub async fn connect(peer: SocketAddr, o: &SocketOpts) -> io::Result<TcpStream> 
         sock.bind(SocketAddr::new(src, 0))?;
     }
     if o.password.is_some() {
-        set_md5(&sock, v6, peer.ip(), o.password.as_deref())?;
+        set_md5(&sock, v6, peer.ip(), o.password.as_ref().map(crate::config::Secret::expose))?;
     }
     o.apply_ttl(&sock, v6)?;
     let s = sock.connect(peer).await?;

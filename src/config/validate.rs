@@ -16,7 +16,7 @@ pub(super) struct Parsed {
     pub kubernetes: Option<KubeConfig>,
     pub dataplane: Dataplane,
     pub control_plane: Option<ControlPlane>,
-    pub status: Option<std::net::SocketAddr>,
+    pub status: super::StatusConfig,
     pub ipam: Option<IpamConfig>,
     pub drain: Option<DrainConfig>,
     pub log: LogConfig,

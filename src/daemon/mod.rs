@@ -42,6 +42,12 @@ pub enum DaemonError {
     Kubernetes(#[from] WatchError),
     #[error("dataplane: {0}")]
     Dataplane(#[from] crate::dataplane::Error),
+    #[error("{key}: cannot listen on {addr}: {e}{}", if e.kind() == std::io::ErrorKind::AddrInUse { " (is another vipd running on this node? One node, one vipd: two speakers with one router ID take each other's sessions down)" } else { "" })]
+    Listen {
+        key: &'static str,
+        addr: std::net::SocketAddr,
+        e: std::io::Error,
+    },
 }
 
 /// The configuration in force, replaced whole on a reload.
@@ -51,6 +57,11 @@ struct Applied {
     /// The Node's InternalIPs as read at start, for `"node"` addresses in a
     /// reloaded file.
     node: Option<NodeAddresses>,
+    /// The last reload's outcome, for the report.
+    last: status::ConfigLine,
+    /// The files the configuration depends on, for the watcher.
+    files: tokio::sync::watch::Sender<Vec<PathBuf>>,
+    _watcher: crate::task::Owned<()>,
 }
 
 /// The Kubernetes side as the daemon holds it (all `None` without
@@ -63,6 +74,8 @@ struct Kube {
     allocator: Option<k8s::allocator::Handle>,
     /// This node's labels, once the watch has them: they select the peers.
     labels: Option<Labels>,
+    /// For Events on this node's Node.
+    client: Option<kube::Client>,
 }
 
 /// Everything vipd decides with, owned in one place. Nothing else holds
@@ -81,6 +94,8 @@ struct Daemon {
 struct Inbox {
     kube: mpsc::Receiver<Update>,
     ipvs: mpsc::UnboundedReceiver<ipvs::Synced>,
+    /// The configuration files changed.
+    reload: mpsc::Receiver<()>,
 }
 
 impl Daemon {
@@ -208,18 +223,14 @@ impl Daemon {
         }
     }
 
-    /// SIGHUP: the new configuration, or the running one stays with every
-    /// problem logged.
-    async fn on_reload(&mut self, logging: &dyn Fn(&LogConfig)) {
+    /// SIGHUP, a changed file or `vipd reload`: the new configuration,
+    /// or the running one stays with every problem logged and reported.
+    async fn on_reload(&mut self, why: &str, logging: &dyn Fn(&LogConfig)) -> status::Reloaded {
         let a = &self.applied;
-        info!("SIGHUP: reloading {}", a.path.display());
+        info!("{why}: reloading {}", a.path.display());
         let (new, statics) = match start::load_for_node(&a.path, a.node) {
             Ok(x) => x,
-            Err(p) => {
-                p.0.iter().for_each(|line| error!("{line}"));
-                warn!("configuration not reloaded: the running one stays in force");
-                return;
-            }
+            Err(p) => return self.refused(p),
         };
         let plan = reload::plan(&a.cfg, new);
         self.carry_out(&plan, logging).await;
@@ -229,8 +240,51 @@ impl Daemon {
             "static announcements reloaded"
         );
         self.tables.set_statics(statics);
+        let files = crate::confwatch::files_of(&self.applied.path, &plan.next);
+        self.applied.files.send_replace(files);
         self.applied.cfg = plan.next;
+        self.applied.last = status::ConfigLine {
+            last_reload_ok: true,
+            last_success: std::time::SystemTime::now(),
+            problems: vec![],
+        };
         self.publish();
+        status::Reloaded {
+            applied: true,
+            problems: vec![],
+            restart: plan.restart.iter().map(|k| k.to_string()).collect(),
+            later: plan.later.iter().map(|k| k.to_string()).collect(),
+        }
+    }
+
+    /// A file that does not validate: nothing changes; the problems go to
+    /// the log, the report, and an Event on this node's Node.
+    fn refused(&mut self, p: Problems) -> status::Reloaded {
+        let problems: Vec<String> = p.0.iter().map(|l| l.to_string()).collect();
+        problems.iter().for_each(|line| error!("{line}"));
+        warn!("configuration not reloaded: the running one stays in force");
+        self.applied.last.last_reload_ok = false;
+        self.applied.last.problems = problems.clone();
+        if let (Some(c), Some(k)) = (&self.kube.client, &self.applied.cfg.kubernetes) {
+            let first: Vec<&str> = problems.iter().take(5).map(String::as_str).collect();
+            let more = problems.len().saturating_sub(first.len());
+            let mut msg = format!("configuration refused, the running one stays: {}", first.join("; "));
+            if more > 0 {
+                msg += &format!(" (and {more} more)");
+            }
+            tokio::spawn(k8s::events::post_node(
+                c.clone(),
+                k.node_name.clone(),
+                "ConfigRejected".into(),
+                msg,
+            ));
+        }
+        status::Reloaded {
+            applied: false,
+            problems,
+            restart: vec![],
+            later: vec![],
+        }
     }
 
     async fn carry_out(&mut self, plan: &reload::Plan, logging: &dyn Fn(&LogConfig)) {
@@ -291,6 +345,8 @@ impl Daemon {
                 .map(|a| a.status.lock().unwrap().clone()),
             drain: self.drain.line(Instant::now()),
             bfd_drops: self.speaker.bfd_drops(),
+            config: self.applied.last.clone(),
+            ready_needs_peer: self.applied.cfg.status.ready_needs_peer,
         }
     }
 
@@ -315,6 +371,8 @@ impl Daemon {
                 return;
             }
             status::Query::Explain(key) => key,
+            // The loop carries reloads out itself (they change state).
+            status::Query::Reload => return,
         };
         let (pending, allocator_elsewhere) = self.allocator_view(&key);
         let peers = self.peers();
@@ -428,10 +486,10 @@ async fn sleep_until(at: Option<Instant>) {
 /// Runs until SIGTERM or SIGINT. `logging` applies `[log]`, at start and
 /// on each reload that changes it (logging is set up by the caller).
 pub async fn run(path: PathBuf, logging: &dyn Fn(&LogConfig)) -> Result<(), DaemonError> {
-    let (mut d, mut inbox) = start::start(path, logging).await?;
+    let (mut d, mut inbox, listeners) = start::start(path, logging).await?;
     let (ask_tx, mut ask_rx) = mpsc::channel::<status::Ask>(16);
-    // Ends with this function: nothing answers for a stopped daemon.
-    let _listener = start::listen(d.applied.cfg.status, ask_tx).await;
+    // End with this function: nothing answers for a stopped daemon.
+    let _listeners = listeners.serve(&ask_tx);
     let mut resync = tokio::time::interval(std::time::Duration::from_secs(30));
     let mut hup = signal(SignalKind::hangup()).map_err(DaemonError::Signal)?;
     let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signal)?;
@@ -443,12 +501,19 @@ pub async fn run(path: PathBuf, logging: &dyn Fn(&LogConfig)) -> Result<(), Daem
             _ = d.control.changed() => d.on_control().await,
             Some(s) = inbox.ipvs.recv() => d.on_ipvs(s),
             _ = resync.tick() => d.on_resync().await,
-            _ = hup.recv() => d.on_reload(logging).await,
+            _ = hup.recv() => { d.on_reload("SIGHUP", logging).await; }
+            Some(()) = inbox.reload.recv() => { d.on_reload("configuration files changed", logging).await; }
             _ = sleep_until(drain_at) => {
                 warn!("drained: VIPs withdrawn");
                 d.publish();
             }
-            Some(ask) = ask_rx.recv() => d.on_ask(ask),
+            Some(ask) = ask_rx.recv() => match ask.query {
+                status::Query::Reload => {
+                    let r = d.on_reload("vipd reload", logging).await;
+                    let _ = ask.reply.send(status::Answer::Reloaded(r));
+                }
+                _ => d.on_ask(ask),
+            },
             _ = term.recv() => { info!("SIGTERM: stopping"); break }
             _ = int.recv() => { info!("SIGINT: stopping"); break }
         }
@@ -482,7 +547,7 @@ mod tests {
             &path,
             format!(
                 "[bgp]\nasn = 65010\nrouter_id = \"192.0.2.1\"\nrestart_record = \"{d}/stopped\"\n\
-                 [dataplane]\nipvs_state = \"{d}/ipvs\"\n\
+                 [status]\nenabled = false\n[dataplane]\nipvs_state = \"{d}/ipvs\"\n\
                  [[announce]]\nprefix = \"198.51.100.1/32\"\n{extra}"
             ),
         )

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
-use tracing::{info, warn};
+use tracing::info;
 
 use super::{Applied, Daemon, DaemonError, Inbox, Kube};
 use crate::bgp::rib::Table;
@@ -26,10 +26,13 @@ use crate::{drain, status, task};
 pub(super) async fn start(
     path: PathBuf,
     logging: &dyn Fn(&LogConfig),
-) -> Result<(Daemon, Inbox), DaemonError> {
+) -> Result<(Daemon, Inbox, Listeners), DaemonError> {
     let (mut cfg, statics) = load(&path)?;
     logging(&cfg.log);
     log_start(&path, &cfg, &statics);
+    // Before anything is announced or put on the node: a second vipd on
+    // this node stops here, with the first one's port in use.
+    let listeners = Listeners::bind(&cfg.status).await?;
     let (kube_tx, kube_rx) = mpsc::channel::<Update>(256);
     let marks = address_marks(&cfg)?;
     let (control, ipvs_rx) = Plane::start(
@@ -42,12 +45,21 @@ pub(super) async fn start(
     let (speaker, kube, node_addresses) = start_speaker(&mut cfg, &tables, kube_tx).await?;
     let mut node = NodeState::new(&cfg, &marks)?;
     node.keep(control.address());
+    let (files, files_rx) = tokio::sync::watch::channel(crate::confwatch::files_of(&path, &cfg));
+    let (reload_tx, reload_rx) = mpsc::channel(1);
     let d = Daemon {
         drain: drain::Drain::new(cfg.drain.clone()),
         applied: Applied {
             path,
             cfg,
             node: node_addresses,
+            last: status::ConfigLine {
+                last_reload_ok: true,
+                last_success: std::time::SystemTime::now(),
+                problems: vec![],
+            },
+            files,
+            _watcher: task::Owned::spawn(crate::confwatch::run(files_rx, reload_tx)),
         },
         tables,
         control,
@@ -58,8 +70,9 @@ pub(super) async fn start(
     let inbox = Inbox {
         kube: kube_rx,
         ipvs: ipvs_rx,
+        reload: reload_rx,
     };
-    Ok((d, inbox))
+    Ok((d, inbox, listeners))
 }
 
 /// How vipd will know its addresses on this kernel, said once at start.
@@ -92,6 +105,8 @@ fn log_start(path: &Path, cfg: &Config, statics: &Table) {
     // searches for this line keep working.
     info!(
         target: "vipd::daemon",
+        version = env!("CARGO_PKG_VERSION"),
+        commit = crate::COMMIT,
         config = %path.display(),
         asn = cfg.bgp.asn,
         %router_id,
@@ -141,6 +156,7 @@ async fn start_speaker(
         .as_ref()
         .map(|i| k8s::allocator::spawn(i, &k, client.clone()));
     let status = Arc::new(Mutex::new(KubeStatus::default()));
+    let client_for_events = client.clone();
     let (explain_tx, explain_rx) = mpsc::channel(8);
     let task = task::Owned::spawn(k8s::watch::run(
         k,
@@ -159,23 +175,50 @@ async fn start_speaker(
         watch: Some(watch),
         allocator,
         labels: None,
+        client: Some(client_for_events),
     };
     Ok((speaker, kube, node))
 }
 
-/// The status listener; a busy port costs the report, not the
-/// announcements.
-pub(super) async fn listen(
-    addr: Option<SocketAddr>,
-    asks: mpsc::Sender<status::Ask>,
-) -> Option<task::Owned<()>> {
-    let addr = addr?;
-    match tokio::net::TcpListener::bind(addr).await {
-        Ok(l) => Some(task::Owned::spawn(status::http::serve(l, asks))),
-        Err(e) => {
-            warn!(%addr, "status: cannot listen: {e}; vipd runs without /readyz and /status");
-            None
+/// The listeners, bound at start.
+pub(super) struct Listeners {
+    status: Option<tokio::net::TcpListener>,
+    metrics: Option<tokio::net::TcpListener>,
+}
+
+impl Listeners {
+    /// A port in use is an error that stops vipd: on the status port it
+    /// is almost always another vipd on this node (the DaemonSet and the
+    /// control-plane static pod together), and two speakers with one
+    /// router ID take each other's sessions down.
+    async fn bind(cfg: &crate::config::StatusConfig) -> Result<Listeners, DaemonError> {
+        async fn one(
+            key: &'static str,
+            a: Option<SocketAddr>,
+        ) -> Result<Option<tokio::net::TcpListener>, DaemonError> {
+            let Some(addr) = a else { return Ok(None) };
+            match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => Ok(Some(l)),
+                Err(e) => Err(DaemonError::Listen { key, addr, e }),
+            }
         }
+        Ok(Listeners {
+            status: one("status.listen", cfg.listen).await?,
+            metrics: one("status.metrics_listen", cfg.metrics_listen).await?,
+        })
+    }
+
+    /// Serves both until the returned tasks are dropped.
+    pub(super) fn serve(self, asks: &mpsc::Sender<status::Ask>) -> Vec<task::Owned<()>> {
+        use status::http::{serve, Scope};
+        let mut out = vec![];
+        if let Some(l) = self.status {
+            out.push(task::Owned::spawn(serve(l, asks.clone(), Scope::All)));
+        }
+        if let Some(l) = self.metrics {
+            out.push(task::Owned::spawn(serve(l, asks.clone(), Scope::Metrics)));
+        }
+        out
     }
 }
 

@@ -1,5 +1,6 @@
-//! Kubernetes Events on Services: the one place vipd writes them, for the
-//! announcer's refusals and the allocator's decisions alike.
+//! Kubernetes Events on Services (the announcer's refusals and the
+//! allocator's decisions alike) and on this node's Node (a configuration
+//! refused): the one place vipd writes them.
 //!
 //! Written by hand rather than through `kube::runtime::events::Recorder`
 //! for now: the Recorder posts `events.k8s.io/v1` Events (a grant in
@@ -85,6 +86,45 @@ pub async fn post(
         .await
     {
         warn!(service = %service, "could not create the Event: {e}");
+    }
+}
+
+/// Records a Warning Event on this node's Node (cluster-scoped: the Event
+/// lives in `default`, where `kubectl describe node` finds it); a failure
+/// is logged, never retried.
+pub async fn post_node(client: Client, node: String, reason: String, message: String) {
+    let now = Time(jiff_now());
+    let ev = KubeEvent {
+        metadata: ObjectMeta {
+            generate_name: Some(format!("{node}.vipd-")),
+            namespace: Some("default".into()),
+            ..Default::default()
+        },
+        involved_object: ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Node".into()),
+            name: Some(node.clone()),
+            // A Node's Events carry its name as the uid (as the kubelet's).
+            uid: Some(node.clone()),
+            ..Default::default()
+        },
+        reason: Some(reason),
+        message: Some(message),
+        type_: Some("Warning".into()),
+        source: Some(EventSource {
+            component: Some("vipd".into()),
+            host: Some(node.clone()),
+        }),
+        first_timestamp: Some(now.clone()),
+        last_timestamp: Some(now),
+        count: Some(1),
+        ..Default::default()
+    };
+    if let Err(e) = Api::<KubeEvent>::namespaced(client, "default")
+        .create(&PostParams::default(), &ev)
+        .await
+    {
+        warn!(%node, "could not create the Event on the Node: {e}");
     }
 }
 

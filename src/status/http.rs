@@ -30,9 +30,27 @@ const MAX_HEAD: usize = 8192;
 /// `vipd status` and `vipd explain` read at most this much of an answer.
 const MAX_ANSWER: usize = 16 << 20;
 
+/// What a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// The local listener: everything.
+    All,
+    /// The metrics listener, on the node's address: `/metrics` only, so
+    /// what a scraper's network reaches cannot reload vipd or read
+    /// explanations of other tenants' Services.
+    Metrics,
+}
+
 /// Serves until the process ends.
-pub async fn serve(listener: TcpListener, ask: mpsc::Sender<Ask>) {
-    info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "status listener");
+pub async fn serve(listener: TcpListener, ask: mpsc::Sender<Ask>, scope: Scope) {
+    let addr = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    match scope {
+        Scope::All => info!(%addr, "status listener"),
+        Scope::Metrics => info!(%addr, "metrics listener"),
+    }
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (stream, from) = match listener.accept().await {
@@ -49,7 +67,7 @@ pub async fn serve(listener: TcpListener, ask: mpsc::Sender<Ask>) {
         };
         let ask = ask.clone();
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| handle(req, ask.clone()));
+            let svc = hyper::service::service_fn(move |req| handle(req, ask.clone(), scope));
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIME)
@@ -81,13 +99,33 @@ const JSON: &str = "application/json";
 async fn handle(
     req: Request<Incoming>,
     ask: mpsc::Sender<Ask>,
+    scope: Scope,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    if req.method() != Method::GET {
+    let path = req.uri().path();
+    if scope == Scope::Metrics && path != "/metrics" {
+        return Ok(reply(
+            StatusCode::NOT_FOUND,
+            TEXT,
+            "not found: this listener serves /metrics only\n".into(),
+        ));
+    }
+    // A reload changes state: POST, so no prefetching client or crawler
+    // of a GET triggers one.
+    let want = if path == "/reload" {
+        Method::POST
+    } else {
+        Method::GET
+    };
+    if req.method() != want {
         return Ok(reply(
             StatusCode::METHOD_NOT_ALLOWED,
             TEXT,
-            "only GET\n".into(),
+            format!("only {want} here\n"),
         ));
+    }
+    if path == "/livez" {
+        // The process answers: that is all liveness means.
+        return Ok(reply(StatusCode::OK, TEXT, "alive\n".into()));
     }
     let accept = req
         .headers()
@@ -95,7 +133,6 @@ async fn handle(
         .and_then(|v| v.to_str().ok())
         .map(String::from);
     let json = accept.as_deref().is_some_and(|a| a.contains(JSON));
-    let path = req.uri().path();
     let query = match query_of(path) {
         Ok(q) => q,
         Err((code, why)) => return Ok(reply(code, TEXT, why.into())),
@@ -119,6 +156,7 @@ async fn handle(
 fn query_of(path: &str) -> Result<Query, (StatusCode, &'static str)> {
     Ok(match path {
         "/readyz" | "/status" | "/metrics" => Query::Report,
+        "/reload" => Query::Reload,
         p if p.starts_with("/explain/") => {
             let key = &p["/explain/".len()..];
             if key.split('/').count() != 2 || key.split('/').any(str::is_empty) {
@@ -129,7 +167,7 @@ fn query_of(path: &str) -> Result<Query, (StatusCode, &'static str)> {
         _ => {
             return Err((
                 StatusCode::NOT_FOUND,
-                "not found: try /readyz, /status, /metrics or /explain/NAMESPACE/NAME\n",
+                "not found: try /readyz, /livez, /status, /metrics, /explain/NAMESPACE/NAME or POST /reload\n",
             ))
         }
     })
@@ -138,6 +176,18 @@ fn query_of(path: &str) -> Result<Query, (StatusCode, &'static str)> {
 /// The daemon's answer as the client asked for it.
 fn render(answer: Answer, path: &str, json: bool, accept: Option<&str>) -> Response<Full<Bytes>> {
     match (answer, path) {
+        (Answer::Reloaded(r), _) => {
+            // 409: the file was read and refused; the body says why.
+            let code = if r.applied {
+                StatusCode::OK
+            } else {
+                StatusCode::CONFLICT
+            };
+            match serde_json::to_string(&r) {
+                Ok(j) if json => reply(code, JSON, j),
+                _ => reply(code, TEXT, r.render()),
+            }
+        }
         (Answer::Explain(e), _) if json => reply(StatusCode::OK, JSON, e.json()),
         (Answer::Explain(e), _) => reply(StatusCode::OK, TEXT, e.render()),
         (Answer::Report(r), "/metrics") => {
@@ -154,7 +204,10 @@ fn render(answer: Answer, path: &str, json: bool, accept: Option<&str>) -> Respo
                 StatusCode::SERVICE_UNAVAILABLE
             };
             match (p, json) {
-                ("/readyz", _) if r.ready() => reply(code, TEXT, "ready\n".into()),
+                ("/readyz", _) => match r.readiness() {
+                    Ok(()) => reply(code, TEXT, "ready\n".into()),
+                    Err(why) => reply(code, TEXT, format!("not ready: {why}\n")),
+                },
                 (_, true) => reply(code, JSON, r.json()),
                 (_, false) => reply(code, TEXT, r.render()),
             }
@@ -165,18 +218,33 @@ fn render(answer: Answer, path: &str, json: bool, accept: Option<&str>) -> Respo
 /// `vipd status` and `vipd explain`: `GET path` from a running vipd.
 /// Returns whether it answered 200, and the body.
 pub fn fetch(addr: SocketAddr, path: &str, json: bool) -> Result<(bool, String), String> {
+    call(addr, Method::GET, path, json)
+}
+
+/// `vipd reload`: `POST /reload`. Whether the configuration was applied,
+/// and what the daemon said.
+pub fn reload(addr: SocketAddr) -> Result<(bool, String), String> {
+    call(addr, Method::POST, "/reload", false)
+}
+
+fn call(addr: SocketAddr, method: Method, path: &str, json: bool) -> Result<(bool, String), String> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
     rt.block_on(async {
-        tokio::time::timeout(Duration::from_secs(10), get(addr, path, json))
+        tokio::time::timeout(Duration::from_secs(10), get(addr, method, path, json))
             .await
             .map_err(|_| format!("{addr}: no answer within 10s"))?
     })
 }
 
-async fn get(addr: SocketAddr, path: &str, json: bool) -> Result<(bool, String), String> {
+async fn get(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    json: bool,
+) -> Result<(bool, String), String> {
     let stream = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
         .await
         .map_err(|_| format!("cannot reach vipd at {addr}: timed out"))?
@@ -187,7 +255,9 @@ async fn get(addr: SocketAddr, path: &str, json: bool) -> Result<(bool, String),
         .await
         .map_err(|e| format!("{addr}: {e}"))?;
     tokio::spawn(conn);
-    let req = Request::get(path)
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
         .header(hyper::header::HOST, addr.to_string())
         .header(ACCEPT, if json { JSON } else { TEXT })
         .body(http_body_util::Empty::<Bytes>::new())
@@ -205,7 +275,7 @@ async fn get(addr: SocketAddr, path: &str, json: bool) -> Result<(bool, String),
     let text = String::from_utf8_lossy(&body).into_owned();
     match code {
         StatusCode::OK => Ok((true, text)),
-        StatusCode::SERVICE_UNAVAILABLE => Ok((false, text)),
+        StatusCode::SERVICE_UNAVAILABLE | StatusCode::CONFLICT => Ok((false, text)),
         c => Err(format!("{addr}: {c}: {}", text.trim_end())),
     }
 }

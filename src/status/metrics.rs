@@ -82,6 +82,7 @@ label_set!(CheckL { check });
 label_set!(VipL { vip });
 label_set!(BackendL { backend });
 label_set!(PoolL { pool, family });
+label_set!(BuildL { version, commit });
 
 /// Registers metrics on one registry, turning the crate's (programming)
 /// errors into one message.
@@ -213,6 +214,32 @@ fn general(reg: &mut Reg, r: &Report) -> Result<(), String> {
         "vipd_ready",
         "1 once vipd announces what it should",
         b(r.ready()),
+    )?;
+    let build = BuildL {
+        version: env!("CARGO_PKG_VERSION").into(),
+        commit: crate::COMMIT.into(),
+    };
+    reg.family(
+        "vipd_build_info",
+        "Always 1: the version and commit of this vipd",
+        false,
+        vec![(build, 1)],
+    )?;
+    // Prometheus' own names for this, so its alerts fit vipd unchanged.
+    reg.gauge(
+        "vipd_config_last_reload_successful",
+        "1 when the last reload of the configuration applied, 0 when it was refused",
+        b(r.config.last_reload_ok),
+    )?;
+    let at = r
+        .config
+        .last_success
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    reg.gauge(
+        "vipd_config_last_reload_success_timestamp_seconds",
+        "When a configuration was last loaded whole (start or reload), in Unix seconds",
+        i64::try_from(at.as_secs()).unwrap_or(i64::MAX),
     )?;
     reg.gauge(
         "vipd_table_prefixes",
@@ -570,11 +597,30 @@ mod tests {
     }
 
     #[test]
+    fn a_refused_reload_and_the_build_are_in_the_metrics() {
+        let mut r = report();
+        r.config.last_reload_ok = false;
+        r.config.last_success = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000);
+        let text = encode(&r, Format::Prometheus).unwrap();
+        has(&text, "vipd_config_last_reload_successful 0");
+        has(&text, "vipd_config_last_reload_success_timestamp_seconds 1800000000");
+        let build = format!(
+            "vipd_build_info{{version=\"{}\",commit=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION"),
+            crate::COMMIT
+        );
+        has(&text, &build);
+        assert_ne!(crate::COMMIT, "", "built in a checkout: a commit");
+    }
+
+    #[test]
     fn the_prometheus_text_carries_the_report() {
         let text = encode(&report(), Format::Prometheus).unwrap();
         for line in [
             "# TYPE vipd_ready gauge",
             "vipd_ready 1",
+            "vipd_config_last_reload_successful 1",
+            "vipd_config_last_reload_success_timestamp_seconds 0",
             "vipd_table_prefixes 6",
             "vipd_bgp_session_established{peer=\"192.0.2.2\",asn=\"65002\"} 1",
             "vipd_bgp_session_established{peer=\"2001:db8::2\",asn=\"65002\"} 0",
