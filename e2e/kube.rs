@@ -688,7 +688,8 @@ fn leaves_nothing_behind(tag: &str, ownership: &str) {
     for (name, vip) in [("db", "203.0.113.11"), ("cache", "203.0.113.12")] {
         k.api.put(obj::service("a", name, &[vip], false));
         let slice = format!("{name}-1");
-        k.api.put(obj::slice("a", &slice, name, &[("node-b", true)]));
+        k.api
+            .put(obj::slice("a", &slice, name, &[("node-b", true)]));
     }
     let extra = format!(
         "[dataplane]\naddress_interface = \"vip0\"\naddress_ownership = \"{ownership}\"\n\
@@ -696,7 +697,11 @@ fn leaves_nothing_behind(tag: &str, ownership: &str) {
         k.lab.dir.path("addresses").display()
     );
     let mut v = start_synced(&k, &extra, 4);
-    let want = if ownership == "mark" { "IFA_PROTO mark" } else { "the record file" };
+    let want = if ownership == "mark" {
+        "IFA_PROTO mark"
+    } else {
+        "the record file"
+    };
     assert!(v.log().contains(want), "{}", v.proc.log_tail(20));
     let has_all = |k: &KubeLab| {
         let (a, r) = (node_addrs(k), node_routes(k));
@@ -754,7 +759,10 @@ fn leaves_nothing_behind(tag: &str, ownership: &str) {
     // Never touched: the other addresses and route.
     let a = node_addrs(&k);
     assert!(a.contains("198.51.100.200/32"), "{a}");
-    assert!(a.contains("203.0.113.12/32"), "a foreign address at a VIP was removed: {a}");
+    assert!(
+        a.contains("203.0.113.12/32"),
+        "a foreign address at a VIP was removed: {a}"
+    );
     assert!(
         node_routes(&k).contains("198.51.100.201 "),
         "{}",

@@ -696,7 +696,9 @@ fn read_dataplane(mut t: Tbl, errs: &mut Errs) -> Dataplane {
                 "auto" => Ok(Setting::Auto),
                 "mark" => Ok(Setting::Mark),
                 "record" => Ok(Setting::Record),
-                o => Err(format!("{o:?} is not one of \"auto\", \"mark\", \"record\"")),
+                o => Err(format!(
+                    "{o:?} is not one of \"auto\", \"mark\", \"record\""
+                )),
             }
         })
         .unwrap_or_default();
@@ -981,12 +983,6 @@ fn read_peer(mut t: Tbl, local_asn: Option<u32>, errs: &mut Errs) -> Option<Peer
         .opt("node_selector", errs, fleet::parse_selector)
         .unwrap_or_default();
     let defaults = read_attrs(&mut t, errs);
-    if defaults.med.is_some() {
-        errs.push(
-            format!("{key}.med"),
-            "set med per [[announce]] entry, not per peer",
-        );
-    }
     t.finish(errs);
     // Before the required keys' `?`: a file with problems gets them all.
     let keepalive = validate::keepalive(&key, hold_time, keepalive, errs);
@@ -1701,6 +1697,50 @@ communities = ["65010:x"]
         assert_problems(&p, &want);
     }
 
+    /// The key from a mounted Secret: read at each load, one final newline
+    /// dropped, never in a message or a printed configuration.
+    #[test]
+    fn password_file_is_read_and_never_shown() {
+        const KEY: &str = "Kx7-unit-md5-key";
+        let d = std::env::temp_dir().join(format!("vipd-pwfile-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        let f = d.join("key");
+        std::fs::write(&f, format!("{KEY}\n")).unwrap();
+        let peer = |extra: &str| {
+            format!(
+                "[bgp]\nasn = 65010\nrouter_id = \"192.0.2.1\"\n[[bgp.peers]]\naddress = \"192.0.2.2\"\nasn = 65002\n{extra}"
+            )
+        };
+        let file = format!("password_file = \"{}\"\n", f.display());
+        let c = Config::from_toml_str(&peer(&file)).unwrap();
+        let p = &c.bgp.peers[0];
+        assert_eq!(p.password.as_ref().map(Secret::expose), Some(KEY));
+        assert_eq!(p.password_file.as_deref(), Some(f.as_path()));
+        assert!(!format!("{c:?}").contains(KEY), "the key in Debug");
+        let both = problems(&peer(&format!("password = \"{KEY}\"\n{file}")));
+        assert_eq!(
+            both,
+            ["bgp.peers[0].password_file: set either password or password_file, not both"]
+        );
+        std::fs::write(&f, KEY.repeat(6)).unwrap();
+        let long = problems(&peer(&file));
+        assert_eq!(
+            long,
+            ["bgp.peers[0].password_file: must be 1 to 80 bytes (TCP MD5 key)"]
+        );
+        std::fs::remove_file(&f).unwrap();
+        let gone = problems(&peer(&file));
+        assert_eq!(
+            gone,
+            [format!(
+                "bgp.peers[0].password_file: cannot read {}: entity not found",
+                f.display()
+            )]
+        );
+        assert!(!format!("{both:?}{long:?}").contains(KEY));
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
     #[test]
     fn status_listener() {
         let base = "[bgp]\nasn = 65010\nrouter_id = \"192.0.2.1\"\n";
@@ -1713,7 +1753,10 @@ communities = ["65010:x"]
         ))
         .unwrap();
         assert_eq!(c.status.listen, Some("[::1]:9000".parse().unwrap()));
-        assert_eq!(c.status.metrics_listen, Some("0.0.0.0:9180".parse().unwrap()));
+        assert_eq!(
+            c.status.metrics_listen,
+            Some("0.0.0.0:9180".parse().unwrap())
+        );
         assert!(!c.status.ready_needs_peer);
         let c = Config::from_toml_str(&format!("{base}[status]\nenabled = false\n")).unwrap();
         assert_eq!(c.status.listen, None);

@@ -80,7 +80,12 @@ pub async fn run(mut files: watch::Receiver<Vec<PathBuf>>, changed: mpsc::Sender
     let mut list = files.borrow_and_update().clone();
     let mut seen = fingerprint(&list);
     let inotify = Inotify::init()
-        .inspect_err(|e| warn!("inotify: {e}; configuration changes are checked every {}s", POLL.as_secs()))
+        .inspect_err(|e| {
+            warn!(
+                "inotify: {e}; configuration changes are checked every {}s",
+                POLL.as_secs()
+            )
+        })
         .ok();
     if let Some(i) = &inotify {
         add_watches(i, &directories(&list));
@@ -143,12 +148,7 @@ async fn settle(events: &mut Option<Events>) {
 /// password files it names.
 pub fn files_of(path: &Path, cfg: &crate::config::Config) -> Vec<PathBuf> {
     let mut v = vec![path.to_path_buf()];
-    v.extend(
-        cfg.bgp
-            .peers
-            .iter()
-            .filter_map(|p| p.password_file.clone()),
-    );
+    v.extend(cfg.bgp.peers.iter().filter_map(|p| p.password_file.clone()));
     v.sort();
     v.dedup();
     v

@@ -85,11 +85,19 @@ impl Report {
                 "waiting for the Kubernetes caches to sync; nothing is announced until then".into(),
             );
         }
-        if !self.ready_needs_peer || self.peers.iter().any(|(_, _, p)| p.established_at.is_some()) {
+        if !self.ready_needs_peer
+            || self
+                .peers
+                .iter()
+                .any(|(_, _, p)| p.established_at.is_some())
+        {
             return Ok(());
         }
         if self.peers.is_empty() {
-            return Err("no BGP peer for this node ([status] ready_needs_peer = false if none is intended)".into());
+            return Err(
+                "no BGP peer for this node ([status] ready_needs_peer = false if none is intended)"
+                    .into(),
+            );
         }
         Err(format!(
             "no BGP session Established yet (of {} peers)",
@@ -409,10 +417,7 @@ impl Reloaded {
     pub fn render(&self) -> String {
         let mut s = String::new();
         if !self.applied {
-            let _ = writeln!(
-                s,
-                "configuration refused; the running one stays in force:"
-            );
+            let _ = writeln!(s, "configuration refused; the running one stays in force:");
             for p in &self.problems {
                 let _ = writeln!(s, "  {p}");
             }
@@ -611,7 +616,9 @@ pub(crate) mod tests {
             r.render()
         );
         r.peers.clear();
-        assert!(r.render().starts_with("ready: no (no BGP peer for this node"));
+        assert!(r
+            .render()
+            .starts_with("ready: no (no BGP peer for this node"));
         r.ready_needs_peer = false;
         assert!(r.ready(), "a node meant to have no peers");
         let mut r = report();

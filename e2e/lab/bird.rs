@@ -57,14 +57,16 @@ impl Bird {
     pub fn established(&self, proto: &str) -> bool {
         self.state(proto).contains("Established")
     }
-    /// BIRD's line for a session: its state and when it entered it (to
-    /// the second). Unchanged across an event: the session never restarted.
-    pub fn session_line(&self, proto: &str) -> String {
-        self.state(proto)
+    /// BIRD's line for a session: its state and when it entered it.
+    /// Equal across an event: the session never restarted.
+    pub fn session_line(&self, proto: &str) -> SessionLine {
+        let line = self
+            .state(proto)
             .lines()
             .find(|l| l.starts_with(proto))
             .unwrap_or_default()
-            .to_string()
+            .to_string();
+        SessionLine { line }
     }
     /// The next hops of the routes BIRD holds for `prefix`, sorted.
     pub fn next_hops(&self, prefix: &str) -> Vec<String> {
@@ -100,6 +102,53 @@ impl Drop for Bird {
                 self.cli("show bfd sessions")
             );
         }
+    }
+}
+
+/// A session as `show protocols` shows it. BIRD derives the time it shows
+/// from its monotonic clock each time it is asked, so one moment can show a
+/// millisecond apart: times within 50 ms are the same moment.
+#[derive(Debug, Clone)]
+pub struct SessionLine {
+    pub line: String,
+}
+
+impl SessionLine {
+    pub fn contains(&self, s: &str) -> bool {
+        self.line.contains(s)
+    }
+}
+
+/// Milliseconds since midnight of an `HH:MM:SS[.mmm]` token.
+fn clock_ms(t: &str) -> Option<i64> {
+    let (hms, ms) = t.split_once('.').unwrap_or((t, "0"));
+    let p: Vec<i64> = hms
+        .split(':')
+        .map(|x| x.parse().ok())
+        .collect::<Option<_>>()?;
+    let [h, m, s] = p[..] else { return None };
+    Some(((h * 60 + m) * 60 + s) * 1000 + ms.parse::<i64>().ok()?)
+}
+
+impl PartialEq for SessionLine {
+    fn eq(&self, o: &Self) -> bool {
+        let (a, b): (Vec<&str>, Vec<&str>) = (
+            self.line.split_whitespace().collect(),
+            o.line.split_whitespace().collect(),
+        );
+        a.len() == b.len()
+            && a.iter()
+                .zip(&b)
+                .all(|(x, y)| match (clock_ms(x), clock_ms(y)) {
+                    (Some(x), Some(y)) => (x - y).abs() <= 50,
+                    _ => x == y,
+                })
+    }
+}
+
+impl std::fmt::Display for SessionLine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.line)
     }
 }
 

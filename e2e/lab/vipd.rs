@@ -30,6 +30,12 @@ impl Vipd {
     }
     pub fn start_named(ns: &Netns, dir: &Dir, config: &str, name: &str) -> Vipd {
         let cfg = dir.write(&format!("{name}.toml"), config);
+        Self::run_file(ns, dir, &cfg, name)
+    }
+    /// vipd reading the configuration at `cfg` (written by the caller).
+    pub fn run_file(ns: &Netns, dir: &Dir, cfg: &Path, name: &str) -> Vipd {
+        let config = fs::read_to_string(cfg).unwrap_or_default();
+        let cfg = cfg.to_path_buf();
         let mut cmd = ns.command(&vipd_bin());
         cmd.args(["run", "--config", cfg.to_str().unwrap(), "--log", "debug"]);
         // Each test's vipd keeps its graceful-stop record to itself: the

@@ -151,7 +151,11 @@ impl Speaker {
                     &l.sock.as_raw_fd_ref(),
                     l.addr.is_ipv6(),
                     addr,
-                    settings.peer.password.as_ref().map(crate::config::Secret::expose),
+                    settings
+                        .peer
+                        .password
+                        .as_ref()
+                        .map(crate::config::Secret::expose),
                 ) {
                     warn!(peer = %addr, "cannot set the TCP MD5 key on the listener: {e}");
                 }

@@ -125,7 +125,12 @@ pub async fn connect(peer: SocketAddr, o: &SocketOpts) -> io::Result<TcpStream> 
         sock.bind(SocketAddr::new(src, 0))?;
     }
     if o.password.is_some() {
-        set_md5(&sock, v6, peer.ip(), o.password.as_ref().map(crate::config::Secret::expose))?;
+        set_md5(
+            &sock,
+            v6,
+            peer.ip(),
+            o.password.as_ref().map(crate::config::Secret::expose),
+        )?;
     }
     o.apply_ttl(&sock, v6)?;
     let s = sock.connect(peer).await?;

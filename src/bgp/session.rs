@@ -576,8 +576,15 @@ impl Session {
         )
     }
 
+    /// Records why the session is not up; a reason that differs from the
+    /// last one is a warning, the same one again (every retry of a peer
+    /// that refuses) is not.
     fn set_error(&self, e: String) {
-        self.status.lock().unwrap().last_error = Some(e);
+        let mut st = self.status.lock().unwrap();
+        if st.last_error.as_deref() != Some(e.as_str()) {
+            warn!(peer = %self.peer(), "session not up: {e}");
+        }
+        st.last_error = Some(e);
     }
 
     fn peer(&self) -> IpAddr {
@@ -650,7 +657,7 @@ impl Session {
     }
 
     fn session_down(&mut self) {
-        info!(peer = %self.peer(), "session down");
+        warn!(peer = %self.peer(), "session down");
         self.adj.clear();
         self.negotiated = None;
         let mut st = self.status.lock().unwrap();

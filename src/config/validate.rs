@@ -121,6 +121,12 @@ pub(super) fn keepalive(key: &str, hold: u16, given: Option<u16>, errs: &mut Err
 
 /// The rules across one peer's keys.
 pub(super) fn peer(key: &str, p: &PeerConfig, local_asn: Option<u32>, errs: &mut Errs) {
+    if p.defaults.med.is_some() {
+        errs.push(
+            format!("{key}.med"),
+            "set med per [[announce]] entry, not per peer",
+        );
+    }
     if let Some(src) = p.source_address {
         if src.is_ipv4() != p.address.is_ipv4() {
             errs.push(

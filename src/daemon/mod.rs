@@ -268,7 +268,10 @@ impl Daemon {
         if let (Some(c), Some(k)) = (&self.kube.client, &self.applied.cfg.kubernetes) {
             let first: Vec<&str> = problems.iter().take(5).map(String::as_str).collect();
             let more = problems.len().saturating_sub(first.len());
-            let mut msg = format!("configuration refused, the running one stays: {}", first.join("; "));
+            let mut msg = format!(
+                "configuration refused, the running one stays: {}",
+                first.join("; ")
+            );
             if more > 0 {
                 msg += &format!(" (and {more} more)");
             }

@@ -77,11 +77,10 @@ pub(super) async fn start(
 
 /// How vipd will know its addresses on this kernel, said once at start.
 fn address_marks(cfg: &Config) -> Result<crate::dataplane::Marks, DaemonError> {
-    let marks = crate::dataplane::marks(&cfg.dataplane)
-        .map_err(|reason| {
-            let key = "dataplane.address_ownership".to_string();
-            DaemonError::Config(Problems(vec![crate::config::Problem { key, reason }]))
-        })?;
+    let marks = crate::dataplane::marks(&cfg.dataplane).map_err(|reason| {
+        let key = "dataplane.address_ownership".to_string();
+        DaemonError::Config(Problems(vec![crate::config::Problem { key, reason }]))
+    })?;
     if cfg.dataplane.address_interface.is_some() || cfg.control_plane.is_some() {
         match marks.ownership {
             crate::dataplane::Ownership::Mark => {

@@ -255,7 +255,11 @@ impl Addresses {
 impl Dataplane for Addresses {
     async fn owned(&mut self) -> Result<BTreeSet<IpNet>, Error> {
         let here = self.dump().await?;
-        let out: BTreeSet<IpNet> = here.iter().filter(|f| self.mine(f)).map(|f| f.net).collect();
+        let out: BTreeSet<IpNet> = here
+            .iter()
+            .filter(|f| self.mine(f))
+            .map(|f| f.net)
+            .collect();
         // Recorded but gone (removed by hand, or a crash before the add):
         // forgotten, so a foreign address put there later stays.
         let gone: Vec<IpNet> = match &self.record {
@@ -287,7 +291,11 @@ impl Dataplane for Addresses {
     }
 
     async fn remove(&mut self, p: IpNet) -> Result<(), Error> {
-        let found = self.dump().await?.into_iter().find(|f| f.net == p && self.mine(f));
+        let found = self
+            .dump()
+            .await?
+            .into_iter()
+            .find(|f| f.net == p && self.mine(f));
         if let Some(f) = found {
             self.h
                 .address()

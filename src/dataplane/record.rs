@@ -72,9 +72,10 @@ pub fn replay(text: &str) -> (BTreeSet<Entry>, Vec<String>) {
     for l in text.lines().filter(|l| !l.trim().is_empty()) {
         let mut w = l.split_whitespace();
         let parsed = match (w.next(), w.next(), w.next(), w.next()) {
-            (Some(op @ ("+" | "-")), Some(ifname), Some(p), None) => {
-                p.parse::<IpNet>().ok().map(|p| (op, (ifname.to_string(), p)))
-            }
+            (Some(op @ ("+" | "-")), Some(ifname), Some(p), None) => p
+                .parse::<IpNet>()
+                .ok()
+                .map(|p| (op, (ifname.to_string(), p))),
             _ => None,
         };
         match parsed {
@@ -126,11 +127,7 @@ impl Record {
             fs::create_dir_all(d)?;
         }
         let tmp = self.path.with_extension("tmp");
-        let text: String = self
-            .live
-            .iter()
-            .map(|(i, p)| line('+', (i, *p)))
-            .collect();
+        let text: String = self.live.iter().map(|(i, p)| line('+', (i, *p))).collect();
         fs::write(&tmp, text)?;
         fs::rename(&tmp, &self.path)
     }

@@ -227,7 +227,12 @@ pub fn reload(addr: SocketAddr) -> Result<(bool, String), String> {
     call(addr, Method::POST, "/reload", false)
 }
 
-fn call(addr: SocketAddr, method: Method, path: &str, json: bool) -> Result<(bool, String), String> {
+fn call(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    json: bool,
+) -> Result<(bool, String), String> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -600,10 +600,14 @@ mod tests {
     fn a_refused_reload_and_the_build_are_in_the_metrics() {
         let mut r = report();
         r.config.last_reload_ok = false;
-        r.config.last_success = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000);
+        r.config.last_success =
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000);
         let text = encode(&r, Format::Prometheus).unwrap();
         has(&text, "vipd_config_last_reload_successful 0");
-        has(&text, "vipd_config_last_reload_success_timestamp_seconds 1800000000");
+        has(
+            &text,
+            "vipd_config_last_reload_success_timestamp_seconds 1800000000",
+        );
         let build = format!(
             "vipd_build_info{{version=\"{}\",commit=\"{}\"}} 1",
             env!("CARGO_PKG_VERSION"),
