@@ -296,3 +296,39 @@ fn check_config_refuses_what_would_reach_past_a_tenants_routes() {
         ]
     );
 }
+
+/// The shipped ConfigMap's TOML, checked as the docs say: it names no
+/// node (the pod gets NODE_NAME), so without one check-config says how to
+/// give it, and with `--node` the file is valid.
+#[test]
+fn check_config_on_the_shipped_configmap_with_and_without_a_node() {
+    for f in [
+        "configs/kubernetes/base/vipd.toml",
+        "configs/kubernetes/overlays/allocator/vipd.toml",
+    ] {
+        let out = vipd()
+            .args(["check-config", f])
+            .env_remove("NODE_NAME")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{f}: {err}");
+        assert!(
+            err.contains("kubernetes.node_name: missing")
+                && err.contains("vipd check-config --node NAME"),
+            "{f}: {err}"
+        );
+        let out = vipd()
+            .args(["check-config", "--node", "node-a", f])
+            .env_remove("NODE_NAME")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{f}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(text.contains("valid"), "{text}");
+    }
+}

@@ -1,23 +1,41 @@
-//! The shipped Kubernetes manifests: every document is read into its
+//! The shipped Kubernetes manifests, as `kubectl kustomize` renders each
+//! overlay of `configs/kubernetes/`: every document is read into its
 //! `k8s-openapi` type and written back unchanged (a misspelled or
-//! misplaced field would be lost on the way, and fails), and the RBAC
-//! grants exactly what vipd uses, nothing more.
+//! misplaced field would be lost on the way, and fails), the DaemonSet has
+//! what a platform team needs (probes, priority, limits, the rollout that
+//! stops at an unready node, one vipd per node), its TOML is valid, and
+//! the RBAC grants exactly what vipd uses, nothing more.
 
 use std::collections::BTreeSet;
+use std::process::Command;
 
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::{ConfigMap, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, PodSpec, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
 
-const MANIFEST: &str = include_str!("../configs/kubernetes/vipd.yaml");
+const OVERLAYS: [&str; 3] = ["plain", "control-plane", "allocator"];
 
-fn documents() -> Vec<Value> {
-    MANIFEST
-        .split("\n---\n")
-        .map(|d| serde_norway::from_str::<Value>(d).expect("YAML"))
+/// `kubectl kustomize` of one overlay, as documents.
+fn documents(overlay: &str) -> Vec<Value> {
+    let dir = format!(
+        "{}/configs/kubernetes/overlays/{overlay}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let out = Command::new("kubectl")
+        .args(["kustomize", &dir])
+        .output()
+        .expect("kubectl (it ships kustomize): run `bash e2e/install.sh`");
+    assert!(
+        out.status.success(),
+        "kubectl kustomize {dir}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    serde_norway::Deserializer::from_str(&text)
+        .map(|d| serde::Deserialize::deserialize(d).expect("YAML"))
         .collect()
 }
 
@@ -49,91 +67,180 @@ fn grants(rules: &[PolicyRule]) -> BTreeSet<(String, String, String, String)> {
     out
 }
 
-fn set(items: &[(&str, &str, &str, &str)]) -> BTreeSet<(String, String, String, String)> {
+type Grants = BTreeSet<(String, String, String, String)>;
+
+fn set(items: &[(&str, &str, &str, &str)]) -> Grants {
     items
         .iter()
         .map(|(g, r, v, n)| (g.to_string(), r.to_string(), v.to_string(), n.to_string()))
         .collect()
 }
 
-#[test]
-fn every_manifest_is_its_type_and_rbac_is_least_privilege() {
-    let mut kinds = vec![];
-    let mut cluster_rules = None;
-    let mut role_rules = None;
-    for doc in documents() {
+/// Every document of an overlay through its type; the grants of its
+/// ClusterRoles and Roles, and the DaemonSet and its TOML.
+fn read(overlay: &str) -> (Vec<String>, Grants, Grants, DaemonSet, String) {
+    let (mut kinds, mut cluster, mut role) = (vec![], Grants::new(), Grants::new());
+    let (mut ds, mut toml) = (None, None);
+    for doc in documents(overlay) {
         let kind = doc["kind"].as_str().unwrap().to_string();
+        assert_eq!(
+            doc["metadata"]["namespace"].as_str().is_some(),
+            !kind.starts_with("Cluster"),
+            "{overlay}: {kind} namespace"
+        );
         match kind.as_str() {
             "ServiceAccount" => drop(round_trip::<ServiceAccount>(&doc)),
-            "ClusterRole" => cluster_rules = round_trip::<ClusterRole>(&doc).rules,
+            "ClusterRole" => {
+                cluster.extend(grants(&round_trip::<ClusterRole>(&doc).rules.unwrap()))
+            }
             "ClusterRoleBinding" => drop(round_trip::<ClusterRoleBinding>(&doc)),
-            "Role" => role_rules = round_trip::<Role>(&doc).rules,
+            "Role" => role.extend(grants(&round_trip::<Role>(&doc).rules.unwrap())),
             "RoleBinding" => drop(round_trip::<RoleBinding>(&doc)),
             "ConfigMap" => {
                 let cm = round_trip::<ConfigMap>(&doc);
-                assert!(cm.data.unwrap().contains_key("vipd.toml"));
+                toml = cm.data.unwrap().get("vipd.toml").cloned();
             }
-            "DaemonSet" => {
-                let ds = round_trip::<DaemonSet>(&doc);
-                let pod = ds.spec.unwrap().template.spec.unwrap();
-                assert_eq!(pod.service_account_name.as_deref(), Some("vipd"));
-                assert_eq!(pod.host_network, Some(true));
-            }
-            other => panic!("unexpected kind {other}"),
+            "DaemonSet" => ds = Some(round_trip::<DaemonSet>(&doc)),
+            other => panic!("{overlay}: unexpected kind {other}"),
         }
         kinds.push(kind);
     }
-    assert_eq!(
+    kinds.sort();
+    (
         kinds,
-        [
+        cluster,
+        role,
+        ds.expect("a DaemonSet"),
+        toml.expect("vipd.toml in the ConfigMap"),
+    )
+}
+
+const BASE_GRANTS: [(&str, &str, &str, &str); 7] = [
+    ("", "services", "list", "*"),
+    ("", "services", "watch", "*"),
+    ("", "nodes", "list", "*"),
+    ("", "nodes", "watch", "*"),
+    ("discovery.k8s.io", "endpointslices", "list", "*"),
+    ("discovery.k8s.io", "endpointslices", "watch", "*"),
+    ("", "events", "create", "*"),
+];
+
+const IPAM_GRANTS: [(&str, &str, &str, &str); 3] = [
+    ("coordination.k8s.io", "leases", "create", "*"),
+    ("coordination.k8s.io", "leases", "get", "vipd-ipam"),
+    ("coordination.k8s.io", "leases", "update", "vipd-ipam"),
+];
+
+#[test]
+fn every_overlay_is_its_types_and_rbac_is_least_privilege() {
+    for o in OVERLAYS {
+        let (kinds, cluster, role, ds, toml) = read(o);
+        let cfg = vipd::config::Config::from_toml_str_on(&toml, Some("node-a"))
+            .unwrap_or_else(|p| panic!("{o}: the ConfigMap's TOML: {p}"));
+        let ipam = o == "allocator";
+        assert_eq!(cfg.ipam.is_some(), ipam, "{o}");
+        daemonset(o, &ds);
+        // What vipd calls: list and watch Services, EndpointSlices and its
+        // Node; create Events; with [ipam], patch Service status and get,
+        // create and update its Lease. Nothing else.
+        let mut want = set(&BASE_GRANTS);
+        let mut kinds_want = vec![
             "ServiceAccount",
             "ClusterRole",
-            "Role",
-            "RoleBinding",
             "ClusterRoleBinding",
             "ConfigMap",
-            "DaemonSet"
-        ]
-    );
-    // What vipd calls: list and watch Services, EndpointSlices and its Node;
-    // create Events; with [ipam], patch Service status and get, create and
-    // update its Lease. Nothing else.
+            "DaemonSet",
+        ];
+        if ipam {
+            want.extend(set(&[("", "services/status", "patch", "*")]));
+            kinds_want.extend(["ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"]);
+        }
+        kinds_want.sort();
+        assert_eq!(kinds, kinds_want, "{o}");
+        assert_eq!(cluster, want, "{o}");
+        let role_want = if ipam {
+            set(&IPAM_GRANTS)
+        } else {
+            Grants::new()
+        };
+        assert_eq!(role, role_want, "{o}");
+    }
+}
+
+/// What the DaemonSet must hold in every overlay.
+fn daemonset(o: &str, ds: &DaemonSet) {
+    let spec = ds.spec.as_ref().unwrap();
+    let u = spec.update_strategy.as_ref().unwrap();
+    assert_eq!(u.type_.as_deref(), Some("RollingUpdate"), "{o}");
+    let r = u.rolling_update.as_ref().unwrap();
+    let one = k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(1);
     assert_eq!(
-        grants(&cluster_rules.unwrap()),
-        set(&[
-            ("", "services", "list", "*"),
-            ("", "services", "watch", "*"),
-            ("", "nodes", "list", "*"),
-            ("", "nodes", "watch", "*"),
-            ("discovery.k8s.io", "endpointslices", "list", "*"),
-            ("discovery.k8s.io", "endpointslices", "watch", "*"),
-            ("", "events", "create", "*"),
-            ("", "services/status", "patch", "*"),
-        ])
+        r.max_unavailable.as_ref(),
+        Some(&one),
+        "{o}: one node at a time"
+    );
+    assert!(spec.min_ready_seconds.unwrap_or(0) > 0, "{o}");
+    let pod: &PodSpec = spec.template.spec.as_ref().unwrap();
+    assert_eq!(pod.service_account_name.as_deref(), Some("vipd"));
+    assert_eq!(pod.host_network, Some(true));
+    assert_eq!(
+        pod.priority_class_name.as_deref(),
+        Some("system-node-critical")
+    );
+    let c = &pod.containers[0];
+    assert_eq!(
+        c.image.as_deref(),
+        Some("vipd:0.1.0"),
+        "{o}: the name and tag packaging/image.sh builds"
+    );
+    let probe = |p: &Option<k8s_openapi::api::core::v1::Probe>| {
+        let g = p
+            .as_ref()
+            .and_then(|p| p.http_get.clone())
+            .expect("an HTTP probe");
+        (g.host.unwrap_or_default(), g.path.unwrap_or_default())
+    };
+    assert_eq!(
+        probe(&c.readiness_probe),
+        ("127.0.0.1".into(), "/readyz".into()),
+        "{o}"
     );
     assert_eq!(
-        grants(&role_rules.unwrap()),
-        set(&[
-            ("coordination.k8s.io", "leases", "create", "*"),
-            ("coordination.k8s.io", "leases", "get", "vipd-ipam"),
-            ("coordination.k8s.io", "leases", "update", "vipd-ipam"),
-        ])
+        probe(&c.liveness_probe),
+        ("127.0.0.1".into(), "/livez".into()),
+        "{o}"
     );
+    let res = c.resources.as_ref().unwrap();
+    assert!(res.requests.as_ref().unwrap().contains_key("memory"));
+    assert!(res.limits.as_ref().unwrap().contains_key("memory"));
+    let claims: Vec<i32> = c
+        .ports
+        .iter()
+        .flatten()
+        .filter_map(|p| p.host_port)
+        .collect();
+    assert!(
+        claims.contains(&9179),
+        "{o}: the status port claimed on the node"
+    );
+    let on_control_plane = pod
+        .tolerations
+        .iter()
+        .flatten()
+        .any(|t| t.key.as_deref() == Some("node-role.kubernetes.io/control-plane"));
+    assert_eq!(
+        on_control_plane,
+        o == "control-plane",
+        "{o}: an explicit choice for control-plane nodes"
+    );
+    assert_eq!(pod.affinity.is_some(), o != "control-plane", "{o}");
 }
 
 /// Every rule of the shipped ClusterRole and Role.
-fn shipped_grants() -> BTreeSet<(String, String, String, String)> {
-    let mut out = BTreeSet::new();
-    for doc in documents() {
-        match doc["kind"].as_str() {
-            Some("ClusterRole") => {
-                out.extend(grants(&round_trip::<ClusterRole>(&doc).rules.unwrap()))
-            }
-            Some("Role") => out.extend(grants(&round_trip::<Role>(&doc).rules.unwrap())),
-            _ => {}
-        }
-    }
-    out
+fn shipped_grants() -> Grants {
+    let (_, mut cluster, role, _, _) = read("allocator");
+    cluster.extend(role);
+    cluster
 }
 
 /// What every test's API stand-in saw vipd ask for, across the whole suite
@@ -185,7 +292,8 @@ fn rbac_grants_exactly_what_the_suite_used() {
 }
 
 /// The control-plane variant is a static pod: it starts before the API
-/// server, so it reads its file from the node and uses no ServiceAccount.
+/// server, so it reads its file from the node and uses no ServiceAccount;
+/// it claims the status port as the DaemonSet does.
 #[test]
 fn the_control_plane_static_pod_is_a_pod_that_needs_no_api() {
     use k8s_openapi::api::core::v1::Pod;
@@ -200,6 +308,7 @@ fn the_control_plane_static_pod_is_a_pod_that_needs_no_api() {
         Some("system-node-critical")
     );
     let c = &spec.containers[0];
+    assert!(c.ports.iter().flatten().any(|p| p.host_port == Some(9179)));
     let args = c.args.clone().unwrap();
     let config = &args[args.iter().position(|a| a == "--config").unwrap() + 1];
     let mount = c

@@ -393,8 +393,14 @@ impl Config {
 
     /// Parses a TOML document given as a string (tests and tools).
     pub fn from_toml_str(text: &str) -> Result<Config, Problems> {
+        Self::from_toml_str_on(text, None)
+    }
+
+    /// As [`Config::from_toml_str`], as on the node `node` (what
+    /// `NODE_NAME` says in a pod).
+    pub fn from_toml_str_on(text: &str, node: Option<&str>) -> Result<Config, Problems> {
         let builder = config::Config::builder().add_source(config::File::from_str(text, LeanToml));
-        Self::from_table(value_tree(builder, "<input>")?, None)
+        Self::from_table(value_tree(builder, "<input>")?, node.map(String::from))
     }
 
     fn from_table(root: Map<String, Value>, node_env: Option<String>) -> Result<Config, Problems> {
@@ -508,7 +514,7 @@ fn read_bgp(mut t: Tbl, errs: &mut Errs) -> Option<BgpConfig> {
         }
     }
     t.finish(errs);
-    validate::peers(&peers, listen.is_some(), errs);
+    validate::peers(&peers, listen.is_some(), router_id, errs);
     Some(BgpConfig {
         asn: asn?,
         router_id: router_id.unwrap_or(Ipv4Addr::UNSPECIFIED),
@@ -619,7 +625,7 @@ fn read_kubernetes(mut t: Tbl, node_env: Option<String>, errs: &mut Errs) -> Opt
     let Some(node_name) = node_name else {
         errs.push(
             format!("{key}.node_name"),
-            "missing: set it, or the NODE_NAME environment variable (the downward API's spec.nodeName)",
+            "missing: set it, or the NODE_NAME environment variable (the downward API's spec.nodeName; `vipd check-config --node NAME` checks a file meant for the DaemonSet)",
         );
         return None;
     };
@@ -1128,12 +1134,15 @@ fn read_next_hops(
 fn read_announce(mut t: Tbl, errs: &mut Errs) -> Option<Announce> {
     let key = t.path.clone();
     let given = t.map.contains_key("prefix") || t.map.contains_key("prefixes");
-    let one = t.opt("prefix", errs, parse_prefix);
+    let one = t.opt("prefix", errs, |v| {
+        parse_prefix(v).and_then(validate::announceable)
+    });
     let many = t.opt("prefixes", errs, |v| match v.kind {
         ValueKind::Array(a) => {
             let mut out = Vec::with_capacity(a.len());
             for (i, item) in a.into_iter().enumerate() {
-                out.push(parse_prefix(item).map_err(|e| format!("[{i}]: {e}"))?);
+                let p = parse_prefix(item).and_then(validate::announceable);
+                out.push(p.map_err(|e| format!("[{i}]: {e}"))?);
             }
             Ok(out)
         }
@@ -1426,9 +1435,30 @@ impl Errs {
 
 /// A table being read: each key taken is removed, so what is left at the
 /// end is exactly the set of unknown keys.
+/// The known key most like `k`, if one is close: the same but for case,
+/// `_` and `-`, or a typo or two away.
+fn nearest<'a>(k: &str, known: &'a [String]) -> Option<&'a str> {
+    let bare = |s: &str| s.to_ascii_lowercase().replace(['_', '-'], "");
+    known
+        .iter()
+        .map(|c| {
+            let score = if bare(c) == bare(k) {
+                1.0
+            } else {
+                strsim::normalized_damerau_levenshtein(&bare(k), &bare(c))
+            };
+            (score, c.as_str())
+        })
+        .filter(|(score, _)| *score >= 0.7)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, c)| c)
+}
+
 struct Tbl {
     path: String,
     map: Map<String, Value>,
+    /// Every key asked for: the known ones, for "did you mean".
+    asked: Vec<String>,
 }
 
 impl Tbl {
@@ -1436,7 +1466,13 @@ impl Tbl {
         Tbl {
             path: path.to_string(),
             map,
+            asked: vec![],
         }
+    }
+
+    fn take(&mut self, k: &str) -> Option<Value> {
+        self.asked.push(k.to_string());
+        self.map.remove(k)
     }
 
     fn key(&self, k: &str) -> String {
@@ -1458,7 +1494,7 @@ impl Tbl {
         errs: &mut Errs,
         parse: impl FnOnce(Value) -> Result<T, String>,
     ) -> Option<T> {
-        let v = self.map.remove(k)?;
+        let v = self.take(k)?;
         match parse(v) {
             Ok(t) => Some(t),
             Err(e) => {
@@ -1482,20 +1518,30 @@ impl Tbl {
     }
 
     fn table(&mut self, k: &str, errs: &mut Errs) -> Option<Tbl> {
-        let v = self.map.remove(k)?;
+        let v = self.take(k)?;
         let key = self.key(k);
         as_table(&key, v, errs).map(|m| Tbl::new(&key, m))
     }
 
     fn array(&mut self, k: &str, errs: &mut Errs) -> Vec<Value> {
-        match self.map.remove(k).map(|v| v.kind) {
+        let key = self.key(k);
+        match self.take(k).map(|v| v.kind) {
             None => Vec::new(),
             Some(ValueKind::Array(a)) => a,
+            Some(ValueKind::Table(_)) => {
+                errs.push(
+                    &key,
+                    format!(
+                        "written as the table [{key}]: each entry is a [[{key}]] (double brackets)"
+                    ),
+                );
+                Vec::new()
+            }
             Some(other) => {
                 errs.push(
-                    self.key(k),
+                    &key,
                     format!(
-                        "expected an array of tables ([[{k}]]), got {}",
+                        "expected an array of tables ([[{key}]]), got {}",
                         kind_name(&other)
                     ),
                 );
@@ -1505,15 +1551,14 @@ impl Tbl {
     }
 
     fn finish(self, errs: &mut Errs) {
-        let mut left: Vec<_> = self.map.into_keys().collect();
+        let mut left: Vec<_> = self.map.keys().cloned().collect();
         left.sort();
         for k in left {
-            let key = if self.path.is_empty() {
-                k
-            } else {
-                format!("{}.{k}", self.path)
+            let why = match nearest(&k, &self.asked) {
+                Some(m) => format!("unknown key; did you mean {m}?"),
+                None => "unknown key".to_string(),
             };
-            errs.push(key, "unknown key");
+            errs.push(self.key(&k), why);
         }
     }
 }

@@ -67,6 +67,11 @@ enum Cmd {
         /// ("k=v,k2=v2"; "" for a node without labels).
         #[arg(long)]
         node_labels: Option<String>,
+        /// Check as on this node: the NODE_NAME a DaemonSet's pod is given
+        /// (addresses and the router ID taken from the Node are resolved
+        /// only at run time).
+        #[arg(long)]
+        node: Option<String>,
     },
 }
 
@@ -147,8 +152,12 @@ fn peers_for(c: &Config, labels: &vipd::config::Labels) -> String {
     out
 }
 
-fn check_config(file: &std::path::Path, node_labels: Option<&str>) -> ExitCode {
-    match Config::load(file) {
+fn check_config(file: &std::path::Path, node_labels: Option<&str>, node: Option<&str>) -> ExitCode {
+    let mut env: std::collections::HashMap<String, String> = std::env::vars().collect();
+    if let Some(n) = node {
+        env.insert("NODE_NAME".into(), n.into());
+    }
+    match Config::load_with_env(file, Some(env)) {
         Ok(c) => {
             let n: usize = c.announce.iter().map(|a| a.prefixes.len()).sum();
             let cp = c
@@ -224,7 +233,11 @@ fn main() -> ExitCode {
             print_answer("explain", got, 2)
         }
         Cmd::Reload { address } => print_answer("reload", vipd::status::http::reload(address), 1),
-        Cmd::CheckConfig { file, node_labels } => check_config(&file, node_labels.as_deref()),
+        Cmd::CheckConfig {
+            file,
+            node_labels,
+            node,
+        } => check_config(&file, node_labels.as_deref(), node.as_deref()),
         Cmd::Run { config, log } => {
             // The flag, then RUST_LOG or VIPD_LOG, then [log] level.
             let given = log

@@ -297,15 +297,8 @@ impl Running {
     }
 }
 
-/// The TOML in the shipped DaemonSet's ConfigMap.
+/// The TOML in the shipped DaemonSet's ConfigMap (the kustomize base).
 pub fn daemonset_toml() -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/kubernetes/vipd.yaml");
-    let text = std::fs::read_to_string(path).unwrap();
-    for doc in serde_norway::Deserializer::from_str(&text) {
-        let v: serde_json::Value = serde::Deserialize::deserialize(doc).unwrap();
-        if v["kind"] == "ConfigMap" {
-            return v["data"]["vipd.toml"].as_str().unwrap().to_string();
-        }
-    }
-    panic!("no ConfigMap in configs/kubernetes/vipd.yaml");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/kubernetes/base/vipd.toml");
+    std::fs::read_to_string(path).unwrap()
 }

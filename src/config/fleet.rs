@@ -58,13 +58,26 @@ pub(super) fn parse_selector(v: Value) -> Result<Labels, String> {
         return Err("expected a table of label = value, e.g. { \"topology.kubernetes.io/zone\" = \"rack-1\" }".into());
     };
     let mut out = Labels::new();
-    for (k, v) in t {
-        let v = parse_str(v).map_err(|e| format!("{k:?}: {e}"))?;
-        check_key(&k)?;
-        check_value(&k, &v)?;
-        out.insert(k, v);
+    let mut problems = vec![];
+    let mut entries: Vec<_> = t.into_iter().collect();
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    for (k, v) in entries {
+        // Every problem, not the first: one round trip to fix the file.
+        let checked = parse_str(v)
+            .map_err(|e| format!("{k:?}: {e}"))
+            .and_then(|v| check_key(&k).and(check_value(&k, &v)).map(|_| v));
+        match checked {
+            Ok(v) => {
+                out.insert(k, v);
+            }
+            Err(e) => problems.push(e),
+        }
     }
-    Ok(out)
+    if problems.is_empty() {
+        Ok(out)
+    } else {
+        Err(problems.join("; "))
+    }
 }
 
 /// A label's name part (and a value): up to 63 characters, alphanumeric
@@ -298,6 +311,11 @@ mod tests {
         assert_eq!(
             peer("{ \"ok\" = \"not ok!\" }"),
             ["bgp.peers[0].node_selector: \"ok\": \"not ok!\" is not a valid label value"]
+        );
+        // Every problem, in one line, not only the first.
+        assert_eq!(
+            peer("{ \"-bad\" = \"x\", \"fine\" = \"y\", \"ok\" = \"not ok!\" }"),
+            ["bgp.peers[0].node_selector: \"-bad\" is not a valid label key; \"ok\": \"not ok!\" is not a valid label value"]
         );
         let e = cfg(
             "[[bgp.peers]]\naddress = \"192.0.2.2\"\nasn = 65002\nnode_selector = \"rack-1\"\n",

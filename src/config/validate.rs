@@ -151,9 +151,62 @@ pub(super) fn peer(key: &str, p: &PeerConfig, local_asn: Option<u32>, errs: &mut
 
 /// The rules across peers: one session per address, and a passive peer
 /// only where vipd listens.
-pub(super) fn peers(peers: &[(String, PeerConfig)], listening: bool, errs: &mut Errs) {
+/// What no one means to announce: a default route, or a prefix in a range
+/// that never routes to a VIP. The reason, for the key's message.
+pub(super) fn announceable(p: IpNet) -> Result<IpNet, String> {
+    let within = |r: &str| {
+        let r: IpNet = r.parse().expect("a valid range");
+        r.contains(&p.network()) || p.contains(&r.network())
+    };
+    let class = if p.prefix_len() == 0 {
+        Some("a default route")
+    } else if p.addr().is_unspecified() {
+        Some("the unspecified address")
+    } else if within("224.0.0.0/4") || within("ff00::/8") {
+        Some("multicast")
+    } else if within("127.0.0.0/8") || p.addr().is_loopback() {
+        Some("loopback")
+    } else if within("169.254.0.0/16") || within("fe80::/10") {
+        Some("link-local")
+    } else if p.addr() == std::net::IpAddr::V4(std::net::Ipv4Addr::BROADCAST) {
+        Some("the broadcast address")
+    } else {
+        None
+    };
+    match class {
+        Some(c) => Err(format!("{p} is {c}: never a VIP to announce")),
+        None => Ok(p),
+    }
+}
+
+/// Why a peer cannot be at `a`, if it cannot.
+fn peer_address(a: std::net::IpAddr, router_id: Option<std::net::Ipv4Addr>) -> Option<String> {
+    use std::net::IpAddr;
+    let why = match a {
+        _ if a.is_unspecified() => "the unspecified address",
+        _ if a.is_multicast() => "a multicast address",
+        IpAddr::V4(v4) if v4.is_broadcast() => "the broadcast address",
+        _ if a.is_loopback() => "a loopback address: vipd would peer with this node",
+        IpAddr::V4(v4) if Some(v4) == router_id => "this node's own router ID: vipd would peer with itself",
+        IpAddr::V6(v6) if v6.is_unicast_link_local() => {
+            "IPv6 link-local: it needs the interface it is on, which a peer cannot name yet; use the router's global address"
+        }
+        _ => return None,
+    };
+    Some(format!("{a} is {why}"))
+}
+
+pub(super) fn peers(
+    peers: &[(String, PeerConfig)],
+    listening: bool,
+    router_id: Option<std::net::Ipv4Addr>,
+    errs: &mut Errs,
+) {
     let mut seen: std::collections::HashMap<std::net::IpAddr, &str> = Default::default();
     for (key, p) in peers {
+        if let Some(why) = peer_address(p.address, router_id) {
+            errs.push(format!("{key}.address"), why);
+        }
         if let Some(first) = seen.get(&p.address) {
             errs.push(
                 format!("{key}.address"),
@@ -200,4 +253,110 @@ pub(super) fn backends(
         }
     }
     ok
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    fn problems(text: &str) -> Vec<String> {
+        let base = "[bgp]\nasn = 65010\nrouter_id = \"192.0.2.1\"\n";
+        Config::from_toml_str(&format!("{base}{text}"))
+            .map(|_| vec![])
+            .unwrap_or_else(|p| p.0.iter().map(|p| p.to_string()).collect())
+    }
+
+    #[test]
+    fn announcements_no_one_means_are_refused_by_key() {
+        for (p, class) in [
+            ("0.0.0.0/0", "a default route"),
+            ("::/0", "a default route"),
+            ("224.0.0.1/32", "multicast"),
+            ("ff02::1/128", "multicast"),
+            ("224.0.0.0/3", "multicast"),
+            ("127.0.0.1/32", "loopback"),
+            ("::1/128", "loopback"),
+            ("169.254.10.1/32", "link-local"),
+            ("fe80::1/128", "link-local"),
+            ("0.0.0.0/32", "the unspecified address"),
+            ("::/128", "the unspecified address"),
+            ("255.255.255.255/32", "the broadcast address"),
+        ] {
+            assert_eq!(
+                problems(&format!("[[announce]]\nprefix = \"{p}\"\n")),
+                [format!(
+                    "announce[0].prefix: {p} is {class}: never a VIP to announce"
+                )],
+                "{p}"
+            );
+        }
+        assert_eq!(
+            problems("[[announce]]\nprefixes = [\"203.0.113.1/32\", \"127.0.0.2/32\"]\n"),
+            ["announce[0].prefixes: [1]: 127.0.0.2/32 is loopback: never a VIP to announce"]
+        );
+        for ok in [
+            "203.0.113.1/32",
+            "2001:db8::1/128",
+            "198.51.100.0/24",
+            "100.64.0.1/32",
+        ] {
+            assert!(
+                problems(&format!("[[announce]]\nprefix = \"{ok}\"\n")).is_empty(),
+                "{ok}"
+            );
+        }
+    }
+
+    #[test]
+    fn peers_no_one_means_are_refused_by_key() {
+        for (a, why) in [
+            ("0.0.0.0", "the unspecified address"),
+            ("::", "the unspecified address"),
+            ("224.0.0.5", "a multicast address"),
+            ("ff02::2", "a multicast address"),
+            ("255.255.255.255", "the broadcast address"),
+            ("127.0.0.1", "a loopback address"),
+            ("192.0.2.1", "this node's own router ID"),
+            ("fe80::1", "IPv6 link-local"),
+        ] {
+            let p = problems(&format!("[[bgp.peers]]\naddress = \"{a}\"\nasn = 65002\n"));
+            assert_eq!(p.len(), 1, "{a}: {p:?}");
+            assert!(
+                p[0].starts_with(&format!("bgp.peers[0].address: {a} is {why}")),
+                "{a}: {p:?}"
+            );
+        }
+        assert!(problems("[[bgp.peers]]\naddress = \"192.0.2.2\"\nasn = 65002\n").is_empty());
+    }
+
+    #[test]
+    fn an_unknown_key_names_the_nearest_and_a_single_table_the_array() {
+        let p =
+            Config::from_toml_str("[bgp]\nasn = 65010\nrouterid = \"192.0.2.1\"\n").unwrap_err();
+        assert!(
+            p.0.iter()
+                .any(|p| p.to_string() == "bgp.routerid: unknown key; did you mean router_id?"),
+            "{p}"
+        );
+        assert_eq!(
+            problems("[[bgp.peers]]\naddress = \"192.0.2.2\"\nasn = 65002\nhold-time = 30\nconnect_rety = 1\n"),
+            [
+                "bgp.peers[0].connect_rety: unknown key; did you mean connect_retry?",
+                "bgp.peers[0].hold-time: unknown key; did you mean hold_time?",
+            ]
+        );
+        assert_eq!(
+            problems("[bgp.peers]\naddress = \"192.0.2.2\"\nasn = 65002\n"),
+            ["bgp.peers: written as the table [bgp.peers]: each entry is a [[bgp.peers]] (double brackets)"]
+        );
+        assert_eq!(
+            problems("[announce]\nprefix = \"203.0.113.1/32\"\n"),
+            ["announce: written as the table [announce]: each entry is a [[announce]] (double brackets)"]
+        );
+        assert_eq!(
+            problems("colour = 1\n"),
+            ["bgp.colour: unknown key"],
+            "nothing near: no guess"
+        );
+    }
 }
