@@ -214,61 +214,64 @@ fn main() -> ExitCode {
             service,
             address,
             output,
-        } => {
-            // Namespaces and Service names are DNS labels: anything else
-            // names no Service (and would not fit in the request's path).
-            let label = |p: &&str| {
-                !p.is_empty()
-                    && p.bytes().all(|b| {
-                        b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.'
-                    })
-            };
-            let parts: Vec<&str> = service.split('/').collect();
-            if parts.len() != 2 || !parts.iter().all(label) {
-                eprintln!("vipd explain: {service:?}: give the Service as NAMESPACE/NAME (lowercase letters, digits, '-' and '.')");
-                return ExitCode::from(2);
-            }
-            let path = format!("/explain/{service}");
-            let got = vipd::status::http::fetch(address, &path, output == Output::Json);
-            print_answer("explain", got, 2)
-        }
+        } => explain(&service, address, output),
         Cmd::Reload { address } => print_answer("reload", vipd::status::http::reload(address), 1),
         Cmd::CheckConfig {
             file,
             node_labels,
             node,
         } => check_config(&file, node_labels.as_deref(), node.as_deref()),
-        Cmd::Run { config, log } => {
-            // The flag, then RUST_LOG or VIPD_LOG, then [log] level.
-            let given = log
-                .or_else(|| std::env::var("RUST_LOG").ok())
-                .or_else(|| std::env::var("VIPD_LOG").ok());
-            let targets = match Targets::from_str(given.as_deref().unwrap_or("info")) {
-                Ok(t) => t,
-                Err(e) => {
-                    eprintln!("--log: {e}");
-                    return ExitCode::from(2);
-                }
-            };
-            let logging = init_logging(targets, given.is_some());
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .expect("tokio runtime");
-            match rt.block_on(vipd::daemon::run(config, &logging)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(vipd::daemon::DaemonError::Config(p)) => {
-                    for line in &p.0 {
-                        eprintln!("{line}");
-                    }
-                    ExitCode::from(2)
-                }
-                Err(e) => {
-                    eprintln!("vipd: {e}");
-                    ExitCode::FAILURE
-                }
+        Cmd::Run { config, log } => run(config, log),
+    }
+}
+
+fn explain(service: &str, address: std::net::SocketAddr, output: Output) -> ExitCode {
+    // Namespaces and Service names are DNS labels: anything else names no
+    // Service (and would not fit in the request's path).
+    let label = |p: &&str| {
+        !p.is_empty()
+            && p.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+    };
+    let parts: Vec<&str> = service.split('/').collect();
+    if parts.len() != 2 || !parts.iter().all(label) {
+        eprintln!("vipd explain: {service:?}: give the Service as NAMESPACE/NAME (lowercase letters, digits, '-' and '.')");
+        return ExitCode::from(2);
+    }
+    let path = format!("/explain/{service}");
+    let got = vipd::status::http::fetch(address, &path, output == Output::Json);
+    print_answer("explain", got, 2)
+}
+
+fn run(config: PathBuf, log: Option<String>) -> ExitCode {
+    // The flag, then RUST_LOG or VIPD_LOG, then [log] level.
+    let given = log
+        .or_else(|| std::env::var("RUST_LOG").ok())
+        .or_else(|| std::env::var("VIPD_LOG").ok());
+    let targets = match Targets::from_str(given.as_deref().unwrap_or("info")) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("--log: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let logging = init_logging(targets, given.is_some());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match rt.block_on(vipd::daemon::run(config, &logging)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(vipd::daemon::DaemonError::Config(p)) => {
+            for line in &p.0 {
+                eprintln!("{line}");
             }
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("vipd: {e}");
+            ExitCode::FAILURE
         }
     }
 }
