@@ -1,7 +1,7 @@
 //! The containerlab topologies users are pointed to, read strictly and run
 //! for real by the namespace runner in `clab/`: routes asserted through the
 //! router's own CLI. Also the vipd configurations in them and in
-//! `configs/kubernetes/vipd.yaml`.
+//! `configs/kubernetes/base/vipd.toml`.
 
 #[path = "clab/mod.rs"]
 mod clab;

@@ -332,3 +332,11 @@ fn check_config_on_the_shipped_configmap_with_and_without_a_node() {
         assert!(text.contains("valid"), "{text}");
     }
 }
+
+/// The LICENSE file is the license Cargo.toml names.
+#[test]
+fn the_license_file_matches_the_manifest() {
+    let license = std::fs::read_to_string("LICENSE").expect("a LICENSE file");
+    assert!(license.contains("Apache License") && license.contains("Version 2.0, January 2004"));
+    assert_eq!(env!("CARGO_PKG_LICENSE"), "Apache-2.0");
+}

@@ -300,6 +300,8 @@ pub struct BfdSettings {
     /// multihop `bfd_min_ttl`, 1 (any) unless set, since senders differ
     /// (BIRD sends 64, FRR 255).
     pub min_ttl: u8,
+    /// `bfd_wait`: the BGP session starts only once BFD is Up.
+    pub wait: bool,
 }
 
 /// Which of a peer's addresses are `"node"`.
@@ -1269,6 +1271,7 @@ fn read_bfd(t: &mut Tbl, key: &str, multihop: bool, errs: &mut Errs) -> Option<B
     let interval = t.opt("bfd_interval_ms", errs, |v| parse_int(v, 10, 60_000));
     let multiplier = t.opt("bfd_multiplier", errs, |v| parse_int(v, 1, 255));
     let min_ttl = t.opt("bfd_min_ttl", errs, |v| parse_int(v, 1, 255));
+    let wait = t.opt("bfd_wait", errs, parse_bool);
     if min_ttl.is_some() && !multihop {
         errs.push(
             format!("{key}.bfd_min_ttl"),
@@ -1280,6 +1283,7 @@ fn read_bfd(t: &mut Tbl, key: &str, multihop: bool, errs: &mut Errs) -> Option<B
             (interval.is_some(), "bfd_interval_ms"),
             (multiplier.is_some(), "bfd_multiplier"),
             (min_ttl.is_some() && multihop, "bfd_min_ttl"),
+            (wait.is_some(), "bfd_wait"),
         ] {
             if given {
                 errs.push(
@@ -1298,6 +1302,7 @@ fn read_bfd(t: &mut Tbl, key: &str, multihop: bool, errs: &mut Errs) -> Option<B
         } else {
             255
         },
+        wait: wait.unwrap_or(true),
     })
 }
 

@@ -11,7 +11,7 @@
 //! - A `k8s-kind` node is the cluster: its `ext-container` members (kind's
 //!   node names) each become a namespace with an `eth0` on a management
 //!   bridge where the project's API stand-in serves the cluster, and run
-//!   vipd as the DaemonSet in `configs/kubernetes/vipd.yaml` would: its
+//!   vipd as the DaemonSet of `configs/kubernetes/` would: its
 //!   ConfigMap's TOML, `NODE_NAME` and the host IP as `VIPD_BGP__ROUTER_ID`.
 //! - `exec:` lines run in the node's namespace before its daemons start
 //!   (containerlab runs them after; the daemons here do not need them first

@@ -505,6 +505,7 @@ impl Session {
             source: p.source_address,
         };
         let seed = u32::from(s.router_id) as u64 ^ hash_ip(p.address) ^ now_nanos();
+        let wait = p.bfd.as_ref().is_none_or(|b| b.wait);
         Session {
             fsm: Fsm::new(p.passive, p.hold_time, p.keepalive),
             s,
@@ -526,7 +527,7 @@ impl Session {
             stopping: false,
             eor_pending: false,
             rng: fastrand::Rng::with_seed(seed),
-            bfd: bfd.map_or(BfdGate::Off, BfdGate::Down),
+            bfd: bfd.map_or(BfdGate::Off, |rx| BfdGate::Down(rx, wait)),
         }
     }
 
@@ -921,17 +922,17 @@ impl Session {
     /// RFC 5882: BFD Down closes the session at once (Cease, BFD Down,
     /// RFC 9384); it comes back through the usual start once BFD is Up.
     fn on_bfd(&mut self, st: Option<crate::bfd::packet::State>) {
-        let was_up = self.bfd.allows();
+        let was_up = matches!(self.bfd, BfdGate::Up(..));
         self.bfd.next(st);
         match (was_up, &self.bfd) {
-            (false, BfdGate::Up(_)) => {
+            (false, BfdGate::Up(..)) => {
                 info!(peer = %self.peer(), "BFD Up: the session may start");
             }
             // Gone (the peer removed), or AdminDown: vipd's own planned
             // stop, which the session's own shutdown handles (silently, for
             // graceful restart). Nothing starts again until then.
             (_, BfdGate::Gone) => self.timers.auto_start = None,
-            (true, BfdGate::Down(_)) => {
+            (true, BfdGate::Down(..)) => {
                 self.timers.auto_start = None;
                 if self.fsm.state != State::Idle {
                     warn!(peer = %self.peer(), "BFD Down: closing the session (Cease, BFD Down)");
@@ -1206,8 +1207,11 @@ impl Session {
 enum BfdGate {
     /// No BFD for this peer: always open.
     Off,
-    Down(watch::Receiver<crate::bfd::io::Status>),
-    Up(watch::Receiver<crate::bfd::io::Status>),
+    /// With `wait` (`bfd_wait`, the default), closed until BFD is Up;
+    /// without it open, for routers that start BFD only for an
+    /// established session (dynamic neighbours).
+    Down(watch::Receiver<crate::bfd::io::Status>, bool),
+    Up(watch::Receiver<crate::bfd::io::Status>, bool),
     /// The BFD session ended (removed, or AdminDown at vipd's own stop):
     /// closed until the peer is configured again.
     Gone,
@@ -1215,14 +1219,14 @@ enum BfdGate {
 
 impl BfdGate {
     fn allows(&self) -> bool {
-        matches!(self, BfdGate::Off | BfdGate::Up(_))
+        matches!(self, BfdGate::Off | BfdGate::Up(..) | BfdGate::Down(_, false))
     }
 
     /// The BFD session's next state (`None`: it ended).
     fn next(&mut self, st: Option<crate::bfd::packet::State>) {
         use crate::bfd::packet::State as B;
-        let rx = match std::mem::replace(self, BfdGate::Gone) {
-            BfdGate::Down(rx) | BfdGate::Up(rx) => rx,
+        let (rx, wait) = match std::mem::replace(self, BfdGate::Gone) {
+            BfdGate::Down(rx, w) | BfdGate::Up(rx, w) => (rx, w),
             other => {
                 *self = other;
                 return;
@@ -1230,14 +1234,14 @@ impl BfdGate {
         };
         *self = match st {
             None | Some(B::AdminDown) => BfdGate::Gone,
-            Some(B::Up) => BfdGate::Up(rx),
-            Some(_) => BfdGate::Down(rx),
+            Some(B::Up) => BfdGate::Up(rx, wait),
+            Some(_) => BfdGate::Down(rx, wait),
         };
     }
 
     async fn changed(&mut self) -> Option<crate::bfd::packet::State> {
         match self {
-            BfdGate::Down(rx) | BfdGate::Up(rx) => match rx.changed().await {
+            BfdGate::Down(rx, _) | BfdGate::Up(rx, _) => match rx.changed().await {
                 Ok(()) => Some(rx.borrow_and_update().state),
                 Err(_) => None,
             },
@@ -1288,7 +1292,7 @@ mod tests {
         use crate::bfd::packet::State as B;
         assert!(BfdGate::Off.allows());
         let (_tx, rx) = watch::channel(bfd_status());
-        let mut g = BfdGate::Down(rx);
+        let mut g = BfdGate::Down(rx, true);
         assert!(!g.allows(), "required and not yet Up");
         g.next(Some(B::Init));
         assert!(!g.allows());
@@ -1302,9 +1306,26 @@ mod tests {
         g.next(Some(B::Up));
         assert!(!g.allows(), "nothing reopens a gate whose session ended");
         let (_tx, rx) = watch::channel(bfd_status());
-        let mut g = BfdGate::Up(rx);
+        let mut g = BfdGate::Up(rx, true);
         g.next(None);
         assert!(matches!(g, BfdGate::Gone));
+    }
+
+    /// `bfd_wait = false`: open while BFD is not Up (a router that starts
+    /// BFD only for an established session), still closed for good when
+    /// the BFD session ends.
+    #[test]
+    fn without_bfd_wait_the_gate_is_open_until_bfd_ends() {
+        use crate::bfd::packet::State as B;
+        let (_tx, rx) = watch::channel(bfd_status());
+        let mut g = BfdGate::Down(rx, false);
+        assert!(g.allows(), "a first start without BFD Up");
+        g.next(Some(B::Up));
+        assert!(g.allows());
+        g.next(Some(B::Down));
+        assert!(g.allows() && matches!(g, BfdGate::Down(_, false)), "starts again at once");
+        g.next(Some(B::AdminDown));
+        assert!(!g.allows());
     }
 
     #[tokio::test]
