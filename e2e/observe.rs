@@ -261,8 +261,9 @@ fn metrics_pass_promtool_and_a_real_prometheus_scrape() {
 #[test]
 fn the_status_listener_bounds_slow_and_oversized_clients() {
     let lab = Lab::new("ob");
-    let conf = BGP;
-    let _vipd = Vipd::start(&lab.node, &lab.dir, conf);
+    // No peer here, on purpose: ready without one.
+    let conf = format!("{BGP}[status]\nready_needs_peer = false\n");
+    let _vipd = Vipd::start(&lab.node, &lab.dir, &conf);
     assert!(wait_until(Duration::from_secs(10), || get(
         &lab.node, "/readyz", "*/*"
     )

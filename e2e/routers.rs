@@ -15,7 +15,10 @@ use lab::*;
 fn block(tag: &str) -> String {
     let doc = include_str!("../docs/routers.md");
     let open = format!("```{tag}\n");
-    let start = doc.find(&open).unwrap_or_else(|| panic!("no ```{tag} block")) + open.len();
+    let start = doc
+        .find(&open)
+        .unwrap_or_else(|| panic!("no ```{tag} block"))
+        + open.len();
     let len = doc[start..].find("```\n").expect("the block's end");
     doc[start..start + len].to_string()
 }
@@ -86,7 +89,8 @@ fn frr_as_documented_takes_two_nodes_it_was_never_told_about() {
         )
     };
     assert!(
-        wait_until(Duration::from_secs(40), || paths("203.0.113.10/32").len() == 2
+        wait_until(Duration::from_secs(40), || paths("203.0.113.10/32").len()
+            == 2
             && paths("203.0.113.20/32").len() == 2),
         "{}",
         views()
@@ -99,16 +103,23 @@ fn frr_as_documented_takes_two_nodes_it_was_never_told_about() {
     // ECMP: both nodes' paths in use for the VIP.
     let p10 = paths("203.0.113.10/32");
     assert!(
-        p10.iter().all(|p| p["multipath"] == true || p["bestpath"]["overall"] == true)
+        p10.iter()
+            .all(|p| p["multipath"] == true || p["bestpath"]["overall"] == true)
             && p10.iter().filter(|p| p["multipath"] == true).count() == 2,
         "{p10:?}"
     );
     // RFC 8326: the draining node's path has LOCAL_PREF 0 and is not used.
     let p20 = paths("203.0.113.20/32");
     let from = |p: &serde_json::Value| p["peer"]["peerId"].as_str().unwrap_or("").to_string();
-    let drained = p20.iter().find(|p| from(p) == NODES[1]).expect("node 1's path");
+    let drained = p20
+        .iter()
+        .find(|p| from(p) == NODES[1])
+        .expect("node 1's path");
     assert_eq!(drained["locPrf"], 0, "{p20:?}");
-    let best = p20.iter().find(|p| p["bestpath"]["overall"] == true).unwrap();
+    let best = p20
+        .iter()
+        .find(|p| p["bestpath"]["overall"] == true)
+        .unwrap();
     assert_eq!(from(best), NODES[0], "{p20:?}");
     // Only host routes from the VIP range.
     holds_for(Duration::from_secs(2), || {
@@ -152,7 +163,11 @@ fn bird_as_documented_takes_two_nodes_it_was_never_told_about() {
     );
     let route = bird.route("203.0.113.20/32");
     assert!(route.contains("BGP.local_pref: 0"), "{route}");
-    assert!(!bird.has("198.51.100.50/32") && !bird.has("203.0.113.30/31"), "{}", views());
+    assert!(
+        !bird.has("198.51.100.50/32") && !bird.has("203.0.113.30/31"),
+        "{}",
+        views()
+    );
     let protos = bird.cli("show protocols");
     assert_eq!(protos.matches("Established").count(), 2, "{protos}");
     let bfd = bird.cli("show bfd sessions");
@@ -167,8 +182,5 @@ fn bird_as_documented_takes_two_nodes_it_was_never_told_about() {
     }
     // ECMP into the router's kernel: one route, both nodes.
     let k = r.router.ip(&["route", "show", "203.0.113.10/32"]);
-    assert!(
-        NODES.iter().all(|n| k.contains(&format!("via {n}"))),
-        "{k}"
-    );
+    assert!(NODES.iter().all(|n| k.contains(&format!("via {n}"))), "{k}");
 }

@@ -62,6 +62,24 @@ fn metric(ns: &Netns, name: &str) -> Option<String> {
         .map(|l| l[name.len() + 1..].to_string())
 }
 
+/// One HTTP request from `ns` to `addr`: the whole answer.
+fn http(ns: &Netns, addr: &'static str, method: &str, path: &str) -> String {
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: vipd\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    in_netns(&ns.name, move || {
+        use std::io::{Read, Write};
+        let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+            return String::new();
+        };
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(req.as_bytes()).unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    })
+}
+
 fn announce(prefixes: &[&str]) -> String {
     prefixes
         .iter()
@@ -207,7 +225,8 @@ fn a_configmap_edit_takes_effect_and_a_broken_one_changes_nothing() {
 fn ready_only_with_an_established_session_and_one_vipd_per_node() {
     let lab = Lab::new("rr");
     let conf = format!(
-        "{BGP}[[bgp.peers]]\naddress = \"{ROUTER4}\"\nasn = 65002\nconnect_retry = 1\n{}",
+        "{BGP}[[bgp.peers]]\naddress = \"{ROUTER4}\"\nasn = 65002\nconnect_retry = 1\n\
+         [status]\nmetrics_listen = \"{NODE4}:9180\"\n{}",
         announce(&["198.51.100.10/32"])
     );
     let v = Vipd::start(&lab.node, &lab.dir, &conf);
@@ -244,6 +263,26 @@ fn ready_only_with_an_established_session_and_one_vipd_per_node() {
     );
     assert_eq!(metric(&lab.node, "vipd_ready").as_deref(), Some("0"));
     assert!(status_get(&lab.node, "/livez").starts_with("HTTP/1.1 200"));
+    // Prometheus, from the router's side: the metrics listener on the
+    // node's address serves /metrics and nothing else.
+    let m = http(&lab.router, "192.0.2.1:9180", "GET", "/metrics");
+    assert!(
+        m.starts_with("HTTP/1.1 200") && m.contains("\nvipd_ready 0\n"),
+        "{m}"
+    );
+    assert!(m.contains("vipd_build_info{version=\""), "{m}");
+    for (method, path) in [
+        ("GET", "/status"),
+        ("GET", "/explain/a/web"),
+        ("POST", "/reload"),
+    ] {
+        let a = http(&lab.router, "192.0.2.1:9180", method, path);
+        assert!(a.starts_with("HTTP/1.1 404"), "{method} {path}: {a}");
+    }
+    assert!(
+        http(&lab.router, "192.0.2.1:9179", "GET", "/status").is_empty(),
+        "the status listener reached from the network"
+    );
 
     let bird = Bird::start(
         &lab.router,

@@ -1219,7 +1219,10 @@ enum BfdGate {
 
 impl BfdGate {
     fn allows(&self) -> bool {
-        matches!(self, BfdGate::Off | BfdGate::Up(..) | BfdGate::Down(_, false))
+        matches!(
+            self,
+            BfdGate::Off | BfdGate::Up(..) | BfdGate::Down(_, false)
+        )
     }
 
     /// The BFD session's next state (`None`: it ended).
@@ -1323,7 +1326,10 @@ mod tests {
         g.next(Some(B::Up));
         assert!(g.allows());
         g.next(Some(B::Down));
-        assert!(g.allows() && matches!(g, BfdGate::Down(_, false)), "starts again at once");
+        assert!(
+            g.allows() && matches!(g, BfdGate::Down(_, false)),
+            "starts again at once"
+        );
         g.next(Some(B::AdminDown));
         assert!(!g.allows());
     }
