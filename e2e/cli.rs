@@ -234,6 +234,13 @@ fn log_format_and_level_from_the_file() {
     let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
     assert_eq!(v["level"], "INFO", "{line}");
     assert_eq!(v["fields"]["message"], "vipd starting", "{line}");
+    // What runs, in the start line: the version and the commit.
+    assert_eq!(v["fields"]["version"], env!("CARGO_PKG_VERSION"), "{line}");
+    let commit = v["fields"]["commit"].as_str().unwrap_or_default();
+    assert!(
+        commit.len() == 12 && commit.bytes().all(|b| b.is_ascii_hexdigit()),
+        "built in a checkout: {line}"
+    );
     assert!(
         out.lines()
             .filter(|l| !l.is_empty())

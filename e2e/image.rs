@@ -130,7 +130,10 @@ fn the_image_is_vipd_alone_and_runs_from_its_own_root() {
     let ns = Netns::new("img");
     std::fs::write(
         root.join("etc/vipd/vipd.toml"),
-        format!("{BGP}[[announce]]\nprefix = \"203.0.113.1/32\"\n"),
+        // No peer in this namespace: ready without one, on purpose.
+        format!(
+            "{BGP}[status]\nready_needs_peer = false\n[[announce]]\nprefix = \"203.0.113.1/32\"\n"
+        ),
     )
     .unwrap();
     let mut cmd = ns.command("chroot");

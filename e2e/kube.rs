@@ -1155,7 +1155,10 @@ fn router_id_and_node_addresses_come_from_the_node() {
     assert!(r6.contains("BGP.next_hop: 2001:db8::7"), "{}", view());
     assert!(vipd.log().contains("addresses from the Node resolved"));
 
-    let mut v6 = Vipd::start_named(&k.lab.node, &k.lab.dir, &conf("node-v6"), "vipd-v6");
+    // Beside the first vipd in this namespace: without a status listener,
+    // whose port the first one holds (one vipd per node).
+    let v6_conf = conf("node-v6") + "[status]\nenabled = false\n";
+    let mut v6 = Vipd::start_named(&k.lab.node, &k.lab.dir, &v6_conf, "vipd-v6");
     assert!(
         wait_until(Duration::from_secs(10), || !v6.proc.alive()),
         "vipd started without an IPv4 router ID:\n{}",

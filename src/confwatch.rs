@@ -33,14 +33,31 @@ pub fn settled_at(first: Instant, last: Instant) -> Instant {
 }
 
 /// What the files hold, as one number; a file that cannot be read counts
-/// as its error kind, so its coming back is a change too.
+/// as its error kind, so its coming back is a change too. Read in small
+/// pieces: a file of 200,000 prefixes read whole would leave its size in
+/// the process's resident memory.
 pub fn fingerprint(files: &[PathBuf]) -> u64 {
+    use std::io::Read;
     let mut h = DefaultHasher::new();
+    let mut buf = [0u8; 16 * 1024];
     for f in files {
         f.hash(&mut h);
-        match std::fs::read(f) {
-            Ok(b) => b.hash(&mut h),
-            Err(e) => format!("{:?}", e.kind()).hash(&mut h),
+        let mut file = match std::fs::File::open(f) {
+            Ok(file) => file,
+            Err(e) => {
+                format!("{:?}", e.kind()).hash(&mut h);
+                continue;
+            }
+        };
+        loop {
+            match file.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => h.write(&buf[..n]),
+                Err(e) => {
+                    format!("{:?}", e.kind()).hash(&mut h);
+                    break;
+                }
+            }
         }
     }
     h.finish()
@@ -109,7 +126,7 @@ pub async fn run(mut files: watch::Receiver<Vec<PathBuf>>, changed: mpsc::Sender
                 seen = fingerprint(&list);
                 continue;
             }
-            Some(_) = next(&mut events) => settle(&mut events).await,
+            Some(_) = next(&mut events, &list) => settle(&mut events, &list).await,
             _ = poll.tick() => {}
         }
         let now = fingerprint(&list);
@@ -125,20 +142,36 @@ pub async fn run(mut files: watch::Receiver<Vec<PathBuf>>, changed: mpsc::Sender
 
 type Events = inotify::EventStream<[u8; 4096]>;
 
-async fn next(events: &mut Option<Events>) -> Option<()> {
-    match events {
-        Some(s) => s.next().await.map(|_| ()),
-        None => std::future::pending().await,
+/// Whether an event on the entry `name` of a watched directory can
+/// change `files`: one of their names, or the kubelet's `..data` and
+/// `..TIMESTAMP` entries. A log file written beside the configuration,
+/// say, wakes nothing. An event without a name (the directory itself, or
+/// the kernel's queue overflowing) counts.
+pub fn relevant(name: Option<&std::ffi::OsStr>, files: &[PathBuf]) -> bool {
+    let Some(name) = name else { return true };
+    name.as_encoded_bytes().starts_with(b"..") || files.iter().any(|f| f.file_name() == Some(name))
+}
+
+/// The next event that can change `files`.
+async fn next(events: &mut Option<Events>, files: &[PathBuf]) -> Option<()> {
+    let Some(s) = events else {
+        return std::future::pending().await;
+    };
+    loop {
+        match s.next().await? {
+            Ok(e) if !relevant(e.name.as_deref(), files) => continue,
+            _ => return Some(()),
+        }
     }
 }
 
 /// Waits out the rest of a burst.
-async fn settle(events: &mut Option<Events>) {
+async fn settle(events: &mut Option<Events>, files: &[PathBuf]) {
     let first = Instant::now();
     let mut last = first;
     loop {
         tokio::select! {
-            Some(_) = next(events) => last = Instant::now(),
+            Some(_) = next(events, files) => last = Instant::now(),
             _ = tokio::time::sleep_until(settled_at(first, last)) => return,
         }
     }
@@ -160,11 +193,67 @@ mod tests {
     use std::os::unix::fs::symlink;
 
     #[test]
+    fn the_fingerprint_follows_the_content_and_a_file_gone() {
+        let d = std::env::temp_dir().join(format!("vipd-fp-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        let f = d.join("a");
+        let big = "x".repeat(100_000);
+        std::fs::write(&f, &big).unwrap();
+        let files = [f.clone()];
+        let one = fingerprint(&files);
+        assert_eq!(
+            fingerprint(&files),
+            one,
+            "the same content, the same number"
+        );
+        std::fs::write(&f, format!("{big}y")).unwrap();
+        let two = fingerprint(&files);
+        assert_ne!(two, one, "one byte more past the first pieces");
+        std::fs::remove_file(&f).unwrap();
+        let gone = fingerprint(&files);
+        assert_ne!(gone, two);
+        std::fs::write(&f, format!("{big}y")).unwrap();
+        assert_eq!(fingerprint(&files), two, "back as it was");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
     fn a_burst_settles_when_quiet_or_at_the_longest() {
         let t = Instant::now();
         assert_eq!(settled_at(t, t), t + QUIET);
         let late = t + Duration::from_millis(1900);
         assert_eq!(settled_at(t, late), t + LONGEST);
+    }
+
+    #[test]
+    fn only_events_that_can_change_the_files_count() {
+        use std::ffi::OsStr;
+        let files = [
+            PathBuf::from("/etc/vipd/vipd.toml"),
+            PathBuf::from("/etc/s/key"),
+        ];
+        for yes in [
+            "vipd.toml",
+            "key",
+            "..data",
+            "..data_tmp",
+            "..2026_12_05_01",
+        ] {
+            assert!(relevant(Some(OsStr::new(yes)), &files), "{yes}");
+        }
+        for no in [
+            "vipd.log",
+            "vipd.toml.swp",
+            ".vipd.toml.swp",
+            "other",
+            "vipd.tom",
+        ] {
+            assert!(!relevant(Some(OsStr::new(no)), &files), "{no}");
+        }
+        assert!(
+            relevant(None, &files),
+            "an overflow or the directory itself"
+        );
     }
 
     #[test]
