@@ -218,6 +218,28 @@ mod tests {
     }
 
     #[test]
+    fn the_files_are_the_configuration_and_its_password_files() {
+        let c = crate::config::Config::from_toml_str(
+            "[bgp]\nasn = 65010\nrouter_id = \"192.0.2.1\"\n\
+             [[bgp.peers]]\naddress = \"192.0.2.2\"\nasn = 65002\n",
+        )
+        .unwrap();
+        let mut c2 = c.clone();
+        c2.bgp.peers[0].password_file = Some(PathBuf::from("/etc/s/key"));
+        assert_eq!(
+            files_of(Path::new("/etc/vipd/vipd.toml"), &c),
+            [PathBuf::from("/etc/vipd/vipd.toml")]
+        );
+        assert_eq!(
+            files_of(Path::new("/etc/vipd/vipd.toml"), &c2),
+            [
+                PathBuf::from("/etc/s/key"),
+                PathBuf::from("/etc/vipd/vipd.toml")
+            ]
+        );
+    }
+
+    #[test]
     fn a_burst_settles_when_quiet_or_at_the_longest() {
         let t = Instant::now();
         assert_eq!(settled_at(t, t), t + QUIET);

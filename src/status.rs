@@ -628,6 +628,39 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_reload_says_what_it_did() {
+        let ok = Reloaded {
+            applied: true,
+            problems: vec![],
+            restart: vec!["bgp.asn".into()],
+            later: vec![],
+        };
+        assert_eq!(
+            ok.render(),
+            "configuration reloaded\n  take effect only when vipd restarts: bgp.asn\n"
+        );
+        let later = Reloaded {
+            restart: vec![],
+            later: vec!["bgp.restart_time".into()],
+            ..ok.clone()
+        };
+        assert_eq!(
+            later.render(),
+            "configuration reloaded\n  apply to new sessions and the next stop: bgp.restart_time\n"
+        );
+        let refused = Reloaded {
+            applied: false,
+            problems: vec!["bgp.asn: 0 is reserved".into()],
+            restart: vec![],
+            later: vec![],
+        };
+        assert_eq!(
+            refused.render(),
+            "configuration refused; the running one stays in force:\n  bgp.asn: 0 is reserved\n"
+        );
+    }
+
+    #[test]
     fn a_refused_reload_is_shown_with_its_problems() {
         let mut r = report();
         assert!(!r.render().contains("configuration:"));

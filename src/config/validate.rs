@@ -308,6 +308,29 @@ mod tests {
     }
 
     #[test]
+    fn inline_keys_and_per_peer_rules() {
+        let base = "[bgp]\nasn = 65010\nrouter_id = \"192.0.2.1\"\n[[bgp.peers]]\naddress = \"192.0.2.2\"\nasn = 65002\n";
+        let c = Config::from_toml_str(&format!("{base}password = \"s3cret\"\n")).unwrap();
+        let key = c.bgp.peers[0]
+            .password
+            .as_ref()
+            .map(crate::config::Secret::expose);
+        assert_eq!(key, Some("s3cret"));
+        for bad in ["", &"k".repeat(81)] {
+            assert_eq!(
+                problems(&format!(
+                    "[[bgp.peers]]\naddress = \"192.0.2.2\"\nasn = 65002\npassword = \"{bad}\"\n"
+                )),
+                ["bgp.peers[0].password: must be 1 to 80 bytes (TCP MD5 key)"]
+            );
+        }
+        assert_eq!(
+            problems("[[bgp.peers]]\naddress = \"192.0.2.2\"\nasn = 65002\nmed = 5\n"),
+            ["bgp.peers[0].med: set med per [[announce]] entry, not per peer"]
+        );
+    }
+
+    #[test]
     fn peers_no_one_means_are_refused_by_key() {
         for (a, why) in [
             ("0.0.0.0", "the unspecified address"),

@@ -246,6 +246,16 @@ mod tests {
         fs::remove_dir_all(d).unwrap();
     }
 
+    /// A record that cannot be read is an error, never an empty record
+    /// (which would make vipd's addresses foreign).
+    #[test]
+    fn an_unreadable_record_is_an_error() {
+        let d = std::env::temp_dir().join(format!("vipd-record-dir-{}", std::process::id()));
+        fs::create_dir_all(&d).unwrap();
+        assert!(Record::open(&d).is_err(), "a directory read as a record");
+        fs::remove_dir_all(&d).unwrap();
+    }
+
     proptest! {
         /// Whatever the order of adds and removes, reopening the file gives
         /// what the record held in memory.
