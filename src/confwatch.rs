@@ -81,9 +81,9 @@ const MASK: WatchMask = WatchMask::CREATE
     .union(WatchMask::DELETE)
     .union(WatchMask::MODIFY);
 
-fn add_watches(i: &Inotify, dirs: &BTreeSet<PathBuf>) {
+fn add_watches(mut w: inotify::Watches, dirs: &BTreeSet<PathBuf>) {
     for d in dirs {
-        if let Err(e) = i.watches().add(d, MASK) {
+        if let Err(e) = w.add(d, MASK) {
             warn!(dir = %d.display(), "cannot watch for configuration changes: {e}; checked every {}s instead", POLL.as_secs());
         }
     }
@@ -105,7 +105,7 @@ pub async fn run(mut files: watch::Receiver<Vec<PathBuf>>, changed: mpsc::Sender
         })
         .ok();
     if let Some(i) = &inotify {
-        add_watches(i, &directories(&list));
+        add_watches(i.watches(), &directories(&list));
     }
     let mut events = inotify.and_then(|i| i.into_event_stream([0u8; 4096]).ok());
     let mut poll = tokio::time::interval_at(Instant::now() + POLL, POLL);
@@ -117,11 +117,7 @@ pub async fn run(mut files: watch::Receiver<Vec<PathBuf>>, changed: mpsc::Sender
                 }
                 list = files.borrow_and_update().clone();
                 if let Some(s) = &events {
-                    for d in directories(&list) {
-                        if let Err(e) = s.watches().add(&d, MASK) {
-                            warn!(dir = %d.display(), "cannot watch for changes: {e}");
-                        }
-                    }
+                    add_watches(s.watches(), &directories(&list));
                 }
                 seen = fingerprint(&list);
                 continue;

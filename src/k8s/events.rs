@@ -54,77 +54,73 @@ pub async fn post(
     warning: bool,
 ) {
     let (ns, name) = service.split_once('/').unwrap_or(("default", &service));
-    let now = Time(jiff_now());
-    let ev = KubeEvent {
-        metadata: ObjectMeta {
-            generate_name: Some(format!("{name}.vipd-")),
-            namespace: Some(ns.to_string()),
-            ..Default::default()
-        },
-        involved_object: ObjectReference {
-            api_version: Some("v1".into()),
-            kind: Some("Service".into()),
-            namespace: Some(ns.to_string()),
-            name: Some(name.to_string()),
-            uid: Some(uid),
-            ..Default::default()
-        },
-        reason: Some(reason),
-        message: Some(message),
-        type_: Some(if warning { "Warning" } else { "Normal" }.into()),
-        source: Some(EventSource {
-            component: Some("vipd".into()),
-            host: None,
-        }),
-        first_timestamp: Some(now.clone()),
-        last_timestamp: Some(now),
-        count: Some(1),
+    let about = ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Service".into()),
+        namespace: Some(ns.to_string()),
+        name: Some(name.to_string()),
+        uid: Some(uid),
         ..Default::default()
     };
-    if let Err(e) = Api::<KubeEvent>::namespaced(client, ns)
-        .create(&PostParams::default(), &ev)
-        .await
-    {
-        warn!(service = %service, "could not create the Event: {e}");
-    }
+    let ev = event(ns, name, about, None, reason, message, warning);
+    create(client, ns, &ev, &service).await;
 }
 
 /// Records a Warning Event on this node's Node (cluster-scoped: the Event
 /// lives in `default`, where `kubectl describe node` finds it); a failure
 /// is logged, never retried.
 pub async fn post_node(client: Client, node: String, reason: String, message: String) {
+    let about = ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Node".into()),
+        name: Some(node.clone()),
+        // A Node's Events carry its name as the uid (as the kubelet's).
+        uid: Some(node.clone()),
+        ..Default::default()
+    };
+    let host = Some(node.clone());
+    let ev = event("default", &node, about, host, reason, message, true);
+    create(client, "default", &ev, &format!("Node {node}")).await;
+}
+
+/// One Event from vipd about `about`, counted once, in namespace `ns`.
+fn event(
+    ns: &str,
+    name: &str,
+    about: ObjectReference,
+    host: Option<String>,
+    reason: String,
+    message: String,
+    warning: bool,
+) -> KubeEvent {
     let now = Time(jiff_now());
-    let ev = KubeEvent {
+    KubeEvent {
         metadata: ObjectMeta {
-            generate_name: Some(format!("{node}.vipd-")),
-            namespace: Some("default".into()),
+            generate_name: Some(format!("{name}.vipd-")),
+            namespace: Some(ns.to_string()),
             ..Default::default()
         },
-        involved_object: ObjectReference {
-            api_version: Some("v1".into()),
-            kind: Some("Node".into()),
-            name: Some(node.clone()),
-            // A Node's Events carry its name as the uid (as the kubelet's).
-            uid: Some(node.clone()),
-            ..Default::default()
-        },
+        involved_object: about,
         reason: Some(reason),
         message: Some(message),
-        type_: Some("Warning".into()),
+        type_: Some(if warning { "Warning" } else { "Normal" }.into()),
         source: Some(EventSource {
             component: Some("vipd".into()),
-            host: Some(node.clone()),
+            host,
         }),
         first_timestamp: Some(now.clone()),
         last_timestamp: Some(now),
         count: Some(1),
         ..Default::default()
-    };
-    if let Err(e) = Api::<KubeEvent>::namespaced(client, "default")
-        .create(&PostParams::default(), &ev)
+    }
+}
+
+async fn create(client: Client, ns: &str, ev: &KubeEvent, what: &str) {
+    if let Err(e) = Api::<KubeEvent>::namespaced(client, ns)
+        .create(&PostParams::default(), ev)
         .await
     {
-        warn!(%node, "could not create the Event on the Node: {e}");
+        warn!(about = %what, "could not create the Event: {e}");
     }
 }
 
