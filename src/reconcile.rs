@@ -462,7 +462,7 @@ mod tests {
         #![proptest_config(ProptestConfig::with_cases(200))]
         #[test]
         fn applied_always_equals_the_model_and_nothing_remains(ops in proptest::collection::vec(op(), 1..40)) {
-            let statics: Arc<Table> = Arc::new([("198.51.100.1/32".parse().unwrap(), Arc::new(RouteAttrs::default()))].into());
+            let statics: Arc<Table> = Arc::new([("198.51.100.1/32".parse::<IpNet>().unwrap(), Arc::new(RouteAttrs::default()))].into_iter().collect());
             // Someone else's entry at a VIP the Services use, and one apart.
             let others: BTreeSet<IpNet> =
                 ["203.0.113.1/32".parse().unwrap(), "198.51.100.9/32".parse().unwrap()].into();
@@ -502,13 +502,14 @@ mod tests {
     /// One static announcement, 203.0.113.1/32 with MED 5.
     fn static_med5() -> Table {
         [(
-            "203.0.113.1/32".parse().unwrap(),
+            "203.0.113.1/32".parse::<IpNet>().unwrap(),
             Arc::new(RouteAttrs {
                 med: Some(5),
                 ..Default::default()
             }),
         )]
-        .into()
+        .into_iter()
+        .collect()
     }
 
     #[test]
@@ -586,7 +587,7 @@ mod tests {
 
     #[test]
     fn tables_keep_statics_and_the_control_plane_over_services() {
-        let statics: Table = [(net("198.51.100.1/32"), attrs(1))].into();
+        let statics: Table = [(net("198.51.100.1/32"), attrs(1))].into_iter().collect();
         let cp = (net("192.0.2.10/32"), attrs(2));
         let mut t = Tables::new(Arc::new(statics), Some(cp.clone()), true);
         assert!(!t.ready(), "waits for the first complete intent");
@@ -631,7 +632,7 @@ mod tests {
         fn patched_tables_equal_tables_built_from_scratch(
             ops in proptest::collection::vec((0..6u8, 0..4u8, proptest::option::of(0..3u32)), 1..30)
         ) {
-            let statics: Table = [(net("203.0.113.0/32"), attrs(100))].into();
+            let statics: Table = [(net("203.0.113.0/32"), attrs(100))].into_iter().collect();
             let mut t = Tables::new(Arc::new(statics.clone()), None, true);
             let mut cp = None;
             for (kind, i, med) in ops {

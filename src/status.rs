@@ -483,7 +483,12 @@ pub(crate) mod tests {
             holds: Some(std::sync::Arc::new(
                 ["203.0.113.1/32", "203.0.113.2/32", "2001:db8::1/128"]
                     .iter()
-                    .map(|p| (p.parse().unwrap(), Default::default()))
+                    .map(|p| {
+                        (
+                            p.parse::<ipnet::IpNet>().unwrap(),
+                            std::sync::Arc::new(crate::config::RouteAttrs::default()),
+                        )
+                    })
                     .collect(),
             )),
             ..PeerStatus::default()

@@ -1107,8 +1107,7 @@ impl Session {
             warn!(peer = %self.peer(), refused = changes.refused,
                 "prefixes not sent: their attributes do not fit in one 4,096-byte UPDATE");
         }
-        self.adj
-            .apply(table.clone(), &n.send_families, changes.refused);
+        self.adj.apply(table.clone(), &n.send_families, &changes);
         let mut st = self.status.lock().unwrap();
         st.prefixes_sent = self.adj.len();
         st.refused_too_large = changes.refused;

@@ -601,7 +601,7 @@ mod tests {
         let t = offered(&d);
         assert!(t.contains_key(&p1) && t.contains_key(&p2));
         assert!(
-            t.contains_key(&"198.51.100.1/32".parse().unwrap()),
+            t.contains_key(&"198.51.100.1/32".parse::<ipnet::IpNet>().unwrap()),
             "statics kept"
         );
         d.on_kube(Update::Delta(vec![(p1, None)], Instant::now()), &mut rx)

@@ -336,7 +336,9 @@ mod tests {
             families: vec![crate::bgp::wire::Afi::Ipv4],
             sending: vec![crate::bgp::wire::Afi::Ipv4],
             holds: Some(Arc::new(
-                [("203.0.113.10/32".parse().unwrap(), attrs)].into(),
+                [("203.0.113.10/32".parse::<ipnet::IpNet>().unwrap(), attrs)]
+                    .into_iter()
+                    .collect(),
             )),
             ctx: Some(crate::bgp::wire::encode::SendCtx {
                 local_asn: 65010,
