@@ -257,6 +257,57 @@ fn deleted_service_is_withdrawn() {
     assert!(!k.bird.has("2001:db8:ff::10/128"));
 }
 
+/// An object the API server should never have let through (a field of the
+/// wrong type) breaks neither the list nor the watch: the other Services
+/// are announced, and a Service that turns unreadable keeps its route
+/// until it is readable again or deleted.
+#[test]
+fn an_unreadable_object_breaks_neither_the_list_nor_the_watch() {
+    let k = kube_lab("k3b");
+    put_web(&k.api);
+    let mut bad = obj::service("a", "bad", &["203.0.113.12"], false);
+    bad["spec"]["externalIPs"] = serde_json::json!("not-a-list");
+    k.api.put(bad);
+    k.api
+        .put(obj::slice("a", "bad-1", "bad", &[("node-b", true)]));
+    k.api
+        .put(obj::service("a", "keep", &["203.0.113.11"], false));
+    k.api
+        .put(obj::slice("a", "keep-1", "keep", &[("node-b", true)]));
+    let v = start_synced(&k, "", 3);
+    assert!(
+        !k.bird.has("203.0.113.12/32"),
+        "never readable: not announced"
+    );
+    // keep turns unreadable, then a new Service comes: the watch goes on.
+    let mut broken = obj::service("a", "keep", &["203.0.113.11"], false);
+    broken["status"]["loadBalancer"]["ingress"] = serde_json::json!({"ip": 5});
+    k.api.put(broken);
+    k.api
+        .put(obj::service("a", "late", &["203.0.113.13"], false));
+    k.api
+        .put(obj::slice("a", "late-1", "late", &[("node-b", true)]));
+    assert!(
+        wait_until(Duration::from_secs(10), || k.bird.has("203.0.113.13/32")),
+        "the watch stopped at the unreadable object: {}",
+        v.proc.log_tail(30)
+    );
+    assert!(
+        k.bird.has("203.0.113.11/32"),
+        "an unreadable update withdrew"
+    );
+    assert!(
+        v.log().contains("cannot read this object"),
+        "{}",
+        v.proc.log_tail(30)
+    );
+    assert!(k.api.delete(Kind::Service, "a", "keep"));
+    assert!(
+        wait_until(Duration::from_secs(10), || !k.bird.has("203.0.113.11/32")),
+        "deleting the unreadable Service did not withdraw it"
+    );
+}
+
 /// Lesson 5: the node's own address and the API server's are refused with
 /// a clear reason, as a log line and a Kubernetes Event on the Service.
 #[test]

@@ -396,20 +396,16 @@ mod tests {
                 s.services.remove(&format!("ns/s{i}"));
             }
             Op::Slice { i, eps } => {
-                let sl = SliceInfo {
-                    namespace: "ns".into(),
-                    service: Some(format!("s{i}")),
-                    endpoints: eps
-                        .iter()
-                        .map(|(here, ready)| EndpointInfo {
-                            node: Some(if *here { "node-a" } else { "node-b" }.into()),
-                            addresses: vec!["10.0.0.1".into()],
-                            ready: *ready,
-                            serving: *ready,
-                            terminating: false,
-                        })
-                        .collect(),
-                };
+                let eps: Vec<EndpointInfo> = (eps.iter())
+                    .map(|(here, ready)| EndpointInfo {
+                        node: Some(if *here { "node-a" } else { "node-b" }.into()),
+                        addresses: vec!["10.0.0.1".into()],
+                        ready: *ready,
+                        serving: *ready,
+                        terminating: false,
+                    })
+                    .collect();
+                let sl = SliceInfo::new("ns".into(), Some(format!("s{i}")), &eps, "node-a");
                 s.slices.insert(format!("ns/s{i}-slice"), sl);
             }
             Op::DelSlice { i } => {
@@ -428,11 +424,8 @@ mod tests {
         for svc in s.services.values() {
             let slice = s.slices.get(&format!("ns/{}-slice", svc.name));
             let ready = |here: bool| {
-                slice.is_some_and(|sl| {
-                    sl.endpoints
-                        .iter()
-                        .any(|e| e.ready && (!here || e.node.as_deref() == Some("node-a")))
-                })
+                // Every endpoint of these is serving exactly when ready.
+                slice.is_some_and(|sl| if here { sl.here > 0 } else { sl.ready > 0 })
             };
             let (wants, ok) = if svc.local_policy {
                 (true, ready(true))

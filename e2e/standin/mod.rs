@@ -846,10 +846,12 @@ impl StandIn {
         };
         let state = self.state.clone();
         tokio::spawn(async move {
+            // "type" before "object", as the real server writes a watch
+            // event (a Go struct's field order); a client may rely on it.
             let line = |v: Value| {
-                let mut b = serde_json::to_vec(&v).unwrap();
-                b.push(b'\n');
-                Bytes::from(b)
+                let typ = serde_json::to_string(&v["type"]).unwrap();
+                let obj = serde_json::to_string(&v["object"]).unwrap();
+                Bytes::from(format!("{{\"type\":{typ},\"object\":{obj}}}\n"))
             };
             if expired {
                 let _ = tx

@@ -66,12 +66,8 @@ pub fn explain(s: &Snapshot, k: &KubeConfig, key: &str, sharing: &Sharing) -> Se
         .values()
         .filter(|sl| super::intent::slice_owner(sl).as_deref() == Some(key))
         .collect();
-    let eps = || slices.iter().flat_map(|sl| &sl.endpoints);
-    let endpoints_ready = eps().filter(|e| e.ready).count();
-    let endpoints_here = eps()
-        .filter(|e| e.node.as_deref() == Some(k.node_name.as_str()))
-        .filter(|e| e.ready || (e.serving && !e.terminating))
-        .count();
+    let endpoints_ready = slices.iter().map(|sl| sl.ready as usize).sum();
+    let endpoints_here = slices.iter().map(|sl| sl.here as usize).sum();
     let f: HashSet<IpAddr> = forbidden(s);
     let p = part(svc, &slices, &f, s.node.as_ref(), k);
     let skipped = skipped(svc, k, endpoints_ready, endpoints_here);

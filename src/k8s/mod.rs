@@ -11,5 +11,6 @@ pub mod explain;
 pub mod intent;
 pub mod model;
 pub mod sharing;
+pub mod slim;
 pub mod store;
 pub mod watch;

@@ -75,6 +75,7 @@ impl ServiceInfo {
     }
 }
 
+/// One endpoint as the API gives it: what [`SliceInfo`] is made from.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EndpointInfo {
     pub node: Option<String>,
@@ -86,12 +87,62 @@ pub struct EndpointInfo {
     pub terminating: bool,
 }
 
+impl EndpointInfo {
+    /// Ready, or serving and not terminating: what a Local Service and the
+    /// API server list count.
+    pub fn usable(&self) -> bool {
+        self.ready || (self.serving && !self.terminating)
+    }
+}
+
+/// What vipd keeps of an EndpointSlice: counts, not endpoints. A Service
+/// is announced on whether it has a ready endpoint anywhere (Cluster) or a
+/// usable one here (Local); which endpoints they are matters to nobody
+/// but the API server's own Service, whose addresses are kept.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SliceInfo {
     pub namespace: String,
     /// The `kubernetes.io/service-name` label.
     pub service: Option<String>,
-    pub endpoints: Vec<EndpointInfo>,
+    /// Ready endpoints, on any node.
+    pub ready: u32,
+    /// This node's usable endpoints ([`EndpointInfo::usable`]).
+    pub here: u32,
+    /// For `default/kubernetes` only: every endpoint address, and whether
+    /// its endpoint is usable (the API servers, never announced).
+    pub api: Vec<(IpAddr, bool)>,
+}
+
+impl SliceInfo {
+    /// The slice of `service` in `namespace` with `endpoints`, as node
+    /// `node` keeps it.
+    pub fn new(
+        namespace: String,
+        service: Option<String>,
+        endpoints: &[EndpointInfo],
+        node: &str,
+    ) -> SliceInfo {
+        let count = |f: &dyn Fn(&EndpointInfo) -> bool| {
+            u32::try_from(endpoints.iter().filter(|e| f(e)).count()).unwrap_or(u32::MAX)
+        };
+        let api = if namespace == "default" && service.as_deref() == Some("kubernetes") {
+            let mut api = vec![];
+            for e in endpoints {
+                let addrs = e.addresses.iter().filter_map(|a| a.parse().ok());
+                api.extend(addrs.map(|a| (a, e.usable())));
+            }
+            api
+        } else {
+            vec![]
+        };
+        SliceInfo {
+            ready: count(&|e| e.ready),
+            here: count(&|e| e.node.as_deref() == Some(node) && e.usable()),
+            namespace,
+            service,
+            api,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -126,4 +177,40 @@ pub struct Snapshot {
     pub node: Option<NodeInfo>,
     /// Addresses of the API server as vipd's client reaches it.
     pub api_server: Vec<IpAddr>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ep(node: &str, addr: &str, ready: bool, serving: bool, terminating: bool) -> EndpointInfo {
+        EndpointInfo {
+            node: Some(node.into()),
+            addresses: vec![addr.into()],
+            ready,
+            serving,
+            terminating,
+        }
+    }
+
+    #[test]
+    fn a_slice_keeps_counts_as_this_node_sees_them() {
+        let eps = [
+            ep("a", "10.0.0.1", true, true, false),
+            ep("a", "10.0.0.2", false, true, false),
+            ep("a", "10.0.0.3", false, true, true),
+            ep("b", "10.0.0.4", true, true, false),
+            ep("b", "10.0.0.5", false, false, false),
+        ];
+        let s = SliceInfo::new("shop".into(), Some("web".into()), &eps, "a");
+        assert_eq!((s.ready, s.here), (2, 2));
+        assert!(s.api.is_empty(), "only the API server's addresses are kept");
+        let s = SliceInfo::new("shop".into(), Some("web".into()), &eps, "b");
+        assert_eq!((s.ready, s.here), (2, 1));
+        let s = SliceInfo::new("default".into(), Some("kubernetes".into()), &eps, "c");
+        assert_eq!(s.here, 0);
+        let usable: Vec<bool> = s.api.iter().map(|(_, u)| *u).collect();
+        assert_eq!(usable, [true, true, false, true, false]);
+        assert_eq!(s.api[3].0, "10.0.0.4".parse::<IpAddr>().unwrap());
+    }
 }

@@ -10,8 +10,10 @@ use futures_util::{Stream, StreamExt};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::Resource;
 use tokio::sync::mpsc;
+use tracing::warn;
 
 use super::model::Key;
+use super::slim::{Guardable, Guarded};
 
 /// `namespace/name`, the key of every map vipd keeps of the cluster.
 pub fn key_of<K: Resource>(o: &K) -> Key {
@@ -50,18 +52,33 @@ impl<T> Default for Store<T> {
     }
 }
 
-impl<T> Store<T> {
+/// What vipd makes of one object: what it keeps of it (`None`: not wanted,
+/// treated as gone), or why the object could not be read at all.
+pub type Read<T> = Result<Option<T>, String>;
+
+/// `conv` over a [`Guarded`] object: an object that did not parse is
+/// unreadable, with the parser's reason.
+pub fn guarded<K: Guardable, T>(conv: impl Fn(&K) -> Option<T>) -> impl Fn(&Guarded<K>) -> Read<T> {
+    move |g| match &g.0 {
+        Ok(k) => Ok(conv(k)),
+        Err(e) => Err(e.error.clone()),
+    }
+}
+
+impl<T: Clone> Store<T> {
     pub fn synced(&self) -> bool {
         self.synced
     }
 
-    /// Applies one watcher event to `live`; `conv` keeps what vipd reads of
-    /// an object (`None`: not wanted, treated as gone).
+    /// Applies one watcher event to `live`; `conv` reads what vipd keeps of
+    /// an object. An object that cannot be read keeps what vipd knew of it
+    /// (across a re-list too): one bad object neither breaks the watch nor
+    /// withdraws a route, and is logged each time it comes.
     pub fn apply<K: Resource>(
         &mut self,
         live: &mut BTreeMap<Key, T>,
         ev: watcher::Event<K>,
-        conv: impl Fn(&K) -> Option<T>,
+        conv: impl Fn(&K) -> Read<T>,
     ) -> Change<T> {
         match ev {
             watcher::Event::Init => {
@@ -69,8 +86,13 @@ impl<T> Store<T> {
                 Change::Nothing
             }
             watcher::Event::InitApply(o) => {
-                if let (Some(p), Some(v)) = (self.pending.as_mut(), conv(&o)) {
-                    p.insert(key_of(&o), v);
+                let k = key_of(&o);
+                let v = match conv(&o) {
+                    Ok(v) => v,
+                    Err(why) => unreadable(&k, &why, live.get(&k).cloned()),
+                };
+                if let (Some(p), Some(v)) = (self.pending.as_mut(), v) {
+                    p.insert(k, v);
                 }
                 Change::Nothing
             }
@@ -84,8 +106,12 @@ impl<T> Store<T> {
             watcher::Event::Apply(o) => {
                 let k = key_of(&o);
                 let old = match conv(&o) {
-                    Some(v) => live.insert(k.clone(), v),
-                    None => live.remove(&k),
+                    Ok(Some(v)) => live.insert(k.clone(), v),
+                    Ok(None) => live.remove(&k),
+                    Err(why) => {
+                        unreadable(&k, &why, ());
+                        return Change::Nothing;
+                    }
                 };
                 Change::One(k, old)
             }
@@ -96,6 +122,11 @@ impl<T> Store<T> {
             }
         }
     }
+}
+
+fn unreadable<V>(key: &str, why: &str, kept: V) -> V {
+    warn!(object = %key, "cannot read this object ({why}): what vipd knew of it stays");
+    kept
 }
 
 /// A watcher's events into a channel, from a task of its own (with kube's
@@ -135,8 +166,15 @@ mod tests {
         c
     }
 
-    fn value(c: &ConfigMap) -> Option<String> {
-        c.data.as_ref()?.get("v").filter(|v| !v.is_empty()).cloned()
+    fn value(c: &ConfigMap) -> Read<String> {
+        if c.data.as_ref().is_some_and(|d| d.contains_key("bad")) {
+            return Err("unreadable".into());
+        }
+        Ok(c.data
+            .as_ref()
+            .and_then(|d| d.get("v"))
+            .filter(|v| !v.is_empty())
+            .cloned())
     }
 
     #[test]
@@ -176,5 +214,34 @@ mod tests {
             Change::One("ns/c".into(), Some("4".into()))
         );
         assert!(live.is_empty());
+    }
+
+    #[test]
+    fn an_unreadable_object_keeps_what_was_known_of_it() {
+        let mut s = Store::default();
+        let mut live = BTreeMap::new();
+        use watcher::Event::*;
+        let mut bad = obj("a", "x");
+        bad.data
+            .as_mut()
+            .unwrap()
+            .insert("bad".into(), String::new());
+        s.apply(&mut live, Init, value);
+        s.apply(&mut live, InitApply(obj("a", "1")), value);
+        s.apply(&mut live, InitDone, value);
+        assert_eq!(
+            s.apply(&mut live, Apply(bad.clone()), value),
+            Change::Nothing
+        );
+        assert_eq!(live.get("ns/a").map(String::as_str), Some("1"));
+        // Across a re-list as well; one never seen readable is left out.
+        let mut bad_b = bad.clone();
+        bad_b.metadata.name = Some("b".into());
+        s.apply(&mut live, Init, value);
+        s.apply(&mut live, InitApply(bad), value);
+        s.apply(&mut live, InitApply(bad_b), value);
+        s.apply(&mut live, InitDone, value);
+        assert_eq!(live.keys().collect::<Vec<_>>(), ["ns/a"]);
+        assert_eq!(live["ns/a"], "1");
     }
 }

@@ -13,8 +13,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
-use k8s_openapi::api::core::v1::{Node, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
@@ -24,7 +22,8 @@ use tracing::{info, warn};
 use super::events::Once;
 use super::intent::{touches_forbidden, Delta, RefusalKind, Tracker};
 use super::model::*;
-use super::store::{forward, Change, Store};
+use super::slim::{EndpointSlice, Guarded, Node, Service};
+use super::store::{forward, guarded, Change, Store};
 use crate::config::KubeConfig;
 
 /// What `vipd` reports about the Kubernetes side.
@@ -57,12 +56,7 @@ pub enum WatchError {
 
 pub fn service_info(s: &Service) -> Option<ServiceInfo> {
     let spec = s.spec.as_ref();
-    let annotations = s
-        .annotations()
-        .iter()
-        .filter(|(k, _)| k.starts_with("vipd.io/"))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
+    let annotations = s.annotations().clone();
     Some(ServiceInfo {
         uid: s.uid()?,
         namespace: s.namespace()?,
@@ -96,26 +90,23 @@ pub fn service_info(s: &Service) -> Option<ServiceInfo> {
     })
 }
 
-pub fn slice_info(s: &EndpointSlice) -> SliceInfo {
-    SliceInfo {
-        namespace: s.namespace().unwrap_or_default(),
-        service: s.labels().get("kubernetes.io/service-name").cloned(),
-        endpoints: s
-            .endpoints
-            .iter()
-            .map(|e| {
-                let c = e.conditions.as_ref();
-                let ready = c.and_then(|c| c.ready).unwrap_or(true);
-                EndpointInfo {
-                    node: e.node_name.clone(),
-                    addresses: e.addresses.clone(),
-                    ready,
-                    serving: c.and_then(|c| c.serving).unwrap_or(ready),
-                    terminating: c.and_then(|c| c.terminating).unwrap_or(false),
-                }
-            })
-            .collect(),
-    }
+/// What node `node` keeps of an EndpointSlice ([`SliceInfo`]).
+pub fn slice_info(s: &EndpointSlice, node: &str) -> SliceInfo {
+    let endpoints: Vec<EndpointInfo> = (s.endpoints.iter().flatten())
+        .map(|e| {
+            let c = e.conditions.as_ref();
+            let ready = c.and_then(|c| c.ready).unwrap_or(true);
+            EndpointInfo {
+                node: e.node_name.clone(),
+                addresses: e.addresses.clone().unwrap_or_default(),
+                ready,
+                serving: c.and_then(|c| c.serving).unwrap_or(ready),
+                terminating: c.and_then(|c| c.terminating).unwrap_or(false),
+            }
+        })
+        .collect();
+    let service = s.labels().get("kubernetes.io/service-name").cloned();
+    SliceInfo::new(s.namespace().unwrap_or_default(), service, &endpoints, node)
 }
 
 /// The Node's first InternalIP of each family: what `"node"` and an
@@ -203,9 +194,9 @@ pub enum Update {
 // Events pass through once each; boxing the large ones would buy nothing.
 #[allow(clippy::large_enum_variant)]
 pub enum Ev {
-    Svc(Result<watcher::Event<Service>, watcher::Error>),
-    Slice(Result<watcher::Event<EndpointSlice>, watcher::Error>),
-    Node(Result<watcher::Event<Node>, watcher::Error>),
+    Svc(Result<watcher::Event<Guarded<Service>>, watcher::Error>),
+    Slice(Result<watcher::Event<Guarded<EndpointSlice>>, watcher::Error>),
+    Node(Result<watcher::Event<Guarded<Node>>, watcher::Error>),
 }
 
 async fn client_config(k: &KubeConfig) -> Result<kube::Config, WatchError> {
@@ -334,9 +325,8 @@ impl Watch {
             Ev::Svc(r) => r.map(|e| self.on_service(e)),
             Ev::Slice(r) => r.map(|e| self.on_slice(e)),
             Ev::Node(r) => r.map(|e| {
-                let c = self
-                    .node_store
-                    .apply(&mut self.nodes, e, |n| Some(node_info(n)));
+                let c =
+                    (self.node_store).apply(&mut self.nodes, e, guarded(|n| Some(node_info(n))));
                 self.full |= c != Change::Nothing;
             }),
         };
@@ -354,11 +344,8 @@ impl Watch {
         Some(now)
     }
 
-    fn on_service(&mut self, e: watcher::Event<Service>) {
-        match self
-            .services
-            .apply(&mut self.snap.services, e, service_info)
-        {
+    fn on_service(&mut self, e: watcher::Event<Guarded<Service>>) {
+        match (self.services).apply(&mut self.snap.services, e, guarded(service_info)) {
             Change::Nothing => {}
             Change::All => self.full = true,
             Change::One(key, _) => {
@@ -368,11 +355,10 @@ impl Watch {
         }
     }
 
-    fn on_slice(&mut self, e: watcher::Event<EndpointSlice>) {
-        match self
-            .slices
-            .apply(&mut self.snap.slices, e, |s| Some(slice_info(s)))
-        {
+    fn on_slice(&mut self, e: watcher::Event<Guarded<EndpointSlice>>) {
+        let node = &self.k.node_name;
+        let conv = guarded(|s| Some(slice_info(s, node)));
+        match self.slices.apply(&mut self.snap.slices, e, conv) {
             Change::Nothing => {}
             Change::All => self.full = true,
             Change::One(key, old) => {
@@ -611,18 +597,20 @@ fn forwarders(
     let node = wc.clone().fields(&format!("metadata.name={node}"));
     [
         forward(
-            watcher(Api::<Service>::all(client.clone()), wc.clone()),
+            watcher(Api::<Guarded<Service>>::all(client.clone()), wc.clone()),
             tx.clone(),
             |e| (std::time::Instant::now(), Ev::Svc(e)),
         ),
         forward(
-            watcher(Api::<EndpointSlice>::all(client.clone()), wc),
+            watcher(Api::<Guarded<EndpointSlice>>::all(client.clone()), wc),
             tx.clone(),
             |e| (std::time::Instant::now(), Ev::Slice(e)),
         ),
-        forward(watcher(Api::<Node>::all(client.clone()), node), tx, |e| {
-            (std::time::Instant::now(), Ev::Node(e))
-        }),
+        forward(
+            watcher(Api::<Guarded<Node>>::all(client.clone()), node),
+            tx,
+            |e| (std::time::Instant::now(), Ev::Node(e)),
+        ),
     ]
 }
 
@@ -656,32 +644,33 @@ mod tests {
     use std::time::Instant;
     use watcher::Event::{Apply, Delete, Init, InitApply, InitDone};
 
-    fn service(name: &str, ip: &str) -> Service {
-        serde_json::from_value(serde_json::json!({
+    fn parse<K: crate::k8s::slim::Guardable>(v: serde_json::Value) -> Guarded<K> {
+        serde_json::from_str(&v.to_string()).unwrap()
+    }
+
+    fn service(name: &str, ip: &str) -> Guarded<Service> {
+        parse(serde_json::json!({
             "metadata": {"name": name, "namespace": "ns", "uid": format!("uid-{name}")},
             "spec": {"type": "LoadBalancer"},
             "status": {"loadBalancer": {"ingress": [{"ip": ip}]}}
         }))
-        .unwrap()
     }
 
-    fn slice(name: &str) -> EndpointSlice {
-        serde_json::from_value(serde_json::json!({
+    fn slice(name: &str) -> Guarded<EndpointSlice> {
+        parse(serde_json::json!({
             "metadata": {"name": format!("{name}-1"), "namespace": "ns",
                          "labels": {"kubernetes.io/service-name": name}},
             "addressType": "IPv4",
             "endpoints": [{"addresses": ["10.0.0.1"], "nodeName": "node-b",
                            "conditions": {"ready": true}}]
         }))
-        .unwrap()
     }
 
-    fn node(unschedulable: bool) -> Node {
-        serde_json::from_value(serde_json::json!({
+    fn node(unschedulable: bool) -> Guarded<Node> {
+        parse(serde_json::json!({
             "metadata": {"name": "node-a", "labels": {"rack": "r1"}},
             "spec": {"unschedulable": unschedulable}
         }))
-        .unwrap()
     }
 
     fn net(s: &str) -> ipnet::IpNet {
@@ -689,7 +678,7 @@ mod tests {
     }
 
     /// Lists each kind completely with the objects given.
-    fn listed(w: &mut Watch, svcs: Vec<Service>, slices: Vec<EndpointSlice>) {
+    fn listed(w: &mut Watch, svcs: Vec<Guarded<Service>>, slices: Vec<Guarded<EndpointSlice>>) {
         w.apply(Ev::Svc(Ok(Init)));
         for s in svcs {
             w.apply(Ev::Svc(Ok(InitApply(s))));
@@ -702,7 +691,7 @@ mod tests {
         w.apply(Ev::Slice(Ok(InitDone)));
     }
 
-    fn list_node(w: &mut Watch, n: Node) {
+    fn list_node(w: &mut Watch, n: Guarded<Node>) {
         w.apply(Ev::Node(Ok(Init)));
         w.apply(Ev::Node(Ok(InitApply(n))));
         w.apply(Ev::Node(Ok(InitDone)));

@@ -175,6 +175,7 @@ async fn campaign(ctx: &Ctx, stop: &mut watch::Receiver<bool>) -> Option<i64> {
 }
 
 /// One Service as the leader knows it.
+#[derive(Clone)]
 struct Entry {
     uid: String,
     rv: String,
@@ -294,7 +295,7 @@ impl<'a> Leader<'a> {
             }
         };
         let ctx = self.ctx;
-        match self.store.apply(&mut self.live, ev, |s| entry(ctx, s)) {
+        match self.store.apply(&mut self.live, ev, |s| Ok(entry(ctx, s))) {
             Change::Nothing => false,
             Change::All => {
                 let live = &self.live;
