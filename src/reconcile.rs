@@ -569,7 +569,7 @@ mod tests {
 
     fn want_med(med: u32) -> Want {
         Want {
-            owners: ["uid".to_string()].into(),
+            owners: vec!["uid".to_string()],
             attrs: (*attrs(med)).clone(),
         }
     }

@@ -152,6 +152,8 @@ struct State {
     gone: u64,
     /// Complete lists served (the last page), per kind.
     lists: BTreeMap<Kind, u64>,
+    /// Time spent serving list pages (building and encoding them).
+    list_time: Duration,
     /// Every PUT and PATCH a client made, in order.
     writes: Vec<Write>,
 }
@@ -216,6 +218,7 @@ impl StandIn {
                         requests: 0,
                         gone: 0,
                         lists: BTreeMap::new(),
+                        list_time: Duration::ZERO,
                         writes: vec![],
                         pages: BTreeMap::new(),
                         next_snapshot: 0,
@@ -484,6 +487,12 @@ impl StandIn {
     }
 
     /// 410 Gone answers sent so far.
+    /// The time spent serving list pages so far: the stand-in's share of a
+    /// client's cold start.
+    pub fn list_time(&self) -> Duration {
+        self.state.lock().unwrap().list_time
+    }
+
     pub fn gone_sent(&self) -> u64 {
         self.state.lock().unwrap().gone
     }
@@ -593,7 +602,10 @@ impl StandIn {
                 if matches!(q.get("watch").map(String::as_str), Some("true" | "1")) {
                     return self.watch(kind, &q, ns, name_filter, client);
                 }
-                self.list(kind, &q, ns.as_deref(), name_filter.as_deref())
+                let t = std::time::Instant::now();
+                let r = self.list(kind, &q, ns.as_deref(), name_filter.as_deref());
+                self.state.lock().unwrap().list_time += t.elapsed();
+                r
             }
             (api::Route::Object { kind, ns, name, .. }, M::GET) => {
                 self.wait_released(kind).await;

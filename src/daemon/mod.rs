@@ -564,7 +564,7 @@ mod tests {
     fn want(n: u8) -> (ipnet::IpNet, Want) {
         let p = format!("203.0.113.{n}/32").parse().unwrap();
         let w = Want {
-            owners: [format!("uid-{n}")].into(),
+            owners: vec![format!("uid-{n}")],
             attrs: RouteAttrs::default(),
         };
         (p, w)

@@ -15,8 +15,11 @@ use crate::config::{KubeConfig, RouteAttrs};
 /// One VIP this node should announce.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Want {
-    /// The Services that want it; it stays while any does.
-    pub owners: BTreeSet<Uid>,
+    /// The Services that want it (UIDs, sorted); it stays while any does.
+    /// A list, not a set: nearly every VIP has one owner, and a one-entry
+    /// B-tree set is a 280-byte node, paid again in every copy of the
+    /// intent (issue 20).
+    pub owners: Vec<Uid>,
     pub attrs: RouteAttrs,
 }
 
@@ -292,6 +295,8 @@ pub fn part(
             (Ok(_), Err((kind, r))) => refuse(*kind, format!("{r}; not announced")),
         }
     }
+    // Kept while the Service lives: no spare room.
+    out.routes.shrink_to_fit();
     out
 }
 
@@ -390,6 +395,8 @@ struct Keys(Vec<Key>);
 impl Keys {
     fn insert(&mut self, k: Key) {
         if let Err(i) = self.0.binary_search(&k) {
+            // Room for one, not the four a first push makes.
+            self.0.reserve_exact(1);
             self.0.insert(i, k);
         }
     }
@@ -675,7 +682,10 @@ impl Tracker {
         if let Some(h) = d.held {
             self.held.insert(*p, h);
         }
-        let want = d.announce.map(|(owners, attrs)| Want { owners, attrs });
+        let want = (d.announce).map(|(owners, attrs)| Want {
+            owners: owners.into_iter().collect(),
+            attrs,
+        });
         (want, refused)
     }
 }
@@ -834,7 +844,7 @@ pub(crate) mod tests {
         );
         let i = compute(&s, &kcfg());
         let w = &i.routes[&"203.0.113.10/32".parse::<IpNet>().unwrap()];
-        assert_eq!(w.owners, BTreeSet::from(["uid-a-web".to_string()]));
+        assert_eq!(w.owners, ["uid-a-web".to_string()]);
     }
 
     /// Lesson 5: the node's own address and the API server's are refused.

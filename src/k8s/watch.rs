@@ -56,38 +56,42 @@ pub enum WatchError {
 
 pub fn service_info(s: &Service) -> Option<ServiceInfo> {
     let spec = s.spec.as_ref();
-    let annotations = s.annotations().clone();
+    let namespace = s.namespace()?;
+    let name = s.name_any();
+    // Only the API server's own Service needs its cluster IPs (they are
+    // never announced, only refused to others).
+    let api = namespace == "default" && name == "kubernetes";
+    let cluster_ips = spec
+        .filter(|_| api)
+        .and_then(|s| (s.cluster_ips.clone()).or_else(|| s.cluster_ip.clone().map(|c| vec![c])))
+        .unwrap_or_default();
+    let ingress = (s.status.as_ref())
+        .and_then(|st| st.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref());
     Some(ServiceInfo {
         uid: s.uid()?,
-        namespace: s.namespace()?,
-        name: s.name_any(),
-        created: s
-            .metadata
-            .creation_timestamp
-            .as_ref()
-            .map_or(0, |t| t.0.as_second()),
+        namespace,
+        name,
+        created: (s.metadata.creation_timestamp.as_ref()).map_or(0, |t| t.0.as_second()),
         load_balancer: spec.and_then(|s| s.type_.as_deref()) == Some("LoadBalancer"),
         class: spec.and_then(|s| s.load_balancer_class.clone()),
-        ingress_ips: s
-            .status
-            .as_ref()
-            .and_then(|st| st.load_balancer.as_ref())
-            .and_then(|lb| lb.ingress.as_ref())
-            .map(|i| i.iter().filter_map(|x| x.ip.clone()).collect())
-            .unwrap_or_default(),
-        external_ips: spec
-            .and_then(|s| s.external_ips.clone())
-            .unwrap_or_default(),
-        cluster_ips: spec
-            .and_then(|s| {
-                s.cluster_ips
-                    .clone()
-                    .or_else(|| s.cluster_ip.clone().map(|c| vec![c]))
-            })
-            .unwrap_or_default(),
+        ingress_ips: exact(ingress.into_iter().flatten().filter_map(|x| x.ip.clone())),
+        external_ips: exact(
+            spec.and_then(|s| s.external_ips.clone())
+                .into_iter()
+                .flatten(),
+        ),
+        cluster_ips,
         local_policy: spec.and_then(|s| s.external_traffic_policy.as_deref()) == Some("Local"),
-        annotations,
+        annotations: s.annotations().clone(),
     })
+}
+
+/// A list without spare room: kept for as long as its Service lives.
+fn exact(i: impl Iterator<Item = String>) -> Vec<String> {
+    let mut v: Vec<String> = i.collect();
+    v.shrink_to_fit();
+    v
 }
 
 /// What node `node` keeps of an EndpointSlice ([`SliceInfo`]).
