@@ -1,7 +1,7 @@
 //! The Kubernetes API stand-in checked by a real client: kubectl, pointed
 //! at it, gets the answers a real API server gives for what the stand-in
 //! implements (get, get --watch, patch of the status subresource, replace
-//! with a stale resourceVersion).
+//! with a stale resourceVersion, Events by name).
 
 #[path = "lab/mod.rs"]
 mod lab;
@@ -96,6 +96,65 @@ fn kubectl_get_reads_objects_lists_and_errors() {
     );
     let e = k.fails(&["get", "svc", "-n", "nowhere", "web"]);
     assert!(e.contains("(NotFound)"), "{e}");
+}
+
+/// Events as vipd records them: created by name (a second create of the
+/// name is AlreadyExists), listed across namespaces by `source`, read and
+/// merge-patched one by one.
+#[test]
+fn kubectl_creates_lists_and_patches_events_by_name() {
+    let k = Kubectl::new();
+    let ev = |name: &str, component: &str| {
+        serde_json::json!({"apiVersion": "v1", "kind": "Event",
+            "metadata": {"name": name, "namespace": "a"},
+            "involvedObject": {"kind": "Service", "namespace": "a", "name": "web"},
+            "reason": "VIPRefused", "message": "m", "type": "Warning", "count": 1,
+            "source": {"component": component}})
+        .to_string()
+    };
+    let f = k.dir.write("ev.json", &ev("web.0123456789abcdef", "vipd"));
+    let other = k.dir.write("other.json", &ev("web.other", "kubelet"));
+    k.ok(&["create", "--validate=false", "-f", f.to_str().unwrap()]);
+    k.ok(&["create", "--validate=false", "-f", other.to_str().unwrap()]);
+    let err = k.fails(&["create", "--validate=false", "-f", f.to_str().unwrap()]);
+    assert!(
+        err.contains("AlreadyExists")
+            && err.contains(r#"events "web.0123456789abcdef" already exists"#),
+        "{err}"
+    );
+    let listed = k.ok(&[
+        "get",
+        "events",
+        "-A",
+        "--field-selector",
+        "source=vipd",
+        "-o",
+        "name",
+    ]);
+    assert_eq!(listed.trim(), "event/web.0123456789abcdef");
+    k.ok(&[
+        "patch",
+        "event",
+        "web.0123456789abcdef",
+        "-n",
+        "a",
+        "--type=merge",
+        "-p",
+        r#"{"count":2}"#,
+    ]);
+    let count = k.ok(&[
+        "get",
+        "event",
+        "web.0123456789abcdef",
+        "-n",
+        "a",
+        "-o",
+        "jsonpath={.count}",
+    ]);
+    assert_eq!(count, "2");
+    let err = k.fails(&["get", "event", "web.nope", "-n", "a"]);
+    assert!(err.contains(r#"events "web.nope" not found"#), "{err}");
+    assert_eq!(k.api.event_writes(), 3, "two creates and a patch");
 }
 
 #[test]

@@ -1222,3 +1222,129 @@ fn router_id_and_node_addresses_come_from_the_node() {
         v6.log()
     );
 }
+
+/// Issue 20, Events at fleet scale: a decision every node makes alike (an
+/// address outside `allowed_prefixes`) is one Event in the cluster however
+/// many nodes post it; a node's own decision (its own address) names that
+/// node; restarting every node writes nothing new; a refusal that goes
+/// away and comes back is counted once more on its Event, by one node.
+#[test]
+fn a_fleet_records_each_decision_once_and_a_restart_writes_nothing() {
+    const NODES: usize = 6;
+    const REFUSED: usize = 30;
+    let k = kube_lab("kev");
+    let kc = k.lab.dir.write("kubeconfig", &k.api.kubeconfig());
+    for i in 0..NODES {
+        k.api.put(obj::node(
+            &format!("node-{i}"),
+            &[&format!("192.0.2.{}", 10 + i)],
+        ));
+    }
+    let refused = |i: usize, ip: &str| {
+        let name = format!("out-{i}");
+        k.api.put(obj::service("t", &name, &[ip], false));
+    };
+    for i in 0..REFUSED {
+        refused(i, &format!("198.51.100.{i}"));
+        k.api.put(obj::slice(
+            "t",
+            &format!("out-{i}-1"),
+            &format!("out-{i}"),
+            &[("node-b", true)],
+        ));
+    }
+    // node-0's own address: refused as such there, as outside elsewhere.
+    k.api.put(obj::service("t", "own", &["192.0.2.10"], false));
+    k.api
+        .put(obj::slice("t", "own-1", "own", &[("node-b", true)]));
+    // Peerless nodes side by side in one namespace, each its own status port.
+    let conf = |i: usize| {
+        format!(
+            "{BGP}[kubernetes]\nkubeconfig = \"{}\"\nnode_name = \"node-{i}\"\n\
+             allowed_prefixes = [\"203.0.113.0/24\"]\n\
+             [status]\nlisten = \"127.0.0.1:{}\"\nready_needs_peer = false\n",
+            kc.display(),
+            9300 + i
+        )
+    };
+    let start = || -> Vec<Vipd> {
+        let v: Vec<Vipd> = (0..NODES)
+            .map(|i| Vipd::start_named(&k.lab.node, &k.lab.dir, &conf(i), &format!("node-{i}")))
+            .collect();
+        for x in &v {
+            assert!(
+                x.wait_log("caches synced", Duration::from_secs(20)),
+                "{}",
+                x.proc.log_tail(20)
+            );
+        }
+        v
+    };
+    let expected = REFUSED + 2;
+    let context = |v: &[Vipd]| {
+        format!(
+            "events {:#?}\n{}",
+            k.api.events().len(),
+            v[0].proc.log_tail(20)
+        )
+    };
+    let fleet = start();
+    assert!(
+        wait_until(Duration::from_secs(20), || k.api.events().len() == expected),
+        "{}",
+        context(&fleet)
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let events = k.api.events();
+    assert_eq!(events.len(), expected, "{}", context(&fleet));
+    assert_eq!(k.api.event_writes(), expected as u64, "one write per Event");
+    let own: Vec<&serde_json::Value> = (events.iter())
+        .filter(|e| e["source"]["host"].is_string())
+        .collect();
+    assert_eq!(
+        own.len(),
+        1,
+        "only node-0's own address names a node: {own:#?}"
+    );
+    assert_eq!(own[0]["source"]["host"], "node-0");
+    assert!(own[0]["message"].as_str().unwrap().contains("192.0.2.10"));
+
+    // A rollout: every node restarted. Not even a create refused (409):
+    // each node lists what is recorded and asks nothing.
+    drop(fleet);
+    let asked = k.api.event_asks();
+    let fleet = start();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        k.api.event_writes(),
+        expected as u64,
+        "written again: {}",
+        context(&fleet)
+    );
+    assert_eq!(
+        k.api.event_asks(),
+        asked,
+        "asked again: {}",
+        context(&fleet)
+    );
+
+    // out-0 allowed, then refused again: one more count, one write.
+    refused(0, "203.0.113.50");
+    std::thread::sleep(Duration::from_secs(2));
+    refused(0, "198.51.100.0");
+    let count = || {
+        (k.api.events().iter())
+            .filter(|e| e["involvedObject"]["name"] == "out-0")
+            .map(|e| e["count"].as_i64().unwrap_or(0))
+            .max()
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || count() == Some(2)),
+        "the recurrence was not counted: {:?} {}",
+        count(),
+        context(&fleet)
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(count(), Some(2));
+    assert_eq!(k.api.event_writes(), expected as u64 + 1);
+}

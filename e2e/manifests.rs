@@ -115,7 +115,7 @@ fn read(overlay: &str) -> (Vec<String>, Grants, Grants, DaemonSet, String) {
     )
 }
 
-const BASE_GRANTS: [(&str, &str, &str, &str); 7] = [
+const BASE_GRANTS: [(&str, &str, &str, &str); 10] = [
     ("", "services", "list", "*"),
     ("", "services", "watch", "*"),
     ("", "nodes", "list", "*"),
@@ -123,6 +123,11 @@ const BASE_GRANTS: [(&str, &str, &str, &str); 7] = [
     ("discovery.k8s.io", "endpointslices", "list", "*"),
     ("discovery.k8s.io", "endpointslices", "watch", "*"),
     ("", "events", "create", "*"),
+    // Events already recorded (listed at start), and a recurrence counted
+    // on its Event (read, then patched).
+    ("", "events", "list", "*"),
+    ("", "events", "get", "*"),
+    ("", "events", "patch", "*"),
 ];
 
 const IPAM_GRANTS: [(&str, &str, &str, &str); 3] = [
@@ -141,7 +146,7 @@ fn every_overlay_is_its_types_and_rbac_is_least_privilege() {
         assert_eq!(cfg.ipam.is_some(), ipam, "{o}");
         daemonset(o, &ds);
         // What vipd calls: list and watch Services, EndpointSlices and its
-        // Node; create Events; with [ipam], patch Service status and get,
+        // Node; create, list, get and patch Events; with [ipam], patch Service status and get,
         // create and update its Lease. Nothing else.
         let mut want = set(&BASE_GRANTS);
         let mut kinds_want = vec![

@@ -23,8 +23,10 @@ pub enum Route {
         name: String,
         status: bool,
     },
+    /// `events` (all namespaces: `ns` None), or one Event by `name`.
     Events {
-        ns: String,
+        ns: Option<String>,
+        name: Option<String>,
     },
     /// `GET /api/v1/namespaces/NAME` (kubectl asks after a NotFound).
     Namespace(String),
@@ -60,7 +62,14 @@ pub fn route(path: &str) -> Option<Route> {
     };
     match (parts.as_slice(), &ns) {
         (["namespaces", name], None) if gv == "v1" => Some(Route::Namespace(name.to_string())),
-        (["events"], Some(ns)) if gv == "v1" => Some(Route::Events { ns: ns.clone() }),
+        (["events"], ns) if gv == "v1" => Some(Route::Events {
+            ns: ns.clone(),
+            name: None,
+        }),
+        (["events", name], Some(ns)) if gv == "v1" => Some(Route::Events {
+            ns: Some(ns.clone()),
+            name: Some(name.to_string()),
+        }),
         ([res], _) => {
             let kind = kind_of(gv, res)?;
             // Nodes are cluster-scoped: no namespaced path for them.
@@ -108,7 +117,7 @@ pub fn discovery(path: &str) -> Option<Value> {
             resource("services/status", "Service", true, &["get", "patch", "update"], &[]),
             resource("nodes", "Node", false, &["get", "list", "watch"], &["no"]),
             resource("namespaces", "Namespace", false, &["get"], &["ns"]),
-            resource("events", "Event", true, &["create"], &["ev"]),
+            resource("events", "Event", true, &["create", "get", "list", "patch"], &["ev"]),
         ]}),
         "/apis/discovery.k8s.io/v1" => json!({"kind": "APIResourceList",
             "groupVersion": "discovery.k8s.io/v1", "resources": [
@@ -175,7 +184,15 @@ pub fn access(route: &Route, method: &hyper::Method, watch: bool) -> Option<Acce
     match route {
         Route::Discovery(_) => None,
         Route::Namespace(name) => a("", "namespaces".into(), verb(method, true), name),
-        Route::Events { .. } => a("", "events".into(), verb(method, false), "*"),
+        Route::Events { name, .. } => {
+            let one = name.as_deref();
+            a(
+                "",
+                "events".into(),
+                verb(method, one.is_some()),
+                one.unwrap_or("*"),
+            )
+        }
         Route::Collection { kind, .. } => {
             a(group(*kind), plural(*kind).into(), verb(method, false), "*")
         }

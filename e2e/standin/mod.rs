@@ -25,7 +25,9 @@
 //!   Every write is recorded with the client's address
 //!   ([`StandIn::writes`]), so a test can audit every status ever written
 //!   and by whom.
-//! - `POST /api/v1/namespaces/NS/events`: stores the Event (201).
+//! - Events (core/v1): create (POST; 409 AlreadyExists for a name taken),
+//!   list (all namespaces or one, `fieldSelector=source=COMPONENT`), get,
+//!   and merge PATCH ([`StandIn::event_writes`] counts creates and patches).
 //!
 //! One resourceVersion counter serves every kind, as in etcd. Objects are
 //! JSON as given, with `metadata.uid` and `metadata.resourceVersion` filled
@@ -126,13 +128,17 @@ struct State {
     rv: u64,
     uid: u64,
     objects: BTreeMap<(Kind, String, String), Value>,
+    /// Each object as JSON text, encoded once when stored: a list of
+    /// 50,000 objects is served from shared text, not deep copies, so the
+    /// stand-in's share of a client's cold start stays small.
+    encoded: BTreeMap<(Kind, String, String), Arc<str>>,
     history: Vec<Change>,
     /// The oldest change kept: a watch needs every change after its
     /// version, so one from before `oldest - 1` gets 410.
     oldest: u64,
     /// Paged lists in progress: each page comes from the first page's
     /// snapshot, at its resourceVersion, as a real server serves them.
-    pages: BTreeMap<u64, (u64, Vec<Value>)>,
+    pages: BTreeMap<u64, (u64, Vec<Arc<str>>)>,
     next_snapshot: u64,
     /// How often an open watch gets a BOOKMARK (a real server: about once
     /// a minute).
@@ -141,6 +147,9 @@ struct State {
     /// test can make two clients' writes overlap.
     write_delay: Duration,
     events: Vec<Value>,
+    event_writes: u64,
+    /// Event creates and patches asked, stored or not (409).
+    event_asks: u64,
     down: bool,
     /// Accepts connections and never answers; open watches go silent.
     blackhole: bool,
@@ -208,9 +217,12 @@ impl StandIn {
                         rv: 1,
                         uid: 0,
                         objects: BTreeMap::new(),
+                        encoded: BTreeMap::new(),
                         history: vec![],
                         oldest: 0,
                         events: vec![],
+                        event_writes: 0,
+                        event_asks: 0,
                         down: false,
                         blackhole: false,
                         partitioned: Default::default(),
@@ -343,6 +355,7 @@ impl StandIn {
             "ADDED"
         };
         st.objects.insert(k.clone(), obj.clone());
+        st.encoded.insert(k.clone(), obj.to_string().into());
         let c = Change {
             rv,
             kind: k.0,
@@ -356,7 +369,9 @@ impl StandIn {
 
     pub fn delete(&self, kind: Kind, namespace: &str, name: &str) -> bool {
         let mut st = self.state.lock().unwrap();
-        let Some(mut obj) = st.objects.remove(&(kind, namespace.into(), name.into())) else {
+        let k = (kind, namespace.to_string(), name.to_string());
+        st.encoded.remove(&k);
+        let Some(mut obj) = st.objects.remove(&k) else {
             return false;
         };
         st.rv += 1;
@@ -475,6 +490,16 @@ impl StandIn {
         self.state.lock().unwrap().events.clone()
     }
 
+    /// Event creates and patches that were stored (a 409 writes nothing).
+    pub fn event_writes(&self) -> u64 {
+        self.state.lock().unwrap().event_writes
+    }
+
+    /// Event creates and patches asked, stored or refused.
+    pub fn event_asks(&self) -> u64 {
+        self.state.lock().unwrap().event_asks
+    }
+
     /// Complete lists of `kind` served so far (counted at their last page).
     pub fn lists_served(&self, kind: Kind) -> u64 {
         self.state
@@ -574,7 +599,11 @@ impl StandIn {
                 // two every cluster has).
                 let st = self.state.lock().unwrap();
                 let exists = ["default", "kube-system"].contains(&name.as_str())
-                    || st.objects.keys().any(|(_, n, _)| *n == name);
+                    || st.objects.keys().any(|(_, n, _)| *n == name)
+                    || st
+                        .events
+                        .iter()
+                        .any(|e| e["metadata"]["namespace"] == name.as_str());
                 if !exists {
                     let msg = format!("namespaces \"{name}\" not found");
                     let mut e = api::status_error(404, "NotFound", &msg, Kind::Node, &name);
@@ -585,7 +614,36 @@ impl StandIn {
                                 "status": {"phase": "Active"}});
                 json_response(StatusCode::OK, &ns)
             }
-            (api::Route::Events { .. }, M::POST) => self.create_event(&body),
+            (
+                api::Route::Events {
+                    ns: Some(ns),
+                    name: None,
+                },
+                M::POST,
+            ) => self.create_event(&ns, &body),
+            (api::Route::Events { ns, name: None }, M::GET) => {
+                let source = q
+                    .get("fieldSelector")
+                    .and_then(|f| f.strip_prefix("source="));
+                self.list_events(ns.as_deref(), source)
+            }
+            (
+                api::Route::Events {
+                    ns: Some(ns),
+                    name: Some(name),
+                },
+                M::GET,
+            ) => match self.event(&ns, &name) {
+                Some(e) => json_response(StatusCode::OK, &e),
+                None => event_not_found(&name),
+            },
+            (
+                api::Route::Events {
+                    ns: Some(ns),
+                    name: Some(name),
+                },
+                M::PATCH,
+            ) => self.patch_event(&ns, &name, &body),
             (
                 api::Route::Collection {
                     kind: Kind::Lease,
@@ -672,11 +730,22 @@ impl StandIn {
         }
     }
 
-    fn create_event(&self, body: &[u8]) -> Response<BoxBody> {
+    fn create_event(&self, ns: &str, body: &[u8]) -> Response<BoxBody> {
         let Ok(mut ev) = serde_json::from_slice::<Value>(body) else {
             return status(StatusCode::BAD_REQUEST, "not JSON");
         };
         let mut st = self.state.lock().unwrap();
+        st.event_asks += 1;
+        ev["metadata"]["namespace"] = json!(ns);
+        if let Some(name) = ev["metadata"]["name"].as_str() {
+            if find_event(&st.events, ns, name).is_some() {
+                let msg = format!("events \"{name}\" already exists");
+                let mut e = api::status_error(409, "AlreadyExists", &msg, Kind::Node, name);
+                e["details"]["kind"] = json!("events");
+                return json_response(StatusCode::CONFLICT, &e);
+            }
+        }
+        st.event_writes += 1;
         st.rv += 1;
         if ev["metadata"]["name"].as_str().is_none() {
             let base = ev["metadata"]["generateName"]
@@ -688,6 +757,50 @@ impl StandIn {
         ev["metadata"]["resourceVersion"] = json!(st.rv.to_string());
         st.events.push(ev.clone());
         json_response(StatusCode::CREATED, &ev)
+    }
+
+    fn event(&self, ns: &str, name: &str) -> Option<Value> {
+        let st = self.state.lock().unwrap();
+        find_event(&st.events, ns, name).map(|i| st.events[i].clone())
+    }
+
+    fn list_events(&self, ns: Option<&str>, source: Option<&str>) -> Response<BoxBody> {
+        let st = self.state.lock().unwrap();
+        let items: Vec<&Value> = (st.events.iter())
+            .filter(|e| ns.is_none_or(|n| e["metadata"]["namespace"].as_str() == Some(n)))
+            .filter(|e| source.is_none_or(|s| e["source"]["component"].as_str() == Some(s)))
+            .collect();
+        let body = json!({"kind": "EventList", "apiVersion": "v1",
+                          "metadata": {"resourceVersion": st.rv.to_string()}, "items": items});
+        json_response(StatusCode::OK, &body)
+    }
+
+    /// A merge patch of one Event; a stale resourceVersion in it is 409.
+    fn patch_event(&self, ns: &str, name: &str, body: &[u8]) -> Response<BoxBody> {
+        let Ok(patch) = serde_json::from_slice::<Value>(body) else {
+            return status(StatusCode::BAD_REQUEST, "not JSON");
+        };
+        let mut st = self.state.lock().unwrap();
+        st.event_asks += 1;
+        let Some(i) = find_event(&st.events, ns, name) else {
+            return event_not_found(name);
+        };
+        let wanted = patch["metadata"]["resourceVersion"].as_str();
+        if wanted.is_some_and(|rv| st.events[i]["metadata"]["resourceVersion"].as_str() != Some(rv))
+        {
+            let msg = format!("Operation cannot be fulfilled on events \"{name}\": the object has been modified; please apply your changes to the latest version and try again");
+            return json_response(
+                StatusCode::CONFLICT,
+                &api::status_error(409, "Conflict", &msg, Kind::Node, name),
+            );
+        }
+        st.rv += 1;
+        st.event_writes += 1;
+        let rv = st.rv.to_string();
+        let ev = &mut st.events[i];
+        api::merge_patch(ev, &patch);
+        ev["metadata"]["resourceVersion"] = json!(rv);
+        json_response(StatusCode::OK, &ev.clone())
     }
 
     /// PUT (`patch` None) or PATCH of one object, or of its status alone:
@@ -770,11 +883,11 @@ impl StandIn {
         let token = q.get("continue").filter(|c| !c.is_empty());
         let (id, start): (u64, usize) = match token.map(|c| c.split_once('-')) {
             None => {
-                let items: Vec<Value> = st
-                    .objects
-                    .iter()
-                    .filter(|((k, o, n), _)| {
-                        *k == kind && ns.is_none_or(|x| x == o) && name.is_none_or(|x| x == n)
+                let first = (kind, String::new(), String::new());
+                let items: Vec<Arc<str>> = (st.encoded.range(first..))
+                    .take_while(|((k, _, _), _)| *k == kind)
+                    .filter(|((_, o, n), _)| {
+                        ns.is_none_or(|x| x == o) && name.is_none_or(|x| x == n)
                     })
                     .map(|(_, v)| v.clone())
                     .collect();
@@ -800,9 +913,13 @@ impl StandIn {
             );
         };
         let end = start.saturating_add(limit).min(items.len());
-        let page: Vec<Value> = items[start.min(items.len())..end].to_vec();
         let (lk, api) = kind.list_kind();
         let mut meta = json!({"resourceVersion": rv.to_string()});
+        let mut body = String::new();
+        for (i, item) in items[start.min(items.len())..end].iter().enumerate() {
+            body.push_str(if i == 0 { "" } else { "," });
+            body.push_str(item);
+        }
         let more = end < items.len();
         if more {
             meta["continue"] = json!(format!("{id}-{end}"));
@@ -810,8 +927,14 @@ impl StandIn {
             st.pages.remove(&id);
             *st.lists.entry(kind).or_default() += 1;
         }
-        let body = json!({"kind": lk, "apiVersion": api, "metadata": meta, "items": page});
-        json_response(StatusCode::OK, &body)
+        let head = json!({"kind": lk, "apiVersion": api, "metadata": meta}).to_string();
+        // The head without its closing brace, then the items.
+        let body = format!("{},\"items\":[{body}]}}", &head[..head.len() - 1]);
+        Response::builder()
+            .status(StatusCode::OK)
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body)).boxed())
+            .unwrap()
     }
 
     fn watch(
@@ -934,6 +1057,25 @@ impl StandIn {
 }
 
 type BoxBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+fn find_event(events: &[Value], ns: &str, name: &str) -> Option<usize> {
+    events.iter().position(|e| {
+        e["metadata"]["namespace"].as_str() == Some(ns)
+            && e["metadata"]["name"].as_str() == Some(name)
+    })
+}
+
+fn event_not_found(name: &str) -> Response<BoxBody> {
+    let mut e = api::status_error(
+        404,
+        "NotFound",
+        &format!("events \"{name}\" not found"),
+        Kind::Node,
+        name,
+    );
+    e["details"]["kind"] = json!("events");
+    json_response(StatusCode::NOT_FOUND, &e)
+}
 
 fn json_response(code: StatusCode, v: &Value) -> Response<BoxBody> {
     Response::builder()

@@ -74,8 +74,8 @@ struct Kube {
     allocator: Option<k8s::allocator::Handle>,
     /// This node's labels, once the watch has them: they select the peers.
     labels: Option<Labels>,
-    /// For Events on this node's Node.
-    client: Option<kube::Client>,
+    /// Where Events go (this node's Node's among them).
+    events: Option<k8s::events::Recorder>,
 }
 
 /// Everything vipd decides with, owned in one place. Nothing else holds
@@ -265,7 +265,7 @@ impl Daemon {
         warn!("configuration not reloaded: the running one stays in force");
         self.applied.last.last_reload_ok = false;
         self.applied.last.problems = problems.clone();
-        if let (Some(c), Some(k)) = (&self.kube.client, &self.applied.cfg.kubernetes) {
+        if let (Some(ev), Some(k)) = (&self.kube.events, &self.applied.cfg.kubernetes) {
             let first: Vec<&str> = problems.iter().take(5).map(String::as_str).collect();
             let more = problems.len().saturating_sub(first.len());
             let mut msg = format!(
@@ -275,10 +275,9 @@ impl Daemon {
             if more > 0 {
                 msg += &format!(" (and {more} more)");
             }
-            tokio::spawn(k8s::events::post_node(
-                c.clone(),
-                k.node_name.clone(),
-                "ConfigRejected".into(),
+            ev.post(k8s::events::Record::node(
+                &k.node_name,
+                "ConfigRejected",
                 msg,
             ));
         }

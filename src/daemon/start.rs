@@ -150,12 +150,10 @@ async fn start_speaker(
         api.extend(cp.backends.iter().map(|b| b.ip()));
     }
     let speaker = Speaker::start(&cfg.bgp.for_node(None), None, restarted)?;
-    let allocator = cfg
-        .ipam
-        .as_ref()
-        .map(|i| k8s::allocator::spawn(i, &k, client.clone()));
+    let events = k8s::events::Recorder::spawn(client.clone());
+    let allocator =
+        (cfg.ipam.as_ref()).map(|i| k8s::allocator::spawn(i, &k, client.clone(), events.clone()));
     let status = Arc::new(Mutex::new(KubeStatus::default()));
-    let client_for_events = client.clone();
     let (explain_tx, explain_rx) = mpsc::channel(8);
     let task = task::Owned::spawn(k8s::watch::run(
         k,
@@ -164,6 +162,7 @@ async fn start_speaker(
         kube_tx,
         status.clone(),
         explain_rx,
+        events.clone(),
     ));
     let watch = k8s::watch::Handle {
         requests: explain_tx,
@@ -174,7 +173,7 @@ async fn start_speaker(
         watch: Some(watch),
         allocator,
         labels: None,
-        client: Some(client_for_events),
+        events: Some(events),
     };
     Ok((speaker, kube, node))
 }

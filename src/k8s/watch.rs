@@ -19,7 +19,7 @@ use kube::{Api, Client, ResourceExt};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use super::events::Once;
+use super::events::{Once, Record};
 use super::intent::{touches_forbidden, Delta, RefusalKind, Tracker};
 use super::model::*;
 use super::slim::{EndpointSlice, Guarded, Node, Service};
@@ -264,6 +264,9 @@ pub struct Post {
     pub message: String,
     /// The line vipd logs for it.
     pub log: String,
+    /// A decision about this node (its own address), not one every node
+    /// makes alike: the node is named in the Event.
+    pub node_specific: bool,
 }
 
 /// What a pass hands on: updates for the daemon, Events for the API
@@ -475,6 +478,7 @@ impl Watch {
                     reason: r.kind.event_reason(),
                     message: format!("vipd will not announce {}: {}", r.address, r.reason),
                     log: format!("VIP refused: {}", r.reason),
+                    node_specific: r.kind == RefusalKind::NodeAddress,
                 },
             )
         });
@@ -491,6 +495,7 @@ impl Watch {
                         b.annotation, b.reason
                     ),
                     log: format!("{}: attribute value dropped: {}", b.annotation, b.reason),
+                    node_specific: false,
                 },
             )
         });
@@ -531,6 +536,7 @@ pub async fn run(
     out: mpsc::Sender<Update>,
     status: Arc<Mutex<KubeStatus>>,
     mut requests: mpsc::Receiver<Request>,
+    events: super::events::Recorder,
 ) {
     // One task per watcher, forwarding into one channel: the loop below
     // drains whatever is waiting as one batch, so a burst costs one update.
@@ -556,14 +562,12 @@ pub async fn run(
         record(&status, pass.status);
         for p in pass.posts {
             warn!(service = %p.service, "{}", p.log);
-            tokio::spawn(super::events::post(
-                client.clone(),
-                p.service,
-                p.uid,
-                p.reason.into(),
-                p.message,
-                true,
-            ));
+            let r = Record::service(&p.service, &p.uid, p.reason, p.message, true);
+            events.post(if p.node_specific {
+                r.on(&w.k.node_name)
+            } else {
+                r
+            });
         }
         for u in pass.updates {
             if out.send(u).await.is_err() {

@@ -77,12 +77,18 @@ const WRITES_IN_FLIGHT: usize = 48;
 
 struct Ctx {
     client: Client,
+    events: super::events::Recorder,
     election: Election,
     class: (Option<String>, bool),
     status: Arc<Mutex<IpamStatus>>,
 }
 
-pub fn spawn(cfg: &IpamConfig, k: &KubeConfig, client: Client) -> Handle {
+pub fn spawn(
+    cfg: &IpamConfig,
+    k: &KubeConfig,
+    client: Client,
+    events: super::events::Recorder,
+) -> Handle {
     let (pools, pools_rx) = watch::channel(cfg.pools.clone());
     let (stop, stop_rx) = watch::channel(false);
     let status = Arc::new(Mutex::new(IpamStatus::default()));
@@ -94,6 +100,7 @@ pub fn spawn(cfg: &IpamConfig, k: &KubeConfig, client: Client) -> Handle {
             duration: cfg.lease_duration.as_millis() as i64,
         },
         client,
+        events,
         class: (k.load_balancer_class.clone(), k.include_unclassed),
         status: status.clone(),
     };
@@ -499,17 +506,13 @@ impl<'a> Leader<'a> {
             .iter()
             .filter_map(|e| Some((e.service.clone(), self.live.get(&e.service)?.uid.clone())))
             .collect();
-        let client = self.ctx.client.clone();
-        tokio::spawn(async move {
-            futures_util::stream::iter(posts)
-                .for_each_concurrent(8, |e| {
-                    let uid = uids.get(&e.service).cloned().unwrap_or_default();
-                    let reason = format!("{:?}", e.kind);
-                    let warning = e.kind != EventKind::AddressAssigned;
-                    super::events::post(client.clone(), e.service, uid, reason, e.message, warning)
-                })
-                .await;
-        });
+        for e in posts {
+            let uid = uids.get(&e.service).cloned().unwrap_or_default();
+            let reason = format!("{:?}", e.kind);
+            let warning = e.kind != EventKind::AddressAssigned;
+            let r = super::events::Record::service(&e.service, &uid, &reason, e.message, warning);
+            self.ctx.events.post(r);
+        }
     }
 }
 
