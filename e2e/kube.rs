@@ -47,10 +47,34 @@ fn routes(b: &Bird) -> usize {
 }
 
 /// Lesson 4: EndpointSlices seen long before their Services change nothing;
-/// every route goes out as soon as both caches are synced.
+/// every route goes out as soon as both caches are synced. The initial
+/// lists streamed (WatchList), as an API server that allows it serves them.
 #[test]
 fn endpoints_before_services_at_startup_delay_nothing() {
     let k = kube_lab("k4");
+    barrier_holds_until_every_kind_is_listed(&k);
+    assert!(k.api.streamed() >= 3, "the lists were not streamed");
+    assert_eq!(k.api.lists_paged(), 0, "a list was paged");
+}
+
+/// Lesson 4 against an API server that refuses streaming lists (without
+/// the WatchList feature gate: 422): vipd lists page by page instead, and
+/// the barrier holds the same.
+#[test]
+fn endpoints_before_services_at_startup_delay_nothing_where_lists_are_paged() {
+    let k = kube_lab("k4p");
+    k.api.set_watch_list(false);
+    let vipd = barrier_holds_until_every_kind_is_listed(&k);
+    assert_eq!(k.api.streamed(), 0);
+    assert!(k.api.lists_paged() >= 3, "vipd did not fall back to lists");
+    assert!(
+        vipd.log().contains("refuses streaming lists"),
+        "{}",
+        vipd.proc.log_tail(20)
+    );
+}
+
+fn barrier_holds_until_every_kind_is_listed(k: &KubeLab) -> Vipd {
     for i in 0..20 {
         let ip = format!("203.0.113.{}", 10 + i);
         k.api
@@ -125,6 +149,7 @@ fn endpoints_before_services_at_startup_delay_nothing() {
             "{want:?} not in:\n{text}"
         );
     }
+    vipd
 }
 
 /// Starts vipd and waits for its first table to reach BIRD.
@@ -544,6 +569,21 @@ fn barrier_holds_for_endpoint_slices_and_the_node_across_restarts() {
 #[test]
 fn relist_after_410_drops_what_was_deleted_meanwhile() {
     let k = kube_lab("kr");
+    relist_after_410(&k);
+    assert!(k.api.streamed() > 3, "the re-list was not streamed");
+}
+
+/// The same where the API server refuses streaming lists: paged re-lists.
+#[test]
+fn relist_after_410_drops_what_was_deleted_meanwhile_where_lists_are_paged() {
+    let k = kube_lab("krp");
+    k.api.set_watch_list(false);
+    relist_after_410(&k);
+    assert_eq!(k.api.streamed(), 0);
+    assert!(k.api.lists_paged() > 3, "{}", k.api.lists_paged());
+}
+
+fn relist_after_410(k: &KubeLab) {
     put_services(&k.api, 5);
     let v = start_synced(&k, "", 5);
     api_goes_away(&k, &v);

@@ -209,6 +209,19 @@ pub fn access(route: &Route, method: &hyper::Method, watch: bool) -> Option<Acce
     }
 }
 
+/// What an API server without the WatchList feature gate answers a watch
+/// that asks for its initial list as events.
+pub fn initial_events_forbidden() -> Value {
+    let why =
+        "sendInitialEvents is forbidden for watch unless the WatchList feature gate is enabled";
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+           "message": format!("ListOptions.meta.k8s.io \"\" is invalid: sendInitialEvents: Forbidden: {why}"),
+           "reason": "Invalid", "code": 422,
+           "details": {"group": "meta.k8s.io", "kind": "ListOptions",
+                       "causes": [{"reason": "FieldValueForbidden", "message": format!("Forbidden: {why}"),
+                                   "field": "sendInitialEvents"}]}})
+}
+
 pub fn plural(kind: Kind) -> &'static str {
     match kind {
         Kind::Service => "services",

@@ -9,6 +9,11 @@
 //!   page from the first page's snapshot, at its resourceVersion), the
 //!   list's `resourceVersion`, and `fieldSelector=metadata.name=NAME`.
 //!   `labelSelector` is not implemented.
+//! - Streaming lists: a watch with `sendInitialEvents=true` gets every
+//!   object as `ADDED`, then a `BOOKMARK` annotated
+//!   `k8s.io/initial-events-end`, then the watch; or, after
+//!   [`StandIn::set_watch_list`] `(false)`, 422 Invalid as a server
+//!   without the WatchList feature gate answers.
 //! - The same paths with `watch=true`: a chunked stream of JSON watch
 //!   events (`ADDED`, `MODIFIED`, `DELETED`) after `resourceVersion`,
 //!   `BOOKMARK` events every 60 s (or as set) when `allowWatchBookmarks=true`, the end
@@ -163,6 +168,12 @@ struct State {
     lists: BTreeMap<Kind, u64>,
     /// Time spent serving list pages (building and encoding them).
     list_time: Duration,
+    /// Whether a watch may ask for its initial list as events
+    /// (`sendInitialEvents`, WatchList); without, such a watch is refused
+    /// as a server without the feature gate refuses it.
+    watch_list: bool,
+    /// Initial lists served as watch events.
+    streamed: u64,
     /// Every PUT and PATCH a client made, in order.
     writes: Vec<Write>,
 }
@@ -231,6 +242,8 @@ impl StandIn {
                         gone: 0,
                         lists: BTreeMap::new(),
                         list_time: Duration::ZERO,
+                        watch_list: true,
+                        streamed: 0,
                         writes: vec![],
                         pages: BTreeMap::new(),
                         next_snapshot: 0,
@@ -516,6 +529,23 @@ impl StandIn {
     /// client's cold start.
     pub fn list_time(&self) -> Duration {
         self.state.lock().unwrap().list_time
+    }
+
+    /// Serve streaming lists (`sendInitialEvents`, the default) or refuse
+    /// them with 422, as a server without the WatchList feature gate does.
+    pub fn set_watch_list(&self, on: bool) {
+        self.state.lock().unwrap().watch_list = on;
+    }
+
+    /// Initial lists served as watch events (streaming lists).
+    pub fn streamed(&self) -> u64 {
+        self.state.lock().unwrap().streamed
+    }
+
+    /// Lists served page by page (complete ones).
+    pub fn lists_paged(&self) -> u64 {
+        let st = self.state.lock().unwrap();
+        st.lists.values().sum::<u64>() - st.streamed
     }
 
     pub fn gone_sent(&self) -> u64 {
@@ -954,18 +984,39 @@ impl StandIn {
             .and_then(|v| v.parse().ok())
             .unwrap_or(300);
         let bookmarks = q.get("allowWatchBookmarks").map(String::as_str) == Some("true");
+        // A streaming list (WatchList): every object as it is now, then a
+        // bookmark marking the end, then the watch goes on.
+        let initial = q.get("sendInitialEvents").map(String::as_str) == Some("true");
+        if initial && !self.state.lock().unwrap().watch_list {
+            return json_response(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                &api::initial_events_forbidden(),
+            );
+        }
         let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1024);
         let mut live = self.changes.subscribe();
         let (backlog, expired, now, bookmark_every) = {
             let mut st = self.state.lock().unwrap();
-            let expired = from != 0 && from + 1 < st.oldest;
+            let expired = !initial && from != 0 && from + 1 < st.oldest;
             st.gone += expired as u64;
-            let backlog: Vec<Change> = st
-                .history
-                .iter()
-                .filter(|c| c.rv > from && c.kind == kind)
-                .cloned()
-                .collect();
+            let backlog: Vec<Change> = if initial {
+                let rv = st.rv;
+                let first = (kind, String::new(), String::new());
+                (st.objects.range(first..))
+                    .take_while(|((k, _, _), _)| *k == kind)
+                    .map(|(_, o)| Change {
+                        rv,
+                        kind,
+                        typ: "ADDED",
+                        obj: o.clone(),
+                    })
+                    .collect()
+            } else {
+                (st.history.iter())
+                    .filter(|c| c.rv > from && c.kind == kind)
+                    .cloned()
+                    .collect()
+            };
             (backlog, expired, st.rv, st.bookmark_every)
         };
         let mut epoch = self.epoch.subscribe();
@@ -1004,6 +1055,15 @@ impl StandIn {
                 {
                     return;
                 }
+            }
+            if initial {
+                let end = json!({"type": "BOOKMARK", "object": {"kind": kind.name(), "apiVersion": kind.list_kind().1,
+                    "metadata": {"resourceVersion": now.to_string(), "annotations": {"k8s.io/initial-events-end": "true"}}}});
+                if tx.send(line(end)).await.is_err() {
+                    return;
+                }
+                *state.lock().unwrap().lists.entry(kind).or_default() += 1;
+                state.lock().unwrap().streamed += 1;
             }
             let mut last = now.max(from);
             let end = tokio::time::Instant::now() + Duration::from_secs(timeout);

@@ -6,9 +6,10 @@
 
 use std::collections::BTreeMap;
 
-use futures_util::{Stream, StreamExt};
+use futures_util::StreamExt;
 use kube::runtime::{watcher, WatchStreamExt};
-use kube::Resource;
+use kube::{Api, Resource};
+use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 use tracing::warn;
 
@@ -133,24 +134,82 @@ fn unreadable<V>(key: &str, why: &str, kept: V) -> V {
 /// default backoff on errors): the receiver drains whatever waited into one
 /// batch, where the stream itself yields one event per poll. The task ends
 /// with the returned handle, or when the receiver is gone.
-pub fn forward<K, T, S>(
-    stream: S,
+///
+/// The initial list is streamed (`sendInitialEvents`, WatchList: objects
+/// one at a time instead of pages of 500) where the API server allows it.
+/// kube-rs does not fall back by itself, so this does: a server that
+/// refuses it (without the feature gate: 422 naming `sendInitialEvents`),
+/// or one that never marks the end of the initial events (older than
+/// 1.27, which ignores the parameter), is listed page by page instead,
+/// for as long as this task lives.
+pub fn forward<K, T>(
+    api: Api<K>,
+    config: watcher::Config,
     tx: mpsc::Sender<T>,
     wrap: impl Fn(Result<watcher::Event<K>, watcher::Error>) -> T + Send + 'static,
 ) -> crate::task::Owned<()>
 where
-    S: Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
-    K: Send + 'static,
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send,
     T: Send + 'static,
 {
     crate::task::Owned::spawn(async move {
-        let mut s = Box::pin(stream.default_backoff());
-        while let Some(item) = s.next().await {
-            if tx.send(wrap(item)).await.is_err() {
-                return;
+        let mut streaming = true;
+        loop {
+            let c = if streaming {
+                config.clone().streaming_lists()
+            } else {
+                config.clone()
+            };
+            let mut s = Box::pin(watcher(api.clone(), c).default_backoff());
+            let mut listing: Option<tokio::time::Instant> = None;
+            loop {
+                let next = match listing.filter(|_| streaming) {
+                    Some(t) => match tokio::time::timeout_at(t + STREAM_END, s.next()).await {
+                        Ok(n) => n,
+                        Err(_) => {
+                            warn!(kind = %K::kind(&Default::default()), "no end of the streamed initial list within {} s (an API server older than 1.27 ignores sendInitialEvents): listing instead", STREAM_END.as_secs());
+                            break;
+                        }
+                    },
+                    None => s.next().await,
+                };
+                let Some(item) = next else { return };
+                if streaming && refuses_streaming(&item) {
+                    warn!(kind = %K::kind(&Default::default()), "the API server refuses streaming lists (WatchList): listing instead");
+                    break;
+                }
+                match &item {
+                    Ok(watcher::Event::Init) => listing = Some(tokio::time::Instant::now()),
+                    Ok(watcher::Event::InitDone) => listing = None,
+                    _ => {}
+                }
+                if tx.send(wrap(item)).await.is_err() {
+                    return;
+                }
             }
+            streaming = false;
         }
     })
+}
+
+/// How long a streamed initial list may take before vipd lists instead:
+/// 50,000 objects stream in a few seconds.
+const STREAM_END: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Whether a watcher error is the API server refusing `sendInitialEvents`.
+pub fn refuses_streaming<E>(item: &Result<E, watcher::Error>) -> bool {
+    let Err(watcher::Error::WatchStartFailed(kube::Error::Api(s))) = item else {
+        return false;
+    };
+    let named = |m: &str| m.contains("sendInitialEvents");
+    let causes = s
+        .details
+        .as_ref()
+        .map(|d| d.causes.as_slice())
+        .unwrap_or(&[]);
+    matches!(s.code, 400 | 403 | 422)
+        && (named(&s.message) || causes.iter().any(|c| named(&c.field) || named(&c.message)))
 }
 
 #[cfg(test)]
@@ -214,6 +273,41 @@ mod tests {
             Change::One("ns/c".into(), Some("4".into()))
         );
         assert!(live.is_empty());
+    }
+
+    #[test]
+    fn only_a_refusal_of_send_initial_events_means_list_instead() {
+        let status = |code: u16, message: &str, field: &str| {
+            let s: kube::core::Status = serde_json::from_value(serde_json::json!({
+                "code": code, "message": message, "reason": "Invalid", "status": "Failure",
+                "details": {"causes": [{"field": field, "message": "Forbidden", "reason": "FieldValueForbidden"}]}
+            }))
+            .unwrap();
+            Err::<(), _>(watcher::Error::WatchStartFailed(kube::Error::Api(
+                Box::new(s).into(),
+            )))
+        };
+        assert!(refuses_streaming(&status(
+            422,
+            "ListOptions.meta.k8s.io \"\" is invalid: sendInitialEvents: Forbidden",
+            ""
+        )));
+        assert!(refuses_streaming(&status(
+            422,
+            "invalid",
+            "sendInitialEvents"
+        )));
+        // RBAC, or an unrelated invalid request: an error to retry, not a fallback.
+        assert!(!refuses_streaming(&status(
+            403,
+            "services is forbidden: cannot watch",
+            ""
+        )));
+        assert!(!refuses_streaming(&status(500, "sendInitialEvents", "")));
+        assert!(!refuses_streaming(&Ok::<(), watcher::Error>(())));
+        assert!(!refuses_streaming(&Err::<(), _>(
+            watcher::Error::NoResourceVersion
+        )));
     }
 
     #[test]

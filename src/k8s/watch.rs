@@ -605,20 +605,20 @@ fn forwarders(
     let node = wc.clone().fields(&format!("metadata.name={node}"));
     [
         forward(
-            watcher(Api::<Guarded<Service>>::all(client.clone()), wc.clone()),
+            Api::<Guarded<Service>>::all(client.clone()),
+            wc.clone(),
             tx.clone(),
             |e| (std::time::Instant::now(), Ev::Svc(e)),
         ),
         forward(
-            watcher(Api::<Guarded<EndpointSlice>>::all(client.clone()), wc),
+            Api::<Guarded<EndpointSlice>>::all(client.clone()),
+            wc,
             tx.clone(),
             |e| (std::time::Instant::now(), Ev::Slice(e)),
         ),
-        forward(
-            watcher(Api::<Guarded<Node>>::all(client.clone()), node),
-            tx,
-            |e| (std::time::Instant::now(), Ev::Node(e)),
-        ),
+        forward(Api::<Guarded<Node>>::all(client.clone()), node, tx, |e| {
+            (std::time::Instant::now(), Ev::Node(e))
+        }),
     ]
 }
 

@@ -249,9 +249,9 @@ impl<'a> Leader<'a> {
         // pass was writing is then drained at once into the next pass (the
         // watcher stream itself yields one event per poll).
         let (tx, mut rx) = tokio::sync::mpsc::channel(4096);
-        let stream = watcher(self.api.clone(), watcher::Config::default());
+        let (api, config) = (self.api.clone(), watcher::Config::default());
         // Owned: if this future is dropped midway, the forwarder goes too.
-        let _forward = crate::k8s::store::forward(stream, tx, |e| e);
+        let _forward = crate::k8s::store::forward(api, config, tx, |e| e);
         self.run(&mut rx, pools, stop).await
     }
 
