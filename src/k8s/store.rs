@@ -284,7 +284,7 @@ mod tests {
             }))
             .unwrap();
             Err::<(), _>(watcher::Error::WatchStartFailed(kube::Error::Api(
-                Box::new(s).into(),
+                Box::new(s),
             )))
         };
         assert!(refuses_streaming(&status(
