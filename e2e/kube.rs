@@ -96,7 +96,7 @@ fn barrier_holds_until_every_kind_is_listed(k: &KubeLab) -> Vipd {
         .put(obj::slice("shop", "dual-abc", "dual", &[("node-b", true)]));
     // Services are held back: vipd gets the EndpointSlices (and the Node) only.
     k.api.hold(Kind::Service);
-    let vipd = Vipd::start(&k.lab.node, &k.lab.dir, &vipd_conf(&k, ""));
+    let vipd = Vipd::start(&k.lab.node, &k.lab.dir, &vipd_conf(k, ""));
     // Session up and every list but the Services' served: the moment a
     // barrier that ignored the Services would announce.
     assert!(
@@ -105,7 +105,7 @@ fn barrier_holds_until_every_kind_is_listed(k: &KubeLab) -> Vipd {
             && k.api.lists_served(Kind::Node) > 0),
         "no session, or vipd never listed the EndpointSlices and the Node"
     );
-    never_above(&k, 0, Duration::from_secs(1));
+    never_above(k, 0, Duration::from_secs(1));
     assert!(!vipd.log().contains("caches synced"));
     let (code, text) = vipd_status(&k.lab.node);
     assert_eq!(
@@ -585,8 +585,8 @@ fn relist_after_410_drops_what_was_deleted_meanwhile_where_lists_are_paged() {
 
 fn relist_after_410(k: &KubeLab) {
     put_services(&k.api, 5);
-    let v = start_synced(&k, "", 5);
-    api_goes_away(&k, &v);
+    let v = start_synced(k, "", 5);
+    api_goes_away(k, &v);
     k.api.delete(Kind::Service, "a", "s0");
     k.api.delete(Kind::EndpointSlice, "a", "s0-1");
     k.api.expire_history();
