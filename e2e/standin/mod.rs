@@ -1000,17 +1000,8 @@ impl StandIn {
             let expired = !initial && from != 0 && from + 1 < st.oldest;
             st.gone += expired as u64;
             let backlog: Vec<Change> = if initial {
-                let rv = st.rv;
-                let first = (kind, String::new(), String::new());
-                (st.objects.range(first..))
-                    .take_while(|((k, _, _), _)| *k == kind)
-                    .map(|(_, o)| Change {
-                        rv,
-                        kind,
-                        typ: "ADDED",
-                        obj: o.clone(),
-                    })
-                    .collect()
+                // Sent from the encoded text below, not from these.
+                vec![]
             } else {
                 (st.history.iter())
                     .filter(|c| c.rv > from && c.kind == kind)
@@ -1018,6 +1009,32 @@ impl StandIn {
                     .collect()
             };
             (backlog, expired, st.rv, st.bookmark_every)
+        };
+        // A streamed list: the objects' encoded text in frames of about
+        // 256 KiB, matched by namespace and name as the watch matches them.
+        let frames: Vec<Bytes> = if initial {
+            let t = std::time::Instant::now();
+            let mut st = self.state.lock().unwrap();
+            let first = (kind, String::new(), String::new());
+            let mut frames = vec![];
+            let mut frame = String::new();
+            let objects = (st.encoded.range(first..)).take_while(|((k, _, _), _)| *k == kind);
+            for ((_, o, n), text) in objects {
+                if ns.as_deref().is_some_and(|x| x != o) || name.as_deref().is_some_and(|x| x != n) {
+                    continue;
+                }
+                frame.push_str("{\"type\":\"ADDED\",\"object\":");
+                frame.push_str(text);
+                frame.push_str("}\n");
+                if frame.len() > 256 << 10 {
+                    frames.push(Bytes::from(std::mem::take(&mut frame)));
+                }
+            }
+            frames.push(Bytes::from(frame));
+            st.list_time += t.elapsed();
+            frames
+        } else {
+            vec![]
         };
         let mut epoch = self.epoch.subscribe();
         let started = *epoch.borrow_and_update();
@@ -1053,6 +1070,11 @@ impl StandIn {
                     .await
                     .is_err()
                 {
+                    return;
+                }
+            }
+            for f in frames {
+                if tx.send(f).await.is_err() {
                     return;
                 }
             }
