@@ -90,7 +90,12 @@ fn own_address(i: usize) -> String {
 
 fn put_service(api: &StandIn, name: &str, ip: &str) {
     api.put(obj::service("t", name, &[ip], false));
-    api.put(obj::slice("t", &format!("{name}-1"), name, &[("node-x", true)]));
+    api.put(obj::slice(
+        "t",
+        &format!("{name}-1"),
+        name,
+        &[("node-x", true)],
+    ));
 }
 
 /// Every vipd started and synced.

@@ -1020,7 +1020,8 @@ impl StandIn {
             let mut frame = String::new();
             let objects = (st.encoded.range(first..)).take_while(|((k, _, _), _)| *k == kind);
             for ((_, o, n), text) in objects {
-                if ns.as_deref().is_some_and(|x| x != o) || name.as_deref().is_some_and(|x| x != n) {
+                if ns.as_deref().is_some_and(|x| x != o) || name.as_deref().is_some_and(|x| x != n)
+                {
                     continue;
                 }
                 frame.push_str("{\"type\":\"ADDED\",\"object\":");
