@@ -82,31 +82,7 @@ fn vipd_with_20k_services_stays_under_its_memory_bound() {
     ns.ip(&["addr", "add", "192.0.2.100/24", "dev", "lo"]);
     let api = standin::StandIn::start("192.0.2.100:6443".parse().unwrap(), Some(&ns.name));
     api.put(standin::obj::node("node-a", &["192.0.2.1"]));
-    let nodes: Vec<String> = (0..50).map(|i| format!("node-{i}")).collect();
-    for i in 0..n {
-        let ip4 = std::net::Ipv4Addr::from(0x6440_0000 + i).to_string();
-        let ip6 = format!("2001:db8:64::{i:x}");
-        let ips: Vec<&str> = if i % 2 == 0 {
-            vec![&ip4, &ip6]
-        } else {
-            vec![&ip4]
-        };
-        let eps: Vec<(&str, bool)> = (0..10)
-            .map(|j| (nodes[(i as usize + j) % 50].as_str(), true))
-            .collect();
-        api.put(standin::obj::service(
-            "bench",
-            &format!("svc-{i}"),
-            &ips,
-            false,
-        ));
-        api.put(standin::obj::slice(
-            "bench",
-            &format!("svc-{i}-x"),
-            &format!("svc-{i}"),
-            &eps,
-        ));
-    }
+    api.put_scale(n, |_| "bench");
     let dir = Dir::new("memk");
     let kc = dir.write("kubeconfig", &api.kubeconfig());
     let conf = format!(

@@ -27,7 +27,6 @@ mod lab;
 #[path = "../standin/mod.rs"]
 mod standin;
 
-use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::{Duration, Instant};
 
 use lab::*;
@@ -90,7 +89,7 @@ fn one_size(n: u32) -> Figures {
     lab.add_router_address("192.0.2.100/24");
     let api = StandIn::start("192.0.2.100:6443".parse().unwrap(), Some(&lab.router.name));
     api.put(obj::node("node-a", &["192.0.2.1"]));
-    let (v4, v6) = populate(&api, n);
+    let (v4, v6) = api.put_scale(n, namespace);
     let bird = lab.dual_bird("");
     let mut ctl = BirdCtl::open(&bird.ctl);
     let kc = lab.dir.write("kubeconfig", &api.kubeconfig());
@@ -147,37 +146,6 @@ fn one_size(n: u32) -> Figures {
         }
     }
     Figures { n, rss: steady }
-}
-
-/// `n` Services and their EndpointSlices; returns the VIPs (IPv4, IPv6).
-fn populate(api: &StandIn, n: u32) -> (usize, usize) {
-    let nodes: Vec<String> = (0..50).map(|i| format!("node-{i}")).collect();
-    let (mut v4, mut v6) = (0usize, 0usize);
-    for i in 0..n {
-        let ip4 = Ipv4Addr::from(u32::from(Ipv4Addr::new(100, 64, 0, 0)) + i).to_string();
-        let ip6 =
-            Ipv6Addr::from(u128::from("2001:db8:64::".parse::<Ipv6Addr>().unwrap()) + i as u128)
-                .to_string();
-        let ips: Vec<&str> = if i % 2 == 0 {
-            vec![&ip4, &ip6]
-        } else {
-            vec![&ip4]
-        };
-        v4 += 1;
-        v6 += (i % 2 == 0) as usize;
-        let eps: Vec<(&str, bool)> = (0..10)
-            .map(|j| (nodes[(i as usize + j) % 50].as_str(), true))
-            .collect();
-        let ns = namespace(i);
-        api.put(obj::service(ns, &format!("svc-{i}"), &ips, false));
-        api.put(obj::slice(
-            ns,
-            &format!("svc-{i}-x"),
-            &format!("svc-{i}"),
-            &eps,
-        ));
-    }
-    (v4, v6)
 }
 
 /// The first 5,000 Services live in a namespace of their own: the burst

@@ -531,6 +531,32 @@ impl StandIn {
         self.state.lock().unwrap().list_time
     }
 
+    /// A large cluster for the benchmarks and the memory test: `n`
+    /// LoadBalancer Services `svc-I` (100.64.0.0 + I; every other one dual
+    /// stack, 2001:db8:64:: + I) in the namespace `ns(I)` names, each with an
+    /// EndpointSlice of 10 ready endpoints spread over 50 nodes. Returns
+    /// the VIPs (IPv4, IPv6).
+    pub fn put_scale(&self, n: u32, ns: fn(u32) -> &'static str) -> (usize, usize) {
+        let nodes: Vec<String> = (0..50).map(|i| format!("node-{i}")).collect();
+        let v6_base = u128::from("2001:db8:64::".parse::<std::net::Ipv6Addr>().unwrap());
+        for i in 0..n {
+            let ip4 = std::net::Ipv4Addr::from(0x6440_0000 + i).to_string();
+            let ip6 = std::net::Ipv6Addr::from(v6_base + u128::from(i)).to_string();
+            let ips: Vec<&str> = if i % 2 == 0 {
+                vec![&ip4, &ip6]
+            } else {
+                vec![&ip4]
+            };
+            let eps: Vec<(&str, bool)> = (0..10)
+                .map(|j| (nodes[(i as usize + j) % 50].as_str(), true))
+                .collect();
+            let (svc, slice) = (format!("svc-{i}"), format!("svc-{i}-x"));
+            self.put(obj::service(ns(i), &svc, &ips, false));
+            self.put(obj::slice(ns(i), &slice, &svc, &eps));
+        }
+        (n as usize, n.div_ceil(2) as usize)
+    }
+
     /// Serve streaming lists (`sendInitialEvents`, the default) or refuse
     /// them with 422, as a server without the WatchList feature gate does.
     pub fn set_watch_list(&self, on: bool) {
