@@ -382,7 +382,7 @@ mod tests {
         match op {
             Op::Svc { i, ip, local } => {
                 let svc = ServiceInfo {
-                    uid: format!("uid{i}"),
+                    uid: format!("uid{i}").into(),
                     namespace: "ns".into(),
                     name: format!("s{i}"),
                     load_balancer: true,
@@ -393,7 +393,7 @@ mod tests {
                 s.services.insert(svc.key(), svc);
             }
             Op::DelSvc { i } => {
-                s.services.remove(&format!("ns/s{i}"));
+                s.services.remove(format!("ns/s{i}").as_str());
             }
             Op::Slice { i, eps } => {
                 let eps: Vec<EndpointInfo> = (eps.iter())
@@ -406,10 +406,10 @@ mod tests {
                     })
                     .collect();
                 let sl = SliceInfo::new("ns".into(), Some(format!("s{i}")), &eps, "node-a");
-                s.slices.insert(format!("ns/s{i}-slice"), sl);
+                s.slices.insert(format!("ns/s{i}-slice").into(), sl);
             }
             Op::DelSlice { i } => {
-                s.slices.remove(&format!("ns/s{i}-slice"));
+                s.slices.remove(format!("ns/s{i}-slice").as_str());
             }
         }
     }
@@ -422,7 +422,7 @@ mod tests {
     fn model(s: &Snapshot) -> BTreeSet<IpNet> {
         let mut by_ip: BTreeMap<IpNet, Vec<(&str, bool, bool)>> = BTreeMap::new();
         for svc in s.services.values() {
-            let slice = s.slices.get(&format!("ns/{}-slice", svc.name));
+            let slice = s.slices.get(format!("ns/{}-slice", svc.name).as_str());
             let ready = |here: bool| {
                 // Every endpoint of these is serving exactly when ready.
                 slice.is_some_and(|sl| if here { sl.here > 0 } else { sl.ready > 0 })
@@ -569,7 +569,7 @@ mod tests {
 
     fn want_med(med: u32) -> Want {
         Want {
-            owners: vec!["uid".to_string()],
+            owners: vec!["uid".into()],
             attrs: (*attrs(med)).clone(),
         }
     }

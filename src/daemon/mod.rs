@@ -384,7 +384,7 @@ impl Daemon {
             let view = match explain {
                 Some(q) => {
                     let (tx, rx) = tokio::sync::oneshot::channel();
-                    let ask = k8s::watch::Request::Explain(key.clone(), tx);
+                    let ask = k8s::watch::Request::Explain(key.as_str().into(), tx);
                     if q.send(ask).await.is_err() {
                         return;
                     }
@@ -563,7 +563,7 @@ mod tests {
     fn want(n: u8) -> (ipnet::IpNet, Want) {
         let p = format!("203.0.113.{n}/32").parse().unwrap();
         let w = Want {
-            owners: vec![format!("uid-{n}")],
+            owners: vec![format!("uid-{n}").into()],
             attrs: RouteAttrs::default(),
         };
         (p, w)

@@ -38,8 +38,6 @@ use tracing::{debug, warn};
 
 use std::collections::BTreeSet;
 
-use super::model::{Key, Uid};
-
 /// Events a node may write in a burst, and then each second: a new
 /// allocator leader assigning 1,000 addresses records them in about 15 s,
 /// and no node, whatever goes wrong, writes more than 50 a second.
@@ -87,8 +85,8 @@ pub struct Record {
 impl Record {
     /// About the Service `namespace/name`.
     pub fn service(
-        service: &Key,
-        uid: &Uid,
+        service: &str,
+        uid: &str,
         reason: &str,
         message: String,
         warning: bool,
@@ -101,7 +99,7 @@ impl Record {
                 kind: Some("Service".into()),
                 namespace: Some(ns.to_string()),
                 name: Some(name.to_string()),
-                uid: Some(uid.clone()),
+                uid: Some(uid.to_string()),
                 ..Default::default()
             },
             reason: reason.to_string(),
@@ -411,13 +409,7 @@ mod tests {
     }
 
     fn refused(msg: &str) -> Record {
-        Record::service(
-            &"shop/web".into(),
-            &"u1".into(),
-            "VIPRefused",
-            msg.into(),
-            true,
-        )
+        Record::service("shop/web", "u1", "VIPRefused", msg.into(), true)
     }
 
     #[test]

@@ -56,7 +56,7 @@ pub type Sharing = (Vec<super::intent::Refusal>, Vec<(ipnet::IpNet, String)>);
 pub fn explain(s: &Snapshot, k: &KubeConfig, key: &str, sharing: &Sharing) -> ServiceView {
     let Some(svc) = s.services.get(key) else {
         return ServiceView {
-            service: key.to_string(),
+            service: key.into(),
             found: None,
             closest: closest(s.services.keys(), key),
         };
@@ -73,7 +73,7 @@ pub fn explain(s: &Snapshot, k: &KubeConfig, key: &str, sharing: &Sharing) -> Se
     let skipped = skipped(svc, k, endpoints_ready, endpoints_here);
     let addresses = addresses(svc, k, &p, sharing);
     ServiceView {
-        service: key.to_string(),
+        service: key.into(),
         found: Some(Found {
             load_balancer: svc.load_balancer,
             class: svc.class.clone(),
@@ -187,7 +187,7 @@ mod tests {
             ("shop", "web", vec!["203.0.113.12"]),
         ] {
             s.services
-                .insert(format!("{ns}/{name}"), svc(ns, name, &ips));
+                .insert(format!("{ns}/{name}").into(), svc(ns, name, &ips));
         }
         s.slices.insert(
             "default/web-1".into(),
@@ -274,9 +274,9 @@ mod tests {
     fn an_unknown_name_lists_the_closest() {
         let v = explain(&snap(), &kcfg(), "default/wbe", &Default::default());
         assert!(v.found.is_none());
-        assert_eq!(v.closest[0], "default/web");
+        assert_eq!(&*v.closest[0], "default/web");
         let v = explain(&snap(), &kcfg(), "prod/web", &Default::default());
-        assert!(v.closest.contains(&"shop/web".to_string()), "{v:?}");
+        assert!(v.closest.contains(&"shop/web".into()), "{v:?}");
         assert!(
             explain(&snap(), &kcfg(), "zzz/qqqqqqqq", &Default::default())
                 .closest

@@ -348,7 +348,7 @@ fn address(
 pub fn slice_owner(sl: &SliceInfo) -> Option<Key> {
     sl.service
         .as_ref()
-        .map(|svc| format!("{}/{svc}", sl.namespace))
+        .map(|svc| format!("{}/{svc}", sl.namespace).into())
 }
 
 /// Does a change to this Service or slice change what no Service may take?
@@ -401,7 +401,7 @@ impl Keys {
         }
     }
     fn remove(&mut self, k: &str) {
-        if let Ok(i) = self.0.binary_search_by(|x| x.as_str().cmp(k)) {
+        if let Ok(i) = self.0.binary_search_by(|x| (**x).cmp(k)) {
             self.0.remove(i);
         }
     }
@@ -441,7 +441,7 @@ impl Tracker {
             .shared_refused
             .values()
             .flatten()
-            .filter(|r| r.uid == uid)
+            .filter(|r| &*r.uid == uid)
             .cloned()
             .collect();
         let held = self
@@ -450,7 +450,7 @@ impl Tracker {
             .filter(|(p, _)| {
                 self.contributors
                     .get(*p)
-                    .is_some_and(|c| c.iter().any(|k| self.parts[k].uid == uid))
+                    .is_some_and(|c| c.iter().any(|k| &*self.parts[k].uid == uid))
             })
             .map(|(p, w)| (*p, w.clone()))
             .collect();
@@ -665,12 +665,19 @@ impl Tracker {
             .collect();
         let addr = p.addr().to_string();
         let d = super::sharing::decide(&addr, &owners, k.community_room);
+        // The decision names owners by text; the intent keeps the shared keys.
+        let key_of = |s: &str| {
+            keys.iter()
+                .find(|k| &***k == s)
+                .cloned()
+                .unwrap_or_else(|| s.into())
+        };
         let refused = d
             .refused
             .into_iter()
             .map(|(key, why, reason)| Refusal {
-                uid: self.parts[&key].uid.clone(),
-                service: key,
+                uid: self.parts[key.as_str()].uid.clone(),
+                service: key_of(&key),
                 address: addr.clone(),
                 kind: match why {
                     super::sharing::Why::NotShared => RefusalKind::SharingNotAllowed,
@@ -682,8 +689,14 @@ impl Tracker {
         if let Some(h) = d.held {
             self.held.insert(*p, h);
         }
+        let uid_of = |u: &str| {
+            (keys.iter().map(|k| &self.parts[k].uid))
+                .find(|x| &***x == u)
+                .cloned()
+                .unwrap_or_else(|| u.into())
+        };
         let want = (d.announce).map(|(owners, attrs)| Want {
-            owners: owners.into_iter().collect(),
+            owners: owners.iter().map(|u| uid_of(u)).collect(),
             attrs,
         });
         (want, refused)
@@ -713,7 +726,7 @@ pub(crate) mod tests {
 
     pub fn svc(ns: &str, name: &str, ips: &[&str]) -> ServiceInfo {
         ServiceInfo {
-            uid: format!("uid-{ns}-{name}"),
+            uid: format!("uid-{ns}-{name}").into(),
             namespace: ns.into(),
             name: name.into(),
             load_balancer: true,
@@ -745,7 +758,7 @@ pub(crate) mod tests {
             services: svcs.into_iter().map(|s| (s.key(), s)).collect(),
             slices: slices
                 .into_iter()
-                .map(|(n, s)| (format!("{}/{n}", s.namespace), s))
+                .map(|(n, s)| (format!("{}/{n}", s.namespace).into(), s))
                 .collect(),
             node: Some(NodeInfo {
                 name: "node-a".into(),
@@ -844,7 +857,7 @@ pub(crate) mod tests {
         );
         let i = compute(&s, &kcfg());
         let w = &i.routes[&"203.0.113.10/32".parse::<IpNet>().unwrap()];
-        assert_eq!(w.owners, ["uid-a-web".to_string()]);
+        assert_eq!(w.owners, ["uid-a-web".into()]);
     }
 
     /// Lesson 5: the node's own address and the API server's are refused.
@@ -1064,7 +1077,7 @@ pub(crate) mod tests {
             t.reset(&s, &k);
             let add_slices = |s: &mut Snapshot, t: &mut Tracker| {
                 for (n, sl) in slices.iter().rev() {
-                    let key = format!("{}/{n}", sl.namespace);
+                    let key: Key = format!("{}/{n}", sl.namespace).into();
                     s.slices.insert(key.clone(), sl.clone());
                     let touched = t.slice_changed(&key, None, Some(sl));
                     t.update(s, &k, touched.iter());
@@ -1105,7 +1118,7 @@ mod timing {
             let v = svc("bench", &format!("svc-{i}"), &[&ip]);
             s.services.insert(v.key(), v);
             let sl = slice("bench", &format!("svc-{i}"), &[("node-b", true)]);
-            s.slices.insert(format!("bench/svc-{i}-x"), sl);
+            s.slices.insert(format!("bench/svc-{i}-x").into(), sl);
         }
         let t = std::time::Instant::now();
         let mut n = 0;
@@ -1188,7 +1201,7 @@ mod incremental {
                 let delta = match op {
                     Op::Svc { i, ip, local, annotated } => {
                         let mut svc = ServiceInfo {
-                            uid: format!("uid{i}"), namespace: "ns".into(), name: format!("s{i}"),
+                            uid: format!("uid{i}").into(), namespace: "ns".into(), name: format!("s{i}"),
                             load_balancer: true, ingress_ips: vec![IPS[*ip].into()], local_policy: *local,
                             ..Default::default()
                         };
@@ -1200,12 +1213,12 @@ mod incremental {
                         t.update(&s, &k, [key].iter())
                     }
                     Op::DelSvc { i } => {
-                        let key = format!("ns/s{i}");
+                        let key: Key = format!("ns/s{i}").into();
                         s.services.remove(&key);
                         t.update(&s, &k, [key].iter())
                     }
                     Op::Slice { j, of, eps } => {
-                        let key = format!("ns/sl{j}");
+                        let key: Key = format!("ns/sl{j}").into();
                         let eps: Vec<EndpointInfo> = eps.iter().map(|(here, ready)| EndpointInfo {
                             node: Some(if *here { "node-a" } else { "node-b" }.into()),
                             addresses: vec![], ready: *ready, serving: *ready, terminating: false,
@@ -1216,7 +1229,7 @@ mod incremental {
                         t.update(&s, &k, touched.iter())
                     }
                     Op::DelSlice { j } => {
-                        let key = format!("ns/sl{j}");
+                        let key: Key = format!("ns/sl{j}").into();
                         let old = s.slices.remove(&key);
                         let touched = t.slice_changed(&key, old.as_ref(), None);
                         t.update(&s, &k, touched.iter())
@@ -1255,12 +1268,12 @@ mod incremental {
             let v = super::tests::svc("bench", &format!("svc-{i}"), &[&ip]);
             s.services.insert(v.key(), v);
             s.slices.insert(
-                format!("bench/svc-{i}-x"),
+                format!("bench/svc-{i}-x").into(),
                 super::tests::slice("bench", &format!("svc-{i}"), &[("node-b", true)]),
             );
         }
         t.reset(&s, &k);
-        let key = "bench/svc-7-x".to_string();
+        let key: Key = "bench/svc-7-x".into();
         let new = super::tests::slice("bench", "svc-7", &[("node-b", false)]);
         let old = s.slices.insert(key.clone(), new.clone());
         let start = std::time::Instant::now();

@@ -7,10 +7,10 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 /// A Service's UID: owners of a VIP are tracked by it.
-pub type Uid = String;
+pub type Uid = std::sync::Arc<str>;
 
 /// `namespace/name`.
-pub type Key = String;
+pub type Key = std::sync::Arc<str>;
 
 pub const ANNOTATION_COMMUNITIES: &str = "vipd.io/communities";
 pub const ANNOTATION_LARGE_COMMUNITIES: &str = "vipd.io/large-communities";
@@ -63,7 +63,7 @@ pub struct ServiceInfo {
 
 impl ServiceInfo {
     pub fn key(&self) -> Key {
-        format!("{}/{}", self.namespace, self.name)
+        format!("{}/{}", self.namespace, self.name).into()
     }
 
     /// The namespaces `vipd.io/sharing-namespaces` names (`*`: any).

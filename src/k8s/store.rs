@@ -24,6 +24,7 @@ pub fn key_of<K: Resource>(o: &K) -> Key {
         m.namespace.as_deref().unwrap_or(""),
         m.name.as_deref().unwrap_or("")
     )
+    .into()
 }
 
 /// What one watcher event did to a store.
@@ -267,7 +268,7 @@ mod tests {
         s.apply(&mut live, InitApply(obj("c", "4")), value);
         assert_eq!(live.get("ns/a").map(String::as_str), Some("3"));
         s.apply(&mut live, InitDone, value);
-        assert_eq!(live.keys().collect::<Vec<_>>(), ["ns/c"]);
+        assert_eq!(live.keys().map(|k| &**k).collect::<Vec<_>>(), ["ns/c"]);
         assert_eq!(
             s.apply(&mut live, Delete(obj("c", "4")), value),
             Change::One("ns/c".into(), Some("4".into()))
@@ -335,7 +336,7 @@ mod tests {
         s.apply(&mut live, InitApply(bad), value);
         s.apply(&mut live, InitApply(bad_b), value);
         s.apply(&mut live, InitDone, value);
-        assert_eq!(live.keys().collect::<Vec<_>>(), ["ns/a"]);
+        assert_eq!(live.keys().map(|k| &**k).collect::<Vec<_>>(), ["ns/a"]);
         assert_eq!(live["ns/a"], "1");
     }
 }

@@ -69,7 +69,7 @@ pub fn service_info(s: &Service) -> Option<ServiceInfo> {
         .and_then(|st| st.load_balancer.as_ref())
         .and_then(|lb| lb.ingress.as_ref());
     Some(ServiceInfo {
-        uid: s.uid()?,
+        uid: s.uid()?.into(),
         namespace,
         name,
         created: (s.metadata.creation_timestamp.as_ref()).map_or(0, |t| t.0.as_second()),
@@ -521,7 +521,7 @@ impl Watch {
             .snap
             .services
             .get(key)
-            .map(|s| s.uid.as_str())
+            .map(|s| &*s.uid)
             .unwrap_or_default();
         let sharing = self.tracker.sharing_view(uid);
         super::explain::explain(&self.snap, &self.k, key, &sharing)
@@ -779,7 +779,7 @@ mod tests {
         list_node(&mut w, node(false));
         let p = w.pass(Instant::now()).unwrap();
         assert_eq!(p.posts.len(), 1, "{:?}", p.posts);
-        assert_eq!(p.posts[0].service, "ns/web");
+        assert_eq!(&*p.posts[0].service, "ns/web");
         assert!(p.posts[0].message.contains("198.51.100.1"), "{:?}", p.posts);
         // The same refusal on the next pass: not again.
         w.apply(Ev::Slice(Ok(Apply(slice("web")))));

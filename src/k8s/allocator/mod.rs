@@ -11,6 +11,8 @@
 pub mod election;
 
 use std::collections::{BTreeMap, BTreeSet};
+
+use crate::k8s::model::Key;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -213,9 +215,9 @@ struct Leader<'a> {
     ctx: &'a Ctx,
     term: &'a Term,
     api: Api<Service>,
-    live: BTreeMap<String, Entry>,
+    live: BTreeMap<Key, Entry>,
     store: Store<Entry>,
-    written: BTreeMap<String, Written>,
+    written: BTreeMap<Key, Written>,
     /// Failures already told in an Event, until they go away.
     reported: Once<(String, String)>,
 }
@@ -338,7 +340,7 @@ impl<'a> Leader<'a> {
             match r {
                 Ok(w) => {
                     done.insert(k.clone());
-                    self.written.insert(k, w);
+                    self.written.insert(k.into(), w);
                 }
                 Err(()) => retry = true,
             }
@@ -381,11 +383,15 @@ impl<'a> Leader<'a> {
         let outcome = ipam::allocate(pools, &svcs);
         let writes = svcs
             .iter()
-            .filter(|s| self.live.get(&s.key).is_some_and(|e| e.bad.is_none()))
+            .filter(|s| {
+                self.live
+                    .get(s.key.as_str())
+                    .is_some_and(|e| e.bad.is_none())
+            })
             .filter_map(|s| {
                 let want = outcome.status.get(&s.key)?;
                 let same = want.iter().collect::<BTreeSet<_>>() == s.current.iter().collect();
-                let rv = self.live[&s.key].rv.clone();
+                let rv = self.live[s.key.as_str()].rv.clone();
                 (!same).then(|| (s.key.clone(), rv, want.clone()))
             })
             .collect();
@@ -489,11 +495,11 @@ impl<'a> Leader<'a> {
         let unreadable = self.live.iter().filter_map(|(k, entry)| {
             let why = entry.bad.as_ref()?;
             let e = ipam::Event {
-                service: k.clone(),
+                service: k.to_string(),
                 kind: EventKind::AllocationFailed,
                 message: format!("{why}; the Service is left as it is"),
             };
-            Some(((k.clone(), why.clone()), e))
+            Some(((k.to_string(), why.clone()), e))
         });
         let mut posts: Vec<ipam::Event> = out
             .events
@@ -504,7 +510,12 @@ impl<'a> Leader<'a> {
         posts.extend(self.reported.fresh(standing.chain(unreadable)));
         let uids: BTreeMap<String, String> = posts
             .iter()
-            .filter_map(|e| Some((e.service.clone(), self.live.get(&e.service)?.uid.clone())))
+            .filter_map(|e| {
+                Some((
+                    e.service.clone(),
+                    self.live.get(e.service.as_str())?.uid.clone(),
+                ))
+            })
             .collect();
         for e in posts {
             let uid = uids.get(&e.service).cloned().unwrap_or_default();
