@@ -55,11 +55,12 @@ impl KubeRoutes {
         let mut changed: Vec<IpNet> = self.routes.keys().copied().collect();
         self.routes = BTreeMap::new();
         self.interned.clear();
-        for (p, w) in all {
-            let a = self.intern(&w.attrs);
-            self.routes.insert(*p, a);
-            changed.push(*p);
-        }
+        // Collected, not inserted one by one: a B-tree built in one go has
+        // full nodes, one filled in order half-empty ones.
+        let routes: Vec<(IpNet, Arc<RouteAttrs>)> =
+            all.iter().map(|(p, w)| (*p, self.intern(&w.attrs))).collect();
+        changed.extend(routes.iter().map(|(p, _)| *p));
+        self.routes = routes.into_iter().collect();
         changed
     }
 
@@ -569,7 +570,7 @@ mod tests {
 
     fn want_med(med: u32) -> Want {
         Want {
-            owners: vec!["uid".into()],
+            owners: smallvec::smallvec!["uid".into()],
             attrs: (*attrs(med)).clone(),
         }
     }

@@ -563,7 +563,7 @@ mod tests {
     fn want(n: u8) -> (ipnet::IpNet, Want) {
         let p = format!("203.0.113.{n}/32").parse().unwrap();
         let w = Want {
-            owners: vec![format!("uid-{n}").into()],
+            owners: smallvec::smallvec![format!("uid-{n}").into()],
             attrs: RouteAttrs::default(),
         };
         (p, w)
