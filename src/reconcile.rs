@@ -23,22 +23,32 @@ pub mod node;
 /// The Kubernetes VIPs with their attributes, as the speaker's table holds
 /// them: equal attribute sets share one `Arc`, so Services with the same
 /// attributes pack into the same UPDATEs.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct KubeRoutes {
     routes: BTreeMap<IpNet, Arc<RouteAttrs>>,
     plain: Arc<RouteAttrs>,
     interned: HashMap<RouteAttrs, Arc<RouteAttrs>>,
 }
 
+impl Default for KubeRoutes {
+    fn default() -> Self {
+        KubeRoutes {
+            routes: BTreeMap::new(),
+            plain: crate::k8s::intent::plain(),
+            interned: HashMap::new(),
+        }
+    }
+}
+
 impl KubeRoutes {
-    fn intern(&mut self, a: &RouteAttrs) -> Arc<RouteAttrs> {
+    fn intern(&mut self, a: &Arc<RouteAttrs>) -> Arc<RouteAttrs> {
         // Most VIPs carry no attributes of their own: no hashing for them.
-        if *a == *self.plain {
+        if Arc::ptr_eq(a, &self.plain) || **a == *self.plain {
             return self.plain.clone();
         }
         self.interned
-            .entry(a.clone())
-            .or_insert_with(|| Arc::new(a.clone()))
+            .entry((**a).clone())
+            .or_insert_with(|| a.clone())
             .clone()
     }
 
@@ -57,8 +67,10 @@ impl KubeRoutes {
         self.interned.clear();
         // Collected, not inserted one by one: a B-tree built in one go has
         // full nodes, one filled in order half-empty ones.
-        let routes: Vec<(IpNet, Arc<RouteAttrs>)> =
-            all.iter().map(|(p, w)| (*p, self.intern(&w.attrs))).collect();
+        let routes: Vec<(IpNet, Arc<RouteAttrs>)> = all
+            .iter()
+            .map(|(p, w)| (*p, self.intern(&w.attrs)))
+            .collect();
         changed.extend(routes.iter().map(|(p, _)| *p));
         self.routes = routes.into_iter().collect();
         changed
@@ -513,10 +525,10 @@ mod tests {
         let w = |c: u32| {
             Some(Want {
                 owners: Default::default(),
-                attrs: RouteAttrs {
+                attrs: Arc::new(RouteAttrs {
                     communities: vec![c],
                     ..Default::default()
-                },
+                }),
             })
         };
         let all: BTreeMap<IpNet, Want> = [("203.0.113.1/32", 1), ("203.0.113.2/32", 2)]
@@ -571,7 +583,7 @@ mod tests {
     fn want_med(med: u32) -> Want {
         Want {
             owners: smallvec::smallvec!["uid".into()],
-            attrs: (*attrs(med)).clone(),
+            attrs: attrs(med),
         }
     }
 

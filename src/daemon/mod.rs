@@ -528,7 +528,6 @@ pub async fn run(path: PathBuf, logging: &dyn Fn(&LogConfig)) -> Result<(), Daem
 mod tests {
     use super::*;
     use crate::bgp::rib::Table;
-    use crate::config::RouteAttrs;
     use crate::k8s::intent::Want;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Duration;
@@ -564,7 +563,7 @@ mod tests {
         let p = format!("203.0.113.{n}/32").parse().unwrap();
         let w = Want {
             owners: smallvec::smallvec![format!("uid-{n}").into()],
-            attrs: RouteAttrs::default(),
+            attrs: Default::default(),
         };
         (p, w)
     }

@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 
@@ -20,7 +21,25 @@ pub struct Want {
     /// one-entry B-tree set is a 280-byte node, paid again in every copy
     /// of the intent).
     pub owners: Owners,
-    pub attrs: RouteAttrs,
+    /// Shared: every VIP without attributes of its own holds [`plain`].
+    pub attrs: Arc<RouteAttrs>,
+}
+
+/// The attributes of a route without any of its own, one copy for all.
+static PLAIN: std::sync::LazyLock<Arc<RouteAttrs>> = std::sync::LazyLock::new(Default::default);
+
+pub fn plain() -> Arc<RouteAttrs> {
+    PLAIN.clone()
+}
+
+/// `a` as a shared value: [`plain`]'s where it has no attributes, so the
+/// routes of most Services cost a pointer, not a copy.
+fn shared(a: RouteAttrs) -> Arc<RouteAttrs> {
+    if a == **PLAIN {
+        plain()
+    } else {
+        Arc::new(a)
+    }
 }
 
 /// A VIP's owners: one needs no allocation.
@@ -165,7 +184,7 @@ pub fn api_endpoints(s: &Snapshot) -> BTreeSet<IpAddr> {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Part {
     pub uid: Uid,
-    pub routes: Vec<(IpNet, RouteAttrs)>,
+    pub routes: Vec<(IpNet, Arc<RouteAttrs>)>,
     /// Addresses of a Local Service without a ready endpoint here: not
     /// announced for it, and they hold back an address it shares.
     pub waiting: Vec<IpNet>,
@@ -194,7 +213,7 @@ impl Part {
             created: self.created,
             local: self.local,
             sharing: &self.sharing,
-            attrs: self.routes.iter().find(|(q, _)| q == p).map(|(_, a)| a),
+            attrs: self.routes.iter().find(|(q, _)| q == p).map(|(_, a)| &**a),
         }
     }
 }
@@ -271,6 +290,7 @@ pub fn part(
         super::attrs::AttrError::Unreadable(r) => (RefusalKind::BadAnnotation, r),
         super::attrs::AttrError::TooMany(r) => (RefusalKind::AttributesTooLarge, r),
     });
+    let attrs = attrs.map(shared);
     if attrs.is_ok() {
         out.bad_annotations = dropped
             .into_iter()
@@ -508,7 +528,9 @@ impl Tracker {
         let mut delta = self.update(s, k, keys.iter());
         // Filled in address order, the map's nodes are half empty; built
         // again in one go they are full (a fifth of the tracker at 50,000).
-        self.intent.routes = std::mem::take(&mut self.intent.routes).into_iter().collect();
+        self.intent.routes = std::mem::take(&mut self.intent.routes)
+            .into_iter()
+            .collect();
         let now: BTreeSet<IpNet> = self.intent.routes.keys().copied().collect();
         for p in old {
             if !now.contains(&p) && !delta.iter().any(|(d, _)| *d == p) {
@@ -701,9 +723,19 @@ impl Tracker {
                 .cloned()
                 .unwrap_or_else(|| u.into())
         };
-        let want = (d.announce).map(|(owners, attrs)| Want {
-            owners: owners.iter().map(|u| uid_of(u)).collect(),
-            attrs,
+        // One owner's attributes, as they are: its own shared copy.
+        let attrs_of = |a: RouteAttrs| match &owners[..] {
+            [o] if o.attrs == Some(&a) => self.parts[o.key]
+                .routes
+                .iter()
+                .find(|(q, _)| q == p)
+                .map(|(_, x)| x.clone())
+                .unwrap_or_else(|| shared(a)),
+            _ => shared(a),
+        };
+        let want = (d.announce).map(|(uids, attrs)| Want {
+            owners: uids.iter().map(|u| uid_of(u)).collect(),
+            attrs: attrs_of(attrs),
         });
         (want, refused)
     }
