@@ -396,10 +396,9 @@ mod tests {
             Op::Svc { i, ip, local } => {
                 let svc = ServiceInfo {
                     uid: format!("uid{i}").into(),
-                    namespace: "ns".into(),
-                    name: format!("s{i}"),
+                    key: format!("ns/s{i}").into(),
                     load_balancer: true,
-                    ingress_ips: vec![IPS[*ip].to_string()],
+                    ingress_ips: [IPS[*ip].into()].into(),
                     local_policy: *local,
                     ..Default::default()
                 };
@@ -435,7 +434,7 @@ mod tests {
     fn model(s: &Snapshot) -> BTreeSet<IpNet> {
         let mut by_ip: BTreeMap<IpNet, Vec<(&str, bool, bool)>> = BTreeMap::new();
         for svc in s.services.values() {
-            let slice = s.slices.get(format!("ns/{}-slice", svc.name).as_str());
+            let slice = s.slices.get(format!("ns/{}-slice", svc.name()).as_str());
             let ready = |here: bool| {
                 // Every endpoint of these is serving exactly when ready.
                 slice.is_some_and(|sl| if here { sl.here > 0 } else { sl.ready > 0 })
@@ -446,7 +445,7 @@ mod tests {
                 (ready(false), true)
             };
             if wants {
-                let ip = IpNet::from(svc.ingress_ips[0].parse::<std::net::IpAddr>().unwrap());
+                let ip = IpNet::from(svc.ingress_ips[0].ip().unwrap());
                 by_ip
                     .entry(ip)
                     .or_default()

@@ -217,6 +217,15 @@ fn main() {
         .split(',')
         .map(|s| s.trim().parse().expect("VIPD_BENCH_SERVICES: numbers"))
         .collect();
+    use std::mem::size_of;
+    use vipd::k8s::{intent, model};
+    println!(
+        "in place: ServiceInfo {} B, SliceInfo {} B, Part {} B, Want {} B",
+        size_of::<model::ServiceInfo>(),
+        size_of::<model::SliceInfo>(),
+        size_of::<intent::Part>(),
+        size_of::<intent::Want>()
+    );
     for n in sizes {
         one_size(n);
     }

@@ -76,16 +76,14 @@ pub fn explain(s: &Snapshot, k: &KubeConfig, key: &str, sharing: &Sharing) -> Se
         service: key.into(),
         found: Some(Found {
             load_balancer: svc.load_balancer,
-            class: svc.class.clone(),
+            class: svc.class.as_deref().map(String::from),
             local_policy: svc.local_policy,
             endpoints_ready,
             endpoints_here,
             skipped,
             addresses,
-            bad_annotations: p
-                .bad_annotations
-                .into_iter()
-                .map(|b| (b.annotation, b.reason))
+            bad_annotations: (p.bad_annotations().iter())
+                .map(|b| (b.annotation.clone(), b.reason.clone()))
                 .collect(),
         }),
         closest: vec![],
@@ -101,11 +99,12 @@ fn addresses(
 ) -> Vec<AddressView> {
     let mut out: Vec<AddressView> = vec![];
     for raw in super::intent::listed(svc, k) {
-        let net = raw.trim().parse::<IpAddr>().ok().map(ipnet::IpNet::from);
+        let net = raw.ip().map(ipnet::IpNet::from);
+        let text = raw.to_string();
         let refused = p
-            .refused
+            .refused()
             .iter()
-            .find(|r| &r.address == raw)
+            .find(|r| r.address == text)
             .map(|r| r.reason.clone())
             .or_else(|| {
                 let n = net?;
@@ -121,7 +120,7 @@ fn addresses(
             .filter(|n| p.routes.iter().any(|(r, _)| r == n))
             .filter(|_| refused.is_none());
         out.push(AddressView {
-            address: raw.clone(),
+            address: text,
             route: route.map(|r| r.to_string()),
             refused,
         });

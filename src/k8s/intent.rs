@@ -132,7 +132,7 @@ pub(crate) fn wanted_class(svc: &ServiceInfo, k: &KubeConfig) -> bool {
     match (&k.load_balancer_class, &svc.class) {
         (None, None) => true,
         (None, Some(_)) => false,
-        (Some(want), Some(c)) => want == c,
+        (Some(want), Some(c)) => **want == **c,
         (Some(_), None) => k.include_unclassed,
     }
 }
@@ -188,31 +188,54 @@ pub struct Part {
     /// Addresses of a Local Service without a ready endpoint here: not
     /// announced for it, and they hold back an address it shares.
     pub waiting: Vec<IpNet>,
-    pub refused: Vec<Refusal>,
-    pub bad_annotations: Vec<BadAnnotation>,
-    /// What the sharing rules need: namespace, age, policy, consent.
-    pub namespace: String,
+    /// What the sharing rules need (with the namespace, from the key, and
+    /// the consent in `rare`): age, policy.
     pub created: i64,
     pub local: bool,
-    pub sharing: Vec<String>,
+    /// What few Services have, boxed: 8 bytes in place for the rest.
+    rare: Option<Box<Rare>>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Rare {
+    refused: Vec<Refusal>,
+    bad_annotations: Vec<BadAnnotation>,
+    /// `vipd.io/sharing-namespaces`.
+    sharing: Vec<String>,
 }
 
 impl Part {
+    pub fn refused(&self) -> &[Refusal] {
+        self.rare.as_ref().map_or(&[], |r| &r.refused)
+    }
+
+    pub fn bad_annotations(&self) -> &[BadAnnotation] {
+        self.rare.as_ref().map_or(&[], |r| &r.bad_annotations)
+    }
+
+    pub fn sharing(&self) -> &[String] {
+        self.rare.as_ref().map_or(&[], |r| &r.sharing)
+    }
+
+    fn set_rare(&mut self, rare: Rare) {
+        self.rare = (rare != Rare::default()).then(|| Box::new(rare));
+    }
+
     fn is_empty(&self) -> bool {
         self.routes.is_empty()
             && self.waiting.is_empty()
-            && self.refused.is_empty()
-            && self.bad_annotations.is_empty()
+            && self.refused().is_empty()
+            && self.bad_annotations().is_empty()
     }
 
     fn owner<'a>(&'a self, key: &'a str, p: &IpNet) -> super::sharing::Owner<'a> {
         super::sharing::Owner {
             key,
             uid: &self.uid,
-            namespace: &self.namespace,
+            namespace: key.split_once('/').map_or("", |(ns, _)| ns),
             created: self.created,
             local: self.local,
-            sharing: &self.sharing,
+            sharing: self.sharing(),
             attrs: self.routes.iter().find(|(q, _)| q == p).map(|(_, a)| &**a),
         }
     }
@@ -240,13 +263,13 @@ fn allowed(ip: IpAddr, k: &KubeConfig) -> Result<(), String> {
 
 /// The addresses a Service lists (status, and spec.externalIPs where
 /// configured), each once.
-pub(crate) fn listed<'a>(svc: &'a ServiceInfo, k: &KubeConfig) -> Vec<&'a String> {
+pub(crate) fn listed<'a>(svc: &'a ServiceInfo, k: &KubeConfig) -> Vec<&'a Listed> {
     let external = if k.external_ips {
         &svc.external_ips[..]
     } else {
         &[]
     };
-    let mut ips: Vec<&String> = vec![];
+    let mut ips: Vec<&Listed> = vec![];
     for ip in svc.ingress_ips.iter().chain(external) {
         if !ips.contains(&ip) {
             ips.push(ip);
@@ -271,10 +294,12 @@ pub fn part(
     if !svc.load_balancer || !wanted_class(svc, k) {
         return out;
     }
-    out.namespace = svc.namespace.clone();
     out.created = svc.created;
     out.local = svc.local_policy;
-    out.sharing = svc.sharing_namespaces();
+    let mut rare = Rare {
+        sharing: svc.sharing_namespaces(),
+        ..Rare::default()
+    };
     if !has_endpoints(svc, slices, k) {
         out.waiting = waiting(svc, k);
         if out.waiting.is_empty() {
@@ -283,6 +308,7 @@ pub fn part(
                 ..Default::default()
             };
         }
+        out.set_rare(rare);
         return out;
     }
     let mut dropped = vec![];
@@ -292,7 +318,7 @@ pub fn part(
     });
     let attrs = attrs.map(shared);
     if attrs.is_ok() {
-        out.bad_annotations = dropped
+        rare.bad_annotations = dropped
             .into_iter()
             .map(|(annotation, reason)| BadAnnotation {
                 service: svc.key(),
@@ -304,10 +330,10 @@ pub fn part(
     }
     for raw in listed(svc, k) {
         let mut refuse = |kind: RefusalKind, reason: String| {
-            out.refused.push(Refusal {
+            rare.refused.push(Refusal {
                 service: svc.key(),
                 uid: svc.uid.clone(),
-                address: raw.clone(),
+                address: raw.to_string(),
                 kind,
                 reason,
             })
@@ -320,6 +346,7 @@ pub fn part(
     }
     // Kept while the Service lives: no spare room.
     out.routes.shrink_to_fit();
+    out.set_rare(rare);
     out
 }
 
@@ -331,19 +358,19 @@ fn waiting(svc: &ServiceInfo, k: &KubeConfig) -> Vec<IpNet> {
     }
     listed(svc, k)
         .iter()
-        .filter_map(|ip| ip.trim().parse::<IpAddr>().ok())
+        .filter_map(|ip| ip.ip())
         .map(IpNet::from)
         .collect()
 }
 
 /// One listed address as a VIP, or why it cannot be one.
 fn address(
-    raw: &str,
+    raw: &Listed,
     forbidden: &HashSet<IpAddr>,
     node: Option<&NodeInfo>,
     k: &KubeConfig,
 ) -> Result<IpNet, (RefusalKind, String)> {
-    let Ok(ip) = raw.trim().parse::<IpAddr>() else {
+    let Some(ip) = raw.ip() else {
         return Err((RefusalKind::NotAnAddress, "not an IP address".into()));
     };
     if ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() {
@@ -369,9 +396,7 @@ fn address(
 
 /// The Service key (`namespace/name`) an EndpointSlice belongs to.
 pub fn slice_owner(sl: &SliceInfo) -> Option<Key> {
-    sl.service
-        .as_ref()
-        .map(|svc| format!("{}/{svc}", sl.namespace).into())
+    sl.service.clone()
 }
 
 /// Does a change to this Service or slice change what no Service may take?
@@ -625,8 +650,8 @@ impl Tracker {
             }
             return false;
         }
-        self.tally(&old.refused, false);
-        self.tally(&new.refused, true);
+        self.tally(old.refused(), false);
+        self.tally(new.refused(), true);
         for p in old.routes.iter().map(|(p, _)| p).chain(&old.waiting) {
             if let Some(c) = self.contributors.get_mut(p) {
                 c.remove(key);
@@ -637,8 +662,8 @@ impl Tracker {
             self.contributors.entry(*p).or_default().insert(key.clone());
             affected.insert(*p);
         }
-        let had = !old.refused.is_empty() || !old.bad_annotations.is_empty();
-        let has = !new.refused.is_empty() || !new.bad_annotations.is_empty();
+        let had = !old.refused().is_empty() || !old.bad_annotations().is_empty();
+        let has = !new.refused().is_empty() || !new.bad_annotations().is_empty();
         if has {
             self.problems.insert(key.clone());
         } else {
@@ -668,14 +693,14 @@ impl Tracker {
         self.intent.refused = self
             .problems
             .iter()
-            .flat_map(|k| self.parts[k].refused.clone())
+            .flat_map(|k| self.parts[k].refused().to_vec())
             .chain(self.shared_refused.values().flatten().cloned())
             .collect();
         self.intent.refused.sort();
         self.intent.bad_annotations = self
             .problems
             .iter()
-            .flat_map(|k| self.parts[k].bad_annotations.clone())
+            .flat_map(|k| self.parts[k].bad_annotations().to_vec())
             .collect();
         self.intent.bad_annotations.sort();
     }
@@ -745,6 +770,14 @@ impl Tracker {
 pub(crate) mod tests {
     use super::*;
 
+    /// The namespace of a test slice (its Service's).
+    pub fn namespace_of(sl: &SliceInfo) -> &str {
+        sl.service
+            .as_deref()
+            .and_then(|k| k.split_once('/'))
+            .map_or("", |(ns, _)| ns)
+    }
+
     pub fn kcfg() -> KubeConfig {
         KubeConfig {
             kubeconfig: None,
@@ -765,10 +798,9 @@ pub(crate) mod tests {
     pub fn svc(ns: &str, name: &str, ips: &[&str]) -> ServiceInfo {
         ServiceInfo {
             uid: format!("uid-{ns}-{name}").into(),
-            namespace: ns.into(),
-            name: name.into(),
+            key: format!("{ns}/{name}").into(),
             load_balancer: true,
-            ingress_ips: ips.iter().map(|s| s.to_string()).collect(),
+            ingress_ips: ips.iter().map(|s| Listed::from(*s)).collect(),
             ..Default::default()
         }
     }
@@ -796,7 +828,7 @@ pub(crate) mod tests {
             services: svcs.into_iter().map(|s| (s.key(), s)).collect(),
             slices: slices
                 .into_iter()
-                .map(|(n, s)| (format!("{}/{n}", s.namespace).into(), s))
+                .map(|(n, s)| (format!("{}/{n}", namespace_of(&s)).into(), s))
                 .collect(),
             node: Some(NodeInfo {
                 name: "node-a".into(),
@@ -954,7 +986,7 @@ pub(crate) mod tests {
         );
         let mut k = svc("default", "kubernetes", &[]);
         k.load_balancer = false;
-        k.cluster_ips = vec!["10.96.0.1".into()];
+        k.cluster_ips = ["10.96.0.1".into()].into();
         s.services.insert(k.key(), k);
         let i = compute(&s, &kcfg());
         assert_eq!(vips(&i), ["203.0.113.1/32"]);
@@ -1009,7 +1041,7 @@ pub(crate) mod tests {
     #[test]
     fn external_ips_only_when_enabled_and_not_load_balancer_types() {
         let mut web = svc("a", "web", &[]);
-        web.external_ips = vec!["198.51.100.5".into()];
+        web.external_ips = ["198.51.100.5".into()].into();
         let mut cip = svc("a", "cip", &["203.0.113.9"]);
         cip.load_balancer = false;
         let s = snap(
@@ -1115,7 +1147,7 @@ pub(crate) mod tests {
             t.reset(&s, &k);
             let add_slices = |s: &mut Snapshot, t: &mut Tracker| {
                 for (n, sl) in slices.iter().rev() {
-                    let key: Key = format!("{}/{n}", sl.namespace).into();
+                    let key: Key = format!("{}/{n}", namespace_of(sl)).into();
                     s.slices.insert(key.clone(), sl.clone());
                     let touched = t.slice_changed(&key, None, Some(sl));
                     t.update(s, &k, touched.iter());
@@ -1239,8 +1271,8 @@ mod incremental {
                 let delta = match op {
                     Op::Svc { i, ip, local, annotated } => {
                         let mut svc = ServiceInfo {
-                            uid: format!("uid{i}").into(), namespace: "ns".into(), name: format!("s{i}"),
-                            load_balancer: true, ingress_ips: vec![IPS[*ip].into()], local_policy: *local,
+                            uid: format!("uid{i}").into(), key: format!("ns/s{i}").into(),
+                            load_balancer: true, ingress_ips: [IPS[*ip].into()].into(), local_policy: *local,
                             ..Default::default()
                         };
                         if *annotated {

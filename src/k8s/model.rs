@@ -43,18 +43,18 @@ pub fn namespaces_share(a: &str, a_allows: &[String], b: &str, b_allows: &[Strin
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ServiceInfo {
     pub uid: Uid,
-    pub namespace: String,
-    pub name: String,
+    /// `namespace/name`: the same shared text as the snapshot's key.
+    pub key: Key,
     /// creationTimestamp, seconds since the epoch: of the owners of one
     /// address, the oldest holds it.
     pub created: i64,
     /// `spec.type == "LoadBalancer"`.
     pub load_balancer: bool,
-    pub class: Option<String>,
+    pub class: Option<Box<str>>,
     /// `status.loadBalancer.ingress[].ip`.
-    pub ingress_ips: Vec<String>,
-    pub external_ips: Vec<String>,
-    pub cluster_ips: Vec<String>,
+    pub ingress_ips: Box<[Listed]>,
+    pub external_ips: Box<[Listed]>,
+    pub cluster_ips: Box<[String]>,
     /// `spec.externalTrafficPolicy == "Local"`.
     pub local_policy: bool,
     /// The `vipd.io/*` annotations only.
@@ -63,7 +63,15 @@ pub struct ServiceInfo {
 
 impl ServiceInfo {
     pub fn key(&self) -> Key {
-        format!("{}/{}", self.namespace, self.name).into()
+        self.key.clone()
+    }
+
+    pub fn namespace(&self) -> &str {
+        self.key.split_once('/').map_or("", |(ns, _)| ns)
+    }
+
+    pub fn name(&self) -> &str {
+        self.key.split_once('/').map_or(&self.key, |(_, n)| n)
     }
 
     /// The namespaces `vipd.io/sharing-namespaces` names (`*`: any).
@@ -72,6 +80,42 @@ impl ServiceInfo {
             .get(ANNOTATION_SHARING_NAMESPACES)
             .map(|v| namespace_list(v))
             .unwrap_or_default()
+    }
+}
+
+/// An address as a Service lists it: a value where it is an IP address,
+/// its text where not (kept to say what was refused). A value is 24 bytes
+/// in place, where text was a string of its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Listed {
+    Ip(IpAddr),
+    Text(Box<str>),
+}
+
+impl From<&str> for Listed {
+    fn from(s: &str) -> Listed {
+        match s.trim().parse() {
+            Ok(ip) => Listed::Ip(ip),
+            Err(_) => Listed::Text(s.into()),
+        }
+    }
+}
+
+impl std::fmt::Display for Listed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Listed::Ip(ip) => ip.fmt(f),
+            Listed::Text(t) => f.write_str(t),
+        }
+    }
+}
+
+impl Listed {
+    pub fn ip(&self) -> Option<IpAddr> {
+        match self {
+            Listed::Ip(ip) => Some(*ip),
+            Listed::Text(_) => None,
+        }
     }
 }
 
@@ -101,9 +145,9 @@ impl EndpointInfo {
 /// but the API server's own Service, whose addresses are kept.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SliceInfo {
-    pub namespace: String,
-    /// The `kubernetes.io/service-name` label.
-    pub service: Option<String>,
+    /// The key (`namespace/name`) of the Service it belongs to: its
+    /// `kubernetes.io/service-name` label in its namespace.
+    pub service: Option<Key>,
     /// Ready endpoints, on any node.
     pub ready: u32,
     /// This node's usable endpoints ([`EndpointInfo::usable`]).
@@ -125,7 +169,8 @@ impl SliceInfo {
         let count = |f: &dyn Fn(&EndpointInfo) -> bool| {
             u32::try_from(endpoints.iter().filter(|e| f(e)).count()).unwrap_or(u32::MAX)
         };
-        let api = if namespace == "default" && service.as_deref() == Some("kubernetes") {
+        let service: Option<Key> = service.map(|s| format!("{namespace}/{s}").into());
+        let api = if service.as_deref() == Some("default/kubernetes") {
             let mut api = vec![];
             for e in endpoints {
                 let addrs = e.addresses.iter().filter_map(|a| a.parse().ok());
@@ -138,7 +183,6 @@ impl SliceInfo {
         SliceInfo {
             ready: count(&|e| e.ready),
             here: count(&|e| e.node.as_deref() == Some(node) && e.usable()),
-            namespace,
             service,
             api,
         }

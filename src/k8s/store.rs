@@ -65,9 +65,11 @@ pub type Read<T> = Result<Option<T>, String>;
 
 /// `conv` over a [`Guarded`] object: an object that did not parse is
 /// unreadable, with the parser's reason.
-pub fn guarded<K: Guardable, T>(conv: impl Fn(&K) -> Option<T>) -> impl Fn(&Guarded<K>) -> Read<T> {
-    move |g| match &g.0 {
-        Ok(k) => Ok(conv(k)),
+pub fn guarded<K: Guardable, T>(
+    conv: impl Fn(&K, &Key) -> Option<T>,
+) -> impl Fn(&Guarded<K>, &Key) -> Read<T> {
+    move |g, key| match &g.0 {
+        Ok(k) => Ok(conv(k, key)),
         Err(e) => Err(e.error.clone()),
     }
 }
@@ -85,7 +87,7 @@ impl<T: Clone> Store<T> {
         &mut self,
         live: &mut BTreeMap<Key, T>,
         ev: watcher::Event<K>,
-        conv: impl Fn(&K) -> Read<T>,
+        conv: impl Fn(&K, &Key) -> Read<T>,
     ) -> Change<T> {
         match ev {
             watcher::Event::Init => {
@@ -94,7 +96,7 @@ impl<T: Clone> Store<T> {
             }
             watcher::Event::InitApply(o) => {
                 let k = key_of(&o);
-                let v = match conv(&o) {
+                let v = match conv(&o, &k) {
                     Ok(v) => v,
                     Err(why) => unreadable(&k, &why, live.get(&k).cloned()),
                 };
@@ -115,7 +117,7 @@ impl<T: Clone> Store<T> {
             }
             watcher::Event::Apply(o) => {
                 let k = key_of(&o);
-                let old = match conv(&o) {
+                let old = match conv(&o, &k) {
                     Ok(Some(v)) => live.insert(k.clone(), v),
                     Ok(None) => live.remove(&k),
                     Err(why) => {
@@ -244,7 +246,7 @@ mod tests {
         c
     }
 
-    fn value(c: &ConfigMap) -> Read<String> {
+    fn value(c: &ConfigMap, _: &Key) -> Read<String> {
         if c.data.as_ref().is_some_and(|d| d.contains_key("bad")) {
             return Err("unreadable".into());
         }

@@ -54,13 +54,13 @@ pub enum WatchError {
     Client(#[from] kube::Error),
 }
 
-pub fn service_info(s: &Service) -> Option<ServiceInfo> {
+/// What vipd keeps of Service `s`, listed under `key`.
+pub fn service_info(s: &Service, key: &Key) -> Option<ServiceInfo> {
     let spec = s.spec.as_ref();
-    let namespace = s.namespace()?;
-    let name = s.name_any();
+    s.namespace()?;
     // Only the API server's own Service needs its cluster IPs (they are
     // never announced, only refused to others).
-    let api = namespace == "default" && name == "kubernetes";
+    let api = &**key == "default/kubernetes";
     let cluster_ips = spec
         .filter(|_| api)
         .and_then(|s| (s.cluster_ips.clone()).or_else(|| s.cluster_ip.clone().map(|c| vec![c])))
@@ -70,28 +70,34 @@ pub fn service_info(s: &Service) -> Option<ServiceInfo> {
         .and_then(|lb| lb.ingress.as_ref());
     Some(ServiceInfo {
         uid: s.uid()?.into(),
-        namespace,
-        name,
+        key: key.clone(),
         created: (s.metadata.creation_timestamp.as_ref()).map_or(0, |t| t.0.as_second()),
         load_balancer: spec.and_then(|s| s.type_.as_deref()) == Some("LoadBalancer"),
-        class: spec.and_then(|s| s.load_balancer_class.clone()),
-        ingress_ips: exact(ingress.into_iter().flatten().filter_map(|x| x.ip.clone())),
-        external_ips: exact(
-            spec.and_then(|s| s.external_ips.clone())
+        class: spec
+            .and_then(|s| s.load_balancer_class.as_deref())
+            .map(Box::from),
+        ingress_ips: exact(
+            ingress
                 .into_iter()
-                .flatten(),
+                .flatten()
+                .filter_map(|x| x.ip.as_deref()),
         ),
-        cluster_ips,
+        external_ips: exact(
+            spec.and_then(|s| s.external_ips.as_ref())
+                .into_iter()
+                .flatten()
+                .map(String::as_str),
+        ),
+        cluster_ips: cluster_ips.into(),
         local_policy: spec.and_then(|s| s.external_traffic_policy.as_deref()) == Some("Local"),
         annotations: s.annotations().clone(),
     })
 }
 
-/// A list without spare room: kept for as long as its Service lives.
-fn exact(i: impl Iterator<Item = String>) -> Vec<String> {
-    let mut v: Vec<String> = i.collect();
-    v.shrink_to_fit();
-    v
+/// Addresses as values, without spare room (a boxed slice): kept for as
+/// long as their Service lives.
+fn exact<'a>(i: impl Iterator<Item = &'a str>) -> Box<[Listed]> {
+    i.map(Listed::from).collect()
 }
 
 /// What node `node` keeps of an EndpointSlice ([`SliceInfo`]).
@@ -333,7 +339,7 @@ impl Watch {
             Ev::Slice(r) => r.map(|e| self.on_slice(e)),
             Ev::Node(r) => r.map(|e| {
                 let c =
-                    (self.node_store).apply(&mut self.nodes, e, guarded(|n| Some(node_info(n))));
+                    (self.node_store).apply(&mut self.nodes, e, guarded(|n, _| Some(node_info(n))));
                 self.full |= c != Change::Nothing;
             }),
         };
@@ -364,7 +370,7 @@ impl Watch {
 
     fn on_slice(&mut self, e: watcher::Event<Guarded<EndpointSlice>>) {
         let node = &self.k.node_name;
-        let conv = guarded(|s| Some(slice_info(s, node)));
+        let conv = guarded(|s, _| Some(slice_info(s, node)));
         match self.slices.apply(&mut self.snap.slices, e, conv) {
             Change::Nothing => {}
             Change::All => self.full = true,

@@ -304,7 +304,10 @@ impl<'a> Leader<'a> {
             }
         };
         let ctx = self.ctx;
-        match self.store.apply(&mut self.live, ev, |s| Ok(entry(ctx, s))) {
+        match self
+            .store
+            .apply(&mut self.live, ev, |s, _| Ok(entry(ctx, s)))
+        {
             Change::Nothing => false,
             Change::All => {
                 let live = &self.live;
