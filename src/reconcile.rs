@@ -114,9 +114,20 @@ pub fn patch(table: &mut Arc<Table>, statics: &Table, kube: &KubeRoutes, changed
     if changed.is_empty() {
         return;
     }
+    // What a re-list confirms is left alone: an insert, even of the same
+    // value, copies its path away from the table the speaker still holds.
+    let same = |p: &IpNet, a: &Arc<RouteAttrs>| table.get(p).is_some_and(|b| Arc::ptr_eq(a, b));
+    let wanted = |p: &IpNet| statics.get(p).or_else(|| kube.routes.get(p));
+    if changed.iter().all(|p| match wanted(p) {
+        Some(a) => same(p, a),
+        None => !table.contains_key(p),
+    }) {
+        return;
+    }
     let table = Arc::make_mut(table);
     for p in changed {
-        match statics.get(p).or_else(|| kube.routes.get(p)) {
+        match wanted(p) {
+            Some(a) if table.get(p).is_some_and(|b| Arc::ptr_eq(a, b)) => {}
             Some(a) => {
                 table.insert(*p, a.clone());
             }
@@ -588,6 +599,36 @@ mod tests {
 
     fn net(s: &str) -> IpNet {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_relist_that_confirms_every_route_leaves_the_table_as_it_was() {
+        let mut t = Tables::new(Arc::new(Table::new()), None, true);
+        let plain = Want {
+            owners: smallvec::smallvec!["uid".into()],
+            attrs: crate::k8s::intent::plain(),
+        };
+        let all: BTreeMap<IpNet, Want> = [
+            (net("203.0.113.1/32"), want_med(3)),
+            (net("203.0.113.2/32"), plain.clone()),
+        ]
+        .into();
+        t.kube_full(&all);
+        let before = t.table().clone();
+        let again: Delta = all.iter().map(|(p, w)| (*p, Some(w.clone()))).collect();
+        t.kube_delta(&again);
+        assert!(
+            Arc::ptr_eq(t.table(), &before),
+            "nothing copied, no new table"
+        );
+        t.kube_delta(&vec![(net("203.0.113.1/32"), Some(want_med(4)))]);
+        assert!(!Arc::ptr_eq(t.table(), &before));
+        assert_eq!(t.table().get(&net("203.0.113.1/32")).unwrap().med, Some(4));
+        assert_eq!(
+            before.get(&net("203.0.113.1/32")).unwrap().med,
+            Some(3),
+            "the speaker's copy unchanged"
+        );
     }
 
     #[test]

@@ -91,7 +91,9 @@ impl<T: Clone> Store<T> {
     ) -> Change<T> {
         match ev {
             watcher::Event::Init => {
-                self.pending = Some(Vec::new());
+                // A re-list is about as long as the last: room for it
+                // at once, where doubling would hold a copy while it grows.
+                self.pending = Some(Vec::with_capacity(live.len()));
                 Change::Nothing
             }
             watcher::Event::InitApply(o) => {
