@@ -22,6 +22,7 @@ pub mod controlplane;
 pub mod daemon;
 pub mod dataplane;
 pub mod drain;
+pub mod heap;
 pub mod ipam;
 pub mod k8s;
 pub mod reconcile;

@@ -74,7 +74,7 @@ pub fn guarded<K: Guardable, T>(
     }
 }
 
-impl<T: Clone> Store<T> {
+impl<T: Clone + PartialEq> Store<T> {
     pub fn synced(&self) -> bool {
         self.synced
     }
@@ -103,7 +103,13 @@ impl<T: Clone> Store<T> {
                     Err(why) => unreadable(&k, &why, live.get(&k).cloned()),
                 };
                 if let (Some(p), Some(v)) = (self.pending.as_mut(), v) {
-                    p.push((k, v));
+                    // Unchanged across a re-list: the value already held
+                    // is shared (its key, UID and text are reference
+                    // counted), not a second copy while both maps live.
+                    match live.get_key_value(&k) {
+                        Some((ok, old)) if *old == v => p.push((ok.clone(), old.clone())),
+                        _ => p.push((k, v)),
+                    }
                 }
                 Change::Nothing
             }

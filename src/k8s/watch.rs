@@ -282,6 +282,8 @@ pub struct Pass {
     pub updates: Vec<Update>,
     pub posts: Vec<Post>,
     pub status: KubeStatus,
+    /// Every Service decided again (a list, a re-list, new pools).
+    pub full: bool,
 }
 
 /// The watch's state and decisions, with no I/O: watcher events in
@@ -438,6 +440,7 @@ impl Watch {
             updates,
             posts: self.posts(),
             status: self.status(),
+            full: full_pass,
         })
     }
 
@@ -550,8 +553,14 @@ pub async fn run(
     // Held for the life of the loop: they end with it.
     let _forwarders = forwarders(&client, &k.node_name, tx);
     let mut w = Watch::new(k, api_server);
+    let mut trim: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
     loop {
         let since = tokio::select! {
+            _ = async { trim.as_mut().expect("guarded").await }, if trim.is_some() => {
+                trim = None;
+                crate::heap::trim();
+                continue;
+            }
             ev = rx.recv() => match ev {
                 Some((at, ev)) => { apply(&mut w, ev, &status); at }
                 None => return,
@@ -565,6 +574,7 @@ pub async fn run(
             apply(&mut w, ev, &status);
         }
         let Some(pass) = w.pass(since) else { continue };
+        let full = pass.full;
         record(&status, pass.status);
         for p in pass.posts {
             warn!(service = %p.service, "{}", p.log);
@@ -580,8 +590,15 @@ pub async fn run(
                 return;
             }
         }
+        if full {
+            // Once the daemon has built its tables from it too.
+            trim = Some(Box::pin(tokio::time::sleep(TRIM_AFTER)));
+        }
     }
 }
+
+/// How long after a list the freed memory is handed back (crate::heap).
+const TRIM_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn apply(w: &mut Watch, ev: Ev, status: &Mutex<KubeStatus>) {
     if let Some(e) = w.apply(ev) {

@@ -184,7 +184,7 @@ async fn campaign(ctx: &Ctx, stop: &mut watch::Receiver<bool>) -> Option<i64> {
 }
 
 /// One Service as the leader knows it.
-#[derive(Clone)]
+#[derive(Clone, PartialEq)]
 struct Entry {
     uid: String,
     rv: String,
@@ -220,6 +220,9 @@ struct Leader<'a> {
     written: BTreeMap<Key, Written>,
     /// Failures already told in an Event, until they go away.
     reported: Once<(String, String)>,
+    /// No pass yet in this term: the first is always logged, with its
+    /// time (a new leader's pass over every Service).
+    first: bool,
 }
 
 /// What one pass decided to write.
@@ -238,6 +241,7 @@ impl<'a> Leader<'a> {
             store: Store::default(),
             written: BTreeMap::new(),
             reported: Once::default(),
+            first: true,
         }
     }
 
@@ -357,12 +361,14 @@ impl<'a> Leader<'a> {
             s.pending = pending;
             s.writes += writes;
         });
-        if n > 0 {
+        let first = std::mem::replace(&mut self.first, false);
+        if n > 0 || first {
             info!(
                 services = self.live.len(),
                 written = done.len(),
                 wanted = n,
                 ms = t.elapsed().as_millis() as u64,
+                first,
                 "allocation pass"
             );
         }
