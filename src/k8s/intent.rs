@@ -550,15 +550,19 @@ impl Tracker {
                 self.slices.entry(owner).or_default().insert(sk.clone());
             }
         }
+        let first = old.is_empty();
         let mut delta = self.update(s, k, keys.iter());
-        // Filled in address order, the map's nodes are half empty; built
-        // again in one go they are full (a fifth of the tracker at 50,000).
-        self.intent.routes = std::mem::take(&mut self.intent.routes)
-            .into_iter()
-            .collect();
-        let now: BTreeSet<IpNet> = self.intent.routes.keys().copied().collect();
+        if first {
+            // Filled in address order, the map's nodes are half empty;
+            // built again in one go they are full (a fifth of the tracker
+            // at 50,000). Not on a re-list, which changes little of it.
+            self.intent.routes = std::mem::take(&mut self.intent.routes)
+                .into_iter()
+                .collect();
+        }
+        let changed: BTreeSet<IpNet> = delta.iter().map(|(p, _)| *p).collect();
         for p in old {
-            if !now.contains(&p) && !delta.iter().any(|(d, _)| *d == p) {
+            if !self.intent.routes.contains_key(&p) && !changed.contains(&p) {
                 delta.push((p, None));
             }
         }

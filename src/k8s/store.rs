@@ -4,10 +4,13 @@
 //! previous map stays in force meanwhile and deletions that happened
 //! across it are applied by the swap.
 //!
-//! The buffer is a list, and the map is built from it in one go: a B-tree
-//! filled in key order (the order the API server lists in) by inserts
-//! leaves every node half empty, where a bulk build fills them. At 50,000
-//! Services that was a third of the snapshot's memory.
+//! A re-list holds no second copy of what it confirms: the buffer is the
+//! keys listed, and the values that differ from the map's. At its end the
+//! map loses what was not listed and takes what changed. The first list
+//! (an empty map) is built in one go: a B-tree filled in key order (the
+//! order the API server lists in) by inserts leaves every node half empty,
+//! where a bulk build fills them; at 50,000 Services that was a third of
+//! the snapshot's memory.
 
 use std::collections::BTreeMap;
 
@@ -46,8 +49,32 @@ pub enum Change<T> {
 /// completely (the readiness barrier's part for this kind).
 #[derive(Debug)]
 pub struct Store<T> {
-    pending: Option<Vec<(Key, T)>>,
+    pending: Option<Relist<T>>,
     synced: bool,
+}
+
+/// A list in progress: every key listed, and the values that are new or
+/// differ from the map's. (An API server lists each key once; listed twice,
+/// a re-list's changed value wins over a later unchanged one.)
+#[derive(Debug)]
+struct Relist<T> {
+    listed: Vec<Key>,
+    changed: Vec<(Key, T)>,
+}
+
+impl<T> Relist<T> {
+    /// Brings `live` to what was listed.
+    fn apply(mut self, live: &mut BTreeMap<Key, T>) {
+        if live.is_empty() {
+            *live = packed(self.changed);
+            return;
+        }
+        self.listed.sort_unstable();
+        live.retain(|k, _| self.listed.binary_search(k).is_ok());
+        for (k, v) in self.changed {
+            live.insert(k, v);
+        }
+    }
 }
 
 impl<T> Default for Store<T> {
@@ -91,9 +118,12 @@ impl<T: Clone + PartialEq> Store<T> {
     ) -> Change<T> {
         match ev {
             watcher::Event::Init => {
-                // A re-list is about as long as the last: room for it
-                // at once, where doubling would hold a copy while it grows.
-                self.pending = Some(Vec::with_capacity(live.len()));
+                // A re-list is about as long as the last: room for its
+                // keys at once, where doubling would hold a copy as it grows.
+                self.pending = Some(Relist {
+                    listed: Vec::with_capacity(live.len()),
+                    changed: vec![],
+                });
                 Change::Nothing
             }
             watcher::Event::InitApply(o) => {
@@ -103,22 +133,19 @@ impl<T: Clone + PartialEq> Store<T> {
                     Err(why) => unreadable(&k, &why, live.get(&k).cloned()),
                 };
                 if let (Some(p), Some(v)) = (self.pending.as_mut(), v) {
-                    // Unchanged across a re-list: the value already held
-                    // is shared (its key, UID and text are reference
-                    // counted), not a second copy while both maps live.
                     match live.get_key_value(&k) {
-                        Some((ok, old)) if *old == v => p.push((ok.clone(), old.clone())),
-                        _ => p.push((k, v)),
+                        Some((held, old)) if *old == v => p.listed.push(held.clone()),
+                        _ => {
+                            p.listed.push(k.clone());
+                            p.changed.push((k, v));
+                        }
                     }
                 }
                 Change::Nothing
             }
             watcher::Event::InitDone => {
                 if let Some(p) = self.pending.take() {
-                    // The old map goes first: the new one is built while
-                    // the list it comes from is still held.
-                    *live = BTreeMap::new();
-                    *live = packed(p);
+                    p.apply(live);
                 }
                 self.synced = true;
                 Change::All
@@ -245,6 +272,7 @@ pub fn refuses_streaming<E>(item: &Result<E, watcher::Error>) -> bool {
 mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::ConfigMap;
+    use std::sync::Arc;
 
     fn obj(name: &str, v: &str) -> ConfigMap {
         let mut c = ConfigMap::default();
@@ -316,6 +344,33 @@ mod tests {
         s.apply(&mut live, InitDone, value);
         let got: Vec<(&str, &str)> = live.iter().map(|(k, v)| (&**k, v.as_str())).collect();
         assert_eq!(got, [("ns/a", "4"), ("ns/b", "3"), ("ns/c", "5")]);
+    }
+
+    #[test]
+    fn a_relist_keeps_the_values_it_confirms_and_takes_the_changed_ones() {
+        let mut s = Store::default();
+        let mut live = BTreeMap::new();
+        use watcher::Event::*;
+        s.apply(&mut live, Init, value);
+        s.apply(&mut live, InitApply(obj("a", "1")), value);
+        s.apply(&mut live, InitApply(obj("b", "2")), value);
+        s.apply(&mut live, InitDone, value);
+        let key = |live: &BTreeMap<Key, String>, k: &str| live.get_key_value(k).unwrap().0.clone();
+        let (a, b) = (key(&live, "ns/a"), key(&live, "ns/b"));
+        s.apply(&mut live, Init, value);
+        s.apply(&mut live, InitApply(obj("a", "1")), value);
+        s.apply(&mut live, InitApply(obj("b", "3")), value);
+        s.apply(&mut live, InitDone, value);
+        assert!(Arc::ptr_eq(&key(&live, "ns/a"), &a), "the same, shared");
+        assert!(Arc::ptr_eq(&key(&live, "ns/b"), &b));
+        assert_eq!((live["ns/a"].as_str(), live["ns/b"].as_str()), ("1", "3"));
+        // Not listed again: gone; listed anew: there.
+        s.apply(&mut live, Init, value);
+        s.apply(&mut live, InitApply(obj("b", "3")), value);
+        s.apply(&mut live, InitApply(obj("c", "4")), value);
+        s.apply(&mut live, InitDone, value);
+        let got: Vec<(&str, &str)> = live.iter().map(|(k, v)| (&**k, v.as_str())).collect();
+        assert_eq!(got, [("ns/b", "3"), ("ns/c", "4")]);
     }
 
     #[test]
