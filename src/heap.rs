@@ -2,8 +2,9 @@
 //! system only from the top of its heap: after a large list (tens of
 //! thousands of objects parsed, converted and dropped), the free space
 //! left between live blocks stays resident for the life of the process.
-//! [`trim`] hands it back; the watch calls it once the daemon has taken in
-//! a list or a re-list, the only times vipd frees that much at once.
+//! [`trim`] hands it back: the watch calls it a second after a list, a
+//! re-list or a burst of a thousand events (once the daemon has taken it
+//! in), the allocator after a pass that wrote a thousand statuses.
 //!
 //! Measured against mimalloc in docs/benchmarks.md (issue 20): mimalloc
 //! held the re-list's peak flat but kept more resident at every size.

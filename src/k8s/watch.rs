@@ -549,11 +549,14 @@ pub async fn run(
 ) {
     // One task per watcher, forwarding into one channel: the loop below
     // drains whatever is waiting as one batch, so a burst costs one update.
-    let (tx, mut rx) = mpsc::channel::<(std::time::Instant, Ev)>(4096);
+    // Parsed objects wait in it during a list: 1,024 of them (an
+    // EndpointSlice of 10 endpoints is about 1 KiB parsed) bound that.
+    let (tx, mut rx) = mpsc::channel::<(std::time::Instant, Ev)>(1024);
     // Held for the life of the loop: they end with it.
     let _forwarders = forwarders(&client, &k.node_name, tx);
     let mut w = Watch::new(k, api_server);
     let mut trim: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
+    let mut churn = 0u32;
     loop {
         let since = tokio::select! {
             _ = async { trim.as_mut().expect("guarded").await }, if trim.is_some() => {
@@ -562,7 +565,7 @@ pub async fn run(
                 continue;
             }
             ev = rx.recv() => match ev {
-                Some((at, ev)) => { apply(&mut w, ev, &status); at }
+                Some((at, ev)) => { apply(&mut w, ev, &status); churn += 1; at }
                 None => return,
             },
             Some(r) = requests.recv() => match r {
@@ -572,33 +575,38 @@ pub async fn run(
         };
         while let Ok((_, ev)) = rx.try_recv() {
             apply(&mut w, ev, &status);
+            churn += 1;
         }
         let Some(pass) = w.pass(since) else { continue };
         let full = pass.full;
         record(&status, pass.status);
-        for p in pass.posts {
-            warn!(service = %p.service, "{}", p.log);
-            let r = Record::service(&p.service, &p.uid, p.reason, p.message, true);
-            events.post(if p.node_specific {
-                r.on(&w.k.node_name)
-            } else {
-                r
-            });
-        }
+        post(&events, pass.posts, &w.k.node_name);
         for u in pass.updates {
             if out.send(u).await.is_err() {
                 return;
             }
         }
-        if full {
-            // Once the daemon has built its tables from it too.
+        if full || churn >= TRIM_CHURN {
+            // Once the daemon has built its tables from it too; put off
+            // while the burst goes on.
+            churn = 0;
             trim = Some(Box::pin(tokio::time::sleep(TRIM_AFTER)));
         }
     }
 }
 
-/// How long after a list the freed memory is handed back (crate::heap).
+/// How long after a list, or a burst of [`TRIM_CHURN`] events, the freed
+/// memory is handed back (crate::heap).
 const TRIM_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+const TRIM_CHURN: u32 = 1000;
+
+fn post(events: &super::events::Recorder, posts: Vec<Post>, node: &str) {
+    for p in posts {
+        warn!(service = %p.service, "{}", p.log);
+        let r = Record::service(&p.service, &p.uid, p.reason, p.message, true);
+        events.post(if p.node_specific { r.on(node) } else { r });
+    }
+}
 
 fn apply(w: &mut Watch, ev: Ev, status: &Mutex<KubeStatus>) {
     if let Some(e) = w.apply(ev) {

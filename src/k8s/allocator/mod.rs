@@ -361,6 +361,10 @@ impl<'a> Leader<'a> {
             s.pending = pending;
             s.writes += writes;
         });
+        if n >= 1000 {
+            // Thousands of statuses written: hand back what they freed.
+            crate::heap::trim();
+        }
         let first = std::mem::replace(&mut self.first, false);
         if n > 0 || first {
             info!(
