@@ -50,10 +50,14 @@ fn build(s: &Service) -> Result<Svc, String> {
     let a = s.annotations();
     let requested = requested(a.get(LOAD_BALANCER_IPS), spec.load_balancer_ip.as_deref())?;
     let (families, policy) = families(spec);
-    let ports = spec
-        .ports
-        .iter()
-        .flatten()
+    // Ports and selector matter only between Services with one sharing key
+    // (`why_not_shared`): the others keep none, which at 50,000 Services
+    // is most of the allocator's memory they took.
+    let sharing_key = a.get(SHARING_KEY).cloned();
+    let shares = sharing_key.is_some();
+    let local = spec.external_traffic_policy.as_deref() == Some("Local");
+    let ports = (spec.ports.iter().flatten())
+        .filter(|_| shares)
         .map(|p| {
             (
                 p.protocol.clone().unwrap_or_else(|| "TCP".into()),
@@ -85,14 +89,16 @@ fn build(s: &Service) -> Result<Svc, String> {
         policy,
         pool: a.get(POOL).cloned(),
         requested,
-        sharing_key: a.get(SHARING_KEY).cloned(),
+        sharing_key,
         ports,
         sharing_namespaces: a
             .get(SHARING_NAMESPACES)
             .map(|v| crate::k8s::model::namespace_list(v))
             .unwrap_or_default(),
-        local: spec.external_traffic_policy.as_deref() == Some("Local"),
-        selector: spec.selector.clone().unwrap_or_default(),
+        local,
+        selector: (spec.selector.clone())
+            .filter(|_| shares && local)
+            .unwrap_or_default(),
         current,
     })
 }
@@ -173,6 +179,25 @@ mod tests {
             v.current,
             ["198.51.100.5".parse::<std::net::IpAddr>().unwrap()]
         );
+    }
+
+    #[test]
+    fn ports_and_selector_are_kept_only_where_they_decide_sharing() {
+        let with = |ann: serde_json::Value, policy: &str| {
+            let s = service(serde_json::json!({
+                "metadata": {"namespace": "a", "name": "web", "uid": "u1", "annotations": ann},
+                "spec": {"type": "LoadBalancer", "externalTrafficPolicy": policy,
+                    "selector": {"app": "web"}, "ports": [{"port": 443, "protocol": "TCP"}]}
+            }));
+            from_service(&s, Class::default()).unwrap().unwrap()
+        };
+        let alone = with(serde_json::json!({}), "Local");
+        assert!(alone.ports.is_empty() && alone.selector.is_empty());
+        let key = serde_json::json!({"vipd.io/sharing-key": "k"});
+        let cluster = with(key.clone(), "Cluster");
+        assert_eq!((cluster.ports.len(), cluster.selector.len()), (1, 0));
+        let local = with(key, "Local");
+        assert_eq!((local.ports.len(), local.selector.len()), (1, 1));
     }
 
     /// Each spelling Kubernetes uses maps to its policy; anything else is
