@@ -2,9 +2,10 @@
 //! system only from the top of its heap: after a large list (tens of
 //! thousands of objects parsed, converted and dropped), the free space
 //! left between live blocks stays resident for the life of the process.
-//! [`trim`] hands it back: the watch calls it a second after a list, a
-//! re-list or a burst of a thousand events (once the daemon has taken it
-//! in), the allocator after a pass that wrote a thousand statuses.
+//! [`trim`] hands it back: the watch calls it a second after a list or a
+//! re-list (once the daemon has taken it in), the allocator after a pass
+//! that wrote a thousand statuses. Not after every burst: it holds the
+//! allocator's locks for milliseconds, on the path events take.
 //!
 //! Measured against mimalloc in docs/benchmarks.md (issue 20): mimalloc
 //! held the re-list's peak flat but kept more resident at every size.

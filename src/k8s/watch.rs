@@ -556,7 +556,6 @@ pub async fn run(
     let _forwarders = forwarders(&client, &k.node_name, tx);
     let mut w = Watch::new(k, api_server);
     let mut trim: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
-    let mut churn = 0u32;
     loop {
         let since = tokio::select! {
             _ = async { trim.as_mut().expect("guarded").await }, if trim.is_some() => {
@@ -565,7 +564,7 @@ pub async fn run(
                 continue;
             }
             ev = rx.recv() => match ev {
-                Some((at, ev)) => { apply(&mut w, ev, &status); churn += 1; at }
+                Some((at, ev)) => { apply(&mut w, ev, &status); at }
                 None => return,
             },
             Some(r) = requests.recv() => match r {
@@ -575,7 +574,6 @@ pub async fn run(
         };
         while let Ok((_, ev)) = rx.try_recv() {
             apply(&mut w, ev, &status);
-            churn += 1;
         }
         let Some(pass) = w.pass(since) else { continue };
         let full = pass.full;
@@ -586,19 +584,17 @@ pub async fn run(
                 return;
             }
         }
-        if full || churn >= TRIM_CHURN {
-            // Once the daemon has built its tables from it too; put off
-            // while the burst goes on.
-            churn = 0;
+        if full {
+            // Once the daemon has built its tables from it too. Not after
+            // bursts of events: trimming holds the allocator's locks for
+            // milliseconds, and events keep coming then.
             trim = Some(Box::pin(tokio::time::sleep(TRIM_AFTER)));
         }
     }
 }
 
-/// How long after a list, or a burst of [`TRIM_CHURN`] events, the freed
-/// memory is handed back (crate::heap).
+/// How long after a list the freed memory is handed back (crate::heap).
 const TRIM_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
-const TRIM_CHURN: u32 = 1000;
 
 fn post(events: &super::events::Recorder, posts: Vec<Post>, node: &str) {
     for p in posts {
