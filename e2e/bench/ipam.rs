@@ -188,11 +188,11 @@ fn main() {
     let s = |d: Duration| format!("{:.3} s", d.as_secs_f64());
     println!("\nallocating (no addresses given; vipd holds the allocator Lease)");
     println!(
-        "  first create -> every status written: {}   (target under 3 s)",
+        "  first create -> every status written: {}   (target under 3 s at 10,000)",
         s(a.statuses.unwrap())
     );
     println!(
-        "  first create -> BIRD holds every route: {}   (target under 3 s)",
+        "  first create -> BIRD holds every route: {}   (target under 3 s at 10,000)",
         s(a.bird)
     );
     println!("  vipd RSS {:.1} MiB, peak {:.1} MiB", a.rss.0, a.rss.1);
