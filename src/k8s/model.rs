@@ -66,10 +66,6 @@ impl ServiceInfo {
         self.key.clone()
     }
 
-    pub fn namespace(&self) -> &str {
-        self.key.split_once('/').map_or("", |(ns, _)| ns)
-    }
-
     pub fn name(&self) -> &str {
         self.key.split_once('/').map_or(&self.key, |(_, n)| n)
     }

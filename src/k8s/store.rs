@@ -357,11 +357,17 @@ mod tests {
         s.apply(&mut live, InitDone, value);
         let key = |live: &BTreeMap<Key, String>, k: &str| live.get_key_value(k).unwrap().0.clone();
         let (a, b) = (key(&live, "ns/a"), key(&live, "ns/b"));
+        let held = live["ns/a"].as_ptr();
         s.apply(&mut live, Init, value);
         s.apply(&mut live, InitApply(obj("a", "1")), value);
         s.apply(&mut live, InitApply(obj("b", "3")), value);
         s.apply(&mut live, InitDone, value);
         assert!(Arc::ptr_eq(&key(&live, "ns/a"), &a), "the same, shared");
+        assert_eq!(
+            live["ns/a"].as_ptr(),
+            held,
+            "the value held, not the one listed"
+        );
         assert!(Arc::ptr_eq(&key(&live, "ns/b"), &b));
         assert_eq!((live["ns/a"].as_str(), live["ns/b"].as_str()), ("1", "3"));
         // Not listed again: gone; listed anew: there.
