@@ -1126,6 +1126,53 @@ pub(crate) mod tests {
         );
     }
 
+    #[test]
+    fn a_value_the_policy_forbids_is_dropped_and_reported_and_the_rest_applies() {
+        let mut web = svc("a", "web", &["203.0.113.10"]);
+        web.annotations
+            .insert(ANNOTATION_COMMUNITIES.into(), "65010:1, 65535:65281".into());
+        let s = snap(
+            vec![web],
+            vec![("w", slice("a", "web", &[("node-b", true)]))],
+        );
+        let i = compute(&s, &kcfg());
+        let a = &i.routes[&"203.0.113.10/32".parse::<IpNet>().unwrap()].attrs;
+        assert_eq!(a.communities, vec![(65010 << 16) | 1]);
+        assert_eq!(i.bad_annotations.len(), 1, "{:?}", i.bad_annotations);
+        assert_eq!(i.bad_annotations[0].annotation, ANNOTATION_COMMUNITIES);
+        assert_eq!(&*i.bad_annotations[0].service, "a/web");
+    }
+
+    #[test]
+    fn services_of_two_namespaces_share_an_address_when_each_names_the_other() {
+        let mut x = svc("a", "x", &["203.0.113.10"]);
+        let mut y = svc("b", "y", &["203.0.113.10"]);
+        y.created = 1;
+        let s = |x: &ServiceInfo, y: &ServiceInfo| {
+            snap(
+                vec![x.clone(), y.clone()],
+                vec![
+                    ("x", slice("a", "x", &[("node-b", true)])),
+                    ("y", slice("b", "y", &[("node-b", true)])),
+                ],
+            )
+        };
+        let owners = |i: &Intent| {
+            let w = &i.routes[&"203.0.113.10/32".parse::<IpNet>().unwrap()];
+            w.owners.iter().map(|u| u.to_string()).collect::<Vec<_>>()
+        };
+        let i = compute(&s(&x, &y), &kcfg());
+        assert_eq!(owners(&i), ["uid-a-x"], "no consent: the older holds it");
+        assert_eq!(i.refused[0].kind, RefusalKind::SharingNotAllowed);
+        x.annotations
+            .insert(ANNOTATION_SHARING_NAMESPACES.into(), "b".into());
+        y.annotations
+            .insert(ANNOTATION_SHARING_NAMESPACES.into(), "a".into());
+        let i = compute(&s(&x, &y), &kcfg());
+        assert_eq!(owners(&i), ["uid-a-x", "uid-b-y"]);
+        assert!(i.refused.is_empty(), "{:?}", i.refused);
+    }
+
     /// Lesson 4, on the incremental path the watcher uses: the same objects
     /// arriving one event at a time, EndpointSlices before their Services
     /// or after them, end in the same intent, the full computation's.
