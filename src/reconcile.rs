@@ -116,18 +116,14 @@ pub fn patch(table: &mut Arc<Table>, statics: &Table, kube: &KubeRoutes, changed
     }
     // What a re-list confirms is left alone: an insert, even of the same
     // value, copies its path away from the table the speaker still holds.
-    let same = |p: &IpNet, a: &Arc<RouteAttrs>| table.get(p).is_some_and(|b| Arc::ptr_eq(a, b));
     let wanted = |p: &IpNet| statics.get(p).or_else(|| kube.routes.get(p));
-    if changed.iter().all(|p| match wanted(p) {
-        Some(a) => same(p, a),
-        None => !table.contains_key(p),
-    }) {
+    if changed.iter().all(|p| holds(table, p, wanted(p))) {
         return;
     }
     let table = Arc::make_mut(table);
     for p in changed {
         match wanted(p) {
-            Some(a) if table.get(p).is_some_and(|b| Arc::ptr_eq(a, b)) => {}
+            w if holds(table, p, w) => {}
             Some(a) => {
                 table.insert(*p, a.clone());
             }
@@ -135,6 +131,15 @@ pub fn patch(table: &mut Arc<Table>, statics: &Table, kube: &KubeRoutes, changed
                 table.remove(p);
             }
         }
+    }
+}
+
+/// Whether `table` already holds exactly `want` at `p`: the same shared
+/// attributes, or nothing where nothing is wanted.
+fn holds(table: &Table, p: &IpNet, want: Option<&Arc<RouteAttrs>>) -> bool {
+    match want {
+        Some(a) => table.get(p).is_some_and(|b| Arc::ptr_eq(a, b)),
+        None => !table.contains_key(p),
     }
 }
 
