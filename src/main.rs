@@ -203,6 +203,22 @@ fn check_config(file: &std::path::Path, node_labels: Option<&str>, node: Option<
     }
 }
 
+/// Why jemalloc, with one arena: src/heap.rs.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// Read by jemalloc before its first allocation (the prefixed build's
+/// name for `malloc_conf`).
+#[repr(transparent)]
+struct Conf(*const std::ffi::c_char);
+
+// SAFETY: a pointer to a static, never written.
+unsafe impl Sync for Conf {}
+
+#[used]
+#[export_name = "_rjem_malloc_conf"]
+static MALLOC_CONF: Conf = Conf(c"narenas:1,dirty_decay_ms:0".as_ptr());
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {

@@ -208,8 +208,8 @@ impl<'a> Holders<'a> {
 }
 
 /// The allocation pass: see the module documentation for the rules.
-pub fn allocate(pools: &[Pool], svcs: &[Svc]) -> Outcome {
-    let mut order: Vec<&Svc> = svcs.iter().collect();
+pub fn allocate<S: std::borrow::Borrow<Svc>>(pools: &[Pool], svcs: &[S]) -> Outcome {
+    let mut order: Vec<&Svc> = svcs.iter().map(|s| s.borrow()).collect();
     order.sort_by(|a, b| (a.created, &a.uid, &a.key).cmp(&(b.created, &b.uid, &b.key)));
     let mut out = Outcome::default();
     let mut holders = Holders::default();

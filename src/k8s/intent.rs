@@ -415,12 +415,12 @@ pub fn compute(s: &Snapshot, k: &KubeConfig) -> Intent {
 /// is always what [`compute`] would give (a property test checks it).
 #[derive(Debug, Default)]
 pub struct Tracker {
-    parts: HashMap<Key, Part>,
-    contributors: HashMap<IpNet, Keys>,
+    parts: BTreeMap<Key, Part>,
+    contributors: BTreeMap<IpNet, Keys>,
     /// Services whose part has refusals or bad annotations.
     problems: BTreeSet<Key>,
     /// A Service's EndpointSlices, by slice key.
-    slices: HashMap<Key, Keys>,
+    slices: BTreeMap<Key, Keys>,
     forbidden: HashSet<IpAddr>,
     intent: Intent,
     /// Refusals the sharing rules made, by address.
@@ -430,7 +430,7 @@ pub struct Tracker {
     held: HashMap<IpNet, String>,
     /// For each Service announced, at how many addresses; and refusals by
     /// reason: kept as the intent changes, so status costs nothing per event.
-    announcing: HashMap<Uid, usize>,
+    announcing: BTreeMap<Uid, usize>,
     refused_by: BTreeMap<RefusalKind, usize>,
 }
 
@@ -467,6 +467,10 @@ impl<'a> IntoIterator for &'a Keys {
     fn into_iter(self) -> Self::IntoIter {
         self.0.iter()
     }
+}
+
+fn packed<K: Ord, V>(m: &mut BTreeMap<K, V>) {
+    *m = std::mem::take(m).into_iter().collect();
 }
 
 /// How the routes of the intent changed: `None` for a prefix no longer wanted.
@@ -550,15 +554,11 @@ impl Tracker {
                 self.slices.entry(owner).or_default().insert(sk.clone());
             }
         }
+        packed(&mut self.slices);
         let first = old.is_empty();
         let mut delta = self.update(s, k, keys.iter());
         if first {
-            // Filled in address order, the map's nodes are half empty;
-            // built again in one go they are full (a fifth of the tracker
-            // at 50,000). Not on a re-list, which changes little of it.
-            self.intent.routes = std::mem::take(&mut self.intent.routes)
-                .into_iter()
-                .collect();
+            self.pack();
         }
         let changed: BTreeSet<IpNet> = delta.iter().map(|(p, _)| *p).collect();
         for p in old {
@@ -567,6 +567,17 @@ impl Tracker {
             }
         }
         delta
+    }
+
+    /// Filled in key order, B-tree nodes are left half empty; built again
+    /// in one go they are full (the per-Service maps are most of the
+    /// tracker: B-trees, not hash maps, whose buckets run up to twice the
+    /// entries). After the first fill only: a re-list changes little.
+    fn pack(&mut self) {
+        packed(&mut self.intent.routes);
+        packed(&mut self.parts);
+        packed(&mut self.contributors);
+        packed(&mut self.announcing);
     }
 
     /// An EndpointSlice changed from `old` to `new` (either may be absent):

@@ -361,10 +361,6 @@ impl<'a> Leader<'a> {
             s.pending = pending;
             s.writes += writes;
         });
-        if n >= 1000 {
-            // Thousands of statuses written: hand back what they freed.
-            crate::heap::trim();
-        }
         let first = std::mem::replace(&mut self.first, false);
         if n > 0 || first {
             info!(
@@ -376,22 +372,31 @@ impl<'a> Leader<'a> {
                 "allocation pass"
             );
         }
+        if n >= 1000 || first {
+            // A term's list and first pass, or thousands of statuses
+            // written: hand back what they freed.
+            crate::heap::trim();
+        }
         retry
     }
 
     /// The pure part of a pass: the Services as known (with what this
     /// leader wrote), allocated, and the statuses that differ.
     fn plan(&self, pools: &[Pool]) -> Plan {
-        let svcs: Vec<Svc> = self
-            .live
-            .iter()
-            .filter_map(|(k, e)| {
-                let mut s = e.svc.clone()?;
-                if let Some(w) = self.written.get(k) {
-                    s.current = w.addrs.clone();
-                }
+        // Borrowed, not cloned: a copy of every Service for each pass
+        // was the new leader's peak (and, freed, its resident memory).
+        // Only those with a write not yet seen are copied, with it.
+        let unseen: Vec<Svc> = (self.written.iter())
+            .filter_map(|(k, w)| {
+                let mut s = self.live.get(k)?.svc.clone()?;
+                s.current = w.addrs.clone();
                 Some(s)
             })
+            .collect();
+        let svcs: Vec<&Svc> = (self.live.iter())
+            .filter(|(k, _)| !self.written.contains_key(*k))
+            .filter_map(|(_, e)| e.svc.as_ref())
+            .chain(&unseen)
             .collect();
         let outcome = ipam::allocate(pools, &svcs);
         let writes = svcs
