@@ -9,7 +9,8 @@
 //!   addresses already in the status (vipd without `[ipam]`, as with
 //!   another allocator): the time until BIRD holds every route. The ratio
 //!   is what allocating costs on the way to the router;
-//! - the resident memory of both vipds;
+//! - the resident memory of both vipds, and of the reference restarted
+//!   (after a list, as the new leader below is);
 //! - a takeover: the allocating vipd stopped and started again, so that it
 //!   takes the Lease back and makes a new leader's first pass over every
 //!   Service, all already assigned (its time as vipd logs it; target under
@@ -37,6 +38,9 @@ struct Run {
     bird: Duration,
     rss: (f64, f64),
     takeover: Option<Takeover>,
+    /// The reference vipd restarted: resident after its list (the
+    /// figure to hold the new leader's against, both past a list).
+    restarted: Option<f64>,
 }
 
 /// A new leader over Services that all have their addresses.
@@ -82,6 +86,23 @@ fn takeover(mut vipd: Vipd, lab: &Lab, conf: &str) -> Takeover {
         pass,
         rss: rss(again.proc.pid()).0 as f64 / 1024.0,
     }
+}
+
+/// vipd stopped and started again over the same Services: its resident
+/// memory once it has listed them all.
+fn restart(mut vipd: Vipd, lab: &Lab, conf: &str, vips: usize) -> f64 {
+    vipd.proc.stop(Duration::from_secs(10));
+    let again = Vipd::start(&lab.node, &lab.dir, conf);
+    let want = format!("{vips} VIPs for this node");
+    assert!(
+        wait_until(Duration::from_secs(120), || vipd_status(&lab.node)
+            .1
+            .contains(&want)),
+        "the restarted vipd never reported its VIPs\n{}",
+        again.proc.log_tail(20)
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    rss(again.proc.pid()).0 as f64 / 1024.0
 }
 
 fn service(i: u32, given: bool) -> serde_json::Value {
@@ -165,11 +186,17 @@ fn run(n: u32, allocate: bool) -> Run {
     eprintln!("  ({n} Services created in {:.3} s)", created.as_secs_f64());
     std::thread::sleep(Duration::from_millis(500));
     let (rss, peak) = rss(vipd.proc.pid());
+    let (takeover, restarted) = if allocate {
+        (Some(takeover(vipd, &lab, &conf)), None)
+    } else {
+        (None, Some(restart(vipd, &lab, &conf, want.0 + want.1)))
+    };
     Run {
         statuses,
         bird: bird_t,
         rss: (rss as f64 / 1024.0, peak as f64 / 1024.0),
-        takeover: allocate.then(|| takeover(vipd, &lab, &conf)),
+        takeover,
+        restarted,
     }
 }
 
@@ -209,13 +236,18 @@ fn main() {
     println!("\nreference (addresses already in the status, vipd without [ipam])");
     println!("  first create -> BIRD holds every route: {}", s(g.bird));
     println!("  vipd RSS {:.1} MiB, peak {:.1} MiB", g.rss.0, g.rss.1);
+    let restarted = g.restarted.expect("the reference run restarts");
+    println!(
+        "  restarted, after listing every Service: RSS {restarted:.1} MiB ({:.0} bytes per Service)",
+        restarted * 1048576.0 / f64::from(n)
+    );
     println!(
         "\nratio allocating/reference: BIRD {:.2}x, RSS {:.2}x",
         a.bird.as_secs_f64() / g.bird.as_secs_f64(),
         a.rss.0 / g.rss.0
     );
     println!(
-        "the allocator's own memory (new leader - reference): {:.0} bytes per Service",
-        (t.rss - g.rss.0) * 1048576.0 / f64::from(n)
+        "the allocator's own memory (new leader - restarted reference): {:.0} bytes per Service",
+        (t.rss - restarted) * 1048576.0 / f64::from(n)
     );
 }

@@ -56,34 +56,62 @@ pub enum FamilyPolicy {
     RequireDualStack,
 }
 
-/// What the allocator needs of one Service vipd is responsible for.
+/// What the allocator needs of one Service vipd is responsible for. Held
+/// for every Service while this node leads: what few Services have is
+/// boxed (at 50,000 Services, each 8-byte field is 400 KB).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Svc {
-    /// `namespace/name`.
-    pub key: String,
-    pub uid: String,
+    /// `namespace/name`: shared with the map that holds the Service.
+    pub key: std::sync::Arc<str>,
+    pub uid: std::sync::Arc<str>,
     /// creationTimestamp, seconds since the epoch.
     pub created: i64,
-    pub namespace: String,
     /// `spec.ipFamilies`, in order.
-    pub families: Vec<Family>,
+    pub families: smallvec::SmallVec<[Family; 2]>,
     pub policy: FamilyPolicy,
     /// `vipd.io/pool`.
-    pub pool: Option<String>,
+    pub pool: Option<Box<str>>,
     /// `vipd.io/load-balancer-ips` and `spec.loadBalancerIP`.
     pub requested: Vec<IpAddr>,
+    /// `vipd.io/sharing-key` and what decides sharing under it; none
+    /// without the annotation.
+    pub sharing: Option<Box<Sharing>>,
+    /// `spec.externalTrafficPolicy == "Local"`.
+    pub local: bool,
+    /// The addresses `status.loadBalancer.ingress` holds now.
+    pub current: Addrs,
+}
+
+/// A Service's addresses: one or two, held in place.
+pub type Addrs = smallvec::SmallVec<[IpAddr; 2]>;
+
+/// What decides whether Services with one sharing key may share an address.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sharing {
     /// `vipd.io/sharing-key`.
-    pub sharing_key: Option<String>,
+    pub key: String,
     /// (protocol, port) of `spec.ports`.
     pub ports: Vec<(String, u16)>,
     /// `vipd.io/sharing-namespaces` (`*`: any).
-    pub sharing_namespaces: Vec<String>,
-    /// `spec.externalTrafficPolicy == "Local"`.
-    pub local: bool,
-    /// `spec.selector`.
+    pub namespaces: Vec<String>,
+    /// `spec.selector`, for externalTrafficPolicy Local only.
     pub selector: BTreeMap<String, String>,
-    /// The addresses `status.loadBalancer.ingress` holds now.
-    pub current: Vec<IpAddr>,
+}
+
+impl Svc {
+    /// From the key: not held twice.
+    pub fn namespace(&self) -> &str {
+        self.key.split_once('/').map_or("", |(ns, _)| ns)
+    }
+
+    pub fn sharing_key(&self) -> Option<&str> {
+        self.sharing.as_ref().map(|s| s.key.as_str())
+    }
+
+    /// The sharing part, created empty if absent (for building one).
+    pub fn sharing_mut(&mut self) -> &mut Sharing {
+        self.sharing.get_or_insert_with(Default::default)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -109,7 +137,7 @@ pub struct Outcome {
     pub events: Vec<Event>,
 }
 
-fn wanted_families(s: &Svc) -> Vec<Family> {
+fn wanted_families(s: &Svc) -> smallvec::SmallVec<[Family; 2]> {
     let mut f = s.families.clone();
     if f.is_empty() {
         f.push(Family::V4);
@@ -163,26 +191,27 @@ struct Holders<'a> {
 
 /// Why `s` may not share an address with `h`, or `None` where it may.
 pub fn why_not_shared(h: &Svc, s: &Svc) -> Option<&'static str> {
-    Some(
-        if s.sharing_key.is_none() || h.sharing_key != s.sharing_key {
-            "no common vipd.io/sharing-key"
-        } else if h.ports.iter().any(|p| s.ports.contains(p)) {
-            "a (protocol, port) in common"
-        } else if !crate::k8s::model::namespaces_share(
-            &h.namespace,
-            &h.sharing_namespaces,
-            &s.namespace,
-            &s.sharing_namespaces,
-        ) {
-            "another namespace, and not both name each other in vipd.io/sharing-namespaces"
-        } else if h.local != s.local {
-            "another externalTrafficPolicy"
-        } else if s.local && h.selector != s.selector {
-            "externalTrafficPolicy Local with another pod selector"
-        } else {
-            return None;
-        },
-    )
+    let (Some(hs), Some(ss)) = (&h.sharing, &s.sharing) else {
+        return Some("no common vipd.io/sharing-key");
+    };
+    Some(if hs.key != ss.key {
+        "no common vipd.io/sharing-key"
+    } else if hs.ports.iter().any(|p| ss.ports.contains(p)) {
+        "a (protocol, port) in common"
+    } else if !crate::k8s::model::namespaces_share(
+        h.namespace(),
+        &hs.namespaces,
+        s.namespace(),
+        &ss.namespaces,
+    ) {
+        "another namespace, and not both name each other in vipd.io/sharing-namespaces"
+    } else if h.local != s.local {
+        "another externalTrafficPolicy"
+    } else if s.local && hs.selector != ss.selector {
+        "externalTrafficPolicy Local with another pod selector"
+    } else {
+        return None;
+    })
 }
 
 impl<'a> Holders<'a> {
@@ -229,7 +258,7 @@ pub fn allocate<S: std::borrow::Borrow<Svc>>(pools: &[Pool], svcs: &[S]) -> Outc
             }
             if let Some((h, why)) = holders.refuses(s, a) {
                 out.events.push(Event {
-                    service: s.key.clone(),
+                    service: s.key.to_string(),
                     kind: EventKind::AddressConflict,
                     message: format!(
                         "{a} is also held by {}, which is older and keeps it ({why})",
@@ -240,7 +269,7 @@ pub fn allocate<S: std::borrow::Borrow<Svc>>(pools: &[Pool], svcs: &[S]) -> Outc
             }
             if !pools.iter().any(|p| in_pool(p, a)) {
                 out.events.push(Event {
-                    service: s.key.clone(),
+                    service: s.key.to_string(),
                     kind: EventKind::AddressOutsidePools,
                     message: format!(
                         "{a} is in no pool; kept, but not announced unless kubernetes.allowed_prefixes covers it"
@@ -250,11 +279,11 @@ pub fn allocate<S: std::borrow::Borrow<Svc>>(pools: &[Pool], svcs: &[S]) -> Outc
             holders.add(s, *a);
             mine.push(*a);
         }
-        kept.insert(&s.key, mine);
+        kept.insert(&s.key[..], mine);
     }
     let mut cursors: BTreeMap<(usize, usize), IpAddr> = BTreeMap::new();
     for s in &order {
-        let mut mine = kept.remove(s.key.as_str()).unwrap_or_default();
+        let mut mine = kept.remove(&s.key[..]).unwrap_or_default();
         let had = mine.len();
         let mut events = vec![];
         fill(pools, s, &mut mine, &mut holders, &mut cursors, &mut events);
@@ -267,7 +296,7 @@ pub fn allocate<S: std::borrow::Borrow<Svc>>(pools: &[Pool], svcs: &[S]) -> Outc
             events.retain(|e| e.kind != EventKind::AddressAssigned);
         }
         out.events.extend(events);
-        out.status.insert(s.key.clone(), mine);
+        out.status.insert(s.key.to_string(), mine);
     }
     out
 }
@@ -282,12 +311,12 @@ fn fill<'a>(
     events: &mut Vec<Event>,
 ) {
     let pool = match &s.pool {
-        Some(name) => pools.iter().position(|p| &p.name == name),
+        Some(name) => pools.iter().position(|p| *p.name == **name),
         None => pools
             .iter()
-            .position(|p| p.auto_assign && open_to(p, &s.namespace)),
+            .position(|p| p.auto_assign && open_to(p, s.namespace())),
     };
-    let pool_ok = pool.is_some_and(|i| open_to(&pools[i], &s.namespace));
+    let pool_ok = pool.is_some_and(|i| open_to(&pools[i], s.namespace()));
     for f in wanted_families(s) {
         if mine.iter().any(|a| family(a) == f) {
             continue;
@@ -307,9 +336,9 @@ fn fill<'a>(
             Err(match &s.pool {
                 Some(n) => format!(
                     "pool {n} does not exist or is closed to namespace {}",
-                    s.namespace
+                    s.namespace()
                 ),
-                None => format!("no auto-assign pool is open to namespace {}", s.namespace),
+                None => format!("no auto-assign pool is open to namespace {}", s.namespace()),
             })
         };
         match got {
@@ -319,7 +348,7 @@ fn fill<'a>(
                 assigned(events, s, &a);
             }
             Err(why) => events.push(Event {
-                service: s.key.clone(),
+                service: s.key.to_string(),
                 kind: EventKind::AllocationFailed,
                 message: why,
             }),
@@ -332,8 +361,8 @@ fn fill<'a>(
 fn requested(pools: &[Pool], s: &Svc, a: &IpAddr, holders: &Holders) -> Result<IpAddr, String> {
     let allowed = pools
         .iter()
-        .filter(|p| open_to(p, &s.namespace))
-        .any(|p| in_pool(p, a) && s.pool.as_ref().is_none_or(|n| *n == p.name));
+        .filter(|p| open_to(p, s.namespace()))
+        .any(|p| in_pool(p, a) && s.pool.as_ref().is_none_or(|n| **n == *p.name));
     match (allowed, holders.refuses(s, a)) {
         (false, _) => Err(format!("{a} is not in a pool this Service may use")),
         (true, Some((h, why))) => Err(format!("{a} is taken by {} ({why})", h.key)),
@@ -343,7 +372,7 @@ fn requested(pools: &[Pool], s: &Svc, a: &IpAddr, holders: &Holders) -> Result<I
 
 fn assigned(events: &mut Vec<Event>, s: &Svc, a: &IpAddr) {
     events.push(Event {
-        service: s.key.clone(),
+        service: s.key.to_string(),
         kind: EventKind::AddressAssigned,
         message: format!("assigned {a}"),
     });
@@ -373,7 +402,7 @@ fn free(
                 || holders
                     .by_addr
                     .get(&a)
-                    .is_some_and(|hs| hs.iter().any(|h| h.sharing_key.is_none()));
+                    .is_some_and(|hs| hs.iter().any(|h| h.sharing.is_none()));
             advancing &= closed;
             if !avoid && holders.refuses(s, &a).is_none() {
                 return Some(a);

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use k8s_openapi::api::core::v1::{Service, ServiceSpec};
 use kube::ResourceExt;
 
-use super::{Family, FamilyPolicy, Svc};
+use super::{Family, FamilyPolicy, Sharing, Svc};
 
 pub const POOL: &str = "vipd.io/pool";
 pub const LOAD_BALANCER_IPS: &str = "vipd.io/load-balancer-ips";
@@ -50,21 +50,30 @@ fn build(s: &Service) -> Result<Svc, String> {
     let a = s.annotations();
     let requested = requested(a.get(LOAD_BALANCER_IPS), spec.load_balancer_ip.as_deref())?;
     let (families, policy) = families(spec);
-    // Ports and selector matter only between Services with one sharing key
-    // (`why_not_shared`): the others keep none, which at 50,000 Services
-    // is most of the allocator's memory they took.
-    let sharing_key = a.get(SHARING_KEY).cloned();
-    let shares = sharing_key.is_some();
+    // Ports, selector and the namespaces consented to matter only between
+    // Services with one sharing key (`why_not_shared`): the others keep
+    // none, which at 50,000 Services is most of the allocator's memory.
     let local = spec.external_traffic_policy.as_deref() == Some("Local");
-    let ports = (spec.ports.iter().flatten())
-        .filter(|_| shares)
-        .map(|p| {
-            (
-                p.protocol.clone().unwrap_or_else(|| "TCP".into()),
-                p.port as u16,
-            )
+    let sharing = a.get(SHARING_KEY).map(|key| {
+        Box::new(Sharing {
+            key: key.clone(),
+            ports: (spec.ports.iter().flatten())
+                .map(|p| {
+                    (
+                        p.protocol.clone().unwrap_or_else(|| "TCP".into()),
+                        p.port as u16,
+                    )
+                })
+                .collect(),
+            namespaces: a
+                .get(SHARING_NAMESPACES)
+                .map(|v| crate::k8s::model::namespace_list(v))
+                .unwrap_or_default(),
+            selector: (spec.selector.clone())
+                .filter(|_| local)
+                .unwrap_or_default(),
         })
-        .collect();
+    });
     let current = s
         .status
         .as_ref()
@@ -77,35 +86,26 @@ fn build(s: &Service) -> Result<Svc, String> {
         })
         .unwrap_or_default();
     Ok(Svc {
-        key: format!("{}/{}", s.namespace().unwrap_or_default(), s.name_any()),
-        uid: s.uid().unwrap_or_default(),
+        key: format!("{}/{}", s.namespace().unwrap_or_default(), s.name_any()).into(),
+        uid: s.uid().unwrap_or_default().into(),
         created: s
             .metadata
             .creation_timestamp
             .as_ref()
             .map_or(0, |t| t.0.as_second()),
-        namespace: s.namespace().unwrap_or_default(),
         families,
         policy,
-        pool: a.get(POOL).cloned(),
+        pool: a.get(POOL).map(|p| p.as_str().into()),
         requested,
-        sharing_key,
-        ports,
-        sharing_namespaces: a
-            .get(SHARING_NAMESPACES)
-            .map(|v| crate::k8s::model::namespace_list(v))
-            .unwrap_or_default(),
+        sharing,
         local,
-        selector: (spec.selector.clone())
-            .filter(|_| shares && local)
-            .unwrap_or_default(),
         current,
     })
 }
 
 /// `spec.ipFamilies` and `spec.ipFamilyPolicy` (unknown spellings: one
 /// family, as the API server defaults them).
-fn families(spec: &ServiceSpec) -> (Vec<Family>, FamilyPolicy) {
+fn families(spec: &ServiceSpec) -> (smallvec::SmallVec<[Family; 2]>, FamilyPolicy) {
     let families = spec
         .ip_families
         .iter()
@@ -167,16 +167,19 @@ mod tests {
             "status": {"loadBalancer": {"ingress": [{"ip": "198.51.100.5"}, {"hostname": "x"}]}}
         }));
         let v = from_service(&s, Class::default()).unwrap().unwrap();
-        assert_eq!(v.key, "a/web");
+        assert_eq!(&*v.key, "a/web");
         assert_eq!(v.created, 1_795_341_600);
-        assert_eq!(v.families, [Family::V6, Family::V4]);
+        assert_eq!(v.families[..], [Family::V6, Family::V4]);
         assert_eq!(v.policy, FamilyPolicy::RequireDualStack);
         assert_eq!(v.pool.as_deref(), Some("public"));
-        assert_eq!(v.sharing_key.as_deref(), Some("k"));
+        assert_eq!(v.sharing_key(), Some("k"));
         assert_eq!(v.requested.len(), 2);
-        assert_eq!(v.ports, [("TCP".into(), 443), ("UDP".into(), 53)]);
         assert_eq!(
-            v.current,
+            v.sharing.unwrap().ports,
+            [("TCP".into(), 443), ("UDP".into(), 53)]
+        );
+        assert_eq!(
+            v.current[..],
             ["198.51.100.5".parse::<std::net::IpAddr>().unwrap()]
         );
     }
@@ -191,12 +194,17 @@ mod tests {
             }));
             from_service(&s, Class::default()).unwrap().unwrap()
         };
-        let alone = with(serde_json::json!({}), "Local");
-        assert!(alone.ports.is_empty() && alone.selector.is_empty());
-        let key = serde_json::json!({"vipd.io/sharing-key": "k"});
-        let cluster = with(key.clone(), "Cluster");
+        let alone = with(
+            serde_json::json!({"vipd.io/sharing-namespaces": "b"}),
+            "Local",
+        );
+        assert_eq!(alone.sharing, None, "nothing kept without a sharing key");
+        let key =
+            serde_json::json!({"vipd.io/sharing-key": "k", "vipd.io/sharing-namespaces": "b"});
+        let cluster = with(key.clone(), "Cluster").sharing.unwrap();
         assert_eq!((cluster.ports.len(), cluster.selector.len()), (1, 0));
-        let local = with(key, "Local");
+        assert_eq!(cluster.namespaces, ["b"]);
+        let local = with(key, "Local").sharing.unwrap();
         assert_eq!((local.ports.len(), local.selector.len()), (1, 1));
     }
 
@@ -258,6 +266,6 @@ mod tests {
             v.requested,
             ["198.51.100.7".parse::<std::net::IpAddr>().unwrap()]
         );
-        assert_eq!(v.families, []);
+        assert!(v.families.is_empty());
     }
 }

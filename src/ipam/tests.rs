@@ -24,20 +24,16 @@ fn pool(name: &str, ranges: &[Range]) -> Pool {
 
 fn svc(name: &str, created: i64) -> Svc {
     Svc {
-        key: format!("a/{name}"),
-        uid: format!("uid-{name}"),
+        key: format!("a/{name}").into(),
+        uid: format!("uid-{name}").into(),
         created,
-        namespace: "a".into(),
-        families: vec![Family::V4],
+        families: [Family::V4].into_iter().collect(),
         policy: FamilyPolicy::SingleStack,
         pool: None,
         requested: vec![],
-        sharing_key: None,
-        ports: vec![("TCP".into(), 80)],
-        sharing_namespaces: vec![],
+        sharing: None,
         local: false,
-        selector: Default::default(),
-        current: vec![],
+        current: Default::default(),
     }
 }
 
@@ -61,7 +57,7 @@ fn lowest_free_address_and_network_broadcast_avoided() {
     let mut p = pool("p", &[range("198.51.100.0", "198.51.101.255")]);
     p.avoid_network_and_broadcast = true;
     let mut held = svc("held", 0);
-    held.current = vec![ip("198.51.100.1")];
+    held.current = [ip("198.51.100.1")].into_iter().collect();
     let o = allocate(&[p], &[held, svc("x", 1), svc("y", 2)]);
     assert_eq!(got(&o, "held"), ["198.51.100.1"]);
     assert_eq!(got(&o, "x"), ["198.51.100.2"]);
@@ -74,9 +70,9 @@ fn lowest_free_address_and_network_broadcast_avoided() {
 fn duplicates_are_repaired_in_favour_of_the_older() {
     let p = pool("p", &[range("198.51.100.10", "198.51.100.20")]);
     let mut old = svc("old", 5);
-    old.current = vec![ip("198.51.100.10")];
+    old.current = [ip("198.51.100.10")].into_iter().collect();
     let mut young = svc("young", 9);
-    young.current = vec![ip("198.51.100.10")];
+    young.current = [ip("198.51.100.10")].into_iter().collect();
     // Given in the other order: age decides, not position.
     let o = allocate(&[p], &[young, old]);
     assert_eq!(got(&o, "old"), ["198.51.100.10"]);
@@ -96,8 +92,8 @@ fn sharing_needs_the_same_key_and_distinct_ports() {
     let shared = |name: &str, t: i64, port: u16, key: &str| {
         let mut s = svc(name, t);
         s.requested = vec![ip("198.51.100.15")];
-        s.sharing_key = Some(key.into());
-        s.ports = vec![("TCP".into(), port)];
+        s.sharing_mut().key = key.into();
+        s.sharing_mut().ports = vec![("TCP".into(), port)];
         s
     };
     let o = allocate(
@@ -150,7 +146,7 @@ fn dual_stack_takes_one_address_per_family() {
     );
     let v4only = pool("q", &[range("198.51.100.1", "198.51.100.9")]);
     let mut req = svc("req", 1);
-    req.families = vec![Family::V6, Family::V4];
+    req.families = [Family::V6, Family::V4].into_iter().collect();
     req.policy = FamilyPolicy::RequireDualStack;
     let mut pref = svc("pref", 2);
     pref.policy = FamilyPolicy::PreferDualStack;
@@ -195,7 +191,7 @@ fn exhaustion_then_recovery_and_a_shrunk_pool_renumbers_nothing() {
     assert_eq!(kinds(&o, "a3"), [EventKind::AllocationFailed]);
     // a1 is deleted: a3 gets its address; a2 keeps its own.
     let mut a2 = svc("a2", 2);
-    a2.current = o.status["a/a2"].clone();
+    a2.current = o.status["a/a2"].iter().copied().collect();
     let o = allocate(std::slice::from_ref(&small), &[a2.clone(), svc("a3", 3)]);
     assert_eq!(got(&o, "a2"), ["198.51.100.2"]);
     assert_eq!(got(&o, "a3"), ["198.51.100.1"]);
@@ -217,7 +213,7 @@ fn usage_counts_held_addresses_per_pool_and_family() {
     big.avoid_network_and_broadcast = true;
     let small = pool("small", &[range("203.0.113.1", "203.0.113.2")]);
     let mut a = svc("a", 0);
-    a.families = vec![Family::V4, Family::V6];
+    a.families = [Family::V4, Family::V6].into_iter().collect();
     a.policy = FamilyPolicy::RequireDualStack;
     let mut b = svc("b", 1);
     b.pool = Some("small".into());
@@ -255,11 +251,14 @@ fn arb_svc(i: usize) -> impl Strategy<Value = Svc> {
         .prop_map(move |(t, ns, req, cur, key, port, dual)| {
             let a = |x: u8| IpAddr::from([198, 51, 100, x]);
             let mut s = svc(&format!("s{i}"), t);
-            s.namespace = ["a", "b"][ns.unwrap_or(0)].into();
+            s.key = format!("{}/s{i}", ["a", "b"][ns.unwrap_or(0)]).into();
             s.requested = req.into_iter().take(1).map(a).collect();
             s.current = cur.into_iter().map(a).collect();
-            s.sharing_key = key.map(|k| format!("k{k}"));
-            s.ports = vec![("TCP".into(), port)];
+            if let Some(k) = key {
+                let sh = s.sharing_mut();
+                sh.key = format!("k{k}");
+                sh.ports = vec![("TCP".into(), port)];
+            }
             if dual {
                 s.policy = FamilyPolicy::PreferDualStack;
                 s.current.push(IpAddr::from([
@@ -301,7 +300,7 @@ proptest! {
         rot in 0usize..8,
     ) {
         let o = allocate(&pools, &svcs);
-        let by_key: BTreeMap<&str, &Svc> = svcs.iter().map(|s| (s.key.as_str(), s)).collect();
+        let by_key: BTreeMap<&str, &Svc> = svcs.iter().map(|s| (&*s.key, s)).collect();
         let mut holders: BTreeMap<IpAddr, Vec<&Svc>> = BTreeMap::new();
         for (k, addrs) in &o.status {
             let s = by_key[k.as_str()];
@@ -310,7 +309,7 @@ proptest! {
             for a in addrs {
                 if !s.current.contains(a) {
                     prop_assert!(
-                        pools.iter().any(|p| open_to(p, &s.namespace) && in_pool(p, a)),
+                        pools.iter().any(|p| open_to(p, s.namespace()) && in_pool(p, a)),
                         "{} got {} outside its pools", k, a
                     );
                 }
@@ -320,9 +319,12 @@ proptest! {
         for (a, hs) in &holders {
             for (i, x) in hs.iter().enumerate() {
                 for y in &hs[i + 1..] {
-                    let ok = x.sharing_key.is_some()
-                        && x.sharing_key == y.sharing_key
-                        && !x.ports.iter().any(|p| y.ports.contains(p));
+                    let ok = match (&x.sharing, &y.sharing) {
+                        (Some(xs), Some(ys)) => {
+                            xs.key == ys.key && !xs.ports.iter().any(|p| ys.ports.contains(p))
+                        }
+                        _ => false,
+                    };
                     prop_assert!(ok, "{} held by {} and {}", a, x.key, y.key);
                 }
             }
@@ -330,7 +332,10 @@ proptest! {
         // Nothing moves: the result, fed back as the current status, stays.
         let again: Vec<Svc> = svcs
             .iter()
-            .map(|s| Svc { current: o.status[&s.key].clone(), ..s.clone() })
+            .map(|s| Svc {
+                current: o.status[&*s.key].iter().copied().collect(),
+                ..s.clone()
+            })
             .collect();
         let o2 = allocate(&pools, &again);
         prop_assert_eq!(&o2.status, &o.status);
@@ -352,12 +357,12 @@ fn sharing_across_namespaces_needs_consent_on_both_sides() {
     let p = pool("p", &[range("198.51.100.10", "198.51.100.20")]);
     let mk = |ns: &str, name: &str, created, port, allow: &[&str]| {
         let mut s = svc(name, created);
-        s.key = format!("{ns}/{name}");
-        s.namespace = ns.into();
-        s.sharing_key = Some("k".into());
-        s.ports = vec![("TCP".into(), port)];
+        s.key = format!("{ns}/{name}").into();
         s.requested = vec![ip("198.51.100.12")];
-        s.sharing_namespaces = allow.iter().map(|x| x.to_string()).collect();
+        let sh = s.sharing_mut();
+        sh.key = "k".into();
+        sh.ports = vec![("TCP".into(), port)];
+        sh.namespaces = allow.iter().map(|x| x.to_string()).collect();
         s
     };
     let o = allocate(
@@ -402,11 +407,12 @@ fn sharing_needs_one_policy_one_selector_and_distinct_protocol_ports() {
     let p = pool("p", &[range("198.51.100.10", "198.51.100.20")]);
     let mk = |name: &str, created, proto: &str, local, app: &str| {
         let mut s = svc(name, created);
-        s.sharing_key = Some("k".into());
-        s.ports = vec![(proto.into(), 53)];
         s.requested = vec![ip("198.51.100.12")];
         s.local = local;
-        s.selector = [("app".to_string(), app.to_string())].into();
+        let sh = s.sharing_mut();
+        sh.key = "k".into();
+        sh.ports = vec![(proto.into(), 53)];
+        sh.selector = [("app".to_string(), app.to_string())].into();
         s
     };
     let o = allocate(

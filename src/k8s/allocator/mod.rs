@@ -186,12 +186,13 @@ async fn campaign(ctx: &Ctx, stop: &mut watch::Receiver<bool>) -> Option<i64> {
 /// One Service as the leader knows it.
 #[derive(Clone, PartialEq)]
 struct Entry {
-    uid: String,
-    rv: String,
+    /// The same text as `svc`'s.
+    uid: std::sync::Arc<str>,
+    rv: Box<str>,
     /// What the allocator needs; without its bad annotation, frozen.
     svc: Option<Svc>,
     /// Why an annotation cannot be read: the status is left alone.
-    bad: Option<String>,
+    bad: Option<Box<str>>,
 }
 
 /// A status this leader wrote and has not yet seen on the watch.
@@ -207,7 +208,7 @@ impl Written {
     /// of the write itself, or a Service by that name that is another one
     /// (or gone).
     fn seen_in(&self, e: Option<&Entry>) -> bool {
-        e.is_none_or(|e| e.uid != self.uid || e.rv == self.rv)
+        e.is_none_or(|e| *e.uid != *self.uid || *e.rv == *self.rv)
     }
 }
 
@@ -310,7 +311,7 @@ impl<'a> Leader<'a> {
         let ctx = self.ctx;
         match self
             .store
-            .apply(&mut self.live, ev, |s, _| Ok(entry(ctx, s)))
+            .apply(&mut self.live, ev, |s, k| Ok(entry(ctx, s, k)))
         {
             Change::Nothing => false,
             Change::All => {
@@ -389,7 +390,7 @@ impl<'a> Leader<'a> {
         let unseen: Vec<Svc> = (self.written.iter())
             .filter_map(|(k, w)| {
                 let mut s = self.live.get(k)?.svc.clone()?;
-                s.current = w.addrs.clone();
+                s.current = w.addrs.iter().copied().collect();
                 Some(s)
             })
             .collect();
@@ -401,16 +402,12 @@ impl<'a> Leader<'a> {
         let outcome = ipam::allocate(pools, &svcs);
         let writes = svcs
             .iter()
-            .filter(|s| {
-                self.live
-                    .get(s.key.as_str())
-                    .is_some_and(|e| e.bad.is_none())
-            })
+            .filter(|s| self.live.get(&s.key).is_some_and(|e| e.bad.is_none()))
             .filter_map(|s| {
-                let want = outcome.status.get(&s.key)?;
+                let want = outcome.status.get(&*s.key)?;
                 let same = want.iter().collect::<BTreeSet<_>>() == s.current.iter().collect();
-                let rv = self.live[s.key.as_str()].rv.clone();
-                (!same).then(|| (s.key.clone(), rv, want.clone()))
+                let rv = self.live[&s.key].rv.to_string();
+                (!same).then(|| (s.key.to_string(), rv, want.clone()))
             })
             .collect();
         Plan { writes, outcome }
@@ -517,7 +514,7 @@ impl<'a> Leader<'a> {
                 kind: EventKind::AllocationFailed,
                 message: format!("{why}; the Service is left as it is"),
             };
-            Some(((k.to_string(), why.clone()), e))
+            Some(((k.to_string(), why.to_string()), e))
         });
         let mut posts: Vec<ipam::Event> = out
             .events
@@ -531,7 +528,7 @@ impl<'a> Leader<'a> {
             .filter_map(|e| {
                 Some((
                     e.service.clone(),
-                    self.live.get(e.service.as_str())?.uid.clone(),
+                    self.live.get(e.service.as_str())?.uid.to_string(),
                 ))
             })
             .collect();
@@ -545,20 +542,28 @@ impl<'a> Leader<'a> {
     }
 }
 
-fn entry(ctx: &Ctx, s: &Service) -> Option<Entry> {
+fn entry(ctx: &Ctx, s: &Service, key: &Key) -> Option<Entry> {
     let class = Class {
         name: ctx.class.0.as_deref(),
         include_unclassed: ctx.class.1,
     };
-    let (svc, bad) = match from_service(s, class)? {
+    let (mut svc, bad) = match from_service(s, class)? {
         Ok(svc) => (Some(svc), None),
         Err(why) => (frozen(s, class), Some(why)),
     };
+    let uid = match &mut svc {
+        Some(svc) => {
+            // One copy of the key: the map's.
+            svc.key = key.clone();
+            svc.uid.clone()
+        }
+        None => s.uid().unwrap_or_default().into(),
+    };
     Some(Entry {
-        uid: s.uid().unwrap_or_default(),
-        rv: s.resource_version().unwrap_or_default(),
+        uid,
+        rv: s.resource_version().unwrap_or_default().into(),
         svc,
-        bad,
+        bad: bad.map(Into::into),
     })
 }
 
@@ -577,6 +582,6 @@ fn frozen(s: &Service, class: Class) -> Option<Svc> {
     } else {
         FamilyPolicy::SingleStack
     };
-    svc.requested = svc.current.clone();
+    svc.requested = svc.current.to_vec();
     (!svc.current.is_empty()).then_some(svc)
 }
