@@ -541,6 +541,38 @@ mod tests {
         .collect()
     }
 
+    /// The first fill inserts every other route first (for full nodes):
+    /// every route is there once, with its own attributes, odd counts and
+    /// empty included.
+    #[test]
+    fn a_first_fill_holds_every_route_with_its_attributes() {
+        for n in [0u32, 1, 2, 3, 17, 1001] {
+            let all: BTreeMap<IpNet, Want> = (0..n)
+                .map(|i| {
+                    let p = IpNet::from(std::net::IpAddr::from(std::net::Ipv4Addr::from(
+                        0x6440_0000 + i,
+                    )));
+                    (p, want_med(i % 7))
+                })
+                .collect();
+            let mut k = KubeRoutes::default();
+            k.set_all(&all);
+            let got: Vec<(IpNet, Option<u32>)> =
+                k.routes.iter().map(|(p, a)| (*p, a.med)).collect();
+            let want: Vec<(IpNet, Option<u32>)> =
+                all.iter().map(|(p, w)| (*p, w.attrs.med)).collect();
+            assert_eq!(got, want, "{n} routes");
+            let t = table(
+                &Arc::new(Table::new()),
+                &Intent {
+                    routes: all,
+                    ..Default::default()
+                },
+            );
+            assert_eq!(t.len(), n as usize);
+        }
+    }
+
     #[test]
     fn patching_by_delta_equals_rebuilding() {
         let statics = Arc::new(static_med5());
