@@ -162,6 +162,34 @@ fn dual_stack_takes_one_address_per_family() {
     assert!(!kinds(&o, "pref").contains(&EventKind::AllocationFailed));
 }
 
+/// A pool with `auto_assign = false` serves only the Services that name
+/// it, even listed first and open to everyone; and a requested address
+/// must lie in the pool the Service names.
+#[test]
+fn a_manual_pool_serves_only_who_names_it_and_a_request_stays_in_the_named_pool() {
+    let mut manual = pool("manual", &[range("203.0.113.1", "203.0.113.9")]);
+    manual.auto_assign = false;
+    let auto = pool("auto", &[range("198.51.100.1", "198.51.100.9")]);
+    let pools = [manual, auto];
+    let plain = svc("plain", 1);
+    let mut wrong = svc("wrong", 2);
+    wrong.pool = Some("auto".into());
+    wrong.requested = vec![ip("203.0.113.5")];
+    let mut right = svc("right", 3);
+    right.pool = Some("manual".into());
+    right.requested = vec![ip("203.0.113.6")];
+    let o = allocate(&pools, &[plain, wrong, right]);
+    assert_eq!(got(&o, "plain"), ["198.51.100.1"]);
+    assert!(
+        got(&o, "wrong").is_empty(),
+        "203.0.113.5 is not in pool auto"
+    );
+    assert!(o.events.iter().any(
+        |e| e.service == "a/wrong" && e.message.contains("not in a pool this Service may use")
+    ));
+    assert_eq!(got(&o, "right"), ["203.0.113.6"]);
+}
+
 #[test]
 fn pools_by_name_and_namespace() {
     let mut team = pool("team", &[range("198.51.100.1", "198.51.100.9")]);
