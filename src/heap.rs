@@ -21,7 +21,8 @@
 //!   decays only while the process allocates).
 //!
 //! [`trim`] also returns what a size's partly used pages hold free, after
-//! the large one-off jobs: the daemon after loading its configuration, the
+//! the large one-off jobs: each load of the configuration (at start and on
+//! every reload, once its prefixes are in the table), the
 //! watch a second after a list or re-list, the allocator after a term's
 //! first pass or one that wrote a thousand statuses.
 

@@ -202,7 +202,6 @@ fn relist(api: &StandIn, vipd: &Vipd, steady: u64) {
     );
 }
 
-/// One Service among the n, its EndpointSlice flipped `changes` times.
 /// vipd's own histogram of event received -> UPDATE written
 /// (`vipd_event_to_wire_seconds`): each bucket's bound and cumulative count.
 fn wire_buckets(ns: &Netns) -> Vec<(f64, u64)> {
@@ -239,6 +238,7 @@ fn bucket_quantile(before: &[(f64, u64)], after: &[(f64, u64)], q: f64) -> (f64,
     (le, total)
 }
 
+/// One Service among the n, its EndpointSlice flipped `changes` times.
 fn latency(api: &StandIn, ctl: &mut BirdCtl, changes: u32, ns: &Netns) {
     api.put(obj::service("bench", "lat", &["203.0.113.200"], false));
     api.put(obj::slice("bench", "lat-x", "lat", &[("node-b", false)]));

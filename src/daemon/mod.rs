@@ -489,8 +489,6 @@ async fn sleep_until(at: Option<Instant>) {
 /// on each reload that changes it (logging is set up by the caller).
 pub async fn run(path: PathBuf, logging: &dyn Fn(&LogConfig)) -> Result<(), DaemonError> {
     let (mut d, mut inbox, listeners) = start::start(path, logging).await?;
-    // What parsing the configuration and building the table freed.
-    crate::heap::trim();
     let (ask_tx, mut ask_rx) = mpsc::channel::<status::Ask>(16);
     // End with this function: nothing answers for a stopped daemon.
     let _listeners = listeners.serve(&ask_tx);
@@ -505,8 +503,8 @@ pub async fn run(path: PathBuf, logging: &dyn Fn(&LogConfig)) -> Result<(), Daem
             _ = d.control.changed() => d.on_control().await,
             Some(s) = inbox.ipvs.recv() => d.on_ipvs(s),
             _ = resync.tick() => d.on_resync().await,
-            _ = hup.recv() => { d.on_reload("SIGHUP", logging).await; crate::heap::trim(); }
-            Some(()) = inbox.reload.recv() => { d.on_reload("configuration files changed", logging).await; crate::heap::trim(); }
+            _ = hup.recv() => { d.on_reload("SIGHUP", logging).await; }
+            Some(()) = inbox.reload.recv() => { d.on_reload("configuration files changed", logging).await; }
             _ = sleep_until(drain_at) => {
                 warn!("drained: VIPs withdrawn");
                 d.publish();

@@ -264,13 +264,6 @@ fn load(path: &Path) -> Result<(Config, Arc<Table>), Problems> {
     // The prefix lists now live in the table; the parsed copy (and the
     // `config` crate's value tree before it) can go back to the system.
     cfg.announce = Vec::new();
-    trim_heap();
+    crate::heap::trim();
     Ok((cfg, table))
-}
-
-fn trim_heap() {
-    // SAFETY: malloc_trim only releases free memory back to the kernel.
-    unsafe {
-        libc::malloc_trim(0);
-    }
 }

@@ -67,7 +67,7 @@ pub struct Svc {
     /// creationTimestamp, seconds since the epoch.
     pub created: i64,
     /// `spec.ipFamilies`, in order.
-    pub families: smallvec::SmallVec<[Family; 2]>,
+    pub families: Families,
     pub policy: FamilyPolicy,
     /// `vipd.io/pool`.
     pub pool: Option<Box<str>>,
@@ -81,6 +81,9 @@ pub struct Svc {
     /// The addresses `status.loadBalancer.ingress` holds now.
     pub current: Addrs,
 }
+
+/// A Service's families: one or two, held in place.
+pub type Families = smallvec::SmallVec<[Family; 2]>;
 
 /// A Service's addresses: one or two, held in place.
 pub type Addrs = smallvec::SmallVec<[IpAddr; 2]>;
@@ -101,11 +104,7 @@ pub struct Sharing {
 impl Svc {
     /// From the key: not held twice.
     pub fn namespace(&self) -> &str {
-        self.key.split_once('/').map_or("", |(ns, _)| ns)
-    }
-
-    pub fn sharing_key(&self) -> Option<&str> {
-        self.sharing.as_ref().map(|s| s.key.as_str())
+        crate::k8s::model::namespace_of(&self.key)
     }
 
     /// The sharing part, created empty if absent (for building one).
@@ -137,7 +136,7 @@ pub struct Outcome {
     pub events: Vec<Event>,
 }
 
-fn wanted_families(s: &Svc) -> smallvec::SmallVec<[Family; 2]> {
+fn wanted_families(s: &Svc) -> Families {
     let mut f = s.families.clone();
     if f.is_empty() {
         f.push(Family::V4);

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use k8s_openapi::api::core::v1::{Service, ServiceSpec};
 use kube::ResourceExt;
 
-use super::{Family, FamilyPolicy, Sharing, Svc};
+use super::{Families, Family, FamilyPolicy, Sharing, Svc};
 
 pub const POOL: &str = "vipd.io/pool";
 pub const LOAD_BALANCER_IPS: &str = "vipd.io/load-balancer-ips";
@@ -105,7 +105,7 @@ fn build(s: &Service) -> Result<Svc, String> {
 
 /// `spec.ipFamilies` and `spec.ipFamilyPolicy` (unknown spellings: one
 /// family, as the API server defaults them).
-fn families(spec: &ServiceSpec) -> (smallvec::SmallVec<[Family; 2]>, FamilyPolicy) {
+fn families(spec: &ServiceSpec) -> (Families, FamilyPolicy) {
     let families = spec
         .ip_families
         .iter()
@@ -172,12 +172,10 @@ mod tests {
         assert_eq!(v.families[..], [Family::V6, Family::V4]);
         assert_eq!(v.policy, FamilyPolicy::RequireDualStack);
         assert_eq!(v.pool.as_deref(), Some("public"));
-        assert_eq!(v.sharing_key(), Some("k"));
         assert_eq!(v.requested.len(), 2);
-        assert_eq!(
-            v.sharing.unwrap().ports,
-            [("TCP".into(), 443), ("UDP".into(), 53)]
-        );
+        let sharing = v.sharing.unwrap();
+        assert_eq!(sharing.key, "k");
+        assert_eq!(sharing.ports, [("TCP".into(), 443), ("UDP".into(), 53)]);
         assert_eq!(
             v.current[..],
             ["198.51.100.5".parse::<std::net::IpAddr>().unwrap()]

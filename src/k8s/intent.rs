@@ -232,7 +232,7 @@ impl Part {
         super::sharing::Owner {
             key,
             uid: &self.uid,
-            namespace: key.split_once('/').map_or("", |(ns, _)| ns),
+            namespace: namespace_of(key),
             created: self.created,
             local: self.local,
             sharing: self.sharing(),

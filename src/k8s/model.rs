@@ -31,6 +31,11 @@ pub fn namespace_list(v: &str) -> Vec<String> {
         .collect()
 }
 
+/// The namespace of a `namespace/name` key (empty for a key without one).
+pub fn namespace_of(key: &str) -> &str {
+    key.split_once('/').map_or("", |(ns, _)| ns)
+}
+
 /// Whether Services of namespaces `a` and `b`, each naming the namespaces
 /// it shares with (`vipd.io/sharing-namespaces`), may share an address:
 /// one namespace always; two only when each names the other (or `*`). The
