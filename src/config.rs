@@ -20,11 +20,14 @@ use ipnet::IpNet;
 mod fleet;
 #[path = "config/ipam.rs"]
 mod ipam;
+#[path = "config/l2.rs"]
+mod l2;
 #[path = "config/tenant.rs"]
 mod tenant;
 mod validate;
 pub use fleet::{parse_labels, DrainConfig, Labels, NodeAddresses};
 pub use ipam::{parse_range, IpamConfig, Pool, Range};
+pub use l2::{L2Config, Mode};
 pub use tenant::{
     community_bytes, CommunityPattern, LargePattern, ServiceAttrPolicy, Span, COMMUNITY_ROOM,
     DRAIN_RESERVE, MAX_ANNOTATION_COMMUNITIES, MAX_ANNOTATION_LARGE_COMMUNITIES,
@@ -49,6 +52,8 @@ pub struct Config {
     pub ipam: Option<IpamConfig>,
     /// Drain this node's VIPs gracefully (RFC 8326).
     pub drain: Option<DrainConfig>,
+    /// Answer ARP and neighbour solicitations for L2 VIPs.
+    pub l2: Option<L2Config>,
     pub log: LogConfig,
 }
 
@@ -170,6 +175,9 @@ pub struct KubeConfig {
     /// an address outside both is refused, even with `allowed_prefixes`
     /// empty.
     pub pools: Option<Vec<Range>>,
+    /// Which addresses use L2 (filled in from `[l2]` and the pools' `mode`
+    /// by `Config::load`); None without `[l2]`: BGP only.
+    pub l2: Option<L2Select>,
     /// What Services' annotations may set.
     pub service_attrs: ServiceAttrPolicy,
     /// Bytes of community values a Service's route may carry (see
@@ -181,6 +189,31 @@ pub struct KubeConfig {
     /// bookmarks keep a quiet watch talking) is awaited at most this long:
     /// a server that accepts and then says nothing is an error, not a hang.
     pub read_timeout: Duration,
+}
+
+/// What decides whether an address uses L2, BGP or both, short of the
+/// Service's own `vipd.io/announce`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct L2Select {
+    /// `[l2] default`.
+    pub default: bool,
+    /// Pools with a `mode` other than `"bgp"`.
+    pub pools: Vec<(Range, Mode)>,
+}
+
+impl L2Select {
+    /// The mode of `ip` short of an annotation: its pool's, else the default.
+    pub fn mode_of(&self, ip: IpAddr) -> Mode {
+        let pooled = self
+            .pools
+            .iter()
+            .find(|(r, _)| r.first.is_ipv4() == ip.is_ipv4() && r.first <= ip && ip <= r.last);
+        match pooled {
+            Some((_, m)) => *m,
+            None if self.default => Mode::L2,
+            None => Mode::Bgp,
+        }
+    }
 }
 
 /// What vipd does to the node itself, besides BGP.
@@ -425,6 +458,9 @@ impl Config {
         let drain = root
             .table("drain", &mut errs)
             .map(|t| fleet::read_drain(t, &mut errs));
+        let l2 = root
+            .table("l2", &mut errs)
+            .and_then(|t| l2::read_l2(t, &mut errs));
         let ipam = root
             .table("ipam", &mut errs)
             .and_then(|t| ipam::read_ipam(t, &mut errs));
@@ -439,15 +475,7 @@ impl Config {
                 None
             }
         };
-        let mut announce = Vec::new();
-        for (i, v) in root.array("announce", &mut errs).into_iter().enumerate() {
-            let key = format!("announce[{i}]");
-            if let Some(t) = as_table(&key, v, &mut errs) {
-                if let Some(a) = read_announce(Tbl::new(&key, t), &mut errs) {
-                    announce.push(a);
-                }
-            }
-        }
+        let announce = read_announces(&mut root, &mut errs);
         root.finish(&mut errs);
         let parsed = validate::Parsed {
             bgp,
@@ -458,6 +486,7 @@ impl Config {
             status,
             ipam,
             drain,
+            l2,
             log,
         };
         match (parsed.validate(&mut errs), errs.0.is_empty()) {
@@ -472,6 +501,19 @@ impl Config {
             .iter()
             .flat_map(|a| a.prefixes.iter().map(move |p| (p, &a.attrs)))
     }
+}
+
+fn read_announces(root: &mut Tbl, errs: &mut Errs) -> Vec<Announce> {
+    let mut announce = Vec::new();
+    for (i, v) in root.array("announce", errs).into_iter().enumerate() {
+        let key = format!("announce[{i}]");
+        if let Some(t) = as_table(&key, v, errs) {
+            if let Some(a) = read_announce(Tbl::new(&key, t), errs) {
+                announce.push(a);
+            }
+        }
+    }
+    announce
 }
 
 fn parse_router_id(v: Value) -> Result<Ipv4Addr, String> {
@@ -640,6 +682,7 @@ fn read_kubernetes(mut t: Tbl, node_env: Option<String>, errs: &mut Errs) -> Opt
         announce_without_endpoints,
         allowed_prefixes,
         pools: None,
+        l2: None,
         service_attrs,
         community_room: COMMUNITY_ROOM - DRAIN_RESERVE,
         connect_timeout,

@@ -5,7 +5,8 @@
 //! `bfd` (packets and the session state machine, pure; its UDP tasks) at
 //! the bottom; `bgp` (FSM, RIB, sessions, speaker), `ipam` (address
 //! allocation, pure), `drain` (RFC 8326 drains, pure), `k8s` (model, intent,
-//! watchers, the elected allocator), `reconcile` (the table, the node's
+//! watchers, the elected allocator), `l2` (ARP/NDP answered for L2 VIPs,
+//! one Lease per node), `reconcile` (the table, the node's
 //! dataplanes, the control plane's), `dataplane` and `controlplane` (health
 //! checks, the API-server VIP's IPVS service) above them; `status` (serves
 //! the report the daemon renders), `confwatch` (the configuration files
@@ -25,6 +26,7 @@ pub mod drain;
 pub mod heap;
 pub mod ipam;
 pub mod k8s;
+pub mod l2;
 pub mod reconcile;
 pub mod sockopt;
 pub mod status;

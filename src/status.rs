@@ -52,6 +52,8 @@ pub struct Report {
     pub ipam: Option<IpamStatus>,
     /// `None` without `[drain]`.
     pub drain: Option<DrainLine>,
+    /// `None` without `[l2]`.
+    pub l2: Option<crate::l2::L2Status>,
     /// BFD packets dropped by check, over every session.
     pub bfd_drops: std::collections::BTreeMap<crate::bfd::packet::Drop, u64>,
     pub config: ConfigLine,
@@ -138,6 +140,9 @@ impl Report {
         if let Some(d) = &self.drain {
             render_drain(&mut s, d);
         }
+        if let Some(l) = &self.l2 {
+            render_l2(&mut s, l);
+        }
         self.render_peers(&mut s);
         if let Some(c) = &self.control {
             render_control(&mut s, c);
@@ -202,6 +207,32 @@ fn render_kube(s: &mut String, k: &KubeStatus) {
             s,
             "  API server: {e} (current announcements stay until it is back)"
         );
+    }
+}
+
+fn render_l2(s: &mut String, l: &crate::l2::L2Status) {
+    let _ = writeln!(
+        s,
+        "l2: {} of {} VIPs answered here{}{}",
+        l.owned(),
+        l.vips.len(),
+        if l.renewing {
+            ""
+        } else {
+            "; this node's Lease is not being renewed"
+        },
+        if l.paused {
+            "; paused: reading the Leases again"
+        } else {
+            ""
+        },
+    );
+    for p in &l.problems {
+        let _ = writeln!(s, "  problem: {p}");
+    }
+    for v in l.vips.iter().filter(|v| v.here).take(PENDING_SHOWN) {
+        let addrs: Vec<String> = v.addrs.iter().map(|a| a.to_string()).collect();
+        let _ = writeln!(s, "  {} (epoch {})", addrs.join(", "), v.epoch.unwrap_or(0));
     }
 }
 
@@ -335,6 +366,7 @@ struct ReportJson<'a> {
     kubernetes: Option<&'a KubeStatus>,
     allocator: Option<&'a IpamStatus>,
     drain: Option<&'a DrainLine>,
+    l2: Option<&'a crate::l2::L2Status>,
     peers: Vec<PeerJson<'a>>,
     control_plane: Option<&'a ControlLine>,
 }
@@ -374,6 +406,7 @@ impl Report {
             kubernetes: self.kube.as_ref(),
             allocator: self.ipam.as_ref(),
             drain: self.drain.as_ref(),
+            l2: self.l2.as_ref(),
             peers,
             control_plane: self.control.as_ref(),
         };
@@ -551,6 +584,7 @@ pub(crate) mod tests {
                 writes: 7,
                 last_error: None,
             }),
+            l2: None,
             drain: Some(DrainLine {
                 active: true,
                 reason: "cordoned".into(),

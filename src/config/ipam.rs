@@ -28,6 +28,8 @@ pub struct Pool {
     pub namespaces: Vec<String>,
     /// Skip .0 and .255 of IPv4 addresses in /24 and larger ranges.
     pub avoid_network_and_broadcast: bool,
+    /// How its addresses are announced (needs `[l2]` for l2 and both).
+    pub mode: super::Mode,
 }
 
 /// Whether two addresses are of one family is all validation asks.
@@ -119,6 +121,9 @@ fn read_pool(mut t: Tbl, errs: &mut Errs) -> Option<Pool> {
     let avoid_network_and_broadcast = t
         .opt("avoid_network_and_broadcast", errs, parse_bool)
         .unwrap_or(false);
+    let mode = t
+        .opt("mode", errs, super::l2::parse_mode)
+        .unwrap_or_default();
     t.finish(errs);
     Some(Pool {
         name: name?,
@@ -126,6 +131,7 @@ fn read_pool(mut t: Tbl, errs: &mut Errs) -> Option<Pool> {
         auto_assign,
         namespaces,
         avoid_network_and_broadcast,
+        mode,
     })
 }
 
@@ -167,7 +173,7 @@ pub fn parse_range(s: &str) -> Result<Range, String> {
 
 /// Kubernetes names (namespaces, Leases, and pools, which Services name in
 /// an annotation): RFC 1123 labels.
-fn check_dns_name(s: &str) -> Result<(), String> {
+pub(super) fn check_dns_name(s: &str) -> Result<(), String> {
     let ok = !s.is_empty()
         && s.len() <= 63
         && s.bytes()

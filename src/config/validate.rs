@@ -6,7 +6,7 @@ use ipnet::IpNet;
 
 use super::{
     check_duplicate_prefixes, fleet, tenant, Announce, BgpConfig, Config, ControlPlane, Dataplane,
-    DrainConfig, Errs, IpamConfig, KubeConfig, LogConfig, PeerConfig,
+    DrainConfig, Errs, IpamConfig, KubeConfig, L2Config, L2Select, LogConfig, Mode, PeerConfig,
 };
 
 /// Every table as read, before the rules across them.
@@ -19,6 +19,7 @@ pub(super) struct Parsed {
     pub status: super::StatusConfig,
     pub ipam: Option<IpamConfig>,
     pub drain: Option<DrainConfig>,
+    pub l2: Option<L2Config>,
     pub log: LogConfig,
 }
 
@@ -37,7 +38,15 @@ impl Parsed {
                     .flat_map(|p| p.ranges.iter().copied())
                     .collect()
             });
+            k.l2 = self.l2.as_ref().map(|l| L2Select {
+                default: l.default,
+                pools: (self.ipam.iter().flat_map(|i| &i.pools))
+                    .filter(|p| p.mode != Mode::Bgp)
+                    .flat_map(|p| p.ranges.iter().map(|r| (*r, p.mode)))
+                    .collect(),
+            });
         }
+        self.check_l2(errs);
         if let Some(cp) = &self.control_plane {
             self.check_control_plane(cp, errs);
         }
@@ -51,6 +60,7 @@ impl Parsed {
             status: self.status,
             ipam: self.ipam,
             drain: self.drain,
+            l2: self.l2,
             log: self.log,
         })
     }
@@ -72,6 +82,29 @@ impl Parsed {
     }
 
     /// What only means something with a `[kubernetes]` table.
+    /// L2 follows Services and writes Leases; a pool in L2 needs `[l2]`.
+    fn check_l2(&self, errs: &mut Errs) {
+        if self.l2.is_some() && self.kubernetes.is_none() {
+            errs.push(
+                "l2",
+                "answers for Services' VIPs: it needs a [kubernetes] table",
+            );
+        }
+        if self.l2.is_none() {
+            for (i, p) in self.ipam.iter().flat_map(|i| i.pools.iter().enumerate()) {
+                if p.mode != Mode::Bgp {
+                    errs.push(
+                        format!("ipam.pools[{i}].mode"),
+                        format!(
+                            "{:?} needs an [l2] table naming the interfaces to answer on",
+                            p.mode.as_str()
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
     fn check_needs_kubernetes(&self, errs: &mut Errs) {
         if self.kubernetes.is_some() {
             return;

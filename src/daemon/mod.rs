@@ -76,6 +76,8 @@ struct Kube {
     labels: Option<Labels>,
     /// Where Events go (this node's Node's among them).
     events: Option<k8s::events::Recorder>,
+    /// The L2 responder's task, with `[l2]`.
+    l2: Option<crate::l2::Handle>,
 }
 
 /// Everything vipd decides with, owned in one place. Nothing else holds
@@ -137,6 +139,11 @@ impl Daemon {
                 }
                 Update::ApiServers(a) => apis = Some(a),
                 Update::Node(f) => facts = Some(f),
+                Update::L2(w) => {
+                    if let Some(l) = &self.kube.l2 {
+                        l.wants.send_replace(w);
+                    }
+                }
             }
             next = rx.try_recv().ok();
         }
@@ -190,6 +197,10 @@ impl Daemon {
             }
             drain::Change::Ended => info!("drain ended: VIPs announced as before"),
             drain::Change::Same => {}
+        }
+        if let Some(l) = &self.kube.l2 {
+            l.draining
+                .send_replace(self.drain.phase(Instant::now()).is_some());
         }
     }
 
@@ -308,8 +319,10 @@ impl Daemon {
             a.set_pools(i.pools.clone());
         }
         if let (true, Some(w)) = (plan.pools, &self.kube.watch) {
-            let pools = next.kubernetes.as_ref().and_then(|k| k.pools.clone());
-            let _ = w.requests.send(k8s::watch::Request::Pools(pools)).await;
+            let k = next.kubernetes.as_ref();
+            let pools = k.and_then(|k| k.pools.clone());
+            let l2 = k.and_then(|k| k.l2.clone());
+            let _ = w.requests.send(k8s::watch::Request::Pools(pools, l2)).await;
         }
         if plan.control_plane {
             self.control.reconfigure(next.control_plane.as_ref()).await;
@@ -346,6 +359,7 @@ impl Daemon {
                 .as_ref()
                 .map(|a| a.status.lock().unwrap().clone()),
             drain: self.drain.line(Instant::now()),
+            l2: (self.kube.l2.as_ref()).map(|l| l.status.lock().unwrap().clone()),
             bfd_drops: self.speaker.bfd_drops(),
             config: self.applied.last.clone(),
             ready_needs_peer: self.applied.cfg.status.ready_needs_peer,
@@ -423,6 +437,10 @@ impl Daemon {
     async fn stop(mut self) {
         if let Some(a) = self.kube.allocator.take() {
             a.stop().await;
+        }
+        if let (Some(l), Some(c)) = (self.kube.l2.take(), &self.applied.cfg.l2) {
+            // The successors claim first: this node answers until they do.
+            l.stop(c.lease_duration + 2 * c.heartbeat).await;
         }
         let bgp = self.applied.cfg.bgp.clone();
         if bgp.withdraw_on_stop {

@@ -72,13 +72,29 @@ fn changed(restart: &mut Vec<&'static str>, changed: bool, key: &'static str) ->
 fn keep_running(next: &mut Config, applied: &Config, restart: &mut Vec<&'static str>) {
     // The pools the intent accepts addresses from follow `[ipam]`; the
     // rest of `[kubernetes]` is the watch's, set at start.
-    let unpooled = |k: &Option<KubeConfig>| k.clone().map(|k| KubeConfig { pools: None, ..k });
+    // So do the pools' L2 modes.
+    let unpooled = |k: &Option<KubeConfig>| {
+        k.clone().map(|k| KubeConfig {
+            pools: None,
+            l2: None,
+            ..k
+        })
+    };
     let kube = unpooled(&next.kubernetes) != unpooled(&applied.kubernetes);
     if changed(restart, kube, "kubernetes") {
-        let pools = next.kubernetes.as_mut().and_then(|k| k.pools.take());
+        let k = next.kubernetes.as_mut();
+        let (pools, l2) = k.map_or((None, None), |k| (k.pools.take(), k.l2.take()));
         next.kubernetes = applied.kubernetes.clone();
         if let Some(k) = next.kubernetes.as_mut() {
-            k.pools = pools;
+            (k.pools, k.l2) = (pools, l2);
+        }
+    }
+    // `[l2]` itself (interfaces, timers, its default) needs a restart.
+    if changed(restart, next.l2 != applied.l2, "l2") {
+        next.l2 = applied.l2.clone();
+        let running = applied.kubernetes.as_ref().and_then(|k| k.l2.clone());
+        if let Some(k) = next.kubernetes.as_mut() {
+            k.l2 = running;
         }
     }
     if changed(restart, next.dataplane != applied.dataplane, "dataplane") {

@@ -153,6 +153,8 @@ async fn start_speaker(
     let events = k8s::events::Recorder::spawn(client.clone());
     let allocator =
         (cfg.ipam.as_ref()).map(|i| k8s::allocator::spawn(i, &k, client.clone(), events.clone()));
+    let l2 = (cfg.l2.as_ref())
+        .map(|l| crate::l2::spawn(l, &k.node_name, client.clone(), Some(events.clone())));
     let status = Arc::new(Mutex::new(KubeStatus::default()));
     let (explain_tx, explain_rx) = mpsc::channel(8);
     let task = task::Owned::spawn(k8s::watch::run(
@@ -174,6 +176,7 @@ async fn start_speaker(
         allocator,
         labels: None,
         events: Some(events),
+        l2,
     };
     Ok((speaker, kube, node))
 }

@@ -19,6 +19,7 @@ fn pool(name: &str, ranges: &[Range]) -> Pool {
         auto_assign: true,
         namespaces: vec![],
         avoid_network_and_broadcast: false,
+        mode: Default::default(),
     }
 }
 

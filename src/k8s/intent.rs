@@ -11,7 +11,7 @@ use std::sync::Arc;
 use ipnet::IpNet;
 
 use super::model::*;
-use crate::config::{KubeConfig, RouteAttrs};
+use crate::config::{KubeConfig, Mode, RouteAttrs};
 
 /// One VIP this node should announce.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -73,10 +73,13 @@ pub enum RefusalKind {
     AttributesTooLarge,
     /// Held by a Service it may not share with.
     SharingNotAllowed,
+    /// Asks for L2 only (`vipd.io/announce` or its pool) where this node
+    /// has no `[l2]`.
+    NoL2,
 }
 
 impl RefusalKind {
-    pub const ALL: [RefusalKind; 8] = [
+    pub const ALL: [RefusalKind; 9] = [
         RefusalKind::NotAnAddress,
         RefusalKind::Unusable,
         RefusalKind::NodeAddress,
@@ -85,6 +88,7 @@ impl RefusalKind {
         RefusalKind::BadAnnotation,
         RefusalKind::AttributesTooLarge,
         RefusalKind::SharingNotAllowed,
+        RefusalKind::NoL2,
     ];
 
     pub fn label(self) -> &'static str {
@@ -97,6 +101,7 @@ impl RefusalKind {
             RefusalKind::BadAnnotation => "bad_annotation",
             RefusalKind::AttributesTooLarge => "attributes_too_large",
             RefusalKind::SharingNotAllowed => "sharing_not_allowed",
+            RefusalKind::NoL2 => "no_l2",
         }
     }
 
@@ -126,6 +131,36 @@ pub struct Intent {
     pub routes: BTreeMap<IpNet, Want>,
     pub refused: Vec<Refusal>,
     pub bad_annotations: Vec<BadAnnotation>,
+    /// The Services with addresses in L2 mode (`crate::l2` decides who
+    /// answers for them).
+    pub l2: BTreeMap<Key, L2Want>,
+}
+
+/// One Service's addresses in L2 mode.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct L2Want {
+    pub addrs: Vec<IpAddr>,
+    /// externalTrafficPolicy Local.
+    pub local: bool,
+    /// This node has a usable endpoint for it (what Local needs).
+    pub here: bool,
+}
+
+/// The annotation that places a Service's addresses in BGP, L2 or both.
+pub const ANNOUNCE: &str = "vipd.io/announce";
+
+/// `vipd.io/announce` as written; a value not understood is an error.
+fn announce_mode(svc: &ServiceInfo) -> Result<Option<Mode>, String> {
+    svc.annotations
+        .get(ANNOUNCE)
+        .map(|v| Mode::parse(v.trim()).map_err(|e| format!("{ANNOUNCE}: {e}; not announced")))
+        .transpose()
+}
+
+/// How one address is announced: the Service's annotation, else its pool's
+/// mode, else `[l2] default`; BGP alone without `[l2]`.
+fn mode_of(ip: IpAddr, asked: Option<Mode>, k: &KubeConfig) -> Mode {
+    asked.unwrap_or_else(|| k.l2.as_ref().map_or(Mode::Bgp, |l| l.mode_of(ip)))
 }
 
 pub(crate) fn wanted_class(svc: &ServiceInfo, k: &KubeConfig) -> bool {
@@ -202,6 +237,8 @@ struct Rare {
     bad_annotations: Vec<BadAnnotation>,
     /// `vipd.io/sharing-namespaces`.
     sharing: Vec<String>,
+    /// The addresses in L2 mode.
+    l2: Option<L2Want>,
 }
 
 impl Part {
@@ -221,9 +258,14 @@ impl Part {
         self.rare = (rare != Rare::default()).then(|| Box::new(rare));
     }
 
+    pub fn l2(&self) -> Option<&L2Want> {
+        self.rare.as_ref().and_then(|r| r.l2.as_ref())
+    }
+
     fn is_empty(&self) -> bool {
         self.routes.is_empty()
             && self.waiting.is_empty()
+            && self.l2().is_none()
             && self.refused().is_empty()
             && self.bad_annotations().is_empty()
     }
@@ -300,16 +342,12 @@ pub fn part(
         sharing: svc.sharing_namespaces(),
         ..Rare::default()
     };
+    let asked = match announce_mode(svc) {
+        Ok(m) => m,
+        Err(reason) => return refuse_all(out, svc, forbidden, node, k, rare, reason),
+    };
     if !has_endpoints(svc, slices, k) {
-        out.waiting = waiting(svc, k);
-        if out.waiting.is_empty() {
-            return Part {
-                uid: out.uid,
-                ..Default::default()
-            };
-        }
-        out.set_rare(rare);
-        return out;
+        return without_endpoints(out, svc, forbidden, node, k, asked, rare);
     }
     let mut dropped = vec![];
     let attrs = super::attrs::parse(svc, &k.service_attrs, &mut dropped).map_err(|e| match e {
@@ -329,23 +367,134 @@ pub fn part(
             .collect();
     }
     for raw in listed(svc, k) {
-        let mut refuse = |kind: RefusalKind, reason: String| {
-            rare.refused.push(Refusal {
-                service: svc.key(),
-                uid: svc.uid.clone(),
-                address: raw.to_string(),
-                kind,
-                reason,
-            })
-        };
-        match (address(raw, forbidden, node, k), &attrs) {
-            (Err((kind, reason)), _) => refuse(kind, reason),
-            (Ok(net), Ok(a)) => out.routes.push((net, a.clone())),
-            (Ok(_), Err((kind, r))) => refuse(*kind, format!("{r}; not announced")),
-        }
+        let (route, refused) = place(raw, (forbidden, node, k), asked, &attrs);
+        out.routes.extend(route);
+        rare.refused.extend(refused.map(|(kind, reason)| Refusal {
+            service: svc.key(),
+            uid: svc.uid.clone(),
+            address: raw.to_string(),
+            kind,
+            reason,
+        }));
+    }
+    if attrs.is_ok() {
+        rare.l2 = l2_addresses(svc, forbidden, node, k, asked, true);
     }
     // Kept while the Service lives: no spare room.
     out.routes.shrink_to_fit();
+    out.set_rare(rare);
+    out
+}
+
+type Attrs = Result<Arc<RouteAttrs>, (RefusalKind, String)>;
+type Placed = (
+    Option<(IpNet, Arc<RouteAttrs>)>,
+    Option<(RefusalKind, String)>,
+);
+
+/// One listed address: its route for BGP peers, or why it is refused.
+fn place(
+    raw: &Listed,
+    (forbidden, node, k): (&HashSet<IpAddr>, Option<&NodeInfo>, &KubeConfig),
+    asked: Option<Mode>,
+    attrs: &Attrs,
+) -> Placed {
+    let mode = |net: &IpNet| mode_of(net.addr(), asked, k);
+    match (address(raw, forbidden, node, k), attrs) {
+        (Err(e), _) => (None, Some(e)),
+        (Ok(net), _) if mode(&net) == Mode::L2 && k.l2.is_none() => (
+            None,
+            Some((
+                RefusalKind::NoL2,
+                format!(
+                    "{} asks for L2 only and this node has no [l2] table",
+                    net.addr()
+                ),
+            )),
+        ),
+        (Ok(net), Ok(a)) if mode(&net).bgp() => (Some((net, a.clone())), None),
+        (Ok(_), Ok(_)) => (None, None),
+        (Ok(_), Err((kind, r))) => (None, Some((*kind, format!("{r}; not announced")))),
+    }
+}
+
+/// A Service without the endpoints it needs here: its addresses wait (and
+/// hold back an address it shares); a Local Service's L2 addresses are
+/// still listed, since every node must know them and the owner is chosen
+/// among the nodes that have an endpoint.
+fn without_endpoints(
+    mut out: Part,
+    svc: &ServiceInfo,
+    forbidden: &HashSet<IpAddr>,
+    node: Option<&NodeInfo>,
+    k: &KubeConfig,
+    asked: Option<Mode>,
+    mut rare: Rare,
+) -> Part {
+    out.waiting = waiting(svc, k);
+    if svc.local_policy {
+        rare.l2 = l2_addresses(svc, forbidden, node, k, asked, false);
+    }
+    if out.waiting.is_empty() {
+        return Part {
+            uid: out.uid,
+            ..Default::default()
+        };
+    }
+    out.set_rare(rare);
+    out
+}
+
+/// A Service's addresses in L2 mode that may be VIPs at all (the reasons
+/// the others are refused are the BGP path's); None without any.
+fn l2_addresses(
+    svc: &ServiceInfo,
+    forbidden: &HashSet<IpAddr>,
+    node: Option<&NodeInfo>,
+    k: &KubeConfig,
+    asked: Option<Mode>,
+    here: bool,
+) -> Option<L2Want> {
+    k.l2.as_ref()?;
+    let mut addrs: Vec<IpAddr> = listed(svc, k)
+        .into_iter()
+        .filter_map(|raw| address(raw, forbidden, node, k).ok())
+        .map(|n| n.addr())
+        .filter(|ip| mode_of(*ip, asked, k).l2())
+        .collect();
+    addrs.sort();
+    addrs.dedup();
+    (!addrs.is_empty()).then_some(L2Want {
+        addrs,
+        local: svc.local_policy,
+        here,
+    })
+}
+
+/// An unreadable `vipd.io/announce`: every address refused, none announced
+/// either way (fail closed, as for the attribute annotations).
+fn refuse_all(
+    mut out: Part,
+    svc: &ServiceInfo,
+    forbidden: &HashSet<IpAddr>,
+    node: Option<&NodeInfo>,
+    k: &KubeConfig,
+    mut rare: Rare,
+    reason: String,
+) -> Part {
+    for raw in listed(svc, k) {
+        let (kind, reason) = match address(raw, forbidden, node, k) {
+            Err(e) => e,
+            Ok(_) => (RefusalKind::BadAnnotation, reason.clone()),
+        };
+        rare.refused.push(Refusal {
+            service: svc.key(),
+            uid: svc.uid.clone(),
+            address: raw.to_string(),
+            kind,
+            reason,
+        });
+    }
     out.set_rare(rare);
     out
 }
@@ -432,6 +581,8 @@ pub struct Tracker {
     /// reason: kept as the intent changes, so status costs nothing per event.
     announcing: BTreeMap<Uid, usize>,
     refused_by: BTreeMap<RefusalKind, usize>,
+    /// The L2 Services changed since [`Tracker::take_l2_changed`].
+    l2_changed: bool,
 }
 
 /// A small sorted set of keys. Most VIPs have one Service and most
@@ -507,6 +658,11 @@ impl Tracker {
             .map(|(p, w)| (*p, w.clone()))
             .collect();
         (refused, held)
+    }
+
+    /// Whether the L2 Services changed since this was last asked.
+    pub fn take_l2_changed(&mut self) -> bool {
+        std::mem::take(&mut self.l2_changed)
     }
 
     /// Refused addresses by reason.
@@ -667,6 +823,13 @@ impl Tracker {
         }
         self.tally(old.refused(), false);
         self.tally(new.refused(), true);
+        if old.l2() != new.l2() {
+            self.l2_changed = true;
+            match new.l2() {
+                Some(w) => self.intent.l2.insert(key.clone(), w.clone()),
+                None => self.intent.l2.remove(key),
+            };
+        }
         for p in old.routes.iter().map(|(p, _)| p).chain(&old.waiting) {
             if let Some(c) = self.contributors.get_mut(p) {
                 c.remove(key);
@@ -803,6 +966,7 @@ pub(crate) mod tests {
             announce_without_endpoints: false,
             allowed_prefixes: vec![],
             pools: None,
+            l2: None,
             service_attrs: Default::default(),
             community_room: crate::config::COMMUNITY_ROOM - crate::config::DRAIN_RESERVE,
             connect_timeout: std::time::Duration::from_secs(10),
@@ -1092,9 +1256,138 @@ pub(crate) mod tests {
                 ("BadAnnotation", "bad_annotation"),
                 ("AttributesTooLarge", "attributes_too_large"),
                 ("SharingRefused", "sharing_not_allowed"),
+                ("VIPRefused", "no_l2"),
             ]
         );
         assert_eq!(RefusalKind::ALL[5], BadAnnotation);
+    }
+
+    fn l2_on(default: bool, pool: Option<(&str, Mode)>) -> KubeConfig {
+        let mut k = kcfg();
+        k.l2 = Some(crate::config::L2Select {
+            default,
+            pools: pool
+                .map(|(ip, m)| {
+                    let a: IpAddr = ip.parse().unwrap();
+                    (crate::config::Range { first: a, last: a }, m)
+                })
+                .into_iter()
+                .collect(),
+        });
+        k
+    }
+
+    fn l2_of(i: &Intent, key: &str) -> Option<(Vec<String>, bool)> {
+        i.l2.get(key)
+            .map(|w| (w.addrs.iter().map(|a| a.to_string()).collect(), w.here))
+    }
+
+    #[test]
+    fn the_announce_annotation_places_each_address_in_bgp_l2_or_both() {
+        let ready = |n: &str| ("s-".to_string() + n, slice("a", n, &[("node-b", true)]));
+        let mut l2 = svc("a", "l2", &["203.0.113.10"]);
+        l2.annotations.insert(ANNOUNCE.into(), "l2".into());
+        let mut both = svc("a", "both", &["203.0.113.11"]);
+        both.annotations.insert(ANNOUNCE.into(), " both ".into());
+        let mut bgp = svc("a", "bgp", &["203.0.113.12"]);
+        bgp.annotations.insert(ANNOUNCE.into(), "bgp".into());
+        let plain = svc("a", "plain", &["203.0.113.13"]);
+        let slices: Vec<(String, SliceInfo)> = ["l2", "both", "bgp", "plain"].map(ready).into();
+        let s = snap(
+            vec![l2, both, bgp, plain],
+            slices
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.clone()))
+                .collect(),
+        );
+        let i = compute(&s, &l2_on(false, None));
+        assert_eq!(
+            vips(&i),
+            ["203.0.113.11/32", "203.0.113.12/32", "203.0.113.13/32"],
+            "an L2-only address is not sent to BGP peers"
+        );
+        assert_eq!(l2_of(&i, "a/l2"), Some((vec!["203.0.113.10".into()], true)));
+        assert_eq!(
+            l2_of(&i, "a/both"),
+            Some((vec!["203.0.113.11".into()], true))
+        );
+        assert_eq!(l2_of(&i, "a/bgp"), None);
+        assert_eq!(
+            l2_of(&i, "a/plain"),
+            None,
+            "BGP alone unless told otherwise"
+        );
+        assert!(i.refused.is_empty());
+        // `[l2] default`: the unannotated one goes L2 only; the annotation wins.
+        let i = compute(&s, &l2_on(true, None));
+        assert_eq!(vips(&i), ["203.0.113.11/32", "203.0.113.12/32"]);
+        assert!(l2_of(&i, "a/plain").is_some());
+        // A pool in L2 mode places its addresses; the annotation still wins.
+        let i = compute(&s, &l2_on(false, Some(("203.0.113.13", Mode::L2))));
+        assert_eq!(
+            l2_of(&i, "a/plain"),
+            Some((vec!["203.0.113.13".into()], true))
+        );
+        assert!(!vips(&i).contains(&"203.0.113.13/32".to_string()));
+        let i = compute(&s, &l2_on(false, Some(("203.0.113.12", Mode::L2))));
+        assert_eq!(l2_of(&i, "a/bgp"), None, "the annotation over the pool");
+        // No [l2] on this node: L2-only is refused and said so; both is BGP.
+        let i = compute(&s, &kcfg());
+        assert_eq!(
+            vips(&i),
+            ["203.0.113.11/32", "203.0.113.12/32", "203.0.113.13/32"]
+        );
+        assert!(i.l2.is_empty());
+        assert_eq!(i.refused.len(), 1);
+        assert_eq!(i.refused[0].kind, RefusalKind::NoL2);
+        assert_eq!(&*i.refused[0].service, "a/l2");
+    }
+
+    #[test]
+    fn an_unreadable_announce_annotation_keeps_the_service_off_both() {
+        let mut web = svc("a", "web", &["203.0.113.10"]);
+        web.annotations.insert(ANNOUNCE.into(), "arp".into());
+        let s = snap(
+            vec![web],
+            vec![("w", slice("a", "web", &[("node-b", true)]))],
+        );
+        for k in [kcfg(), l2_on(true, None)] {
+            let i = compute(&s, &k);
+            assert!(i.routes.is_empty() && i.l2.is_empty());
+            assert_eq!(i.refused.len(), 1);
+            assert_eq!(i.refused[0].kind, RefusalKind::BadAnnotation);
+            assert!(
+                i.refused[0].reason.contains("vipd.io/announce"),
+                "{:?}",
+                i.refused[0]
+            );
+        }
+    }
+
+    #[test]
+    fn a_local_l2_service_is_listed_on_every_node_with_whether_it_has_an_endpoint_here() {
+        let mut web = svc("a", "web", &["203.0.113.10", "2001:db8::10"]);
+        web.local_policy = true;
+        web.annotations.insert(ANNOUNCE.into(), "l2".into());
+        let elsewhere = snap(
+            vec![web.clone()],
+            vec![("w", slice("a", "web", &[("node-b", true)]))],
+        );
+        let k = l2_on(false, None);
+        let i = compute(&elsewhere, &k);
+        let w = &i.l2["a/web"];
+        assert!(w.local && !w.here);
+        assert_eq!(w.addrs.len(), 2, "both families, one VIP");
+        let here = snap(
+            vec![web],
+            vec![("w", slice("a", "web", &[("node-a", true)]))],
+        );
+        assert!(compute(&here, &k).l2["a/web"].here);
+        // A Cluster Service without a ready endpoint anywhere: nothing.
+        let mut idle = svc("a", "idle", &["203.0.113.20"]);
+        idle.annotations.insert(ANNOUNCE.into(), "l2".into());
+        let s = snap(vec![idle], vec![]);
+        assert!(compute(&s, &k).l2.is_empty());
     }
 
     #[test]
@@ -1275,6 +1568,8 @@ mod incremental {
             ip: usize,
             local: bool,
             annotated: bool,
+            /// `vipd.io/announce`: none, bgp, l2, both, or unreadable.
+            mode: usize,
         },
         DelSvc {
             i: usize,
@@ -1298,14 +1593,20 @@ mod incremental {
 
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
-            (0..4usize, 0..4usize, any::<bool>(), any::<bool>()).prop_map(
-                |(i, ip, local, annotated)| Op::Svc {
+            (
+                0..4usize,
+                0..4usize,
+                any::<bool>(),
+                any::<bool>(),
+                0..5usize
+            )
+                .prop_map(|(i, ip, local, annotated, mode)| Op::Svc {
                     i,
                     ip,
                     local,
-                    annotated
-                }
-            ),
+                    annotated,
+                    mode
+                }),
             (0..4usize).prop_map(|i| Op::DelSvc { i }),
             (
                 0..5usize,
@@ -1321,8 +1622,14 @@ mod incremental {
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(300))]
         #[test]
-        fn incremental_equals_full(ops in proptest::collection::vec(op(), 1..50)) {
-            let k = kcfg();
+        fn incremental_equals_full(ops in proptest::collection::vec(op(), 1..50), l2 in any::<bool>()) {
+            let mut k = kcfg();
+            // With [l2], one address in an L2 pool.
+            let one = IPS[1].parse().unwrap();
+            k.l2 = l2.then(|| crate::config::L2Select {
+                default: false,
+                pools: vec![(crate::config::Range { first: one, last: one }, Mode::L2)],
+            });
             let mut s = Snapshot {
                 node: Some(NodeInfo { name: "node-a".into(), addresses: vec!["192.0.2.11".parse().unwrap()], ..Default::default() }),
                 ..Default::default()
@@ -1331,7 +1638,7 @@ mod incremental {
             t.reset(&s, &k);
             for op in &ops {
                 let delta = match op {
-                    Op::Svc { i, ip, local, annotated } => {
+                    Op::Svc { i, ip, local, annotated, mode } => {
                         let mut svc = ServiceInfo {
                             uid: format!("uid{i}").into(), key: format!("ns/s{i}").into(),
                             load_balancer: true, ingress_ips: [IPS[*ip].into()].into(), local_policy: *local,
@@ -1339,6 +1646,9 @@ mod incremental {
                         };
                         if *annotated {
                             svc.annotations.insert(ANNOTATION_COMMUNITIES.into(), format!("65010:{i}"));
+                        }
+                        if let Some(m) = ["bgp", "l2", "both", "bogus"].get(mode.wrapping_sub(1)) {
+                            svc.annotations.insert(ANNOUNCE.into(), m.to_string());
                         }
                         let key = svc.key();
                         s.services.insert(key.clone(), svc);

@@ -198,6 +198,9 @@ pub enum Update {
     /// What this node's Node object says of peers and drains (all empty
     /// without one), sent once synced and whenever it changes.
     Node(super::model::NodeFacts),
+    /// The Services with L2 addresses, whole, after the first `Full` and
+    /// whenever they change (with `[l2]` only).
+    L2(Arc<BTreeMap<Key, super::intent::L2Want>>),
 }
 
 /// One watcher's event, as the forwarders hand it to the watch.
@@ -258,7 +261,10 @@ pub enum Request {
         tokio::sync::oneshot::Sender<super::explain::ServiceView>,
     ),
     /// A reload changed the `[ipam]` pools the intent accepts addresses from.
-    Pools(Option<Vec<crate::config::Range>>),
+    Pools(
+        Option<Vec<crate::config::Range>>,
+        Option<crate::config::L2Select>,
+    ),
 }
 
 /// An Event to record on a Service.
@@ -387,8 +393,13 @@ impl Watch {
     }
 
     /// New pools from a reload: every Service decided again.
-    pub fn set_pools(&mut self, pools: Option<Vec<crate::config::Range>>) {
+    pub fn set_pools(
+        &mut self,
+        pools: Option<Vec<crate::config::Range>>,
+        l2: Option<crate::config::L2Select>,
+    ) {
         self.k.pools = pools;
+        self.k.l2 = l2;
         self.full = true;
     }
 
@@ -424,7 +435,8 @@ impl Watch {
         );
         self.full = false;
         self.touched.clear();
-        let update = if !std::mem::replace(&mut self.published, true) {
+        let first = !std::mem::replace(&mut self.published, true);
+        let update = if first {
             Some(Update::Full(self.tracker.intent().routes.clone()))
         } else {
             (!delta.is_empty()).then_some(Update::Delta(delta, since))
@@ -432,6 +444,9 @@ impl Watch {
         // After the intent: the first thing the daemon hears is the Full
         // that opens the readiness barrier.
         let mut updates: Vec<Update> = update.into_iter().collect();
+        if self.tracker.take_l2_changed() || (first && self.k.l2.is_some()) {
+            updates.push(Update::L2(Arc::new(self.tracker.intent().l2.clone())));
+        }
         if full_pass {
             updates.extend(self.api_servers_changed());
             updates.extend(self.facts_changed());
@@ -569,7 +584,7 @@ pub async fn run(
             },
             Some(r) = requests.recv() => match r {
                 Request::Explain(key, reply) => { let _ = reply.send(w.explain(&key)); continue }
-                Request::Pools(p) => { w.set_pools(p); std::time::Instant::now() }
+                Request::Pools(p, l2) => { w.set_pools(p, l2); std::time::Instant::now() }
             },
         };
         while let Ok((_, ev)) = rx.try_recv() {
@@ -842,7 +857,7 @@ mod tests {
             first: "203.0.113.0".parse().unwrap(),
             last: "203.0.113.15".parse().unwrap(),
         };
-        w.set_pools(Some(vec![range]));
+        w.set_pools(Some(vec![range]), None);
         let p = w.pass(Instant::now()).unwrap();
         assert!(matches!(&p.updates[0], Update::Delta(d, _) if d.len() == 1 && d[0].1.is_some()));
     }

@@ -258,6 +258,43 @@ fn general(reg: &mut Reg, r: &Report) -> Result<(), String> {
             b(d.active),
         )?;
     }
+    if let Some(l) = &r.l2 {
+        l2(reg, l)?;
+    }
+    Ok(())
+}
+
+fn l2(reg: &mut Reg, l: &crate::l2::L2Status) -> Result<(), String> {
+    reg.gauge(
+        "vipd_l2_vips_owned",
+        "L2 VIPs (address groups) this node answers ARP/NDP for",
+        l.owned() as i64,
+    )?;
+    reg.counter(
+        "vipd_l2_claims",
+        "Changes of the claims this node wrote into its Lease",
+        l.claims_written,
+    )?;
+    reg.counter(
+        "vipd_l2_conflicts",
+        "Another node seen on the wire answering for a VIP this node answers for",
+        l.conflicts,
+    )?;
+    reg.counter(
+        "vipd_l2_announcements",
+        "Gratuitous ARPs and unsolicited Neighbor Advertisements sent",
+        l.announced,
+    )?;
+    reg.counter(
+        "vipd_l2_answers",
+        "ARP requests and Neighbor Solicitations answered",
+        l.answered,
+    )?;
+    reg.gauge(
+        "vipd_l2_lease_renewing",
+        "1 while this node's L2 Lease is being renewed",
+        i64::from(l.renewing),
+    )?;
     Ok(())
 }
 

@@ -1,0 +1,577 @@
+//! The L2 task's state and decisions, with no I/O: Lease events, the
+//! Services, this node's facts and the time go in (`Instant`s passed as
+//! arguments); the addresses to answer for, the record to write and the
+//! announcements due come out. [`super::task`] is the loop around it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::owner::{self, Decision, NodeView, Vip};
+use super::record::Record;
+use crate::config::L2Config;
+use crate::k8s::intent::L2Want;
+use crate::k8s::model::Key;
+
+/// Another node's Lease, with when this node last saw it change.
+#[derive(Debug, Clone)]
+struct Peer {
+    record: Record,
+    version: String,
+    seen: Instant,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Schedule {
+    since: Instant,
+    /// Index into the offsets; past them, refreshes.
+    next: usize,
+    last: Instant,
+}
+
+pub struct State {
+    me: String,
+    heartbeat: Duration,
+    lease_duration: Duration,
+    offsets: Vec<Duration>,
+    refresh: Duration,
+    peers: BTreeMap<String, Peer>,
+    services: Arc<BTreeMap<Key, L2Want>>,
+    vips: Vec<Vip>,
+    /// This node's facts.
+    pub carrier: Result<(), String>,
+    pub draining: bool,
+    pub stopping: bool,
+    /// Addresses this node cannot answer for, and why.
+    pub refused: BTreeMap<IpAddr, String>,
+    /// The record last written successfully, and when.
+    written: Option<Record>,
+    renewed: Option<Instant>,
+    last_tick: Option<Instant>,
+    /// Paused past a heartbeat: answer nothing until the Leases are read
+    /// again.
+    paused: bool,
+    /// Given up while unable to renew, on seeing another node answer.
+    yielded: BTreeSet<IpAddr>,
+    schedules: BTreeMap<IpAddr, Schedule>,
+    decisions: Vec<Decision>,
+    answering: BTreeSet<IpAddr>,
+    /// Counted for the metrics.
+    pub claims_written: u64,
+}
+
+/// What `me` answers for, and why, for `vipd status` and `explain`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct VipLine {
+    pub addrs: Vec<IpAddr>,
+    pub owner: Option<String>,
+    pub epoch: Option<u64>,
+    pub here: bool,
+    pub rank: Option<usize>,
+    pub eligible: usize,
+    pub why_not: Option<String>,
+}
+
+impl State {
+    pub fn new(me: &str, cfg: &L2Config) -> State {
+        State {
+            me: me.to_string(),
+            heartbeat: cfg.heartbeat,
+            lease_duration: cfg.lease_duration,
+            offsets: cfg.announce.clone(),
+            refresh: cfg.refresh,
+            peers: BTreeMap::new(),
+            services: Arc::default(),
+            vips: vec![],
+            carrier: Ok(()),
+            draining: false,
+            stopping: false,
+            refused: BTreeMap::new(),
+            written: None,
+            renewed: None,
+            last_tick: None,
+            paused: false,
+            yielded: BTreeSet::new(),
+            schedules: BTreeMap::new(),
+            decisions: vec![],
+            answering: BTreeSet::new(),
+            claims_written: 0,
+        }
+    }
+
+    pub fn set_services(&mut self, s: Arc<BTreeMap<Key, L2Want>>) {
+        let list: Vec<(Vec<IpAddr>, bool)> =
+            s.values().map(|w| (w.addrs.clone(), w.local)).collect();
+        self.vips = owner::groups(&list);
+        self.services = s;
+    }
+
+    /// Every address of every L2 Service.
+    pub fn addresses(&self) -> BTreeSet<IpAddr> {
+        self.vips
+            .iter()
+            .flat_map(|v| v.addrs.iter().copied())
+            .collect()
+    }
+
+    /// A Lease seen (added, or changed: a new resourceVersion).
+    pub fn lease(&mut self, node: &str, record: Record, version: &str, now: Instant) {
+        if node == self.me {
+            return;
+        }
+        match self.peers.get_mut(node) {
+            Some(p) if p.version == version => {}
+            Some(p) => {
+                *p = Peer {
+                    record,
+                    version: version.to_string(),
+                    seen: now,
+                }
+            }
+            None => {
+                self.peers.insert(
+                    node.to_string(),
+                    Peer {
+                        record,
+                        version: version.to_string(),
+                        seen: now,
+                    },
+                );
+            }
+        }
+    }
+
+    pub fn lease_gone(&mut self, node: &str) {
+        self.peers.remove(node);
+    }
+
+    /// A list of the Leases ended: what was not in it is gone, and a pause
+    /// is over.
+    pub fn relisted(&mut self, listed: &BTreeSet<String>) {
+        self.peers.retain(|n, _| listed.contains(n));
+        self.paused = false;
+    }
+
+    pub fn paused(&self) -> bool {
+        self.paused
+    }
+
+    /// The tick: returns true when the process was not running for longer
+    /// than a heartbeat since the last one (the caller reads the Leases
+    /// again).
+    pub fn tick(&mut self, now: Instant) -> bool {
+        let gap = self
+            .last_tick
+            .is_some_and(|t| now.saturating_duration_since(t) > self.heartbeat);
+        self.last_tick = Some(now);
+        if gap {
+            self.paused = true;
+        }
+        gap
+    }
+
+    fn ready(&self) -> Option<String> {
+        match (&self.carrier, self.stopping, self.draining) {
+            (Err(e), _, _) => Some(e.clone()),
+            (_, true, _) => Some("stopping".into()),
+            (_, _, true) => Some("draining".into()),
+            _ => None,
+        }
+    }
+
+    /// Handing over: answering until a successor holds it.
+    fn handing_over(&self) -> bool {
+        self.carrier.is_ok() && (self.stopping || self.draining)
+    }
+
+    fn local(&self) -> BTreeSet<IpAddr> {
+        self.services
+            .values()
+            .filter(|w| w.local && w.here)
+            .flat_map(|w| w.addrs.iter().copied())
+            .collect()
+    }
+
+    fn views(&self, now: Instant) -> Vec<NodeView> {
+        let mut v: Vec<NodeView> = self
+            .peers
+            .iter()
+            .map(|(name, p)| NodeView {
+                name: name.clone(),
+                alive: now.saturating_duration_since(p.seen) <= self.lease_duration,
+                ready: p.record.not_ready.is_none(),
+                local: p.record.local.clone(),
+                claims: p.record.claims.clone(),
+                refused: p.record.refused.clone(),
+            })
+            .collect();
+        v.push(NodeView {
+            name: self.me.clone(),
+            alive: true,
+            ready: self.ready().is_none(),
+            local: self.local(),
+            claims: self
+                .written
+                .as_ref()
+                .map(|r| r.claims.clone())
+                .unwrap_or_default(),
+            refused: self.refused.keys().copied().collect(),
+        });
+        v
+    }
+
+    /// Decides again; returns the addresses to answer for when they changed.
+    pub fn decide(&mut self, now: Instant) -> Option<BTreeSet<IpAddr>> {
+        self.decisions = owner::decide(&self.me, &self.views(now), &self.vips);
+        let mut set = BTreeSet::new();
+        if !self.paused {
+            for d in &self.decisions {
+                let handover =
+                    self.handing_over() && d.holder.as_ref().is_some_and(|(n, _)| *n == self.me);
+                let mine = d.answers(&self.me) || handover;
+                if mine && !d.vip.addrs.iter().any(|a| self.yielded.contains(a)) {
+                    set.extend(d.vip.addrs.iter().copied());
+                }
+            }
+        }
+        // Newly taken: announce at the offsets from now.
+        for a in set.difference(&self.answering) {
+            self.schedules.insert(
+                *a,
+                Schedule {
+                    since: now,
+                    next: 0,
+                    last: now,
+                },
+            );
+        }
+        self.schedules.retain(|a, _| set.contains(a));
+        if set == self.answering {
+            return None;
+        }
+        self.answering = set.clone();
+        Some(set)
+    }
+
+    pub fn answering(&self) -> &BTreeSet<IpAddr> {
+        &self.answering
+    }
+
+    /// The announcements due at `now`: each address at its offsets after it
+    /// was taken, then every refresh.
+    pub fn due(&mut self, now: Instant) -> Vec<IpAddr> {
+        let mut out = vec![];
+        for (a, s) in self.schedules.iter_mut() {
+            let at = match self.offsets.get(s.next) {
+                Some(o) => s.since + *o,
+                None => s.last + self.refresh,
+            };
+            if now >= at {
+                out.push(*a);
+                s.next += 1;
+                s.last = now;
+            }
+        }
+        out
+    }
+
+    /// The record this node should have in its Lease.
+    pub fn record(&self) -> Record {
+        let mut claims = owner::claims(&self.me, &self.decisions);
+        if self.handing_over() {
+            for d in &self.decisions {
+                if let Some((n, e)) = &d.holder {
+                    if *n == self.me {
+                        claims.extend(d.vip.addrs.iter().map(|a| (*a, *e)));
+                    }
+                }
+            }
+        }
+        Record {
+            not_ready: self.ready(),
+            local: self.local(),
+            claims,
+            refused: self.refused.keys().copied().collect(),
+        }
+    }
+
+    /// Whether the record should be written now: it changed, or a
+    /// heartbeat passed since the last renewal.
+    pub fn write_due(&self, now: Instant) -> bool {
+        self.written.as_ref() != Some(&self.record())
+            || self
+                .renewed
+                .is_none_or(|t| now.saturating_duration_since(t) >= self.heartbeat)
+    }
+
+    /// A write sent at `sent` succeeded.
+    pub fn wrote(&mut self, r: Record, sent: Instant) {
+        if self.written.as_ref().map(|w| &w.claims) != Some(&r.claims) {
+            self.claims_written += 1;
+        }
+        self.written = Some(r);
+        self.renewed = Some(sent);
+        self.yielded.clear();
+    }
+
+    /// Whether renewals are failing: nothing written for two heartbeats.
+    pub fn cut_off(&self, now: Instant) -> bool {
+        self.renewed
+            .is_none_or(|t| now.saturating_duration_since(t) > 2 * self.heartbeat)
+    }
+
+    /// Another node answers for `ip`. Unable to renew, this node yields it
+    /// (and the rest of its VIP) at once; able to, the epochs decide.
+    pub fn conflict(&mut self, ip: IpAddr, now: Instant) -> bool {
+        if !self.cut_off(now) {
+            return false;
+        }
+        let group = self.vips.iter().find(|v| v.addrs.contains(&ip));
+        self.yielded
+            .extend(group.map_or(vec![ip], |v| v.addrs.clone()));
+        true
+    }
+
+    /// Stopping: done once nothing this node holds waits for a successor.
+    pub fn handed_over(&self) -> bool {
+        !self.decisions.iter().any(|d| {
+            d.holder.as_ref().is_some_and(|(n, _)| *n == self.me)
+                && matches!(&d.state, owner::State::ToClaim { owner, .. } if *owner != self.me)
+        })
+    }
+
+    /// What `vipd status` and `explain` show.
+    pub fn lines(&self) -> Vec<VipLine> {
+        let why_me = self.ready();
+        self.decisions
+            .iter()
+            .map(|d| {
+                let (owner, epoch) = match &d.state {
+                    owner::State::Held { owner, epoch }
+                    | owner::State::ToClaim { owner, epoch } => (Some(owner.clone()), Some(*epoch)),
+                    owner::State::Nobody => (None, None),
+                };
+                let refused = d.vip.addrs.iter().find_map(|a| self.refused.get(a));
+                let here = d.vip.addrs.iter().all(|a| self.answering.contains(a));
+                let why_not = if here {
+                    None
+                } else if self.paused {
+                    Some("paused past a heartbeat: reading the Leases again".into())
+                } else if let Some(r) = refused {
+                    Some(r.clone())
+                } else if d.vip.addrs.iter().any(|a| self.yielded.contains(a)) {
+                    Some(
+                        "yielded: another node answers for it and this node cannot renew its Lease"
+                            .into(),
+                    )
+                } else {
+                    owner::why_not(&self.me, d, why_me.as_deref())
+                };
+                VipLine {
+                    addrs: d.vip.addrs.clone(),
+                    owner,
+                    epoch,
+                    here,
+                    rank: d.rank,
+                    eligible: d.eligible,
+                    why_not,
+                }
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> L2Config {
+        L2Config {
+            interfaces: vec!["eth0".into()],
+            lease_namespace: "kube-system".into(),
+            heartbeat: Duration::from_secs(1),
+            lease_duration: Duration::from_secs(3),
+            announce: [0, 1100, 2200].map(Duration::from_millis).to_vec(),
+            refresh: Duration::from_secs(120),
+            default: false,
+        }
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn services(addrs: &[&str]) -> Arc<BTreeMap<Key, L2Want>> {
+        Arc::new(
+            addrs
+                .iter()
+                .enumerate()
+                .map(|(i, a)| {
+                    (
+                        Key::from(format!("default/s{i}").as_str()),
+                        L2Want {
+                            addrs: vec![ip(a)],
+                            local: false,
+                            here: true,
+                        },
+                    )
+                })
+                .collect(),
+        )
+    }
+
+    /// A node alone: it claims, answers once the claim is written, and
+    /// announces at the offsets.
+    #[test]
+    fn alone_a_node_claims_then_answers_and_announces_at_the_offsets() {
+        let t0 = Instant::now();
+        let mut s = State::new("a", &cfg());
+        s.set_services(services(&["192.0.2.10"]));
+        assert_eq!(s.decide(t0), None, "nothing before the claim is written");
+        let r = s.record();
+        assert_eq!(r.claims, [(ip("192.0.2.10"), 1)].into());
+        assert!(s.write_due(t0));
+        s.wrote(r, t0);
+        assert_eq!(s.decide(t0), Some([ip("192.0.2.10")].into()));
+        assert!(!s.write_due(t0));
+        assert_eq!(s.due(t0), vec![ip("192.0.2.10")]);
+        assert!(s.due(t0 + Duration::from_millis(1000)).is_empty());
+        assert_eq!(
+            s.due(t0 + Duration::from_millis(1100)),
+            vec![ip("192.0.2.10")]
+        );
+        assert_eq!(
+            s.due(t0 + Duration::from_millis(2200)),
+            vec![ip("192.0.2.10")]
+        );
+        assert!(s.due(t0 + Duration::from_secs(60)).is_empty());
+        assert_eq!(
+            s.due(t0 + Duration::from_millis(122_300)),
+            vec![ip("192.0.2.10")],
+            "the refresh"
+        );
+        assert!(s.write_due(t0 + Duration::from_secs(1)), "the heartbeat");
+    }
+
+    #[test]
+    fn a_higher_claim_seen_silences_this_node_at_once() {
+        let t0 = Instant::now();
+        let mut s = State::new("a", &cfg());
+        s.set_services(services(&["192.0.2.10"]));
+        s.decide(t0);
+        s.wrote(s.record(), t0);
+        assert!(s.decide(t0).is_some());
+        let other = Record {
+            claims: [(ip("192.0.2.10"), 2)].into(),
+            ..Record::default()
+        };
+        s.lease("b", other, "7", t0);
+        assert_eq!(s.decide(t0), Some(BTreeSet::new()));
+        assert!(s.record().claims.is_empty(), "and drops its claim");
+    }
+
+    #[test]
+    fn after_a_pause_nothing_is_answered_until_the_leases_are_read_again() {
+        let t0 = Instant::now();
+        let mut s = State::new("a", &cfg());
+        s.set_services(services(&["192.0.2.10"]));
+        s.tick(t0);
+        s.decide(t0);
+        s.wrote(s.record(), t0);
+        assert!(s.decide(t0).is_some());
+        assert!(!s.tick(t0 + Duration::from_millis(900)));
+        assert!(
+            s.tick(t0 + Duration::from_secs(5)),
+            "stopped for four seconds"
+        );
+        assert_eq!(s.decide(t0 + Duration::from_secs(5)), Some(BTreeSet::new()));
+        s.relisted(&BTreeSet::new());
+        assert_eq!(
+            s.decide(t0 + Duration::from_secs(5)),
+            Some([ip("192.0.2.10")].into())
+        );
+    }
+
+    #[test]
+    fn a_stopping_owner_answers_until_its_successor_holds_the_vip() {
+        let t0 = Instant::now();
+        let mut s = State::new("a", &cfg());
+        s.set_services(services(&["192.0.2.10"]));
+        s.lease("b", Record::default(), "1", t0);
+        // Make "a" the holder whatever the ranking says.
+        s.wrote(
+            Record {
+                claims: [(ip("192.0.2.10"), 5)].into(),
+                ..Record::default()
+            },
+            t0,
+        );
+        assert!(s.decide(t0).is_some());
+        s.stopping = true;
+        assert_eq!(s.decide(t0), None, "still answering");
+        assert!(!s.handed_over());
+        assert_eq!(
+            s.record().claims,
+            [(ip("192.0.2.10"), 5)].into(),
+            "claim kept"
+        );
+        assert_eq!(s.record().not_ready.as_deref(), Some("stopping"));
+        let b = Record {
+            claims: [(ip("192.0.2.10"), 6)].into(),
+            ..Record::default()
+        };
+        s.lease("b", b, "2", t0);
+        assert_eq!(s.decide(t0), Some(BTreeSet::new()));
+        assert!(s.handed_over());
+        // Carrier lost instead: nothing to hand over, silent at once.
+        let mut s = State::new("a", &cfg());
+        s.set_services(services(&["192.0.2.10"]));
+        s.decide(t0);
+        s.wrote(s.record(), t0);
+        s.decide(t0);
+        s.carrier = Err("carrier down on eth0".into());
+        assert_eq!(s.decide(t0), Some(BTreeSet::new()));
+    }
+
+    #[test]
+    fn cut_off_from_the_api_a_node_yields_to_one_it_sees_answering() {
+        let t0 = Instant::now();
+        let mut s = State::new("a", &cfg());
+        s.set_services(services(&["192.0.2.10"]));
+        s.decide(t0);
+        s.wrote(s.record(), t0);
+        s.decide(t0);
+        assert!(!s.conflict(ip("192.0.2.10"), t0 + Duration::from_millis(500)));
+        assert!(
+            s.decide(t0).is_none(),
+            "renewing: the epochs decide, not the wire"
+        );
+        let later = t0 + Duration::from_secs(10);
+        assert!(s.conflict(ip("192.0.2.10"), later));
+        assert_eq!(s.decide(later), Some(BTreeSet::new()));
+        let l = &s.lines()[0];
+        assert!(
+            l.why_not.as_deref().unwrap().starts_with("yielded"),
+            "{l:?}"
+        );
+    }
+
+    #[test]
+    fn a_peer_silent_for_the_lease_duration_is_gone() {
+        let t0 = Instant::now();
+        let mut s = State::new("a", &cfg());
+        s.set_services(services(&["192.0.2.10"]));
+        let b = Record {
+            claims: [(ip("192.0.2.10"), 4)].into(),
+            ..Record::default()
+        };
+        s.lease("b", b.clone(), "1", t0);
+        s.decide(t0);
+        assert!(s.record().claims.is_empty(), "b holds it");
+        // The same version again is not a renewal.
+        s.lease("b", b, "1", t0 + Duration::from_secs(2));
+        s.decide(t0 + Duration::from_secs(4));
+        assert_eq!(s.record().claims, [(ip("192.0.2.10"), 5)].into());
+    }
+}
