@@ -14,6 +14,10 @@ command -v ip >/dev/null || need+=(iproute2)
 # The BFD tests black out a namespace with an nftables drop rule.
 command -v nft >/dev/null || need+=(nftables)
 [ -x /usr/bin/python3 ] || need+=(python3)
+# The L2 tests ask from a client namespace and capture what answers.
+command -v arping >/dev/null || need+=(iputils-arping)
+command -v ndisc6 >/dev/null || need+=(ndisc6)
+command -v tcpdump >/dev/null || need+=(tcpdump)
 # For validating the containerlab topologies against their schema.
 /usr/bin/python3 -c 'import yaml, jsonschema' 2>/dev/null || need+=(python3-yaml python3-jsonschema)
 # The IPVS test boots a real kernel under QEMU with busybox as its userland.

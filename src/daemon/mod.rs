@@ -394,6 +394,7 @@ impl Daemon {
         let peers = self.peers();
         let drain = self.drain.explain(Instant::now());
         let explain = self.kube.watch.as_ref().map(|w| w.requests.clone());
+        let l2 = (self.kube.l2.as_ref()).map_or(vec![], |l| l.status.lock().unwrap().vips.clone());
         tokio::spawn(async move {
             let view = match explain {
                 Some(q) => {
@@ -412,6 +413,7 @@ impl Daemon {
                 drain,
                 pending,
                 allocator_elsewhere,
+                l2: &l2,
             };
             let e = status::explain::combine(&key, view, &cx);
             let _ = ask.reply.send(status::Answer::Explain(Box::new(e)));

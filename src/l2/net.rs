@@ -306,17 +306,6 @@ pub fn onlink(ip: IpAddr, addrs: &[crate::bgp::net::IfAddr], names: &[&str]) -> 
     })
 }
 
-/// The link-local address of an interface: the source of our
-/// advertisements (RFC 4861 7.2.4).
-pub fn link_local(name: &str) -> Option<Ipv6Addr> {
-    crate::bgp::net::interface_addresses()
-        .into_iter()
-        .find_map(|a| match a.addr {
-            IpAddr::V6(v) if a.ifname == name && v.segments()[0] & 0xffc0 == 0xfe80 => Some(v),
-            _ => None,
-        })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -24,6 +24,10 @@ pub struct NodeView {
     pub alive: bool,
     /// Carrier on its L2 interfaces and not draining.
     pub ready: bool,
+    /// Not ready only because it has just started: ranked like a ready
+    /// node, so that VIPs are spread over every node of a cluster starting
+    /// together, but holding nothing until it is ready.
+    pub starting: bool,
     /// The ETP Local addresses it has a usable endpoint for.
     pub local: BTreeSet<IpAddr>,
     /// What it claims: address -> epoch.
@@ -172,8 +176,14 @@ impl Decision {
 }
 
 fn eligible(n: &NodeView, v: &Vip) -> bool {
+    n.ready && ranked(n, v)
+}
+
+/// Whether `n` takes part in the ranking for `v`: eligible, or would be
+/// but for having just started.
+fn ranked(n: &NodeView, v: &Vip) -> bool {
     n.alive
-        && n.ready
+        && (n.ready || n.starting)
         && (!v.local || v.addrs.iter().any(|a| n.local.contains(a)))
         && !v.addrs.iter().any(|a| n.refused.contains(a))
 }
@@ -193,54 +203,40 @@ fn highest<'a>(nodes: &'a [NodeView], v: &Vip) -> Option<(&'a NodeView, u64)> {
 
 /// The decision for every VIP (in the order given), from `me`'s view.
 pub fn decide(me: &str, nodes: &[NodeView], vips: &[Vip]) -> Vec<Decision> {
-    let ready = nodes.iter().filter(|n| n.alive && n.ready).count().max(1);
-    let cap = cap(vips.len(), ready);
-    let mut load: BTreeMap<&str, usize> = BTreeMap::new();
-    let mut out: Vec<Option<State>> = vec![None; vips.len()];
-    let mut next_epoch = vec![1u64; vips.len()];
-    // The owners that keep theirs count first.
-    for (i, v) in vips.iter().enumerate() {
-        if let Some((n, e)) = highest(nodes, v) {
-            next_epoch[i] = e + 1;
-            if eligible(n, v) {
-                *load.entry(&n.name).or_default() += 1;
-                out[i] = Some(State::Held {
-                    owner: n.name.clone(),
-                    epoch: e,
-                });
-            }
-        }
-    }
-    let holders: Vec<Option<(String, u64)>> = vips
+    let ready = nodes
         .iter()
-        .map(|v| highest(nodes, v).map(|(n, e)| (n.name.clone(), e)))
+        .filter(|n| n.alive && (n.ready || n.starting))
+        .count()
+        .max(1);
+    let cap = cap(vips.len(), ready);
+    let holders: Vec<Option<(&NodeView, u64)>> = vips.iter().map(|v| highest(nodes, v)).collect();
+    let mut load: BTreeMap<&str, usize> = BTreeMap::new();
+    // The owners that keep theirs count first.
+    let mut out: Vec<Option<State>> = vips
+        .iter()
+        .zip(&holders)
+        .map(|(v, h)| {
+            let (n, e) = h.filter(|(n, _)| eligible(n, v))?;
+            *load.entry(&n.name).or_default() += 1;
+            Some(State::Held {
+                owner: n.name.clone(),
+                epoch: e,
+            })
+        })
         .collect();
     let mut ranks = Vec::with_capacity(vips.len());
     for (i, v) in vips.iter().enumerate() {
         let lead = v.lead();
-        let mut ranked: Vec<&NodeView> = nodes.iter().filter(|n| eligible(n, v)).collect();
-        ranked.sort_by_key(|n| (std::cmp::Reverse(score(lead, &n.name)), n.name.clone()));
+        let mut order: Vec<&NodeView> = nodes.iter().filter(|n| ranked(n, v)).collect();
+        order.sort_by_key(|n| (std::cmp::Reverse(score(lead, &n.name)), n.name.clone()));
         ranks.push((
-            ranked.iter().position(|n| n.name == me).map(|p| p + 1),
-            ranked.len(),
+            order.iter().position(|n| n.name == me).map(|p| p + 1),
+            order.len(),
         ));
-        if out[i].is_some() {
-            continue;
+        if out[i].is_none() {
+            let epoch = holders[i].map_or(1, |(_, e)| e + 1);
+            out[i] = Some(designate(&order, &mut load, cap, epoch));
         }
-        let pick = ranked
-            .iter()
-            .find(|n| load.get(n.name.as_str()).copied().unwrap_or(0) < cap)
-            .or(ranked.first());
-        out[i] = Some(match pick {
-            Some(n) => {
-                *load.entry(&n.name).or_default() += 1;
-                State::ToClaim {
-                    owner: n.name.clone(),
-                    epoch: next_epoch[i],
-                }
-            }
-            None => State::Nobody,
-        });
     }
     vips.iter()
         .zip(out)
@@ -249,11 +245,35 @@ pub fn decide(me: &str, nodes: &[NodeView], vips: &[Vip]) -> Vec<Decision> {
         .map(|(((v, s), (rank, eligible)), holder)| Decision {
             vip: v.clone(),
             state: s.unwrap_or(State::Nobody),
-            holder,
+            holder: holder.map(|(n, e)| (n.name.clone(), e)),
             rank,
             eligible,
         })
         .collect()
+}
+
+/// The first node of the ranking under the cap (the first at all when
+/// every one is at it) is to claim the VIP.
+fn designate<'a>(
+    order: &[&'a NodeView],
+    load: &mut BTreeMap<&'a str, usize>,
+    cap: usize,
+    epoch: u64,
+) -> State {
+    let pick = order
+        .iter()
+        .find(|n| load.get(n.name.as_str()).copied().unwrap_or(0) < cap)
+        .or(order.first());
+    match pick {
+        Some(n) => {
+            *load.entry(&n.name).or_default() += 1;
+            State::ToClaim {
+                owner: n.name.clone(),
+                epoch,
+            }
+        }
+        None => State::Nobody,
+    }
 }
 
 /// What `me` writes into its Lease: every address of every VIP it holds or
@@ -517,6 +537,23 @@ mod tests {
         let ds = settle(&mut nodes, &v);
         let after: Vec<_> = ds.iter().map(|d| d.state.clone()).collect();
         assert_eq!(before, after, "nothing moves back");
+    }
+
+    #[test]
+    fn nodes_starting_together_share_the_vips_and_a_starting_one_holds_nothing() {
+        let mut nodes = vec![node("a"), node("b"), node("c")];
+        for n in &mut nodes[1..] {
+            n.ready = false;
+            n.starting = true;
+        }
+        let v: Vec<Vip> = (0..30).map(|i| vip(&format!("100.64.2.{i}"))).collect();
+        // "a" is ready first: it claims its share only.
+        let ds = decide("a", &nodes, &v);
+        let mine = claims("a", &ds).len();
+        assert!((1..=12).contains(&mine), "a claims {mine} of 30");
+        assert!(ds
+            .iter()
+            .all(|d| !matches!(&d.state, State::Held { owner, .. } if owner != "a")));
     }
 
     #[test]

@@ -237,9 +237,10 @@ fn na(mac: Mac, src: Ipv6Addr, dst: Ipv6Addr, target: Ipv6Addr, solicited: bool)
 
 /// The answer to `ask` for an address of ours, from `mac`. The Ethernet
 /// source and the sender hardware address are both the interface's
-/// (`mac`). `source6` is the interface's link-local address, the source of
-/// an advertisement (RFC 4861 7.2.4); the target itself where it has none.
-pub fn answer(ask: &Ask, mac: Mac, source6: Option<Ipv6Addr>) -> Option<Vec<u8>> {
+/// (`mac`). An advertisement comes from the target itself, as Linux sends
+/// one for its own address: clients (ndisc6 among them) take an answer
+/// from another source for someone else's.
+pub fn answer(ask: &Ask, mac: Mac) -> Option<Vec<u8>> {
     match (ask.target, ask.reply_ip) {
         (IpAddr::V4(t), IpAddr::V4(s)) => Some(ethernet(
             ask.reply_mac,
@@ -251,12 +252,11 @@ pub fn answer(ask: &Ask, mac: Mac, source6: Option<Ipv6Addr>) -> Option<Vec<u8>>
             // To all nodes (duplicate address detection) the advertisement
             // is not solicited (7.2.4).
             let solicited = d != ALL_NODES;
-            let src = source6.unwrap_or(t);
             Some(ethernet(
                 ask.reply_mac,
                 mac,
                 ETH_IPV6,
-                &na(mac, src, d, t, solicited),
+                &na(mac, t, d, t, solicited),
             ))
         }
         _ => None,
@@ -265,14 +265,14 @@ pub fn answer(ask: &Ask, mac: Mac, source6: Option<Ipv6Addr>) -> Option<Vec<u8>>
 
 /// A gratuitous ARP (an ARP announcement, RFC 5227 2.3) or an unsolicited
 /// Neighbor Advertisement to all nodes (RFC 4861 7.2.6) for `ip` at `mac`.
-pub fn announce(ip: IpAddr, mac: Mac, source6: Option<Ipv6Addr>) -> Vec<u8> {
+pub fn announce(ip: IpAddr, mac: Mac) -> Vec<u8> {
     match ip {
         IpAddr::V4(v) => ethernet(BROADCAST, mac, ETH_ARP, &arp(1, mac, v, [0; 6], v)),
         IpAddr::V6(v) => ethernet(
             multicast_mac(ALL_NODES),
             mac,
             ETH_IPV6,
-            &na(mac, source6.unwrap_or(v), ALL_NODES, v, false),
+            &na(mac, v, ALL_NODES, v, false),
         ),
     }
 }
@@ -327,7 +327,7 @@ mod tests {
             panic!("not an ask")
         };
         assert_eq!(ask.target, v4("192.0.2.10"));
-        let r = answer(&ask, ME, None).unwrap();
+        let r = answer(&ask, ME).unwrap();
         assert_eq!(&r[0..6], &CLIENT, "to the asker");
         assert_eq!(&r[6..12], &ME, "Ethernet source");
         assert_eq!(u16_at(&r, 20), Some(2), "a reply");
@@ -361,7 +361,7 @@ mod tests {
 
     #[test]
     fn an_announcement_from_another_node_is_a_claim() {
-        let g = announce(IpAddr::V4(v4("192.0.2.10")), CLIENT, None);
+        let g = announce(IpAddr::V4(v4("192.0.2.10")), CLIENT);
         assert_eq!(&g[0..6], &BROADCAST);
         assert_eq!(
             parse(&g, ME),
@@ -370,7 +370,7 @@ mod tests {
                 mac: CLIENT
             })
         );
-        let g = announce(IpAddr::V6(v6("2001:db8::10")), CLIENT, Some(v6("fe80::9")));
+        let g = announce(IpAddr::V6(v6("2001:db8::10")), CLIENT);
         assert_eq!(
             parse(&g, ME),
             Some(Seen::Claim {
@@ -388,12 +388,12 @@ mod tests {
             panic!("not an ask")
         };
         assert_eq!(ask.reply_mac, CLIENT);
-        let r = answer(&ask, ME, Some(v6("fe80::1"))).unwrap();
+        let r = answer(&ask, ME).unwrap();
         assert_eq!(&r[0..6], &CLIENT);
         assert_eq!(&r[6..12], &ME);
         let p = &r[14..];
         assert_eq!(p[7], 255, "hop limit");
-        assert_eq!(v6_at(p, 8), Some(v6("fe80::1")));
+        assert_eq!(v6_at(p, 8), Some(target), "from the target");
         assert_eq!(
             v6_at(p, 24),
             Some(v6("2001:db8::9")),
@@ -402,7 +402,7 @@ mod tests {
         let msg = &p[40..40 + usize::from(u16_at(p, 4).unwrap())];
         assert_eq!(msg[0], NA);
         assert_eq!(msg[4], 0x60, "Solicited and Override set, Router clear");
-        assert_eq!(checksum(v6("fe80::1"), v6("2001:db8::9"), msg), 0);
+        assert_eq!(checksum(target, v6("2001:db8::9"), msg), 0);
         assert_eq!(&msg[24..26], &[2, 1]);
         assert_eq!(&msg[26..32], &ME, "target link-layer address");
     }
@@ -424,7 +424,7 @@ mod tests {
         let Some(Seen::Ask(ask)) = parse(&f, ME) else {
             panic!("not an ask")
         };
-        let r = answer(&ask, ME, None).unwrap();
+        let r = answer(&ask, ME).unwrap();
         assert_eq!(&r[0..6], &[0x33, 0x33, 0, 0, 0, 1]);
         assert_eq!(r[14 + 40 + 4], 0x20, "Override only");
         // DAD to a unicast address is invalid.

@@ -101,21 +101,20 @@ impl Responder {
             .ok();
         let mut groups = net::Groups::new(&self.link).ok();
         let mut joined: BTreeSet<std::net::Ipv6Addr> = BTreeSet::new();
-        let source6 = net::link_local(&self.link.name);
         let (mut b4, mut b6) = (vec![0u8; 1600], vec![0u8; 1600]);
         loop {
             self.join(&mut groups, &mut joined);
             tokio::select! {
                 r = arp.recv(&mut b4) => match r {
-                    Ok(n) => self.seen(&arp, &b4[..n], source6),
+                    Ok(n) => self.seen(&arp, &b4[..n]),
                     Err(e) => { warn!(error = %e, "L2: ARP socket"); tokio::time::sleep(Duration::from_millis(100)).await; }
                 },
                 r = recv_opt(nd.as_ref(), &mut b6) => match r {
-                    Ok(n) => self.seen(nd.as_ref().unwrap_or(&arp), &b6[..n], source6),
+                    Ok(n) => self.seen(nd.as_ref().unwrap_or(&arp), &b6[..n]),
                     Err(e) => { warn!(error = %e, "L2: IPv6 socket"); tokio::time::sleep(Duration::from_millis(100)).await; }
                 },
                 c = self.commands.recv() => match c {
-                    Some(Command::Announce(ip)) => self.announce(&arp, nd.as_ref(), ip, source6),
+                    Some(Command::Announce(ip)) => self.announce(&arp, nd.as_ref(), ip),
                     None => break,
                 },
                 r = self.set.changed() => if r.is_err() { break },
@@ -152,7 +151,7 @@ impl Responder {
         }
     }
 
-    fn seen(&self, sock: &Socket, frame: &[u8], source6: Option<std::net::Ipv6Addr>) {
+    fn seen(&self, sock: &Socket, frame: &[u8]) {
         let Some(seen) = packet::parse(frame, self.link.mac) else {
             return;
         };
@@ -163,7 +162,7 @@ impl Responder {
                     self.counters.gated.fetch_add(1, Ordering::Relaxed);
                     return;
                 }
-                if let Some(f) = packet::answer(&ask, self.link.mac, source6) {
+                if let Some(f) = packet::answer(&ask, self.link.mac) {
                     match sock.send(&f) {
                         Ok(()) => {
                             self.counters.answered.fetch_add(1, Ordering::Relaxed);
@@ -180,13 +179,7 @@ impl Responder {
         }
     }
 
-    fn announce(
-        &self,
-        arp: &Socket,
-        nd: Option<&Socket>,
-        ip: IpAddr,
-        source6: Option<std::net::Ipv6Addr>,
-    ) {
+    fn announce(&self, arp: &Socket, nd: Option<&Socket>, ip: IpAddr) {
         if !self.set.borrow().contains(&ip) || !self.gate.open() {
             return;
         }
@@ -194,7 +187,7 @@ impl Responder {
             IpAddr::V4(_) => Some(arp),
             IpAddr::V6(_) => nd,
         };
-        let f = packet::announce(ip, self.link.mac, source6);
+        let f = packet::announce(ip, self.link.mac);
         match sock.map(|s| s.send(&f)) {
             Some(Ok(())) => {
                 self.counters.announced.fetch_add(1, Ordering::Relaxed);

@@ -14,6 +14,9 @@ use crate::config::L2Config;
 use crate::k8s::intent::L2Want;
 use crate::k8s::model::Key;
 
+/// What a node says while it waits to hear from the others after a start.
+pub const STARTING: &str = "starting";
+
 /// Another node's Lease, with when this node last saw it change.
 #[derive(Debug, Clone)]
 struct Peer {
@@ -59,6 +62,12 @@ pub struct State {
     answering: BTreeSet<IpAddr>,
     /// Counted for the metrics.
     pub claims_written: u64,
+    /// Starting: not ready until the Leases are listed and one lease
+    /// duration has passed, so every live node has been heard from before
+    /// this one takes a share (taken early, no failback would ever even
+    /// it out).
+    warming: Option<Instant>,
+    listed: bool,
 }
 
 /// What `me` answers for, and why, for `vipd status` and `explain`.
@@ -97,7 +106,15 @@ impl State {
             decisions: vec![],
             answering: BTreeSet::new(),
             claims_written: 0,
+            warming: None,
+            listed: true,
         }
+    }
+
+    /// Starts warming up, until `until` and a complete list of the Leases.
+    pub fn warm_up(&mut self, until: Instant) {
+        self.warming = Some(until);
+        self.listed = false;
     }
 
     pub fn set_services(&mut self, s: Arc<BTreeMap<Key, L2Want>>) {
@@ -151,6 +168,7 @@ impl State {
     pub fn relisted(&mut self, listed: &BTreeSet<String>) {
         self.peers.retain(|n, _| listed.contains(n));
         self.paused = false;
+        self.listed = true;
     }
 
     pub fn paused(&self) -> bool {
@@ -168,6 +186,9 @@ impl State {
         if gap {
             self.paused = true;
         }
+        if self.listed && self.warming.is_some_and(|t| now >= t) {
+            self.warming = None;
+        }
         gap
     }
 
@@ -176,6 +197,7 @@ impl State {
             (Err(e), _, _) => Some(e.clone()),
             (_, true, _) => Some("stopping".into()),
             (_, _, true) => Some("draining".into()),
+            _ if self.warming.is_some() => Some(STARTING.into()),
             _ => None,
         }
     }
@@ -201,6 +223,7 @@ impl State {
                 name: name.clone(),
                 alive: now.saturating_duration_since(p.seen) <= self.lease_duration,
                 ready: p.record.not_ready.is_none(),
+                starting: p.record.not_ready.as_deref() == Some(STARTING),
                 local: p.record.local.clone(),
                 claims: p.record.claims.clone(),
                 refused: p.record.refused.clone(),
@@ -210,6 +233,7 @@ impl State {
             name: self.me.clone(),
             alive: true,
             ready: self.ready().is_none(),
+            starting: self.warming.is_some(),
             local: self.local(),
             claims: self
                 .written
@@ -279,6 +303,10 @@ impl State {
     /// The record this node should have in its Lease.
     pub fn record(&self) -> Record {
         let mut claims = owner::claims(&self.me, &self.decisions);
+        // Ranked while starting, claiming nothing until ready.
+        if self.warming.is_some() {
+            claims.clear();
+        }
         if self.handing_over() {
             for d in &self.decisions {
                 if let Some((n, e)) = &d.holder {
@@ -555,6 +583,26 @@ mod tests {
             l.why_not.as_deref().unwrap().starts_with("yielded"),
             "{l:?}"
         );
+    }
+
+    #[test]
+    fn a_starting_node_takes_nothing_until_it_has_heard_from_the_others() {
+        let t0 = Instant::now();
+        let mut s = State::new("a", &cfg());
+        s.set_services(services(&["192.0.2.10"]));
+        s.warm_up(t0 + Duration::from_secs(3));
+        s.tick(t0);
+        s.decide(t0);
+        let r = s.record();
+        assert!(r.claims.is_empty() && r.not_ready.is_some(), "{r:?}");
+        // Past the lease duration but not yet listed: still waiting.
+        s.tick(t0 + Duration::from_millis(3000));
+        s.decide(t0 + Duration::from_millis(3000));
+        assert!(s.record().claims.is_empty());
+        s.relisted(&BTreeSet::new());
+        s.tick(t0 + Duration::from_millis(3100));
+        s.decide(t0 + Duration::from_millis(3100));
+        assert_eq!(s.record().claims.len(), 1);
     }
 
     #[test]

@@ -191,8 +191,10 @@ impl Run {
         let (ports, problems) = io.ports(&gate, &counters, &conflicts);
         let lease_watch = Some(io.watch(events_tx.clone()));
         info!(interfaces = ?io.cfg.interfaces, lease = %name, "L2: answering ARP and NDP for the VIPs this node holds");
+        let mut st = State::new(&io.me, &io.cfg);
+        st.warm_up(std::time::Instant::now() + io.cfg.lease_duration);
         Run {
-            st: State::new(&io.me, &io.cfg),
+            st,
             io,
             name,
             gate,

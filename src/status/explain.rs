@@ -32,6 +32,8 @@ pub struct AddressLine {
     /// Announced, but with GRACEFUL_SHUTDOWN or withdrawn by a drain.
     pub drain: Option<String>,
     pub peers: Vec<PeerLine>,
+    /// In L2 mode: who answers ARP/NDP for it and why not this node.
+    pub l2: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -57,6 +59,26 @@ pub struct Context<'a> {
     /// With `[ipam]` on a node that does not allocate: who does (the Lease
     /// holder, when known).
     pub allocator_elsewhere: Option<String>,
+    /// With `[l2]`: the L2 VIPs as this node decided them.
+    pub l2: &'a [crate::l2::state::VipLine],
+}
+
+/// One address's L2 line: answered here, or the owner and why not here.
+fn l2_line(address: &str, vips: &[crate::l2::state::VipLine]) -> Option<String> {
+    let ip: IpAddr = address.parse().ok()?;
+    let v = vips.iter().find(|v| v.addrs.contains(&ip))?;
+    let owner = match (&v.owner, v.epoch) {
+        (Some(o), Some(e)) => format!("owner {o} (epoch {e})"),
+        _ => "no owner".into(),
+    };
+    Some(match (&v.why_not, v.rank) {
+        (None, _) => format!("answered by this node, {owner}"),
+        (Some(w), Some(r)) => format!(
+            "{owner}; this node ranks {r} of {}; not here: {w}",
+            v.eligible
+        ),
+        (Some(w), None) => format!("{owner}; not here: {w}"),
+    })
 }
 
 pub fn combine(service: &str, view: Option<ServiceView>, cx: &Context) -> Explanation {
@@ -67,8 +89,10 @@ pub fn combine(service: &str, view: Option<ServiceView>, cx: &Context) -> Explan
                 .route
                 .as_ref()
                 .and_then(|r| r.parse::<ipnet::IpNet>().ok());
+            let l2 = l2_line(&a.address, cx.l2);
             let why_not = match (&route, &a.refused, &f.skipped) {
                 (Some(_), _, _) => None,
+                (None, None, _) if l2.is_some() => Some("L2 only: not sent to BGP peers".into()),
                 (None, Some(r), _) => Some(format!("refused: {r}")),
                 (None, None, Some(s)) => Some(s.clone()),
                 (None, None, None) => Some("not wanted from this node".into()),
@@ -82,6 +106,7 @@ pub fn combine(service: &str, view: Option<ServiceView>, cx: &Context) -> Explan
                 why_not,
                 drain: route.and(cx.drain.clone()),
                 peers,
+                l2,
             });
         }
     }
@@ -266,6 +291,9 @@ fn render_address(s: &mut String, a: &AddressLine) {
     match &a.why_not {
         Some(why) => {
             let _ = writeln!(s, "  {}: not announced: {why}", a.address);
+            if let Some(l) = &a.l2 {
+                let _ = writeln!(s, "    L2: {l}");
+            }
             return;
         }
         None => {
@@ -274,6 +302,9 @@ fn render_address(s: &mut String, a: &AddressLine) {
     }
     if let Some(d) = &a.drain {
         let _ = writeln!(s, "    draining: {d}");
+    }
+    if let Some(l) = &a.l2 {
+        let _ = writeln!(s, "    L2: {l}");
     }
     if a.peers.is_empty() {
         let _ = writeln!(s, "    no peer configured for this node");
@@ -365,6 +396,35 @@ mod tests {
     }
 
     #[test]
+    fn an_l2_address_says_who_answers_and_why_not_here() {
+        use crate::l2::state::VipLine;
+        let p = peers();
+        let vips = [VipLine {
+            addrs: vec!["203.0.113.10".parse().unwrap()],
+            owner: Some("node-b".into()),
+            epoch: Some(3),
+            here: false,
+            rank: Some(2),
+            eligible: 3,
+            why_not: Some("node-b holds it (epoch 3) and stays eligible".into()),
+        }];
+        let cx = Context {
+            peers: &p,
+            drain: None,
+            pending: None,
+            allocator_elsewhere: None,
+            l2: &vips,
+        };
+        let text = combine("default/web", Some(view(None)), &cx).render();
+        assert!(
+            text.contains(
+                "    L2: owner node-b (epoch 3); this node ranks 2 of 3; not here: node-b holds it"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn each_address_says_where_it_goes_and_why_not() {
         let p = peers();
         let cx = Context {
@@ -372,6 +432,7 @@ mod tests {
             drain: None,
             pending: None,
             allocator_elsewhere: None,
+            l2: &[],
         };
         let e = combine("default/web", Some(view(None)), &cx);
         let text = e.render();
@@ -404,6 +465,7 @@ mod tests {
             drain: None,
             pending: None,
             allocator_elsewhere: None,
+            l2: &[],
         };
         let text = combine("default/web", Some(view(None)), &cx).render();
         assert!(
@@ -421,6 +483,7 @@ mod tests {
             drain: Some("announced with GRACEFUL_SHUTDOWN (cordoned), withdrawn in 12s".into()),
             pending: None,
             allocator_elsewhere: None,
+            l2: &[],
         };
         let text = combine("default/web", Some(view(Some("no ready endpoint"))), &cx).render();
         assert!(
@@ -462,6 +525,7 @@ mod tests {
             drain: None,
             pending: Some("pool public has no free V4 address".into()),
             allocator_elsewhere: None,
+            l2: &[],
         };
         let text = combine("default/web", Some(v.clone()), &here).render();
         assert!(

@@ -1,0 +1,660 @@
+//! L2 mode: three vipd nodes and a client on one Linux bridge (the L2
+//! segment), the API stand-in beside them. Checked from the client with
+//! real tools: `arping` and `ndisc6` get exactly one MAC, the owner's; a TCP
+//! connection reaches the server behind the owner's DNAT (as kube-proxy
+//! arranges it); a capture shows the advertisements' flags; the client's
+//! neighbour entry moves on a failover, driven by the new owner's
+//! gratuitous ARP; nothing is left on any node.
+
+#[path = "lab/mod.rs"]
+mod lab;
+#[path = "standin/mod.rs"]
+mod standin;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use lab::*;
+use serde_json::{json, Value};
+use standin::{obj, Kind, StandIn};
+
+const API: &str = "192.0.2.100:6443";
+const NODES: [(&str, &str, &str); 3] = [
+    ("node-a", "192.0.2.1", "2001:db8::1"),
+    ("node-b", "192.0.2.3", "2001:db8::3"),
+    ("node-c", "192.0.2.4", "2001:db8::4"),
+];
+const HEARTBEAT: u64 = 1;
+const LEASE: u64 = 3;
+
+struct L2Lab {
+    // Field order is drop order: daemons before the namespaces they run in.
+    vipds: Vec<Option<Vipd>>,
+    _servers: Vec<std::thread::JoinHandle<()>>,
+    api: StandIn,
+    nodes: Vec<Netns>,
+    ifs: Vec<String>,
+    macs: Vec<String>,
+    client: Netns,
+    client_if: String,
+    /// Kept for its guard: dropping it removes the bridge.
+    _router: Netns,
+    dir: Dir,
+}
+
+fn mac_of(ns: &Netns, dev: &str) -> String {
+    let out = ns.ip(&["-o", "link", "show", dev]);
+    let i = out.find("link/ether ").expect("an Ethernet interface") + 11;
+    out[i..i + 17].to_string()
+}
+
+/// The nodes and the client joined to one bridge; the nodes' Node objects
+/// in the stand-in; on each node a DNAT of the VIPs' port 80 to a server
+/// answering with the node's name, as kube-proxy would send it to a pod.
+fn lab(tag: &str, vips: &[&str]) -> L2Lab {
+    require(&["arping", "ndisc6", "tcpdump", "nft"]);
+    let dir = Dir::new(tag);
+    let router = bridge_router(&format!("{tag}r"), &["192.0.2.100/24"]);
+    let (mut nodes, mut ifs, mut macs) = (vec![], vec![], vec![]);
+    for (i, (_, v4, v6)) in NODES.iter().enumerate() {
+        let ns = Netns::new(&format!("{tag}{i}"));
+        let a = join_bridge(&ns, &router);
+        ns.ip(&["addr", "add", &format!("{v4}/24"), "dev", &a]);
+        ns.ip(&["-6", "addr", "add", &format!("{v6}/64"), "dev", &a, "nodad"]);
+        macs.push(mac_of(&ns, &a));
+        ifs.push(a);
+        nodes.push(ns);
+    }
+    let client = Netns::new(&format!("{tag}c"));
+    let client_if = join_bridge(&client, &router);
+    client.ip(&["addr", "add", "192.0.2.50/24", "dev", &client_if]);
+    client.ip(&[
+        "-6",
+        "addr",
+        "add",
+        "2001:db8::50/64",
+        "dev",
+        &client_if,
+        "nodad",
+    ]);
+    let api = StandIn::start(API.parse().unwrap(), Some(&router.name));
+    for (name, v4, v6) in NODES {
+        api.put(obj::node(name, &[v4, v6]));
+    }
+    let mut servers = vec![];
+    for (i, ns) in nodes.iter().enumerate() {
+        let (name, v4, _) = NODES[i];
+        dnat(ns, vips, v4);
+        servers.push(serve(ns, v4, name));
+    }
+    L2Lab {
+        vipds: (0..NODES.len()).map(|_| None).collect(),
+        _servers: servers,
+        api,
+        nodes,
+        ifs,
+        macs,
+        client,
+        client_if,
+        _router: router,
+        dir,
+    }
+}
+
+/// The node accepts the VIPs as kube-proxy arranges it: a DNAT rule, no
+/// address on any interface.
+fn dnat(ns: &Netns, vips: &[&str], to: &str) {
+    let mut rules = String::from(
+        "table ip vipdtest {\n chain pre {\n  type nat hook prerouting priority -100;\n",
+    );
+    for v in vips.iter().filter(|v| !v.contains(':')) {
+        rules += &format!("  ip daddr {v} tcp dport 80 dnat to {to}:8080\n");
+    }
+    rules += " }\n}\n";
+    let f = std::env::temp_dir().join(unique("l2nft"));
+    std::fs::write(&f, rules).unwrap();
+    let out = ns.exec("nft", &["-f", f.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&f);
+    assert!(
+        out.status.success(),
+        "nft: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A TCP server on `addr:8080` in `ns` that writes `name` to each client.
+fn serve(ns: &Netns, addr: &str, name: &str) -> std::thread::JoinHandle<()> {
+    let (addr, name, ns) = (addr.to_string(), name.to_string(), ns.name.clone());
+    let l = in_netns(&ns, move || {
+        std::net::TcpListener::bind((addr.as_str(), 8080)).unwrap()
+    });
+    std::thread::spawn(move || {
+        for mut c in l.incoming().flatten() {
+            let _ = c.write_all(name.as_bytes());
+        }
+    })
+}
+
+impl L2Lab {
+    fn conf(&self, i: usize, extra: &str) -> String {
+        let kc = self.dir.write("kubeconfig", &self.api.kubeconfig());
+        let (name, v4, _) = NODES[i];
+        format!(
+            "[bgp]\nasn = 65010\nrouter_id = \"{v4}\"\n\
+             [kubernetes]\nkubeconfig = \"{}\"\nnode_name = \"{name}\"\n\
+             [l2]\ninterfaces = [\"{}\"]\nheartbeat_secs = {HEARTBEAT}\nlease_duration_secs = {LEASE}\n{extra}",
+            kc.display(),
+            self.ifs[i]
+        )
+    }
+
+    fn start(&mut self, i: usize, extra: &str) {
+        let conf = self.conf(i, extra);
+        self.vipds[i] = Some(Vipd::start_named(
+            &self.nodes[i],
+            &self.dir,
+            &conf,
+            NODES[i].0,
+        ));
+    }
+
+    fn start_all(&mut self, extra: &str) {
+        for i in 0..NODES.len() {
+            self.start(i, extra);
+        }
+    }
+
+    fn kill(&mut self, i: usize) {
+        if let Some(mut v) = self.vipds[i].take() {
+            v.proc.signal(libc::SIGKILL);
+            v.proc.stop(Duration::from_secs(2));
+        }
+    }
+
+    /// The MACs that answer an ARP request for `ip` from the client.
+    fn arp_macs(&self, ip: &str) -> BTreeSet<String> {
+        let out = self
+            .client
+            .exec("arping", &["-I", &self.client_if, "-c", "2", "-w", "3", ip]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains("reply from"))
+            .filter_map(|l| Some(l.split('[').nth(1)?.split(']').next()?.to_lowercase()))
+            .collect()
+    }
+
+    /// The MACs that answer a Neighbor Solicitation for `ip` (every answer).
+    fn nd_macs(&self, ip: &str) -> BTreeSet<String> {
+        let out = self.client.exec(
+            "ndisc6",
+            &["-m", "-n", "-r", "2", "-w", "1000", ip, &self.client_if],
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains("link-layer address"))
+            .filter_map(|l| Some(l.split(": ").nth(1)?.trim().to_lowercase()))
+            .collect()
+    }
+
+    fn node_of_mac(&self, mac: &str) -> Option<usize> {
+        self.macs.iter().position(|m| m == mac)
+    }
+
+    /// Each node's claims as its Lease holds them.
+    fn claims(&self) -> BTreeMap<String, BTreeMap<String, u64>> {
+        NODES
+            .iter()
+            .filter_map(|(n, _, _)| {
+                let l = self
+                    .api
+                    .get(Kind::Lease, "kube-system", &format!("vipd-l2-{n}"))?;
+                let c = l["metadata"]["annotations"]["vipd.io/l2-claims"]
+                    .as_str()?
+                    .to_string();
+                let m = c
+                    .split(',')
+                    .filter(|e| !e.is_empty())
+                    .filter_map(|e| {
+                        let (a, n) = e.split_once('=')?;
+                        Some((a.to_string(), n.parse().ok()?))
+                    })
+                    .collect();
+                Some((n.to_string(), m))
+            })
+            .collect()
+    }
+
+    /// The node holding the highest claim on `ip`.
+    fn owner(&self, ip: &str) -> Option<usize> {
+        let c = self.claims();
+        let (node, _) = c
+            .iter()
+            .filter_map(|(n, m)| Some((n, *m.get(ip)?)))
+            .max_by_key(|(_, e)| *e)?;
+        NODES.iter().position(|(n, _, _)| n == node)
+    }
+
+    fn client_neigh(&self, ip: &str) -> Option<String> {
+        let out = self.client.ip(&["neigh", "show", ip]);
+        let i = out.find("lladdr ")? + 7;
+        Some(out[i..i + 17].to_string())
+    }
+
+    fn connect(&self, ip: &str) -> String {
+        let ip = ip.to_string();
+        in_netns(&self.client.name, move || {
+            let a: std::net::SocketAddr = format!("{ip}:80").parse().unwrap();
+            let mut s = match std::net::TcpStream::connect_timeout(&a, Duration::from_secs(3)) {
+                Ok(s) => s,
+                Err(e) => return format!("connect: {e}"),
+            };
+            let _ = s.set_read_timeout(Some(Duration::from_secs(3)));
+            let mut out = String::new();
+            let _ = s.read_to_string(&mut out);
+            out
+        })
+    }
+
+    /// What a failing test prints: each node's Lease, status and log tail.
+    fn context(&self) -> String {
+        let mut s = format!("--- claims: {:?}\n", self.claims());
+        for (i, v) in self.vipds.iter().enumerate() {
+            if let Some(v) = v {
+                let (_, st) = vipd_status(&self.nodes[i]);
+                s += &format!(
+                    "--- {} ({}) status:\n{st}\n--- log tail:\n{}\n",
+                    NODES[i].0,
+                    self.macs[i],
+                    v.proc.log_tail(25)
+                );
+            }
+        }
+        s
+    }
+}
+
+fn l2_service(name: &str, ips: &[&str], local: bool) -> Value {
+    let mut s = obj::service("default", name, ips, local);
+    s["metadata"]["annotations"] = json!({"vipd.io/announce": "l2"});
+    s
+}
+
+const V4: &str = "192.0.2.200";
+const V6: &str = "2001:db8::200";
+
+/// Waits for one node to answer ARP for `ip`; returns its index.
+fn settled(l: &L2Lab, ip: &str, limit: Duration) -> usize {
+    let mut last = BTreeSet::new();
+    let ok = wait_until(limit, || {
+        last = l.arp_macs(ip);
+        last.len() == 1
+    });
+    assert!(ok, "no single answer for {ip}: {last:?}\n{}", l.context());
+    l.node_of_mac(last.iter().next().unwrap())
+        .unwrap_or_else(|| panic!("{last:?} is no node's MAC\n{}", l.context()))
+}
+
+#[test]
+fn one_node_answers_arp_and_ndp_and_a_failover_moves_the_client_without_failback() {
+    let mut l = lab("l2a", &[V4]);
+    l.api.put(l2_service("web", &[V4, V6], false));
+    l.api.put(obj::slice(
+        "default",
+        "web-1",
+        "web",
+        &[("node-a", true), ("node-b", true), ("node-c", true)],
+    ));
+    l.start_all("");
+    let owner = settled(&l, V4, Duration::from_secs(15));
+    // Exactly one MAC, the owner's, for both families (one VIP: the same node).
+    holds_for(Duration::from_secs(2), || {
+        assert_eq!(
+            l.arp_macs(V4),
+            BTreeSet::from([l.macs[owner].clone()]),
+            "{}",
+            l.context()
+        );
+    });
+    let capture = Capture::start(&l.client, &l.client_if, "icmp6 and ip6[40] == 136");
+    let got = l.nd_macs(V6);
+    let na = capture.stop();
+    assert_eq!(
+        got,
+        BTreeSet::from([l.macs[owner].clone()]),
+        "{}",
+        l.context()
+    );
+    assert!(
+        na.contains("neighbor advertisement")
+            && na.contains("tgt is 2001:db8::200")
+            && na.contains("Flags [solicited, override]"),
+        "the advertisement as captured:\n{na}"
+    );
+    assert!(!na.contains("router"), "Router flag clear:\n{na}");
+    assert_eq!(
+        l.owner(V4),
+        Some(owner),
+        "the Lease names the node that answers"
+    );
+    // Through the owner's DNAT to its server.
+    assert_eq!(l.connect(V4), NODES[owner].0, "{}", l.context());
+    assert_eq!(l.client_neigh(V4).as_deref(), Some(l.macs[owner].as_str()));
+    let (_, st) = vipd_status(&l.nodes[owner]);
+    assert!(st.contains("l2: 1 of 1 VIPs answered here"), "{st}");
+
+    // The owner killed: its successor's gratuitous ARP moves the client's
+    // entry (the client sends nothing meanwhile).
+    let gratuitous = Capture::start(&l.client, &l.client_if, "arp");
+    let t = Instant::now();
+    l.kill(owner);
+    let mut moved = None;
+    wait_until(Duration::from_secs(10), || {
+        moved = l.client_neigh(V4).filter(|m| *m != l.macs[owner]);
+        moved.is_some()
+    });
+    let took = t.elapsed();
+    let arp = gratuitous.stop();
+    let Some(mac) = moved else {
+        panic!("the client's entry never moved\n{}", l.context())
+    };
+    let next = l.node_of_mac(&mac).expect("a node's MAC");
+    eprintln!(
+        "failover: the client's neighbour entry moved to {} in {took:?}",
+        NODES[next].0
+    );
+    assert!(
+        took <= Duration::from_secs(LEASE + HEARTBEAT),
+        "failover took {took:?}, over the lease duration plus one heartbeat\n{}",
+        l.context()
+    );
+    assert!(
+        arp.contains(&format!("Request who-has {V4} tell {V4}"))
+            || arp.contains(&format!("Announcement {V4}")),
+        "no gratuitous ARP captured:\n{arp}"
+    );
+    assert_eq!(
+        l.arp_macs(V4),
+        BTreeSet::from([l.macs[next].clone()]),
+        "{}",
+        l.context()
+    );
+    assert_eq!(l.connect(V4), NODES[next].0);
+
+    // The old owner back: nothing moves back.
+    l.start(owner, "");
+    holds_for(Duration::from_secs(2 * LEASE), || {
+        assert_eq!(
+            l.arp_macs(V4),
+            BTreeSet::from([l.macs[next].clone()]),
+            "{}",
+            l.context()
+        );
+    });
+    assert_eq!(l.owner(V4), Some(next));
+}
+
+#[test]
+fn a_deleted_service_goes_silent_and_nothing_is_left_behind() {
+    let mut l = lab("l2b", &[V4]);
+    let sysctls = |l: &L2Lab| -> Vec<String> {
+        (0..NODES.len())
+            .map(|i| {
+                let f = |p: String| {
+                    String::from_utf8_lossy(&l.nodes[i].exec("cat", &[&p]).stdout)
+                        .trim()
+                        .to_string()
+                };
+                let d = &l.ifs[i];
+                format!(
+                    "{} {} {} {}",
+                    f(format!("/proc/sys/net/ipv4/conf/{d}/arp_ignore")),
+                    f(format!("/proc/sys/net/ipv4/conf/{d}/proxy_arp")),
+                    f(format!("/proc/sys/net/ipv6/conf/{d}/proxy_ndp")),
+                    f(format!("/proc/sys/net/ipv4/conf/{d}/arp_announce")),
+                )
+            })
+            .collect()
+    };
+    let before = sysctls(&l);
+    l.api.put(l2_service("web", &[V4, V6], false));
+    l.api
+        .put(obj::slice("default", "web-1", "web", &[("node-a", true)]));
+    l.start_all("");
+    settled(&l, V4, Duration::from_secs(15));
+    l.api.delete(Kind::Service, "default", "web");
+    let t = Instant::now();
+    let silent = wait_until(Duration::from_secs(5), || l.arp_macs(V4).is_empty());
+    assert!(
+        silent,
+        "still answered after the Service was deleted\n{}",
+        l.context()
+    );
+    eprintln!(
+        "silent {:?} after the delete (one arping round included)",
+        t.elapsed()
+    );
+    assert!(l.nd_macs(V6).is_empty());
+    assert!(
+        wait_until(Duration::from_secs(3), || l
+            .claims()
+            .values()
+            .all(|c| c.is_empty())),
+        "a claim is left in a Lease: {:?}",
+        l.claims()
+    );
+    for (ns, (name, _, _)) in l.nodes.iter().zip(NODES) {
+        let a = ns.ip(&["addr", "show"]);
+        assert!(
+            !a.contains(V4) && !a.contains(V6),
+            "an address left on {name}:\n{a}"
+        );
+        let n = ns.ip(&["neigh", "show", "proxy"]);
+        assert!(
+            !n.contains(V4) && !n.contains(V6),
+            "a proxy entry left on {name}:\n{n}"
+        );
+    }
+    assert_eq!(sysctls(&l), before, "a sysctl changed");
+}
+
+#[test]
+fn a_local_vip_follows_its_endpoint_and_a_node_without_one_never_answers() {
+    let mut l = lab("l2c", &[V4]);
+    l.api.put(l2_service("web", &[V4], true));
+    l.api
+        .put(obj::slice("default", "web-1", "web", &[("node-b", true)]));
+    l.start_all("");
+    assert_eq!(
+        settled(&l, V4, Duration::from_secs(15)),
+        1,
+        "{}",
+        l.context()
+    );
+    holds_for(Duration::from_secs(2), || {
+        assert_eq!(l.arp_macs(V4), BTreeSet::from([l.macs[1].clone()]));
+    });
+    l.api
+        .put(obj::slice("default", "web-1", "web", &[("node-c", true)]));
+    let moved = wait_until(Duration::from_secs(10), || {
+        l.arp_macs(V4) == BTreeSet::from([l.macs[2].clone()])
+    });
+    assert!(
+        moved,
+        "the VIP did not follow its endpoint\n{}",
+        l.context()
+    );
+    let (_, e) = vipd_cli(&l.nodes[0], &["explain", "default/web"]);
+    assert!(e.contains("no usable local endpoint"), "{e}");
+}
+
+#[test]
+fn a_hundred_vips_spread_over_three_nodes_and_stay_put_after_a_restart() {
+    let n = 100;
+    let vips: Vec<String> = (0..n).map(|i| format!("192.0.2.{}", 120 + i)).collect();
+    let mut l = lab("l2d", &[]);
+    for (i, v) in vips.iter().enumerate() {
+        l.api.put(l2_service(&format!("s{i}"), &[v], false));
+        l.api.put(obj::slice(
+            "default",
+            &format!("s{i}-1"),
+            &format!("s{i}"),
+            &[("node-a", true)],
+        ));
+    }
+    l.start_all("");
+    // Who owns each VIP: the highest claim in any Lease (a dead node's
+    // stale claims stay in its Lease, below its successors').
+    let counts = |l: &L2Lab| -> BTreeMap<String, usize> {
+        let mut m = BTreeMap::new();
+        for v in &vips {
+            if let Some(o) = l.owner(v) {
+                *m.entry(NODES[o].0.to_string()).or_default() += 1;
+            }
+        }
+        m
+    };
+    let full = |c: &BTreeMap<String, usize>| c.values().sum::<usize>() == n;
+    assert!(
+        wait_until(Duration::from_secs(20), || full(&counts(&l))),
+        "{:?}\n{}",
+        counts(&l),
+        l.context()
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let c = counts(&l);
+    let max = *c.values().max().unwrap() as f64;
+    let mean = n as f64 / NODES.len() as f64;
+    eprintln!("ownership: {c:?}, max/mean {:.2}", max / mean);
+    assert!(max / mean <= 1.25, "max/mean {:.2}: {c:?}", max / mean);
+    // Each VIP answered by its owner alone (a sample).
+    for v in vips.iter().step_by(25) {
+        let o = l.owner(v).unwrap();
+        assert_eq!(
+            l.arp_macs(v),
+            BTreeSet::from([l.macs[o].clone()]),
+            "{v}\n{}",
+            l.context()
+        );
+    }
+    l.kill(1);
+    let spread = wait_until(Duration::from_secs(10), || {
+        let c = counts(&l);
+        !c.contains_key("node-b") && full(&c)
+    });
+    assert!(
+        spread,
+        "node-b's VIPs not taken over: {:?}\n{}",
+        counts(&l),
+        l.context()
+    );
+    let before: BTreeMap<String, Option<usize>> =
+        vips.iter().map(|v| (v.clone(), l.owner(v))).collect();
+    l.start(1, "");
+    std::thread::sleep(Duration::from_secs(2 * LEASE));
+    let after: BTreeMap<String, Option<usize>> =
+        vips.iter().map(|v| (v.clone(), l.owner(v))).collect();
+    assert_eq!(before, after, "VIPs moved back to the restarted node");
+    assert_eq!(counts(&l).get("node-b").copied().unwrap_or(0), 0);
+}
+
+#[test]
+fn a_paused_owner_does_not_answer_what_waited_while_it_was_stopped() {
+    let mut l = lab("l2e", &[V4]);
+    l.api.put(l2_service("web", &[V4], false));
+    l.api
+        .put(obj::slice("default", "web-1", "web", &[("node-a", true)]));
+    l.start_all("");
+    let owner = settled(&l, V4, Duration::from_secs(15));
+    let pid = l.vipds[owner].as_ref().unwrap().proc.pid();
+    // The client keeps asking for the whole run; the owner is stopped past
+    // its lease, so its successor takes over; then it runs again.
+    let capture = Capture::start(&l.client, &l.client_if, "arp");
+    let asking = l
+        .client
+        .command("arping")
+        .args(["-b", "-I", &l.client_if, "-c", "14", V4])
+        .spawn()
+        .unwrap();
+    let asking = ChildGuard(asking);
+    std::thread::sleep(Duration::from_millis(500));
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    std::thread::sleep(Duration::from_secs(LEASE + 3));
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    std::thread::sleep(Duration::from_secs(3));
+    drop(asking);
+    let arp = capture.stop();
+    let old = &l.macs[owner];
+    // After the pause, no reply from the old owner at all.
+    let resumed = arp
+        .lines()
+        .skip_while(|line| !line.contains("is-at") || line.contains(old.as_str()))
+        .collect::<Vec<_>>();
+    assert!(
+        !resumed.is_empty(),
+        "the successor never answered during the run:\n{arp}\n{}",
+        l.context()
+    );
+    let late: Vec<&&str> = resumed
+        .iter()
+        .filter(|line| line.contains("is-at") && line.contains(old.as_str()))
+        .collect();
+    assert!(
+        late.is_empty(),
+        "the paused owner answered after its successor took over: {late:?}\n{arp}\n{}",
+        l.context()
+    );
+    let next = settled(&l, V4, Duration::from_secs(5));
+    assert_ne!(next, owner, "{}", l.context());
+    assert!(l.vipds[owner]
+        .as_ref()
+        .unwrap()
+        .log()
+        .contains("did not run for longer than a heartbeat"));
+}
+
+/// A child process killed when dropped.
+struct ChildGuard(std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// tcpdump on the client's interface, with the link-level header.
+struct Capture {
+    child: ChildGuard,
+    out: std::path::PathBuf,
+}
+
+impl Capture {
+    fn start(ns: &Netns, dev: &str, filter: &str) -> Capture {
+        let out = std::env::temp_dir().join(unique("l2cap"));
+        let f = std::fs::File::create(&out).unwrap();
+        let child = ns
+            .command("tcpdump")
+            .args(["-l", "-n", "-e", "-vv", "-i", dev, filter])
+            .stdout(f)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // tcpdump needs a moment before it sees packets.
+        std::thread::sleep(Duration::from_millis(700));
+        Capture {
+            child: ChildGuard(child),
+            out,
+        }
+    }
+
+    fn stop(self) -> String {
+        std::thread::sleep(Duration::from_millis(300));
+        unsafe { libc::kill(self.child.0.id() as i32, libc::SIGINT) };
+        std::thread::sleep(Duration::from_millis(200));
+        drop(self.child);
+        let s = std::fs::read_to_string(&self.out).unwrap_or_default();
+        let _ = std::fs::remove_file(&self.out);
+        s
+    }
+}
