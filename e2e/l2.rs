@@ -342,6 +342,22 @@ fn one_node_answers_arp_and_ndp_and_a_failover_moves_the_client_without_failback
     assert_eq!(l.client_neigh(V4).as_deref(), Some(l.macs[owner].as_str()));
     let (_, st) = vipd_status(&l.nodes[owner]);
     assert!(st.contains("l2: 1 of 1 VIPs answered here"), "{st}");
+    let m = status_get(&l.nodes[owner], "/metrics");
+    assert!(m.contains("vipd_l2_vips_owned 1"), "{m}");
+    let sent = m
+        .lines()
+        .find_map(|x| x.strip_prefix("vipd_l2_announcements_total "))
+        .and_then(|n| n.trim().parse::<u64>().ok());
+    assert!(sent.is_some_and(|n| n >= 1), "announcements: {sent:?}");
+    let other = (owner + 1) % NODES.len();
+    let (_, e) = vipd_cli(&l.nodes[other], &["explain", "default/web"]);
+    assert!(
+        e.contains(&format!(
+            "L2: owner {} (epoch 1); this node ranks",
+            NODES[owner].0
+        )),
+        "{e}"
+    );
 
     // The owner killed: its successor's gratuitous ARP moves the client's
     // entry (the client sends nothing meanwhile).
@@ -657,4 +673,134 @@ impl Capture {
         let _ = std::fs::remove_file(&self.out);
         s
     }
+}
+
+/// The frames of a capture that are ARP replies for `ip` from `mac`, and
+/// gratuitous ARPs for it from `mac`, by their tcpdump time of day (s).
+fn arp_times(capture: &str, ip: &str, mac: &str, gratuitous: bool) -> Vec<f64> {
+    capture
+        .lines()
+        .filter(|l| l.contains(&format!(" {mac} > ")))
+        .filter(|l| {
+            if gratuitous {
+                l.contains(&format!("Request who-has {ip} tell {ip}"))
+            } else {
+                l.contains(&format!("Reply {ip} is-at"))
+            }
+        })
+        .filter_map(|l| {
+            let t = l.split_whitespace().next()?;
+            let mut p = t.split(':');
+            let (h, m, s): (f64, f64, f64) = (
+                p.next()?.parse().ok()?,
+                p.next()?.parse().ok()?,
+                p.next()?.parse().ok()?,
+            );
+            Some(h * 3600.0 + m * 60.0 + s)
+        })
+        .collect()
+}
+
+#[test]
+fn an_owner_cut_off_from_the_api_answers_until_its_successor_announces_then_yields() {
+    let mut l = lab("l2f", &[V4]);
+    l.api.put(l2_service("web", &[V4], false));
+    l.api
+        .put(obj::slice("default", "web-1", "web", &[("node-a", true)]));
+    l.start_all("");
+    let owner = settled(&l, V4, Duration::from_secs(15));
+    let capture = Capture::start(&l.client, &l.client_if, "arp");
+    // The client asks by broadcast every second all along.
+    let asking = l
+        .client
+        .command("arping")
+        .args(["-b", "-I", &l.client_if, "-c", "12", V4])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let asking = ChildGuard(asking);
+    l.api.set_partitioned(NODES[owner].1.parse().unwrap(), true);
+    std::thread::sleep(Duration::from_secs(11));
+    drop(asking);
+    let arp = capture.stop();
+    let old = &l.macs[owner];
+    let next = settled(&l, V4, Duration::from_secs(3));
+    assert_ne!(next, owner, "{}", l.context());
+    let first_garp = arp_times(&arp, V4, &l.macs[next], true);
+    let old_replies = arp_times(&arp, V4, old, false);
+    let Some(taken) = first_garp.first() else {
+        panic!(
+            "no gratuitous ARP from the successor:\n{arp}\n{}",
+            l.context()
+        )
+    };
+    assert!(
+        old_replies.iter().any(|t| t < taken),
+        "the cut-off owner stopped answering before anyone took over (a black hole):\n{arp}"
+    );
+    let late: Vec<&f64> = old_replies.iter().filter(|t| **t > taken + 0.1).collect();
+    assert!(
+        late.is_empty(),
+        "the old owner answered {late:?} after the successor's announcement at {taken}:\n{arp}\n{}",
+        l.context()
+    );
+    let log = l.vipds[owner].as_ref().unwrap().log();
+    assert!(log.contains("yielding it"), "{}", l.context());
+    // The partition over: it stays with the successor.
+    l.api
+        .set_partitioned(NODES[owner].1.parse().unwrap(), false);
+    holds_for(Duration::from_secs(2 * LEASE), || {
+        assert_eq!(
+            l.arp_macs(V4),
+            BTreeSet::from([l.macs[next].clone()]),
+            "{}",
+            l.context()
+        );
+    });
+}
+
+#[test]
+fn with_the_whole_api_down_every_vip_keeps_exactly_one_owner() {
+    let down: u64 = knob("VIPD_L2_API_DOWN_SECS", 120);
+    let vips = ["192.0.2.200", "192.0.2.201", "192.0.2.202", "192.0.2.203"];
+    let mut l = lab("l2g", &vips);
+    for (i, v) in vips.iter().enumerate() {
+        l.api.put(l2_service(&format!("s{i}"), &[v], false));
+        l.api.put(obj::slice(
+            "default",
+            &format!("s{i}-1"),
+            &format!("s{i}"),
+            &[("node-a", true)],
+        ));
+    }
+    l.start_all("");
+    let before: Vec<usize> = vips
+        .iter()
+        .map(|v| settled(&l, v, Duration::from_secs(15)))
+        .collect();
+    l.api.set_down(true);
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(down) {
+        for (v, o) in vips.iter().zip(&before) {
+            assert_eq!(
+                l.arp_macs(v),
+                BTreeSet::from([l.macs[*o].clone()]),
+                "{v} after {:?} without the API\n{}",
+                t.elapsed(),
+                l.context()
+            );
+        }
+        std::thread::sleep(Duration::from_secs(5));
+    }
+    l.api.set_down(false);
+    holds_for(Duration::from_secs(2 * LEASE), || {
+        for (v, o) in vips.iter().zip(&before) {
+            assert_eq!(
+                l.arp_macs(v),
+                BTreeSet::from([l.macs[*o].clone()]),
+                "{v} once the API is back\n{}",
+                l.context()
+            );
+        }
+    });
 }

@@ -16,7 +16,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
 
-const OVERLAYS: [&str; 3] = ["plain", "control-plane", "allocator"];
+const OVERLAYS: [&str; 4] = ["plain", "control-plane", "allocator", "l2"];
 
 /// `kubectl kustomize` of one overlay, as documents.
 fn documents(overlay: &str) -> Vec<Value> {
@@ -136,6 +136,15 @@ const IPAM_GRANTS: [(&str, &str, &str, &str); 3] = [
     ("coordination.k8s.io", "leases", "update", "vipd-ipam"),
 ];
 
+/// `[l2]`: each node's Lease, whose name RBAC cannot tie to the node.
+const L2_GRANTS: [(&str, &str, &str, &str); 5] = [
+    ("coordination.k8s.io", "leases", "create", "*"),
+    ("coordination.k8s.io", "leases", "get", "*"),
+    ("coordination.k8s.io", "leases", "update", "*"),
+    ("coordination.k8s.io", "leases", "list", "*"),
+    ("coordination.k8s.io", "leases", "watch", "*"),
+];
+
 #[test]
 fn every_overlay_is_its_types_and_rbac_is_least_privilege() {
     for o in OVERLAYS {
@@ -143,7 +152,9 @@ fn every_overlay_is_its_types_and_rbac_is_least_privilege() {
         let cfg = vipd::config::Config::from_toml_str_on(&toml, Some("node-a"))
             .unwrap_or_else(|p| panic!("{o}: the ConfigMap's TOML: {p}"));
         let ipam = o == "allocator";
+        let l2 = o == "l2";
         assert_eq!(cfg.ipam.is_some(), ipam, "{o}");
+        assert_eq!(cfg.l2.is_some(), l2, "{o}");
         daemonset(o, &ds);
         // What vipd calls: list and watch Services, EndpointSlices and its
         // Node; create, list, get and patch Events; with [ipam], patch Service status and get,
@@ -160,13 +171,16 @@ fn every_overlay_is_its_types_and_rbac_is_least_privilege() {
             want.extend(set(&[("", "services/status", "patch", "*")]));
             kinds_want.extend(["ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"]);
         }
+        if l2 {
+            kinds_want.extend(["Role", "RoleBinding"]);
+        }
         kinds_want.sort();
         assert_eq!(kinds, kinds_want, "{o}");
         assert_eq!(cluster, want, "{o}");
-        let role_want = if ipam {
-            set(&IPAM_GRANTS)
-        } else {
-            Grants::new()
+        let role_want = match (ipam, l2) {
+            (true, _) => set(&IPAM_GRANTS),
+            (_, true) => set(&L2_GRANTS),
+            _ => Grants::new(),
         };
         assert_eq!(role, role_want, "{o}");
     }
@@ -193,6 +207,15 @@ fn daemonset(o: &str, ds: &DaemonSet) {
         Some("system-node-critical")
     );
     let c = &pod.containers[0];
+    let caps = (c.security_context.as_ref())
+        .and_then(|s| s.capabilities.as_ref())
+        .and_then(|c| c.add.clone())
+        .unwrap_or_default();
+    assert_eq!(
+        caps.contains(&"NET_RAW".to_string()),
+        o == "l2",
+        "{o}: packet sockets for ARP and NDP with [l2] only: {caps:?}"
+    );
     assert_eq!(
         c.image.as_deref(),
         Some("vipd:0.1.0"),
@@ -245,6 +268,9 @@ fn daemonset(o: &str, ds: &DaemonSet) {
 fn shipped_grants() -> Grants {
     let (_, mut cluster, role, _, _) = read("allocator");
     cluster.extend(role);
+    let (_, l2_cluster, l2_role, _, _) = read("l2");
+    cluster.extend(l2_cluster);
+    cluster.extend(l2_role);
     cluster
 }
 

@@ -68,6 +68,12 @@ pub struct State {
     /// it out).
     warming: Option<Instant>,
     listed: bool,
+    /// Renewals came back after failing: the Leases are to be read again
+    /// (a watch may have hung through it), and for a lease duration after
+    /// that, silence from the other nodes is no sign they are gone.
+    need_relist: bool,
+    relist_asked: bool,
+    recovered: Option<Instant>,
 }
 
 /// What `me` answers for, and why, for `vipd status` and `explain`.
@@ -108,6 +114,9 @@ impl State {
             claims_written: 0,
             warming: None,
             listed: true,
+            need_relist: false,
+            relist_asked: false,
+            recovered: None,
         }
     }
 
@@ -165,10 +174,23 @@ impl State {
 
     /// A list of the Leases ended: what was not in it is gone, and a pause
     /// is over.
-    pub fn relisted(&mut self, listed: &BTreeSet<String>) {
+    pub fn relisted(&mut self, listed: &BTreeSet<String>, now: Instant) {
         self.peers.retain(|n, _| listed.contains(n));
         self.paused = false;
         self.listed = true;
+        if std::mem::take(&mut self.need_relist) {
+            self.recovered = Some(now);
+        }
+        self.relist_asked = false;
+        // A fresh view: the epochs decide again.
+        self.yielded.clear();
+    }
+
+    /// Once after renewals came back: the caller reads the Leases again.
+    pub fn relist_due(&mut self) -> bool {
+        let due = self.need_relist && !self.relist_asked;
+        self.relist_asked |= due;
+        due
     }
 
     pub fn paused(&self) -> bool {
@@ -215,13 +237,26 @@ impl State {
             .collect()
     }
 
+    /// Whether this node's own view of the API is in doubt: it cannot
+    /// renew, or has just come back. Then the other nodes' silence says
+    /// nothing about them, and none is judged gone: an API outage moves
+    /// no VIP, and a node cut off alone keeps what it has.
+    fn in_doubt(&self, now: Instant) -> bool {
+        self.cut_off(now)
+            || self.need_relist
+            || self
+                .recovered
+                .is_some_and(|t| now < t + self.lease_duration)
+    }
+
     fn views(&self, now: Instant) -> Vec<NodeView> {
+        let doubt = self.in_doubt(now);
         let mut v: Vec<NodeView> = self
             .peers
             .iter()
             .map(|(name, p)| NodeView {
                 name: name.clone(),
-                alive: now.saturating_duration_since(p.seen) <= self.lease_duration,
+                alive: doubt || now.saturating_duration_since(p.seen) <= self.lease_duration,
                 ready: p.record.not_ready.is_none(),
                 starting: p.record.not_ready.as_deref() == Some(STARTING),
                 local: p.record.local.clone(),
@@ -335,12 +370,14 @@ impl State {
 
     /// A write sent at `sent` succeeded.
     pub fn wrote(&mut self, r: Record, sent: Instant) {
+        if self.renewed.is_some() && self.cut_off(sent) {
+            self.need_relist = true;
+        }
         if self.written.as_ref().map(|w| &w.claims) != Some(&r.claims) {
             self.claims_written += 1;
         }
         self.written = Some(r);
         self.renewed = Some(sent);
-        self.yielded.clear();
     }
 
     /// Whether renewals are failing: nothing written for two heartbeats.
@@ -514,7 +551,7 @@ mod tests {
             "stopped for four seconds"
         );
         assert_eq!(s.decide(t0 + Duration::from_secs(5)), Some(BTreeSet::new()));
-        s.relisted(&BTreeSet::new());
+        s.relisted(&BTreeSet::new(), t0);
         assert_eq!(
             s.decide(t0 + Duration::from_secs(5)),
             Some([ip("192.0.2.10")].into())
@@ -599,10 +636,46 @@ mod tests {
         s.tick(t0 + Duration::from_millis(3000));
         s.decide(t0 + Duration::from_millis(3000));
         assert!(s.record().claims.is_empty());
-        s.relisted(&BTreeSet::new());
+        s.relisted(&BTreeSet::new(), t0);
         s.tick(t0 + Duration::from_millis(3100));
         s.decide(t0 + Duration::from_millis(3100));
         assert_eq!(s.record().claims.len(), 1);
+    }
+
+    #[test]
+    fn cut_off_from_the_api_a_node_judges_no_other_gone() {
+        let t0 = Instant::now();
+        let mut s = State::new("a", &cfg());
+        s.set_services(services(&["192.0.2.10"]));
+        let b = Record {
+            claims: [(ip("192.0.2.10"), 4)].into(),
+            ..Record::default()
+        };
+        s.lease("b", b, "1", t0);
+        s.wrote(s.record(), t0);
+        // Ten seconds without a renewal of its own, nor a word from b: b
+        // keeps its VIP in a's view; a claims nothing.
+        let later = t0 + Duration::from_secs(10);
+        s.decide(later);
+        assert!(s.record().claims.is_empty());
+        // Back: the Leases are to be read again, and until then and a
+        // lease duration after, b is not judged gone.
+        s.wrote(s.record(), later);
+        assert!(s.relist_due());
+        assert!(!s.relist_due(), "asked once");
+        s.wrote(s.record(), later + Duration::from_millis(1500));
+        s.decide(later + Duration::from_secs(2));
+        assert!(s.record().claims.is_empty());
+        s.relisted(&["b".to_string()].into(), later + Duration::from_secs(2));
+        s.wrote(s.record(), later + Duration::from_secs(3));
+        s.decide(later + Duration::from_secs(4));
+        assert!(
+            s.record().claims.is_empty(),
+            "a lease duration after the list"
+        );
+        s.wrote(s.record(), later + Duration::from_secs(5));
+        s.decide(later + Duration::from_millis(5500));
+        assert_eq!(s.record().claims, [(ip("192.0.2.10"), 5)].into());
     }
 
     #[test]
@@ -617,8 +690,13 @@ mod tests {
         s.lease("b", b.clone(), "1", t0);
         s.decide(t0);
         assert!(s.record().claims.is_empty(), "b holds it");
-        // The same version again is not a renewal.
+        // The same version again is not a renewal. This node renews all
+        // along (a node that cannot judges nobody gone).
+        s.wrote(s.record(), t0);
         s.lease("b", b, "1", t0 + Duration::from_secs(2));
+        for t in [1, 2, 3, 4] {
+            s.wrote(s.record(), t0 + Duration::from_secs(t));
+        }
         s.decide(t0 + Duration::from_secs(4));
         assert_eq!(s.record().claims, [(ip("192.0.2.10"), 5)].into());
     }

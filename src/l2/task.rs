@@ -138,6 +138,9 @@ struct Run {
     facts_at: Instant,
     reported: BTreeSet<(IpAddr, String)>,
     stop_at: Option<Instant>,
+    /// When the Lease watch last said anything (this node's own renewals
+    /// included: a live watch speaks every heartbeat).
+    last_event: Instant,
 }
 
 impl Io {
@@ -159,7 +162,10 @@ impl Io {
         loop {
             tokio::select! {
                 _ = tick.tick() => if r.on_tick() { break },
-                Some(ev) = events.recv() => apply(&mut r.st, ev, &mut r.listing),
+                Some(ev) = events.recv() => {
+                    r.last_event = Instant::now();
+                    apply(&mut r.st, ev, &mut r.listing);
+                }
                 Ok(()) = wants.changed() => {
                     r.st.set_services(wants.borrow_and_update().clone());
                     r.refresh_facts();
@@ -210,6 +216,7 @@ impl Run {
             facts_at: Instant::now(),
             reported: BTreeSet::new(),
             stop_at: None,
+            last_event: Instant::now(),
         }
     }
 
@@ -219,9 +226,14 @@ impl Run {
         let now = Instant::now();
         if self.st.tick(now.into_std()) {
             warn!("L2: this process did not run for longer than a heartbeat: answering nothing until the Leases are read again");
-            // The old watch dropped first: its task ends.
-            drop(self.lease_watch.take());
-            self.lease_watch = Some(self.io.watch(self.events_tx.clone()));
+            self.relist();
+        }
+        let quiet = now.saturating_duration_since(self.last_event);
+        if !self.st.cut_off(now.into_std())
+            && quiet > self.io.cfg.lease_duration + self.io.cfg.heartbeat
+        {
+            warn!(secs = quiet.as_secs(), "L2: the Lease watch has said nothing while this node renews: reading the Leases again");
+            self.relist();
         }
         self.st.carrier = carrier(&self.ports, &self.problems);
         if now >= self.facts_at {
@@ -237,6 +249,14 @@ impl Run {
         }
         self.stop_at
             .is_some_and(|t| now >= t || self.st.handed_over())
+    }
+
+    /// The Lease watch started again: a new list, then changes.
+    fn relist(&mut self) {
+        // The old watch dropped first: its task ends.
+        drop(self.lease_watch.take());
+        self.lease_watch = Some(self.io.watch(self.events_tx.clone()));
+        self.last_event = Instant::now();
     }
 
     fn refresh_facts(&mut self) {
@@ -257,6 +277,10 @@ impl Run {
             Ok((rec, sent, Ok(v))) => {
                 self.version = Some(v);
                 self.st.wrote(rec, sent.into_std());
+                if self.st.relist_due() {
+                    info!("L2: renewing again after failing: reading the Leases again");
+                    self.relist();
+                }
             }
             Ok((_, _, Err(e))) => {
                 warn!(error = %e, "L2: writing this node's Lease");
@@ -466,7 +490,7 @@ fn apply(st: &mut State, ev: LeaseEvent, listing: &mut Option<BTreeSet<String>>)
             }
         }
         Ok(watcher::Event::InitDone) => {
-            st.relisted(&listing.take().unwrap_or_default());
+            st.relisted(&listing.take().unwrap_or_default(), now);
         }
         Ok(watcher::Event::Apply(l)) => {
             seen(st, &l);
