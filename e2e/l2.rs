@@ -438,18 +438,41 @@ fn a_deleted_service_goes_silent_and_nothing_is_left_behind() {
         .put(obj::slice("default", "web-1", "web", &[("node-a", true)]));
     l.start_all("");
     settled(&l, V4, Duration::from_secs(15));
+    // The client asks all along; the replies must stop within a second of
+    // the delete.
+    let capture = Capture::start(&l.client, &l.client_if, "arp");
+    let asking = l
+        .client
+        .command("arping")
+        .args(["-b", "-I", &l.client_if, "-c", "6", V4])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let asking = ChildGuard(asking);
+    std::thread::sleep(Duration::from_millis(1500));
+    let deleted = unix_now();
     l.api.delete(Kind::Service, "default", "web");
-    let t = Instant::now();
-    let silent = wait_until(Duration::from_secs(5), || l.arp_macs(V4).is_empty());
+    std::thread::sleep(Duration::from_secs(4));
+    drop(asking);
+    let arp = capture.stop();
+    let replies: Vec<f64> = (0..NODES.len())
+        .flat_map(|i| arp_times(&arp, V4, &l.macs[i], false))
+        .collect();
     assert!(
-        silent,
-        "still answered after the Service was deleted\n{}",
+        replies.iter().any(|t| *t < deleted),
+        "no reply before the delete:\n{arp}"
+    );
+    let late: Vec<f64> = replies
+        .iter()
+        .filter(|t| **t > deleted + 1.0)
+        .map(|t| t - deleted)
+        .collect();
+    assert!(
+        late.is_empty(),
+        "answered {late:?} s after the delete:\n{arp}\n{}",
         l.context()
     );
-    eprintln!(
-        "silent {:?} after the delete (one arping round included)",
-        t.elapsed()
-    );
+    assert!(l.arp_macs(V4).is_empty(), "still answered\n{}", l.context());
     assert!(l.nd_macs(V6).is_empty());
     assert!(
         wait_until(Duration::from_secs(3), || l
@@ -477,6 +500,9 @@ fn a_deleted_service_goes_silent_and_nothing_is_left_behind() {
 #[test]
 fn a_local_vip_follows_its_endpoint_and_a_node_without_one_never_answers() {
     let mut l = lab("l2c", &[V4]);
+    // An API server without streaming lists (before 1.27, or the feature
+    // off): the Leases are listed page by page (what the RBAC's `list` is for).
+    l.api.set_watch_list(false);
     l.api.put(l2_service("web", &[V4], true));
     l.api
         .put(obj::slice("default", "web-1", "web", &[("node-b", true)]));
@@ -629,6 +655,13 @@ fn a_paused_owner_does_not_answer_what_waited_while_it_was_stopped() {
         .contains("did not run for longer than a heartbeat"));
 }
 
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
 /// A child process killed when dropped.
 struct ChildGuard(std::process::Child);
 
@@ -651,7 +684,7 @@ impl Capture {
         let f = std::fs::File::create(&out).unwrap();
         let child = ns
             .command("tcpdump")
-            .args(["-l", "-n", "-e", "-vv", "-i", dev, filter])
+            .args(["-l", "-n", "-tt", "-e", "-vv", "-i", dev, filter])
             .stdout(f)
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -676,7 +709,7 @@ impl Capture {
 }
 
 /// The frames of a capture that are ARP replies for `ip` from `mac`, and
-/// gratuitous ARPs for it from `mac`, by their tcpdump time of day (s).
+/// gratuitous ARPs for it from `mac`, by their capture time (Unix seconds).
 fn arp_times(capture: &str, ip: &str, mac: &str, gratuitous: bool) -> Vec<f64> {
     capture
         .lines()
@@ -688,16 +721,7 @@ fn arp_times(capture: &str, ip: &str, mac: &str, gratuitous: bool) -> Vec<f64> {
                 l.contains(&format!("Reply {ip} is-at"))
             }
         })
-        .filter_map(|l| {
-            let t = l.split_whitespace().next()?;
-            let mut p = t.split(':');
-            let (h, m, s): (f64, f64, f64) = (
-                p.next()?.parse().ok()?,
-                p.next()?.parse().ok()?,
-                p.next()?.parse().ok()?,
-            );
-            Some(h * 3600.0 + m * 60.0 + s)
-        })
+        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
         .collect()
 }
 
@@ -803,4 +827,181 @@ fn with_the_whole_api_down_every_vip_keeps_exactly_one_owner() {
             );
         }
     });
+}
+
+/// Every ARP request the client broadcast in `capture` got a reply before
+/// its next request (from whichever node): no gap in the answers.
+fn unanswered(capture: &str) -> Vec<String> {
+    let lines: Vec<&str> = capture.lines().filter(|l| l.contains("ARP")).collect();
+    let mut missed = vec![];
+    for (i, l) in lines.iter().enumerate() {
+        if !l.contains(&format!(
+            "Request who-has {V4} (ff:ff:ff:ff:ff:ff) tell 192.0.2.50"
+        )) {
+            continue;
+        }
+        let answered = lines[i + 1..]
+            .iter()
+            .take_while(|x| !x.contains("tell 192.0.2.50"))
+            .any(|x| x.contains(&format!("Reply {V4} is-at")));
+        if !answered && i + 1 < lines.len() {
+            missed.push(l.to_string());
+        }
+    }
+    missed
+}
+
+fn cordoned(name: &str, v4: &str, v6: &str) -> Value {
+    let mut n = obj::node(name, &[v4, v6]);
+    n["spec"] = json!({"unschedulable": true});
+    n
+}
+
+#[test]
+fn a_drained_then_stopped_owner_hands_over_without_a_gap() {
+    let mut l = lab("l2h", &[V4]);
+    l.api.put(l2_service("web", &[V4], false));
+    l.api
+        .put(obj::slice("default", "web-1", "web", &[("node-a", true)]));
+    l.start_all("[drain]\n");
+    let first = settled(&l, V4, Duration::from_secs(15));
+    let capture = Capture::start(&l.client, &l.client_if, "arp");
+    let asking = l
+        .client
+        .command("arping")
+        .args(["-b", "-I", &l.client_if, "-c", "16", V4])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let asking = ChildGuard(asking);
+    std::thread::sleep(Duration::from_secs(2));
+    // Cordoned: drained, the successor claims first.
+    let (name, v4, v6) = NODES[first];
+    l.api.put(cordoned(name, v4, v6));
+    let mut second = first;
+    let moved = wait_until(Duration::from_secs(8), || {
+        second = l.owner(V4).unwrap_or(first);
+        second != first
+    });
+    assert!(moved, "the drained owner kept its VIP\n{}", l.context());
+    std::thread::sleep(Duration::from_secs(3));
+    // Stopped (SIGTERM): the same, to the third node.
+    let t = Instant::now();
+    if let Some(mut v) = l.vipds[second].take() {
+        v.proc.stop(Duration::from_secs(10));
+    }
+    let stopped = t.elapsed();
+    std::thread::sleep(Duration::from_secs(3));
+    drop(asking);
+    let arp = capture.stop();
+    let third = l.owner(V4).unwrap();
+    assert!(third != first && third != second, "{}", l.context());
+    let missed = unanswered(&arp);
+    assert!(
+        missed.is_empty(),
+        "requests left unanswered during the handovers: {missed:?}\n{arp}\n{}",
+        l.context()
+    );
+    eprintln!("handover on SIGTERM: vipd exited {stopped:?} after the signal");
+    assert!(
+        stopped < Duration::from_secs(LEASE + 2 * HEARTBEAT),
+        "stopping took {stopped:?}"
+    );
+    assert_eq!(l.arp_macs(V4), BTreeSet::from([l.macs[third].clone()]));
+}
+
+#[test]
+fn an_owner_losing_carrier_goes_silent_at_once_and_gets_nothing_back() {
+    let mut l = lab("l2i", &[V4]);
+    l.api.put(l2_service("web", &[V4], false));
+    l.api
+        .put(obj::slice("default", "web-1", "web", &[("node-a", true)]));
+    l.start_all("");
+    let owner = settled(&l, V4, Duration::from_secs(15));
+    let t = Instant::now();
+    l.nodes[owner].ip(&["link", "set", &l.ifs[owner], "down"]);
+    let silent = wait_until(Duration::from_secs(2), || {
+        vipd_status(&l.nodes[owner])
+            .1
+            .contains("l2: 0 of 1 VIPs answered here")
+    });
+    let gave_up = t.elapsed();
+    assert!(silent, "{}", l.context());
+    eprintln!("carrier lost: the owner gave its VIP up within {gave_up:?} (status polled)");
+    assert!(gave_up < Duration::from_millis(500), "{gave_up:?}");
+    let mut next = owner;
+    let taken = wait_until(Duration::from_secs(LEASE + HEARTBEAT + 2), || {
+        let m = l.arp_macs(V4);
+        next = m
+            .iter()
+            .next()
+            .and_then(|m| l.node_of_mac(m))
+            .unwrap_or(owner);
+        m.len() == 1 && next != owner
+    });
+    assert!(
+        taken,
+        "no successor after the carrier loss\n{}",
+        l.context()
+    );
+    l.nodes[owner].ip(&["link", "set", &l.ifs[owner], "up"]);
+    holds_for(Duration::from_secs(2 * LEASE), || {
+        assert_eq!(
+            l.arp_macs(V4),
+            BTreeSet::from([l.macs[next].clone()]),
+            "{}",
+            l.context()
+        );
+    });
+}
+
+#[test]
+fn a_node_whose_kernel_would_answer_too_refuses_with_an_event_and_never_answers() {
+    let mut l = lab("l2j", &[V4]);
+    // proxy_arp on node-b's L2 interface: the kernel answers for others.
+    let key = format!("net.ipv4.conf.{}.proxy_arp=1", l.ifs[1]);
+    let out = l.nodes[1].exec("sysctl", &["-w", &key]);
+    assert!(out.status.success(), "{out:?}");
+    let mut names = vec![];
+    for i in 0..6 {
+        let v = format!("192.0.2.{}", 210 + i);
+        l.api.put(l2_service(&format!("s{i}"), &[&v], false));
+        l.api.put(obj::slice(
+            "default",
+            &format!("s{i}-1"),
+            &format!("s{i}"),
+            &[("node-a", true)],
+        ));
+        names.push(v);
+    }
+    l.start_all("");
+    for v in &names {
+        let o = settled(&l, v, Duration::from_secs(15));
+        assert_ne!(
+            o,
+            1,
+            "{v} answered by the node that refuses it\n{}",
+            l.context()
+        );
+    }
+    let refused = wait_until(Duration::from_secs(5), || {
+        l.api.events().iter().any(|e| {
+            e["reason"] == "L2Refused"
+                && e["involvedObject"]["kind"] == "Node"
+                && e["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("proxy_arp is on"))
+        })
+    });
+    assert!(refused, "no L2Refused Event: {:?}", l.api.events());
+    let lease = l
+        .api
+        .get(Kind::Lease, "kube-system", "vipd-l2-node-b")
+        .unwrap();
+    let r = lease["metadata"]["annotations"]["vipd.io/l2-refused"]
+        .as_str()
+        .unwrap_or("");
+    assert!(r.contains("192.0.2.210"), "{lease}");
+    let (_, e) = vipd_cli(&l.nodes[1], &["explain", "default/s0"]);
+    assert!(e.contains("proxy_arp is on"), "{e}");
 }

@@ -43,7 +43,7 @@ pub struct State {
     services: Arc<BTreeMap<Key, L2Want>>,
     vips: Vec<Vip>,
     /// This node's facts.
-    pub carrier: Result<(), String>,
+    carrier: Result<(), String>,
     pub draining: bool,
     pub stopping: bool,
     /// Addresses this node cannot answer for, and why.
@@ -222,6 +222,19 @@ impl State {
             _ if self.warming.is_some() => Some(STARTING.into()),
             _ => None,
         }
+    }
+
+    /// Carrier on the L2 interfaces, or why not. Back after a loss, this
+    /// node saw nothing of the segment or (often) the API meanwhile: it
+    /// answers nothing until it has read the Leases again, as after a
+    /// pause. Returns true when they are to be read again.
+    pub fn set_carrier(&mut self, c: Result<(), String>) -> bool {
+        let back = self.carrier.is_err() && c.is_ok();
+        self.carrier = c;
+        if back {
+            self.paused = true;
+        }
+        back
     }
 
     /// Handing over: answering until a successor holds it.
@@ -595,8 +608,13 @@ mod tests {
         s.decide(t0);
         s.wrote(s.record(), t0);
         s.decide(t0);
-        s.carrier = Err("carrier down on eth0".into());
+        s.set_carrier(Err("carrier down on eth0".into()));
         assert_eq!(s.decide(t0), Some(BTreeSet::new()));
+        // Back: nothing until the Leases are read again.
+        assert!(s.set_carrier(Ok(())));
+        assert_eq!(s.decide(t0), None);
+        s.relisted(&BTreeSet::new(), t0);
+        assert_eq!(s.decide(t0), Some([ip("192.0.2.10")].into()));
     }
 
     #[test]

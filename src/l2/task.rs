@@ -235,7 +235,10 @@ impl Run {
             warn!(secs = quiet.as_secs(), "L2: the Lease watch has said nothing while this node renews: reading the Leases again");
             self.relist();
         }
-        self.st.carrier = carrier(&self.ports, &self.problems);
+        if self.st.set_carrier(carrier(&self.ports, &self.problems)) {
+            info!("L2: carrier back: reading the Leases again before answering");
+            self.relist();
+        }
         if now >= self.facts_at {
             self.refresh_facts();
         }
