@@ -234,7 +234,7 @@ pub fn decide(me: &str, nodes: &[NodeView], vips: &[Vip]) -> Vec<Decision> {
             order.len(),
         ));
         if out[i].is_none() {
-            let epoch = holders[i].map_or(1, |(_, e)| e + 1);
+            let epoch = holders[i].map_or(1, |(_, e)| e.saturating_add(1));
             out[i] = Some(designate(&order, &mut load, cap, epoch));
         }
     }
@@ -554,6 +554,45 @@ mod tests {
         assert!(ds
             .iter()
             .all(|d| !matches!(&d.state, State::Held { owner, .. } if owner != "a")));
+    }
+
+    /// The ranking, not the cap, spreads the VIPs: each node comes first
+    /// for about a third of them, and a node leaving moves only the VIPs
+    /// it ranked first for.
+    #[test]
+    fn each_node_ranks_first_for_its_share_and_a_leaving_node_moves_only_its_own() {
+        let names = ["node-a", "node-b", "node-c"];
+        let v: Vec<Vip> = (0..300)
+            .map(|i| vip(&format!("100.64.{}.{}", i / 250, i % 250)))
+            .collect();
+        let first = |nodes: &[NodeView]| -> Vec<String> {
+            v.iter()
+                .map(|x| {
+                    nodes
+                        .iter()
+                        .max_by_key(|n| (score(x.lead(), &n.name), n.name.clone()))
+                        .unwrap()
+                        .name
+                        .clone()
+                })
+                .collect()
+        };
+        let all: Vec<NodeView> = names.iter().map(|n| node(n)).collect();
+        let firsts = first(&all);
+        for n in names {
+            let c = firsts.iter().filter(|f| *f == n).count();
+            assert!((70..=130).contains(&c), "{n} first for {c} of 300");
+        }
+        for (i, d) in decide("node-a", &all, &v).iter().enumerate() {
+            assert_eq!(d.rank == Some(1), firsts[i] == "node-a");
+        }
+        let without_c = first(&all[..2]);
+        for (a, b) in firsts.iter().zip(&without_c) {
+            assert!(
+                a == b || a == "node-c",
+                "{a} -> {b}: a VIP moved that node-c did not hold"
+            );
+        }
     }
 
     #[test]

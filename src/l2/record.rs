@@ -18,6 +18,10 @@ pub const LABEL: &str = "vipd.io/l2";
 /// More entries than any node could hold (a Lease's annotations are at
 /// most 256 KiB): the rest of a longer list is ignored.
 const MAX_ENTRIES: usize = 16_384;
+/// Epochs grow by one per takeover: one past this was written by hand, and
+/// honoured it would leave no room above it (a VIP stuck with a dead
+/// node's claim).
+pub const MAX_EPOCH: u64 = 1 << 53;
 
 /// One node's record.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -61,10 +65,11 @@ pub fn read(annotations: &BTreeMap<String, String>) -> (Record, usize) {
         .filter(|e| !e.is_empty())
         .take(MAX_ENTRIES)
     {
-        match e
-            .split_once('=')
-            .and_then(|(a, n)| Some((a.trim().parse().ok()?, n.trim().parse().ok()?)))
-        {
+        let parsed = e.split_once('=').and_then(|(a, n)| {
+            let n: u64 = n.trim().parse().ok()?;
+            Some((a.trim().parse().ok()?, n)).filter(|_| n <= MAX_EPOCH)
+        });
+        match parsed {
             Some((a, n)) => {
                 claims.insert(a, n);
             }
@@ -148,8 +153,8 @@ mod tests {
             (READY.to_string(), "y".repeat(10_000)),
         ]);
         let (r, bad) = read(&a);
-        assert_eq!(bad, 4);
-        assert_eq!(r.claims.len(), 2);
+        assert_eq!(bad, 5, "an epoch past any takeover count is skipped too");
+        assert_eq!(r.claims.len(), 1);
         assert_eq!(r.local.len(), 1);
         assert_eq!(r.not_ready.map(|s| s.len()), Some(200));
         // No record at all: not ready, claims nothing.
