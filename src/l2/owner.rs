@@ -596,6 +596,34 @@ mod tests {
     }
 
     #[test]
+    fn the_cap_is_a_quarter_over_the_mean_but_room_for_all() {
+        assert_eq!(cap(100, 3), 41);
+        assert_eq!(cap(100, 4), 31);
+        assert_eq!(cap(6, 5), 2, "room for every VIP");
+        assert_eq!(cap(2, 3), 1);
+        assert_eq!(cap(0, 3), 1);
+        assert_eq!(cap(10, 0), 12, "no node counted: as one");
+    }
+
+    /// VIPs that all rank node-a first still spread: node-a stops at the cap.
+    #[test]
+    fn the_cap_holds_where_the_ranking_alone_would_pile_up() {
+        let mut nodes = vec![node("node-a"), node("node-b"), node("node-c")];
+        let v: Vec<Vip> = (0..2000)
+            .map(|i| vip(&format!("100.64.{}.{}", i / 250, i % 250)))
+            .filter(|x| {
+                let s = |n: &str| score(x.lead(), n);
+                s("node-a") > s("node-b") && s("node-a") > s("node-c")
+            })
+            .take(30)
+            .collect();
+        assert_eq!(v.len(), 30);
+        let h = held(&settle(&mut nodes, &v));
+        assert_eq!(h.get("node-a"), Some(&cap(30, 3)), "{h:?}");
+        assert_eq!(h.values().sum::<usize>(), 30);
+    }
+
+    #[test]
     fn why_not_here_names_the_owner_and_the_rank() {
         let mut nodes = vec![node("a"), node("b")];
         let v = vec![vip("192.0.2.10")];
