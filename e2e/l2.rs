@@ -441,14 +441,7 @@ fn a_deleted_service_goes_silent_and_nothing_is_left_behind() {
     // The client asks all along; the replies must stop within a second of
     // the delete.
     let capture = Capture::start(&l.client, &l.client_if, "arp");
-    let asking = l
-        .client
-        .command("arping")
-        .args(["-b", "-I", &l.client_if, "-c", "6", V4])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let asking = ChildGuard(asking);
+    let asking = asking(&l, 6, V4);
     std::thread::sleep(Duration::from_millis(1500));
     let deleted = unix_now();
     l.api.delete(Kind::Service, "default", "web");
@@ -602,23 +595,12 @@ fn a_hundred_vips_spread_over_three_nodes_and_stay_put_after_a_restart() {
 
 #[test]
 fn a_paused_owner_does_not_answer_what_waited_while_it_was_stopped() {
-    let mut l = lab("l2e", &[V4]);
-    l.api.put(l2_service("web", &[V4], false));
-    l.api
-        .put(obj::slice("default", "web-1", "web", &[("node-a", true)]));
-    l.start_all("");
-    let owner = settled(&l, V4, Duration::from_secs(15));
+    let (l, owner) = one_vip("l2e", "");
     let pid = l.vipds[owner].as_ref().unwrap().proc.pid();
     // The client keeps asking for the whole run; the owner is stopped past
     // its lease, so its successor takes over; then it runs again.
     let capture = Capture::start(&l.client, &l.client_if, "arp");
-    let asking = l
-        .client
-        .command("arping")
-        .args(["-b", "-I", &l.client_if, "-c", "14", V4])
-        .spawn()
-        .unwrap();
-    let asking = ChildGuard(asking);
+    let asking = asking(&l, 14, V4);
     std::thread::sleep(Duration::from_millis(500));
     unsafe { libc::kill(pid, libc::SIGSTOP) };
     std::thread::sleep(Duration::from_secs(LEASE + 3));
@@ -660,6 +642,31 @@ fn unix_now() -> f64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs_f64()
+}
+
+/// The client asking for `ip` by broadcast, once a second, `count` times
+/// (a reply does not turn it to unicast), until dropped.
+fn asking(l: &L2Lab, count: u32, ip: &str) -> ChildGuard {
+    let c = l
+        .client
+        .command("arping")
+        .args(["-b", "-I", &l.client_if, "-c", &count.to_string(), ip])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    ChildGuard(c)
+}
+
+/// A lab with one Cluster Service, `web` on V4 in L2, every node's vipd
+/// started with `extra`, and the node that answers for it.
+fn one_vip(tag: &str, extra: &str) -> (L2Lab, usize) {
+    let mut l = lab(tag, &[V4]);
+    l.api.put(l2_service("web", &[V4], false));
+    l.api
+        .put(obj::slice("default", "web-1", "web", &[("node-a", true)]));
+    l.start_all(extra);
+    let owner = settled(&l, V4, Duration::from_secs(15));
+    (l, owner)
 }
 
 /// A child process killed when dropped.
@@ -727,22 +734,10 @@ fn arp_times(capture: &str, ip: &str, mac: &str, gratuitous: bool) -> Vec<f64> {
 
 #[test]
 fn an_owner_cut_off_from_the_api_answers_until_its_successor_announces_then_yields() {
-    let mut l = lab("l2f", &[V4]);
-    l.api.put(l2_service("web", &[V4], false));
-    l.api
-        .put(obj::slice("default", "web-1", "web", &[("node-a", true)]));
-    l.start_all("");
-    let owner = settled(&l, V4, Duration::from_secs(15));
+    let (l, owner) = one_vip("l2f", "");
     let capture = Capture::start(&l.client, &l.client_if, "arp");
     // The client asks by broadcast every second all along.
-    let asking = l
-        .client
-        .command("arping")
-        .args(["-b", "-I", &l.client_if, "-c", "12", V4])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let asking = ChildGuard(asking);
+    let asking = asking(&l, 12, V4);
     l.api.set_partitioned(NODES[owner].1.parse().unwrap(), true);
     std::thread::sleep(Duration::from_secs(11));
     drop(asking);
@@ -859,21 +854,9 @@ fn cordoned(name: &str, v4: &str, v6: &str) -> Value {
 
 #[test]
 fn a_drained_then_stopped_owner_hands_over_without_a_gap() {
-    let mut l = lab("l2h", &[V4]);
-    l.api.put(l2_service("web", &[V4], false));
-    l.api
-        .put(obj::slice("default", "web-1", "web", &[("node-a", true)]));
-    l.start_all("[drain]\n");
-    let first = settled(&l, V4, Duration::from_secs(15));
+    let (mut l, first) = one_vip("l2h", "[drain]\n");
     let capture = Capture::start(&l.client, &l.client_if, "arp");
-    let asking = l
-        .client
-        .command("arping")
-        .args(["-b", "-I", &l.client_if, "-c", "16", V4])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let asking = ChildGuard(asking);
+    let asking = asking(&l, 16, V4);
     std::thread::sleep(Duration::from_secs(2));
     // Cordoned: drained, the successor claims first.
     let (name, v4, v6) = NODES[first];
@@ -912,12 +895,7 @@ fn a_drained_then_stopped_owner_hands_over_without_a_gap() {
 
 #[test]
 fn an_owner_losing_carrier_goes_silent_at_once_and_gets_nothing_back() {
-    let mut l = lab("l2i", &[V4]);
-    l.api.put(l2_service("web", &[V4], false));
-    l.api
-        .put(obj::slice("default", "web-1", "web", &[("node-a", true)]));
-    l.start_all("");
-    let owner = settled(&l, V4, Duration::from_secs(15));
+    let (l, owner) = one_vip("l2i", "");
     let t = Instant::now();
     l.nodes[owner].ip(&["link", "set", &l.ifs[owner], "down"]);
     let silent = wait_until(Duration::from_secs(2), || {
