@@ -57,14 +57,6 @@ pub struct L2Config {
     pub default: bool,
 }
 
-impl L2Config {
-    /// How long after the last renewal seen another node counts as gone:
-    /// the lease duration, judged on this node's clock.
-    pub fn expiry(&self) -> Duration {
-        self.lease_duration
-    }
-}
-
 pub(super) fn read_l2(mut t: Tbl, errs: &mut Errs) -> Option<L2Config> {
     let key = t.path.clone();
     let interfaces = t.req("interfaces", errs, |v| {

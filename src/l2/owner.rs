@@ -159,6 +159,11 @@ impl Decision {
         }
     }
 
+    /// Whether `me` holds the highest claim, eligible or not.
+    pub fn held_by(&self, me: &str) -> bool {
+        self.holder.as_ref().is_some_and(|(n, _)| n == me)
+    }
+
     /// Whether `me` answers for it now.
     pub fn answers(&self, me: &str) -> bool {
         matches!(&self.state, State::Held { owner, .. } if owner == me)

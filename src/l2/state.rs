@@ -74,6 +74,8 @@ pub struct State {
     need_relist: bool,
     relist_asked: bool,
     recovered: Option<Instant>,
+    /// The decisions or the answers changed since [`State::take_changed`].
+    changed: bool,
 }
 
 /// What `me` answers for, and why, for `vipd status` and `explain`.
@@ -117,6 +119,7 @@ impl State {
             need_relist: false,
             relist_asked: false,
             recovered: None,
+            changed: false,
         }
     }
 
@@ -146,26 +149,16 @@ impl State {
         if node == self.me {
             return;
         }
-        match self.peers.get_mut(node) {
-            Some(p) if p.version == version => {}
-            Some(p) => {
-                *p = Peer {
-                    record,
-                    version: version.to_string(),
-                    seen: now,
-                }
-            }
-            None => {
-                self.peers.insert(
-                    node.to_string(),
-                    Peer {
-                        record,
-                        version: version.to_string(),
-                        seen: now,
-                    },
-                );
-            }
+        // The same version again (a re-list) is no renewal.
+        if self.peers.get(node).is_some_and(|p| p.version == version) {
+            return;
         }
+        let peer = Peer {
+            record,
+            version: version.to_string(),
+            seen: now,
+        };
+        self.peers.insert(node.to_string(), peer);
     }
 
     pub fn lease_gone(&mut self, node: &str) {
@@ -295,12 +288,13 @@ impl State {
 
     /// Decides again; returns the addresses to answer for when they changed.
     pub fn decide(&mut self, now: Instant) -> Option<BTreeSet<IpAddr>> {
-        self.decisions = owner::decide(&self.me, &self.views(now), &self.vips);
+        let decisions = owner::decide(&self.me, &self.views(now), &self.vips);
+        self.changed |= decisions != self.decisions;
+        self.decisions = decisions;
         let mut set = BTreeSet::new();
         if !self.paused {
             for d in &self.decisions {
-                let handover =
-                    self.handing_over() && d.holder.as_ref().is_some_and(|(n, _)| *n == self.me);
+                let handover = self.handing_over() && d.held_by(&self.me);
                 let mine = d.answers(&self.me) || handover;
                 if mine && !d.vip.addrs.iter().any(|a| self.yielded.contains(a)) {
                     set.extend(d.vip.addrs.iter().copied());
@@ -322,12 +316,15 @@ impl State {
         if set == self.answering {
             return None;
         }
+        self.changed = true;
         self.answering = set.clone();
         Some(set)
     }
 
-    pub fn answering(&self) -> &BTreeSet<IpAddr> {
-        &self.answering
+    /// Whether the decisions or the answers changed since last asked: what
+    /// `vipd status` shows is built again only then (and once a second).
+    pub fn take_changed(&mut self) -> bool {
+        std::mem::take(&mut self.changed)
     }
 
     /// The announcements due at `now`: each address at its offsets after it
@@ -357,10 +354,8 @@ impl State {
         }
         if self.handing_over() {
             for d in &self.decisions {
-                if let Some((n, e)) = &d.holder {
-                    if *n == self.me {
-                        claims.extend(d.vip.addrs.iter().map(|a| (*a, *e)));
-                    }
+                if let Some((_, e)) = d.holder.as_ref().filter(|_| d.held_by(&self.me)) {
+                    claims.extend(d.vip.addrs.iter().map(|a| (*a, *e)));
                 }
             }
         }
@@ -414,7 +409,7 @@ impl State {
     /// Stopping: done once nothing this node holds waits for a successor.
     pub fn handed_over(&self) -> bool {
         !self.decisions.iter().any(|d| {
-            d.holder.as_ref().is_some_and(|(n, _)| *n == self.me)
+            d.held_by(&self.me)
                 && matches!(&d.state, owner::State::ToClaim { owner, .. } if *owner != self.me)
         })
     }

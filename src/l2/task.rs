@@ -117,6 +117,7 @@ const TICK: Duration = Duration::from_millis(100);
 /// How often the interfaces' addresses and the kernel's settings are read
 /// again (they decide which VIPs are on-link, and which are refused).
 const FACTS_EVERY: Duration = Duration::from_secs(2);
+const REPORT_EVERY: Duration = Duration::from_secs(1);
 
 /// The loop's state besides [`State`]: the I/O handles it drives.
 struct Run {
@@ -141,6 +142,7 @@ struct Run {
     /// When the Lease watch last said anything (this node's own renewals
     /// included: a live watch speaks every heartbeat).
     last_event: Instant,
+    reported_at: Instant,
 }
 
 impl Io {
@@ -217,6 +219,7 @@ impl Run {
             reported: BTreeSet::new(),
             stop_at: None,
             last_event: Instant::now(),
+            reported_at: Instant::now(),
         }
     }
 
@@ -306,7 +309,12 @@ impl Run {
                 .write(&self.name, self.st.record(), self.version.clone());
             self.writer = Some(tokio::spawn(w));
         }
-        self.io.report(&self.st, &self.problems, &self.counters);
+        // Every tick decides again; the status's lines (a string per VIP)
+        // are built when something changed, the counters once a second.
+        if self.st.take_changed() || now >= self.reported_at + REPORT_EVERY {
+            self.io.report(&self.st, &self.problems, &self.counters);
+            self.reported_at = now;
+        }
     }
 
     /// Stopped: silent, then the claims removed from the Lease.
