@@ -356,7 +356,8 @@ fn one_node_answers_arp_and_ndp_and_a_failover_moves_the_client_without_failback
             "L2: owner {} (epoch 1); this node ranks",
             NODES[owner].0
         )),
-        "{e}"
+        "{e}\n{}",
+        l.context()
     );
 
     // The owner killed: its successor's gratuitous ARP moves the client's
@@ -408,6 +409,68 @@ fn one_node_answers_arp_and_ndp_and_a_failover_moves_the_client_without_failback
         );
     });
     assert_eq!(l.owner(V4), Some(next));
+}
+
+const FAST: &str = "fast_failover = true\n";
+
+/// With `fast_failover` the owner's successor runs BFD with it: the owner
+/// killed, BFD expires (100 ms x 3), two ARP probes go unanswered, and the
+/// successor claims and announces within a second, not the 3 s lease.
+#[test]
+fn with_fast_failover_a_killed_owner_is_replaced_within_a_second() {
+    let mut l = lab("l2ff", &[V4]);
+    l.api.put(l2_service("web", &[V4, V6], false));
+    let all = [("node-a", true), ("node-b", true), ("node-c", true)];
+    l.api.put(obj::slice("default", "web-1", "web", &all));
+    l.start_all(FAST);
+    let owner = settled(&l, V4, Duration::from_secs(15));
+    let up = wait_until(Duration::from_secs(10), || {
+        let (_, st) = vipd_status(&l.nodes[owner]);
+        st.contains("fast failover BFD: ") && st.contains(" Up")
+    });
+    assert!(up, "no BFD session up with the successor\n{}", l.context());
+    // The client talks to the VIP: it has a neighbour entry to move.
+    assert_eq!(l.connect(V4), NODES[owner].0, "{}", l.context());
+    let capture = Capture::start(&l.client, &l.client_if, "arp");
+    let killed = unix_now();
+    l.kill(owner);
+    let mut moved = None;
+    wait_until(Duration::from_secs(10), || {
+        moved = l.client_neigh(V4).filter(|m| *m != l.macs[owner]);
+        moved.is_some()
+    });
+    let arp = capture.stop();
+    let Some(mac) = moved else {
+        panic!("the client's entry never moved\n{}", l.context())
+    };
+    let next = l.node_of_mac(&mac).expect("a node's MAC");
+    let first = arp_times(&arp, V4, &mac, true)
+        .into_iter()
+        .find(|t| *t >= killed);
+    let took = first.map(|t| t - killed);
+    eprintln!(
+        "fast failover: {} announced {V4} {took:?} s after the kill",
+        NODES[next].0
+    );
+    assert!(
+        took.is_some_and(|t| t <= 1.0),
+        "the new owner's first gratuitous ARP {took:?} s after the kill, not within 1 s\n{arp}\n{}",
+        l.context()
+    );
+    assert!(
+        arp.contains(&format!("{mac} > ff:ff:ff:ff:ff:ff"))
+            && arp.contains(&format!("who-has {V4} tell 0.0.0.0")),
+        "the successor's probe, before it claimed:\n{arp}"
+    );
+    let m = status_get(&l.nodes[next], "/metrics");
+    assert!(m.contains("vipd_l2_fast_failovers_total 1"), "{m}");
+    assert_eq!(l.connect(V4), NODES[next].0, "{}", l.context());
+    assert_eq!(
+        l.nd_macs(V6),
+        BTreeSet::from([mac.clone()]),
+        "{}",
+        l.context()
+    );
 }
 
 #[test]

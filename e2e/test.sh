@@ -43,5 +43,12 @@ libfuzz bfd "${VIPD_LIBFUZZER_BFD_SECS:-20}"
 if [ "$status" -ne 0 ] && [ "$failed" -eq 0 ]; then
   failed=1
 fi
+# CI keeps only the tail of the output: name each failure and its panic
+# there, so a red run says what broke without the whole log.
+if grep -qE '^test .* FAILED$' "$log"; then
+  echo "failed tests:"
+  grep -E '^test .* FAILED$' "$log" | sed 's/^test /  /; s/ \.\.\. FAILED$//'
+  grep -A3 -E "panicked at" "$log" | cut -c1-300 | head -60
+fi
 echo "vipd suite: $passed passed, $failed failed"
 exit "$status"

@@ -27,7 +27,7 @@ mod tenant;
 mod validate;
 pub use fleet::{parse_labels, DrainConfig, Labels, NodeAddresses};
 pub use ipam::{parse_range, IpamConfig, Pool, Range};
-pub use l2::{L2Config, Mode};
+pub use l2::{FastFailover, L2Config, Mode};
 pub use tenant::{
     community_bytes, CommunityPattern, LargePattern, ServiceAttrPolicy, Span, COMMUNITY_ROOM,
     DRAIN_RESERVE, MAX_ANNOTATION_COMMUNITIES, MAX_ANNOTATION_LARGE_COMMUNITIES,

@@ -230,6 +230,12 @@ fn render_l2(s: &mut String, l: &crate::l2::L2Status) {
     for p in &l.problems {
         let _ = writeln!(s, "  problem: {p}");
     }
+    if !l.partners.is_empty() {
+        let p: Vec<String> = (l.partners.iter())
+            .map(|(n, st)| format!("{n} {st}"))
+            .collect();
+        let _ = writeln!(s, "  fast failover BFD: {}", p.join(", "));
+    }
     for v in l.vips.iter().filter(|v| v.here).take(PENDING_SHOWN) {
         let addrs: Vec<String> = v.addrs.iter().map(|a| a.to_string()).collect();
         let _ = writeln!(s, "  {} (epoch {})", addrs.join(", "), v.epoch.unwrap_or(0));

@@ -62,11 +62,16 @@ struct Routes {
     by_peer: HashMap<IpAddr, u32>,
 }
 
-/// The BFD sessions of one process.
-#[derive(Default)]
+/// One receive task per (IPv6, port).
+type Receivers = HashMap<(bool, u16), Owned<()>>;
+
+/// The BFD sessions of one process. Clones share them: one receiver per
+/// port however many owners add sessions (the BGP speaker's peers and
+/// L2's fast failover both do).
+#[derive(Default, Clone)]
 pub struct Bfd {
     routes: Arc<Mutex<Routes>>,
-    receivers: Mutex<HashMap<(bool, u16), Owned<()>>>,
+    receivers: Arc<Mutex<Receivers>>,
     pub drops: Drops,
 }
 

@@ -226,6 +226,13 @@ impl Speaker {
         }
     }
 
+    /// The process's BFD sessions, for L2's fast failover to add its own.
+    pub fn bfd(&mut self) -> crate::bfd::io::Bfd {
+        self.bfd
+            .get_or_insert_with(crate::bfd::io::Bfd::new)
+            .clone()
+    }
+
     async fn remove_peer(&mut self, addr: IpAddr) {
         let Some(mut p) = self.peers.remove(&addr) else {
             return;

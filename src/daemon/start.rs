@@ -149,12 +149,14 @@ async fn start_speaker(
         api.push(cp.vip);
         api.extend(cp.backends.iter().map(|b| b.ip()));
     }
-    let speaker = Speaker::start(&cfg.bgp.for_node(None), None, restarted)?;
+    let mut speaker = Speaker::start(&cfg.bgp.for_node(None), None, restarted)?;
     let events = k8s::events::Recorder::spawn(client.clone());
     let allocator =
         (cfg.ipam.as_ref()).map(|i| k8s::allocator::spawn(i, &k, client.clone(), events.clone()));
-    let l2 = (cfg.l2.as_ref())
-        .map(|l| crate::l2::spawn(l, &k.node_name, client.clone(), Some(events.clone())));
+    let l2 = (cfg.l2.as_ref()).map(|l| {
+        let bfd = l.fast_failover.map(|_| speaker.bfd());
+        crate::l2::spawn(l, &k.node_name, client.clone(), Some(events.clone()), bfd)
+    });
     let status = Arc::new(Mutex::new(KubeStatus::default()));
     let (explain_tx, explain_rx) = mpsc::channel(8);
     let task = task::Owned::spawn(k8s::watch::run(

@@ -306,6 +306,29 @@ pub fn onlink(ip: IpAddr, addrs: &[crate::bgp::net::IfAddr], names: &[&str]) -> 
     })
 }
 
+/// This node's address on the L2 segment, for its BFD partners: the first
+/// IPv4 address (else global IPv6) with a subnet on the first of `names`
+/// that has one, never a VIP (pure).
+pub fn own_address(
+    addrs: &[crate::bgp::net::IfAddr],
+    names: &[&str],
+    vips: &std::collections::BTreeSet<IpAddr>,
+) -> Option<IpAddr> {
+    let usable = |a: &&crate::bgp::net::IfAddr, v4: bool| {
+        let full = if v4 { 32 } else { 128 };
+        a.addr.is_ipv4() == v4
+            && a.prefix_len < full
+            && !vips.contains(&a.addr)
+            && !matches!(a.addr, IpAddr::V6(v) if v.is_unicast_link_local())
+    };
+    names.iter().find_map(|n| {
+        let on = || addrs.iter().filter(|a| a.ifname == *n);
+        (on().find(|a| usable(a, true)))
+            .or_else(|| on().find(|a| usable(a, false)))
+            .map(|a| a.addr)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -356,6 +379,40 @@ mod tests {
             onlink(ip("203.0.113.10"), &addrs, &["lo"]),
             None,
             "a host address is no subnet"
+        );
+    }
+
+    #[test]
+    fn bfd_runs_from_the_first_segment_address_never_a_vip() {
+        use crate::bgp::net::IfAddr;
+        let a = |n: &str, ip: &str, len| IfAddr {
+            ifname: n.into(),
+            addr: ip.parse().unwrap(),
+            prefix_len: len,
+        };
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let addrs = [
+            a("eth0", "fe80::1", 64),
+            a("eth0", "2001:db8::1", 64),
+            a("eth0", "192.0.2.10", 24),
+            a("eth0", "192.0.2.1", 24),
+            a("eth1", "198.51.100.1", 24),
+        ];
+        let vips = [ip("192.0.2.10")].into();
+        assert_eq!(own_address(&addrs, &["eth0"], &vips), Some(ip("192.0.2.1")));
+        assert_eq!(
+            own_address(&addrs, &["eth2", "eth1"], &vips),
+            Some(ip("198.51.100.1"))
+        );
+        let v6only = [a("eth0", "fe80::1", 64), a("eth0", "2001:db8::1", 64)];
+        assert_eq!(
+            own_address(&v6only, &["eth0"], &vips),
+            Some(ip("2001:db8::1"))
+        );
+        assert_eq!(
+            own_address(&v6only[..1], &["eth0"], &vips),
+            None,
+            "link-local only"
         );
     }
 

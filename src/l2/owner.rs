@@ -139,6 +139,10 @@ pub struct Decision {
     /// This node's place among the eligible nodes (1 is first), if eligible.
     pub rank: Option<usize>,
     pub eligible: usize,
+    /// The first eligible node of the ranking after the owner: the one
+    /// that takes the VIP if the owner dies (the cap aside), and so the
+    /// owner's BFD partner under `fast_failover`.
+    pub successor: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -151,12 +155,25 @@ pub enum State {
     Nobody,
 }
 
-impl Decision {
+impl State {
     pub fn owner(&self) -> Option<&str> {
-        match &self.state {
+        match self {
             State::Held { owner, .. } | State::ToClaim { owner, .. } => Some(owner),
             State::Nobody => None,
         }
+    }
+}
+
+/// The first eligible node of `order` that is not `owner`.
+fn successor(order: &[&NodeView], owner: Option<&str>) -> Option<String> {
+    (order.iter())
+        .find(|n| n.ready && Some(n.name.as_str()) != owner)
+        .map(|n| n.name.clone())
+}
+
+impl Decision {
+    pub fn owner(&self) -> Option<&str> {
+        self.state.owner()
     }
 
     /// Whether `me` holds the highest claim, eligible or not.
@@ -230,6 +247,7 @@ pub fn decide(me: &str, nodes: &[NodeView], vips: &[Vip]) -> Vec<Decision> {
         })
         .collect();
     let mut ranks = Vec::with_capacity(vips.len());
+    let mut successors = Vec::with_capacity(vips.len());
     for (i, v) in vips.iter().enumerate() {
         let lead = v.lead();
         let mut order: Vec<&NodeView> = nodes.iter().filter(|n| ranked(n, v)).collect();
@@ -242,18 +260,24 @@ pub fn decide(me: &str, nodes: &[NodeView], vips: &[Vip]) -> Vec<Decision> {
             let epoch = holders[i].map_or(1, |(_, e)| e.saturating_add(1));
             out[i] = Some(designate(&order, &mut load, cap, epoch));
         }
+        let owner = out[i].as_ref().and_then(State::owner);
+        successors.push(successor(&order, owner));
     }
     vips.iter()
         .zip(out)
         .zip(ranks)
         .zip(holders)
-        .map(|(((v, s), (rank, eligible)), holder)| Decision {
-            vip: v.clone(),
-            state: s.unwrap_or(State::Nobody),
-            holder: holder.map(|(n, e)| (n.name.clone(), e)),
-            rank,
-            eligible,
-        })
+        .zip(successors)
+        .map(
+            |((((v, s), (rank, eligible)), holder), successor)| Decision {
+                vip: v.clone(),
+                state: s.unwrap_or(State::Nobody),
+                holder: holder.map(|(n, e)| (n.name.clone(), e)),
+                rank,
+                eligible,
+                successor,
+            },
+        )
         .collect()
 }
 

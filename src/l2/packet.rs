@@ -263,6 +263,47 @@ pub fn answer(ask: &Ask, mac: Mac) -> Option<Vec<u8>> {
     }
 }
 
+/// A Neighbor Solicitation for `target` from `src` to `dst`, with a source
+/// link-layer option where given (never from the unspecified address).
+fn solicitation(src: Ipv6Addr, dst: Ipv6Addr, target: Ipv6Addr, slla: Option<Mac>) -> Vec<u8> {
+    let mut msg = vec![NS, 0, 0, 0, 0, 0, 0, 0];
+    msg.extend_from_slice(&target.octets());
+    if let Some(m) = slla {
+        msg.extend_from_slice(&[1, 1]);
+        msg.extend_from_slice(&m);
+    }
+    let c = checksum(src, dst, &msg);
+    msg[2..4].copy_from_slice(&c.to_be_bytes());
+    let mut p = vec![0x60, 0, 0, 0];
+    p.extend_from_slice(&(msg.len() as u16).to_be_bytes());
+    p.extend_from_slice(&[ICMPV6, 255]);
+    p.extend_from_slice(&src.octets());
+    p.extend_from_slice(&dst.octets());
+    p.extend_from_slice(&msg);
+    p
+}
+
+/// Asks the segment whether anyone answers for `ip`, without naming an
+/// address of this node's (so no neighbour cache learns anything): an ARP
+/// probe (RFC 5227 2.1.1, sender 0.0.0.0) or a duplicate address detection
+/// solicitation (RFC 4862 5.4.2, from the unspecified address). Whoever
+/// answers for it replies to this MAC or to all nodes.
+pub fn probe(ip: IpAddr, mac: Mac) -> Vec<u8> {
+    match ip {
+        IpAddr::V4(v) => ethernet(
+            BROADCAST,
+            mac,
+            ETH_ARP,
+            &arp(1, mac, Ipv4Addr::UNSPECIFIED, [0; 6], v),
+        ),
+        IpAddr::V6(v) => {
+            let group = solicited_node(v);
+            let ns = solicitation(Ipv6Addr::UNSPECIFIED, group, v, None);
+            ethernet(multicast_mac(group), mac, ETH_IPV6, &ns)
+        }
+    }
+}
+
 /// A gratuitous ARP (an ARP announcement, RFC 5227 2.3) or an unsolicited
 /// Neighbor Advertisement to all nodes (RFC 4861 7.2.6) for `ip` at `mac`.
 pub fn announce(ip: IpAddr, mac: Mac) -> Vec<u8> {
@@ -304,21 +345,13 @@ mod tests {
     /// A solicitation as a client sends it, with its source link-layer
     /// option where it has a source address.
     fn ns(src: Ipv6Addr, dst: Ipv6Addr, target: Ipv6Addr) -> Vec<u8> {
-        let mut msg = vec![NS, 0, 0, 0, 0, 0, 0, 0];
-        msg.extend_from_slice(&target.octets());
-        if !src.is_unspecified() {
-            msg.extend_from_slice(&[1, 1]);
-            msg.extend_from_slice(&CLIENT);
-        }
-        let c = checksum(src, dst, &msg);
-        msg[2..4].copy_from_slice(&c.to_be_bytes());
-        let mut p = vec![0x60, 0, 0, 0];
-        p.extend_from_slice(&(msg.len() as u16).to_be_bytes());
-        p.extend_from_slice(&[ICMPV6, 255]);
-        p.extend_from_slice(&src.octets());
-        p.extend_from_slice(&dst.octets());
-        p.extend_from_slice(&msg);
-        ethernet(multicast_mac(dst), CLIENT, ETH_IPV6, &p)
+        let slla = (!src.is_unspecified()).then_some(CLIENT);
+        ethernet(
+            multicast_mac(dst),
+            CLIENT,
+            ETH_IPV6,
+            &solicitation(src, dst, target, slla),
+        )
     }
 
     #[test]
@@ -455,6 +488,31 @@ mod tests {
         let g = solicited_node(v6("2001:db8::12:3456"));
         assert_eq!(g, v6("ff02::1:ff12:3456"));
         assert_eq!(multicast_mac(g), [0x33, 0x33, 0xff, 0x12, 0x34, 0x56]);
+    }
+
+    #[test]
+    fn a_probe_is_answered_by_the_owner_and_seen_as_its_claim() {
+        const OWNER: Mac = [2, 0, 0, 0, 0, 2];
+        for vip in ["192.0.2.10", "2001:db8::10"] {
+            let vip: IpAddr = vip.parse().unwrap();
+            let p = probe(vip, ME);
+            assert_eq!(parse(&p, ME), None, "our own probe is ignored");
+            let Some(Seen::Ask(ask)) = parse(&p, OWNER) else {
+                panic!("{vip}: the owner does not see an ask")
+            };
+            assert_eq!(ask.target, vip);
+            let a = answer(&ask, OWNER).unwrap();
+            assert_eq!(
+                parse(&a, ME),
+                Some(Seen::Claim {
+                    ip: vip,
+                    mac: OWNER
+                }),
+                "{vip}: the answer names the owner"
+            );
+        }
+        let p = probe("192.0.2.10".parse().unwrap(), ME);
+        assert_eq!(&p[28..32], &[0, 0, 0, 0], "sender 0.0.0.0: an ARP probe");
     }
 
     proptest! {

@@ -12,6 +12,8 @@ pub const CLAIMS: &str = "vipd.io/l2-claims";
 pub const LOCAL: &str = "vipd.io/l2-local";
 pub const READY: &str = "vipd.io/l2-ready";
 pub const REFUSED: &str = "vipd.io/l2-refused";
+/// Where the node runs BFD on the L2 segment (`fast_failover`).
+pub const ADDRESS: &str = "vipd.io/l2-address";
 /// The Leases' name prefix, and the label that marks them.
 pub const PREFIX: &str = "vipd-l2-";
 pub const LABEL: &str = "vipd.io/l2";
@@ -33,6 +35,10 @@ pub struct Record {
     pub claims: BTreeMap<IpAddr, u64>,
     /// Addresses it cannot answer for (see `owner::NodeView::refused`).
     pub refused: BTreeSet<IpAddr>,
+    /// Its address on the L2 segment, with `fast_failover`: only a hint
+    /// of where to run BFD (a session to a wrong one never comes up, and
+    /// nothing is taken without unanswered probes).
+    pub address: Option<IpAddr>,
 }
 
 /// The annotations for a record.
@@ -44,7 +50,7 @@ pub fn write(r: &Record) -> BTreeMap<String, String> {
             .collect::<Vec<_>>()
             .join(",")
     };
-    BTreeMap::from([
+    let mut out = BTreeMap::from([
         (CLAIMS.to_string(), claims.join(",")),
         (LOCAL.to_string(), list(&r.local)),
         (REFUSED.to_string(), list(&r.refused)),
@@ -52,7 +58,11 @@ pub fn write(r: &Record) -> BTreeMap<String, String> {
             READY.to_string(),
             r.not_ready.clone().unwrap_or_else(|| "true".into()),
         ),
-    ])
+    ]);
+    if let Some(a) = r.address {
+        out.insert(ADDRESS.to_string(), a.to_string());
+    }
+    out
 }
 
 /// A record from a Lease's annotations, and how many entries were skipped.
@@ -94,6 +104,14 @@ pub fn read(annotations: &BTreeMap<String, String>) -> (Record, usize) {
     };
     let local = set(LOCAL);
     let refused = set(REFUSED);
+    let address = match annotations.get(ADDRESS).map(|a| a.trim().parse::<IpAddr>()) {
+        Some(Ok(a)) => Some(a),
+        Some(Err(_)) => {
+            bad += 1;
+            None
+        }
+        None => None,
+    };
     // Missing or anything but "true": not ready. A node says when it can.
     let not_ready = match annotations.get(READY).map(String::as_str) {
         Some("true") => None,
@@ -106,6 +124,7 @@ pub fn read(annotations: &BTreeMap<String, String>) -> (Record, usize) {
             local,
             claims,
             refused,
+            address,
         },
         bad,
     )
@@ -133,6 +152,7 @@ mod tests {
             ]
             .into(),
             refused: ["192.0.2.30".parse().unwrap()].into(),
+            address: Some("192.0.2.1".parse().unwrap()),
         };
         assert_eq!(read(&write(&r)), (r.clone(), 0));
         let draining = Record {
@@ -151,9 +171,11 @@ mod tests {
             ),
             (LOCAL.to_string(), "192.0.2.20,,::zz".to_string()),
             (READY.to_string(), "y".repeat(10_000)),
+            (ADDRESS.to_string(), "192.0.2.1:3784".to_string()),
         ]);
         let (r, bad) = read(&a);
-        assert_eq!(bad, 5, "an epoch past any takeover count is skipped too");
+        assert_eq!(bad, 6, "an epoch past any takeover count is skipped too");
+        assert_eq!(r.address, None);
         assert_eq!(r.claims.len(), 1);
         assert_eq!(r.local.len(), 1);
         assert_eq!(r.not_ready.map(|s| s.len()), Some(200));

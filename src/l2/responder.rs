@@ -6,7 +6,7 @@
 //! (the process was stopped, the host stalled) answers nothing, not even a
 //! request that waited in the socket meanwhile.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -59,14 +59,22 @@ pub fn fresh(now: u64, stamp: u64, limit: Duration) -> bool {
 /// What the owning task tells a responder.
 pub enum Command {
     Announce(IpAddr),
+    /// Ask whether anyone answers for an address (fast failover).
+    Probe(IpAddr),
 }
 
-/// Another node answering for one of ours, seen on the wire.
+/// Another node answering for one of ours, or for an address probed,
+/// seen on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Conflict {
     pub ip: IpAddr,
     pub mac: packet::Mac,
+    /// An answer to a probe, not a claim on an address of ours.
+    pub probed: bool,
 }
+
+/// How long after a probe an answer to it is reported.
+const PROBE_HEARD: Duration = Duration::from_secs(1);
 
 /// Counters the responders keep for the metrics.
 #[derive(Default)]
@@ -102,19 +110,25 @@ impl Responder {
         let mut groups = net::Groups::new(&self.link).ok();
         let mut joined: BTreeSet<std::net::Ipv6Addr> = BTreeSet::new();
         let (mut b4, mut b6) = (vec![0u8; 1600], vec![0u8; 1600]);
+        let mut probed: BTreeMap<IpAddr, Instant> = BTreeMap::new();
         loop {
             self.join(&mut groups, &mut joined);
             tokio::select! {
                 r = arp.recv(&mut b4) => match r {
-                    Ok(n) => self.seen(&arp, &b4[..n]),
+                    Ok(n) => self.seen(&arp, &b4[..n], &probed),
                     Err(e) => { warn!(error = %e, "L2: ARP socket"); tokio::time::sleep(Duration::from_millis(100)).await; }
                 },
                 r = recv_opt(nd.as_ref(), &mut b6) => match r {
-                    Ok(n) => self.seen(nd.as_ref().unwrap_or(&arp), &b6[..n]),
+                    Ok(n) => self.seen(nd.as_ref().unwrap_or(&arp), &b6[..n], &probed),
                     Err(e) => { warn!(error = %e, "L2: IPv6 socket"); tokio::time::sleep(Duration::from_millis(100)).await; }
                 },
                 c = self.commands.recv() => match c {
                     Some(Command::Announce(ip)) => self.announce(&arp, nd.as_ref(), ip),
+                    Some(Command::Probe(ip)) => {
+                        probed.retain(|_, t| t.elapsed() < PROBE_HEARD);
+                        probed.insert(ip, Instant::now());
+                        self.probe(&arp, nd.as_ref(), ip);
+                    }
                     None => break,
                 },
                 r = self.set.changed() => if r.is_err() { break },
@@ -151,7 +165,7 @@ impl Responder {
         }
     }
 
-    fn seen(&self, sock: &Socket, frame: &[u8]) {
+    fn seen(&self, sock: &Socket, frame: &[u8], probed: &BTreeMap<IpAddr, Instant>) {
         let Some(seen) = packet::parse(frame, self.link.mac) else {
             return;
         };
@@ -173,9 +187,25 @@ impl Responder {
             }
             Seen::Claim { ip, mac } if mac != self.link.mac && ours(&ip) => {
                 self.counters.conflicts.fetch_add(1, Ordering::Relaxed);
-                let _ = self.conflicts.try_send(Conflict { ip, mac });
+                let probed = false;
+                let _ = self.conflicts.try_send(Conflict { ip, mac, probed });
+            }
+            Seen::Claim { ip, mac }
+                if mac != self.link.mac
+                    && probed.get(&ip).is_some_and(|t| t.elapsed() < PROBE_HEARD) =>
+            {
+                let probed = true;
+                let _ = self.conflicts.try_send(Conflict { ip, mac, probed });
             }
             _ => {}
+        }
+    }
+
+    fn probe(&self, arp: &Socket, nd: Option<&Socket>, ip: IpAddr) {
+        let sock = if ip.is_ipv4() { Some(arp) } else { nd };
+        let f = packet::probe(ip, self.link.mac);
+        if let Some(Err(e)) = sock.map(|s| s.send(&f)) {
+            debug!(vip = %ip, error = %e, "L2: sending a probe");
         }
     }
 
@@ -183,10 +213,7 @@ impl Responder {
         if !self.set.borrow().contains(&ip) || !self.gate.open() {
             return;
         }
-        let sock = match ip {
-            IpAddr::V4(_) => Some(arp),
-            IpAddr::V6(_) => nd,
-        };
+        let sock = if ip.is_ipv4() { Some(arp) } else { nd };
         let f = packet::announce(ip, self.link.mac);
         match sock.map(|s| s.send(&f)) {
             Some(Ok(())) => {

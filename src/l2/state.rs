@@ -8,6 +8,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::fast::{self, Probing};
 use super::owner::{self, Decision, NodeView, Vip};
 use super::record::Record;
 use crate::config::L2Config;
@@ -62,6 +63,7 @@ pub struct State {
     answering: BTreeSet<IpAddr>,
     /// Counted for the metrics.
     pub claims_written: u64,
+    pub fast_failovers: u64,
     /// Starting: not ready until the Leases are listed and one lease
     /// duration has passed, so every live node has been heard from before
     /// this one takes a share (taken early, no failback would ever even
@@ -76,6 +78,13 @@ pub struct State {
     recovered: Option<Instant>,
     /// The decisions or the answers changed since [`State::take_changed`].
     changed: bool,
+    /// This node's address on the L2 segment, written for BFD partners.
+    pub address: Option<IpAddr>,
+    /// Owners whose BFD session expired, being probed on the wire.
+    probing: Probing,
+    /// Owners found dead by BFD and unanswered probes: not alive until
+    /// their Lease changes again.
+    gone: BTreeSet<String>,
 }
 
 /// What `me` answers for, and why, for `vipd status` and `explain`.
@@ -114,12 +123,16 @@ impl State {
             decisions: vec![],
             answering: BTreeSet::new(),
             claims_written: 0,
+            fast_failovers: 0,
             warming: None,
             listed: true,
             need_relist: false,
             relist_asked: false,
             recovered: None,
             changed: false,
+            address: None,
+            probing: Probing::default(),
+            gone: BTreeSet::new(),
         }
     }
 
@@ -159,6 +172,9 @@ impl State {
             seen: now,
         };
         self.peers.insert(node.to_string(), peer);
+        // Renewed: alive, whatever BFD said.
+        self.gone.remove(node);
+        self.probing.cancel(node);
     }
 
     pub fn lease_gone(&mut self, node: &str) {
@@ -262,7 +278,8 @@ impl State {
             .iter()
             .map(|(name, p)| NodeView {
                 name: name.clone(),
-                alive: doubt || now.saturating_duration_since(p.seen) <= self.lease_duration,
+                alive: !self.gone.contains(name)
+                    && (doubt || now.saturating_duration_since(p.seen) <= self.lease_duration),
                 ready: p.record.not_ready.is_none(),
                 starting: p.record.not_ready.as_deref() == Some(STARTING),
                 local: p.record.local.clone(),
@@ -364,6 +381,7 @@ impl State {
             local: self.local(),
             claims,
             refused: self.refused.keys().copied().collect(),
+            address: self.address,
         }
     }
 
@@ -404,6 +422,45 @@ impl State {
         self.yielded
             .extend(group.map_or(vec![ip], |v| v.addrs.clone()));
         true
+    }
+
+    /// The BFD partners under `fast_failover`, with the address each
+    /// wrote into its Lease (a node that wrote none is left out).
+    pub fn partners(&self) -> BTreeMap<String, IpAddr> {
+        fast::partners(&self.me, &self.decisions)
+            .into_iter()
+            .filter_map(|n| Some((n.clone(), self.peers.get(&n)?.record.address?)))
+            .collect()
+    }
+
+    /// BFD with `node` expired: probe the VIPs it holds that this node
+    /// would take.
+    pub fn bfd_down(&mut self, node: &str, now: Instant) {
+        let addrs = fast::to_probe(&self.me, node, &self.decisions);
+        self.probing.down(node, addrs, now);
+    }
+
+    /// When the next probe is due, or the last one's wait is over.
+    pub fn next_probe(&self) -> Option<Instant> {
+        self.probing.next()
+    }
+
+    pub fn bfd_up(&mut self, node: &str) {
+        self.probing.cancel(node);
+    }
+
+    /// Another node answered a probe for `ip`.
+    pub fn probe_answered(&mut self, ip: IpAddr) {
+        self.probing.answered(ip);
+    }
+
+    /// The probes to send now; nodes whose probes went unanswered are
+    /// taken for dead (returned, for the log).
+    pub fn probes(&mut self, now: Instant) -> (Vec<IpAddr>, Vec<String>) {
+        let (send, dead) = self.probing.poll(now);
+        self.gone.extend(dead.iter().cloned());
+        self.fast_failovers += dead.len() as u64;
+        (send, dead)
     }
 
     /// Stopping: done once nothing this node holds waits for a successor.
@@ -468,6 +525,7 @@ mod tests {
             announce: [0, 1100, 2200].map(Duration::from_millis).to_vec(),
             refresh: Duration::from_secs(120),
             default: false,
+            fast_failover: None,
         }
     }
 
@@ -525,6 +583,69 @@ mod tests {
             "the refresh"
         );
         assert!(s.write_due(t0 + Duration::from_secs(1)), "the heartbeat");
+    }
+
+    /// `b` holds the VIP; `a` is its successor (two nodes: the only one).
+    fn successor_of_b(t0: Instant) -> State {
+        let mut s = State::new("a", &cfg());
+        s.set_services(services(&["192.0.2.10"]));
+        s.relisted(&BTreeSet::new(), t0);
+        s.tick(t0);
+        s.wrote(s.record(), t0);
+        let b = Record {
+            claims: [(ip("192.0.2.10"), 4)].into(),
+            address: Some(ip("192.0.2.3")),
+            ..Record::default()
+        };
+        s.lease("b", b, "1", t0);
+        assert_eq!(s.decide(t0), None);
+        s
+    }
+
+    #[test]
+    fn bfd_down_and_two_unanswered_probes_take_the_vip_before_the_lease_expires() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let mut s = successor_of_b(t0);
+        assert_eq!(s.partners(), [("b".to_string(), ip("192.0.2.3"))].into());
+        s.bfd_down("b", ms(300));
+        assert_eq!(s.probes(ms(300)), (vec![ip("192.0.2.10")], vec![]));
+        assert_eq!(s.probes(ms(400)), (vec![ip("192.0.2.10")], vec![]));
+        assert_eq!(s.decide(ms(400)), None, "b still holds it while probed");
+        assert_eq!(s.probes(ms(500)), (vec![], vec!["b".to_string()]));
+        s.decide(ms(500));
+        assert_eq!(
+            s.record().claims,
+            [(ip("192.0.2.10"), 5)].into(),
+            "claimed above b's epoch, 2.5 s before b's Lease expires"
+        );
+        s.wrote(s.record(), ms(510));
+        assert_eq!(s.decide(ms(510)), Some([ip("192.0.2.10")].into()));
+        // b renews after all: alive again, but no failback.
+        let b = Record {
+            claims: [(ip("192.0.2.10"), 4)].into(),
+            ..Record::default()
+        };
+        s.lease("b", b, "2", ms(900));
+        assert_eq!(s.decide(ms(900)), None, "a keeps it");
+    }
+
+    #[test]
+    fn an_answered_probe_or_a_renewal_keeps_the_owner() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let mut s = successor_of_b(t0);
+        s.bfd_down("b", ms(300));
+        s.probes(ms(300));
+        s.probe_answered(ip("192.0.2.10"));
+        assert_eq!(s.probes(ms(600)), (vec![], vec![]));
+        s.bfd_down("b", ms(700));
+        s.probes(ms(700));
+        s.lease("b", Record::default(), "2", ms(750));
+        assert_eq!(s.probes(ms(1000)), (vec![], vec![]), "renewed: alive");
+        s.bfd_down("b", ms(1100));
+        s.bfd_up("b");
+        assert_eq!(s.probes(ms(1500)), (vec![], vec![]), "BFD back");
     }
 
     #[test]

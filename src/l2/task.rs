@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::net::{self, Link};
+use super::partners::{Change, Partners};
 use super::record::{self, Record};
 use super::responder::{Command, Conflict, Counters, Gate, Responder};
 use super::state::{State, VipLine};
@@ -38,6 +39,10 @@ pub struct L2Status {
     pub answered: u64,
     pub announced: u64,
     pub conflicts: u64,
+    /// Fast failover: each BFD partner's session state, and the owners
+    /// taken for dead by it.
+    pub partners: BTreeMap<String, String>,
+    pub fast_failovers: u64,
 }
 
 impl L2Status {
@@ -72,6 +77,7 @@ pub fn spawn(
     node: &str,
     client: Client,
     events: Option<crate::k8s::events::Recorder>,
+    bfd: Option<crate::bfd::io::Bfd>,
 ) -> Handle {
     let (wants, wants_rx) = watch::channel(Arc::default());
     let (draining, drain_rx) = watch::channel(false);
@@ -83,6 +89,7 @@ pub fn spawn(
         me: node.to_string(),
         status: status.clone(),
         events,
+        bfd,
     };
     let task = tokio::spawn(io.run(wants_rx, drain_rx, stop_rx));
     Handle {
@@ -108,6 +115,7 @@ struct Io {
     me: String,
     status: Arc<Mutex<L2Status>>,
     events: Option<crate::k8s::events::Recorder>,
+    bfd: Option<crate::bfd::io::Bfd>,
 }
 
 type Written = (Record, Instant, Result<String, String>);
@@ -143,6 +151,10 @@ struct Run {
     /// included: a live watch speaks every heartbeat).
     last_event: Instant,
     reported_at: Instant,
+    /// Fast failover's BFD sessions, and this node's addresses on the
+    /// segment (partners must be on-link).
+    partners: Option<Partners>,
+    ifaddrs: Vec<crate::bgp::net::IfAddr>,
 }
 
 impl Io {
@@ -158,7 +170,7 @@ impl Io {
         };
         let (conflict_tx, mut conflicts) = mpsc::channel::<Conflict>(64);
         let (events_tx, mut events) = mpsc::channel::<LeaseEvent>(64);
-        let mut r = Run::new(self, name, conflict_tx, events_tx);
+        let (mut r, mut bfd) = Run::new(self, name, conflict_tx, events_tx);
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
@@ -173,11 +185,9 @@ impl Io {
                     r.refresh_facts();
                 }
                 Ok(()) = drain.changed() => r.st.draining = *drain.borrow_and_update(),
-                Some(c) = conflicts.recv() => {
-                    if r.st.conflict(c.ip, std::time::Instant::now()) {
-                        warn!(vip = %c.ip, mac = ?c.mac, "L2: another node answers for a VIP this node holds and this node cannot renew its Lease: yielding it");
-                    }
-                }
+                Some(c) = conflicts.recv() => r.on_conflict(c),
+                Some(c) = recv_opt(bfd.as_mut()) => r.on_partner(c),
+                () = sleep_until(r.st.next_probe()) => {}
                 Ok(()) = stop.changed() => r.on_stop(),
                 w = async { r.writer.as_mut().expect("guarded").await }, if r.writer.is_some() => r.on_written(w),
             }
@@ -193,7 +203,7 @@ impl Run {
         name: String,
         conflicts: mpsc::Sender<Conflict>,
         events_tx: mpsc::Sender<LeaseEvent>,
-    ) -> Run {
+    ) -> (Run, Option<mpsc::Receiver<Change>>) {
         let gate = Arc::new(Gate::new(io.cfg.heartbeat));
         let counters = Arc::new(Counters::default());
         let (ports, problems) = io.ports(&gate, &counters, &conflicts);
@@ -201,7 +211,14 @@ impl Run {
         info!(interfaces = ?io.cfg.interfaces, lease = %name, "L2: answering ARP and NDP for the VIPs this node holds");
         let mut st = State::new(&io.me, &io.cfg);
         st.warm_up(std::time::Instant::now() + io.cfg.lease_duration);
-        Run {
+        let (partners, changes) = match (io.bfd.clone(), io.cfg.fast_failover) {
+            (Some(b), Some(f)) => {
+                let (p, rx) = Partners::new(b, f);
+                (Some(p), Some(rx))
+            }
+            _ => (None, None),
+        };
+        let r = Run {
             st,
             io,
             name,
@@ -220,6 +237,61 @@ impl Run {
             stop_at: None,
             last_event: Instant::now(),
             reported_at: Instant::now(),
+            partners,
+            ifaddrs: vec![],
+        };
+        (r, changes)
+    }
+
+    fn on_conflict(&mut self, c: Conflict) {
+        if c.probed {
+            self.st.probe_answered(c.ip);
+        } else if self.st.conflict(c.ip, std::time::Instant::now()) {
+            warn!(vip = %c.ip, mac = ?c.mac, "L2: another node answers for a VIP this node holds and this node cannot renew its Lease: yielding it");
+        }
+    }
+
+    fn on_partner(&mut self, c: Change) {
+        if c.up {
+            self.st.bfd_up(&c.node);
+        } else {
+            info!(node = %c.node, "L2: BFD with a VIP owner expired: probing its VIPs");
+            self.st.bfd_down(&c.node, std::time::Instant::now());
+        }
+    }
+
+    /// Fast failover, every tick: the BFD sessions follow the partners.
+    fn bfd_partners(&mut self) {
+        let Some(p) = self.partners.as_mut() else {
+            return;
+        };
+        let names: Vec<&str> = self.ports.iter().map(|p| p.link.name.as_str()).collect();
+        let mut want = self.st.partners();
+        want.retain(|_, a| net::onlink(*a, &self.ifaddrs, &names).is_some());
+        p.set(&want, self.st.address);
+    }
+
+    /// After every event, not at the next tick: the probes due (before
+    /// deciding: an owner found dead is replaced in the same pass).
+    fn probe(&mut self, now: std::time::Instant) {
+        let (send, dead) = self.st.probes(now);
+        for ip in send {
+            if let Some(p) = self.onlink.get(&ip).and_then(|i| self.ports.get(*i)) {
+                let _ = p.commands.try_send(Command::Probe(ip));
+            }
+        }
+        for n in dead {
+            warn!(node = %n, "L2: BFD expired and no node answered the probes: taking that node's VIPs now");
+        }
+    }
+
+    /// After every event: a VIP taken is announced as soon as its claim
+    /// is written, not at the next tick.
+    fn announce(&mut self, now: std::time::Instant) {
+        for ip in self.st.due(now) {
+            if let Some(p) = self.onlink.get(&ip).and_then(|i| self.ports.get(*i)) {
+                let _ = p.commands.try_send(Command::Announce(ip));
+            }
         }
     }
 
@@ -248,11 +320,7 @@ impl Run {
         if !self.st.paused() {
             self.gate.refresh();
         }
-        for ip in self.st.due(now.into_std()) {
-            if let Some(p) = self.onlink.get(&ip).and_then(|i| self.ports.get(*i)) {
-                let _ = p.commands.try_send(Command::Announce(ip));
-            }
-        }
+        self.bfd_partners();
         self.stop_at
             .is_some_and(|t| now >= t || self.st.handed_over())
     }
@@ -266,7 +334,12 @@ impl Run {
     }
 
     fn refresh_facts(&mut self) {
-        (self.onlink, self.st.refused) = facts(&self.st.addresses(), &self.ports);
+        self.ifaddrs = crate::bgp::net::interface_addresses();
+        (self.onlink, self.st.refused) = facts(&self.st.addresses(), &self.ports, &self.ifaddrs);
+        if self.partners.is_some() {
+            let names: Vec<&str> = self.ports.iter().map(|p| p.link.name.as_str()).collect();
+            self.st.address = net::own_address(&self.ifaddrs, &names, &self.st.addresses());
+        }
         self.io
             .report_refusals(&self.st.refused, &mut self.reported);
         self.facts_at = Instant::now() + FACTS_EVERY;
@@ -300,9 +373,11 @@ impl Run {
     /// write the Lease when due, report.
     fn after(&mut self) {
         let now = Instant::now();
+        self.probe(now.into_std());
         if let Some(set) = self.st.decide(now.into_std()) {
             publish(&self.ports, &self.onlink, &set);
         }
+        self.announce(now.into_std());
         if self.writer.is_none() && self.st.write_due(now.into_std()) {
             let w = self
                 .io
@@ -312,7 +387,8 @@ impl Run {
         // Every tick decides again; the status's lines (a string per VIP)
         // are built when something changed, the counters once a second.
         if self.st.take_changed() || now >= self.reported_at + REPORT_EVERY {
-            self.io.report(&self.st, &self.problems, &self.counters);
+            let p = self.partners.as_ref();
+            self.io.report(&self.st, &self.problems, &self.counters, p);
             self.reported_at = now;
         }
     }
@@ -456,7 +532,7 @@ impl Io {
         }
     }
 
-    fn report(&self, st: &State, problems: &[String], c: &Counters) {
+    fn report(&self, st: &State, problems: &[String], c: &Counters, partners: Option<&Partners>) {
         use std::sync::atomic::Ordering::Relaxed;
         let now = Instant::now().into_std();
         let s = L2Status {
@@ -468,6 +544,8 @@ impl Io {
             answered: c.answered.load(Relaxed),
             announced: c.announced.load(Relaxed),
             conflicts: c.conflicts.load(Relaxed),
+            partners: partners.map(Partners::states).unwrap_or_default(),
+            fast_failovers: st.fast_failovers,
         };
         *self.status.lock().unwrap_or_else(|e| e.into_inner()) = s;
     }
@@ -530,13 +608,13 @@ fn carrier(ports: &[Port], problems: &[String]) -> Result<(), String> {
 fn facts(
     addrs: &BTreeSet<IpAddr>,
     ports: &[Port],
+    ifaddrs: &[crate::bgp::net::IfAddr],
 ) -> (BTreeMap<IpAddr, usize>, BTreeMap<IpAddr, String>) {
-    let ifaddrs = crate::bgp::net::interface_addresses();
     let names: Vec<&str> = ports.iter().map(|p| p.link.name.as_str()).collect();
     let mut onlink = BTreeMap::new();
     let mut refused = BTreeMap::new();
     for a in addrs {
-        match net::onlink(*a, &ifaddrs, &names) {
+        match net::onlink(*a, ifaddrs, &names) {
             Some(i) => {
                 let local = ifaddrs.iter().any(|x| x.addr == *a);
                 match net::kernel_conflict(*a, net::kernel(names[i]), local, names[i]) {
@@ -574,5 +652,19 @@ fn publish(ports: &[Port], onlink: &BTreeMap<IpAddr, usize>, set: &BTreeSet<IpAd
             }
             changed
         });
+    }
+}
+
+async fn recv_opt<T>(rx: Option<&mut mpsc::Receiver<T>>) -> Option<T> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(at: Option<std::time::Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(Instant::from_std(t)).await,
+        None => std::future::pending().await,
     }
 }

@@ -290,6 +290,11 @@ fn l2(reg: &mut Reg, l: &crate::l2::L2Status) -> Result<(), String> {
         "ARP requests and Neighbor Solicitations answered",
         l.answered,
     )?;
+    reg.counter(
+        "vipd_l2_fast_failovers",
+        "Owners taken for dead by fast failover (BFD expired, probes unanswered)",
+        l.fast_failovers,
+    )?;
     reg.gauge(
         "vipd_l2_lease_renewing",
         "1 while this node's L2 Lease is being renewed",
