@@ -66,6 +66,19 @@ pub struct FastFailover {
     pub multiplier: u8,
 }
 
+impl L2Config {
+    /// How long this process may stop running (SIGSTOP, a stalled host)
+    /// and still answer from what it knew: a heartbeat, or with fast
+    /// failover the BFD detection time, after which a successor may
+    /// already have taken its VIPs without this node having seen it.
+    pub fn pause_limit(&self) -> Duration {
+        match self.fast_failover {
+            Some(f) => self.heartbeat.min(f.interval * u32::from(f.multiplier)),
+            None => self.heartbeat,
+        }
+    }
+}
+
 pub(super) fn read_l2(mut t: Tbl, errs: &mut Errs) -> Option<L2Config> {
     let key = t.path.clone();
     let interfaces = t.req("interfaces", errs, |v| {

@@ -37,6 +37,9 @@ struct Schedule {
 pub struct State {
     me: String,
     heartbeat: Duration,
+    /// Not running for longer than this is a pause (see
+    /// `L2Config::pause_limit`).
+    pause_limit: Duration,
     lease_duration: Duration,
     offsets: Vec<Duration>,
     refresh: Duration,
@@ -104,6 +107,7 @@ impl State {
         State {
             me: me.to_string(),
             heartbeat: cfg.heartbeat,
+            pause_limit: cfg.pause_limit(),
             lease_duration: cfg.lease_duration,
             offsets: cfg.announce.clone(),
             refresh: cfg.refresh,
@@ -212,7 +216,7 @@ impl State {
     pub fn tick(&mut self, now: Instant) -> bool {
         let gap = self
             .last_tick
-            .is_some_and(|t| now.saturating_duration_since(t) > self.heartbeat);
+            .is_some_and(|t| now.saturating_duration_since(t) > self.pause_limit);
         self.last_tick = Some(now);
         if gap {
             self.paused = true;
@@ -487,7 +491,7 @@ impl State {
                 let why_not = if here {
                     None
                 } else if self.paused {
-                    Some("paused past a heartbeat: reading the Leases again".into())
+                    Some("paused past a heartbeat (or the fast failover detection time): reading the Leases again".into())
                 } else if let Some(r) = refused {
                     Some(r.clone())
                 } else if d.vip.addrs.iter().any(|a| self.yielded.contains(a)) {
@@ -663,6 +667,31 @@ mod tests {
         s.lease("b", other, "7", t0);
         assert_eq!(s.decide(t0), Some(BTreeSet::new()));
         assert!(s.record().claims.is_empty(), "and drops its claim");
+    }
+
+    /// With fast failover a successor may take over 0.5 s into a stop:
+    /// a stop longer than the BFD detection time is a pause, though
+    /// shorter than a heartbeat (the randomized e2e run found an owner
+    /// answering beside its successor after a 0.7 s SIGSTOP).
+    #[test]
+    fn with_fast_failover_a_stop_past_the_bfd_detection_time_is_a_pause() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let mut slow = State::new("a", &cfg());
+        slow.tick(t0);
+        assert!(!slow.tick(ms(700)));
+        let fast_cfg = L2Config {
+            fast_failover: Some(crate::config::FastFailover {
+                interval: Duration::from_millis(100),
+                multiplier: 3,
+            }),
+            ..cfg()
+        };
+        let mut fast = State::new("a", &fast_cfg);
+        fast.tick(t0);
+        assert!(!fast.tick(ms(300)), "within the detection time");
+        assert!(fast.tick(ms(700)), "past it: a successor may hold the VIPs");
+        assert!(fast.paused());
     }
 
     #[test]

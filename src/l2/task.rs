@@ -204,7 +204,7 @@ impl Run {
         conflicts: mpsc::Sender<Conflict>,
         events_tx: mpsc::Sender<LeaseEvent>,
     ) -> (Run, Option<mpsc::Receiver<Change>>) {
-        let gate = Arc::new(Gate::new(io.cfg.heartbeat));
+        let gate = Arc::new(Gate::new(io.cfg.pause_limit()));
         let counters = Arc::new(Counters::default());
         let (ports, problems) = io.ports(&gate, &counters, &conflicts);
         let lease_watch = Some(io.watch(events_tx.clone()));
