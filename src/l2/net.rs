@@ -333,6 +333,14 @@ pub fn own_address(
 mod tests {
     use super::*;
 
+    fn a(n: &str, ip: &str, prefix_len: u8) -> crate::bgp::net::IfAddr {
+        crate::bgp::net::IfAddr {
+            ifname: n.into(),
+            addr: ip.parse().unwrap(),
+            prefix_len,
+        }
+    }
+
     #[test]
     fn macs_parse_as_sysfs_writes_them() {
         assert_eq!(
@@ -349,12 +357,6 @@ mod tests {
 
     #[test]
     fn a_vip_is_answered_on_the_interface_whose_subnet_holds_it() {
-        use crate::bgp::net::IfAddr;
-        let a = |n: &str, ip: &str, len| IfAddr {
-            ifname: n.into(),
-            addr: ip.parse().unwrap(),
-            prefix_len: len,
-        };
         let addrs = [
             a("eth0", "192.0.2.1", 24),
             a("eth1", "198.51.100.1", 24),
@@ -384,12 +386,6 @@ mod tests {
 
     #[test]
     fn bfd_runs_from_the_first_segment_address_never_a_vip() {
-        use crate::bgp::net::IfAddr;
-        let a = |n: &str, ip: &str, len| IfAddr {
-            ifname: n.into(),
-            addr: ip.parse().unwrap(),
-            prefix_len: len,
-        };
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
         let addrs = [
             a("eth0", "fe80::1", 64),

@@ -224,6 +224,12 @@ fn na(mac: Mac, src: Ipv6Addr, dst: Ipv6Addr, target: Ipv6Addr, solicited: bool)
     msg.extend_from_slice(&target.octets());
     msg.extend_from_slice(&[2, 1]);
     msg.extend_from_slice(&mac);
+    icmpv6(src, dst, msg)
+}
+
+/// An IPv6 packet carrying the neighbour discovery message `msg`, its
+/// checksum filled in, hop limit 255 (RFC 4861 7.1: on-link only).
+fn icmpv6(src: Ipv6Addr, dst: Ipv6Addr, mut msg: Vec<u8>) -> Vec<u8> {
     let c = checksum(src, dst, &msg);
     msg[2..4].copy_from_slice(&c.to_be_bytes());
     let mut p = vec![0x60, 0, 0, 0];
@@ -272,15 +278,7 @@ fn solicitation(src: Ipv6Addr, dst: Ipv6Addr, target: Ipv6Addr, slla: Option<Mac
         msg.extend_from_slice(&[1, 1]);
         msg.extend_from_slice(&m);
     }
-    let c = checksum(src, dst, &msg);
-    msg[2..4].copy_from_slice(&c.to_be_bytes());
-    let mut p = vec![0x60, 0, 0, 0];
-    p.extend_from_slice(&(msg.len() as u16).to_be_bytes());
-    p.extend_from_slice(&[ICMPV6, 255]);
-    p.extend_from_slice(&src.octets());
-    p.extend_from_slice(&dst.octets());
-    p.extend_from_slice(&msg);
-    p
+    icmpv6(src, dst, msg)
 }
 
 /// Asks the segment whether anyone answers for `ip`, without naming an
