@@ -199,6 +199,44 @@ fn check_config_shows_the_peers_a_node_gets_by_its_labels() {
     );
 }
 
+/// `bgp.asn = "label:KEY"`: check-config says which AS a node with these
+/// labels speaks, or why it has none, and which peers have their own.
+#[test]
+fn check_config_shows_the_asn_a_node_takes_from_its_label() {
+    let conf = "[bgp]\nasn = \"label:vipd.io/asn\"\nrouter_id = \"192.0.2.1\"\n\
+        [[bgp.peers]]\naddress = \"192.0.2.2\"\nasn = 65002\n\
+        [[bgp.peers]]\naddress = \"192.0.2.3\"\nasn = 65003\nlocal_asn = 65200\n\
+        [kubernetes]\nnode_name = \"n\"\n";
+    let f = tmp("asn-label.toml", conf);
+    let lines = |labels: &str| {
+        let out = vipd()
+            .arg("check-config")
+            .arg(&f)
+            .args(["--node-labels", labels])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.lines().skip(1).map(String::from).collect::<Vec<_>>()
+    };
+    assert_eq!(
+        lines("vipd.io/asn=4200000101"),
+        [
+            "  AS4200000101 (label vipd.io/asn)",
+            "  192.0.2.2 AS65002: peer (every node)",
+            "  192.0.2.3 AS65003: peer (every node, local AS65200)",
+        ]
+    );
+    assert_eq!(
+        lines("vipd.io/asn=rack-1"),
+        [
+            "  bgp.asn: this Node's label \"vipd.io/asn\" is \"rack-1\": expected a whole number, got \"rack-1\": only peers with their own local_asn",
+            "  192.0.2.2 AS65002: not a peer (no ASN for this node)",
+            "  192.0.2.3 AS65003: peer (every node, local AS65200)",
+        ]
+    );
+}
+
 /// `vipd run` for about a second with `conf`, without a log flag or
 /// environment filter: what it printed.
 fn run_briefly(name: &str, conf: &str) -> String {

@@ -872,12 +872,13 @@ struct TwoNodes {
 }
 
 fn two_nodes(tag: &str) -> TwoNodes {
-    two_nodes_importing(tag, "import all")
+    two_nodes_importing(tag, "import all", "as 65010")
 }
 
 /// Two nodes, with BIRD's channels importing through `import` (e.g. a
-/// filter that honours GRACEFUL_SHUTDOWN).
-fn two_nodes_importing(tag: &str, import: &str) -> TwoNodes {
+/// filter that honours GRACEFUL_SHUTDOWN), and its neighbours' AS given
+/// as `remote` ("as 65010", or "external" for any but its own).
+fn two_nodes_importing(tag: &str, import: &str, remote: &str) -> TwoNodes {
     require(&["ip"]);
     let dir = Dir::new(tag);
     let router = bridge_router(&format!("{tag}r"), &["192.0.2.2/24", "192.0.2.100/24"]);
@@ -898,7 +899,8 @@ fn two_nodes_importing(tag: &str, import: &str) -> TwoNodes {
             ("nb", "192.0.2.2", "192.0.2.12", "ipv4", ""),
         ],
     )
-    .replace("import all", import);
+    .replace("import all", import)
+    .replace("as 65010;", &format!("{remote};"));
     let bird = Bird::start(&router, &dir, &conf);
     TwoNodes {
         dir,
@@ -1063,6 +1065,96 @@ fn peers_follow_the_nodes_labels() {
     assert_eq!(since("v6"), v6_since, "the IPv6 session was restarted");
 }
 
+/// ASN per node: each node's ASN from its Node's label (`bgp.asn =
+/// "label:KEY"`), one ToR accepting any external AS. BIRD holds each
+/// node's path with its own AS; a node relabelled restarts its session
+/// alone, with the new AS; a node without the label has no session and
+/// says why; a peer's `local_asn` wins over the label.
+#[test]
+fn each_node_speaks_the_asn_of_its_label_and_follows_it() {
+    let t = two_nodes_importing("ka", "import all", "external");
+    let names = ["node-a", "node-b"];
+    let ips = ["192.0.2.11", "192.0.2.12"];
+    let node = |i: usize, asn: Option<&str>| {
+        let mut n = obj::node(names[i], &[ips[i]]);
+        if let Some(a) = asn {
+            n["metadata"]["labels"] = serde_json::json!({"vipd.io/asn": a});
+        }
+        n
+    };
+    t.api.put(node(0, Some("65101")));
+    t.api.put(node(1, Some("4200000102")));
+    t.api
+        .put(obj::service("a", "cluster", &["203.0.113.20"], false));
+    t.api
+        .put(obj::slice("a", "cluster-1", "cluster", &[("node-b", true)]));
+    let conf = |i: usize, local: &str| {
+        node_conf(&t, i)
+            .replace("asn = 65010", "asn = \"label:vipd.io/asn\"")
+            .replace("asn = 65002\n", &format!("asn = 65002\n{local}"))
+    };
+    let a = Vipd::start_named(&t.nodes[0], &t.dir, &conf(0, ""), "vipd-a");
+    let b = Vipd::start_named(&t.nodes[1], &t.dir, &conf(1, ""), "vipd-b");
+    let paths = || {
+        let mut v: Vec<String> = t
+            .bird
+            .route("203.0.113.20/32")
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("BGP.as_path: ").map(String::from))
+            .collect();
+        v.sort();
+        v
+    };
+    let context = |what: &str| {
+        format!(
+            "{what}\nBIRD's paths: {:?}\n{}\nBIRD's log:\n{}\nvipd-a log:\n{}\nvipd-b log:\n{}",
+            paths(),
+            t.bird.cli("show protocols"),
+            std::fs::read_to_string(t.dir.path("bird.log")).unwrap_or_default(),
+            a.proc.log_tail(20),
+            b.proc.log_tail(20)
+        )
+    };
+    // BIRD's `external` neighbour may keep the AS it learnt first until
+    // its protocol restarts ("Bad peer AS: 65103"): then restarted, as
+    // whoever runs the ToR would.
+    let accept_new_as = |proto: &str, want: &[&str]| {
+        wait_until(Duration::from_secs(10), || {
+            paths() == want || t.bird.state(proto).contains("Bad peer AS")
+        });
+        if t.bird.state(proto).contains("Bad peer AS") {
+            t.bird.cli(&format!("restart {proto}"));
+        }
+    };
+    let paths_become = |want: &[&str], what: &str| {
+        assert!(
+            wait_until(Duration::from_secs(20), || paths() == want),
+            "{}",
+            context(what)
+        );
+    };
+    paths_become(&["4200000102", "65101"], "each node's own AS");
+    let na = t.bird.session_line("na");
+    t.api.put(node(1, Some("65103")));
+    accept_new_as("nb", &["65101", "65103"]);
+    paths_become(&["65101", "65103"], "node-b relabelled");
+    assert_eq!(t.bird.session_line("na"), na, "node-a's session restarted");
+    t.api.put(node(1, None));
+    paths_become(&["65101"], "node-b's label removed");
+    let (_, st) = vipd_status(&t.nodes[1]);
+    assert!(
+        st.contains(
+            "ready: no (bgp.asn: this Node has no label \"vipd.io/asn\" to take its ASN from)"
+        ),
+        "{st}"
+    );
+    assert_eq!(t.bird.session_line("na"), na, "node-a's session restarted");
+    // A peer's own local_asn, on reload: that session speaks it.
+    a.reload(&conf(0, "local_asn = 65200\n"));
+    accept_new_as("na", &["65200"]);
+    paths_become(&["65200"], "node-a's peer with local_asn");
+}
+
 /// A cordoned node drains without loss (RFC 8326): its path first carries
 /// GRACEFUL_SHUTDOWN, which BIRD (configured to honour it) prefers less, so
 /// the other node's path carries the traffic while both exist; after
@@ -1073,6 +1165,7 @@ fn a_cordoned_node_drains_with_graceful_shutdown_then_withdraws() {
     let t = two_nodes_importing(
         "kd",
         "import filter { if (65535, 0) ~ bgp_community then { bgp_local_pref = 0; preference = 10; } accept; }",
+        "as 65010",
     );
     t.api
         .put(obj::service("a", "cluster", &["203.0.113.20"], false));

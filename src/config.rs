@@ -255,7 +255,10 @@ pub struct RouteTable {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct BgpConfig {
+    /// With `asn_label`, 0 until [`BgpConfig::for_node`] resolves it.
     pub asn: u32,
+    /// `asn = "label:KEY"`: this node's ASN is its Node's label KEY.
+    pub asn_label: Option<String>,
     /// Unspecified until resolved when `from_node.router_id` (see
     /// [`BgpConfig::with_node_addresses`]).
     pub router_id: Ipv4Addr,
@@ -321,6 +324,9 @@ pub struct PeerConfig {
     pub from_node: FromNode,
     /// `bfd = true`: a BFD session with the peer (RFC 5880/5881/5883).
     pub bfd: Option<BfdSettings>,
+    /// `local_asn`: the ASN vipd speaks with to this peer (in OPEN, and
+    /// prepended), instead of `bgp.asn`.
+    pub local_asn: Option<u32>,
 }
 
 /// A peer's BFD timers.
@@ -527,7 +533,11 @@ fn parse_router_id(v: Value) -> Result<Ipv4Addr, String> {
 }
 
 fn read_bgp(mut t: Tbl, errs: &mut Errs) -> Option<BgpConfig> {
-    let asn = t.req("asn", errs, parse_asn);
+    let (asn, asn_label) = match t.req("asn", errs, fleet::parse_asn_source) {
+        Some(fleet::AsnSource::Number(n)) => (Some(n), None),
+        Some(fleet::AsnSource::Label(k)) => (Some(0), Some(k)),
+        None => (None, None),
+    };
     // Omitted: the Node's address (checked against [kubernetes] later).
     let router_id = t.opt("router_id", errs, parse_router_id);
     let router_id_from_node = router_id.is_none() && !errs.has("bgp.router_id");
@@ -547,7 +557,8 @@ fn read_bgp(mut t: Tbl, errs: &mut Errs) -> Option<BgpConfig> {
     let restart_record = t
         .opt("restart_record", errs, parse_abs_path)
         .unwrap_or_else(|| PathBuf::from(DEFAULT_RESTART_RECORD));
-    let local_asn = asn;
+    // Unknown until the Node's labels are: no iBGP rules to check.
+    let local_asn = asn.filter(|n| *n != 0);
     let mut peers = Vec::new();
     for (i, v) in t.array("peers", errs).into_iter().enumerate() {
         let key = format!("bgp.peers[{i}]");
@@ -561,6 +572,7 @@ fn read_bgp(mut t: Tbl, errs: &mut Errs) -> Option<BgpConfig> {
     validate::peers(&peers, listen.is_some(), router_id, errs);
     Some(BgpConfig {
         asn: asn?,
+        asn_label,
         router_id: router_id.unwrap_or(Ipv4Addr::UNSPECIFIED),
         router_id_from_node,
         listen,
@@ -1009,6 +1021,7 @@ fn read_peer(mut t: Tbl, local_asn: Option<u32>, errs: &mut Errs) -> Option<Peer
     let key = t.path.clone();
     let address = t.req("address", errs, parse_ip);
     let asn = t.req("asn", errs, parse_asn);
+    let own_asn = t.opt("local_asn", errs, parse_asn);
     let port = t
         .opt("port", errs, |v| parse_int(v, 1, 65535).map(|n| n as u16))
         .unwrap_or(179);
@@ -1059,8 +1072,9 @@ fn read_peer(mut t: Tbl, local_asn: Option<u32>, errs: &mut Errs) -> Option<Peer
         node_selector,
         from_node,
         bfd,
+        local_asn: own_asn,
     };
-    validate::peer(&key, &peer, local_asn, errs);
+    validate::peer(&key, &peer, own_asn.or(local_asn), errs);
     Some(peer)
 }
 
@@ -1296,7 +1310,7 @@ fn check_duplicate_prefixes(announce: &[Announce], errs: &mut Errs) {
     }
 }
 
-fn parse_asn(v: Value) -> Result<u32, String> {
+pub(crate) fn parse_asn(v: Value) -> Result<u32, String> {
     let n = parse_int(v, 0, u32::MAX as i64)?;
     if n == 0 {
         return Err("ASN 0 is reserved (RFC 7607)".into());
@@ -1737,7 +1751,7 @@ communities = ["65010:x"]
         assert_eq!(
             p,
             vec![
-                "bgp.asn: expected a whole number, got \"x\"",
+                "bgp.asn: expected an AS number, or \"label:KEY\" for the Node's label KEY, got \"x\"",
                 "bgp.router_id: expected a string, got an array"
             ]
         );

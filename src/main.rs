@@ -133,10 +133,17 @@ fn init_logging(targets: Targets, level_given: bool) -> impl Fn(&vipd::config::L
 /// Each peer, and whether a node with `labels` gets it.
 fn peers_for(c: &Config, labels: &vipd::config::Labels) -> String {
     let chosen = c.bgp.for_node(Some(labels));
-    let mut out = String::new();
+    let asn = c.bgp.asn_for(Some(labels));
+    let mut out = match (&asn, &c.bgp.asn_label) {
+        (Err(e), _) => format!("  {e}: only peers with their own local_asn\n"),
+        (Ok(_), Some(k)) => format!("  AS{} (label {k})\n", chosen.asn),
+        (Ok(_), None) => String::new(),
+    };
     for p in &c.bgp.peers {
         let on = chosen.peers.iter().any(|q| q.address == p.address);
-        let why = if p.node_selector.is_empty() {
+        let why = if asn.is_err() && p.local_asn.is_none() {
+            "no ASN for this node".to_string()
+        } else if p.node_selector.is_empty() {
             "every node".to_string()
         } else {
             let sel: Vec<String> = p
@@ -147,7 +154,11 @@ fn peers_for(c: &Config, labels: &vipd::config::Labels) -> String {
             format!("node_selector {}", sel.join(","))
         };
         let verdict = if on { "peer" } else { "not a peer" };
-        out += &format!("  {} AS{}: {verdict} ({why})\n", p.address, p.asn);
+        let local = p
+            .local_asn
+            .map(|a| format!(", local AS{a}"))
+            .unwrap_or_default();
+        out += &format!("  {} AS{}: {verdict} ({why}{local})\n", p.address, p.asn);
     }
     out
 }

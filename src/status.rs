@@ -59,6 +59,8 @@ pub struct Report {
     pub config: ConfigLine,
     /// `[status] ready_needs_peer`: ready only with a session Established.
     pub ready_needs_peer: bool,
+    /// `bgp.asn = "label:KEY"` and the Node's label missing or not an ASN.
+    pub asn_problem: Option<String>,
 }
 
 /// The configuration file as last read.
@@ -95,6 +97,9 @@ impl Report {
         {
             return Ok(());
         }
+        if let (true, Some(p)) = (self.peers.is_empty(), &self.asn_problem) {
+            return Err(p.clone());
+        }
         if self.peers.is_empty() {
             return Err(
                 "no BGP peer for this node ([status] ready_needs_peer = false if none is intended)"
@@ -117,6 +122,9 @@ impl Report {
             Ok(()) => writeln!(s, "ready: yes"),
             Err(why) => writeln!(s, "ready: no ({why})"),
         };
+        if let Some(p) = &self.asn_problem {
+            let _ = writeln!(s, "{p}");
+        }
         if !self.config.last_reload_ok {
             let _ = writeln!(
                 s,
@@ -603,6 +611,7 @@ pub(crate) mod tests {
                 problems: vec![],
             },
             ready_needs_peer: true,
+            asn_problem: None,
         }
     }
 

@@ -68,7 +68,6 @@ pub struct Speaker {
     peers: HashMap<IpAddr, Peer>,
     registry: Registry,
     listener: Option<Listener>,
-    asn: u32,
     router_id: std::net::Ipv4Addr,
     /// Back from a graceful stop, and still starting (see [`Speaker::started`]).
     restarted: bool,
@@ -87,7 +86,7 @@ fn settings(bgp: &BgpConfig) -> Vec<Settings> {
         .iter()
         .map(|p| Settings {
             peer: p.clone(),
-            local_asn: bgp.asn,
+            local_asn: p.local_asn.unwrap_or(bgp.asn),
             router_id: bgp.router_id,
             graceful_restart: bgp.graceful_restart.then_some(bgp.restart_time),
         })
@@ -125,7 +124,6 @@ impl Speaker {
             peers: HashMap::new(),
             registry,
             listener,
-            asn: bgp.asn,
             router_id: bgp.router_id,
             restarted,
             bfd: None,
@@ -274,8 +272,11 @@ impl Speaker {
     /// Applies a reloaded configuration: peers added, removed or changed are
     /// started, stopped or restarted; the others keep their sessions.
     pub async fn reconfigure(&mut self, bgp: &BgpConfig) {
-        if bgp.asn != self.asn || bgp.router_id != self.router_id {
-            warn!("bgp.asn and bgp.router_id take effect only when vipd restarts");
+        // The ASN is each session's own (`local_asn`, or one from the
+        // Node's label that may change): a changed one restarts the
+        // sessions it is in, below.
+        if bgp.router_id != self.router_id {
+            warn!("bgp.router_id takes effect only when vipd restarts");
         }
         if bgp.listen != self.listener.as_ref().map(|l| l.addr) {
             warn!("bgp.listen takes effect only when vipd restarts");
@@ -283,7 +284,6 @@ impl Speaker {
         let mut wanted: HashMap<IpAddr, Settings> = settings(bgp)
             .into_iter()
             .map(|mut s| {
-                s.local_asn = self.asn;
                 s.router_id = self.router_id;
                 (s.peer.address, s)
             })
@@ -403,5 +403,23 @@ async fn accept_loop(sock: Arc<TcpListener>, registry: Registry) {
                 debug!(%from, "connection from an address that is not a configured peer; closed")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_session_speaks_its_peers_local_asn_or_the_nodes() {
+        let c = crate::config::Config::from_toml_str(
+            "[bgp]\nasn = 65010\nrouter_id = \"192.0.2.1\"\n\
+             [[bgp.peers]]\naddress = \"192.0.2.2\"\nasn = 65002\n\
+             [[bgp.peers]]\naddress = \"192.0.2.3\"\nasn = 65003\nlocal_asn = 4200000100\n",
+        )
+        .unwrap();
+        let s = settings(&c.bgp);
+        let asns: Vec<u32> = s.iter().map(|s| s.local_asn).collect();
+        assert_eq!(asns, [65010, 4_200_000_100]);
     }
 }

@@ -122,16 +122,67 @@ fn check_value(k: &str, v: &str) -> Result<(), String> {
     }
 }
 
+/// Where `bgp.asn` comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum AsnSource {
+    Number(u32),
+    /// `"label:KEY"`: the Node's label KEY, for ASN-per-node designs.
+    Label(String),
+}
+
+/// `bgp.asn`: a number, or `"label:KEY"` with KEY a valid label key.
+pub(super) fn parse_asn_source(v: Value) -> Result<AsnSource, String> {
+    if let ValueKind::String(s) = &v.kind {
+        if let Some(k) = s.strip_prefix("label:") {
+            check_key(k)?;
+            return Ok(AsnSource::Label(k.to_string()));
+        }
+        if s.trim().parse::<i128>().is_err() {
+            return Err(format!(
+                "expected an AS number, or \"label:KEY\" for the Node's label KEY, got {s:?}"
+            ));
+        }
+    }
+    super::parse_asn(v).map(AsnSource::Number)
+}
+
 impl BgpConfig {
+    /// The ASN this node speaks with where a peer sets no `local_asn`:
+    /// `asn`, or with `asn = "label:KEY"` its Node's label KEY (`Ok(None)`
+    /// while the labels are not known). The error names the key and says
+    /// what is wrong with the label.
+    pub fn asn_for(&self, labels: Option<&Labels>) -> Result<Option<u32>, String> {
+        let Some(key) = &self.asn_label else {
+            return Ok(Some(self.asn));
+        };
+        let Some(labels) = labels else {
+            return Ok(None);
+        };
+        let Some(v) = labels.get(key) else {
+            return Err(format!(
+                "bgp.asn: this Node has no label {key:?} to take its ASN from"
+            ));
+        };
+        let n = super::parse_asn(Value::new(None, ValueKind::String(v.clone())));
+        n.map(Some)
+            .map_err(|e| format!("bgp.asn: this Node's label {key:?} is {v:?}: {e}"))
+    }
+
     /// The peers of a node with these labels (`None`: not known yet, so
     /// only the peers without a selector), with the selector itself taken
     /// out: a selector edited on reload that still matches must not
-    /// restart the session.
+    /// restart the session. With the ASN from a label, `asn` is the
+    /// label's; without a valid one, only peers with their own `local_asn`
+    /// remain (the others have no ASN to speak with).
     pub fn for_node(&self, labels: Option<&Labels>) -> BgpConfig {
         let mut b = self.clone();
+        let asn = self.asn_for(labels).ok().flatten();
+        b.asn = asn.unwrap_or(0);
         b.peers.retain(|p| {
-            p.node_selector.is_empty()
-                || labels.is_some_and(|l| p.node_selector.iter().all(|(k, v)| l.get(k) == Some(v)))
+            (p.local_asn.is_some() || asn.is_some())
+                && (p.node_selector.is_empty()
+                    || labels
+                        .is_some_and(|l| p.node_selector.iter().all(|(k, v)| l.get(k) == Some(v))))
         });
         for p in &mut b.peers {
             p.node_selector.clear();
@@ -213,6 +264,12 @@ impl BgpConfig {
 /// and an omitted `router_id` cannot be resolved.
 pub(super) fn check_needs_node(b: &BgpConfig, errs: &mut Errs) {
     const WHY: &str = "is the Node's address: it needs a [kubernetes] table";
+    if let Some(k) = &b.asn_label {
+        errs.push(
+            "bgp.asn",
+            format!("\"label:{k}\" is the Node's label: it needs a [kubernetes] table"),
+        );
+    }
     if b.router_id_from_node {
         errs.push(
             "bgp.router_id",
@@ -264,6 +321,108 @@ mod tests {
     fn cfg(peers: &str) -> Result<Config, Vec<String>> {
         Config::from_toml_str(&format!("{BASE}{peers}"))
             .map_err(|p| p.0.iter().map(|p| p.to_string()).collect())
+    }
+
+    const BY_LABEL: &str = "[bgp]\nasn = \"label:vipd.io/asn\"\nrouter_id = \"192.0.2.1\"\n[kubernetes]\nnode_name = \"n\"\n\
+         [[bgp.peers]]\naddress = \"192.0.2.2\"\nasn = 65002\n\
+         [[bgp.peers]]\naddress = \"192.0.2.3\"\nasn = 65003\nlocal_asn = 65100\n";
+
+    fn labels(kv: &[(&str, &str)]) -> Labels {
+        kv.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn the_asn_comes_from_the_nodes_label_and_a_peer_may_set_its_own() {
+        let c = Config::from_toml_str(BY_LABEL).unwrap();
+        assert_eq!(c.bgp.asn_label.as_deref(), Some("vipd.io/asn"));
+        assert_eq!(c.bgp.peers[1].local_asn, Some(65100));
+        assert_eq!(c.bgp.peers[0].local_asn, None);
+        // Labels not known yet: only the peer with its own ASN.
+        let b = c.bgp.for_node(None);
+        assert_eq!(c.bgp.asn_for(None), Ok(None));
+        let addrs = |b: &BgpConfig| -> Vec<String> {
+            b.peers.iter().map(|p| p.address.to_string()).collect()
+        };
+        assert_eq!(addrs(&b), ["192.0.2.3"]);
+        let l = labels(&[("vipd.io/asn", "4200000101")]);
+        let b = c.bgp.for_node(Some(&l));
+        assert_eq!(b.asn, 4_200_000_101);
+        assert_eq!(addrs(&b), ["192.0.2.2", "192.0.2.3"]);
+        // A number as bgp.asn: the labels do not matter.
+        let plain = cfg("").unwrap();
+        assert_eq!(plain.bgp.asn_for(Some(&l)), Ok(Some(65010)));
+        assert_eq!(plain.bgp.for_node(Some(&l)).asn, 65010);
+    }
+
+    #[test]
+    fn a_missing_or_bad_asn_label_says_which_and_why_and_keeps_only_own_asn_peers() {
+        let c = Config::from_toml_str(BY_LABEL).unwrap();
+        for (l, want) in [
+            (
+                labels(&[("other", "1")]),
+                "bgp.asn: this Node has no label \"vipd.io/asn\" to take its ASN from",
+            ),
+            (
+                labels(&[("vipd.io/asn", "rack1")]),
+                "bgp.asn: this Node's label \"vipd.io/asn\" is \"rack1\": expected a whole number, got \"rack1\"",
+            ),
+            (
+                labels(&[("vipd.io/asn", "0")]),
+                "bgp.asn: this Node's label \"vipd.io/asn\" is \"0\": ASN 0 is reserved (RFC 7607)",
+            ),
+            (
+                labels(&[("vipd.io/asn", "23456")]),
+                "bgp.asn: this Node's label \"vipd.io/asn\" is \"23456\": ASN 23456 is AS_TRANS, reserved (RFC 6793)",
+            ),
+            (
+                labels(&[("vipd.io/asn", "4294967296")]),
+                "bgp.asn: this Node's label \"vipd.io/asn\" is \"4294967296\": 4294967296 is out of range 0 to 4294967295",
+            ),
+        ] {
+            assert_eq!(c.bgp.asn_for(Some(&l)), Err(want.to_string()));
+            let b = c.bgp.for_node(Some(&l));
+            assert_eq!(b.asn, 0);
+            assert_eq!(b.peers.len(), 1, "{want}");
+            assert_eq!(b.peers[0].local_asn, Some(65100));
+        }
+    }
+
+    #[test]
+    fn asn_and_local_asn_errors_name_the_key() {
+        let with_asn = |asn: &str, rest: &str| {
+            Config::from_toml_str(&format!(
+                "[bgp]\nasn = {asn}\nrouter_id = \"192.0.2.1\"\n{rest}"
+            ))
+            .map_err(|p| p.0.iter().map(|p| p.to_string()).collect::<Vec<_>>())
+        };
+        let k = "[kubernetes]\nnode_name = \"n\"\n";
+        assert_eq!(
+            with_asn("\"label:-bad\"", k).unwrap_err(),
+            ["bgp.asn: \"-bad\" is not a valid label key"]
+        );
+        assert_eq!(
+            with_asn("\"rack-1\"", k).unwrap_err(),
+            ["bgp.asn: expected an AS number, or \"label:KEY\" for the Node's label KEY, got \"rack-1\""]
+        );
+        assert_eq!(
+            with_asn("\"label:vipd.io/asn\"", "").unwrap_err(),
+            ["bgp.asn: \"label:vipd.io/asn\" is the Node's label: it needs a [kubernetes] table"]
+        );
+        // A number in a string, as environment overrides give it.
+        assert_eq!(with_asn("\"65010\"", k).unwrap().bgp.asn, 65010);
+        for (v, why) in [
+            ("0", "ASN 0 is reserved (RFC 7607)"),
+            ("23456", "ASN 23456 is AS_TRANS, reserved (RFC 6793)"),
+            ("\"x\"", "expected a whole number, got \"x\""),
+        ] {
+            let e = cfg(&format!(
+                "[[bgp.peers]]\naddress = \"192.0.2.2\"\nasn = 65002\nlocal_asn = {v}\n"
+            ))
+            .unwrap_err();
+            assert_eq!(e, [format!("bgp.peers[0].local_asn: {why}")]);
+        }
     }
 
     #[test]

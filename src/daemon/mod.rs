@@ -172,15 +172,20 @@ impl Daemon {
     }
 
     /// This node's labels changed: the peers whose `node_selector` they
-    /// match start, the others stop; sessions of peers kept are untouched.
+    /// match start, the others stop; with the ASN from a label, the
+    /// sessions speaking it restart with the new one. Sessions of peers
+    /// kept are untouched.
     async fn on_labels(&mut self, labels: Labels) {
         let bgp = &self.applied.cfg.bgp;
         let before = bgp.for_node(self.kube.labels.as_ref());
         let after = bgp.for_node(Some(&labels));
+        if let Err(problem) = bgp.asn_for(Some(&labels)) {
+            error!(%problem, "no ASN for this node: only peers with their own local_asn have sessions");
+        }
         let first = self.kube.labels.replace(labels).is_none();
-        if before.peers != after.peers {
+        if before.peers != after.peers || before.asn != after.asn {
             let names: Vec<String> = after.peers.iter().map(|p| p.address.to_string()).collect();
-            info!(peers = %names.join(","), "peers for this node's labels");
+            info!(peers = %names.join(","), asn = after.asn, "peers for this node's labels");
             self.speaker.reconfigure(&after).await;
         }
         if first {
@@ -363,6 +368,9 @@ impl Daemon {
             bfd_drops: self.speaker.bfd_drops(),
             config: self.applied.last.clone(),
             ready_needs_peer: self.applied.cfg.status.ready_needs_peer,
+            asn_problem: (self.applied.cfg.bgp)
+                .asn_for(self.kube.labels.as_ref())
+                .err(),
         }
     }
 

@@ -104,8 +104,9 @@ fn keep_running(next: &mut Config, applied: &Config, restart: &mut Vec<&'static 
         next.status = applied.status;
     }
     let (b, a) = (&mut next.bgp, &applied.bgp);
-    if changed(restart, b.asn != a.asn, "bgp.asn") {
-        b.asn = a.asn;
+    let asn = |c: &crate::config::BgpConfig| (c.asn, c.asn_label.clone());
+    if changed(restart, asn(b) != asn(a), "bgp.asn") {
+        (b.asn, b.asn_label) = asn(a);
     }
     let id = |c: &crate::config::BgpConfig| (c.router_id, c.router_id_from_node);
     if changed(restart, id(b) != id(a), "bgp.router_id") {
@@ -181,6 +182,21 @@ mod tests {
         assert!(p.restart.is_empty(), "{:?}", p.restart);
         assert_eq!(p.next, new, "replaced whole");
         assert_eq!(p.next.bgp.peers.len(), 2);
+    }
+
+    #[test]
+    fn an_asn_from_a_label_needs_a_restart_and_a_peers_local_asn_does_not() {
+        let applied = cfg(KUBE);
+        let labelled = BASE.replace("asn = 65010", "asn = \"label:vipd.io/asn\"");
+        let new = Config::from_toml_str(&format!("{labelled}{KUBE}")).unwrap();
+        let p = plan(&applied, new);
+        assert_eq!(p.restart, ["bgp.asn"]);
+        assert_eq!((p.next.bgp.asn, p.next.bgp.asn_label), (65010, None));
+        let own = BASE.replace("asn = 65000\n", "asn = 65000\nlocal_asn = 65101\n");
+        let new = Config::from_toml_str(&format!("{own}{KUBE}")).unwrap();
+        let p = plan(&applied, new);
+        assert!(p.restart.is_empty(), "{:?}", p.restart);
+        assert_eq!(p.next.bgp.peers[0].local_asn, Some(65101));
     }
 
     #[test]
