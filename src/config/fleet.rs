@@ -425,6 +425,41 @@ mod tests {
         }
     }
 
+    /// GTSM without a hop count is refused for iBGP, judged against the
+    /// AS vipd speaks to that peer: `bgp.asn`, or the peer's `local_asn`
+    /// (with the ASN from a label, only `local_asn` is known).
+    #[test]
+    fn ibgp_is_judged_against_the_asn_spoken_to_the_peer() {
+        let why = "bgp.peers[0].ttl_security: for an iBGP peer, also set ttl to the number of hops";
+        let gtsm = |asn: u32, local: &str| {
+            format!(
+                "[[bgp.peers]]\naddress = \"192.0.2.2\"\nasn = {asn}\nttl_security = true\n{local}"
+            )
+        };
+        assert_eq!(cfg(&gtsm(65010, "")).unwrap_err(), [why]);
+        assert!(cfg(&gtsm(65002, "")).is_ok(), "eBGP");
+        assert_eq!(cfg(&gtsm(65002, "local_asn = 65002\n")).unwrap_err(), [why]);
+        assert!(
+            cfg(&gtsm(65010, "local_asn = 65002\n")).is_ok(),
+            "eBGP by local_asn"
+        );
+        let labelled = |peer: &str| {
+            Config::from_toml_str(&format!(
+                "{}{peer}",
+                BASE.replace("asn = 65010", "asn = \"label:vipd.io/asn\"")
+            ))
+            .map_err(|p| p.0.iter().map(|p| p.to_string()).collect::<Vec<_>>())
+        };
+        assert!(
+            labelled(&gtsm(65010, "")).is_ok(),
+            "the label's AS is not known yet"
+        );
+        assert_eq!(
+            labelled(&gtsm(65002, "local_asn = 65002\n")).unwrap_err(),
+            [why]
+        );
+    }
+
     #[test]
     fn peers_follow_the_nodes_labels() {
         let c = cfg(
