@@ -162,6 +162,17 @@ mod tests {
         assert_eq!(read(&write(&draining)).0, draining);
     }
 
+    /// The name the RBAC, the other nodes and `kubectl` look for, and
+    /// none for a node whose name would make it longer than an object
+    /// name may be.
+    #[test]
+    fn a_nodes_lease_is_named_after_it_within_the_object_name_limit() {
+        assert_eq!(lease_name("node-a").as_deref(), Some("vipd-l2-node-a"));
+        let longest = "n".repeat(253 - PREFIX.len());
+        assert_eq!(lease_name(&longest).map(|n| n.len()), Some(253));
+        assert_eq!(lease_name(&format!("{longest}n")), None);
+    }
+
     #[test]
     fn a_hostile_record_is_read_as_far_as_it_parses() {
         let a = BTreeMap::from([
