@@ -39,6 +39,7 @@ fn seeds() -> Vec<Vec<u8>> {
         large_communities: vec![[1, 2, 3]],
         med: Some(7),
         local_pref: Some(9),
+        peers: vec![],
     };
     let mut out = vec![];
     for (ebgp, four) in [(true, true), (false, true), (true, false)] {
@@ -50,6 +51,7 @@ fn seeds() -> Vec<Vec<u8>> {
             next_hop_v6: Some(Ipv6Addr::LOCALHOST),
             next_hop_v6_link_local: (!ebgp).then(|| "fe80::1".parse().unwrap()),
             defaults: RouteAttrs::default(),
+            names: vec![],
         };
         let v4: Vec<IpNet> = (0..7u32)
             .map(|i| {

@@ -1481,3 +1481,112 @@ fn a_fleet_records_each_decision_once_and_a_restart_writes_nothing() {
     assert_eq!(count(), Some(2));
     assert_eq!(k.api.event_writes(), expected as u64 + 1);
 }
+
+/// Issue 18 part 4: two pools, each to its own ToR with its communities
+/// (`peers`, `communities`); the first pool aggregated at /28. The
+/// aggregate is at its ToR while a Cluster Service of the pool is
+/// announced, makes way for each address while a Local Service is inside,
+/// and goes with the last Service; `vipd explain` says where each
+/// attribute came from.
+#[test]
+fn each_pool_goes_to_its_own_router_and_an_aggregate_follows_its_services() {
+    let k = kube_lab("kp");
+    let r2 = k.lab.add_router("kp2r");
+    let dir2 = Dir::new("kp2");
+    let tor_b = Bird::start(
+        &r2,
+        &dir2,
+        &bird_conf(&dir2, &[("v4", "198.51.100.2", "198.51.100.1", "ipv4", "")]),
+    );
+    let kc = k.lab.dir.write("kubeconfig", &k.api.kubeconfig());
+    let conf = format!(
+        "{BGP}listen = \"[::]:179\"\n\
+         [[bgp.peers]]\naddress = \"192.0.2.2\"\nasn = 65002\nconnect_retry = 1\nname = \"tor-a\"\n\
+         [[bgp.peers]]\naddress = \"198.51.100.2\"\nasn = 65002\nconnect_retry = 1\nname = \"tor-b\"\n\
+         [kubernetes]\nkubeconfig = \"{}\"\nnode_name = \"node-a\"\n\
+         [ipam]\n\
+         [[ipam.pools]]\nname = \"blue\"\naddresses = [\"203.0.113.0/28\"]\n\
+         communities = [\"65000:1\"]\npeers = [\"tor-a\"]\naggregate_length = 28\n\
+         [[ipam.pools]]\nname = \"green\"\naddresses = [\"203.0.113.16/28\"]\n\
+         communities = [\"65000:2\"]\nlocal_pref = 250\npeers = [\"tor-b\"]\n",
+        kc.display()
+    );
+    let svc = |name: &str, ip: &str, local: bool, node: &str| {
+        k.api.put(obj::service("a", name, &[ip], local));
+        k.api
+            .put(obj::slice("a", &format!("{name}-1"), name, &[(node, true)]));
+    };
+    svc("one", "203.0.113.1", false, "node-b");
+    svc("green", "203.0.113.17", false, "node-b");
+    let v = Vipd::start(&k.lab.node, &k.lab.dir, &conf);
+    let views = |v: &Vipd| {
+        format!(
+            "tor-a:\n{}\ntor-b:\n{}\nvipd:\n{}",
+            k.bird.cli("show route all"),
+            tor_b.cli("show route all"),
+            v.proc.log_tail(30)
+        )
+    };
+    let settled = |a: &[&str], b: &[&str]| {
+        wait_until(Duration::from_secs(20), || {
+            a.iter().all(|p| k.bird.has(p))
+                && b.iter().all(|p| tor_b.has(p))
+                && k.bird.count("master4") == a.len()
+                && tor_b.count("master4") == b.len()
+        })
+    };
+    assert!(
+        settled(&["203.0.113.0/28"], &["203.0.113.17/32"]),
+        "each ToR should hold only its pool, blue as its aggregate\n{}",
+        views(&v)
+    );
+    let community = |b: &Bird, p: &str| {
+        b.route(p)
+            .lines()
+            .find(|l| l.contains("BGP.community"))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(
+        community(&k.bird, "203.0.113.0/28").contains("(65000,1)"),
+        "{}",
+        views(&v)
+    );
+    assert!(
+        community(&tor_b, "203.0.113.17/32").contains("(65000,2)"),
+        "{}",
+        views(&v)
+    );
+    let (_, explain) = vipd_cli(&k.lab.node, &["explain", "a/one"]);
+    for line in [
+        "communities 65000:1 (pool blue)",
+        "only to peers tor-a (pool blue)",
+        "announced as part of 203.0.113.0/28 (pool blue's aggregate_length)",
+        "not to 198.51.100.2 AS65002: not sent: for peers tor-a only",
+    ] {
+        assert!(explain.contains(line), "no {line:?} in:\n{explain}");
+    }
+    let (_, explain) = vipd_cli(&k.lab.node, &["explain", "a/green"]);
+    assert!(explain.contains("local-pref 250 (pool green)"), "{explain}");
+    // A Local Service inside: announced only where its endpoint is, so
+    // the aggregate makes way for each address.
+    svc("local", "203.0.113.2", true, "node-a");
+    assert!(
+        settled(&["203.0.113.1/32", "203.0.113.2/32"], &["203.0.113.17/32"]),
+        "a Local Service inside should take the aggregate away\n{}",
+        views(&v)
+    );
+    k.api.delete(Kind::Service, "a", "local");
+    assert!(
+        settled(&["203.0.113.0/28"], &["203.0.113.17/32"]),
+        "the aggregate should come back\n{}",
+        views(&v)
+    );
+    // The last Service it stands for goes: so does the aggregate.
+    k.api.delete(Kind::Service, "a", "one");
+    assert!(
+        settled(&[], &["203.0.113.17/32"]),
+        "the aggregate should go with the last Service\n{}",
+        views(&v)
+    );
+}

@@ -16,6 +16,8 @@ use ipnet::IpNet;
 
 // A path both vipd and the fuzz crate (which compiles this file on its
 // own) resolve to the same file.
+#[path = "config/advertise.rs"]
+mod advertise;
 #[path = "config/fleet.rs"]
 mod fleet;
 #[path = "config/ipam.rs"]
@@ -25,6 +27,7 @@ mod l2;
 #[path = "config/tenant.rs"]
 mod tenant;
 mod validate;
+pub use advertise::{Advert, Advertisement, Adverts, Source};
 pub use fleet::{parse_labels, DrainConfig, Labels, NodeAddresses};
 pub use ipam::{parse_range, IpamConfig, Pool, Range};
 pub use l2::{FastFailover, L2Config, Mode};
@@ -183,6 +186,9 @@ pub struct KubeConfig {
     /// Bytes of community values a Service's route may carry (see
     /// `tenant::check_room`; filled in by `Config::load`).
     pub community_room: usize,
+    /// The pools' and `[[bgp.advertisements]]`' (filled in by
+    /// `Config::load`).
+    pub adverts: Adverts,
     /// Connecting to the API server takes at most this long.
     pub connect_timeout: Duration,
     /// An answer (a list page, or anything on a watch, where the server's
@@ -272,6 +278,9 @@ pub struct BgpConfig {
     pub peers: Vec<PeerConfig>,
     /// `router_id` omitted: the Node's first IPv4 InternalIP.
     pub router_id_from_node: bool,
+    /// `[[bgp.advertisements]]`: what goes with Service addresses vipd did
+    /// not give out, by prefix.
+    pub advertisements: Vec<Advertisement>,
 }
 
 /// A TCP MD5 key. Its `Debug` says only that it is there, so no log line,
@@ -314,6 +323,9 @@ pub struct PeerConfig {
     /// peer shares the link (RFC 2545 section 3).
     pub link_local_next_hop: bool,
     pub description: Option<String>,
+    /// `name`: what a pool's or an advertisement's `peers` may call it
+    /// (besides its address). Peers on different nodes may share one.
+    pub name: Option<String>,
     /// Added to every route sent to this peer (communities are merged,
     /// a route's own LOCAL_PREF wins).
     pub defaults: RouteAttrs,
@@ -559,6 +571,7 @@ fn read_bgp(mut t: Tbl, errs: &mut Errs) -> Option<BgpConfig> {
         .unwrap_or_else(|| PathBuf::from(DEFAULT_RESTART_RECORD));
     // Unknown until the Node's labels are: no iBGP rules to check.
     let local_asn = asn.filter(|n| *n != 0);
+    let advertisements = advertise::read_all(&mut t, errs);
     let mut peers = Vec::new();
     for (i, v) in t.array("peers", errs).into_iter().enumerate() {
         let key = format!("bgp.peers[{i}]");
@@ -581,6 +594,7 @@ fn read_bgp(mut t: Tbl, errs: &mut Errs) -> Option<BgpConfig> {
         withdraw_on_stop,
         restart_record,
         peers: peers.into_iter().map(|(_, p)| p).collect(),
+        advertisements,
     })
 }
 
@@ -697,6 +711,7 @@ fn read_kubernetes(mut t: Tbl, node_env: Option<String>, errs: &mut Errs) -> Opt
         l2: None,
         service_attrs,
         community_room: COMMUNITY_ROOM - DRAIN_RESERVE,
+        adverts: Default::default(),
         connect_timeout,
         read_timeout,
     })
@@ -1042,7 +1057,7 @@ fn read_peer(mut t: Tbl, local_asn: Option<u32>, errs: &mut Errs) -> Option<Peer
     let (next_hop_ipv4, next_hop_ipv6) = read_next_hops(&mut t, &mut from_node, errs);
     let link_local_next_hop = t.flag("link_local_next_hop", errs, true);
     let bfd = read_bfd(&mut t, &key, ttl.is_some_and(|t| t > 1), errs);
-    let description = t.opt("description", errs, parse_str);
+    let (description, name) = read_names(&mut t, errs);
     let node_selector = t
         .opt("node_selector", errs, fleet::parse_selector)
         .unwrap_or_default();
@@ -1068,6 +1083,7 @@ fn read_peer(mut t: Tbl, local_asn: Option<u32>, errs: &mut Errs) -> Option<Peer
         next_hop_ipv6,
         link_local_next_hop,
         description,
+        name,
         defaults,
         node_selector,
         from_node,
@@ -1076,6 +1092,18 @@ fn read_peer(mut t: Tbl, local_asn: Option<u32>, errs: &mut Errs) -> Option<Peer
     };
     validate::peer(&key, &peer, own_asn.or(local_asn), errs);
     Some(peer)
+}
+
+/// A peer's `description` (free text) and `name` (what a pool's `peers`
+/// may call it).
+fn read_names(t: &mut Tbl, errs: &mut Errs) -> (Option<String>, Option<String>) {
+    let description = t.opt("description", errs, parse_str);
+    let name = t.opt("name", errs, |v| {
+        let s = parse_str(v)?;
+        ipam::check_dns_name(&s)?;
+        Ok(s)
+    });
+    (description, name)
 }
 
 fn parse_hold_time(v: Value) -> Result<u16, String> {
@@ -1254,6 +1282,7 @@ fn read_attrs(t: &mut Tbl, errs: &mut Errs) -> RouteAttrs {
         large_communities,
         med,
         local_pref,
+        peers: Vec::new(),
     };
     a.normalize();
     a
@@ -1691,6 +1720,49 @@ prefixes = ["198.51.100.1/32", "2001:db8:ff::1/128"]
             .into_iter()
             .map(|p| p.to_string())
             .collect()
+    }
+
+    #[test]
+    fn advertisements_name_real_peers_and_aggregate_inside_their_addresses() {
+        let base = "[bgp]\nasn = 65010\nrouter_id = \"192.0.2.1\"\n\
+            [[bgp.peers]]\naddress = \"192.0.2.2\"\nasn = 65002\nname = \"tor-a\"\n";
+        let kube = "[kubernetes]\nnode_name = \"n1\"\n";
+        let p = problems(&format!(
+            "{base}[[bgp.advertisements]]\nprefix = \"198.51.100.0/24\"\npeers = [\"tor-b\"]\n\
+             aggregate_length = 23\n\
+             [[bgp.advertisements]]\nprefix = \"198.51.100.0/24\"\n{kube}\
+             [ipam]\n[[ipam.pools]]\nname = \"blue\"\naddresses = [\"203.0.113.0/28\"]\n\
+             aggregate_length = 27\ncommunities = [\"65000:x\"]\n"
+        ));
+        assert_eq!(
+            p,
+            [
+                "ipam.pools[0].communities: \"65000:x\": \"x\" is not a number from 0 to 65535",
+                "ipam.pools[0].aggregate_length: 203.0.113.0/27 would cover addresses outside the pool's (it holds 203.0.113.0 to 203.0.113.15): announced, it would draw their traffic here",
+                "bgp.advertisements[0].peers: \"tor-b\" names no peer in [[bgp.peers]] (by its name or address)",
+                "bgp.advertisements[0].aggregate_length: /23 is shorter than the prefix 198.51.100.0/24: it would cover addresses outside it",
+                "bgp.advertisements[1].prefix: 198.51.100.0/24 is also bgp.advertisements[0]",
+            ]
+        );
+        let c = Config::from_toml_str(&format!(
+            "{base}[[bgp.advertisements]]\nprefix = \"198.51.100.0/24\"\npeers = [\"tor-a\", \"192.0.2.2\"]\n\
+             local_pref = 300\naggregate_length = 26\n{kube}"
+        ))
+        .unwrap();
+        let src = c
+            .kubernetes
+            .unwrap()
+            .adverts
+            .of("198.51.100.70".parse().unwrap())
+            .cloned()
+            .unwrap();
+        assert_eq!(src.origin, "bgp.advertisements[0]");
+        assert_eq!(src.attrs.local_pref, Some(300));
+        assert_eq!(src.attrs.peers, ["192.0.2.2", "tor-a"]);
+        assert_eq!(
+            src.advert.aggregate("198.51.100.70".parse().unwrap()),
+            Some("198.51.100.64/26".parse().unwrap())
+        );
     }
 
     #[test]

@@ -15,7 +15,7 @@ use ipnet::IpNet;
 
 use crate::bgp::rib::Table;
 use crate::config::RouteAttrs;
-use crate::k8s::intent::{Delta, Intent, Want};
+use crate::k8s::intent::{Agg, Delta, Intent, Want};
 
 pub mod control;
 pub mod node;
@@ -28,7 +28,13 @@ pub mod node;
 /// two.
 #[derive(Debug)]
 pub struct KubeRoutes {
+    /// What goes to the routers: aggregates in, their members out.
     routes: Table,
+    /// Of `routes`, the aggregates (never on the dataplane).
+    covering: BTreeSet<IpNet>,
+    /// VIPs announced only inside an aggregate (on the dataplane all the
+    /// same).
+    members: BTreeSet<IpNet>,
     plain: Arc<RouteAttrs>,
     interned: HashMap<RouteAttrs, Arc<RouteAttrs>>,
 }
@@ -37,6 +43,8 @@ impl Default for KubeRoutes {
     fn default() -> Self {
         KubeRoutes {
             routes: Table::new(),
+            covering: BTreeSet::new(),
+            members: BTreeSet::new(),
             plain: crate::k8s::intent::plain(),
             interned: HashMap::new(),
         }
@@ -55,24 +63,43 @@ impl KubeRoutes {
             .clone()
     }
 
+    /// Whether the node's dataplane holds `p` (every VIP, no aggregate).
     pub fn contains(&self, p: &IpNet) -> bool {
-        self.routes.contains_key(p)
+        (self.routes.contains_key(p) && !self.covering.contains(p)) || self.members.contains(p)
     }
 
+    /// The VIPs the node's dataplane holds.
+    pub fn vips(&self) -> BTreeSet<IpNet> {
+        let announced = self.routes.keys().filter(|p| !self.covering.contains(p));
+        announced.chain(&self.members).copied().collect()
+    }
+
+    /// The prefixes announced to the routers.
     pub fn keys(&self) -> BTreeSet<IpNet> {
         self.routes.keys().copied().collect()
     }
 
     /// Replaces everything; returns the prefixes that may have changed.
     pub fn set_all(&mut self, all: &BTreeMap<IpNet, Want>) -> Vec<IpNet> {
-        let mut changed: Vec<IpNet> = self.routes.keys().copied().collect();
+        let mut changed: Vec<IpNet> = self.routes.keys().chain(&self.members).copied().collect();
         self.routes = Table::new();
         self.interned.clear();
-        let routes: Vec<(IpNet, Arc<RouteAttrs>)> = all
-            .iter()
-            .map(|(p, w)| (*p, self.intern(&w.attrs)))
-            .collect();
-        changed.extend(routes.iter().map(|(p, _)| *p));
+        self.covering.clear();
+        self.members.clear();
+        let mut routes: Vec<(IpNet, Arc<RouteAttrs>)> = Vec::with_capacity(all.len());
+        for (p, w) in all {
+            changed.push(*p);
+            match w.agg {
+                Agg::Member(_) => {
+                    self.members.insert(*p);
+                }
+                Agg::Covering => {
+                    self.covering.insert(*p);
+                    routes.push((*p, self.intern(&w.attrs)));
+                }
+                Agg::Own => routes.push((*p, self.intern(&w.attrs))),
+            }
+        }
         self.routes = packed_table(routes);
         changed
     }
@@ -80,7 +107,10 @@ impl KubeRoutes {
     /// Applies a delta; returns the prefixes it changed.
     pub fn apply(&mut self, delta: &Delta) -> Vec<IpNet> {
         for (p, w) in delta {
-            match w {
+            let agg = w.as_ref().map(|w| w.agg);
+            set(&mut self.covering, *p, agg == Some(Agg::Covering));
+            set(&mut self.members, *p, matches!(agg, Some(Agg::Member(_))));
+            match w.as_ref().filter(|w| !matches!(w.agg, Agg::Member(_))) {
                 Some(w) => {
                     let a = self.intern(&w.attrs);
                     // Even an insert of the same value copies the path
@@ -95,6 +125,14 @@ impl KubeRoutes {
             }
         }
         delta.iter().map(|(p, _)| *p).collect()
+    }
+}
+
+fn set(s: &mut BTreeSet<IpNet>, p: IpNet, on: bool) {
+    if on {
+        s.insert(p);
+    } else {
+        s.remove(&p);
     }
 }
 
@@ -293,7 +331,8 @@ pub async fn apply<D: Dataplane>(dp: &mut D, want: &BTreeSet<IpNet>) -> Vec<Stri
 /// The VIPs the node's dataplane should hold: the intent's (static
 /// announcements are a routing matter only).
 pub fn dataplane_want(intent: &Intent) -> BTreeSet<IpNet> {
-    intent.routes.keys().copied().collect()
+    let vips = intent.routes.iter().filter(|(_, w)| w.agg != Agg::Covering);
+    vips.map(|(p, _)| *p).collect()
 }
 
 #[cfg(test)]
@@ -584,6 +623,7 @@ mod tests {
                     communities: vec![c],
                     ..Default::default()
                 }),
+                agg: Default::default(),
             })
         };
         let all: BTreeMap<IpNet, Want> = [("203.0.113.1/32", 1), ("203.0.113.2/32", 2)]
@@ -639,6 +679,7 @@ mod tests {
         Want {
             owners: smallvec::smallvec!["uid".into()],
             attrs: attrs(med),
+            agg: Default::default(),
         }
     }
 
@@ -652,6 +693,7 @@ mod tests {
         let plain = Want {
             owners: smallvec::smallvec!["uid".into()],
             attrs: crate::k8s::intent::plain(),
+            agg: Default::default(),
         };
         let all: BTreeMap<IpNet, Want> = [
             (net("203.0.113.1/32"), want_med(3)),

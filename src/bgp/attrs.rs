@@ -20,6 +20,9 @@ pub struct RouteAttrs {
     pub large_communities: Vec<[u32; 3]>,
     pub med: Option<u32>,
     pub local_pref: Option<u32>,
+    /// Sent only to the peers of these names or addresses (a pool's or an
+    /// advertisement's `peers`); empty: to every peer. Never encoded.
+    pub peers: Vec<String>,
 }
 
 impl RouteAttrs {
@@ -29,7 +32,25 @@ impl RouteAttrs {
         self.communities.dedup();
         self.large_communities.sort_unstable();
         self.large_communities.dedup();
+        self.peers.sort_unstable();
+        self.peers.dedup();
     }
+
+    /// Whether a peer known by these names (its `name`, its address) is
+    /// to be sent the route.
+    pub fn for_peer<'a>(&self, mut names: impl Iterator<Item = &'a str>) -> bool {
+        self.peers.is_empty() || names.any(|n| self.peers.iter().any(|p| p == n))
+    }
+}
+
+/// Why a peer is not sent a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Skip {
+    /// Its attributes would not fit in one UPDATE for this peer: counted
+    /// as refused.
+    TooLarge,
+    /// The route is for other peers (its `peers`): not counted.
+    NotForPeer,
 }
 
 /// The bytes a route's community values take in an UPDATE.

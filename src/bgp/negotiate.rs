@@ -64,6 +64,12 @@ pub fn negotiate(
         }),
         next_hop_v6_link_local: None,
         defaults: peer.defaults.clone(),
+        names: peer
+            .name
+            .iter()
+            .cloned()
+            .chain([peer.address.to_string()])
+            .collect(),
     };
     if peer.link_local_next_hop {
         ctx.next_hop_v6_link_local = local

@@ -23,19 +23,19 @@ use ipnet::IpNet;
 
 use super::wire::Afi;
 use crate::bgp::attrs::RouteAttrs;
+pub use crate::bgp::attrs::Skip;
 
 /// Prefix -> attributes. Prefixes that share attributes usually share one
 /// `Arc`; the diff groups by value all the same (see [`Seen`]).
 pub type Table = imbl::OrdMap<IpNet, Arc<RouteAttrs>>;
 
 /// The attributes as one peer receives them (for an eBGP peer, no
-/// LOCAL_PREF; the peer's default communities merged in), or `None` where
-/// the peer cannot receive the route at all (its attributes would not fit
-/// in one UPDATE): such a route is left out for that peer alone, as if
-/// the table did not hold it. The diff compares and groups on this, so
-/// entries that differ only where the peer cannot see are neither re-sent
-/// nor split into separate UPDATEs.
-pub type Seen<'a> = &'a dyn Fn(&RouteAttrs, Afi) -> Option<RouteAttrs>;
+/// LOCAL_PREF; the peer's default communities merged in), or why the peer
+/// is not sent the route at all: such a route is left out for that peer
+/// alone, as if the table did not hold it. The diff compares and groups on
+/// this, so entries that differ only where the peer cannot see are neither
+/// re-sent nor split into separate UPDATEs.
+pub type Seen<'a> = &'a dyn Fn(&RouteAttrs, Afi) -> Result<RouteAttrs, Skip>;
 
 pub fn afi_of(p: &IpNet) -> Afi {
     match p {
@@ -91,9 +91,9 @@ impl Changes {
 
     fn add(&mut self, g: &mut Grouper, p: IpNet, a: &Arc<RouteAttrs>) {
         let afi = afi_of(&p);
-        let Some(id) = g.id(a, afi) else {
-            self.refused += 1;
-            return;
+        let id = match g.id(a, afi) {
+            Ok(id) => id,
+            Err(skip) => return self.skipped(skip),
         };
         self.held += 1;
         let i = *g.groups.entry((id, afi)).or_insert_with(|| {
@@ -116,13 +116,18 @@ impl Changes {
 
     /// `p`, held as `had`, leaves the counts; whether the peer was sent it.
     fn forget(&mut self, g: &mut Grouper, p: IpNet, had: &Arc<RouteAttrs>) -> bool {
-        let sent = g.sent(had, afi_of(&p));
-        if sent {
-            self.held = self.held.saturating_sub(1);
-        } else {
-            self.refused = self.refused.saturating_sub(1);
+        match g.id(had, afi_of(&p)) {
+            Ok(_) => self.held = self.held.saturating_sub(1),
+            Err(Skip::TooLarge) => self.refused = self.refused.saturating_sub(1),
+            Err(Skip::NotForPeer) => {}
         }
-        sent
+        g.sent(had, afi_of(&p))
+    }
+
+    fn skipped(&mut self, why: Skip) {
+        if why == Skip::TooLarge {
+            self.refused += 1;
+        }
     }
 
     /// `p` was `had` and is now `want`.
@@ -134,10 +139,10 @@ impl Changes {
         want: &Arc<RouteAttrs>,
     ) {
         let afi = afi_of(&p);
-        if g.id(want, afi).is_none() {
-            // Sent before, too large now: not left as it was.
+        if let Err(skip) = g.id(want, afi) {
+            // Sent before, not to be sent now: not left as it was.
             self.withdraw(g, p, had);
-            self.refused += 1;
+            self.skipped(skip);
         } else if !g.same(had, want, afi) {
             self.forget(g, p, had);
             self.add(g, p, want);
@@ -152,13 +157,13 @@ impl Changes {
     }
 }
 
-/// Numbers each distinct attribute set as a peer sees it (`None`: the
-/// peer cannot receive it). Looked up by pointer first: a table holds few
+/// Numbers each distinct attribute set as a peer sees it (`Err`: the
+/// peer is not sent it). Looked up by pointer first: a table holds few
 /// distinct `Arc`s, so `seen` runs once per `Arc` and family, not once per
 /// prefix. The pointers stay valid because both tables outlive the diff.
 struct Grouper<'a> {
     seen: Seen<'a>,
-    by_ptr: HashMap<(*const RouteAttrs, Afi), Option<usize>>,
+    by_ptr: HashMap<(*const RouteAttrs, Afi), Result<usize, Skip>>,
     by_value: HashMap<RouteAttrs, usize>,
     groups: HashMap<(usize, Afi), usize>,
 }
@@ -172,7 +177,7 @@ impl<'a> Grouper<'a> {
             groups: HashMap::new(),
         }
     }
-    fn id(&mut self, a: &Arc<RouteAttrs>, afi: Afi) -> Option<usize> {
+    fn id(&mut self, a: &Arc<RouteAttrs>, afi: Afi) -> Result<usize, Skip> {
         if let Some(i) = self.by_ptr.get(&(Arc::as_ptr(a), afi)) {
             return *i;
         }
@@ -183,7 +188,7 @@ impl<'a> Grouper<'a> {
     }
     /// Whether the peer was sent `had` (as it holds the prefix now).
     fn sent(&mut self, had: &Arc<RouteAttrs>, afi: Afi) -> bool {
-        self.id(had, afi).is_some()
+        self.id(had, afi).is_ok()
     }
     /// Whether the peer, holding `had`, needs no UPDATE to hold `want`.
     fn same(&mut self, had: &Arc<RouteAttrs>, want: &Arc<RouteAttrs>, afi: Afi) -> bool {
@@ -325,13 +330,13 @@ mod tests {
     }
 
     /// A peer that sees every attribute.
-    fn same(a: &RouteAttrs, _: Afi) -> Option<RouteAttrs> {
-        Some(a.clone())
+    fn same(a: &RouteAttrs, _: Afi) -> Result<RouteAttrs, Skip> {
+        Ok(a.clone())
     }
 
     /// An eBGP peer: LOCAL_PREF is not on its wire.
-    fn ebgp(a: &RouteAttrs, _: Afi) -> Option<RouteAttrs> {
-        Some(RouteAttrs {
+    fn ebgp(a: &RouteAttrs, _: Afi) -> Result<RouteAttrs, Skip> {
+        Ok(RouteAttrs {
             local_pref: None,
             ..a.clone()
         })
@@ -509,8 +514,11 @@ mod tests {
                 }
                 let ours = t.iter().filter(|(p, _)| fams.contains(&afi_of(p)));
                 let (ok, big): (Vec<_>, Vec<_>) = ours.partition(|(_, a)| a.med != Some(9));
-                let model: std::collections::BTreeMap<IpNet, Arc<RouteAttrs>> =
-                    ok.into_iter().map(|(p, a)| (*p, a.clone())).collect();
+                let model: std::collections::BTreeMap<IpNet, Arc<RouteAttrs>> = ok
+                    .into_iter()
+                    .filter(|(_, a)| a.med != Some(2))
+                    .map(|(p, a)| (*p, a.clone()))
+                    .collect();
                 prop_assert_eq!(&peer, &model);
                 rib.apply(Arc::new(t.clone()), fams, &c);
                 prop_assert_eq!((rib.len(), rib.refused()), (model.len(), big.len()));
@@ -520,9 +528,15 @@ mod tests {
 
     /// A peer that cannot take a MED of 9 (as a route too large for one
     /// UPDATE): that route is left out, withdrawn when its attributes grow
-    /// past the limit, sent again when they shrink; the others go on.
-    fn no_nine(a: &RouteAttrs, _: Afi) -> Option<RouteAttrs> {
-        (a.med != Some(9)).then(|| a.clone())
+    /// past the limit, sent again when they shrink; the others go on. A
+    /// MED of 2 is for other peers (as a pool's `peers`): left out, not
+    /// counted as refused.
+    fn no_nine(a: &RouteAttrs, _: Afi) -> Result<RouteAttrs, Skip> {
+        match a.med {
+            Some(9) => Err(Skip::TooLarge),
+            Some(2) => Err(Skip::NotForPeer),
+            _ => Ok(a.clone()),
+        }
     }
 
     #[test]
@@ -549,6 +563,21 @@ mod tests {
         // Shrunk again: announced.
         let c = rib.diff(&t1, &BOTH, &no_nine);
         assert_eq!((c.announced(), c.refused, c.withdrawn()), (1, 1, 0));
+    }
+
+    #[test]
+    fn a_route_for_other_peers_is_withdrawn_and_not_counted_as_refused() {
+        let (ok, elsewhere) = (attrs(1), attrs(2));
+        let mut rib = AdjRibOut::default();
+        let t1 = table(&[("203.0.113.1/32", &ok), ("203.0.113.2/32", &elsewhere)]);
+        let c = rib.diff(&t1, &BOTH, &no_nine);
+        assert_eq!((c.announced(), c.refused, c.held), (1, 0, 1));
+        rib.apply(Arc::new(t1), &BOTH, &c);
+        // Moved to other peers: withdrawn here.
+        let t2 = table(&[("203.0.113.1/32", &elsewhere)]);
+        let c = rib.diff(&t2, &BOTH, &no_nine);
+        assert_eq!(c.withdraw_v4, ["203.0.113.1/32".parse::<IpNet>().unwrap()]);
+        assert_eq!((c.refused, c.held), (0, 0));
     }
 
     #[test]

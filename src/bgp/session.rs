@@ -103,11 +103,9 @@ impl PeerStatus {
         t.iter()
             .filter(|(p, _)| super::rib::afi_of(p) == afi)
             .filter(|(_, a)| {
-                *fits.entry(Arc::as_ptr(a)).or_insert_with(|| {
-                    self.ctx
-                        .as_ref()
-                        .is_none_or(|c| c.receives(a, afi).is_some())
-                })
+                *fits
+                    .entry(Arc::as_ptr(a))
+                    .or_insert_with(|| self.ctx.as_ref().is_none_or(|c| c.receives(a, afi).is_ok()))
             })
             .count()
     }
@@ -1179,7 +1177,7 @@ impl Session {
                 .adj
                 .diff(&Table::new(), &[Afi::Ipv4, Afi::Ipv6], &|a, f| match &ctx {
                     Some(ctx) => ctx.receives(a, f),
-                    None => Some(a.clone()),
+                    None => Ok(a.clone()),
                 });
             info!(peer = %self.peer(), "withdrawing {} routes before stopping", c.withdrawn());
             self.send_changes(&c, &[]).await;

@@ -30,6 +30,8 @@ pub struct Pool {
     pub avoid_network_and_broadcast: bool,
     /// How its addresses are announced (needs `[l2]` for l2 and both).
     pub mode: super::Mode,
+    /// What goes to the routers with its addresses.
+    pub advert: super::Advert,
 }
 
 /// Whether two addresses are of one family is all validation asks.
@@ -124,6 +126,7 @@ fn read_pool(mut t: Tbl, errs: &mut Errs) -> Option<Pool> {
     let mode = t
         .opt("mode", errs, super::l2::parse_mode)
         .unwrap_or_default();
+    let advert = super::advertise::read(&mut t, errs);
     t.finish(errs);
     Some(Pool {
         name: name?,
@@ -132,6 +135,7 @@ fn read_pool(mut t: Tbl, errs: &mut Errs) -> Option<Pool> {
         namespaces,
         avoid_network_and_broadcast,
         mode,
+        advert,
     })
 }
 

@@ -30,8 +30,19 @@ impl Parsed {
         check_duplicate_prefixes(&self.announce, errs);
         let peers = self.bgp.as_ref().map_or(&[][..], |b| &b.peers[..]);
         let room = tenant::check_room(&self.announce, peers, errs);
+        let pools = self.ipam.as_ref().map_or(&[][..], |i| &i.pools[..]);
+        let ads = (self.bgp.as_ref()).map_or(&[][..], |b| &b.advertisements[..]);
+        super::advertise::check(pools, ads, peers, room, errs);
+        if !ads.is_empty() && self.kubernetes.is_none() {
+            errs.push(
+                "bgp.advertisements",
+                "applies to Services' addresses: it needs a [kubernetes] table",
+            );
+        }
+        let adverts = super::Adverts::build(pools, ads);
         if let Some(k) = &mut self.kubernetes {
             k.community_room = room;
+            k.adverts = adverts;
             k.pools = self.ipam.as_ref().map(|i| {
                 i.pools
                     .iter()

@@ -227,7 +227,7 @@ impl Daemon {
     /// failures.
     async fn on_resync(&mut self) {
         if self.tables.ready() {
-            self.node.full(&self.tables.kube().keys()).await;
+            self.node.full(&self.tables.kube().vips()).await;
         }
         self.on_control().await;
     }
@@ -323,11 +323,13 @@ impl Daemon {
             );
             a.set_pools(i.pools.clone());
         }
-        if let (true, Some(w)) = (plan.pools, &self.kube.watch) {
+        if let (true, Some(w)) = (plan.pools || plan.adverts, &self.kube.watch) {
             let k = next.kubernetes.as_ref();
             let pools = k.and_then(|k| k.pools.clone());
             let l2 = k.and_then(|k| k.l2.clone());
-            let _ = w.requests.send(k8s::watch::Request::Pools(pools, l2)).await;
+            let adverts = k.map(|k| k.adverts.clone()).unwrap_or_default();
+            let req = k8s::watch::Request::Pools(pools, l2, Box::new(adverts));
+            let _ = w.requests.send(req).await;
         }
         if plan.control_plane {
             self.control.reconfigure(next.control_plane.as_ref()).await;
@@ -592,6 +594,7 @@ mod tests {
         let w = Want {
             owners: smallvec::smallvec![format!("uid-{n}").into()],
             attrs: Default::default(),
+            agg: Default::default(),
         };
         (p, w)
     }

@@ -18,6 +18,9 @@ pub struct Plan {
     /// `[ipam]` pools changed: hand them to the allocator, and to the
     /// watch, which announces only addresses from a pool.
     pub pools: bool,
+    /// The pools' or `[[bgp.advertisements]]`' advertisements changed:
+    /// hand them to the watch.
+    pub adverts: bool,
     /// `[drain]` changed: applies from the next change of the Node.
     pub drain: bool,
     /// Changed keys that take effect only when vipd restarts; the running
@@ -34,6 +37,8 @@ pub fn plan(applied: &Config, new: Config) -> Plan {
     let mut restart = vec![];
     keep_running(&mut next, applied, &mut restart);
     let pools = ipam(&mut next, applied, &mut restart);
+    let adverts = |c: &Config| c.kubernetes.as_ref().map(|k| k.adverts.clone());
+    let adverts = adverts(&next) != adverts(applied);
     let (b, a) = (&next.bgp, &applied.bgp);
     let later = [
         (
@@ -54,6 +59,7 @@ pub fn plan(applied: &Config, new: Config) -> Plan {
         control_plane: next.control_plane != applied.control_plane,
         drain: next.drain != applied.drain,
         pools,
+        adverts,
         restart,
         later,
         next,
@@ -77,16 +83,19 @@ fn keep_running(next: &mut Config, applied: &Config, restart: &mut Vec<&'static 
         k.clone().map(|k| KubeConfig {
             pools: None,
             l2: None,
+            adverts: Default::default(),
             ..k
         })
     };
     let kube = unpooled(&next.kubernetes) != unpooled(&applied.kubernetes);
     if changed(restart, kube, "kubernetes") {
         let k = next.kubernetes.as_mut();
-        let (pools, l2) = k.map_or((None, None), |k| (k.pools.take(), k.l2.take()));
+        let (pools, l2, adverts) = k.map_or(Default::default(), |k| {
+            (k.pools.take(), k.l2.take(), std::mem::take(&mut k.adverts))
+        });
         next.kubernetes = applied.kubernetes.clone();
         if let Some(k) = next.kubernetes.as_mut() {
-            (k.pools, k.l2) = (pools, l2);
+            (k.pools, k.l2, k.adverts) = (pools, l2, adverts);
         }
     }
     // `[l2]` itself (interfaces, timers, its default) needs a restart.
@@ -227,6 +236,24 @@ mod tests {
             (p.next.bgp.asn, p.next.bgp.router_id, p.next.bgp.listen),
             (65010, applied.bgp.router_id, None)
         );
+    }
+
+    #[test]
+    fn advertisements_apply_live() {
+        let applied = cfg(&format!("{KUBE}{IPAM}"));
+        let p = plan(
+            &applied,
+            cfg(&format!(
+                "[[bgp.advertisements]]\nprefix = \"198.51.100.0/24\"\ncommunities = [\"65000:1\"]\n{KUBE}{IPAM}"
+            )),
+        );
+        assert!(
+            p.adverts && !p.pools && p.restart.is_empty(),
+            "{:?}",
+            p.restart
+        );
+        let k = p.next.kubernetes.unwrap();
+        assert!(k.adverts.of("198.51.100.1".parse().unwrap()).is_some());
     }
 
     #[test]

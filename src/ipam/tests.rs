@@ -20,6 +20,7 @@ fn pool(name: &str, ranges: &[Range]) -> Pool {
         namespaces: vec![],
         avoid_network_and_broadcast: false,
         mode: Default::default(),
+        advert: Default::default(),
     }
 }
 

@@ -44,6 +44,11 @@ pub struct AddressView {
     /// The route the intent wants for it; `None` when refused or skipped.
     pub route: Option<String>,
     pub refused: Option<String>,
+    /// The aggregate the route is announced in, instead of alone.
+    pub aggregate: Option<String>,
+    /// Where each attribute the route carries comes from, and whether it
+    /// is aggregated (see `describe`).
+    pub bgp: Vec<String>,
 }
 
 /// At most this many close names are offered for an unknown Service.
@@ -53,7 +58,17 @@ const CLOSEST: usize = 3;
 /// `Tracker::sharing_view`): refusals, and addresses held back.
 pub type Sharing = (Vec<super::intent::Refusal>, Vec<(ipnet::IpNet, String)>);
 
-pub fn explain(s: &Snapshot, k: &KubeConfig, key: &str, sharing: &Sharing) -> ServiceView {
+/// What the tracker knows of an address's aggregate: the aggregate it is
+/// announced in, and a line saying so or why not.
+pub type Aggregated<'a> = &'a dyn Fn(IpAddr) -> (Option<ipnet::IpNet>, Option<String>);
+
+pub fn explain(
+    s: &Snapshot,
+    k: &KubeConfig,
+    key: &str,
+    sharing: &Sharing,
+    aggregated: Aggregated,
+) -> ServiceView {
     let Some(svc) = s.services.get(key) else {
         return ServiceView {
             service: key.into(),
@@ -71,7 +86,16 @@ pub fn explain(s: &Snapshot, k: &KubeConfig, key: &str, sharing: &Sharing) -> Se
     let f: HashSet<IpAddr> = forbidden(s);
     let p = part(svc, &slices, &f, s.node.as_ref(), k);
     let skipped = skipped(svc, k, endpoints_ready, endpoints_here);
-    let addresses = addresses(svc, k, &p, sharing);
+    let mut addresses = addresses(svc, k, &p, sharing);
+    for a in addresses.iter_mut().filter(|a| a.route.is_some()) {
+        let Ok(ip) = a.address.parse::<IpAddr>() else {
+            continue;
+        };
+        let (agg, note) = aggregated(ip);
+        a.aggregate = agg.map(|n| n.to_string());
+        a.bgp = describe(svc, k, ip);
+        a.bgp.extend(note);
+    }
     ServiceView {
         service: key.into(),
         found: Some(Found {
@@ -123,7 +147,65 @@ fn addresses(
             address: text,
             route: route.map(|r| r.to_string()),
             refused,
+            aggregate: None,
+            bgp: vec![],
         });
+    }
+    out
+}
+
+/// Where each attribute of an address's route comes from: its Service's
+/// annotations or its pool's (or advertisement's) keys.
+fn describe(svc: &ServiceInfo, k: &KubeConfig, ip: IpAddr) -> Vec<String> {
+    let own = super::attrs::parse(svc, &k.service_attrs, &mut vec![]).unwrap_or_default();
+    let src = k.adverts.of(ip);
+    let pool = src.map(|s| &s.advert.attrs);
+    let origin = src.map_or("", |s| &s.origin);
+    let mut out = vec![];
+    let community = |c: &u32| format!("{}:{}", c >> 16, c & 0xffff);
+    let large = |c: &[u32; 3]| format!("{}:{}:{}", c[0], c[1], c[2]);
+    let mut list = |what: &str, own: Vec<String>, ann: &str, pooled: Vec<String>| {
+        let mut parts = vec![];
+        if !pooled.is_empty() {
+            parts.push(format!("{} ({origin})", pooled.join(" ")));
+        }
+        if !own.is_empty() {
+            parts.push(format!("{} ({ann})", own.join(" ")));
+        }
+        if !parts.is_empty() {
+            out.push(format!("{what} {}", parts.join(", ")));
+        }
+    };
+    list(
+        "communities",
+        own.communities.iter().map(community).collect(),
+        ANNOTATION_COMMUNITIES,
+        pool.map_or(vec![], |p| p.communities.iter().map(community).collect()),
+    );
+    list(
+        "large communities",
+        own.large_communities.iter().map(large).collect(),
+        ANNOTATION_LARGE_COMMUNITIES,
+        pool.map_or(vec![], |p| p.large_communities.iter().map(large).collect()),
+    );
+    for (what, mine, theirs, ann) in [
+        (
+            "local-pref",
+            own.local_pref,
+            pool.and_then(|p| p.local_pref),
+            ANNOTATION_LOCAL_PREF,
+        ),
+        ("MED", own.med, pool.and_then(|p| p.med), ANNOTATION_MED),
+    ] {
+        match (mine, theirs) {
+            (Some(v), Some(t)) => out.push(format!("{what} {v} ({ann}, over {origin}'s {t})")),
+            (Some(v), None) => out.push(format!("{what} {v} ({ann})")),
+            (None, Some(t)) => out.push(format!("{what} {t} ({origin})")),
+            (None, None) => {}
+        }
+    }
+    if let Some(p) = pool.filter(|p| !p.peers.is_empty()) {
+        out.push(format!("only to peers {} ({origin})", p.peers.join(", ")));
     }
     out
 }
@@ -206,7 +288,13 @@ mod tests {
 
     #[test]
     fn an_announced_service_names_its_route() {
-        let v = explain(&snap(), &kcfg(), "default/web", &Default::default());
+        let v = explain(
+            &snap(),
+            &kcfg(),
+            "default/web",
+            &Default::default(),
+            &|_| (None, None),
+        );
         let f = v.found.unwrap();
         assert_eq!(f.skipped, None);
         assert_eq!(f.endpoints_ready, 1);
@@ -216,9 +304,15 @@ mod tests {
 
     #[test]
     fn refusals_are_per_address() {
-        let f = explain(&snap(), &kcfg(), "default/api", &Default::default())
-            .found
-            .unwrap();
+        let f = explain(
+            &snap(),
+            &kcfg(),
+            "default/api",
+            &Default::default(),
+            &|_| (None, None),
+        )
+        .found
+        .unwrap();
         let by = |a: &str| f.addresses.iter().find(|x| x.address == a).unwrap();
         assert!(by("203.0.113.11").route.is_some());
         assert_eq!(
@@ -233,22 +327,28 @@ mod tests {
         let mut s = snap();
         let k = kcfg();
         s.slices.clear();
-        let f = explain(&s, &k, "default/web", &Default::default())
-            .found
-            .unwrap();
+        let f = explain(&s, &k, "default/web", &Default::default(), &|_| {
+            (None, None)
+        })
+        .found
+        .unwrap();
         assert_eq!(f.skipped.as_deref(), Some("no ready endpoint"));
         assert!(f.addresses.iter().all(|a| a.route.is_none()));
 
         let mut s = snap();
         s.services.get_mut("default/web").unwrap().local_policy = true;
-        let f = explain(&s, &k, "default/api", &Default::default())
-            .found
-            .unwrap();
+        let f = explain(&s, &k, "default/api", &Default::default(), &|_| {
+            (None, None)
+        })
+        .found
+        .unwrap();
         assert_eq!(f.skipped, None);
         s.services.get_mut("default/api").unwrap().local_policy = true;
-        let f = explain(&s, &k, "default/api", &Default::default())
-            .found
-            .unwrap();
+        let f = explain(&s, &k, "default/api", &Default::default(), &|_| {
+            (None, None)
+        })
+        .found
+        .unwrap();
         assert_eq!(
             f.skipped.as_deref(),
             Some("externalTrafficPolicy Local and no ready endpoint on this node")
@@ -256,30 +356,46 @@ mod tests {
 
         let mut s = snap();
         s.services.get_mut("default/web").unwrap().load_balancer = false;
-        let f = explain(&s, &k, "default/web", &Default::default())
-            .found
-            .unwrap();
+        let f = explain(&s, &k, "default/web", &Default::default(), &|_| {
+            (None, None)
+        })
+        .found
+        .unwrap();
         assert_eq!(f.skipped.as_deref(), Some("not a LoadBalancer Service"));
 
         let mut s = snap();
         s.services.get_mut("default/web").unwrap().class = Some("other".into());
-        let f = explain(&s, &k, "default/web", &Default::default())
-            .found
-            .unwrap();
+        let f = explain(&s, &k, "default/web", &Default::default(), &|_| {
+            (None, None)
+        })
+        .found
+        .unwrap();
         assert!(f.skipped.unwrap().contains("loadBalancerClass \"other\""));
     }
 
     #[test]
     fn an_unknown_name_lists_the_closest() {
-        let v = explain(&snap(), &kcfg(), "default/wbe", &Default::default());
+        let v = explain(
+            &snap(),
+            &kcfg(),
+            "default/wbe",
+            &Default::default(),
+            &|_| (None, None),
+        );
         assert!(v.found.is_none());
         assert_eq!(&*v.closest[0], "default/web");
-        let v = explain(&snap(), &kcfg(), "prod/web", &Default::default());
+        let v = explain(&snap(), &kcfg(), "prod/web", &Default::default(), &|_| {
+            (None, None)
+        });
         assert!(v.closest.contains(&"shop/web".into()), "{v:?}");
-        assert!(
-            explain(&snap(), &kcfg(), "zzz/qqqqqqqq", &Default::default())
-                .closest
-                .is_empty()
-        );
+        assert!(explain(
+            &snap(),
+            &kcfg(),
+            "zzz/qqqqqqqq",
+            &Default::default(),
+            &|_| (None, None)
+        )
+        .closest
+        .is_empty());
     }
 }

@@ -10,6 +10,8 @@ use std::sync::Arc;
 
 use ipnet::IpNet;
 
+pub use super::aggregate::Agg;
+use super::aggregate::{self, Blockers};
 use super::model::*;
 use crate::config::{KubeConfig, Mode, RouteAttrs};
 
@@ -23,6 +25,8 @@ pub struct Want {
     pub owners: Owners,
     /// Shared: every VIP without attributes of its own holds [`plain`].
     pub attrs: Arc<RouteAttrs>,
+    /// Announced alone, inside an aggregate, or an aggregate itself.
+    pub agg: Agg,
 }
 
 /// The attributes of a route without any of its own, one copy for all.
@@ -262,6 +266,26 @@ impl Part {
         self.rare.as_ref().and_then(|r| r.l2.as_ref())
     }
 
+    /// The addresses this Service keeps its pool's aggregate off with:
+    /// a Local Service's, refused ones, those in L2 alone.
+    fn blocking(&self) -> Vec<IpAddr> {
+        let mut v: Vec<IpAddr> = vec![];
+        if self.local {
+            v.extend(self.routes.iter().map(|(p, _)| p.addr()));
+            v.extend(self.waiting.iter().map(|p| p.addr()));
+        }
+        v.extend(
+            self.refused()
+                .iter()
+                .filter_map(|r| r.address.parse::<IpAddr>().ok()),
+        );
+        if let Some(l) = self.l2() {
+            let in_bgp = |ip: &IpAddr| self.routes.iter().any(|(p, _)| p.addr() == *ip);
+            v.extend(l.addrs.iter().filter(|ip| !in_bgp(ip)));
+        }
+        v
+    }
+
     fn is_empty(&self) -> bool {
         self.routes.is_empty()
             && self.waiting.is_empty()
@@ -412,10 +436,50 @@ fn place(
                 ),
             )),
         ),
-        (Ok(net), Ok(a)) if mode(&net).bgp() => (Some((net, a.clone())), None),
+        (Ok(net), Ok(a)) if mode(&net).bgp() => match with_advert(a, net.addr(), k) {
+            Ok(a) => (Some((net, a)), None),
+            Err(e) => (None, Some(e)),
+        },
         (Ok(_), Ok(_)) => (None, None),
         (Ok(_), Err((kind, r))) => (None, Some((*kind, format!("{r}; not announced")))),
     }
+}
+
+/// A route's attributes: its pool's or advertisement's (the operator's),
+/// with the Service's own over them: its communities added, its LOCAL_PREF
+/// and MED in place of the pool's. A tenant can add to what the platform
+/// sends, never take the platform's communities (NO_EXPORT, say) off.
+fn with_advert(
+    own: &Arc<RouteAttrs>,
+    ip: IpAddr,
+    k: &KubeConfig,
+) -> Result<Arc<RouteAttrs>, (RefusalKind, String)> {
+    let Some(src) = k.adverts.of(ip) else {
+        return Ok(own.clone());
+    };
+    if **own == RouteAttrs::default() {
+        return Ok(src.attrs.clone());
+    }
+    let pool = &src.advert.attrs;
+    let mut a = RouteAttrs {
+        communities: [&own.communities[..], &pool.communities[..]].concat(),
+        large_communities: [&own.large_communities[..], &pool.large_communities[..]].concat(),
+        med: own.med.or(pool.med),
+        local_pref: own.local_pref.or(pool.local_pref),
+        peers: pool.peers.clone(),
+    };
+    a.normalize();
+    let bytes = crate::config::community_bytes(&a);
+    if bytes > k.community_room {
+        return Err((
+            RefusalKind::AttributesTooLarge,
+            format!(
+                "its communities with {}'s take {bytes} bytes, more than the {} one route may carry; not announced",
+                src.origin, k.community_room
+            ),
+        ));
+    }
+    Ok(shared(a))
 }
 
 /// A Service without the endpoints it needs here: its addresses wait (and
@@ -583,6 +647,10 @@ pub struct Tracker {
     refused_by: BTreeMap<RefusalKind, usize>,
     /// The L2 Services changed since [`Tracker::take_l2_changed`].
     l2_changed: bool,
+    /// Addresses inside an aggregate that keep it off.
+    blockers: Blockers,
+    /// Aggregates to settle at the end of this update.
+    aggs_touched: BTreeSet<IpNet>,
 }
 
 /// A small sorted set of keys. Most VIPs have one Service and most
@@ -660,6 +728,17 @@ impl Tracker {
         (refused, held)
     }
 
+    /// The aggregate an address is announced in, and why or why not
+    /// (for `vipd explain`).
+    pub fn aggregated(&self, ip: IpAddr, k: &KubeConfig) -> (Option<IpNet>, Option<String>) {
+        let agg = match self.intent.routes.get(&IpNet::from(ip)).map(|w| w.agg) {
+            Some(Agg::Member(a)) => Some(a),
+            _ => None,
+        };
+        let note = aggregate::explain(ip, &self.intent.routes, &self.blockers, k);
+        (agg, note)
+    }
+
     /// Whether the L2 Services changed since this was last asked.
     pub fn take_l2_changed(&mut self) -> bool {
         std::mem::take(&mut self.l2_changed)
@@ -711,6 +790,7 @@ impl Tracker {
             }
         }
         packed(&mut self.slices);
+        self.rebuild_blockers(k);
         let first = old.is_empty();
         let mut delta = self.update(s, k, keys.iter());
         if first {
@@ -787,13 +867,18 @@ impl Tracker {
                 }
                 None => Part::default(),
             };
-            problems_changed |= self.replace_part(key, new, &mut affected);
+            problems_changed |= self.replace_part(key, new, &mut affected, k);
         }
         let mut delta = Delta::new();
         for p in affected {
-            let (want, refused) = self.want(&p, k);
-            problems_changed |= self.set_shared_refused(p, refused);
+            let (mut want, refused) = self.want(&p, k);
+            problems_changed |= self.set_shared_refused(p, refused, k);
             let before = self.intent.routes.get(&p).cloned();
+            // Whether it stays in its aggregate is settled below.
+            if let (Some(b), Some(w)) = (&before, &mut want) {
+                w.agg = b.agg;
+            }
+            self.aggs_touched.extend(aggregate::of(p.addr(), k));
             if before == want {
                 continue;
             }
@@ -804,16 +889,78 @@ impl Tracker {
             };
             delta.push((p, want));
         }
+        self.settle_aggregates(k, &mut delta);
         if problems_changed {
             self.collect_problems();
         }
         delta
     }
 
+    /// Settles the aggregates touched by this update; a prefix changed
+    /// twice is reported once, as it ends.
+    fn settle_aggregates(&mut self, k: &KubeConfig, delta: &mut Delta) {
+        if self.aggs_touched.is_empty() {
+            return;
+        }
+        for a in std::mem::take(&mut self.aggs_touched) {
+            delta.extend(aggregate::settle(
+                a,
+                &mut self.intent.routes,
+                &self.blockers,
+                k,
+            ));
+        }
+        let last: BTreeMap<IpNet, Option<Want>> = std::mem::take(delta).into_iter().collect();
+        delta.extend(last);
+    }
+
+    /// The blockers from every part, as the configuration places them (a
+    /// reload may have changed which addresses aggregate); every aggregate
+    /// settled again.
+    fn rebuild_blockers(&mut self, k: &KubeConfig) {
+        self.blockers.clear();
+        let parts = self.parts.values().flat_map(Part::blocking);
+        let shared = self.shared_refused.keys().map(|p| p.addr());
+        for ip in parts.chain(shared).collect::<Vec<_>>() {
+            if let Some(a) = aggregate::of(ip, k) {
+                self.blockers.add(ip);
+                self.aggs_touched.insert(a);
+            }
+        }
+        for (p, w) in &self.intent.routes {
+            let a = match w.agg {
+                Agg::Covering => Some(*p),
+                _ => aggregate::of(p.addr(), k),
+            };
+            self.aggs_touched.extend(a);
+        }
+    }
+
+    /// A part's blockers, out (`add` false) or in.
+    fn block(&mut self, part: &Part, add: bool, k: &KubeConfig) {
+        for ip in part.blocking() {
+            let Some(a) = aggregate::of(ip, k) else {
+                continue;
+            };
+            if add {
+                self.blockers.add(ip);
+            } else {
+                self.blockers.remove(ip);
+            }
+            self.aggs_touched.insert(a);
+        }
+    }
+
     /// Puts a Service's new part in place of its old one, adding the
     /// addresses either names to `affected`; returns whether its problems
     /// (refusals, dropped values) may have changed.
-    fn replace_part(&mut self, key: &Key, new: Part, affected: &mut BTreeSet<IpNet>) -> bool {
+    fn replace_part(
+        &mut self,
+        key: &Key,
+        new: Part,
+        affected: &mut BTreeSet<IpNet>,
+        k: &KubeConfig,
+    ) -> bool {
         let old = self.parts.remove(key).unwrap_or_default();
         if old == new {
             if !new.is_empty() {
@@ -821,6 +968,8 @@ impl Tracker {
             }
             return false;
         }
+        self.block(&old, false, k);
+        self.block(&new, true, k);
         self.tally(old.refused(), false);
         self.tally(new.refused(), true);
         if old.l2() != new.l2() {
@@ -853,9 +1002,17 @@ impl Tracker {
         had || has
     }
 
-    fn set_shared_refused(&mut self, p: IpNet, refused: Vec<Refusal>) -> bool {
+    fn set_shared_refused(&mut self, p: IpNet, refused: Vec<Refusal>, k: &KubeConfig) -> bool {
         let old = self.shared_refused.remove(&p).unwrap_or_default();
         let changed = old != refused;
+        if let Some(a) = aggregate::of(p.addr(), k) {
+            match (old.is_empty(), refused.is_empty()) {
+                (true, false) => self.blockers.add(p.addr()),
+                (false, true) => self.blockers.remove(p.addr()),
+                _ => {}
+            }
+            self.aggs_touched.insert(a);
+        }
         self.tally(&old, false);
         self.tally(&refused, true);
         if !refused.is_empty() {
@@ -939,6 +1096,7 @@ impl Tracker {
         let want = (d.announce).map(|(uids, attrs)| Want {
             owners: uids.iter().map(|u| uid_of(u)).collect(),
             attrs: attrs_of(attrs),
+            agg: Agg::Own,
         });
         (want, refused)
     }
@@ -956,6 +1114,31 @@ pub(crate) mod tests {
             .map_or("", |(ns, _)| ns)
     }
 
+    /// Advertisements: one pool from `first` to `last` with 65000:1,
+    /// aggregated at `len`.
+    pub fn aggregating(first: &str, last: &str, len: u8) -> crate::config::Adverts {
+        let pool = crate::config::Pool {
+            name: "blue".into(),
+            ranges: vec![crate::config::Range {
+                first: first.parse().unwrap(),
+                last: last.parse().unwrap(),
+            }],
+            auto_assign: true,
+            namespaces: vec![],
+            avoid_network_and_broadcast: false,
+            mode: Mode::Bgp,
+            advert: crate::config::Advert {
+                attrs: RouteAttrs {
+                    communities: vec![65000 << 16 | 1],
+                    ..Default::default()
+                },
+                aggregate_v4: Some(len),
+                aggregate_v6: None,
+            },
+        };
+        crate::config::Adverts::build(&[pool], &[])
+    }
+
     pub fn kcfg() -> KubeConfig {
         KubeConfig {
             kubeconfig: None,
@@ -969,6 +1152,7 @@ pub(crate) mod tests {
             l2: None,
             service_attrs: Default::default(),
             community_room: crate::config::COMMUNITY_ROOM - crate::config::DRAIN_RESERVE,
+            adverts: Default::default(),
             connect_timeout: std::time::Duration::from_secs(10),
             read_timeout: std::time::Duration::from_secs(90),
         }
@@ -1430,6 +1614,130 @@ pub(crate) mod tests {
         );
     }
 
+    fn net(s: &str) -> IpNet {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_pool_s_attributes_go_with_its_addresses_and_a_service_adds_to_them() {
+        let mut k = kcfg();
+        k.adverts = aggregating("203.0.113.0", "203.0.113.15", 31);
+        k.adverts.0[0].advert.aggregate_v4 = None;
+        let mut attrs = k.adverts.0[0].advert.attrs.clone();
+        (attrs.local_pref, attrs.peers) = (Some(200), vec!["tor-a".into()]);
+        k.adverts.0[0].attrs = Arc::new(attrs.clone());
+        k.adverts.0[0].advert.attrs = attrs;
+        let mut web = svc("a", "web", &["203.0.113.10"]);
+        web.annotations
+            .insert(ANNOTATION_COMMUNITIES.into(), "65010:7".into());
+        web.annotations
+            .insert(ANNOTATION_LOCAL_PREF.into(), "300".into());
+        let plain = svc("a", "plain", &["203.0.113.11"]);
+        let outside = svc("a", "outside", &["198.51.100.1"]);
+        let s = snap(
+            vec![web, plain, outside],
+            vec![
+                ("w", slice("a", "web", &[("node-b", true)])),
+                ("p", slice("a", "plain", &[("node-b", true)])),
+                ("o", slice("a", "outside", &[("node-b", true)])),
+            ],
+        );
+        let i = compute(&s, &k);
+        let a = &i.routes[&net("203.0.113.10/32")].attrs;
+        // The pool's community stays; the Service's LOCAL_PREF wins.
+        assert_eq!(a.communities, vec![65000 << 16 | 1, 65010 << 16 | 7]);
+        assert_eq!(
+            (a.local_pref, &a.peers[..]),
+            (Some(300), &["tor-a".to_string()][..])
+        );
+        let p = &i.routes[&net("203.0.113.11/32")].attrs;
+        assert_eq!(
+            (&p.communities[..], p.local_pref),
+            (&[65000 << 16 | 1][..], Some(200))
+        );
+        assert!(Arc::ptr_eq(p, &k.adverts.0[0].attrs), "one shared copy");
+        assert_eq!(
+            *i.routes[&net("198.51.100.1/32")].attrs,
+            RouteAttrs::default()
+        );
+        // Over the room one route has, with the pool's: refused, said why.
+        k.community_room = 4;
+        let i = compute(&s, &k);
+        assert!(!i.routes.contains_key(&net("203.0.113.10/32")));
+        let r = i
+            .refused
+            .iter()
+            .find(|r| r.address == "203.0.113.10")
+            .unwrap();
+        assert_eq!(r.kind, RefusalKind::AttributesTooLarge);
+        assert!(r.reason.contains("pool blue"), "{}", r.reason);
+    }
+
+    #[test]
+    fn an_aggregate_stands_for_its_cluster_addresses_only_while_nothing_inside_objects() {
+        let mut k = kcfg();
+        k.adverts = aggregating("203.0.113.0", "203.0.113.3", 30);
+        let agg = net("203.0.113.0/30");
+        let mut s = snap(vec![], vec![]);
+        let mut t = Tracker::default();
+        t.reset(&s, &k);
+        let put = |s: &mut Snapshot, t: &mut Tracker, v: ServiceInfo| {
+            let key = v.key();
+            let sl = slice(
+                v.key.split('/').next().unwrap(),
+                v.key.split('/').nth(1).unwrap(),
+                &[("node-a", true)],
+            );
+            s.slices.insert(format!("{key}-sl").into(), sl.clone());
+            t.slice_changed(&format!("{key}-sl").into(), None, Some(&sl));
+            s.services.insert(key.clone(), v);
+            t.update(s, &k, [key].iter())
+        };
+        let d = put(&mut s, &mut t, svc("a", "one", &["203.0.113.1"]));
+        let routes = &t.intent().routes;
+        assert_eq!(routes[&agg].agg, Agg::Covering);
+        assert_eq!(routes[&agg].attrs, k.adverts.0[0].attrs);
+        assert_eq!(routes[&net("203.0.113.1/32")].agg, Agg::Member(agg));
+        assert!(d.iter().any(|(p, w)| *p == agg && w.is_some()));
+        // A Local Service inside: its address is announced only where its
+        // endpoints are, so the aggregate goes and each address is alone.
+        let mut local = svc("a", "local", &["203.0.113.2"]);
+        local.local_policy = true;
+        let d = put(&mut s, &mut t, local);
+        let routes = &t.intent().routes;
+        assert!(!routes.contains_key(&agg));
+        assert_eq!(routes[&net("203.0.113.1/32")].agg, Agg::Own);
+        assert!(d.contains(&(agg, None)));
+        s.services.remove("a/local");
+        t.update(&s, &k, [Key::from("a/local")].iter());
+        assert!(t.intent().routes.contains_key(&agg));
+        // A refused address inside (this node's own) keeps it off too.
+        s.node = Some(NodeInfo {
+            name: "node-a".into(),
+            addresses: vec!["203.0.113.3".parse().unwrap()],
+            ..Default::default()
+        });
+        t.reset(&s, &k);
+        put(&mut s, &mut t, svc("a", "mine", &["203.0.113.3"]));
+        assert!(!t.intent().routes.contains_key(&agg));
+        s.services.remove("a/mine");
+        t.update(&s, &k, [Key::from("a/mine")].iter());
+        assert!(t.intent().routes.contains_key(&agg));
+        // Attributes of its own: announced alone, beside the aggregate.
+        let mut own = svc("a", "own", &["203.0.113.2"]);
+        own.annotations
+            .insert(ANNOTATION_COMMUNITIES.into(), "65010:9".into());
+        put(&mut s, &mut t, own);
+        assert_eq!(t.intent().routes[&net("203.0.113.2/32")].agg, Agg::Own);
+        assert_eq!(t.intent().routes[&agg].agg, Agg::Covering);
+        // The last Service it stands for goes: so does the aggregate.
+        s.services.remove("a/one");
+        let d = t.update(&s, &k, [Key::from("a/one")].iter());
+        assert!(!t.intent().routes.contains_key(&agg));
+        assert!(d.contains(&(agg, None)));
+        assert_eq!(t.intent(), &compute(&s, &k));
+    }
+
     #[test]
     fn a_value_the_policy_forbids_is_dropped_and_reported_and_the_rest_applies() {
         let mut web = svc("a", "web", &["203.0.113.10"]);
@@ -1622,8 +1930,12 @@ mod incremental {
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(300))]
         #[test]
-        fn incremental_equals_full(ops in proptest::collection::vec(op(), 1..50), l2 in any::<bool>()) {
+        fn incremental_equals_full(ops in proptest::collection::vec(op(), 1..50), l2 in any::<bool>(), agg in any::<bool>()) {
             let mut k = kcfg();
+            // With aggregation, the first two addresses in one /30.
+            if agg {
+                k.adverts = super::tests::aggregating("203.0.113.0", "203.0.113.3", 30);
+            }
             // With [l2], one address in an L2 pool.
             let one = IPS[1].parse().unwrap();
             k.l2 = l2.then(|| crate::config::L2Select {
@@ -1695,6 +2007,13 @@ mod incremental {
                     *by.entry(r.kind).or_default() += 1;
                 }
                 prop_assert_eq!(t.refused_by_kind(), &by);
+                // No aggregate while a Local Service lists an address in it.
+                let covering: IpNet = "203.0.113.0/30".parse().unwrap();
+                if full.routes.contains_key(&covering) {
+                    let local_inside = s.services.values().any(|v| v.local_policy
+                        && v.ingress_ips.iter().filter_map(|l| l.ip()).any(|ip| covering.contains(&ip)));
+                    prop_assert!(!local_inside, "aggregate with a Local Service inside: {:?}", full.routes);
+                }
             }
         }
     }

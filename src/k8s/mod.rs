@@ -4,6 +4,7 @@
 //! consistent snapshot of them into the routes to announce (pure); `watch`
 //! keeps the snapshot from the API server behind the readiness barrier.
 
+pub mod aggregate;
 pub mod allocator;
 pub mod attrs;
 pub mod events;

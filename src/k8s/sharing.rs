@@ -122,6 +122,8 @@ fn merge(into: &mut RouteAttrs, a: &RouteAttrs) {
     into.large_communities
         .extend_from_slice(&a.large_communities);
     into.local_pref = into.local_pref.max(a.local_pref);
+    // One address, one pool: the owners name the same peers.
+    into.peers.clone_from(&a.peers);
     into.med = match (into.med, a.med) {
         (Some(x), Some(y)) => Some(x.min(y)),
         (x, y) => x.or(y),

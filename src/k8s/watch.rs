@@ -260,10 +260,12 @@ pub enum Request {
         Key,
         tokio::sync::oneshot::Sender<super::explain::ServiceView>,
     ),
-    /// A reload changed the `[ipam]` pools the intent accepts addresses from.
+    /// A reload changed the `[ipam]` pools the intent accepts addresses
+    /// from, their modes, or the advertisements.
     Pools(
         Option<Vec<crate::config::Range>>,
         Option<crate::config::L2Select>,
+        Box<crate::config::Adverts>,
     ),
 }
 
@@ -397,9 +399,11 @@ impl Watch {
         &mut self,
         pools: Option<Vec<crate::config::Range>>,
         l2: Option<crate::config::L2Select>,
+        adverts: crate::config::Adverts,
     ) {
         self.k.pools = pools;
         self.k.l2 = l2;
+        self.k.adverts = adverts;
         self.full = true;
     }
 
@@ -548,7 +552,8 @@ impl Watch {
             .map(|s| &*s.uid)
             .unwrap_or_default();
         let sharing = self.tracker.sharing_view(uid);
-        super::explain::explain(&self.snap, &self.k, key, &sharing)
+        let aggregated = |ip| self.tracker.aggregated(ip, &self.k);
+        super::explain::explain(&self.snap, &self.k, key, &sharing, &aggregated)
     }
 }
 
@@ -584,7 +589,7 @@ pub async fn run(
             },
             Some(r) = requests.recv() => match r {
                 Request::Explain(key, reply) => { let _ = reply.send(w.explain(&key)); continue }
-                Request::Pools(p, l2) => { w.set_pools(p, l2); std::time::Instant::now() }
+                Request::Pools(p, l2, ads) => { w.set_pools(p, l2, *ads); std::time::Instant::now() }
             },
         };
         while let Ok((_, ev)) = rx.try_recv() {
@@ -857,7 +862,7 @@ mod tests {
             first: "203.0.113.0".parse().unwrap(),
             last: "203.0.113.15".parse().unwrap(),
         };
-        w.set_pools(Some(vec![range]), None);
+        w.set_pools(Some(vec![range]), None, Default::default());
         let p = w.pass(Instant::now()).unwrap();
         assert!(matches!(&p.updates[0], Update::Delta(d, _) if d.len() == 1 && d[0].1.is_some()));
     }

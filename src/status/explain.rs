@@ -34,6 +34,8 @@ pub struct AddressLine {
     pub peers: Vec<PeerLine>,
     /// In L2 mode: who answers ARP/NDP for it and why not this node.
     pub l2: Option<String>,
+    /// Where its attributes come from; its aggregate.
+    pub bgp: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -97,7 +99,11 @@ pub fn combine(service: &str, view: Option<ServiceView>, cx: &Context) -> Explan
                 (None, None, Some(s)) => Some(s.clone()),
                 (None, None, None) => Some("not wanted from this node".into()),
             };
-            let peers = route.map_or(vec![], |r| {
+            // Inside an aggregate, the peers are sent the aggregate.
+            let sent = (a.aggregate.as_ref())
+                .and_then(|r| r.parse::<ipnet::IpNet>().ok())
+                .or(route);
+            let peers = sent.map_or(vec![], |r| {
                 cx.peers.iter().map(|p| peer_line(p, r)).collect()
             });
             addresses.push(AddressLine {
@@ -107,6 +113,7 @@ pub fn combine(service: &str, view: Option<ServiceView>, cx: &Context) -> Explan
                 drain: route.and(cx.drain.clone()),
                 peers,
                 l2,
+                bgp: a.bgp.clone(),
             });
         }
     }
@@ -136,9 +143,14 @@ fn peer_line((addr, asn, p): &(IpAddr, u32, PeerStatus), route: ipnet::IpNet) ->
         (Some(a), Some(ctx)) => crate::bgp::wire::encode::fits(a, afi, ctx).err(),
         _ => None,
     };
-    let carried = held.is_some() && p.sending.contains(&afi) && too_large.is_none();
+    let names = p.ctx.as_ref().map_or(&[][..], |c| &c.names[..]);
+    let elsewhere = held.filter(|a| !a.for_peer(names.iter().map(String::as_str)));
+    let carried =
+        held.is_some() && p.sending.contains(&afi) && too_large.is_none() && elsewhere.is_none();
     let why_not = if carried {
         None
+    } else if let Some(a) = elsewhere {
+        Some(format!("not sent: for peers {} only", a.peers.join(", ")))
     } else if let Some(e) = too_large.filter(|_| p.sending.contains(&afi)) {
         Some(format!("not sent: {e}"))
     } else if p.established_at.is_none() {
@@ -306,6 +318,9 @@ fn render_address(s: &mut String, a: &AddressLine) {
     if let Some(l) = &a.l2 {
         let _ = writeln!(s, "    L2: {l}");
     }
+    for b in &a.bgp {
+        let _ = writeln!(s, "    {b}");
+    }
     if a.peers.is_empty() {
         let _ = writeln!(s, "    no peer configured for this node");
     }
@@ -343,11 +358,15 @@ mod tests {
                         address: "203.0.113.10".into(),
                         route: skipped.is_none().then(|| "203.0.113.10/32".into()),
                         refused: None,
+                        aggregate: None,
+                        bgp: vec![],
                     },
                     AddressView {
                         address: "192.0.2.1".into(),
                         route: None,
                         refused: Some("192.0.2.1 is this node's own address".into()),
+                        aggregate: None,
+                        bgp: vec![],
                     },
                 ],
                 bad_annotations: vec![],
@@ -382,6 +401,7 @@ mod tests {
                     communities: vec![65010 << 16 | 1],
                     ..Default::default()
                 },
+                names: vec![],
             }),
             ..PeerStatus::default()
         };

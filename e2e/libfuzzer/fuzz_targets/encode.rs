@@ -45,6 +45,7 @@ fuzz_target!(|data: &[u8]| {
         large_communities: (0..nl as u32).map(|i| [seed, i, i ^ seed]).collect(),
         med: (flags & 16 != 0).then(|| b.u32()),
         local_pref: (flags & 32 != 0).then(|| b.u32()),
+        peers: vec![],
     };
     let ctx = SendCtx {
         local_asn: b.u32().max(1),
@@ -57,6 +58,7 @@ fuzz_target!(|data: &[u8]| {
             communities: (0..u32::from(b.u8())).collect(),
             ..Default::default()
         },
+        names: vec![],
     };
     let mut prefixes: Vec<IpNet> = vec![];
     while !b.0.is_empty() && prefixes.len() < 2000 {

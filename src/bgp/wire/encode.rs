@@ -14,7 +14,7 @@ use super::update::{
     LARGE_COMMUNITIES, LOCAL_PREF, MED, MP_REACH, MP_UNREACH, NEXT_HOP, ORIGIN,
 };
 use super::{push_header, Afi, MsgType, HEADER_LEN, MAX_MESSAGE_LEN, SAFI_UNICAST};
-use crate::bgp::attrs::{RouteAttrs, AS_TRANS};
+use crate::bgp::attrs::{RouteAttrs, Skip, AS_TRANS};
 
 /// What the encoding depends on, per session.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,6 +30,8 @@ pub struct SendCtx {
     /// The peer's default attributes: communities merged into every
     /// route's, LOCAL_PREF where the route has none.
     pub defaults: RouteAttrs,
+    /// What a route's `peers` may call this peer: its name, its address.
+    pub names: Vec<String>,
 }
 
 impl SendCtx {
@@ -42,6 +44,7 @@ impl SendCtx {
             med: a.med,
             local_pref: (!self.ebgp)
                 .then(|| a.local_pref.or(self.defaults.local_pref).unwrap_or(100)),
+            peers: Vec::new(),
         }
     }
 }
@@ -80,10 +83,15 @@ pub use crate::bgp::attrs::community_bytes;
 
 impl SendCtx {
     /// The attributes as this peer receives a route of family `afi`, or
-    /// `None` where it cannot receive it (see [`fits`]): the Adj-RIB-Out's
-    /// view of this peer.
-    pub fn receives(&self, a: &RouteAttrs, afi: Afi) -> Option<RouteAttrs> {
-        fits(a, afi, self).ok().map(|()| self.seen(a))
+    /// why it is not sent it (the route is for other peers, or does not
+    /// fit: see [`fits`]): the Adj-RIB-Out's view of this peer.
+    pub fn receives(&self, a: &RouteAttrs, afi: Afi) -> Result<RouteAttrs, Skip> {
+        if !a.for_peer(self.names.iter().map(String::as_str)) {
+            return Err(Skip::NotForPeer);
+        }
+        fits(a, afi, self)
+            .map(|()| self.seen(a))
+            .map_err(|_| Skip::TooLarge)
     }
 }
 

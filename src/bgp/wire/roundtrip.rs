@@ -20,6 +20,7 @@ fn ctx(ebgp: bool, four: bool, asn: u32) -> SendCtx {
         next_hop_v6: Some("2001:db8::1".parse().unwrap()),
         next_hop_v6_link_local: None,
         defaults: RouteAttrs::default(),
+        names: vec![],
     }
 }
 
@@ -29,6 +30,7 @@ fn attrs() -> RouteAttrs {
         large_communities: vec![[65010, 1, 2]],
         med: Some(10),
         local_pref: Some(200),
+        peers: vec![],
     }
 }
 
@@ -382,8 +384,23 @@ fn a_peer_receives_its_view_or_nothing() {
     assert_eq!(got.communities, [9, (65010 << 16) | 100]);
     assert_eq!(got.local_pref, None);
     assert_eq!(got.med, Some(10));
-    assert_eq!(c.receives(&many(1100), Afi::Ipv4), None);
-    assert_eq!(c.receives(&many(1100), Afi::Ipv6), None);
+    let big = Err(crate::bgp::attrs::Skip::TooLarge);
+    assert_eq!(c.receives(&many(1100), Afi::Ipv4), big);
+    assert_eq!(c.receives(&many(1100), Afi::Ipv6), big);
+}
+
+#[test]
+fn a_route_for_named_peers_reaches_only_them_and_the_name_is_never_sent() {
+    let mut c = ctx(true, true, 65010);
+    c.names = vec!["tor-b".into(), "192.0.2.2".into()];
+    let mut a = attrs();
+    a.peers = vec!["tor-a".into()];
+    let other = Err(crate::bgp::attrs::Skip::NotForPeer);
+    assert_eq!(c.receives(&a, Afi::Ipv4), other);
+    a.peers = vec!["tor-a".into(), "tor-b".into()];
+    assert!(c.receives(&a, Afi::Ipv4).unwrap().peers.is_empty());
+    a.peers = vec!["192.0.2.2".into()];
+    assert!(c.receives(&a, Afi::Ipv4).is_ok());
 }
 
 /// Arbitrary attributes, prefixes and session contexts: every message the
@@ -415,6 +432,7 @@ fn every_encoded_message_fits_and_passes_our_own_checks() {
             large_communities: (0..nl as u32).map(|i| [i, i ^ asn, 7]).collect(),
             med,
             local_pref,
+            peers: vec![],
         };
         let mut c = ctx(ebgp, four, asn.max(1));
         if ll {
@@ -879,6 +897,7 @@ fn peer_defaults_merge_into_each_route() {
         large_communities: vec![[9, 9, 9]],
         med: None,
         local_pref: Some(300),
+        peers: vec![],
     };
     let mut out = vec![];
     encode::announce(&mut out, &v4(1), &attrs(), Afi::Ipv4, &c).unwrap();
