@@ -1590,3 +1590,162 @@ fn each_pool_goes_to_its_own_router_and_an_aggregate_follows_its_services() {
         views(&v)
     );
 }
+
+/// The next hops BIRD holds for each prefix, from one `show route all`.
+fn paths_by_prefix(b: &Bird) -> std::collections::BTreeMap<String, Vec<String>> {
+    let mut out: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    let mut current = String::new();
+    for l in b.cli("show route all").lines() {
+        let first = l.split_whitespace().next().unwrap_or("");
+        if !l.starts_with(char::is_whitespace) && first.contains('/') {
+            current = first.to_string();
+        }
+        if let Some(nh) = l.trim().strip_prefix("BGP.next_hop: ") {
+            out.entry(current.clone()).or_default().push(nh.to_string());
+        }
+    }
+    for v in out.values_mut() {
+        v.sort();
+    }
+    out
+}
+
+/// Issue 18 part 3: twelve nodes, `max_announcing_nodes = 4`: BIRD holds
+/// exactly four paths for each of 60 Cluster VIPs, the VIPs spread over
+/// the nodes within 1.5 times the mean, and a cordoned node's VIPs (only
+/// those) move, each to one other node.
+#[test]
+fn a_cap_of_four_gives_four_paths_spread_and_a_cordon_moves_only_its_vips() {
+    const N: usize = 12;
+    const VIPS: usize = 60;
+    require(&["ip"]);
+    let tag = "kx";
+    let dir = Dir::new(tag);
+    let router = bridge_router(&format!("{tag}r"), &["192.0.2.2/24", "192.0.2.100/24"]);
+    let ip_of = |i: usize| format!("192.0.2.{}", 11 + i);
+    let name_of = |i: usize| format!("node-{i:02}");
+    let mut nodes = vec![];
+    for i in 0..N {
+        let n = Netns::new(&format!("{tag}{i}"));
+        let a = join_bridge(&n, &router);
+        n.ip(&["addr", "add", &format!("{}/24", ip_of(i)), "dev", &a]);
+        nodes.push(n);
+    }
+    let api = StandIn::start(API.parse().unwrap(), Some(&router.name));
+    let node_obj = |i: usize, cordoned: bool| {
+        let mut n = obj::node(&name_of(i), &[&ip_of(i)]);
+        n["status"]["conditions"] = serde_json::json!([{"type": "Ready", "status": "True"}]);
+        n["spec"] = serde_json::json!({"unschedulable": cordoned});
+        n
+    };
+    for i in 0..N {
+        api.put(node_obj(i, false));
+    }
+    for i in 0..VIPS {
+        let name = format!("s{i}");
+        api.put(obj::service(
+            "a",
+            &name,
+            &[&format!("203.0.113.{}", 10 + i)],
+            false,
+        ));
+        api.put(obj::slice(
+            "a",
+            &format!("{name}-1"),
+            &name,
+            &[("node-00", true)],
+        ));
+    }
+    let protocols: Vec<(String, String)> = (0..N).map(|i| (format!("n{i}"), ip_of(i))).collect();
+    let list: Vec<(&str, &str, &str, &str, &str)> = protocols
+        .iter()
+        .map(|(p, ip)| (p.as_str(), "192.0.2.2", ip.as_str(), "ipv4", ""))
+        .collect();
+    let bird = Bird::start(&router, &dir, &bird_conf(&dir, &list));
+    let kc = dir.write("kubeconfig", &api.kubeconfig());
+    let vipds: Vec<Vipd> = (0..N)
+        .map(|i| {
+            let conf = format!(
+                "[bgp]\nasn = 65010\nrouter_id = \"{}\"\nmax_announcing_nodes = 4\n\
+                 [[bgp.peers]]\naddress = \"192.0.2.2\"\nasn = 65002\nconnect_retry = 1\n\
+                 [kubernetes]\nkubeconfig = \"{}\"\nnode_name = \"{}\"\n\
+                 [drain]\ngraceful_shutdown_secs = 1\n",
+                ip_of(i),
+                kc.display(),
+                name_of(i)
+            );
+            Vipd::start_named(&nodes[i], &dir, &conf, &format!("vipd-{i:02}"))
+        })
+        .collect();
+    let tails = || {
+        (vipds.iter().take(3))
+            .map(|v| v.proc.log_tail(10))
+            .collect::<Vec<_>>()
+            .join("\n---\n")
+    };
+    let settled = |bad: Option<&str>| {
+        let mut last = Default::default();
+        let ok = wait_until(Duration::from_secs(40), || {
+            last = paths_by_prefix(&bird);
+            last.len() == VIPS
+                && last.values().all(|v| v.len() == 4)
+                && bad.is_none_or(|b| last.values().all(|v| !v.iter().any(|x| x == b)))
+        });
+        assert!(
+            ok,
+            "not 4 paths for each of {VIPS} VIPs: {last:?}\n{}",
+            tails()
+        );
+        last
+    };
+    let before = settled(None);
+    let mut load = vec![0usize; N];
+    for hops in before.values() {
+        for h in hops {
+            load[h.rsplit('.').next().unwrap().parse::<usize>().unwrap() - 11] += 1;
+        }
+    }
+    let mean = (VIPS * 4) as f64 / N as f64;
+    let max = *load.iter().max().unwrap() as f64;
+    println!("VIPs per node: {load:?} (mean {mean}, max {max})");
+    assert!(max <= 1.5 * mean, "VIPs per node {load:?}, mean {mean}");
+    // node-05 cordoned: the others rank without it at once; it drains
+    // (GRACEFUL_SHUTDOWN for 1 s), then withdraws.
+    let gone = ip_of(5);
+    api.put(node_obj(5, true));
+    let after = settled(Some(&gone));
+    let mut moved = 0;
+    for (p, was) in &before {
+        let now = &after[p];
+        if was.contains(&gone) {
+            let kept = was.iter().filter(|h| **h != gone).all(|h| now.contains(h));
+            assert!(kept, "{p}: {was:?} -> {now:?}: more than node-05 moved");
+            moved += 1;
+        } else {
+            assert_eq!(was, now, "{p} moved though node-05 did not carry it");
+        }
+    }
+    assert_eq!(moved, load[5], "every VIP node-05 carried moved");
+    // node-00 says why it leaves a VIP to others, naming them.
+    let (p, hops) = (after.iter())
+        .find(|(_, h)| !h.contains(&ip_of(0)))
+        .unwrap();
+    let i: usize = p
+        .trim_end_matches("/32")
+        .rsplit('.')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let (_, text) = vipd_cli(&nodes[0], &["explain", &format!("a/s{}", i - 10)]);
+    assert!(
+        text.contains(
+            "not one of the 4 nodes chosen to announce it (max_announcing_nodes) among 11 eligible"
+        ),
+        "{text}"
+    );
+    for h in hops {
+        let n: usize = h.rsplit('.').next().unwrap().parse().unwrap();
+        assert!(text.contains(&name_of(n - 11)), "{h} not named: {text}");
+    }
+}

@@ -189,6 +189,13 @@ pub struct KubeConfig {
     /// The pools' and `[[bgp.advertisements]]`' (filled in by
     /// `Config::load`).
     pub adverts: Adverts,
+    /// `bgp.max_announcing_nodes` (filled in by `Config::load`): with it,
+    /// every Node is watched and each ETP Cluster VIP is announced by this
+    /// many of the eligible ones.
+    pub max_announcing_nodes: Option<u32>,
+    /// `[drain]` (filled in by `Config::load`): which other nodes are
+    /// draining, so not eligible to announce a capped VIP.
+    pub drain: Option<DrainConfig>,
     /// Connecting to the API server takes at most this long.
     pub connect_timeout: Duration,
     /// An answer (a list page, or anything on a watch, where the server's
@@ -281,6 +288,8 @@ pub struct BgpConfig {
     /// `[[bgp.advertisements]]`: what goes with Service addresses vipd did
     /// not give out, by prefix.
     pub advertisements: Vec<Advertisement>,
+    /// `max_announcing_nodes`: how many nodes announce one ETP Cluster VIP.
+    pub max_announcing_nodes: Option<u32>,
 }
 
 /// A TCP MD5 key. Its `Debug` says only that it is there, so no log line,
@@ -572,6 +581,9 @@ fn read_bgp(mut t: Tbl, errs: &mut Errs) -> Option<BgpConfig> {
     // Unknown until the Node's labels are: no iBGP rules to check.
     let local_asn = asn.filter(|n| *n != 0);
     let advertisements = advertise::read_all(&mut t, errs);
+    let max_announcing_nodes = t.opt("max_announcing_nodes", errs, |v| {
+        parse_int(v, 1, 4096).map(|n| n as u32)
+    });
     let mut peers = Vec::new();
     for (i, v) in t.array("peers", errs).into_iter().enumerate() {
         let key = format!("bgp.peers[{i}]");
@@ -595,6 +607,7 @@ fn read_bgp(mut t: Tbl, errs: &mut Errs) -> Option<BgpConfig> {
         restart_record,
         peers: peers.into_iter().map(|(_, p)| p).collect(),
         advertisements,
+        max_announcing_nodes,
     })
 }
 
@@ -712,6 +725,8 @@ fn read_kubernetes(mut t: Tbl, node_env: Option<String>, errs: &mut Errs) -> Opt
         service_attrs,
         community_room: COMMUNITY_ROOM - DRAIN_RESERVE,
         adverts: Default::default(),
+        max_announcing_nodes: None,
+        drain: None,
         connect_timeout,
         read_timeout,
     })

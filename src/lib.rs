@@ -28,6 +28,7 @@ pub mod ipam;
 pub mod k8s;
 pub mod l2;
 pub mod reconcile;
+pub mod rendezvous;
 pub mod sockopt;
 pub mod status;
 pub mod task;

@@ -687,6 +687,45 @@ mod tests {
         s.parse().unwrap()
     }
 
+    /// An aggregate goes to the routers, never to the dataplane; its
+    /// members go to the dataplane, never alone to the routers.
+    #[test]
+    fn an_aggregate_is_announced_and_its_members_stay_on_the_dataplane() {
+        let agg = net("203.0.113.0/30");
+        let with = |a: Agg| Want {
+            agg: a,
+            ..want_med(1)
+        };
+        let d: Delta = vec![
+            (net("203.0.113.1/32"), Some(with(Agg::Member(agg)))),
+            (net("203.0.113.2/32"), Some(with(Agg::Own))),
+            (agg, Some(with(Agg::Covering))),
+        ];
+        let mut k = KubeRoutes::default();
+        let mut full = KubeRoutes::default();
+        k.apply(&d);
+        full.set_all(&d.iter().map(|(p, w)| (*p, w.clone().unwrap())).collect());
+        for k in [&k, &full] {
+            assert_eq!(k.keys(), [net("203.0.113.2/32"), agg].into());
+            let vips = [net("203.0.113.1/32"), net("203.0.113.2/32")];
+            assert_eq!(k.vips(), vips.into());
+            assert!(vips.iter().all(|p| k.contains(p)));
+            assert!(!k.contains(&agg));
+        }
+        // The aggregate goes: its member is announced alone again.
+        k.apply(&vec![
+            (net("203.0.113.1/32"), Some(with(Agg::Own))),
+            (agg, None),
+        ]);
+        assert_eq!(
+            k.keys(),
+            [net("203.0.113.1/32"), net("203.0.113.2/32")].into()
+        );
+        assert_eq!(k.vips(), k.keys());
+        k.apply(&vec![(net("203.0.113.1/32"), None)]);
+        assert!(!k.contains(&net("203.0.113.1/32")));
+    }
+
     #[test]
     fn a_relist_that_confirms_every_route_leaves_the_table_as_it_was() {
         let mut t = Tables::new(Arc::new(Table::new()), None, true);

@@ -33,6 +33,16 @@ impl Parsed {
         let pools = self.ipam.as_ref().map_or(&[][..], |i| &i.pools[..]);
         let ads = (self.bgp.as_ref()).map_or(&[][..], |b| &b.advertisements[..]);
         super::advertise::check(pools, ads, peers, room, errs);
+        let capped = self
+            .bgp
+            .as_ref()
+            .is_some_and(|b| b.max_announcing_nodes.is_some());
+        if capped && self.kubernetes.is_none() {
+            errs.push(
+                "bgp.max_announcing_nodes",
+                "caps Services' VIPs over the cluster's Nodes: it needs a [kubernetes] table",
+            );
+        }
         if !ads.is_empty() && self.kubernetes.is_none() {
             errs.push(
                 "bgp.advertisements",
@@ -43,6 +53,8 @@ impl Parsed {
         if let Some(k) = &mut self.kubernetes {
             k.community_room = room;
             k.adverts = adverts;
+            k.max_announcing_nodes = self.bgp.as_ref().and_then(|b| b.max_announcing_nodes);
+            k.drain = self.drain.clone();
             k.pools = self.ipam.as_ref().map(|i| {
                 i.pools
                     .iter()

@@ -323,12 +323,9 @@ impl Daemon {
             );
             a.set_pools(i.pools.clone());
         }
-        if let (true, Some(w)) = (plan.pools || plan.adverts, &self.kube.watch) {
-            let k = next.kubernetes.as_ref();
-            let pools = k.and_then(|k| k.pools.clone());
-            let l2 = k.and_then(|k| k.l2.clone());
-            let adverts = k.map(|k| k.adverts.clone()).unwrap_or_default();
-            let req = k8s::watch::Request::Pools(pools, l2, Box::new(adverts));
+        let placement = plan.pools || plan.adverts || plan.drain;
+        if let (true, Some(w), Some(k)) = (placement, &self.kube.watch, &next.kubernetes) {
+            let req = k8s::watch::Request::Pools(Box::new(k.clone()));
             let _ = w.requests.send(req).await;
         }
         if plan.control_plane {

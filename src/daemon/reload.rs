@@ -84,18 +84,28 @@ fn keep_running(next: &mut Config, applied: &Config, restart: &mut Vec<&'static 
             pools: None,
             l2: None,
             adverts: Default::default(),
+            max_announcing_nodes: None,
+            drain: None,
             ..k
         })
     };
     let kube = unpooled(&next.kubernetes) != unpooled(&applied.kubernetes);
     if changed(restart, kube, "kubernetes") {
         let k = next.kubernetes.as_mut();
-        let (pools, l2, adverts) = k.map_or(Default::default(), |k| {
-            (k.pools.take(), k.l2.take(), std::mem::take(&mut k.adverts))
+        let (pools, l2, adverts, cap, drain) = k.map_or(Default::default(), |k| {
+            let ads = std::mem::take(&mut k.adverts);
+            (
+                k.pools.take(),
+                k.l2.take(),
+                ads,
+                k.max_announcing_nodes,
+                k.drain.take(),
+            )
         });
         next.kubernetes = applied.kubernetes.clone();
         if let Some(k) = next.kubernetes.as_mut() {
             (k.pools, k.l2, k.adverts) = (pools, l2, adverts);
+            (k.max_announcing_nodes, k.drain) = (cap, drain);
         }
     }
     // `[l2]` itself (interfaces, timers, its default) needs a restart.
@@ -112,6 +122,11 @@ fn keep_running(next: &mut Config, applied: &Config, restart: &mut Vec<&'static 
     if changed(restart, next.status != applied.status, "status") {
         next.status = applied.status;
     }
+    keep_bgp(next, applied, restart);
+}
+
+/// `[bgp]` keys only a restart applies keep their running values.
+fn keep_bgp(next: &mut Config, applied: &Config, restart: &mut Vec<&'static str>) {
     let (b, a) = (&mut next.bgp, &applied.bgp);
     let asn = |c: &crate::config::BgpConfig| (c.asn, c.asn_label.clone());
     if changed(restart, asn(b) != asn(a), "bgp.asn") {
@@ -123,6 +138,22 @@ fn keep_running(next: &mut Config, applied: &Config, restart: &mut Vec<&'static 
     }
     if changed(restart, b.listen != a.listen, "bgp.listen") {
         b.listen = a.listen;
+    }
+    // Without it, only this node's Node is watched: a restart watches all.
+    let cap = b.max_announcing_nodes;
+    if changed(
+        restart,
+        cap != a.max_announcing_nodes,
+        "bgp.max_announcing_nodes",
+    ) {
+        b.max_announcing_nodes = a.max_announcing_nodes;
+        let running = applied
+            .kubernetes
+            .as_ref()
+            .and_then(|k| k.max_announcing_nodes);
+        if let Some(k) = next.kubernetes.as_mut() {
+            k.max_announcing_nodes = running;
+        }
     }
 }
 
@@ -236,6 +267,21 @@ mod tests {
             (p.next.bgp.asn, p.next.bgp.router_id, p.next.bgp.listen),
             (65010, applied.bgp.router_id, None)
         );
+    }
+
+    #[test]
+    fn the_cap_needs_a_restart_and_keeps_its_running_value() {
+        let applied = cfg(KUBE);
+        let capped = BASE.replace("[[bgp.peers]]", "max_announcing_nodes = 4\n[[bgp.peers]]");
+        let next = Config::from_toml_str(&format!("{capped}{KUBE}")).unwrap();
+        assert_eq!(
+            next.kubernetes.as_ref().unwrap().max_announcing_nodes,
+            Some(4)
+        );
+        let p = plan(&applied, next);
+        assert_eq!(p.restart, ["bgp.max_announcing_nodes"]);
+        assert_eq!(p.next.bgp.max_announcing_nodes, None);
+        assert_eq!(p.next.kubernetes.unwrap().max_announcing_nodes, None);
     }
 
     #[test]

@@ -46,6 +46,8 @@ pub struct AddressView {
     pub refused: Option<String>,
     /// The aggregate the route is announced in, instead of alone.
     pub aggregate: Option<String>,
+    /// Why `max_announcing_nodes` leaves it to other nodes.
+    pub capped: Option<String>,
     /// Where each attribute the route carries comes from, and whether it
     /// is aggregated (see `describe`).
     pub bgp: Vec<String>,
@@ -84,9 +86,23 @@ pub fn explain(
     let endpoints_ready = slices.iter().map(|sl| sl.ready as usize).sum();
     let endpoints_here = slices.iter().map(|sl| sl.here as usize).sum();
     let f: HashSet<IpAddr> = forbidden(s);
-    let p = part(svc, &slices, &f, s.node.as_ref(), k);
+    let p = part(svc, &slices, &f, s.node.as_ref(), &s.eligible, k);
     let skipped = skipped(svc, k, endpoints_ready, endpoints_here);
     let mut addresses = addresses(svc, k, &p, sharing);
+    let cap = super::ecmp::limit(svc, k, &mut vec![]).ok().flatten();
+    let cap = cap.filter(|_| !svc.local_policy && skipped.is_none());
+    for a in addresses
+        .iter_mut()
+        .filter(|a| a.route.is_none() && a.refused.is_none())
+    {
+        let ip = a.address.parse::<IpAddr>().ok();
+        let here = |ip, n| super::ecmp::here(ip, &k.node_name, &s.eligible, n);
+        if let (Some(ip), Some(n)) = (ip, cap) {
+            if !here(ip, n) {
+                a.capped = Some(super::ecmp::why_not(ip, &s.eligible, n));
+            }
+        }
+    }
     for a in addresses.iter_mut().filter(|a| a.route.is_some()) {
         let Ok(ip) = a.address.parse::<IpAddr>() else {
             continue;
@@ -148,6 +164,7 @@ fn addresses(
             route: route.map(|r| r.to_string()),
             refused,
             aggregate: None,
+            capped: None,
             bgp: vec![],
         });
     }

@@ -351,6 +351,7 @@ pub fn part(
     slices: &[&SliceInfo],
     forbidden: &HashSet<IpAddr>,
     node: Option<&NodeInfo>,
+    eligible: &[String],
     k: &KubeConfig,
 ) -> Part {
     let mut out = Part {
@@ -370,10 +371,14 @@ pub fn part(
         Ok(m) => m,
         Err(reason) => return refuse_all(out, svc, forbidden, node, k, rare, reason),
     };
+    let mut dropped = vec![];
+    let cap = match super::ecmp::limit(svc, k, &mut dropped) {
+        Ok(c) => c.filter(|_| !svc.local_policy),
+        Err(reason) => return refuse_all(out, svc, forbidden, node, k, rare, reason),
+    };
     if !has_endpoints(svc, slices, k) {
         return without_endpoints(out, svc, forbidden, node, k, asked, rare);
     }
-    let mut dropped = vec![];
     let attrs = super::attrs::parse(svc, &k.service_attrs, &mut dropped).map_err(|e| match e {
         super::attrs::AttrError::Unreadable(r) => (RefusalKind::BadAnnotation, r),
         super::attrs::AttrError::TooMany(r) => (RefusalKind::AttributesTooLarge, r),
@@ -392,7 +397,8 @@ pub fn part(
     }
     for raw in listed(svc, k) {
         let (route, refused) = place(raw, (forbidden, node, k), asked, &attrs);
-        out.routes.extend(route);
+        out.routes
+            .extend(route.filter(|(p, _)| chosen(p, cap, eligible, k)));
         rare.refused.extend(refused.map(|(kind, reason)| Refusal {
             service: svc.key(),
             uid: svc.uid.clone(),
@@ -408,6 +414,11 @@ pub fn part(
     out.routes.shrink_to_fit();
     out.set_rare(rare);
     out
+}
+
+/// Under the cap, only the nodes ranked first for an address announce it.
+fn chosen(p: &IpNet, cap: Option<usize>, eligible: &[String], k: &KubeConfig) -> bool {
+    cap.is_none_or(|n| super::ecmp::here(p.addr(), &k.node_name, eligible, n))
 }
 
 type Attrs = Result<Arc<RouteAttrs>, (RefusalKind, String)>;
@@ -863,7 +874,14 @@ impl Tracker {
                         .flatten()
                         .filter_map(|sk| s.slices.get(sk))
                         .collect();
-                    part(svc, &slices, &self.forbidden, s.node.as_ref(), k)
+                    part(
+                        svc,
+                        &slices,
+                        &self.forbidden,
+                        s.node.as_ref(),
+                        &s.eligible,
+                        k,
+                    )
                 }
                 None => Part::default(),
             };
@@ -1153,6 +1171,8 @@ pub(crate) mod tests {
             service_attrs: Default::default(),
             community_room: crate::config::COMMUNITY_ROOM - crate::config::DRAIN_RESERVE,
             adverts: Default::default(),
+            max_announcing_nodes: None,
+            drain: None,
             connect_timeout: std::time::Duration::from_secs(10),
             read_timeout: std::time::Duration::from_secs(90),
         }
@@ -1199,6 +1219,7 @@ pub(crate) mod tests {
                 ..Default::default()
             }),
             api_server: vec!["192.0.2.100".parse().unwrap()],
+            eligible: vec![],
         }
     }
 
@@ -1736,6 +1757,59 @@ pub(crate) mod tests {
         assert!(!t.intent().routes.contains_key(&agg));
         assert!(d.contains(&(agg, None)));
         assert_eq!(t.intent(), &compute(&s, &k));
+    }
+
+    #[test]
+    fn under_the_cap_each_cluster_vip_is_announced_by_exactly_n_nodes() {
+        let nodes: Vec<String> = (0..12).map(|i| format!("node-{i}")).collect();
+        let mut svcs: Vec<ServiceInfo> = (0..30)
+            .map(|i| svc("a", &format!("s{i}"), &[&format!("203.0.113.{}", 10 + i)]))
+            .collect();
+        svcs[0]
+            .annotations
+            .insert(super::super::ecmp::ANNOTATION.into(), "2".into());
+        svcs[1].local_policy = true;
+        let slices: Vec<(String, SliceInfo)> = (0..30)
+            .map(|i| {
+                (
+                    format!("sl{i}"),
+                    slice("a", &format!("s{i}"), &[("node-a", true)]),
+                )
+            })
+            .collect();
+        let slices: Vec<(&str, SliceInfo)> = slices
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.clone()))
+            .collect();
+        let mut s = snap(svcs, slices);
+        s.eligible = nodes.clone();
+        let mut k = kcfg();
+        k.max_announcing_nodes = Some(4);
+        let mut by_vip: BTreeMap<IpNet, usize> = BTreeMap::new();
+        for n in &nodes {
+            k.node_name = n.clone();
+            s.node = Some(NodeInfo {
+                name: n.clone(),
+                ..Default::default()
+            });
+            for p in compute(&s, &k).routes.keys() {
+                *by_vip.entry(*p).or_default() += 1;
+            }
+        }
+        assert_eq!(
+            by_vip[&net("203.0.113.10/32")],
+            2,
+            "the annotation lowers the cap"
+        );
+        // (The slice counts its endpoint here on every node computed.)
+        assert_eq!(by_vip[&net("203.0.113.11/32")], 12, "Local is not capped");
+        for i in 12..40 {
+            assert_eq!(
+                by_vip[&net(&format!("203.0.113.{i}/32"))],
+                4,
+                "203.0.113.{i}"
+            );
+        }
     }
 
     #[test]

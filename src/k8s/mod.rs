@@ -7,6 +7,7 @@
 pub mod aggregate;
 pub mod allocator;
 pub mod attrs;
+pub mod ecmp;
 pub mod events;
 pub mod explain;
 pub mod intent;

@@ -199,6 +199,8 @@ pub struct NodeInfo {
     /// `spec.unschedulable`, and the keys of `spec.taints`: drains.
     pub unschedulable: bool,
     pub taints: Vec<String>,
+    /// Its `Ready` condition is `True`.
+    pub ready: bool,
 }
 
 /// What of this node's Node object decides a drain (`drain::drained`):
@@ -220,6 +222,9 @@ pub struct Snapshot {
     pub slices: BTreeMap<Key, SliceInfo>,
     /// This node, where its Node object exists.
     pub node: Option<NodeInfo>,
+    /// With `max_announcing_nodes`: the nodes that may announce a capped
+    /// VIP, sorted (`k8s::ecmp::eligible`).
+    pub eligible: Vec<String>,
     /// Addresses of the API server as vipd's client reaches it.
     pub api_server: Vec<IpAddr>,
 }

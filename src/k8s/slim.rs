@@ -290,6 +290,15 @@ pub struct Taint {
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct NodeStatus {
     pub addresses: Option<Vec<NodeAddress>>,
+    /// Only `Ready` is read (`max_announcing_nodes` counts ready nodes).
+    pub conditions: Option<Vec<NodeCondition>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct NodeCondition {
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub status: String,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -182,6 +182,9 @@ pub fn node_info(n: &Node) -> NodeInfo {
             .and_then(|s| s.taints.as_ref())
             .map(|t| t.iter().map(|t| t.key.clone()).collect())
             .unwrap_or_default(),
+        ready: (n.status.as_ref())
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True")),
     }
 }
 
@@ -262,11 +265,8 @@ pub enum Request {
     ),
     /// A reload changed the `[ipam]` pools the intent accepts addresses
     /// from, their modes, or the advertisements.
-    Pools(
-        Option<Vec<crate::config::Range>>,
-        Option<crate::config::L2Select>,
-        Box<crate::config::Adverts>,
-    ),
+    /// (The new `[kubernetes]`: the watch takes those parts from it.)
+    Pools(Box<KubeConfig>),
 }
 
 /// An Event to record on a Service.
@@ -347,11 +347,7 @@ impl Watch {
         let r = match ev {
             Ev::Svc(r) => r.map(|e| self.on_service(e)),
             Ev::Slice(r) => r.map(|e| self.on_slice(e)),
-            Ev::Node(r) => r.map(|e| {
-                let c =
-                    (self.node_store).apply(&mut self.nodes, e, guarded(|n, _| Some(node_info(n))));
-                self.full |= c != Change::Nothing;
-            }),
+            Ev::Node(r) => r.map(|e| self.on_node(e)),
         };
         let now = r.err().map(|e| e.to_string());
         if now == self.last_error {
@@ -365,6 +361,36 @@ impl Watch {
         }
         self.last_error = now.clone();
         Some(now)
+    }
+
+    /// A Node changed: this node's own (a full pass), or, with the cap,
+    /// another one (a full pass only when the eligible nodes change: a
+    /// status heartbeat decides nothing).
+    fn on_node(&mut self, e: watcher::Event<Guarded<Node>>) {
+        let c = (self.node_store).apply(&mut self.nodes, e, guarded(|n, _| Some(node_info(n))));
+        let me = self.node_key();
+        let mine = self.nodes.get(me.as_str());
+        let own = match &c {
+            Change::Nothing => false,
+            Change::One(key, old) => **key == *me && old.as_ref() != mine,
+            Change::All => true,
+        };
+        let eligible = self.eligible();
+        self.full |= own || eligible != self.snap.eligible;
+        self.snap.eligible = eligible;
+    }
+
+    /// This node's key in `nodes` (cluster-scoped: no namespace).
+    fn node_key(&self) -> String {
+        format!("/{}", self.k.node_name)
+    }
+
+    /// With the cap, the nodes that may announce a capped VIP.
+    fn eligible(&self) -> Vec<String> {
+        if self.k.max_announcing_nodes.is_none() {
+            return vec![];
+        }
+        super::ecmp::eligible(&self.nodes, &self.k.node_name, self.k.drain.as_ref())
     }
 
     fn on_service(&mut self, e: watcher::Event<Guarded<Service>>) {
@@ -394,16 +420,13 @@ impl Watch {
         }
     }
 
-    /// New pools from a reload: every Service decided again.
-    pub fn set_pools(
-        &mut self,
-        pools: Option<Vec<crate::config::Range>>,
-        l2: Option<crate::config::L2Select>,
-        adverts: crate::config::Adverts,
-    ) {
-        self.k.pools = pools;
-        self.k.l2 = l2;
-        self.k.adverts = adverts;
+    /// New pools, their modes, advertisements or `[drain]` from a reload:
+    /// every Service decided again.
+    pub fn set_pools(&mut self, k: KubeConfig) {
+        self.k.pools = k.pools;
+        self.k.l2 = k.l2;
+        self.k.adverts = k.adverts;
+        self.k.drain = k.drain;
         self.full = true;
     }
 
@@ -464,7 +487,8 @@ impl Watch {
     }
 
     fn node_changed(&mut self) {
-        self.snap.node = self.nodes.values().next().cloned();
+        self.snap.node = self.nodes.get(self.node_key().as_str()).cloned();
+        self.snap.eligible = self.eligible();
         if self.snap.node.is_none() && !self.warned_no_node {
             self.warned_no_node = true;
             warn!(node = %self.k.node_name, "no Node object by this name: Local-policy Services and this node's own addresses cannot be matched; check kubernetes.node_name");
@@ -573,7 +597,13 @@ pub async fn run(
     // EndpointSlice of 10 endpoints is about 1 KiB parsed) bound that.
     let (tx, mut rx) = mpsc::channel::<(std::time::Instant, Ev)>(1024);
     // Held for the life of the loop: they end with it.
-    let _forwarders = forwarders(&client, &k.node_name, tx);
+    // With the cap every Node (parsed down to what eligibility reads),
+    // else this node's alone.
+    let only = k
+        .max_announcing_nodes
+        .is_none()
+        .then_some(k.node_name.as_str());
+    let _forwarders = forwarders(&client, only, tx);
     let mut w = Watch::new(k, api_server);
     let mut trim: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
     loop {
@@ -589,7 +619,7 @@ pub async fn run(
             },
             Some(r) = requests.recv() => match r {
                 Request::Explain(key, reply) => { let _ = reply.send(w.explain(&key)); continue }
-                Request::Pools(p, l2, ads) => { w.set_pools(p, l2, *ads); std::time::Instant::now() }
+                Request::Pools(k) => { w.set_pools(*k); std::time::Instant::now() }
             },
         };
         while let Ok((_, ev)) = rx.try_recv() {
@@ -645,11 +675,14 @@ fn record(status: &Mutex<KubeStatus>, next: KubeStatus) {
 
 fn forwarders(
     client: &Client,
-    node: &str,
+    only: Option<&str>,
     tx: mpsc::Sender<(std::time::Instant, Ev)>,
 ) -> [crate::task::Owned<()>; 3] {
     let wc = watcher::Config::default();
-    let node = wc.clone().fields(&format!("metadata.name={node}"));
+    let node = match only {
+        Some(n) => wc.clone().fields(&format!("metadata.name={n}")),
+        None => wc.clone(),
+    };
     [
         forward(
             Api::<Guarded<Service>>::all(client.clone()),
@@ -750,6 +783,57 @@ mod tests {
         w.apply(Ev::Node(Ok(Init)));
         w.apply(Ev::Node(Ok(InitApply(n))));
         w.apply(Ev::Node(Ok(InitDone)));
+    }
+
+    /// With the cap, every Node is watched: another node's heartbeat
+    /// decides nothing (no pass), its readiness decides again.
+    #[test]
+    fn only_a_change_of_the_eligible_nodes_decides_again() {
+        let mut k = kcfg();
+        k.max_announcing_nodes = Some(1);
+        let mut w = Watch::new(k, vec![]);
+        listed(
+            &mut w,
+            vec![service("web", "203.0.113.1")],
+            vec![slice("web")],
+        );
+        let other = |ready: &str, beat: &str| {
+            parse(serde_json::json!({
+                "metadata": {"name": "node-z", "annotations": {"vipd.io/beat": beat}},
+                "status": {"conditions": [{"type": "Ready", "status": ready}],
+                           "addresses": [{"type": "InternalIP", "address": beat}]}
+            }))
+        };
+        let me = || {
+            parse(serde_json::json!({
+                "metadata": {"name": "node-a"},
+                "status": {"conditions": [{"type": "Ready", "status": "True"}]}
+            }))
+        };
+        w.apply(Ev::Node(Ok(Init)));
+        w.apply(Ev::Node(Ok(InitApply(me()))));
+        w.apply(Ev::Node(Ok(InitApply(other("True", "192.0.2.7")))));
+        w.apply(Ev::Node(Ok(InitDone)));
+        let p = w.pass(Instant::now()).expect("the barrier passed");
+        let Update::Full(routes) = &p.updates[0] else {
+            panic!("{:?}", p.updates);
+        };
+        // One of node-a and node-z announces it.
+        let a_has = !routes.is_empty();
+        w.apply(Ev::Node(Ok(Apply(other("True", "192.0.2.8")))));
+        assert!(
+            w.pass(Instant::now()).is_none(),
+            "a heartbeat decided again"
+        );
+        w.apply(Ev::Node(Ok(Apply(other("False", "192.0.2.8")))));
+        let p = w.pass(Instant::now()).expect("node-z is no longer ready");
+        assert!(p.full);
+        if !a_has {
+            assert!(
+                matches!(&p.updates[0], Update::Delta(d, _) if d.len() == 1 && d[0].1.is_some())
+            );
+        }
+        assert_eq!(w.tracker.intent().routes.len(), 1, "node-a alone is left");
     }
 
     #[test]
@@ -862,7 +946,10 @@ mod tests {
             first: "203.0.113.0".parse().unwrap(),
             last: "203.0.113.15".parse().unwrap(),
         };
-        w.set_pools(Some(vec![range]), None, Default::default());
+        w.set_pools(KubeConfig {
+            pools: Some(vec![range]),
+            ..kcfg()
+        });
         let p = w.pass(Instant::now()).unwrap();
         assert!(matches!(&p.updates[0], Update::Delta(d, _) if d.len() == 1 && d[0].1.is_some()));
     }

@@ -99,27 +99,7 @@ pub fn groups(services: &[(Vec<IpAddr>, bool)]) -> Vec<Vip> {
     out.into_values().collect()
 }
 
-/// The ranking's score of a node for a VIP: FNV-1a over both names with a
-/// final mix. Written out rather than taken from std's hasher, whose
-/// output may change between Rust releases: nodes running two builds of
-/// vipd during an upgrade must still rank alike.
-pub fn score(lead: IpAddr, node: &str) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let octets: Vec<u8> = match lead {
-        IpAddr::V4(v) => v.octets().to_vec(),
-        IpAddr::V6(v) => v.octets().to_vec(),
-    };
-    for b in octets.iter().chain([0u8].iter()).chain(node.as_bytes()) {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    // splitmix64's finalizer: FNV alone leaves close names close.
-    h ^= h >> 30;
-    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    h ^= h >> 27;
-    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
-    h ^ (h >> 31)
-}
+pub use crate::rendezvous::score;
 
 /// The most VIPs one node takes: 1.25 times the mean, but never so few
 /// that the nodes cannot hold them all (6 VIPs over 5 nodes: 2).

@@ -94,6 +94,7 @@ pub fn combine(service: &str, view: Option<ServiceView>, cx: &Context) -> Explan
             let l2 = l2_line(&a.address, cx.l2);
             let why_not = match (&route, &a.refused, &f.skipped) {
                 (Some(_), _, _) => None,
+                (None, None, _) if a.capped.is_some() => a.capped.clone(),
                 (None, None, _) if l2.is_some() => Some("L2 only: not sent to BGP peers".into()),
                 (None, Some(r), _) => Some(format!("refused: {r}")),
                 (None, None, Some(s)) => Some(s.clone()),
@@ -360,6 +361,7 @@ mod tests {
                         refused: None,
                         aggregate: None,
                         bgp: vec![],
+                        capped: None,
                     },
                     AddressView {
                         address: "192.0.2.1".into(),
@@ -367,6 +369,7 @@ mod tests {
                         refused: Some("192.0.2.1 is this node's own address".into()),
                         aggregate: None,
                         bgp: vec![],
+                        capped: None,
                     },
                 ],
                 bad_annotations: vec![],
