@@ -697,7 +697,7 @@ mod tests {
             ..want_med(1)
         };
         let d: Delta = vec![
-            (net("203.0.113.1/32"), Some(with(Agg::Member(agg)))),
+            (net("203.0.113.1/32"), Some(with(Agg::Member(30)))),
             (net("203.0.113.2/32"), Some(with(Agg::Own))),
             (agg, Some(with(Agg::Covering))),
         ];

@@ -22,9 +22,10 @@ pub enum Agg {
     /// As itself.
     #[default]
     Own,
-    /// Inside this aggregate, not announced alone (still on the node's
-    /// dataplane).
-    Member(IpNet),
+    /// Inside the aggregate of this length, not announced alone (still on
+    /// the node's dataplane). The length alone: the intent holds one per
+    /// VIP, and the address gives the rest.
+    Member(u8),
     /// An aggregate: announced, never on the dataplane.
     Covering,
 }
@@ -92,7 +93,7 @@ pub fn settle(
     let mut changed = vec![];
     for (p, w) in routes.range_mut(inside) {
         let agg = if on && member(w) {
-            Agg::Member(a)
+            Agg::Member(a.prefix_len())
         } else {
             Agg::Own
         };
@@ -133,7 +134,7 @@ pub fn explain(
     let a = of(ip, k)?;
     let origin = &k.adverts.of(ip)?.origin;
     Some(match routes.get(&host(ip)).map(|w| w.agg) {
-        Some(Agg::Member(x)) => format!("announced as part of {x} ({origin}'s aggregate_length)"),
+        Some(Agg::Member(_)) => format!("announced as part of {a} ({origin}'s aggregate_length)"),
         Some(_) => match blockers.first_in(&a) {
             Some(b) => format!("announced alone: {a} ({origin}) is not, since {b} inside it is refused, Local or L2 only"),
             None => format!("announced alone: its own attributes differ from {origin}'s"),

@@ -743,7 +743,7 @@ impl Tracker {
     /// (for `vipd explain`).
     pub fn aggregated(&self, ip: IpAddr, k: &KubeConfig) -> (Option<IpNet>, Option<String>) {
         let agg = match self.intent.routes.get(&IpNet::from(ip)).map(|w| w.agg) {
-            Some(Agg::Member(a)) => Some(a),
+            Some(Agg::Member(len)) => IpNet::new(ip, len).ok().map(|n| n.trunc()),
             _ => None,
         };
         let note = aggregate::explain(ip, &self.intent.routes, &self.blockers, k);
@@ -1718,7 +1718,7 @@ pub(crate) mod tests {
         let routes = &t.intent().routes;
         assert_eq!(routes[&agg].agg, Agg::Covering);
         assert_eq!(routes[&agg].attrs, k.adverts.0[0].attrs);
-        assert_eq!(routes[&net("203.0.113.1/32")].agg, Agg::Member(agg));
+        assert_eq!(routes[&net("203.0.113.1/32")].agg, Agg::Member(30));
         assert!(d.iter().any(|(p, w)| *p == agg && w.is_some()));
         // A Local Service inside: its address is announced only where its
         // endpoints are, so the aggregate goes and each address is alone.
