@@ -52,6 +52,7 @@ fn seeds() -> Vec<Vec<u8>> {
             next_hop_v6_link_local: (!ebgp).then(|| "fe80::1".parse().unwrap()),
             defaults: RouteAttrs::default(),
             names: vec![],
+            v4_via_v6: false,
         };
         let v4: Vec<IpNet> = (0..7u32)
             .map(|i| {
@@ -94,6 +95,7 @@ fn seeds() -> Vec<Vec<u8>> {
             refused: vec![],
             graceful_restart: Some(120),
             restart_state: true,
+            extended_next_hop: true,
         }
         .encode(),
     );

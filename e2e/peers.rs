@@ -510,3 +510,84 @@ fn bird_sees_ibgp_four_octet_asn_ipv4_over_ipv6_and_restart_time() {
     assert!(theirs.contains("Restart time: 77"), "{caps}");
     assert!(caps.contains("Neighbor AS:      4200000001"), "{caps}");
 }
+
+/// RFC 8950 over one IPv6 session (no IPv4 session, no IPv4 next hop):
+/// IPv4 VIPs arrive with the IPv6 next hop, at FRR (`capability
+/// extended-nexthop`) and at BIRD (`extended next hop on`); without the
+/// router's offer, IPv4 is not sent.
+#[test]
+fn ipv4_over_an_ipv6_session_carries_the_ipv6_next_hop() {
+    const ONE_V6_PEER: &str =
+        "[[bgp.peers]]\naddress = \"2001:db8::2\"\nasn = 65002\nhold_time = 30\n";
+    let n = 10;
+    let lab = Lab::new("en");
+    let frr_conf = format!(
+        "hostname frr\nlog file {}\nrouter bgp 65002\n bgp router-id 192.0.2.2\n no bgp ebgp-requires-policy\n no bgp default ipv4-unicast\n neighbor 2001:db8::1 remote-as 65010\n neighbor 2001:db8::1 timers connect 2\n neighbor 2001:db8::1 capability extended-nexthop\n address-family ipv4 unicast\n  neighbor 2001:db8::1 activate\n exit-address-family\n address-family ipv6 unicast\n  neighbor 2001:db8::1 activate\n exit-address-family\n",
+        lab.dir.path("frr/bgpd.log").display()
+    );
+    let frr = Frr::start(&lab.router, &lab.dir, &frr_conf);
+    let vipd = Vipd::start(
+        &lab.node,
+        &lab.dir,
+        &vipd_conf(ONE_V6_PEER, &announcements(n, true)),
+    );
+    assert!(
+        wait_until(Duration::from_secs(40), || frr.count("ipv4") == n as usize
+            && frr.count("ipv6") == n as usize),
+        "FRR did not receive {n} + {n} routes: {}\nvipd:\n{}",
+        frr.vtysh("show bgp summary"),
+        vipd.proc.log_tail(20)
+    );
+    let r = frr.json(&format!("show bgp ipv4 unicast {} json", v4_at(3)));
+    let nh = &r["paths"][0]["nexthops"];
+    assert_eq!(nh[0]["ip"], "2001:db8::1", "{r}");
+    assert_eq!(nh[0]["afi"], "ipv6", "{r}");
+    drop((vipd, frr));
+
+    let lab = Lab::new("eb");
+    let conf = bird_conf(&lab.dir, &[("v6", ROUTER6, NODE6, "ipv4,ipv6", "")]);
+    let enh = conf.replace(
+        "  ipv4 { import all;",
+        "  ipv4 { extended next hop on; import all;",
+    );
+    assert_ne!(enh, conf);
+    let bird = Bird::start(&lab.router, &lab.dir, &enh);
+    let vipd = Vipd::start(
+        &lab.node,
+        &lab.dir,
+        &vipd_conf(ONE_V6_PEER, &announcements(n, true)),
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || bird.count("master4")
+            == n as usize
+            && bird.count("master6") == n as usize),
+        "BIRD did not receive {n} + {n} routes\nvipd:\n{}",
+        vipd.proc.log_tail(20)
+    );
+    let r = bird.route(&v4_at(3));
+    assert!(r.contains("BGP.next_hop: 2001:db8::1"), "{r}");
+    drop((vipd, bird));
+
+    // BIRD without the option: the capability is not agreed, and IPv4 has
+    // no next hop on this session.
+    let lab = Lab::new("eo");
+    let bird = Bird::start(
+        &lab.router,
+        &lab.dir,
+        &bird_conf(&lab.dir, &[("v6", ROUTER6, NODE6, "ipv4,ipv6", "")]),
+    );
+    let vipd = Vipd::start(
+        &lab.node,
+        &lab.dir,
+        &vipd_conf(ONE_V6_PEER, &announcements(n, true)),
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || bird.count("master6")
+            == n as usize),
+        "BIRD did not receive {n} IPv6 routes\nvipd:\n{}",
+        vipd.proc.log_tail(20)
+    );
+    holds_for(Duration::from_secs(2), || {
+        assert_eq!(bird.count("master4"), 0, "{}", bird.cli("show route"))
+    });
+}

@@ -348,6 +348,9 @@ pub struct PeerConfig {
     /// `local_asn`: the ASN vipd speaks with to this peer (in OPEN, and
     /// prepended), instead of `bgp.asn`.
     pub local_asn: Option<u32>,
+    /// `extended_next_hop`: offer IPv4 routes with the IPv6 next hop
+    /// (RFC 8950), used on a session without an IPv4 next hop.
+    pub extended_next_hop: bool,
 }
 
 /// A peer's BFD timers.
@@ -1070,7 +1073,7 @@ fn read_peer(mut t: Tbl, local_asn: Option<u32>, errs: &mut Errs) -> Option<Peer
         .opt("families", errs, parse_families)
         .unwrap_or(Families::BOTH);
     let (next_hop_ipv4, next_hop_ipv6) = read_next_hops(&mut t, &mut from_node, errs);
-    let link_local_next_hop = t.flag("link_local_next_hop", errs, true);
+    let (link_local_next_hop, extended_next_hop) = read_next_hop_flags(&mut t, address, errs);
     let bfd = read_bfd(&mut t, &key, ttl.is_some_and(|t| t > 1), errs);
     let (description, name) = read_names(&mut t, errs);
     let node_selector = t
@@ -1104,9 +1107,19 @@ fn read_peer(mut t: Tbl, local_asn: Option<u32>, errs: &mut Errs) -> Option<Peer
         from_node,
         bfd,
         local_asn: own_asn,
+        extended_next_hop,
     };
     validate::peer(&key, &peer, own_asn.or(local_asn), errs);
     Some(peer)
+}
+
+/// `link_local_next_hop` (on by default) and `extended_next_hop`:
+/// offered on IPv6 sessions by default, since IPv4 needs it only where
+/// there is no IPv4 next hop to give.
+fn read_next_hop_flags(t: &mut Tbl, address: Option<IpAddr>, errs: &mut Errs) -> (bool, bool) {
+    let link_local = t.flag("link_local_next_hop", errs, true);
+    let v6 = address.is_some_and(|a| a.is_ipv6());
+    (link_local, t.flag("extended_next_hop", errs, v6))
 }
 
 /// A peer's `description` (free text) and `name` (what a pool's `peers`

@@ -63,6 +63,7 @@ pub fn negotiate(
             _ => None,
         }),
         next_hop_v6_link_local: None,
+        v4_via_v6: false,
         defaults: peer.defaults.clone(),
         names: peer
             .name
@@ -76,22 +77,30 @@ pub fn negotiate(
             .zip(ctx.next_hop_v6)
             .and_then(|(l, nh)| net::link_local_for(addrs, l, peer.address, nh));
     }
-    let send_families = families
-        .iter()
-        .copied()
-        .filter(|f| match f {
-            Afi::Ipv4 => ctx.next_hop_v4.is_some(),
-            Afi::Ipv6 => ctx.next_hop_v6.is_some(),
-        })
-        .collect();
+    // RFC 8950: IPv4 with the IPv6 next hop where the session has no IPv4
+    // one (an IPv6-only or unnumbered session) and both sides offered it.
+    ctx.v4_via_v6 = ours.offers_extended_next_hop()
+        && theirs.caps.v4_via_v6
+        && ctx.next_hop_v4.is_none()
+        && ctx.next_hop_v6.is_some();
     Negotiated {
+        send_families: sendable(&families, &ctx),
         families,
-        send_families,
         graceful_restart: sent(open::CAP_GRACEFUL_RESTART)
             && ours.graceful_restart.is_some()
             && theirs.caps.graceful_restart.is_some(),
         ctx,
     }
+}
+
+/// The negotiated families that have a next hop: the ones routes are
+/// sent in.
+fn sendable(families: &[Afi], ctx: &SendCtx) -> Vec<Afi> {
+    let has_next_hop = |f: &Afi| match f {
+        Afi::Ipv4 => ctx.next_hop_v4.is_some() || ctx.v4_via_v6,
+        Afi::Ipv6 => ctx.next_hop_v6.is_some(),
+    };
+    families.iter().copied().filter(has_next_hop).collect()
 }
 
 #[cfg(test)]
@@ -110,6 +119,7 @@ mod tests {
             refused: vec![],
             graceful_restart: Some(120),
             restart_state: false,
+            extended_next_hop: false,
         }
     }
 
@@ -130,6 +140,7 @@ mod tests {
                     families: vec![],
                 }),
                 other: vec![],
+                v4_via_v6: false,
             },
         }
     }
@@ -160,6 +171,38 @@ mod tests {
         assert_eq!(n.send_families, [Afi::Ipv4]);
         assert_eq!(n.ctx.next_hop_v4, Some(Ipv4Addr::new(192, 0, 2, 1)));
         assert_eq!(n.ctx.next_hop_v6, None);
+    }
+
+    /// RFC 8950: over IPv6, IPv4 goes with the IPv6 next hop only when
+    /// both sides offered it and there is no IPv4 next hop to give.
+    #[test]
+    fn ipv4_over_ipv6_needs_both_offers_and_no_ipv4_next_hop() {
+        let v6: Option<IpAddr> = Some("2001:db8::1".parse().unwrap());
+        let both = &[Afi::Ipv4, Afi::Ipv6];
+        let mut o = ours();
+        o.extended_next_hop = true;
+        let mut t = theirs(both, true, false);
+        t.caps.v4_via_v6 = true;
+        let n = negotiate(&o, &t, &peer(""), v6, &[]);
+        assert!(n.ctx.v4_via_v6);
+        assert_eq!(n.send_families, [Afi::Ipv4, Afi::Ipv6]);
+        // Without their offer, or ours, or with an IPv4 next hop: classic.
+        let mut no = t.clone();
+        no.caps.v4_via_v6 = false;
+        let n = negotiate(&o, &no, &peer(""), v6, &[]);
+        assert!(!n.ctx.v4_via_v6);
+        assert_eq!(n.send_families, [Afi::Ipv6]);
+        o.refused = vec![open::CAP_EXTENDED_NEXT_HOP];
+        assert!(!negotiate(&o, &t, &peer(""), v6, &[]).ctx.v4_via_v6);
+        o.refused.clear();
+        let p = peer("next_hop_ipv4 = \"192.0.2.1\"\n");
+        let n = negotiate(&o, &t, &p, v6, &[]);
+        assert!(!n.ctx.v4_via_v6);
+        assert_eq!(n.ctx.next_hop_v4, Some(Ipv4Addr::new(192, 0, 2, 1)));
+        // An IPv6 peer offers it by default; `extended_next_hop = false`
+        // does not.
+        assert!(peer("").extended_next_hop);
+        assert!(!peer("extended_next_hop = false\n").extended_next_hop);
     }
 
     #[test]

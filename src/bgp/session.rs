@@ -495,6 +495,7 @@ impl Session {
             refused: vec![],
             graceful_restart: s.graceful_restart,
             restart_state: restarted && s.graceful_restart.is_some(),
+            extended_next_hop: p.extended_next_hop,
         };
         let opts = SocketOpts {
             password: p.password.clone(),

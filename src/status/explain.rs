@@ -183,12 +183,17 @@ fn attributes(
     afi: crate::bgp::wire::Afi,
 ) -> String {
     let mut parts = vec![];
-    let nh = match afi {
-        crate::bgp::wire::Afi::Ipv4 => ctx.next_hop_v4.map(|n| n.to_string()),
-        crate::bgp::wire::Afi::Ipv6 => ctx.next_hop_v6.map(|n| match ctx.next_hop_v6_link_local {
+    let v6 = || {
+        ctx.next_hop_v6.map(|n| match ctx.next_hop_v6_link_local {
             Some(ll) => format!("{n} {ll}"),
             None => n.to_string(),
-        }),
+        })
+    };
+    let nh = match afi {
+        // RFC 8950: IPv4 with the IPv6 next hop.
+        crate::bgp::wire::Afi::Ipv4 if ctx.v4_via_v6 => v6(),
+        crate::bgp::wire::Afi::Ipv4 => ctx.next_hop_v4.map(|n| n.to_string()),
+        crate::bgp::wire::Afi::Ipv6 => v6(),
     };
     if let Some(n) = nh {
         parts.push(format!("next hop {n}"));
@@ -405,6 +410,7 @@ mod tests {
                     ..Default::default()
                 },
                 names: vec![],
+                v4_via_v6: false,
             }),
             ..PeerStatus::default()
         };

@@ -59,6 +59,7 @@ fuzz_target!(|data: &[u8]| {
             ..Default::default()
         },
         names: vec![],
+        v4_via_v6: false,
     };
     let mut prefixes: Vec<IpNet> = vec![];
     while !b.0.is_empty() && prefixes.len() < 2000 {

@@ -27,6 +27,9 @@ pub struct SendCtx {
     /// Sent after the global IPv6 next hop (32-byte next hop, RFC 2545
     /// section 3) when the peer shares the link.
     pub next_hop_v6_link_local: Option<Ipv6Addr>,
+    /// IPv4 routes go in MP_REACH_NLRI with the IPv6 next hop (RFC 8950,
+    /// negotiated, and no IPv4 next hop).
+    pub v4_via_v6: bool,
     /// The peer's default attributes: communities merged into every
     /// route's, LOCAL_PREF where the route has none.
     pub defaults: RouteAttrs,
@@ -122,7 +125,7 @@ pub fn path_attrs(a: &RouteAttrs, afi: Afi, ctx: &SendCtx) -> Result<Vec<u8>, En
     let mut out = Vec::with_capacity(64);
     push_attr(&mut out, FLAG_TRANSITIVE, ORIGIN, &[0]);
     push_attr(&mut out, FLAG_TRANSITIVE, AS_PATH, &as_path(ctx));
-    if afi == Afi::Ipv4 {
+    if afi == Afi::Ipv4 && !ctx.v4_via_v6 {
         push_attr(
             &mut out,
             FLAG_TRANSITIVE,
@@ -196,11 +199,12 @@ pub fn fits(a: &RouteAttrs, afi: Afi, ctx: &SendCtx) -> Result<(), EncodeError> 
 }
 
 /// The MP_REACH_NLRI attribute without its NLRI: header, AFI, SAFI, next
-/// hop length, next hop (16 or 32 bytes), reserved byte. None for IPv4.
+/// hop length, next hop (16 or 32 bytes), reserved byte. None for IPv4
+/// with an IPv4 next hop.
 fn reach_overhead(afi: Afi, ctx: &SendCtx) -> usize {
     match afi {
-        Afi::Ipv4 => 0,
-        Afi::Ipv6 => 4 + 3 + 1 + v6_next_hop_len(ctx) + 1,
+        Afi::Ipv4 if !ctx.v4_via_v6 => 0,
+        _ => 4 + 3 + 1 + v6_next_hop_len(ctx) + 1,
     }
 }
 
@@ -258,7 +262,7 @@ pub fn announce(
     let attrs = path_attrs(a, afi, ctx)?;
     let mut msgs = 0;
     match afi {
-        Afi::Ipv4 => {
+        Afi::Ipv4 if !ctx.v4_via_v6 => {
             let cap = room(attrs.len());
             for chunk in chunks(prefixes, cap) {
                 let nl: usize = chunk.iter().map(nlri_len).sum();
@@ -270,7 +274,8 @@ pub fn announce(
                 msgs += 1;
             }
         }
-        Afi::Ipv6 => {
+        // IPv6, or IPv4 with the IPv6 next hop (RFC 8950).
+        _ => {
             let nh = ctx.next_hop_v6.ok_or(EncodeError::NoNextHop)?;
             // MP_REACH goes first (RFC 7606 5.1): 4-byte attribute header,
             // AFI, SAFI, next-hop length, next hop, reserved byte.

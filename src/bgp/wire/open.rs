@@ -10,6 +10,8 @@ use crate::bgp::attrs::AS_TRANS;
 
 pub const CAP_MP: u8 = 1;
 pub const CAP_ROUTE_REFRESH: u8 = 2;
+/// Extended Next Hop Encoding (RFC 8950).
+pub const CAP_EXTENDED_NEXT_HOP: u8 = 5;
 pub const CAP_GRACEFUL_RESTART: u8 = 64;
 pub const CAP_ASN4: u8 = 65;
 
@@ -32,6 +34,9 @@ pub struct Capabilities {
     pub asn4: Option<u32>,
     pub route_refresh: bool,
     pub graceful_restart: Option<GracefulRestartCap>,
+    /// The peer takes IPv4 unicast routes with an IPv6 next hop (RFC 8950:
+    /// the tuple AFI 1, SAFI 1, next-hop AFI 2).
+    pub v4_via_v6: bool,
     /// Capability codes vipd does not use; ignored, as RFC 5492 asks.
     pub other: Vec<u8>,
 }
@@ -136,6 +141,11 @@ fn parse_caps(mut v: &[u8], caps: &mut Capabilities) -> Result<(), ()> {
                 }
             }
             CAP_ROUTE_REFRESH if len == 0 => caps.route_refresh = true,
+            CAP_EXTENDED_NEXT_HOP if len % 6 == 0 => {
+                // Other tuples (VPN, other next-hop families) mean nothing
+                // to vipd.
+                caps.v4_via_v6 |= val.chunks_exact(6).any(|t| t == [0, 1, 0, 1, 0, 2]);
+            }
             CAP_ASN4 if len == 4 => {
                 caps.asn4 = Some(u32::from_be_bytes([val[0], val[1], val[2], val[3]]))
             }
@@ -209,6 +219,8 @@ pub struct LocalOpen {
     pub graceful_restart: Option<u16>,
     /// The Restart State bit: vipd is back from a graceful stop.
     pub restart_state: bool,
+    /// Offer IPv4 unicast with an IPv6 next hop (RFC 8950).
+    pub extended_next_hop: bool,
 }
 
 impl LocalOpen {
@@ -268,10 +280,27 @@ impl LocalOpen {
             .open_message()
             .encode_to(&params, &mut buf[HEADER_LEN..])
             .expect("an OPEN with a handful of capabilities fits 4096 bytes");
-        let mut out = Vec::with_capacity(HEADER_LEN + n);
-        push_header(&mut out, n, MsgType::Open);
-        out.extend_from_slice(&buf[HEADER_LEN..HEADER_LEN + n]);
+        let mut body = buf[HEADER_LEN..HEADER_LEN + n].to_vec();
+        if self.offers_extended_next_hop() {
+            // zettabgp has no such capability: one more optional parameter
+            // (type 2, capabilities) holding it, and the parameters' length
+            // (the byte after the BGP Identifier) grown by its size.
+            let cap = [2, 8, CAP_EXTENDED_NEXT_HOP, 6, 0, 1, 0, 1, 0, 2];
+            body[9] += cap.len() as u8;
+            body.extend_from_slice(&cap);
+        }
+        let mut out = Vec::with_capacity(HEADER_LEN + body.len());
+        push_header(&mut out, body.len(), MsgType::Open);
+        out.extend_from_slice(&body);
         out
+    }
+
+    /// Whether the OPEN carries the Extended Next Hop capability.
+    pub fn offers_extended_next_hop(&self) -> bool {
+        self.extended_next_hop
+            && self.capabilities
+            && self.families.contains(&Afi::Ipv4)
+            && !self.refused.contains(&CAP_EXTENDED_NEXT_HOP)
     }
 }
 
@@ -289,7 +318,35 @@ mod tests {
             refused: vec![],
             graceful_restart: Some(120),
             restart_state: false,
+            extended_next_hop: false,
         }
+    }
+
+    /// RFC 8950: the capability goes out when asked for, after zettabgp's,
+    /// and is read back; a peer that refused it is not offered it again.
+    #[test]
+    fn extended_next_hop_capability() {
+        let mut l = local();
+        let plain = parse(&l.encode()[19..]).unwrap();
+        assert!(!plain.caps.v4_via_v6);
+        l.extended_next_hop = true;
+        let bytes = l.encode();
+        assert_eq!(
+            u16::from_be_bytes([bytes[16], bytes[17]]) as usize,
+            bytes.len()
+        );
+        let o = parse(&bytes[19..]).unwrap();
+        assert!(o.caps.v4_via_v6);
+        assert_eq!(o.caps.families, [Afi::Ipv4, Afi::Ipv6]);
+        assert_eq!(o.caps.asn4, Some(4_200_000_001));
+        l.refused = vec![CAP_EXTENDED_NEXT_HOP];
+        assert!(!parse(&l.encode()[19..]).unwrap().caps.v4_via_v6);
+        // Only the IPv4-unicast-over-IPv6 tuple counts.
+        let mut caps = Capabilities::default();
+        parse_caps(&[5, 6, 0, 1, 0, 128, 0, 2], &mut caps).unwrap();
+        assert!(!caps.v4_via_v6);
+        parse_caps(&[5, 12, 0, 1, 0, 128, 0, 2, 0, 1, 0, 1, 0, 2], &mut caps).unwrap();
+        assert!(caps.v4_via_v6);
     }
 
     /// RFC 4724 section 3: the Restart State bit goes out when asked for,

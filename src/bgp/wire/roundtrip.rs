@@ -21,6 +21,7 @@ fn ctx(ebgp: bool, four: bool, asn: u32) -> SendCtx {
         next_hop_v6_link_local: None,
         defaults: RouteAttrs::default(),
         names: vec![],
+        v4_via_v6: false,
     }
 }
 
@@ -222,6 +223,48 @@ fn ipv6_next_hop_with_link_local_is_32_bytes() {
         assert!(update::decode(&chk.sanitized, ctx).is_ok());
     }
     assert_eq!(total, 1000);
+}
+
+/// RFC 8950: IPv4 host routes in MP_REACH_NLRI (AFI 1, SAFI 1) with the
+/// IPv6 next hop (and the link-local after it), no NEXT_HOP attribute and
+/// nothing in the UPDATE's own NLRI field; they pass our own checks.
+#[test]
+fn ipv4_with_an_ipv6_next_hop_goes_in_mp_reach() {
+    let c = SendCtx {
+        next_hop_v4: None,
+        next_hop_v6_link_local: Some("fe80::1".parse().unwrap()),
+        v4_via_v6: true,
+        ..ctx(true, true, 65010)
+    };
+    let mut out = vec![];
+    let msgs = encode::announce(&mut out, &v4(1000), &attrs(), Afi::Ipv4, &c).unwrap();
+    let bodies = split(&out);
+    assert_eq!(bodies.len(), msgs);
+    let cx = Ctx {
+        four_octet_as: true,
+        ebgp: true,
+    };
+    let mut total = 0;
+    for b in &bodies {
+        assert_eq!(&b[4..6], &[0x90, 14]);
+        assert_eq!(&b[8..12], &[0, 1, 1, 32], "AFI 1, SAFI 1, 32-byte next hop");
+        let g: Ipv6Addr = <[u8; 16]>::try_from(&b[12..28]).unwrap().into();
+        let l: Ipv6Addr = <[u8; 16]>::try_from(&b[28..44]).unwrap().into();
+        assert_eq!(
+            (g.to_string(), l.to_string()),
+            ("2001:db8::1".into(), "fe80::1".into())
+        );
+        assert_eq!(attr(b, 3), None, "no NEXT_HOP");
+        let alen = u16::from_be_bytes([b[2], b[3]]) as usize;
+        assert_eq!(b.len(), 4 + alen, "no NLRI outside MP_REACH");
+        let chk = update::check(b, cx).unwrap();
+        assert_eq!(chk.treat_as_withdraw, None);
+        total += chk.announced;
+    }
+    assert_eq!(total, 1000);
+    // The room for communities is the IPv6 one at most: a route that fits
+    // there fits here.
+    assert!(encode::fits(&many(800), Afi::Ipv4, &c).is_ok());
 }
 
 #[test]
