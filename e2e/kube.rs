@@ -1589,6 +1589,19 @@ fn each_pool_goes_to_its_own_router_and_an_aggregate_follows_its_services() {
         "the aggregate should go with the last Service\n{}",
         views(&v)
     );
+    // A reload sends the green pool to tor-a instead: withdrawn from
+    // tor-b, announced to tor-a, without a restart.
+    v.reload(&conf.replace("peers = [\"tor-b\"]", "peers = [\"tor-a\"]"));
+    assert!(
+        settled(&["203.0.113.17/32"], &[]),
+        "the reload should move the green pool to tor-a\n{}",
+        views(&v)
+    );
+    assert!(
+        !v.log().contains("take effect only when vipd restarts"),
+        "{}",
+        v.proc.log_tail(20)
+    );
 }
 
 /// The next hops BIRD holds for each prefix, from one `show route all`.
