@@ -1720,6 +1720,23 @@ pub(crate) mod tests {
         assert_eq!(routes[&agg].attrs, k.adverts.0[0].attrs);
         assert_eq!(routes[&net("203.0.113.1/32")].agg, Agg::Member(30));
         assert!(d.iter().any(|(p, w)| *p == agg && w.is_some()));
+        let why = |t: &Tracker, ip: &str| t.aggregated(ip.parse().unwrap(), &k);
+        assert_eq!(
+            why(&t, "203.0.113.1"),
+            (
+                Some(agg),
+                Some("announced as part of 203.0.113.0/30 (pool blue's aggregate_length)".into())
+            )
+        );
+        // Two Services of one address: their attributes merged are the
+        // pool's (another copy), and it stays inside.
+        let d = put(&mut s, &mut t, svc("a", "twin", &["203.0.113.1"]));
+        assert!(d.iter().all(|(p, _)| *p == net("203.0.113.1/32")), "{d:?}");
+        assert_eq!(
+            t.intent().routes[&net("203.0.113.1/32")].agg,
+            Agg::Member(30)
+        );
+        assert_eq!(t.intent().routes[&net("203.0.113.1/32")].owners.len(), 2);
         // A Local Service inside: its address is announced only where its
         // endpoints are, so the aggregate goes and each address is alone.
         let mut local = svc("a", "local", &["203.0.113.2"]);
@@ -1729,6 +1746,17 @@ pub(crate) mod tests {
         assert!(!routes.contains_key(&agg));
         assert_eq!(routes[&net("203.0.113.1/32")].agg, Agg::Own);
         assert!(d.contains(&(agg, None)));
+        let (inside, note) = why(&t, "203.0.113.1");
+        assert_eq!(inside, None);
+        assert_eq!(
+            note.unwrap(),
+            "announced alone: 203.0.113.0/30 (pool blue) is not, since 203.0.113.2 inside it is refused, Local or L2 only"
+        );
+        assert_eq!(
+            why(&t, "198.51.100.1"),
+            (None, None),
+            "in no aggregating pool"
+        );
         s.services.remove("a/local");
         t.update(&s, &k, [Key::from("a/local")].iter());
         assert!(t.intent().routes.contains_key(&agg));
@@ -1750,10 +1778,20 @@ pub(crate) mod tests {
             .insert(ANNOTATION_COMMUNITIES.into(), "65010:9".into());
         put(&mut s, &mut t, own);
         assert_eq!(t.intent().routes[&net("203.0.113.2/32")].agg, Agg::Own);
+        assert_eq!(
+            why(&t, "203.0.113.2").1.unwrap(),
+            "announced alone: its own attributes differ from pool blue's"
+        );
         assert_eq!(t.intent().routes[&agg].agg, Agg::Covering);
         // The last Service it stands for goes: so does the aggregate.
         s.services.remove("a/one");
-        let d = t.update(&s, &k, [Key::from("a/one")].iter());
+        t.update(&s, &k, [Key::from("a/one")].iter());
+        assert!(
+            t.intent().routes.contains_key(&agg),
+            "a/twin still holds it"
+        );
+        s.services.remove("a/twin");
+        let d = t.update(&s, &k, [Key::from("a/twin")].iter());
         assert!(!t.intent().routes.contains_key(&agg));
         assert!(d.contains(&(agg, None)));
         assert_eq!(t.intent(), &compute(&s, &k));
