@@ -138,6 +138,12 @@ mod tests {
         assert_eq!(eligible(&nodes, "me", Some(&drain)), ["a", "me"]);
         // Without [drain] a cordon drains nothing, so the node stays.
         assert_eq!(eligible(&nodes, "me", None), ["a", "c", "me"]);
+        // This node, not ready or excluded, does not count itself.
+        let mut n = nodes.clone();
+        n.insert("me".into(), node("me", false, false, false).1);
+        assert_eq!(eligible(&n, "me", None), ["a", "c"]);
+        n.insert("me".into(), node("me", true, false, true).1);
+        assert_eq!(eligible(&n, "me", None), ["a", "c"]);
     }
 
     #[test]
@@ -150,6 +156,9 @@ mod tests {
         assert_eq!(limit(&svc, &k, &mut d), Ok(Some(4)));
         svc.annotations.insert(ANNOTATION.into(), "2".into());
         assert_eq!(limit(&svc, &k, &mut d), Ok(Some(2)));
+        svc.annotations.insert(ANNOTATION.into(), "4".into());
+        assert_eq!(limit(&svc, &k, &mut d), Ok(Some(4)));
+        assert!(d.is_empty(), "the cap itself is allowed: {d:?}");
         svc.annotations.insert(ANNOTATION.into(), "9".into());
         assert_eq!(limit(&svc, &k, &mut d), Ok(Some(4)));
         assert_eq!(d.len(), 1);
