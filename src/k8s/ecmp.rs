@@ -175,5 +175,10 @@ mod tests {
         let all: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
         let chosen: Vec<bool> = all.iter().map(|m| here(ip, m, &all, 1)).collect();
         assert_eq!(chosen.iter().filter(|c| **c).count(), 1);
+        let first = &all[chosen.iter().position(|c| *c).unwrap()];
+        assert_eq!(
+            why_not(ip, &all, 1),
+            format!("not one of the 1 nodes chosen to announce it (max_announcing_nodes) among 3 eligible: {first}")
+        );
     }
 }
