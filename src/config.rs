@@ -217,10 +217,7 @@ pub struct L2Select {
 impl L2Select {
     /// The mode of `ip` short of an annotation: its pool's, else the default.
     pub fn mode_of(&self, ip: IpAddr) -> Mode {
-        let pooled = self
-            .pools
-            .iter()
-            .find(|(r, _)| r.first.is_ipv4() == ip.is_ipv4() && r.first <= ip && ip <= r.last);
+        let pooled = self.pools.iter().find(|(r, _)| r.contains(ip));
         match pooled {
             Some((_, m)) => *m,
             None if self.default => Mode::L2,

@@ -57,8 +57,7 @@ pub struct Source {
 
 impl Source {
     fn holds(&self, ip: IpAddr) -> bool {
-        (self.ranges.iter())
-            .any(|r| r.first.is_ipv4() == ip.is_ipv4() && r.first <= ip && ip <= r.last)
+        self.ranges.iter().any(|r| r.contains(ip))
     }
 }
 
@@ -95,8 +94,9 @@ impl Adverts {
         self.0.iter().find(|s| s.holds(ip))
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+    /// Whether any of them announces a covering prefix.
+    pub fn aggregating(&self) -> bool {
+        (self.0.iter()).any(|s| s.advert.aggregate_v4.is_some() || s.advert.aggregate_v6.is_some())
     }
 }
 
@@ -207,11 +207,7 @@ fn outside(ranges: &[Range], prefix: Option<IpNet>, len: u8, v4: bool) -> Option
             format!("/{len} is shorter than the prefix {p}: it would cover addresses outside it")
         });
     }
-    let inside = |ip: IpAddr| {
-        ranges
-            .iter()
-            .any(|r| r.first.is_ipv4() == ip.is_ipv4() && r.first <= ip && ip <= r.last)
-    };
+    let inside = |ip: IpAddr| ranges.iter().any(|r| r.contains(ip));
     for r in ranges.iter().filter(|r| r.first.is_ipv4() == v4) {
         for ip in [r.first, r.last] {
             let Ok(agg) = IpNet::new(ip, len).map(|n| n.trunc()) else {

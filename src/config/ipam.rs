@@ -16,6 +16,13 @@ pub struct Range {
     pub last: IpAddr,
 }
 
+impl Range {
+    /// Whether `ip` is in the range (of its family, between its ends).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        family(&self.first) == family(&ip) && self.first <= ip && ip <= self.last
+    }
+}
+
 /// The pools are the allocator's input as well (`crate::ipam`); they
 /// live here, below it, as the route attributes do for the speaker.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -154,12 +154,8 @@ fn wanted_families(s: &Svc) -> Families {
     f
 }
 
-fn contains(r: &Range, a: &IpAddr) -> bool {
-    family(&r.first) == family(a) && r.first <= *a && *a <= r.last
-}
-
 fn in_pool(p: &Pool, a: &IpAddr) -> bool {
-    p.ranges.iter().any(|r| contains(r, a))
+    p.ranges.iter().any(|r| r.contains(*a))
 }
 
 fn open_to(p: &Pool, ns: &str) -> bool {
@@ -448,7 +444,7 @@ pub fn usage(pools: &[Pool], status: &BTreeMap<String, Vec<IpAddr>>) -> Vec<Pool
                 .fold(0u128, u128::saturating_add);
             let used = held
                 .iter()
-                .filter(|a| ranges.iter().any(|r| contains(r, a) && !avoided(p, r, a)))
+                .filter(|a| ranges.iter().any(|r| r.contains(**a) && !avoided(p, r, a)))
                 .count() as u128;
             out.push(PoolUsage {
                 pool: p.name.clone(),

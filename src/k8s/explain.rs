@@ -95,12 +95,11 @@ pub fn explain(
         .iter_mut()
         .filter(|a| a.route.is_none() && a.refused.is_none())
     {
-        let ip = a.address.parse::<IpAddr>().ok();
-        let here = |ip, n| super::ecmp::here(ip, &k.node_name, &s.eligible, n);
-        if let (Some(ip), Some(n)) = (ip, cap) {
-            if !here(ip, n) {
-                a.capped = Some(super::ecmp::why_not(ip, &s.eligible, n));
-            }
+        let (Ok(ip), Some(n)) = (a.address.parse::<IpAddr>(), cap) else {
+            continue;
+        };
+        if !super::ecmp::here(ip, &k.node_name, &s.eligible, n) {
+            a.capped = Some(super::ecmp::why_not(ip, &s.eligible, n));
         }
     }
     for a in addresses.iter_mut().filter(|a| a.route.is_some()) {

@@ -312,11 +312,7 @@ impl Part {
 fn allowed(ip: IpAddr, k: &KubeConfig) -> Result<(), String> {
     let net = IpNet::from(ip);
     let in_prefixes = k.allowed_prefixes.iter().any(|p| p.contains(&net));
-    let in_pools = k
-        .pools
-        .iter()
-        .flatten()
-        .any(|r| r.first.is_ipv4() == ip.is_ipv4() && r.first <= ip && ip <= r.last);
+    let in_pools = k.pools.iter().flatten().any(|r| r.contains(ip));
     match (k.allowed_prefixes.is_empty(), &k.pools) {
         (true, None) => Ok(()),
         _ if in_prefixes || in_pools => Ok(()),
@@ -937,36 +933,48 @@ impl Tracker {
     /// settled again.
     fn rebuild_blockers(&mut self, k: &KubeConfig) {
         self.blockers.clear();
-        let parts = self.parts.values().flat_map(Part::blocking);
-        let shared = self.shared_refused.keys().map(|p| p.addr());
-        for ip in parts.chain(shared).collect::<Vec<_>>() {
-            if let Some(a) = aggregate::of(ip, k) {
-                self.blockers.add(ip);
-                self.aggs_touched.insert(a);
+        let aggregating = k.adverts.aggregating();
+        if aggregating {
+            let parts = self.parts.values().flat_map(Part::blocking);
+            let shared = self.shared_refused.keys().map(|p| p.addr());
+            for ip in parts.chain(shared).collect::<Vec<_>>() {
+                self.blocker(ip, true, k);
             }
         }
+        // An aggregate the new configuration no longer has is settled too.
         for (p, w) in &self.intent.routes {
             let a = match w.agg {
                 Agg::Covering => Some(*p),
-                _ => aggregate::of(p.addr(), k),
+                _ if aggregating => aggregate::of(p.addr(), k),
+                _ => None,
             };
             self.aggs_touched.extend(a);
         }
     }
 
-    /// A part's blockers, out (`add` false) or in.
+    /// A part's blockers, out (`add` false) or in. Without an aggregating
+    /// pool (the usual case) nothing, so an event costs nothing more.
     fn block(&mut self, part: &Part, add: bool, k: &KubeConfig) {
-        for ip in part.blocking() {
-            let Some(a) = aggregate::of(ip, k) else {
-                continue;
-            };
-            if add {
-                self.blockers.add(ip);
-            } else {
-                self.blockers.remove(ip);
-            }
-            self.aggs_touched.insert(a);
+        if !k.adverts.aggregating() {
+            return;
         }
+        for ip in part.blocking() {
+            self.blocker(ip, add, k);
+        }
+    }
+
+    /// One address that keeps its aggregate off, in (`add`) or out; the
+    /// aggregate is settled at the end of the update.
+    fn blocker(&mut self, ip: IpAddr, add: bool, k: &KubeConfig) {
+        let Some(a) = aggregate::of(ip, k) else {
+            return;
+        };
+        if add {
+            self.blockers.add(ip);
+        } else {
+            self.blockers.remove(ip);
+        }
+        self.aggs_touched.insert(a);
     }
 
     /// Puts a Service's new part in place of its old one, adding the
@@ -1023,13 +1031,9 @@ impl Tracker {
     fn set_shared_refused(&mut self, p: IpNet, refused: Vec<Refusal>, k: &KubeConfig) -> bool {
         let old = self.shared_refused.remove(&p).unwrap_or_default();
         let changed = old != refused;
-        if let Some(a) = aggregate::of(p.addr(), k) {
-            match (old.is_empty(), refused.is_empty()) {
-                (true, false) => self.blockers.add(p.addr()),
-                (false, true) => self.blockers.remove(p.addr()),
-                _ => {}
-            }
-            self.aggs_touched.insert(a);
+        // (The update settles `p`'s aggregate whether or not this moves.)
+        if old.is_empty() != refused.is_empty() {
+            self.blocker(p.addr(), old.is_empty(), k);
         }
         self.tally(&old, false);
         self.tally(&refused, true);
