@@ -50,8 +50,14 @@ fn topologies_parse_strictly() {
     }
     assert_eq!(
         names,
-        ["vipd-ipv6", "vipd-kind", "vipd-two-tor", "vipd-frr"],
-        "the four topologies"
+        [
+            "vipd-ipv6",
+            "vipd-kind",
+            "vipd-two-tor",
+            "vipd-unnumbered",
+            "vipd-frr"
+        ],
+        "the five topologies"
     );
     let schema = root().join("../shared/schemas/clab.schema.json");
     let python = Path::new("/usr/bin/python3");
@@ -156,7 +162,7 @@ fn configurations_in_topologies_and_manifests_are_valid() {
             }
         }
     }
-    assert_eq!(n, 4, "vipd configurations bound in the topologies");
+    assert_eq!(n, 5, "vipd configurations bound in the topologies");
     // The TOML inside the DaemonSet's ConfigMap, with what the pod sets.
     let dir = Dir::new("clabcm");
     let tmp = dir.write("cm.toml", &clab::daemonset_toml());
@@ -291,4 +297,35 @@ fn ipv6_only_sessions_carry_128_vips() {
         tor.json("show bgp ipv4 unicast json")["routes"],
         serde_json::json!({})
     );
+}
+
+#[test]
+fn unnumbered_tors_install_ipv4_via_the_nodes_link_local_address() {
+    let lab = clab::deploy("unnumbered-frr");
+    let node = &lab.ns["node1"];
+    for (tor, dev) in [("tor1", "eth1"), ("tor2", "eth2")] {
+        let f = &lab.frr[tor];
+        let ll = node.link_local(dev);
+        let p = "203.0.113.10/32";
+        let installed = || {
+            let r = f.json(&format!("show ip route {p} json"));
+            let e = &r[p][0];
+            e["installed"] == true
+                && e["nexthops"].as_array().is_some_and(|hops| {
+                    hops.iter().any(|h| {
+                        h["ip"] == ll.as_str()
+                            && h["afi"] == "ipv6"
+                            && h["interfaceName"] == "eth1"
+                            && h["fib"] == true
+                    })
+                })
+        };
+        assert!(
+            wait_until(Duration::from_secs(60), installed),
+            "{tor} did not install {p} via {ll} on eth1: {}",
+            f.vtysh(&format!("show ip route {p}"))
+        );
+        assert_eq!(frr_path(f, "ipv4", p)["community"]["string"], "65010:700");
+        hops_become(f, "ipv6", "2001:db8:ffff::10/128", &[&ll], 30);
+    }
 }

@@ -591,3 +591,131 @@ fn ipv4_over_an_ipv6_session_carries_the_ipv6_next_hop() {
         assert_eq!(bird.count("master4"), 0, "{}", bird.cli("show route"))
     });
 }
+
+/// Unnumbered peering (`interface = ...`), two neighbours at once: FRR with
+/// `neighbor IF interface remote-as external`, which learns vipd only from
+/// vipd's Router Advertisements and installs IPv4 via vipd's link-local
+/// address; BIRD on a link-local neighbour with `extended next hop`, on a
+/// link where vipd's interface has a global address, which becomes the
+/// next hop. The FRR link flapped: the session comes back to the same
+/// neighbour.
+#[test]
+fn unnumbered_peers_frr_installs_ipv4_via_the_link_local_and_a_flap_comes_back() {
+    require(&["bird", "birdc"]);
+    let dir = Dir::new("un");
+    let node = Netns::new("unn");
+    let (rf, rb) = (Netns::new("unf"), Netns::new("unb"));
+    let (nf, f) = veth(&node, &rf);
+    let (nb, b) = veth(&node, &rb);
+    node.ip(&["-6", "addr", "add", "2001:db8:2::1/64", "dev", &nb, "nodad"]);
+    rb.ip(&["-6", "addr", "add", "2001:db8:2::2/64", "dev", &b, "nodad"]);
+    for (ns, dev) in [(&node, &nf), (&node, &nb), (&rf, &f), (&rb, &b)] {
+        ns.ip(&["link", "set", dev, "up"]);
+    }
+    let (node_f, frr_ll) = (node.link_local(&nf), rf.link_local(&f));
+    let (node_b, bird_ll) = (node.link_local(&nb), rb.link_local(&b));
+    let frr = Frr::start_installing(
+        &rf,
+        &dir,
+        &format!(
+            "hostname frr\nlog file {}\nrouter bgp 65002\n bgp router-id 192.0.2.2\n no bgp ebgp-requires-policy\n neighbor {f} interface remote-as external\n neighbor {f} timers 3 9\n address-family ipv6 unicast\n  neighbor {f} activate\n exit-address-family\n",
+            dir.path("frr/bgpd.log").display()
+        ),
+    );
+    let bird = Bird::start(
+        &rb,
+        &dir,
+        &format!(
+            "router id 192.0.2.3;\nlog \"{}\" all;\nprotocol device {{ scan time 1; }}\n\
+             protocol bgp u {{\n  local as 65003;\n  neighbor {node_b} % '{b}' as 65010;\n  hold time 9;\n\
+             ipv4 {{ extended next hop on; import all; export none; }};\n  ipv6 {{ import all; export none; }};\n}}\n",
+            dir.path("bird.log").display()
+        ),
+    );
+    let n = 10;
+    let peers = format!(
+        "[[bgp.peers]]\ninterface = \"{nf}\"\nasn = \"external\"\nhold_time = 9\n\
+         [[bgp.peers]]\ninterface = \"{nb}\"\nasn = 65003\nhold_time = 9\n"
+    );
+    let vipd = Vipd::start(&node, &dir, &vipd_conf(&peers, &announcements(n, true)));
+    let installed = |p: &str| {
+        let r = frr.json(&format!("show ip route {p} json"));
+        let Some(e) = r[p].get(0) else { return false };
+        e["installed"] == true
+            && e["nexthops"].as_array().is_some_and(|nh| {
+                nh.iter().any(|h| {
+                    h["ip"] == node_f.as_str()
+                        && h["afi"] == "ipv6"
+                        && h["interfaceName"] == f.as_str()
+                        && h["fib"] == true
+                })
+            })
+    };
+    let all_at_frr = || (0..n).all(|i| installed(&v4_at(i))) && frr.count("ipv6") == n as usize;
+    assert!(
+        wait_until(Duration::from_secs(60), all_at_frr),
+        "FRR did not install {n} IPv4 routes via {node_f} on {f}:\n{}\n{}\nvipd:\n{}",
+        frr.vtysh("show bgp summary"),
+        frr.vtysh(&format!("show ip route {} json", v4_at(1))),
+        vipd.proc.log_tail(30)
+    );
+    let r = frr.json(&format!("show bgp ipv6 unicast {} json", v6_at(1)));
+    assert!(
+        r.to_string().contains(&node_f),
+        "IPv6 next hop {node_f}: {r}"
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || bird.count("master4")
+            == n as usize
+            && bird.count("master6") == n as usize),
+        "BIRD did not receive the routes:\n{}\nvipd:\n{}",
+        bird.cli("show protocols all u"),
+        vipd.proc.log_tail(30)
+    );
+    let r = bird.route(&v4_at(1));
+    assert!(
+        r.contains("BGP.next_hop: 2001:db8:2::1"),
+        "the interface's global address: {r}"
+    );
+    let (_, st) = vipd_status(&node);
+    for want in [
+        format!("{nf} (neighbour {frr_ll}) AS external: Established"),
+        format!("{nb} (neighbour {bird_ll}) AS65003: Established"),
+    ] {
+        assert!(
+            st.lines().any(|l| l.trim_start().starts_with(&want)),
+            "{want:?} not in:\n{st}"
+        );
+    }
+
+    // The flap: FRR drops the session and the routes with the link, and
+    // takes them again from the same neighbour once it is back.
+    node.ip(&["link", "set", &nf, "down"]);
+    assert!(
+        wait_until(Duration::from_secs(20), || frr.count("ipv4") == 0),
+        "FRR kept the routes with the link down:\n{}",
+        frr.vtysh("show bgp summary")
+    );
+    node.ip(&["link", "set", &nf, "up"]);
+    let back = node.link_local(&nf);
+    assert_eq!(back, node_f);
+    assert!(
+        wait_until(Duration::from_secs(60), all_at_frr),
+        "FRR did not take the routes back after the flap:\n{}\nvipd:\n{}",
+        frr.vtysh("show bgp summary"),
+        vipd.proc.log_tail(30)
+    );
+    let (_, st) = vipd_status(&node);
+    let want = format!("{nf} (neighbour {frr_ll}) AS external: Established");
+    assert!(
+        st.lines().any(|l| l.trim_start().starts_with(&want)),
+        "{want:?} not in:\n{st}"
+    );
+    assert!(
+        bird.established("u"),
+        "the other neighbour stayed up: {}",
+        bird.state("u")
+    );
+    drop((vipd, frr, bird));
+    drop((rf, rb, node));
+}

@@ -24,6 +24,8 @@ mod fleet;
 mod ipam;
 #[path = "config/l2.rs"]
 mod l2;
+#[path = "config/peer.rs"]
+mod peer;
 #[path = "config/tenant.rs"]
 mod tenant;
 mod validate;
@@ -31,6 +33,7 @@ pub use advertise::{Advert, Advertisement, Adverts, Source};
 pub use fleet::{parse_labels, DrainConfig, Labels, NodeAddresses};
 pub use ipam::{parse_range, IpamConfig, Pool, Range};
 pub use l2::{FastFailover, L2Config, Mode};
+pub use peer::{PeerAddr, PeerAs};
 pub use tenant::{
     community_bytes, CommunityPattern, LargePattern, ServiceAttrPolicy, Span, COMMUNITY_ROOM,
     DRAIN_RESERVE, MAX_ANNOTATION_COMMUNITIES, MAX_ANNOTATION_LARGE_COMMUNITIES,
@@ -308,8 +311,8 @@ impl fmt::Debug for Secret {
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PeerConfig {
-    pub address: IpAddr,
-    pub asn: u32,
+    pub address: PeerAddr,
+    pub asn: PeerAs,
     pub port: u16,
     pub passive: bool,
     pub hold_time: u16,
@@ -1049,8 +1052,8 @@ fn check_ifname(s: &str) -> Result<(), String> {
 
 fn read_peer(mut t: Tbl, local_asn: Option<u32>, errs: &mut Errs) -> Option<PeerConfig> {
     let key = t.path.clone();
-    let address = t.req("address", errs, parse_ip);
-    let asn = t.req("asn", errs, parse_asn);
+    let address = peer::read_addr(&mut t, errs);
+    let asn = t.req("asn", errs, peer::parse_peer_as);
     let own_asn = t.opt("local_asn", errs, parse_asn);
     let port = t
         .opt("port", errs, |v| parse_int(v, 1, 65535).map(|n| n as u16))
@@ -1070,7 +1073,8 @@ fn read_peer(mut t: Tbl, local_asn: Option<u32>, errs: &mut Errs) -> Option<Peer
         .opt("families", errs, parse_families)
         .unwrap_or(Families::BOTH);
     let (next_hop_ipv4, next_hop_ipv6) = read_next_hops(&mut t, &mut from_node, errs);
-    let (link_local_next_hop, extended_next_hop) = read_next_hop_flags(&mut t, address, errs);
+    let v6 = address.as_ref().is_some_and(|a| !a.is_ipv4());
+    let (link_local_next_hop, extended_next_hop) = read_next_hop_flags(&mut t, v6, errs);
     let bfd = read_bfd(&mut t, &key, ttl.is_some_and(|t| t > 1), errs);
     let (description, name) = read_names(&mut t, errs);
     let node_selector = t
@@ -1113,9 +1117,8 @@ fn read_peer(mut t: Tbl, local_asn: Option<u32>, errs: &mut Errs) -> Option<Peer
 /// `link_local_next_hop` (on by default) and `extended_next_hop`:
 /// offered on IPv6 sessions by default, since IPv4 needs it only where
 /// there is no IPv4 next hop to give.
-fn read_next_hop_flags(t: &mut Tbl, address: Option<IpAddr>, errs: &mut Errs) -> (bool, bool) {
+fn read_next_hop_flags(t: &mut Tbl, v6: bool, errs: &mut Errs) -> (bool, bool) {
     let link_local = t.flag("link_local_next_hop", errs, true);
-    let v6 = address.is_some_and(|a| a.is_ipv6());
     (link_local, t.flag("extended_next_hop", errs, v6))
 }
 
@@ -1589,6 +1592,11 @@ impl Tbl {
     fn take(&mut self, k: &str) -> Option<Value> {
         self.asked.push(k.to_string());
         self.map.remove(k)
+    }
+
+    /// The key is there (and not read yet).
+    fn has(&self, k: &str) -> bool {
+        self.map.contains_key(k)
     }
 
     fn key(&self, k: &str) -> String {

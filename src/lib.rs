@@ -27,6 +27,7 @@ pub mod heap;
 pub mod ipam;
 pub mod k8s;
 pub mod l2;
+pub mod ra;
 pub mod reconcile;
 pub mod rendezvous;
 pub mod sockopt;

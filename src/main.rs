@@ -158,7 +158,11 @@ fn peers_for(c: &Config, labels: &vipd::config::Labels) -> String {
             .local_asn
             .map(|a| format!(", local AS{a}"))
             .unwrap_or_default();
-        out += &format!("  {} AS{}: {verdict} ({why}{local})\n", p.address, p.asn);
+        out += &format!(
+            "  {} {}: {verdict} ({why}{local})\n",
+            p.address,
+            p.asn.text()
+        );
     }
     out
 }

@@ -39,9 +39,13 @@ pub struct ControlLine {
     pub backends: Vec<BackendLine>,
 }
 
+/// One session in the report: where the peer is, the AS it may speak,
+/// the session's state.
+pub type PeerRow = (crate::config::PeerAddr, crate::config::PeerAs, PeerStatus);
+
 /// Everything the report shows, as plain values.
 pub struct Report {
-    pub peers: Vec<(IpAddr, u32, PeerStatus)>,
+    pub peers: Vec<PeerRow>,
     /// `None` without `[kubernetes]`.
     pub kube: Option<KubeStatus>,
     pub control: Option<ControlLine>,
@@ -164,7 +168,8 @@ impl Report {
             let _ = writeln!(s, "  (none configured)");
         }
         for (addr, asn, p) in &self.peers {
-            let _ = write!(s, "  {addr} AS{asn}: {}", p.state);
+            let who = explain::peer_text(addr, p.neighbor);
+            let _ = write!(s, "  {who} {}: {}", asn.text(), p.state);
             if let Some(t) = p.established_at {
                 let up = self.now.duration_since(t).unwrap_or_default();
                 let _ = write!(
@@ -350,8 +355,11 @@ fn family_name(f: crate::ipam::Family) -> &'static str {
 /// One peer in `vipd status -o json`.
 #[derive(Serialize)]
 struct PeerJson<'a> {
-    address: IpAddr,
-    asn: u32,
+    address: &'a crate::config::PeerAddr,
+    /// An unnumbered peer's neighbour, as heard on its interface.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    neighbor: Option<std::net::Ipv6Addr>,
+    asn: crate::config::PeerAs,
     state: &'static str,
     uptime_secs: Option<u64>,
     families: Vec<String>,
@@ -392,7 +400,8 @@ impl Report {
             .peers
             .iter()
             .map(|(a, asn, p)| PeerJson {
-                address: *a,
+                address: a,
+                neighbor: p.neighbor,
                 asn: *asn,
                 state: p.state,
                 uptime_secs: p
@@ -546,8 +555,16 @@ pub(crate) mod tests {
         };
         Report {
             peers: vec![
-                ("192.0.2.2".parse().unwrap(), 65002, up),
-                ("2001:db8::2".parse().unwrap(), 65002, down),
+                (
+                    crate::config::PeerAddr::Ip("192.0.2.2".parse().unwrap()),
+                    crate::config::PeerAs::Number(65002),
+                    up,
+                ),
+                (
+                    crate::config::PeerAddr::Ip("2001:db8::2".parse().unwrap()),
+                    crate::config::PeerAs::Number(65002),
+                    down,
+                ),
             ],
             kube: Some(KubeStatus {
                 synced: true,

@@ -81,11 +81,17 @@ pub fn frr_daemons(
 impl Frr {
     pub fn start(ns: &Netns, dir: &Dir, conf: &str) -> Frr {
         // bgpd -n: routes stay in bgpd, not in the namespace's kernel.
-        let (sock, mut procs) = frr_daemons(
-            ns,
-            dir,
-            &[("zebra", "", &[]), ("bgpd", conf, &["-n", "-P", "0"])],
-        );
+        Frr::start_bgpd(ns, dir, conf, &["-n", "-P", "0"])
+    }
+
+    /// As [`Frr::start`], with bgpd's routes installed by zebra (`show ip
+    /// route` says how: for unnumbered peers, IPv4 via an IPv6 next hop).
+    pub fn start_installing(ns: &Netns, dir: &Dir, conf: &str) -> Frr {
+        Frr::start_bgpd(ns, dir, conf, &["-P", "0"])
+    }
+
+    fn start_bgpd(ns: &Netns, dir: &Dir, conf: &str, args: &[&str]) -> Frr {
+        let (sock, mut procs) = frr_daemons(ns, dir, &[("zebra", "", &[]), ("bgpd", conf, args)]);
         let proc = procs.pop().unwrap();
         let zebra = procs.pop().unwrap();
         Frr {

@@ -139,6 +139,25 @@ impl Netns {
         run_ok("ip", &a)
     }
     /// Runs a command inside the namespace and waits for it.
+    /// The link-local address of `dev`, once duplicate address detection
+    /// is over (a tentative one cannot be used yet).
+    pub fn link_local(&self, dev: &str) -> String {
+        let mut found = String::new();
+        let ok = wait_until(Duration::from_secs(10), || {
+            let out = self.ip(&["-6", "-o", "addr", "show", "dev", dev, "scope", "link"]);
+            let usable = out.lines().find(|l| !l.contains("tentative"));
+            let addr =
+                usable.and_then(|l| l.split_whitespace().skip_while(|w| *w != "inet6").nth(1));
+            found = addr
+                .and_then(|a| a.split('/').next())
+                .unwrap_or("")
+                .to_string();
+            !found.is_empty()
+        });
+        assert!(ok, "no usable link-local address on {dev} in {}", self.name);
+        found
+    }
+
     pub fn exec(&self, cmd: &str, args: &[&str]) -> Output {
         let mut a = vec!["netns", "exec", &self.name, cmd];
         a.extend_from_slice(args);

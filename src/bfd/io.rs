@@ -19,7 +19,6 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::machine::{Action, Config, Session};
-use super::net;
 use super::packet::{self, diag, Drop, Packet, State};
 
 /// RFC 5881 (single hop) and RFC 5883 (multihop) destination ports.
@@ -164,7 +163,7 @@ impl Bfd {
         raw.bind(&SocketAddr::new(any, port).into())?;
         raw.set_nonblocking(true)?;
         let std_sock: std::net::UdpSocket = raw.into();
-        net::receive_ttl(&std_sock, v6)?;
+        crate::sockopt::receive_ttl(&std_sock, v6)?;
         let sock = UdpSocket::from_std(std_sock)?;
         let task = Owned::spawn(receive(
             sock,
@@ -204,7 +203,9 @@ async fn receive(sock: UdpSocket, single_hop: bool, routes: Arc<Mutex<Routes>>, 
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         }
-        let got = sock.try_io(Interest::READABLE, || net::recv_with_ttl(&sock, &mut buf));
+        let got = sock.try_io(Interest::READABLE, || {
+            crate::sockopt::recv_with_ttl(&sock, &mut buf)
+        });
         let (n, from, ttl) = match got {
             Ok(x) => x,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,

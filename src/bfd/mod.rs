@@ -7,5 +7,4 @@
 
 pub mod io;
 pub mod machine;
-mod net;
 pub mod packet;

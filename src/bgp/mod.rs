@@ -3,8 +3,8 @@
 //! The daemon hands the speaker a whole [`rib::Table`]; the speaker publishes
 //! it on a `watch` channel and every established session brings its peer up
 //! to date by diffing against its own Adj-RIB-Out. Peers are keyed by
-//! address; the listener passes a connection to the task of the peer it
-//! comes from and closes any other.
+//! address or, unnumbered, by interface; the listener passes a connection
+//! to the task of the peer it comes from and closes any other.
 
 pub mod attrs;
 pub mod fsm;
@@ -17,7 +17,7 @@ pub mod wire;
 
 use std::collections::HashMap;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -26,11 +26,66 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
-use crate::config::BgpConfig;
+use crate::config::{BgpConfig, PeerAddr};
 use rib::Table;
 use session::{Command, PeerStatus, Settings};
 
-type Registry = Arc<Mutex<HashMap<IpAddr, mpsc::Sender<Command>>>>;
+type Registry = Arc<Mutex<Routes>>;
+
+/// Whose task an accepted connection goes to.
+#[derive(Default)]
+struct Routes {
+    by_addr: HashMap<IpAddr, mpsc::Sender<Command>>,
+    /// Unnumbered peers, by interface, with the neighbour heard there.
+    by_interface: HashMap<String, (mpsc::Sender<Command>, watch::Receiver<Option<Ipv6Addr>>)>,
+}
+
+impl Routes {
+    fn insert(
+        &mut self,
+        at: &PeerAddr,
+        tx: mpsc::Sender<Command>,
+        ra: Option<&crate::ra::io::Handle>,
+    ) {
+        match (at, ra) {
+            (PeerAddr::Ip(a), _) => {
+                self.by_addr.insert(*a, tx);
+            }
+            (PeerAddr::Interface(n), Some(h)) => {
+                self.by_interface
+                    .insert(n.clone(), (tx, h.neighbor.clone()));
+            }
+            (PeerAddr::Interface(_), None) => {}
+        }
+    }
+
+    fn remove(&mut self, at: &PeerAddr) {
+        match at {
+            PeerAddr::Ip(a) => drop(self.by_addr.remove(a)),
+            PeerAddr::Interface(n) => drop(self.by_interface.remove(n)),
+        }
+    }
+
+    /// The task for a connection from `from`: a link-local address goes to
+    /// the unnumbered peer of the interface it came in on.
+    fn find(&self, from: SocketAddr) -> Option<mpsc::Sender<Command>> {
+        match from {
+            SocketAddr::V6(a) if a.ip().is_unicast_link_local() => {
+                let (tx, heard) = self.by_interface.get(&net::interface_name(a.scope_id())?)?;
+                unnumbered_accepts(*heard.borrow(), *a.ip()).then(|| tx.clone())
+            }
+            _ => self.by_addr.get(&from.ip().to_canonical()).cloned(),
+        }
+    }
+}
+
+/// An unnumbered peer's connection is accepted from the neighbour heard on
+/// the interface, or from any link-local address there while none has been
+/// (a neighbour that sends no Router Advertisements, BIRD without `radv`,
+/// can still connect).
+fn unnumbered_accepts(heard: Option<Ipv6Addr>, from: Ipv6Addr) -> bool {
+    heard.is_none_or(|h| h == from)
+}
 
 struct Peer {
     settings: Settings,
@@ -39,6 +94,8 @@ struct Peer {
     status: Arc<Mutex<PeerStatus>>,
     /// The peer's BFD session, with `bfd = true`.
     bfd: Option<crate::bfd::io::Handle>,
+    /// The Router Advertisements on an unnumbered peer's interface.
+    ra: Option<crate::ra::io::Handle>,
 }
 
 struct Listener {
@@ -65,7 +122,7 @@ pub struct Offer {
 
 pub struct Speaker {
     table: watch::Sender<Published>,
-    peers: HashMap<IpAddr, Peer>,
+    peers: HashMap<PeerAddr, Peer>,
     registry: Registry,
     listener: Option<Listener>,
     router_id: std::net::Ipv4Addr,
@@ -142,13 +199,13 @@ impl Speaker {
     }
 
     fn add_peer(&mut self, settings: Settings, restarted: bool) {
-        let addr = settings.peer.address;
-        if let Some(l) = &self.listener {
+        let addr = settings.peer.address.clone();
+        if let (Some(l), Some(ip)) = (&self.listener, addr.ip()) {
             if settings.peer.password.is_some() {
                 if let Err(e) = net::set_md5(
                     &l.sock.as_raw_fd_ref(),
                     l.addr.is_ipv6(),
-                    addr,
+                    ip,
                     settings
                         .peer
                         .password
@@ -166,17 +223,25 @@ impl Speaker {
         let status = Arc::new(Mutex::new(PeerStatus::default()));
         // Registered before the task can dial: otherwise the peer's own
         // connection, answering ours, could find no session and be closed.
-        self.registry.lock().unwrap().insert(addr, tx.clone());
+        let ra = addr.interface().map(crate::ra::io::start);
+        self.registry
+            .lock()
+            .unwrap()
+            .insert(&addr, tx.clone(), ra.as_ref());
         let bfd = self.start_bfd(&settings.peer);
+        let follows = session::Follows {
+            bfd: bfd.as_ref().map(|b| b.status.clone()),
+            neighbor: ra.as_ref().map(|h| h.neighbor.clone()),
+        };
         let task = crate::task::Owned::spawn(session::run(
             settings.clone(),
             self.table.subscribe(),
             rx,
             status.clone(),
             restarted,
-            bfd.as_ref().map(|b| b.status.clone()),
+            follows,
         ));
-        info!(peer = %addr, asn = settings.peer.asn, passive = settings.peer.passive, "peer configured");
+        info!(peer = %addr, asn = %settings.peer.asn, passive = settings.peer.passive, "peer configured");
         self.peers.insert(
             addr,
             Peer {
@@ -185,6 +250,7 @@ impl Speaker {
                 task,
                 status,
                 bfd,
+                ra,
             },
         );
     }
@@ -194,12 +260,14 @@ impl Speaker {
     /// configured more than one hop away.
     fn start_bfd(&mut self, p: &crate::config::PeerConfig) -> Option<crate::bfd::io::Handle> {
         let b = p.bfd?;
-        let local = p.source_address.unwrap_or(match p.address {
+        // An unnumbered peer has none (the configuration refuses it).
+        let remote = p.address.ip()?;
+        let local = p.source_address.unwrap_or(match remote {
             IpAddr::V4(_) => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
             IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
         });
         let peer = crate::bfd::io::Peer {
-            remote: p.address,
+            remote,
             local,
             multihop: p.ttl.is_some_and(|t| t > 1),
             min_ttl: b.min_ttl,
@@ -231,20 +299,20 @@ impl Speaker {
             .clone()
     }
 
-    async fn remove_peer(&mut self, addr: IpAddr) {
-        let Some(mut p) = self.peers.remove(&addr) else {
+    async fn remove_peer(&mut self, addr: &PeerAddr) {
+        let Some(mut p) = self.peers.remove(addr) else {
             return;
         };
-        self.registry.lock().unwrap().remove(&addr);
+        self.registry.lock().unwrap().remove(addr);
         let _ = p.tx.send(Command::Deconfigure).await;
         // A session that has not ended by then is aborted with `p`.
         let _ = tokio::time::timeout(Duration::from_secs(3), p.task.join()).await;
         if let Some(b) = p.bfd {
             b.admin_down().await;
         }
-        if let Some(l) = &self.listener {
+        if let (Some(l), Some(ip)) = (&self.listener, addr.ip()) {
             if p.settings.peer.password.is_some() {
-                let _ = net::set_md5(&l.sock.as_raw_fd_ref(), l.addr.is_ipv6(), addr, None);
+                let _ = net::set_md5(&l.sock.as_raw_fd_ref(), l.addr.is_ipv6(), ip, None);
             }
         }
         info!(peer = %addr, "peer removed");
@@ -281,23 +349,23 @@ impl Speaker {
         if bgp.listen != self.listener.as_ref().map(|l| l.addr) {
             warn!("bgp.listen takes effect only when vipd restarts");
         }
-        let mut wanted: HashMap<IpAddr, Settings> = settings(bgp)
+        let mut wanted: HashMap<PeerAddr, Settings> = settings(bgp)
             .into_iter()
             .map(|mut s| {
                 s.router_id = self.router_id;
-                (s.peer.address, s)
+                (s.peer.address.clone(), s)
             })
             .collect();
-        let current: Vec<IpAddr> = self.peers.keys().copied().collect();
+        let current: Vec<PeerAddr> = self.peers.keys().cloned().collect();
         for addr in current {
             match wanted.remove(&addr) {
                 Some(s) if s == self.peers[&addr].settings => {}
                 Some(s) => {
                     info!(peer = %addr, "peer settings changed: restarting its session");
-                    self.remove_peer(addr).await;
+                    self.remove_peer(&addr).await;
                     self.add_peer(s, false);
                 }
-                None => self.remove_peer(addr).await,
+                None => self.remove_peer(&addr).await,
             }
         }
         for (_, s) in wanted {
@@ -305,17 +373,20 @@ impl Speaker {
         }
     }
 
-    pub fn status(&self) -> Vec<(IpAddr, PeerStatus)> {
+    pub fn status(&self) -> Vec<(PeerAddr, PeerStatus)> {
         let mut v: Vec<_> = self
             .peers
             .iter()
             .map(|(a, p)| {
                 let mut st = p.status.lock().unwrap().clone();
                 st.bfd = p.bfd.as_ref().map(|b| b.status.borrow().clone());
-                (*a, st)
+                // The Established session's neighbour, else the one heard.
+                let heard = p.ra.as_ref().and_then(|r| *r.neighbor.borrow());
+                st.neighbor = st.neighbor.or(heard);
+                (a.clone(), st)
             })
             .collect();
-        v.sort_by_key(|(a, _)| *a);
+        v.sort_by(|(a, _), (b, _)| a.cmp(b));
         v
     }
 
@@ -391,12 +462,11 @@ async fn accept_loop(sock: Arc<TcpListener>, registry: Registry) {
                 continue;
             }
         };
-        let ip = from.ip().to_canonical();
-        let tx = registry.lock().unwrap().get(&ip).cloned();
+        let tx = registry.lock().unwrap().find(from);
         match tx {
             Some(tx) => {
                 if tx.try_send(Command::Incoming(stream)).is_err() {
-                    debug!(peer = %ip, "session busy; connection dropped");
+                    debug!(peer = %from, "session busy; connection dropped");
                 }
             }
             None => {
@@ -409,6 +479,17 @@ async fn accept_loop(sock: Arc<TcpListener>, registry: Registry) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unnumbered_peer_connects_from_the_neighbour_heard() {
+        let (a, b): (Ipv6Addr, Ipv6Addr) = ("fe80::a".parse().unwrap(), "fe80::b".parse().unwrap());
+        assert!(unnumbered_accepts(Some(a), a));
+        assert!(
+            !unnumbered_accepts(Some(a), b),
+            "another router on the link"
+        );
+        assert!(unnumbered_accepts(None, b), "none heard yet");
+    }
 
     #[test]
     fn each_session_speaks_its_peers_local_asn_or_the_nodes() {

@@ -11,7 +11,7 @@ use super::net::{self, IfAddr};
 use super::wire::encode::SendCtx;
 use super::wire::open::{self, LocalOpen, Open};
 use super::wire::Afi;
-use crate::config::PeerConfig;
+use crate::config::{PeerAddr, PeerConfig};
 
 /// What the two OPENs agreed on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,7 +52,7 @@ pub fn negotiate(
     let local = local.map(|a| a.to_canonical());
     let mut ctx = SendCtx {
         local_asn: ours.asn,
-        ebgp: peer.asn != ours.asn,
+        ebgp: !peer.asn.is_ibgp(ours.asn),
         four_octet_as: sent(open::CAP_ASN4) && theirs.caps.asn4.is_some(),
         next_hop_v4: peer.next_hop_ipv4.or(match local {
             Some(IpAddr::V4(v)) => Some(v),
@@ -72,11 +72,7 @@ pub fn negotiate(
             .chain([peer.address.to_string()])
             .collect(),
     };
-    if peer.link_local_next_hop {
-        ctx.next_hop_v6_link_local = local
-            .zip(ctx.next_hop_v6)
-            .and_then(|(l, nh)| net::link_local_for(addrs, l, peer.address, nh));
-    }
+    link_local_next_hops(&mut ctx, peer, local, addrs);
     // RFC 8950: IPv4 with the IPv6 next hop where the session has no IPv4
     // one (an IPv6-only or unnumbered session) and both sides offered it.
     ctx.v4_via_v6 = ours.offers_extended_next_hop()
@@ -90,6 +86,31 @@ pub fn negotiate(
             && ours.graceful_restart.is_some()
             && theirs.caps.graceful_restart.is_some(),
         ctx,
+    }
+}
+
+/// The IPv6 next hops that depend on the link: an unnumbered session's
+/// (the interface's global address if it has one, with its link-local one
+/// beside it; else the link-local one alone), or the link-local one beside
+/// the global next hop where the peer shares the link.
+fn link_local_next_hops(
+    ctx: &mut SendCtx,
+    peer: &PeerConfig,
+    local: Option<IpAddr>,
+    addrs: &[IfAddr],
+) {
+    match &peer.address {
+        PeerAddr::Interface(ifname) => {
+            let (nh, ll) = net::unnumbered_next_hop(addrs, ifname, local);
+            ctx.next_hop_v6 = peer.next_hop_ipv6.or(nh);
+            ctx.next_hop_v6_link_local = ll.filter(|l| ctx.next_hop_v6 != Some(*l));
+        }
+        PeerAddr::Ip(a) if peer.link_local_next_hop => {
+            ctx.next_hop_v6_link_local = local
+                .zip(ctx.next_hop_v6)
+                .and_then(|(l, nh)| net::link_local_for(addrs, l, *a, nh));
+        }
+        PeerAddr::Ip(_) => {}
     }
 }
 
@@ -171,6 +192,46 @@ mod tests {
         assert_eq!(n.send_families, [Afi::Ipv4]);
         assert_eq!(n.ctx.next_hop_v4, Some(Ipv4Addr::new(192, 0, 2, 1)));
         assert_eq!(n.ctx.next_hop_v6, None);
+    }
+
+    /// Unnumbered: IPv4 and IPv6 with the interface's global address and
+    /// its link-local one beside it; with the link-local one alone where
+    /// the interface has no global address.
+    #[test]
+    fn an_unnumbered_peer_gets_the_interfaces_addresses_as_next_hops() {
+        let c = crate::config::Config::from_toml_str(
+            "[bgp]\nasn = 65010\nrouter_id = \"192.0.2.1\"\n\
+             [[bgp.peers]]\ninterface = \"eth1\"\nasn = \"external\"\n",
+        )
+        .unwrap();
+        let p = &c.bgp.peers[0];
+        let mut t = theirs(&[Afi::Ipv4, Afi::Ipv6], true, false);
+        t.caps.v4_via_v6 = true;
+        let mut o = ours();
+        o.extended_next_hop = p.extended_next_hop;
+        let ll: Ipv6Addr = "fe80::1".parse().unwrap();
+        let g: Ipv6Addr = "2001:db8:2::1".parse().unwrap();
+        let addr = |a: Ipv6Addr| net::IfAddr {
+            ifname: "eth1".into(),
+            addr: IpAddr::V6(a),
+            prefix_len: 64,
+        };
+        let n = negotiate(&o, &t, p, Some(IpAddr::V6(ll)), &[addr(ll)]);
+        assert_eq!(
+            (n.ctx.next_hop_v6, n.ctx.next_hop_v6_link_local),
+            (Some(ll), None)
+        );
+        assert!(n.ctx.v4_via_v6 && n.ctx.ebgp);
+        assert_eq!(n.send_families, [Afi::Ipv4, Afi::Ipv6]);
+        let n = negotiate(&o, &t, p, Some(IpAddr::V6(ll)), &[addr(ll), addr(g)]);
+        assert_eq!(
+            (n.ctx.next_hop_v6, n.ctx.next_hop_v6_link_local),
+            (Some(g), Some(ll))
+        );
+        // Without the peer's offer: IPv6 only.
+        t.caps.v4_via_v6 = false;
+        let n = negotiate(&o, &t, p, Some(IpAddr::V6(ll)), &[addr(ll)]);
+        assert_eq!(n.send_families, [Afi::Ipv6]);
     }
 
     /// RFC 8950: over IPv6, IPv4 goes with the IPv6 next hop only when
@@ -282,7 +343,10 @@ mod tests {
         assert_eq!(n.ctx.next_hop_v4, Some(Ipv4Addr::new(192, 0, 2, 7)));
         assert_eq!(n.ctx.local_asn, 65010);
         let ibgp = peer("").clone();
-        let ibgp = PeerConfig { asn: 65010, ..ibgp };
+        let ibgp = PeerConfig {
+            asn: crate::config::PeerAs::Number(65010),
+            ..ibgp
+        };
         assert!(
             !negotiate(&ours(), &theirs(&[], false, false), &ibgp, V4, &[])
                 .ctx

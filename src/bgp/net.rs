@@ -3,7 +3,7 @@
 //! TTL of GTSM (RFC 5082).
 
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::os::fd::AsRawFd;
 
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -150,6 +150,23 @@ pub fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
     sock.listen(128)
 }
 
+/// The name of the interface with index `idx`.
+pub fn interface_name(idx: u32) -> Option<String> {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: the buffer holds IF_NAMESIZE bytes, as if_indextoname needs;
+    // on success it holds a NUL-terminated name.
+    unsafe {
+        if libc::if_indextoname(idx, buf.as_mut_ptr()).is_null() {
+            return None;
+        }
+        Some(
+            std::ffi::CStr::from_ptr(buf.as_ptr())
+                .to_string_lossy()
+                .into_owned(),
+        )
+    }
+}
+
 /// One address of one interface, as `getifaddrs` reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IfAddr {
@@ -241,6 +258,31 @@ pub fn link_local_for(
     })
 }
 
+/// An unnumbered session's IPv6 next hop and link-local address: the
+/// interface's first global IPv6 address, else its link-local one (the
+/// session's own `local` address when it is one, RFC 8950 section 3).
+pub fn unnumbered_next_hop(
+    addrs: &[IfAddr],
+    ifname: &str,
+    local: Option<IpAddr>,
+) -> (Option<Ipv6Addr>, Option<Ipv6Addr>) {
+    let v6 = || {
+        addrs
+            .iter()
+            .filter(|a| a.ifname == ifname)
+            .filter_map(|a| match a.addr {
+                IpAddr::V6(v) => Some(v),
+                IpAddr::V4(_) => None,
+            })
+    };
+    let ll = match local {
+        Some(IpAddr::V6(l)) if l.is_unicast_link_local() => Some(l),
+        _ => v6().find(Ipv6Addr::is_unicast_link_local),
+    };
+    let global = v6().find(|a| !a.is_unicast_link_local() && !a.is_loopback());
+    (global.or(ll), ll)
+}
+
 fn max_len(a: IpAddr) -> u8 {
     if a.is_ipv4() {
         32
@@ -259,6 +301,39 @@ mod tests {
             addr: addr.parse().unwrap(),
             prefix_len: len,
         }
+    }
+
+    #[test]
+    fn an_unnumbered_session_goes_by_the_global_address_else_the_link_local() {
+        let t = [
+            a("eth1", "fe80::1", 64),
+            a("eth1", "2001:db8:2::1", 64),
+            a("eth2", "192.0.2.1", 24),
+            a("eth2", "fe80::2", 64),
+            a("eth3", "2001:db8:3::1", 64),
+        ];
+        let ip = |s: &str| s.parse::<Ipv6Addr>().unwrap();
+        let local = |s: &str| Some(IpAddr::V6(ip(s)));
+        assert_eq!(
+            unnumbered_next_hop(&t, "eth1", local("fe80::1")),
+            (Some(ip("2001:db8:2::1")), Some(ip("fe80::1")))
+        );
+        assert_eq!(
+            unnumbered_next_hop(&t, "eth2", local("fe80::2")),
+            (Some(ip("fe80::2")), Some(ip("fe80::2")))
+        );
+        // The session's own address wins over the table's (several
+        // link-local addresses on one interface).
+        assert_eq!(
+            unnumbered_next_hop(&t, "eth2", local("fe80::22")).1,
+            Some(ip("fe80::22"))
+        );
+        assert_eq!(unnumbered_next_hop(&t, "eth2", None).1, Some(ip("fe80::2")));
+        assert_eq!(
+            unnumbered_next_hop(&t, "eth3", None),
+            (Some(ip("2001:db8:3::1")), None)
+        );
+        assert_eq!(unnumbered_next_hop(&t, "eth9", None), (None, None));
     }
 
     fn table() -> Vec<IfAddr> {

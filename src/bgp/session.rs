@@ -13,7 +13,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -38,7 +38,7 @@ use super::wire::{
     check_header, code, keepalive, Afi, MsgType, Notification, HEADER_LEN, MAX_MESSAGE_LEN,
 };
 use super::{Offer, Published};
-use crate::config::PeerConfig;
+use crate::config::{PeerAddr, PeerConfig};
 
 /// What a session needs to know, fixed for its lifetime.
 #[derive(Debug, Clone, PartialEq)]
@@ -86,6 +86,9 @@ pub struct PeerStatus {
     pub ctx: Option<SendCtx>,
     /// The peer's BFD session, with `bfd = true` (filled by the speaker).
     pub bfd: Option<crate::bfd::io::Status>,
+    /// An unnumbered peer's neighbour: the Established session's, else
+    /// the one heard on its interface (filled by the speaker).
+    pub neighbor: Option<Ipv6Addr>,
 }
 
 impl PeerStatus {
@@ -128,6 +131,7 @@ impl Default for PeerStatus {
             sending: vec![],
             ctx: None,
             bfd: None,
+            neighbor: None,
         }
     }
 }
@@ -153,6 +157,7 @@ struct Conn {
     /// Ends with the connection.
     _reader: crate::task::Owned<()>,
     local: SocketAddr,
+    remote: SocketAddr,
     outbound: bool,
     /// Our OPEN already went out on this connection.
     open_sent: bool,
@@ -161,6 +166,7 @@ struct Conn {
 impl Conn {
     fn new(stream: TcpStream, outbound: bool) -> io::Result<Conn> {
         let local = stream.local_addr()?;
+        let remote = stream.peer_addr()?;
         stream.set_nodelay(true)?;
         let (r, w) = stream.into_split();
         let (tx, rx) = mpsc::channel(READ_QUEUE);
@@ -170,6 +176,7 @@ impl Conn {
             rx,
             _reader: reader,
             local,
+            remote,
             outbound,
             open_sent: false,
         })
@@ -358,6 +365,18 @@ struct Session {
     /// Spreads reconnects; seeded per peer so that nodes started together
     /// do not retry in step.
     rng: fastrand::Rng,
+    /// An unnumbered peer's neighbour, as its interface's Router
+    /// Advertisements tell it.
+    neighbor: Option<watch::Receiver<Option<Ipv6Addr>>>,
+}
+
+/// What a session follows besides its commands and the table: its BFD
+/// session (`bfd = true`), the neighbour heard on its interface
+/// (`interface`).
+#[derive(Default)]
+pub struct Follows {
+    pub bfd: Option<watch::Receiver<crate::bfd::io::Status>>,
+    pub neighbor: Option<watch::Receiver<Option<Ipv6Addr>>>,
 }
 
 /// Runs one peer until it is shut down or deconfigured.
@@ -367,10 +386,10 @@ pub async fn run(
     mut cmds: mpsc::Receiver<Command>,
     status: Arc<Mutex<PeerStatus>>,
     restarted: bool,
-    bfd: Option<watch::Receiver<crate::bfd::io::Status>>,
+    follows: Follows,
 ) {
-    let mut me = Session::new(s, table, status, restarted, bfd);
-    let peer = me.s.peer.address;
+    let mut me = Session::new(s, table, status, restarted, follows);
+    let peer = me.s.peer.address.clone();
     loop {
         while let Some(ev) = me.queue.pop_front() {
             me.step(ev).await;
@@ -404,6 +423,7 @@ pub async fn run(
             _ = at(me.timers.connect_retry) => { me.timers.connect_retry = None; me.queue.push_back(Event::ConnectRetryTimerExpires) }
             _ = at(me.timers.auto_start) => { me.timers.auto_start = None; me.queue.push_back(Event::Start) }
             st = me.bfd.changed() => me.on_bfd(st),
+            _ = neighbor_changed(&mut me.neighbor) => me.on_neighbor(),
             _ = at(cand_deadline) => {
                 debug!(%peer, "second connection sent no OPEN in time");
                 me.link.take_cand();
@@ -415,6 +435,18 @@ pub async fn run(
     }
     me.status.lock().unwrap().state = "Stopped";
     info!(%peer, "session stopped");
+}
+
+/// The unnumbered peer's neighbour changed; never for a peer by address.
+async fn neighbor_changed(n: &mut Option<watch::Receiver<Option<Ipv6Addr>>>) {
+    match n {
+        Some(rx) => {
+            if rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending().await,
+    }
 }
 
 async fn recv(c: Option<&mut Conn>) -> Received {
@@ -442,13 +474,14 @@ async fn at(t: Option<Instant>) {
     }
 }
 
-fn hash_ip(ip: IpAddr) -> u64 {
-    match ip {
-        IpAddr::V4(v) => u32::from(v) as u64,
-        IpAddr::V6(v) => {
-            let x = u128::from(v);
+fn hash_peer(p: &PeerAddr) -> u64 {
+    match p {
+        PeerAddr::Ip(IpAddr::V4(v)) => u32::from(*v) as u64,
+        PeerAddr::Ip(IpAddr::V6(v)) => {
+            let x = u128::from(*v);
             (x as u64) ^ ((x >> 64) as u64)
         }
+        PeerAddr::Interface(n) => n.bytes().fold(0, |h, b| h.rotate_left(8) ^ u64::from(b)),
     }
 }
 
@@ -476,8 +509,9 @@ impl Session {
         table: watch::Receiver<Published>,
         status: Arc<Mutex<PeerStatus>>,
         restarted: bool,
-        bfd: Option<watch::Receiver<crate::bfd::io::Status>>,
+        follows: Follows,
     ) -> Session {
+        let Follows { bfd, neighbor } = follows;
         let p = &s.peer;
         let mut families = vec![];
         if p.families.ipv4 {
@@ -503,7 +537,7 @@ impl Session {
             ttl_security: p.ttl_security,
             source: p.source_address,
         };
-        let seed = u32::from(s.router_id) as u64 ^ hash_ip(p.address) ^ now_nanos();
+        let seed = u32::from(s.router_id) as u64 ^ hash_peer(&p.address) ^ now_nanos();
         let wait = p.bfd.as_ref().is_none_or(|b| b.wait);
         Session {
             fsm: Fsm::new(p.passive, p.hold_time, p.keepalive),
@@ -527,6 +561,7 @@ impl Session {
             eor_pending: false,
             rng: fastrand::Rng::with_seed(seed),
             bfd: bfd.map_or(BfdGate::Off, |rx| BfdGate::Down(rx, wait)),
+            neighbor,
         }
     }
 
@@ -547,7 +582,7 @@ impl Session {
     }
 
     fn on_connect(&mut self, r: io::Result<TcpStream>) {
-        let peer = self.peer();
+        let peer = self.peer().clone();
         match r.and_then(|st| Conn::new(st, true)) {
             Ok(c) => {
                 debug!(%peer, local = %c.local, "connected");
@@ -587,8 +622,27 @@ impl Session {
         st.last_error = Some(e);
     }
 
-    fn peer(&self) -> IpAddr {
-        self.s.peer.address
+    fn peer(&self) -> &PeerAddr {
+        &self.s.peer.address
+    }
+
+    /// Where to connect: the peer's address, or the neighbour heard on
+    /// its interface, scoped to it; why not, while there is none.
+    fn target(&self) -> Result<SocketAddr, String> {
+        let port = self.s.peer.port;
+        match &self.s.peer.address {
+            PeerAddr::Ip(a) => Ok(SocketAddr::new(*a, port)),
+            PeerAddr::Interface(n) => {
+                let idx = crate::ra::io::index(n);
+                match (self.neighbor.as_ref().and_then(|r| *r.borrow()), idx) {
+                    (_, 0) => Err(format!("no interface {n}")),
+                    (None, _) => Err(format!(
+                        "no Router Advertisement heard on {n} yet: the neighbour's link-local address is not known"
+                    )),
+                    (Some(a), i) => Ok(SocketAddr::V6(SocketAddrV6::new(a, port, 0, i))),
+                }
+            }
+        }
     }
 
     async fn step(&mut self, ev: Event) {
@@ -609,7 +663,14 @@ impl Session {
                 if self.s.peer.passive {
                     return;
                 }
-                let addr = SocketAddr::new(self.peer(), self.s.peer.port);
+                let addr = match self.target() {
+                    Ok(a) => a,
+                    Err(e) => {
+                        self.set_error(e);
+                        self.queue.push_back(Event::TcpFails);
+                        return;
+                    }
+                };
                 let opts = self.opts.clone();
                 self.link
                     .connect(Box::pin(async move { net::connect(addr, &opts).await }));
@@ -668,6 +729,7 @@ impl Session {
         st.holds = None;
         st.sending.clear();
         st.ctx = None;
+        st.neighbor = None;
     }
 
     async fn send_open(&mut self) {
@@ -726,8 +788,8 @@ impl Session {
     }
 
     async fn incoming(&mut self, stream: TcpStream) {
-        let peer = self.peer();
-        if let Err(e) = self.opts.apply_ttl(&stream, peer.is_ipv6()) {
+        let peer = self.peer().clone();
+        if let Err(e) = self.opts.apply_ttl(&stream, !peer.is_ipv4()) {
             warn!(%peer, "setting TTL on accepted connection: {e}");
         }
         let conn = match Conn::new(stream, false) {
@@ -792,7 +854,7 @@ impl Session {
     }
 
     async fn on_candidate(&mut self, r: Received) {
-        let peer = self.peer();
+        let peer = self.peer().clone();
         let Some(cand) = self.link.take_cand() else {
             return;
         };
@@ -837,14 +899,14 @@ impl Session {
             &open::Expect {
                 local_asn: self.s.local_asn,
                 local_id: self.s.router_id,
-                peer_asn: self.s.peer.asn,
+                peer_as: self.s.peer.asn,
             },
         )?;
         Ok(o)
     }
 
     async fn on_message(&mut self, r: Received) {
-        let peer = self.peer();
+        let peer = self.peer().clone();
         let (t, body) = match r {
             Ok(x) => x,
             Err(ReadEnd::Header(n)) => {
@@ -918,6 +980,22 @@ impl Session {
         self.bfd.allows()
     }
 
+    /// A neighbour heard (or a new one) on the unnumbered peer's
+    /// interface: an attempt now rather than after the backoff that
+    /// waiting for it built up.
+    fn on_neighbor(&mut self) {
+        if self.link.conn().is_some() {
+            return;
+        }
+        match self.fsm.state {
+            State::Idle if self.timers.auto_start.is_some() => {
+                self.timers.auto_start = Some(Instant::now());
+            }
+            State::Connect | State::Active => self.timers.connect_retry = Some(Instant::now()),
+            _ => {}
+        }
+    }
+
     /// RFC 5882: BFD Down closes the session at once (Cease, BFD Down,
     /// RFC 9384); it comes back through the usual start once BFD is Up.
     fn on_bfd(&mut self, st: Option<crate::bfd::packet::State>) {
@@ -982,7 +1060,7 @@ impl Session {
         let local = self.link.conn().map(|c| c.local.ip());
         let p = &self.s.peer;
         // getifaddrs only where a link-local next hop may be added.
-        let addrs = if p.link_local_next_hop {
+        let addrs = if p.link_local_next_hop || p.address.interface().is_some() {
             net::interface_addresses()
         } else {
             vec![]
@@ -999,13 +1077,13 @@ impl Session {
     }
 
     fn on_update(&mut self, body: &[u8]) {
-        let peer = self.peer();
+        let peer = self.peer().clone();
         let ctx = update::Ctx {
             four_octet_as: self
                 .negotiated
                 .as_ref()
                 .is_some_and(|n| n.ctx.four_octet_as),
-            ebgp: self.s.peer.asn != self.s.local_asn,
+            ebgp: !self.s.peer.asn.is_ibgp(self.s.local_asn),
         };
         match update::check(body, ctx) {
             Err(n) => {
@@ -1062,6 +1140,14 @@ impl Session {
             st.sending = n.send_families.clone();
             st.ctx = Some(n.ctx.clone());
             st.last_error = None;
+            // The unnumbered peer's neighbour is the session's, whether
+            // heard or not (a neighbour that sends no advertisements).
+            if self.s.peer.address.interface().is_some() {
+                st.neighbor = self.link.conn().and_then(|c| match c.remote.ip() {
+                    IpAddr::V6(a) => Some(a),
+                    IpAddr::V4(_) => None,
+                });
+            }
         }
         self.eor_pending = true;
         self.sync().await;

@@ -194,7 +194,7 @@ pub(super) fn peer(key: &str, p: &PeerConfig, local_asn: Option<u32>, errs: &mut
             );
         }
     }
-    let ibgp = local_asn == Some(p.asn);
+    let ibgp = local_asn.is_some_and(|l| p.asn.is_ibgp(l));
     if p.ttl_security && ibgp && p.ttl.is_none() {
         // GTSM is usually meant for directly connected eBGP; for iBGP a
         // hop count is needed.
@@ -245,7 +245,7 @@ fn peer_address(a: std::net::IpAddr, router_id: Option<std::net::Ipv4Addr>) -> O
         _ if a.is_loopback() => "a loopback address: vipd would peer with this node",
         IpAddr::V4(v4) if Some(v4) == router_id => "this node's own router ID: vipd would peer with itself",
         IpAddr::V6(v6) if v6.is_unicast_link_local() => {
-            "IPv6 link-local: it needs the interface it is on, which a peer cannot name yet; use the router's global address"
+            "IPv6 link-local: set interface = \"<name>\" instead, and vipd finds the neighbour's link-local address on that link"
         }
         _ => return None,
     };
@@ -258,18 +258,24 @@ pub(super) fn peers(
     router_id: Option<std::net::Ipv4Addr>,
     errs: &mut Errs,
 ) {
-    let mut seen: std::collections::HashMap<std::net::IpAddr, &str> = Default::default();
+    let mut seen: std::collections::HashMap<&super::PeerAddr, &str> = Default::default();
     for (key, p) in peers {
-        if let Some(why) = peer_address(p.address, router_id) {
-            errs.push(format!("{key}.address"), why);
-        }
+        let field = match p.address.ip() {
+            Some(a) => {
+                if let Some(why) = peer_address(a, router_id) {
+                    errs.push(format!("{key}.address"), why);
+                }
+                "address"
+            }
+            None => "interface",
+        };
         if let Some(first) = seen.get(&p.address) {
             errs.push(
-                format!("{key}.address"),
+                format!("{key}.{field}"),
                 format!("duplicate peer {} (also {first})", p.address),
             );
         } else {
-            seen.insert(p.address, key);
+            seen.insert(&p.address, key);
         }
         if p.passive && !listening {
             errs.push(

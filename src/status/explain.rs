@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use serde::Serialize;
 
 use crate::bgp::rib::afi_of;
-use crate::bgp::session::PeerStatus;
+use crate::bgp::wire::Afi;
 use crate::config::RouteAttrs;
 use crate::k8s::explain::{Found, ServiceView};
 
@@ -40,8 +40,10 @@ pub struct AddressLine {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct PeerLine {
-    pub peer: IpAddr,
-    pub asn: u32,
+    pub peer: crate::config::PeerAddr,
+    /// An unnumbered peer's neighbour, as heard on its interface.
+    pub neighbor: Option<std::net::Ipv6Addr>,
+    pub asn: crate::config::PeerAs,
     pub state: &'static str,
     /// The peer holds the route from vipd now.
     pub carried: bool,
@@ -52,7 +54,7 @@ pub struct PeerLine {
 
 /// What the daemon adds to the Kubernetes view.
 pub struct Context<'a> {
-    pub peers: &'a [(IpAddr, u32, PeerStatus)],
+    pub peers: &'a [super::PeerRow],
     /// The drain, while one is active: what it does to Service VIPs now.
     pub drain: Option<String>,
     /// The allocator's reason, when this node allocates and the Service
@@ -137,7 +139,7 @@ pub fn combine(service: &str, view: Option<ServiceView>, cx: &Context) -> Explan
     }
 }
 
-fn peer_line((addr, asn, p): &(IpAddr, u32, PeerStatus), route: ipnet::IpNet) -> PeerLine {
+fn peer_line((addr, asn, p): &super::PeerRow, route: ipnet::IpNet) -> PeerLine {
     let held = p.holds.as_ref().and_then(|t| t.get(&route));
     let afi = afi_of(&route);
     let too_large = match (held, &p.ctx) {
@@ -159,7 +161,7 @@ fn peer_line((addr, asn, p): &(IpAddr, u32, PeerStatus), route: ipnet::IpNet) ->
     } else if !p.families.contains(&afi) {
         Some(format!("{afi} not negotiated with this peer"))
     } else if !p.sending.contains(&afi) {
-        Some(format!("no {afi} next hop for this peer"))
+        Some(no_next_hop(afi))
     } else {
         Some("not sent yet".into())
     };
@@ -168,12 +170,20 @@ fn peer_line((addr, asn, p): &(IpAddr, u32, PeerStatus), route: ipnet::IpNet) ->
         _ => None,
     };
     PeerLine {
-        peer: *addr,
+        peer: addr.clone(),
+        neighbor: p.neighbor,
         asn: *asn,
         state: p.state,
         carried,
         attributes,
         why_not,
+    }
+}
+
+fn no_next_hop(afi: Afi) -> String {
+    match afi {
+        Afi::Ipv4 => "no IPv4 next hop for this peer: the session is over IPv6 and the peer did not offer IPv6 next hops for IPv4 (RFC 8950 extended next hop)".into(),
+        Afi::Ipv6 => format!("no {afi} next hop for this peer"),
     }
 }
 
@@ -331,15 +341,26 @@ fn render_address(s: &mut String, a: &AddressLine) {
         let _ = writeln!(s, "    no peer configured for this node");
     }
     for p in &a.peers {
+        let who = peer_text(&p.peer, p.neighbor);
         match (&p.attributes, &p.why_not) {
             (Some(attrs), _) => {
-                let _ = writeln!(s, "    to {} AS{}: {attrs}", p.peer, p.asn);
+                let _ = writeln!(s, "    to {who} {}: {attrs}", p.asn.text());
             }
             (None, Some(why)) => {
-                let _ = writeln!(s, "    not to {} AS{}: {why}", p.peer, p.asn);
+                let _ = writeln!(s, "    not to {who} {}: {why}", p.asn.text());
             }
             (None, None) => {}
         }
+    }
+}
+
+/// A peer as text: its address, or its interface and the neighbour heard
+/// there ("eth1 (neighbour fe80::1)", "eth1 (no neighbour heard yet)").
+pub fn peer_text(at: &crate::config::PeerAddr, neighbor: Option<std::net::Ipv6Addr>) -> String {
+    match (at.interface(), neighbor) {
+        (None, _) => at.to_string(),
+        (Some(n), Some(a)) => format!("{n} (neighbour {a})"),
+        (Some(n), None) => format!("{n} (no neighbour heard yet)"),
     }
 }
 
@@ -383,12 +404,12 @@ mod tests {
         }
     }
 
-    fn peers() -> Vec<(IpAddr, u32, PeerStatus)> {
+    fn peers() -> Vec<super::super::PeerRow> {
         let attrs = Arc::new(RouteAttrs {
             communities: vec![65010 << 16 | 7],
             ..Default::default()
         });
-        let up = PeerStatus {
+        let up = crate::bgp::session::PeerStatus {
             state: "Established",
             established_at: Some(std::time::SystemTime::now()),
             families: vec![crate::bgp::wire::Afi::Ipv4],
@@ -412,15 +433,23 @@ mod tests {
                 names: vec![],
                 v4_via_v6: false,
             }),
-            ..PeerStatus::default()
+            ..crate::bgp::session::PeerStatus::default()
         };
-        let down = PeerStatus {
+        let down = crate::bgp::session::PeerStatus {
             state: "Active",
-            ..PeerStatus::default()
+            ..crate::bgp::session::PeerStatus::default()
         };
         vec![
-            ("192.0.2.2".parse().unwrap(), 65002, up),
-            ("198.51.100.2".parse().unwrap(), 65003, down),
+            (
+                crate::config::PeerAddr::Ip("192.0.2.2".parse().unwrap()),
+                crate::config::PeerAs::Number(65002),
+                up,
+            ),
+            (
+                crate::config::PeerAddr::Ip("198.51.100.2".parse().unwrap()),
+                crate::config::PeerAs::Number(65003),
+                down,
+            ),
         ]
     }
 
@@ -479,6 +508,39 @@ mod tests {
         assert_eq!(j["addresses"][0]["peers"][0]["carried"], true);
         assert_eq!(j["addresses"][0]["peers"][1]["carried"], false);
         assert_eq!(j["view"]["found"]["endpoints_ready"], 2);
+    }
+
+    /// An unnumbered peer is named by its interface and the neighbour
+    /// there; IPv4 goes with the IPv6 next hop, or says why it does not.
+    #[test]
+    fn an_unnumbered_peer_says_its_interface_neighbour_and_next_hop() {
+        let mut p = peers();
+        let ll: std::net::Ipv6Addr = "fe80::1".parse().unwrap();
+        p[0].0 = crate::config::PeerAddr::Interface("eth1".into());
+        p[0].1 = crate::config::PeerAs::External;
+        p[0].2.neighbor = Some("fe80::2".parse().unwrap());
+        let ctx = p[0].2.ctx.as_mut().unwrap();
+        (ctx.next_hop_v4, ctx.next_hop_v6, ctx.v4_via_v6) = (None, Some(ll), true);
+        let mut without = p[0].clone();
+        without.2.ctx.as_mut().unwrap().v4_via_v6 = false;
+        without.2.sending = vec![crate::bgp::wire::Afi::Ipv6];
+        without.0 = crate::config::PeerAddr::Interface("eth2".into());
+        without.2.neighbor = None;
+        p.push(without);
+        let cx = Context {
+            peers: &p,
+            drain: None,
+            pending: None,
+            allocator_elsewhere: None,
+            l2: &[],
+        };
+        let text = combine("default/web", Some(view(None)), &cx).render();
+        for line in [
+            "    to eth1 (neighbour fe80::2) AS external: next hop fe80::1, communities 65010:1 65010:7",
+            "    not to eth2 (no neighbour heard yet) AS external: no IPv4 next hop for this peer: the session is over IPv6 and the peer did not offer IPv6 next hops for IPv4 (RFC 8950 extended next hop)",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line:?} not in:\n{text}");
+        }
     }
 
     /// A route whose attributes, with this peer's defaults, do not fit in

@@ -303,7 +303,7 @@ fn l2(reg: &mut Reg, l: &crate::l2::L2Status) -> Result<(), String> {
     Ok(())
 }
 
-fn peer_label(a: &std::net::IpAddr, asn: &u32) -> PeerL {
+fn peer_label(a: &crate::config::PeerAddr, asn: &crate::config::PeerAs) -> PeerL {
     PeerL {
         peer: a.to_string(),
         asn: asn.to_string(),

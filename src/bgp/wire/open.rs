@@ -1,6 +1,7 @@
 //! OPEN: decoding and checking the peer's (RFC 4271 4.2, 6.2; RFC 5492;
 //! RFC 9072), and encoding ours through zettabgp.
 
+use std::fmt;
 use std::net::Ipv4Addr;
 
 use zettabgp::prelude::{BgpCapGR, BgpCapability, BgpMessage, BgpSessionParams, BgpTransportMode};
@@ -172,11 +173,66 @@ fn parse_caps(mut v: &[u8], caps: &mut Capabilities) -> Result<(), ()> {
     Ok(())
 }
 
+/// The AS a peer may speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PeerAs {
+    Number(u32),
+    /// Any AS but the one vipd speaks to it (as FRR's `remote-as external`
+    /// and BIRD's `external`): fabrics where each router has its own.
+    External,
+    /// The AS vipd speaks to it.
+    Internal,
+}
+
+impl PeerAs {
+    /// The AS in the peer's OPEN is one this peer may speak, vipd speaking
+    /// `ours` to it.
+    pub fn accepts(self, theirs: u32, ours: u32) -> bool {
+        match self {
+            PeerAs::Number(n) => theirs == n,
+            PeerAs::External => theirs != ours,
+            PeerAs::Internal => theirs == ours,
+        }
+    }
+
+    /// The session is iBGP, vipd speaking `ours`.
+    pub fn is_ibgp(self, ours: u32) -> bool {
+        match self {
+            PeerAs::Number(n) => n == ours,
+            PeerAs::External => false,
+            PeerAs::Internal => true,
+        }
+    }
+
+    /// For text: "AS65001", "AS external".
+    pub fn text(self) -> String {
+        format!("AS{}{self}", if self.number().is_some() { "" } else { " " })
+    }
+
+    pub fn number(self) -> Option<u32> {
+        match self {
+            PeerAs::Number(n) => Some(n),
+            _ => None,
+        }
+    }
+}
+
+/// A number, or the word: the metrics' `asn` label and `status -o json`.
+impl fmt::Display for PeerAs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PeerAs::Number(n) => n.fmt(f),
+            PeerAs::External => f.write_str("external"),
+            PeerAs::Internal => f.write_str("internal"),
+        }
+    }
+}
+
 /// What vipd expects of the peer's OPEN.
 pub struct Expect {
     pub local_asn: u32,
     pub local_id: Ipv4Addr,
-    pub peer_asn: u32,
+    pub peer_as: PeerAs,
 }
 
 /// The semantic checks of RFC 4271 6.2 and RFC 6793, in the order the RFC
@@ -187,11 +243,11 @@ pub fn check(open: &Open, e: &Expect) -> Result<(), Notification> {
         Some(a4) => open.my_as as u32 == a4 || (open.my_as as u32 == AS_TRANS && a4 > 0xffff),
         None => true,
     };
-    if asn != e.peer_asn || !header_ok {
+    if !e.peer_as.accepts(asn, e.local_asn) || !header_ok {
         return Err(Notification::new(code::OPEN, code::BAD_PEER_AS));
     }
     let id = open.bgp_id;
-    let ibgp = e.peer_asn == e.local_asn;
+    let ibgp = asn == e.local_asn;
     if id.is_unspecified() || id.is_multicast() || id.is_broadcast() || (ibgp && id == e.local_id) {
         return Err(Notification::with_data(
             code::OPEN,
@@ -410,7 +466,7 @@ mod tests {
         Expect {
             local_asn: 65010,
             local_id: "192.0.2.1".parse().unwrap(),
-            peer_asn: 65002,
+            peer_as: PeerAs::Number(65002),
         }
     }
 
@@ -455,7 +511,7 @@ mod tests {
         assert_eq!(err(b).subcode, 0);
         // iBGP with our own identifier.
         let ib = Expect {
-            peer_asn: 65010,
+            peer_as: PeerAs::Number(65010),
             ..expect()
         };
         let o = parse(&open_body(4, 65010, 90, [192, 0, 2, 1], &[])).unwrap();

@@ -531,7 +531,7 @@ pub fn receive_all(mut data: &[u8], ctx: Ctx) -> Result<usize, DecodePanic> {
                         &open::Expect {
                             local_asn: 65010,
                             local_id: std::net::Ipv4Addr::new(192, 0, 2, 1),
-                            peer_asn: o.asn(),
+                            peer_as: super::open::PeerAs::Number(o.asn()),
                         },
                     );
                 }
