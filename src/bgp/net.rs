@@ -329,6 +329,11 @@ mod tests {
             Some(ip("fe80::22"))
         );
         assert_eq!(unnumbered_next_hop(&t, "eth2", None).1, Some(ip("fe80::2")));
+        // A global session address is not the link-local one.
+        assert_eq!(
+            unnumbered_next_hop(&t, "eth1", local("2001:db8:2::1")).1,
+            Some(ip("fe80::1"))
+        );
         assert_eq!(
             unnumbered_next_hop(&t, "eth3", None),
             (Some(ip("2001:db8:3::1")), None)

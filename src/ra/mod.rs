@@ -150,6 +150,23 @@ mod tests {
         assert_eq!(heard(&ns, r, Some(255)), Heard::Nothing);
     }
 
+    proptest::proptest! {
+        /// Any bytes from the link: an answer, never a panic; a neighbour
+        /// only from a well-formed advertisement.
+        #[test]
+        fn any_bytes_are_read_without_panic(
+            msg in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+            hops in proptest::option::of(proptest::prelude::any::<u8>()),
+        ) {
+            let from = ll("fe80::1");
+            if let Heard::Router(a) = heard(&msg, from, hops) {
+                proptest::prop_assert_eq!(a, from);
+                proptest::prop_assert!(msg.len() >= 16 && msg[0] == ROUTER_ADVERTISEMENT && msg[1] == 0);
+                proptest::prop_assert_eq!(hops, Some(255));
+            }
+        }
+    }
+
     #[test]
     fn what_vipd_advertises_makes_no_one_route_through_it() {
         let ra = advertisement();

@@ -404,6 +404,17 @@ mod tests {
         }
     }
 
+    /// A context of these peers alone: no drain, allocator or L2.
+    fn plain(peers: &[super::super::PeerRow]) -> Context<'_> {
+        Context {
+            peers,
+            drain: None,
+            pending: None,
+            allocator_elsewhere: None,
+            l2: &[],
+        }
+    }
+
     fn peers() -> Vec<super::super::PeerRow> {
         let attrs = Arc::new(RouteAttrs {
             communities: vec![65010 << 16 | 7],
@@ -485,13 +496,7 @@ mod tests {
     #[test]
     fn each_address_says_where_it_goes_and_why_not() {
         let p = peers();
-        let cx = Context {
-            peers: &p,
-            drain: None,
-            pending: None,
-            allocator_elsewhere: None,
-            l2: &[],
-        };
+        let cx = plain(&p);
         let e = combine("default/web", Some(view(None)), &cx);
         let text = e.render();
         for line in [
@@ -527,13 +532,7 @@ mod tests {
         without.0 = crate::config::PeerAddr::Interface("eth2".into());
         without.2.neighbor = None;
         p.push(without);
-        let cx = Context {
-            peers: &p,
-            drain: None,
-            pending: None,
-            allocator_elsewhere: None,
-            l2: &[],
-        };
+        let cx = plain(&p);
         let text = combine("default/web", Some(view(None)), &cx).render();
         for line in [
             "    to eth1 (neighbour fe80::2) AS external: next hop fe80::1, communities 65010:1 65010:7",
@@ -551,13 +550,7 @@ mod tests {
         if let Some(ctx) = &mut p[0].2.ctx {
             ctx.defaults.communities = (0..1020).collect();
         }
-        let cx = Context {
-            peers: &p,
-            drain: None,
-            pending: None,
-            allocator_elsewhere: None,
-            l2: &[],
-        };
+        let cx = plain(&p);
         let text = combine("default/web", Some(view(None)), &cx).render();
         assert!(
             text.lines().any(|l| l
