@@ -511,6 +511,8 @@ mod tests {
         }
         let j: serde_json::Value = serde_json::from_str(&e.json()).unwrap();
         assert_eq!(j["addresses"][0]["peers"][0]["carried"], true);
+        // An AS number stays a number, as before words were allowed.
+        assert_eq!(j["addresses"][0]["peers"][0]["asn"], 65002);
         assert_eq!(j["addresses"][0]["peers"][1]["carried"], false);
         assert_eq!(j["view"]["found"]["endpoints_ready"], 2);
     }
@@ -533,7 +535,14 @@ mod tests {
         without.2.neighbor = None;
         p.push(without);
         let cx = plain(&p);
-        let text = combine("default/web", Some(view(None)), &cx).render();
+        let e = combine("default/web", Some(view(None)), &cx);
+        let j: serde_json::Value = serde_json::from_str(&e.json()).unwrap();
+        let first = &j["addresses"][0]["peers"][0];
+        assert_eq!(
+            (&first["peer"], &first["asn"], &first["neighbor"]),
+            (&"eth1".into(), &"external".into(), &"fe80::2".into())
+        );
+        let text = e.render();
         for line in [
             "    to eth1 (neighbour fe80::2) AS external: next hop fe80::1, communities 65010:1 65010:7",
             "    not to eth2 (no neighbour heard yet) AS external: no IPv4 next hop for this peer: the session is over IPv6 and the peer did not offer IPv6 next hops for IPv4 (RFC 8950 extended next hop)",
