@@ -597,16 +597,41 @@ fn ipv4_over_an_ipv6_session_carries_the_ipv6_next_hop() {
 /// vipd's Router Advertisements and installs IPv4 via vipd's link-local
 /// address; BIRD on a link-local neighbour with `extended next hop`, on a
 /// link where vipd's interface has a global address, which becomes the
-/// next hop. The FRR link flapped: the session comes back to the same
-/// neighbour.
+/// next hop. Each side finds the other by Router Advertisements (BIRD's
+/// `radv`), and one side dials: FRR (vipd passive, the session signed with
+/// TCP MD5: the key on vipd's listener for the neighbour it heard), vipd
+/// (BIRD passive). vipd starts before the interfaces exist. The FRR link
+/// flapped: the session comes back to the same neighbour.
 #[test]
 fn unnumbered_peers_frr_installs_ipv4_via_the_link_local_and_a_flap_comes_back() {
     require(&["bird", "birdc"]);
     let dir = Dir::new("un");
     let node = Netns::new("unn");
+    // vipd first, before its interfaces exist (a bond or VLAN made later):
+    // it says why there is no session, and waits for them.
+    let (nf, nb) = ("up1".to_string(), "up2".to_string());
+    let n = 10;
+    let peers = format!(
+        "[[bgp.peers]]\ninterface = \"{nf}\"\nasn = \"external\"\npassword = \"unnumbered-md5\"\npassive = true\n\
+         [[bgp.peers]]\ninterface = \"{nb}\"\nasn = 65003\nhold_time = 9\n"
+    );
+    let vipd = Vipd::start(&node, &dir, &vipd_conf(&peers, &announcements(n, true)));
+    let waiting = format!("{nf} (no neighbour heard yet) AS external: ");
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            let (_, st) = vipd_status(&node);
+            st.lines().any(|l| {
+                l.trim_start().starts_with(&waiting) && l.ends_with("last error: no interface up1")
+            })
+        }),
+        "{waiting:?}... no interface up1: {}",
+        vipd_status(&node).1
+    );
     let (rf, rb) = (Netns::new("unf"), Netns::new("unb"));
-    let (nf, f) = veth(&node, &rf);
-    let (nb, b) = veth(&node, &rb);
+    let (x, f) = veth(&node, &rf);
+    let (y, b) = veth(&node, &rb);
+    node.ip(&["link", "set", "dev", &x, "name", &nf]);
+    node.ip(&["link", "set", "dev", &y, "name", &nb]);
     node.ip(&["-6", "addr", "add", "2001:db8:2::1/64", "dev", &nb, "nodad"]);
     rb.ip(&["-6", "addr", "add", "2001:db8:2::2/64", "dev", &b, "nodad"]);
     for (ns, dev) in [(&node, &nf), (&node, &nb), (&rf, &f), (&rb, &b)] {
@@ -618,7 +643,7 @@ fn unnumbered_peers_frr_installs_ipv4_via_the_link_local_and_a_flap_comes_back()
         &rf,
         &dir,
         &format!(
-            "hostname frr\nlog file {}\nrouter bgp 65002\n bgp router-id 192.0.2.2\n no bgp ebgp-requires-policy\n neighbor {f} interface remote-as external\n neighbor {f} timers 3 9\n address-family ipv6 unicast\n  neighbor {f} activate\n exit-address-family\n",
+            "hostname frr\nlog file {}\nrouter bgp 65002\n bgp router-id 192.0.2.2\n no bgp ebgp-requires-policy\n neighbor {f} interface remote-as external\n neighbor {f} password unnumbered-md5\n address-family ipv6 unicast\n  neighbor {f} activate\n exit-address-family\n",
             dir.path("frr/bgpd.log").display()
         ),
     );
@@ -627,17 +652,12 @@ fn unnumbered_peers_frr_installs_ipv4_via_the_link_local_and_a_flap_comes_back()
         &dir,
         &format!(
             "router id 192.0.2.3;\nlog \"{}\" all;\nprotocol device {{ scan time 1; }}\n\
-             protocol bgp u {{\n  local as 65003;\n  neighbor {node_b} % '{b}' as 65010;\n  hold time 9;\n\
+             protocol radv {{ interface \"{b}\" {{ min ra interval 3; max ra interval 4; default lifetime 0; prefix ::/0 {{ skip yes; }}; }}; }}\n\
+             protocol bgp u {{\n  local as 65003;\n  neighbor {node_b} % '{b}' as 65010;\n  passive on;\n  hold time 9;\n\
              ipv4 {{ extended next hop on; import all; export none; }};\n  ipv6 {{ import all; export none; }};\n}}\n",
             dir.path("bird.log").display()
         ),
     );
-    let n = 10;
-    let peers = format!(
-        "[[bgp.peers]]\ninterface = \"{nf}\"\nasn = \"external\"\nhold_time = 9\n\
-         [[bgp.peers]]\ninterface = \"{nb}\"\nasn = 65003\nhold_time = 9\n"
-    );
-    let vipd = Vipd::start(&node, &dir, &vipd_conf(&peers, &announcements(n, true)));
     let installed = |p: &str| {
         let r = frr.json(&format!("show ip route {p} json"));
         let Some(e) = r[p].get(0) else { return false };
@@ -689,7 +709,9 @@ fn unnumbered_peers_frr_installs_ipv4_via_the_link_local_and_a_flap_comes_back()
     }
 
     // The flap: FRR drops the session and the routes with the link, and
-    // takes them again from the same neighbour once it is back.
+    // takes them again from the same neighbour once it is back, well
+    // within the 90 s hold time vipd's side of the old session keeps: FRR
+    // hears vipd again and connects, which replaces it.
     node.ip(&["link", "set", &nf, "down"]);
     assert!(
         wait_until(Duration::from_secs(20), || frr.count("ipv4") == 0),
@@ -700,7 +722,7 @@ fn unnumbered_peers_frr_installs_ipv4_via_the_link_local_and_a_flap_comes_back()
     let back = node.link_local(&nf);
     assert_eq!(back, node_f);
     assert!(
-        wait_until(Duration::from_secs(60), all_at_frr),
+        wait_until(Duration::from_secs(45), all_at_frr),
         "FRR did not take the routes back after the flap:\n{}\nvipd:\n{}",
         frr.vtysh("show bgp summary"),
         vipd.proc.log_tail(30)

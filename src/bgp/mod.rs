@@ -96,6 +96,9 @@ struct Peer {
     bfd: Option<crate::bfd::io::Handle>,
     /// The Router Advertisements on an unnumbered peer's interface.
     ra: Option<crate::ra::io::Handle>,
+    /// An unnumbered peer's TCP MD5 key on the listener, following the
+    /// neighbour heard.
+    md5: Option<crate::task::Owned<()>>,
 }
 
 struct Listener {
@@ -200,30 +203,12 @@ impl Speaker {
 
     fn add_peer(&mut self, settings: Settings, restarted: bool) {
         let addr = settings.peer.address.clone();
-        if let (Some(l), Some(ip)) = (&self.listener, addr.ip()) {
-            if settings.peer.password.is_some() {
-                if let Err(e) = net::set_md5(
-                    &l.sock.as_raw_fd_ref(),
-                    l.addr.is_ipv6(),
-                    ip,
-                    settings
-                        .peer
-                        .password
-                        .as_ref()
-                        .map(crate::config::Secret::expose),
-                ) {
-                    warn!(peer = %addr, "cannot set the TCP MD5 key on the listener: {e}");
-                }
-            }
-            if settings.peer.ttl_security {
-                let _ = net::set_ttl(&l.sock.as_raw_fd_ref(), l.addr.is_ipv6(), 255);
-            }
-        }
         let (tx, rx) = mpsc::channel(8);
         let status = Arc::new(Mutex::new(PeerStatus::default()));
         // Registered before the task can dial: otherwise the peer's own
         // connection, answering ours, could find no session and be closed.
         let ra = addr.interface().map(crate::ra::io::start);
+        let md5 = self.on_listener(&settings.peer, ra.as_ref());
         self.registry
             .lock()
             .unwrap()
@@ -251,8 +236,40 @@ impl Speaker {
                 status,
                 bfd,
                 ra,
+                md5,
             },
         );
+    }
+
+    /// The peer's options on the listener: GTSM, and its TCP MD5 key: on
+    /// its address, or, unnumbered, on the neighbour heard on its
+    /// interface, which a task follows.
+    fn on_listener(
+        &self,
+        p: &crate::config::PeerConfig,
+        ra: Option<&crate::ra::io::Handle>,
+    ) -> Option<crate::task::Owned<()>> {
+        let l = self.listener.as_ref()?;
+        let (fd, v6) = (l.sock.as_raw_fd_ref(), l.addr.is_ipv6());
+        if p.ttl_security {
+            let _ = net::set_ttl(&fd, v6, 255);
+        }
+        let key = p.password.clone()?;
+        match (p.address.ip(), ra) {
+            (Some(ip), _) => {
+                if let Err(e) = net::set_md5(&fd, v6, ip, Some(key.expose())) {
+                    warn!(peer = %p.address, "cannot set the TCP MD5 key on the listener: {e}");
+                }
+                None
+            }
+            (None, Some(h)) => Some(crate::task::Owned::spawn(follow_md5_key(
+                l.sock.clone(),
+                v6,
+                key,
+                h.neighbor.clone(),
+            ))),
+            (None, None) => None,
+        }
     }
 
     /// A BFD session with the peer, when it asks for one: from its source
@@ -310,9 +327,14 @@ impl Speaker {
         if let Some(b) = p.bfd {
             b.admin_down().await;
         }
-        if let (Some(l), Some(ip)) = (&self.listener, addr.ip()) {
+        if let Some(l) = &self.listener {
             if p.settings.peer.password.is_some() {
-                let _ = net::set_md5(&l.sock.as_raw_fd_ref(), l.addr.is_ipv6(), ip, None);
+                // Stopped first, so that it sets no key after this.
+                drop(p.md5.take());
+                let heard = p.ra.as_ref().and_then(|r| *r.neighbor.borrow());
+                if let Some(ip) = addr.ip().or(heard.map(IpAddr::V6)) {
+                    let _ = net::set_md5(&l.sock.as_raw_fd_ref(), l.addr.is_ipv6(), ip, None);
+                }
             }
         }
         info!(peer = %addr, "peer removed");
@@ -383,6 +405,10 @@ impl Speaker {
                 // The Established session's neighbour, else the one heard.
                 let heard = p.ra.as_ref().and_then(|r| *r.neighbor.borrow());
                 st.neighbor = st.neighbor.or(heard);
+                // Said even for a passive peer, which never tries.
+                if let Some(n) = a.interface().filter(|n| crate::ra::io::index(n) == 0) {
+                    st.last_error = Some(format!("no interface {n}"));
+                }
                 (a.clone(), st)
             })
             .collect();
@@ -449,6 +475,37 @@ impl AsRawFd for RawFd {
 impl RawFdRef for Arc<TcpListener> {
     fn as_raw_fd_ref(&self) -> RawFd {
         RawFd(self.as_raw_fd())
+    }
+}
+
+/// An unnumbered peer's TCP MD5 key on the listener, for the neighbour
+/// heard on its interface: moved when another is heard. Until one is, a
+/// signed connection from the link is not accepted (the kernel has no key
+/// for it).
+async fn follow_md5_key(
+    sock: Arc<TcpListener>,
+    v6: bool,
+    key: crate::config::Secret,
+    mut heard: watch::Receiver<Option<Ipv6Addr>>,
+) {
+    let mut last = None;
+    loop {
+        let now = *heard.borrow_and_update();
+        if now != last {
+            let fd = sock.as_raw_fd_ref();
+            if let Some(old) = last {
+                let _ = net::set_md5(&fd, v6, IpAddr::V6(old), None);
+            }
+            if let Some(new) = now {
+                if let Err(e) = net::set_md5(&fd, v6, IpAddr::V6(new), Some(key.expose())) {
+                    warn!(neighbor = %new, "cannot set the TCP MD5 key on the listener: {e}");
+                }
+            }
+            last = now;
+        }
+        if heard.changed().await.is_err() {
+            return;
+        }
     }
 }
 

@@ -127,14 +127,6 @@ fn check_interface_peer(key: &str, t: &Tbl, errs: &mut Errs) {
         ("ttl", "the neighbour on an interface is one hop away"),
         ("multihop", "the neighbour on an interface is one hop away"),
         (
-            "password",
-            "not supported yet with interface: the neighbour's address is learnt at run time",
-        ),
-        (
-            "password_file",
-            "not supported yet with interface: the neighbour's address is learnt at run time",
-        ),
-        (
             "bfd",
             "not supported yet with interface: the neighbour's address is learnt at run time",
         ),
@@ -194,7 +186,6 @@ mod tests {
             "bgp.peers[0].interface: set either address or interface",
             "bgp.peers[1].address: missing: a peer needs address, or interface",
             "bgp.peers[2].asn: \"externa\" is not an AS number, \"external\" or \"internal\"",
-            "bgp.peers[2].password: not supported yet with interface",
             "bgp.peers[2].ttl: the neighbour on an interface is one hop away",
             "bgp.peers[2].source_address: the session's source is the interface's link-local address",
             "bgp.peers[2].bfd: not supported yet with interface",
@@ -203,7 +194,7 @@ mod tests {
         ] {
             assert!(p.iter().any(|l| l.starts_with(want)), "missing {want:?} in {p:#?}");
         }
-        assert_eq!(p.len(), 9, "{p:#?}");
+        assert_eq!(p.len(), 8, "{p:#?}");
     }
 
     #[test]
