@@ -159,6 +159,7 @@ fn sessions_with_bird_come_up_drop_garbage_detect_a_frozen_peer_and_go_admin_dow
             multihop: false,
             min_ttl: 255,
             cfg: CFG,
+            scope: 0,
         };
         let h4 = bfd
             .add(peer("192.0.2.2", "192.0.2.1"))
@@ -285,6 +286,7 @@ fn a_multihop_session_with_bird_keeps_its_ttl_floor() {
                 multihop: true,
                 min_ttl: 64,
                 cfg: CFG,
+                scope: 0,
             })
             .map_err(|e| e.to_string())?;
         let show = |ctl: &Path| bird_session(ctl, "192.0.2.1");

@@ -600,8 +600,9 @@ fn ipv4_over_an_ipv6_session_carries_the_ipv6_next_hop() {
 /// next hop. Each side finds the other by Router Advertisements (BIRD's
 /// `radv`), and one side dials: FRR (vipd passive, the session signed with
 /// TCP MD5: the key on vipd's listener for the neighbour it heard), vipd
-/// (BIRD passive). vipd starts before the interfaces exist. The FRR link
-/// flapped: the session comes back to the same neighbour.
+/// (BIRD passive). BFD runs with FRR over the link-local addresses. vipd
+/// starts before the interfaces exist. The FRR link flapped: the session
+/// comes back to the same neighbour.
 #[test]
 fn unnumbered_peers_frr_installs_ipv4_via_the_link_local_and_a_flap_comes_back() {
     require(&["bird", "birdc"]);
@@ -612,7 +613,7 @@ fn unnumbered_peers_frr_installs_ipv4_via_the_link_local_and_a_flap_comes_back()
     let (nf, nb) = ("up1".to_string(), "up2".to_string());
     let n = 10;
     let peers = format!(
-        "[[bgp.peers]]\ninterface = \"{nf}\"\nasn = \"external\"\npassword = \"unnumbered-md5\"\npassive = true\n\
+        "[[bgp.peers]]\ninterface = \"{nf}\"\nasn = \"external\"\npassword = \"unnumbered-md5\"\npassive = true\nbfd = true\nbfd_wait = false\n\
          [[bgp.peers]]\ninterface = \"{nb}\"\nasn = 65003\nhold_time = 9\n"
     );
     let vipd = Vipd::start(&node, &dir, &vipd_conf(&peers, &announcements(n, true)));
@@ -639,13 +640,14 @@ fn unnumbered_peers_frr_installs_ipv4_via_the_link_local_and_a_flap_comes_back()
     }
     let (node_f, frr_ll) = (node.link_local(&nf), rf.link_local(&f));
     let (node_b, bird_ll) = (node.link_local(&nb), rb.link_local(&b));
-    let frr = Frr::start_installing(
+    let frr = Frr::start_installing_with_bfd(
         &rf,
         &dir,
         &format!(
-            "hostname frr\nlog file {}\nrouter bgp 65002\n bgp router-id 192.0.2.2\n no bgp ebgp-requires-policy\n neighbor {f} interface remote-as external\n neighbor {f} password unnumbered-md5\n address-family ipv6 unicast\n  neighbor {f} activate\n exit-address-family\n",
+            "hostname frr\nlog file {}\nrouter bgp 65002\n bgp router-id 192.0.2.2\n no bgp ebgp-requires-policy\n neighbor {f} interface remote-as external\n neighbor {f} password unnumbered-md5\n neighbor {f} bfd\n address-family ipv6 unicast\n  neighbor {f} activate\n exit-address-family\n",
             dir.path("frr/bgpd.log").display()
         ),
+        "bfd\n!\n",
     );
     let bird = Bird::start(
         &rb,
@@ -696,6 +698,22 @@ fn unnumbered_peers_frr_installs_ipv4_via_the_link_local_and_a_flap_comes_back()
     assert!(
         r.contains("BGP.next_hop: 2001:db8:2::1"),
         "the interface's global address: {r}"
+    );
+    // BFD over the link-local addresses, both sides Up.
+    let bfd_up = || {
+        let peers = frr.json("show bfd peers json");
+        let up = peers.as_array().is_some_and(|a| {
+            a.iter()
+                .any(|p| p["peer"] == node_f.as_str() && p["status"] == "up")
+        });
+        let (_, st) = vipd_status(&node);
+        up && st.contains("\n    BFD Up: TX 300 ms")
+    };
+    assert!(
+        wait_until(Duration::from_secs(20), bfd_up),
+        "BFD with {node_f} not Up at both ends:\n{}\n{}",
+        frr.vtysh("show bfd peers"),
+        vipd_status(&node).1
     );
     let (_, st) = vipd_status(&node);
     for want in [

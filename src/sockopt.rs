@@ -8,6 +8,15 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::AsRawFd;
 
+/// The index of interface `name`, 0 when there is none by that name.
+pub fn if_index(name: &str) -> u32 {
+    let Ok(c) = std::ffi::CString::new(name) else {
+        return 0;
+    };
+    // SAFETY: a NUL-terminated string, read only.
+    unsafe { libc::if_nametoindex(c.as_ptr()) }
+}
+
 /// Sets option `name` at `level` to `v`, passed with its size.
 pub fn set<T>(fd: &impl AsRawFd, level: libc::c_int, name: libc::c_int, v: &T) -> io::Result<()> {
     // SAFETY: `v` points to a live value of the size passed.

@@ -104,6 +104,15 @@ impl Frr {
     }
     /// zebra, bfdd (its own control socket in `dir/frr`) and bgpd.
     pub fn start_with_bfd(ns: &Netns, dir: &Dir, bgpd: &str, bfdd: &str) -> Frr {
+        Frr::start_bfd_bgpd(ns, dir, bgpd, bfdd, &["-n", "-P", "0"])
+    }
+
+    /// As [`Frr::start_with_bfd`], with the routes installed by zebra.
+    pub fn start_installing_with_bfd(ns: &Netns, dir: &Dir, bgpd: &str, bfdd: &str) -> Frr {
+        Frr::start_bfd_bgpd(ns, dir, bgpd, bfdd, &["-P", "0"])
+    }
+
+    fn start_bfd_bgpd(ns: &Netns, dir: &Dir, bgpd: &str, bfdd: &str, args: &[&str]) -> Frr {
         let ctl = dir.path("frr/bfdd.sock");
         let ctl = ctl.to_str().unwrap();
         let (sock, mut procs) = frr_daemons(
@@ -112,7 +121,7 @@ impl Frr {
             &[
                 ("zebra", "", &[]),
                 ("bfdd", bfdd, &["--bfdctl", ctl]),
-                ("bgpd", bgpd, &["-n", "-P", "0"]),
+                ("bgpd", bgpd, args),
             ],
         );
         let proc = procs.pop().unwrap();

@@ -36,6 +36,20 @@ pub struct Peer {
     /// leaves it to the deployment).
     pub min_ttl: u8,
     pub cfg: Config,
+    /// The interface a link-local `remote` is on (its index), 0 for any
+    /// other address.
+    pub scope: u32,
+}
+
+impl Peer {
+    fn at(&self, ip: IpAddr, port: u16) -> SocketAddr {
+        match ip {
+            IpAddr::V6(v) if v.is_unicast_link_local() || v.is_unspecified() => {
+                SocketAddr::V6(std::net::SocketAddrV6::new(v, port, 0, self.scope))
+            }
+            _ => SocketAddr::new(ip, port),
+        }
+    }
 }
 
 /// What a session shows: its state, why it last changed, and the
@@ -140,6 +154,28 @@ impl Bfd {
         })
     }
 
+    /// A session with whichever neighbour `heard` names (an unnumbered
+    /// peer's, `template.remote` aside): started once one is heard,
+    /// restarted on another when it changes, Down while there is none.
+    /// One handle throughout, as [`Bfd::add`]'s.
+    pub fn add_following(
+        &self,
+        template: Peer,
+        ifname: &str,
+        heard: watch::Receiver<Option<Ipv6Addr>>,
+    ) -> Handle {
+        let idle = status_of(&Session::new(template.cfg, 0), None);
+        let (status_tx, status) = watch::channel(idle.clone());
+        let (stop_tx, stop) = oneshot::channel();
+        let on = (template, ifname.to_string());
+        let task = Owned::spawn(follow(self.clone(), on, heard, status_tx, idle, stop));
+        Handle {
+            status,
+            stop: Some(stop_tx),
+            task,
+        }
+    }
+
     fn ensure_receiver(&self, v6: bool, port: u16, single_hop: bool) -> io::Result<()> {
         let mut rx = self.receivers.lock().unwrap();
         if rx.contains_key(&(v6, port)) {
@@ -176,16 +212,73 @@ impl Bfd {
     }
 }
 
+/// The session of [`Bfd::add_following`]: its inner session's status
+/// forwarded, the inner session replaced as the neighbour changes.
+async fn follow(
+    bfd: Bfd,
+    (template, ifname): (Peer, String),
+    mut heard: watch::Receiver<Option<Ipv6Addr>>,
+    out: watch::Sender<Status>,
+    idle: Status,
+    mut stop: oneshot::Receiver<()>,
+) {
+    let mut cur: Option<(Ipv6Addr, Handle, watch::Receiver<Status>)> = None;
+    loop {
+        let now = *heard.borrow_and_update();
+        if now != cur.as_ref().map(|c| c.0) {
+            if let Some((_, h, _)) = cur.take() {
+                h.admin_down().await;
+            }
+            out.send_replace(idle.clone());
+            if let Some(n) = now {
+                // The index now: the interface may have come (back) since.
+                let peer = Peer {
+                    remote: IpAddr::V6(n),
+                    scope: crate::sockopt::if_index(&ifname),
+                    ..template.clone()
+                };
+                match bfd.add(peer) {
+                    Ok(h) => {
+                        let rx = h.status.clone();
+                        cur = Some((n, h, rx));
+                    }
+                    Err(e) => warn!(neighbor = %n, "BFD: cannot start the session: {e}"),
+                }
+            }
+        }
+        let inner = cur.as_mut().map(|c| &mut c.2);
+        tokio::select! {
+            r = heard.changed() => if r.is_err() { break },
+            Some(s) = next_status(inner) => { out.send_replace(s); }
+            _ = &mut stop => break,
+        }
+    }
+    if let Some((_, h, _)) = cur {
+        h.admin_down().await;
+    }
+}
+
+/// The next status of a session, never while there is none.
+async fn next_status(rx: Option<&mut watch::Receiver<Status>>) -> Option<Status> {
+    match rx {
+        Some(rx) => match rx.changed().await {
+            Ok(()) => Some(rx.borrow_and_update().clone()),
+            Err(_) => std::future::pending().await,
+        },
+        None => std::future::pending().await,
+    }
+}
+
 /// The session's sending socket: from the local address and a source
 /// port in 49152-65535 (RFC 5881 section 4), TTL 255, to the peer.
 fn sender(peer: &Peer, port: u16) -> io::Result<UdpSocket> {
     let mut last = None;
     for _ in 0..64 {
-        let src = SocketAddr::new(peer.local, fastrand::u16(49152..=65535));
+        let src = peer.at(peer.local, fastrand::u16(49152..=65535));
         match std::net::UdpSocket::bind(src) {
             Ok(s) => {
                 crate::sockopt::set_ttl(&s, peer.remote.is_ipv6(), 255)?;
-                s.connect(SocketAddr::new(peer.remote, port))?;
+                s.connect(peer.at(peer.remote, port))?;
                 s.set_nonblocking(true)?;
                 return UdpSocket::from_std(s);
             }

@@ -213,7 +213,7 @@ impl Speaker {
             .lock()
             .unwrap()
             .insert(&addr, tx.clone(), ra.as_ref());
-        let bfd = self.start_bfd(&settings.peer);
+        let bfd = self.start_bfd(&settings.peer, ra.as_ref());
         let follows = session::Follows {
             bfd: bfd.as_ref().map(|b| b.status.clone()),
             neighbor: ra.as_ref().map(|h| h.neighbor.clone()),
@@ -275,10 +275,14 @@ impl Speaker {
     /// A BFD session with the peer, when it asks for one: from its source
     /// address (or the kernel's choice), single hop unless it is
     /// configured more than one hop away.
-    fn start_bfd(&mut self, p: &crate::config::PeerConfig) -> Option<crate::bfd::io::Handle> {
+    /// An unnumbered peer's follows the neighbour heard on its interface.
+    fn start_bfd(
+        &mut self,
+        p: &crate::config::PeerConfig,
+        ra: Option<&crate::ra::io::Handle>,
+    ) -> Option<crate::bfd::io::Handle> {
         let b = p.bfd?;
-        // An unnumbered peer has none (the configuration refuses it).
-        let remote = p.address.ip()?;
+        let remote = p.address.ip().unwrap_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED));
         let local = p.source_address.unwrap_or(match remote {
             IpAddr::V4(_) => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
             IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
@@ -292,12 +296,14 @@ impl Speaker {
                 interval: b.interval,
                 detect_mult: b.multiplier,
             },
+            scope: 0,
         };
-        match self
-            .bfd
-            .get_or_insert_with(crate::bfd::io::Bfd::new)
-            .add(peer)
-        {
+        let bfd = self.bfd.get_or_insert_with(crate::bfd::io::Bfd::new);
+        let started = match (p.address.interface(), ra) {
+            (Some(n), Some(h)) => Ok(bfd.add_following(peer, n, h.neighbor.clone())),
+            _ => bfd.add(peer),
+        };
+        match started {
             Ok(h) => {
                 info!(peer = %p.address, interval_ms = b.interval.as_millis() as u64, multiplier = b.multiplier, "BFD session configured");
                 Some(h)
@@ -406,7 +412,7 @@ impl Speaker {
                 let heard = p.ra.as_ref().and_then(|r| *r.neighbor.borrow());
                 st.neighbor = st.neighbor.or(heard);
                 // Said even for a passive peer, which never tries.
-                if let Some(n) = a.interface().filter(|n| crate::ra::io::index(n) == 0) {
+                if let Some(n) = a.interface().filter(|n| crate::sockopt::if_index(n) == 0) {
                     st.last_error = Some(format!("no interface {n}"));
                 }
                 (a.clone(), st)

@@ -633,7 +633,7 @@ impl Session {
         match &self.s.peer.address {
             PeerAddr::Ip(a) => Ok(SocketAddr::new(*a, port)),
             PeerAddr::Interface(n) => {
-                let idx = crate::ra::io::index(n);
+                let idx = crate::sockopt::if_index(n);
                 match (self.neighbor.as_ref().and_then(|r| *r.borrow()), idx) {
                     (_, 0) => Err(format!("no interface {n}")),
                     (None, _) => Err(format!(

@@ -126,10 +126,6 @@ fn check_interface_peer(key: &str, t: &Tbl, errs: &mut Errs) {
         ),
         ("ttl", "the neighbour on an interface is one hop away"),
         ("multihop", "the neighbour on an interface is one hop away"),
-        (
-            "bfd",
-            "not supported yet with interface: the neighbour's address is learnt at run time",
-        ),
     ] {
         if t.has(k) {
             errs.push(format!("{key}.{k}"), why);
@@ -188,13 +184,12 @@ mod tests {
             "bgp.peers[2].asn: \"externa\" is not an AS number, \"external\" or \"internal\"",
             "bgp.peers[2].ttl: the neighbour on an interface is one hop away",
             "bgp.peers[2].source_address: the session's source is the interface's link-local address",
-            "bgp.peers[2].bfd: not supported yet with interface",
             "bgp.peers[3].interface: \"a/b\" is not an interface name",
             "bgp.peers[5].interface: duplicate peer eth3 (also bgp.peers[4])",
         ] {
             assert!(p.iter().any(|l| l.starts_with(want)), "missing {want:?} in {p:#?}");
         }
-        assert_eq!(p.len(), 8, "{p:#?}");
+        assert_eq!(p.len(), 7, "{p:#?}");
     }
 
     #[test]

@@ -88,6 +88,7 @@ impl Partners {
                 interval: self.cfg.interval,
                 detect_mult: self.cfg.multiplier,
             },
+            scope: 0,
         };
         let h = match self.bfd.add(peer) {
             Ok(h) => h,

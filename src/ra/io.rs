@@ -36,15 +36,6 @@ pub fn start(ifname: &str) -> Handle {
     }
 }
 
-/// The interface's index, 0 when there is none by that name.
-pub fn index(ifname: &str) -> u32 {
-    let Ok(c) = std::ffi::CString::new(ifname) else {
-        return 0;
-    };
-    // SAFETY: a NUL-terminated string, read only.
-    unsafe { libc::if_nametoindex(c.as_ptr()) }
-}
-
 async fn run(ifname: String, tx: watch::Sender<Option<Ipv6Addr>>) {
     let mut link = Link::default();
     let mut said = None;
@@ -70,7 +61,7 @@ async fn run(ifname: String, tx: watch::Sender<Option<Ipv6Addr>>) {
 }
 
 fn open(ifname: &str) -> io::Result<(AsyncFd<Socket>, u32)> {
-    let idx = index(ifname);
+    let idx = crate::sockopt::if_index(ifname);
     if idx == 0 {
         return Err(io::Error::other(format!("no interface {ifname}")));
     }
@@ -115,7 +106,7 @@ async fn serve(
     loop {
         tokio::select! {
             _ = tokio::time::sleep_until(next) => {
-                if index(ifname) != idx {
+                if crate::sockopt::if_index(ifname) != idx {
                     debug!(interface = %ifname, "interface replaced: reopening");
                     return;
                 }
