@@ -182,15 +182,9 @@ fn bird_gets_ipv6_over_an_ipv4_session_with_configured_next_hop() {
     assert!(r6.contains("[v4 "), "learned over the IPv4 session: {r6}");
 }
 
-/// The link-local address of the namespace's interface towards the router.
+/// The link-local address of the node's interface towards the router.
 fn link_local(ns: &Netns) -> String {
-    let out = ns.ip(&["-6", "-o", "addr", "show", "scope", "link"]);
-    out.split_whitespace()
-        .skip_while(|w| *w != "inet6")
-        .nth(1)
-        .and_then(|a| a.split('/').next())
-        .unwrap_or_else(|| panic!("no link-local address: {out}"))
-        .to_string()
+    ns.link_local(&ns.dev_of(&format!("{NODE4}/24")))
 }
 
 fn v4_in(t: &std::collections::BTreeMap<String, (String, serde_json::Value)>) -> usize {

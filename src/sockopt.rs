@@ -1,8 +1,8 @@
 //! The socket calls tokio and std do not expose, shared by the BGP
 //! speaker's sockets (`bgp::net`), BFD's and the Router Advertisements'
-//! (`ra::io`): options, and the TTL (hop limit) of each datagram received,
+//! (`ra::io`): options, the TTL (hop limit) of each datagram received,
 //! read from the control message the kernel attaches (RFC 5881 section 5,
-//! RFC 4861 section 6.1).
+//! RFC 4861 section 6.1), and interface indexes (scope ids) and names.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -15,6 +15,23 @@ pub fn if_index(name: &str) -> u32 {
     };
     // SAFETY: a NUL-terminated string, read only.
     unsafe { libc::if_nametoindex(c.as_ptr()) }
+}
+
+/// The name of the interface with index `idx`, the other way round.
+pub fn if_name(idx: u32) -> Option<String> {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: the buffer holds IF_NAMESIZE bytes, as if_indextoname needs;
+    // on success it holds a NUL-terminated name.
+    unsafe {
+        if libc::if_indextoname(idx, buf.as_mut_ptr()).is_null() {
+            return None;
+        }
+        Some(
+            std::ffi::CStr::from_ptr(buf.as_ptr())
+                .to_string_lossy()
+                .into_owned(),
+        )
+    }
 }
 
 /// Sets option `name` at `level` to `v`, passed with its size.

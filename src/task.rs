@@ -23,6 +23,17 @@ impl<T: Send + 'static> Owned<T> {
     }
 }
 
+/// The next value a watch publishes, for a `select!` branch: never while
+/// there is no watch, or once its sender is gone.
+pub async fn next_value<T: Clone>(rx: Option<&mut tokio::sync::watch::Receiver<T>>) -> T {
+    if let Some(rx) = rx {
+        if rx.changed().await.is_ok() {
+            return rx.borrow_and_update().clone();
+        }
+    }
+    std::future::pending().await
+}
+
 impl<T> Drop for Owned<T> {
     fn drop(&mut self) {
         self.0.abort();

@@ -222,11 +222,11 @@ async fn follow(
     idle: Status,
     mut stop: oneshot::Receiver<()>,
 ) {
-    let mut cur: Option<(Ipv6Addr, Handle, watch::Receiver<Status>)> = None;
+    let mut cur: Option<(Ipv6Addr, Handle)> = None;
     loop {
         let now = *heard.borrow_and_update();
         if now != cur.as_ref().map(|c| c.0) {
-            if let Some((_, h, _)) = cur.take() {
+            if let Some((_, h)) = cur.take() {
                 h.admin_down().await;
             }
             out.send_replace(idle.clone());
@@ -238,34 +238,20 @@ async fn follow(
                     ..template.clone()
                 };
                 match bfd.add(peer) {
-                    Ok(h) => {
-                        let rx = h.status.clone();
-                        cur = Some((n, h, rx));
-                    }
+                    Ok(h) => cur = Some((n, h)),
                     Err(e) => warn!(neighbor = %n, "BFD: cannot start the session: {e}"),
                 }
             }
         }
-        let inner = cur.as_mut().map(|c| &mut c.2);
+        let inner = cur.as_mut().map(|c| &mut c.1.status);
         tokio::select! {
             r = heard.changed() => if r.is_err() { break },
-            Some(s) = next_status(inner) => { out.send_replace(s); }
+            s = crate::task::next_value(inner) => { out.send_replace(s); }
             _ = &mut stop => break,
         }
     }
-    if let Some((_, h, _)) = cur {
+    if let Some((_, h)) = cur {
         h.admin_down().await;
-    }
-}
-
-/// The next status of a session, never while there is none.
-async fn next_status(rx: Option<&mut watch::Receiver<Status>>) -> Option<Status> {
-    match rx {
-        Some(rx) => match rx.changed().await {
-            Ok(()) => Some(rx.borrow_and_update().clone()),
-            Err(_) => std::future::pending().await,
-        },
-        None => std::future::pending().await,
     }
 }
 

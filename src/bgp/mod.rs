@@ -71,7 +71,9 @@ impl Routes {
     fn find(&self, from: SocketAddr) -> Option<mpsc::Sender<Command>> {
         match from {
             SocketAddr::V6(a) if a.ip().is_unicast_link_local() => {
-                let (tx, heard) = self.by_interface.get(&net::interface_name(a.scope_id())?)?;
+                let (tx, heard) = self
+                    .by_interface
+                    .get(&crate::sockopt::if_name(a.scope_id())?)?;
                 unnumbered_accepts(*heard.borrow(), *a.ip()).then(|| tx.clone())
             }
             _ => self.by_addr.get(&from.ip().to_canonical()).cloned(),
@@ -401,7 +403,9 @@ impl Speaker {
         }
     }
 
-    pub fn status(&self) -> Vec<(PeerAddr, PeerStatus)> {
+    /// Each session's status, with where its peer is and the AS it may
+    /// speak.
+    pub fn status(&self) -> Vec<(PeerAddr, crate::config::PeerAs, PeerStatus)> {
         let mut v: Vec<_> = self
             .peers
             .iter()
@@ -415,10 +419,10 @@ impl Speaker {
                 if let Some(n) = a.interface().filter(|n| crate::sockopt::if_index(n) == 0) {
                     st.last_error = Some(format!("no interface {n}"));
                 }
-                (a.clone(), st)
+                (a.clone(), p.settings.peer.asn, st)
             })
             .collect();
-        v.sort_by(|(a, _), (b, _)| a.cmp(b));
+        v.sort_by(|(a, ..), (b, ..)| a.cmp(b));
         v
     }
 

@@ -150,23 +150,6 @@ pub fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
     sock.listen(128)
 }
 
-/// The name of the interface with index `idx`.
-pub fn interface_name(idx: u32) -> Option<String> {
-    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
-    // SAFETY: the buffer holds IF_NAMESIZE bytes, as if_indextoname needs;
-    // on success it holds a NUL-terminated name.
-    unsafe {
-        if libc::if_indextoname(idx, buf.as_mut_ptr()).is_null() {
-            return None;
-        }
-        Some(
-            std::ffi::CStr::from_ptr(buf.as_ptr())
-                .to_string_lossy()
-                .into_owned(),
-        )
-    }
-}
-
 /// One address of one interface, as `getifaddrs` reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IfAddr {

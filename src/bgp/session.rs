@@ -423,7 +423,7 @@ pub async fn run(
             _ = at(me.timers.connect_retry) => { me.timers.connect_retry = None; me.queue.push_back(Event::ConnectRetryTimerExpires) }
             _ = at(me.timers.auto_start) => { me.timers.auto_start = None; me.queue.push_back(Event::Start) }
             st = me.bfd.changed() => me.on_bfd(st),
-            _ = neighbor_changed(&mut me.neighbor) => me.on_neighbor(),
+            _ = crate::task::next_value(me.neighbor.as_mut()) => me.on_neighbor(),
             _ = at(cand_deadline) => {
                 debug!(%peer, "second connection sent no OPEN in time");
                 me.link.take_cand();
@@ -435,18 +435,6 @@ pub async fn run(
     }
     me.status.lock().unwrap().state = "Stopped";
     info!(%peer, "session stopped");
-}
-
-/// The unnumbered peer's neighbour changed; never for a peer by address.
-async fn neighbor_changed(n: &mut Option<watch::Receiver<Option<Ipv6Addr>>>) {
-    match n {
-        Some(rx) => {
-            if rx.changed().await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        }
-        None => std::future::pending().await,
-    }
 }
 
 async fn recv(c: Option<&mut Conn>) -> Received {

@@ -116,8 +116,8 @@ pub(super) fn read_addr(t: &mut Tbl, errs: &mut Errs) -> Option<PeerAddr> {
     }
 }
 
-/// What a session to the neighbour on an interface does not support: its
-/// address is learnt, not configured, and it is one hop away.
+/// What a session to the neighbour on an interface cannot have: its source
+/// is the interface's link-local address, and it is one hop away.
 fn check_interface_peer(key: &str, t: &Tbl, errs: &mut Errs) {
     for (k, why) in [
         (

@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
 use crate::bgp::{Speaker, SpeakerError};
-use crate::config::{Config, Labels, LogConfig, NodeAddresses, PeerAddr, PeerAs, Problems};
+use crate::config::{Config, Labels, LogConfig, NodeAddresses, Problems};
 use crate::dataplane::ipvs;
 use crate::k8s;
 use crate::k8s::watch::{KubeStatus, Update, WatchError};
@@ -373,21 +373,9 @@ impl Daemon {
         }
     }
 
-    /// Each session's status with its peer's AS number.
+    /// Each session's status, with its peer and the AS it may speak.
     fn peers(&self) -> Vec<status::PeerRow> {
-        let peers = &self.applied.cfg.bgp.peers;
-        let asn = |a: &PeerAddr| {
-            let p = peers.iter().find(|p| p.address == *a);
-            p.map_or(PeerAs::Internal, |p| p.asn)
-        };
-        self.speaker
-            .status()
-            .into_iter()
-            .map(|(a, s)| {
-                let n = asn(&a);
-                (a, n, s)
-            })
-            .collect()
+        self.speaker.status()
     }
 
     /// A client's question: the report at once; an explanation once the

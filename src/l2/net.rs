@@ -31,9 +31,10 @@ fn sys(name: &str, file: &str) -> io::Result<String> {
 
 /// The interface by name, or why it cannot be answered on.
 pub fn link(name: &str) -> Result<Link, String> {
-    let c = std::ffi::CString::new(name).map_err(|_| format!("{name:?}: not an interface name"))?;
-    // SAFETY: a NUL-terminated string, read only.
-    let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if name.contains('\0') {
+        return Err(format!("{name:?}: not an interface name"));
+    }
+    let index = crate::sockopt::if_index(name);
     if index == 0 {
         return Err(format!("{name}: no such interface"));
     }

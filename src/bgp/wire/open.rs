@@ -206,14 +206,12 @@ impl PeerAs {
 
     /// For text: "AS65001", "AS external".
     pub fn text(self) -> String {
-        format!("AS{}{self}", if self.number().is_some() { "" } else { " " })
-    }
-
-    pub fn number(self) -> Option<u32> {
-        match self {
-            PeerAs::Number(n) => Some(n),
-            _ => None,
-        }
+        let gap = if matches!(self, PeerAs::Number(_)) {
+            ""
+        } else {
+            " "
+        };
+        format!("AS{gap}{self}")
     }
 }
 
